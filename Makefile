@@ -1,0 +1,34 @@
+# sdd-harness — `make help` lists the targets.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SDD    := $(VENV)/bin/sdd
+PYTEST_ARGS ?=
+
+.PHONY: help install install-detectron2 test test-fast demo validate plan clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install the pinned lock (no-op when lock.txt is unchanged)
+	@bash tools/install.sh
+
+install-detectron2: install  ## optional Mask R-CNN backend (pinned commit, or D2_SRC=<local checkout>)
+	@bash tools/install-detectron2.sh
+
+test: install  ## run the whole test suite (CPU)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## the test suite without the slow (full-size architecture) tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: install  ## the whole pipeline in miniature on generated data (CPU)
+	$(SDD) demo
+
+validate: install  ## validate every registry file under benchmarks/
+	$(SDD) validate
+
+plan: install  ## dry run of the paper's grid: SUITE=sdd
+	$(SDD) plan --suite $(or $(SUITE),sdd)
+
+clean:  ## remove the virtual environment and caches (keeps results/)
+	rm -rf $(VENV) .pytest_cache build *.egg-info

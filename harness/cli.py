@@ -1,0 +1,161 @@
+"""`sdd` — the command line: ls | validate | plan | demo.
+
+Imports stay light (no torch) so registry and planning commands start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from harness import store
+from harness.registry import KINDS, Registry, RegistryError, env_vars, expand_env, load_registry
+
+
+def table(rows: list[dict], cols: list[str], headers: list[str] | None = None) -> str:
+    headers = headers or cols
+    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    num = [all(isinstance(r.get(c), (int, float)) for r in rows) and rows for c in cols]
+    line = lambda vals: "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, num)).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.2f}" if v >= 0.1 or v == 0 else f"{v:.3f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _epochs_text(eps: tuple[int, ...]) -> str:
+    if len(eps) > 3:
+        steps = {b - a for a, b in zip(eps, eps[1:])}
+        if len(steps) == 1:
+            return f"{eps[0]}..{eps[-1]} step {steps.pop()} ({len(eps)})"
+    return ", ".join(map(str, eps))
+
+
+# ---------------------------------------------------------------------------------------------
+def cmd_ls(reg: Registry, args) -> int:
+    what = args.what
+    if what == "methods":
+        rows = [{"name": m.name, "title": m.title, "family": m.family, "arch": m.arch,
+                 "epochs": _epochs_text(m.epochs()), "file": m.checkpoint.file} for m in reg.methods.values()]
+        print(table(rows, ["name", "title", "family", "arch", "epochs", "file"]))
+    elif what == "datasets":
+        rows = [{"name": d.name, "title": d.title, "task": d.task, "classes": d.num_classes or "-",
+                 "root": d.root} for d in reg.datasets.values()]
+        print(table(rows, ["name", "title", "task", "classes", "root"]))
+    elif what == "protocols":
+        rows = [{"name": p.name, "kind": p.kind, "title": p.title, "datasets": ", ".join(p.datasets) or "any",
+                 "gpus": p.resources.gpus, "GPU·h/cell": p.resources.gpu_hours} for p in reg.protocols.values()]
+        print(table(rows, ["name", "kind", "title", "datasets", "gpus", "GPU·h/cell"]))
+    else:
+        rows = [{"name": s.name, "title": s.title, "methods": len(s.methods),
+                 "protocols": ", ".join(dict.fromkeys(e.protocol for e in s.grid))} for s in reg.suites.values()]
+        print(table(rows, ["name", "title", "methods", "protocols"]))
+    return 0
+
+
+def cmd_validate(reg: Registry, args) -> int:
+    counts = ", ".join(f"{len(getattr(reg, k))} {k}" for k in KINDS)
+    print(f"registry {reg.root}: OK ({counts})")
+    if not args.paths:
+        unset = sorted({v for m in reg.methods.values() for v in env_vars(m.checkpoint.dir)}
+                       | {v for d in reg.datasets.values() for v in env_vars(d.root)})
+        unset = [v for v in unset if v not in os.environ]
+        if unset:
+            print(f"note: environment variables not set: {', '.join(unset)} "
+                  f"(needed to locate checkpoints and data; `sdd validate --paths` checks them)")
+        return 0
+    missing = 0
+    rows = []
+    for kind, specs, attr in (("method", reg.methods.values(), "checkpoint.dir"), ("dataset", reg.datasets.values(), "root")):
+        for s in specs:
+            raw = s.checkpoint.dir if kind == "method" else s.root
+            try:
+                path = expand_env(raw, source=s.source, key=attr)
+                state = "ok" if Path(path).is_dir() else "missing"
+            except RegistryError as e:
+                path, state = raw, "env var unset: " + ", ".join(v for v in env_vars(raw) if v not in os.environ)
+                del e
+            missing += state != "ok"
+            rows.append({"kind": kind, "name": s.name, "path": path, "state": state})
+    print(table(rows, ["kind", "name", "path", "state"]))
+    print(f"{missing} of {len(rows)} paths missing")
+    return 1 if (missing and args.strict) else 0
+
+
+def cmd_plan(reg: Registry, args) -> int:
+    from harness.plan import build_plan, cell_states, summarize
+
+    cells = build_plan(reg, args.suite, protocols=args.protocol, methods=args.method)
+    results = Path(args.results)
+    states = cell_states(cells, results)
+    suite = reg.suite(args.suite)
+    if args.cells:
+        for c in cells:
+            print(f"{states[c.id]:6s} {c.id}  {c.config_hash}")
+        return 0
+    print(f"suite {suite.name}: {suite.title}")
+    rows = summarize(cells, states)
+    total = {"protocol": "total", **{k: sum(r[k] for r in rows) for k in
+             ("cells", "done", "failed", "stale", "todo", "gpu_h_all", "gpu_h_left")}}
+    cols = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "todo", "gpu_h_cell", "gpu_h_all",
+            "gpu_h_left"]
+    heads = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "todo", "GPU·h/cell", "GPU·h all",
+             "GPU·h left"]
+    print(table(rows + [total], cols, heads))
+    # per method: the checkpoints each protocol × dataset runs over
+    by_method: dict[str, dict] = {}
+    for c in cells:
+        r = by_method.setdefault(c.method, {"method": c.method, "epochs": set(), "cells": 0, "done": 0})
+        r["epochs"].add(c.epoch)
+        r["cells"] += 1
+        r["done"] += states[c.id] == "done"
+    mrows = [{**r, "epochs": _epochs_text(tuple(sorted(r["epochs"])))} for r in by_method.values()]
+    print()
+    print(table(mrows, ["method", "epochs", "cells", "done"]))
+    print(f"\nrecords under {results / suite.name / 'runs'}; `sdd plan --suite {suite.name} --cells` lists every cell")
+    return 0
+
+
+def cmd_demo(reg: Registry, args) -> int:
+    print("sdd demo: the mini world (generated data, tiny self-trained models, the whole pipeline on CPU) is "
+          "not yet available.\nWhat works today: the registry and the planner, shown here on the paper's grid.\n")
+    cmd_validate(reg, argparse.Namespace(paths=False, strict=False))
+    print()
+    return cmd_plan(reg, argparse.Namespace(suite="sdd", protocol=None, method=None, results=store.RESULTS,
+                                            cells=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sdd", description="SDD benchmark-reproduction harness")
+    ap.add_argument("--registry", help="registry directory (default: benchmarks/ or $SDD_BENCHMARKS)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("ls", help="list registry entries")
+    p.add_argument("what", nargs="?", default="methods", choices=list(KINDS))
+    p = sub.add_parser("validate", help="validate every registry file")
+    p.add_argument("--paths", action="store_true", help="also check checkpoint directories and dataset roots")
+    p.add_argument("--strict", action="store_true", help="with --paths: exit 1 when a path is missing")
+    p = sub.add_parser("plan", help="dry run: the cells of a suite, their state and GPU·h")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--protocol", action="append", help="only this protocol (repeatable)")
+    p.add_argument("--method", action="append", help="only this method (repeatable)")
+    p.add_argument("--results", default=str(store.RESULTS), help="results root (default: results/)")
+    p.add_argument("--cells", action="store_true", help="list every cell with its state and config hash")
+    sub.add_parser("demo", help="the whole pipeline in miniature (CPU)")
+    args = ap.parse_args(argv)
+    try:
+        reg = load_registry(args.registry)
+        return {"ls": cmd_ls, "validate": cmd_validate, "plan": cmd_plan, "demo": cmd_demo}[args.cmd](reg, args)
+    except RegistryError as e:
+        print(f"sdd: registry error:\n{e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Checkpoint adapters: read an SSL method's own checkpoint file safely and load its backbone.
+
+Checkpoints are untrusted input:
+- always `torch.load(weights_only=True)`: a file that would need to run pickled code is refused,
+  nothing in it is executed. The only extra globals allowed are inert data containers that real
+  checkpoints carry beside the weights (DINO/MAE/UDI store their `args` as an argparse.Namespace).
+- every backbone key must load: a missing key is an error (the upstream SDD loaders use
+  strict=False and can silently load nothing), unexpected keys (heads, projectors) are listed.
+- the epoch stored inside the file, where there is one, is checked against the registry's epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.registry import MethodSpec, Registry, StateDictRule, expand_env, load_registry
+from harness.models.archs import Backbone, build_backbone
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be used; the message names the file and the reason."""
+
+
+def _safe_globals() -> list:
+    import numpy as np
+
+    core = np._core.multiarray
+    dtypes = [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool")]
+    return [argparse.Namespace, core._reconstruct, core.scalar, np.ndarray, np.dtype, *dtypes]
+
+
+def safe_load(path: str | Path) -> Any:
+    """torch.load with weights_only=True and errors that name the path and the cause."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" in msg:
+            found = re.search(r"Unsupported (?:global|operand)[^\n]*", msg)
+            raise CheckpointError(
+                f"refused to load {path}: it contains pickled code or objects that are not plain tensors and "
+                f"containers ({found.group(0) if found else 'weights_only rejected it'}); nothing from it was "
+                f"executed. Re-save the weights alone (a dict of tensors) from a trusted environment.") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({size_of(path)}): {msg}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({size_of(path)}): {str(e).splitlines()[0]}") from None
+
+
+def size_of(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size:,} bytes"
+    except OSError:
+        return "size unknown"
+
+
+def _dig(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            raise KeyError(dotted)
+        obj = obj[part]
+    return obj
+
+
+def extract_state_dict(obj: Any, rule: StateDictRule, *, path: Path | str = "?") -> dict[str, torch.Tensor]:
+    """Apply a registry state-dict rule to a loaded checkpoint object."""
+    keys = (rule.key,) if isinstance(rule.key, str) else tuple(rule.key or ())
+    sd = None
+    for k in keys:
+        try:
+            sd = _dig(obj, k)
+            break
+        except KeyError:
+            continue
+    if sd is None:
+        if keys and not rule.key_optional:
+            top = ", ".join(map(str, list(obj)[:12])) if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(f"{path}: none of the keys {list(keys)} is in the checkpoint "
+                                  f"(top-level keys: {top}); fix checkpoint.state_dict.key in the method file")
+        sd = obj
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors under {list(keys) or 'the top level'}, "
+                              f"got {type(sd).__name__}")
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        if rule.keep_prefix is not None:
+            if not k.startswith(rule.keep_prefix):
+                continue
+            k = k[len(rule.keep_prefix):]
+        if any(s in k for s in rule.drop_containing):
+            continue
+        for p in rule.strip_prefixes:
+            if k.startswith(p):
+                k = k[len(p):]
+        for old, new in rule.rename_prefixes.items():
+            if k.startswith(old):
+                k = new + k[len(old):]
+                break
+        out[k] = v
+    return out
+
+
+def _convert(sd: dict, converter: str | None, backbone: Backbone) -> dict:
+    if converter is None:
+        return sd
+    if converter == "timm_swin":  # original Swin layout (downsample at stage end) -> timm's
+        from timm.models.swin_transformer import checkpoint_filter_fn
+
+        return checkpoint_filter_fn(sd, backbone.net)
+    if converter == "split_cls_tokens":  # UDI: cls_token [1, 2, d] -> timm cls_token + reg_token
+        sd = dict(sd)
+        tok = sd.pop("cls_token", None)
+        if tok is not None:
+            n_reg = backbone.net.num_reg_tokens
+            if tok.shape[1] != 1 + n_reg:
+                raise CheckpointError(f"cls_token has {tok.shape[1]} tokens, the architecture expects {1 + n_reg}")
+            sd["cls_token"], sd["reg_token"] = tok[:, :1], tok[:, 1:]
+        return sd
+    raise CheckpointError(f"unknown state-dict converter {converter!r}")
+
+
+def stored_epoch(obj: Any, spec: MethodSpec) -> int | None:
+    """Completed epochs according to the checkpoint itself, or None when it stores none."""
+    key = spec.checkpoint.epoch_key
+    if not key or not isinstance(obj, dict):
+        return None
+    try:
+        v = _dig(obj, key)
+    except KeyError:
+        return None
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return int(v) + spec.checkpoint.epoch_key_offset
+
+
+def checkpoint_path(spec: MethodSpec, epoch: int) -> Path:
+    directory = expand_env(spec.checkpoint.dir, source=spec.source, key="checkpoint.dir")
+    return Path(directory) / spec.checkpoint.file_name(epoch)
+
+
+def _missing_hint(spec: MethodSpec, path: Path) -> str:
+    """Say which numbers do exist, so an off-by-one file numbering is obvious."""
+    if not path.parent.is_dir():
+        return f"; the directory {path.parent} does not exist"
+    pattern = re.escape(spec.checkpoint.file).replace(r"\{epoch", "{epoch")
+    regex = re.compile("^" + re.sub(r"\{epoch(:[^}]*)?\}", r"(\\d+)", pattern) + "$")
+    found = sorted(int(m.group(1)) for f in os.listdir(path.parent) if (m := regex.match(f)))
+    if not found:
+        return f"; no file in {path.parent} matches '{spec.checkpoint.file}'"
+    shown = ", ".join(map(str, found[:8])) + (" ..." if len(found) > 8 else "")
+    return (f"; files in {path.parent} are numbered {shown} (number = epoch + checkpoint.file_offset, "
+            f"now {spec.checkpoint.file_offset})")
+
+
+@dataclass
+class LoadedBackbone:
+    backbone: Backbone
+    method: str
+    epoch: int
+    path: Path
+    stored_epoch: int | None
+    loaded_keys: int
+    unexpected_keys: list[str] = field(default_factory=list)
+    nonfinite_keys: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"method": self.method, "epoch": self.epoch, "path": str(self.path),
+                "stored_epoch": self.stored_epoch, "loaded_keys": self.loaded_keys,
+                "unexpected_keys": self.unexpected_keys, "nonfinite_keys": self.nonfinite_keys}
+
+
+def load_state_into(backbone: Backbone, sd: dict[str, torch.Tensor], *, path: Path | str = "?") -> list[str]:
+    """Load `sd` into the backbone; every required key must be present with the right shape."""
+    required = backbone.required_keys()
+    missing = sorted(required - sd.keys())
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
+        have = ", ".join(sorted(sd)[:5]) or "(no tensors left after the rule)"
+        raise CheckpointError(
+            f"{path}: {len(missing)} of {len(required)} backbone keys are missing after the state-dict rule: "
+            f"{shown}. The rule produced keys such as: {have}. Fix checkpoint.state_dict in the method file "
+            f"(key / keep_prefix / strip_prefixes); partial loads are never accepted.")
+    own = backbone.net.state_dict()
+    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(required)
+           if tuple(sd[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path}: shape mismatch for {len(bad)} backbone keys (checkpoint vs architecture): "
+                              f"{'; '.join(bad[:5])}. Is `arch` right in the method file?")
+    # strict=False only because BN batch counters may be absent; every weight was checked above
+    backbone.net.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    return sorted(set(sd) - set(own))
+
+
+def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | None = None) -> LoadedBackbone:
+    """Build the method's architecture and load the checkpoint of `epoch` into it (CPU, eval mode)."""
+    spec = method if isinstance(method, MethodSpec) else (registry or load_registry()).method(method)
+    if epoch not in spec.epochs():
+        raise CheckpointError(f"epoch {epoch} is not among the epochs of method '{spec.name}' "
+                              f"({spec.source}: checkpoint.epochs)")
+    path = checkpoint_path(spec, epoch)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (method '{spec.name}', epoch {epoch})"
+                              + _missing_hint(spec, path))
+    obj = safe_load(path)
+    got = stored_epoch(obj, spec)
+    if got is not None and abs(got - epoch) > spec.checkpoint.epoch_tolerance:
+        raise CheckpointError(
+            f"{path}: holds {got} completed epochs by its '{spec.checkpoint.epoch_key}' field, but the registry "
+            f"maps this file to epoch {epoch}. Set checkpoint.file_offset (file number = epoch + offset) or "
+            f"checkpoint.epoch_key_offset in {spec.source}.")
+    backbone = build_backbone(spec.arch, **spec.arch_kwargs)
+    sd = _convert(extract_state_dict(obj, spec.checkpoint.state_dict, path=path), spec.checkpoint.state_dict.convert,
+                  backbone)
+    unexpected = load_state_into(backbone, sd, path=path)
+    nonfinite = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    backbone.eval()
+    return LoadedBackbone(backbone, spec.name, epoch, path, got, len(backbone.required_keys()), unexpected, nonfinite)

@@ -1,0 +1,487 @@
+"""The registry: YAML files under benchmarks/ loaded into typed, frozen specs.
+
+Data only: this module imports neither torch nor any model code, so `sdd ls`, `sdd validate` and
+`sdd plan` start fast. Every error names the file, the line, the key, what was expected and, for
+misspelled names, the closest valid one.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BENCHMARKS = ROOT / "benchmarks"
+
+# Architectures the model factory (harness.models.archs) builds. Kept here as names only, so the
+# registry can validate `arch:` without importing torch; a test checks both lists agree.
+ARCHS = (
+    "vit_small_patch16",
+    "vit_small_patch16_h12",
+    "vit_small_patch16_2cls",
+    "vit_base_patch16",
+    "vit_base_patch16_nocls",
+    "resnet50",
+    "swin_tiny_patch4_window7",
+    "vit_tiny_test",
+    "resnet_tiny_test",
+)
+FAMILIES = (
+    "self-distillation",
+    "contrastive",
+    "dense-contrastive",
+    "masked-modelling",
+    "clustering",
+    "redundancy-reduction",
+    "non-contrastive",
+    "test",
+)
+PROTOCOL_KINDS = ("metrics", "linear", "upernet", "maskrcnn", "davis", "knn", "probe")
+DATASET_KINDS = ("imagenet", "coco_stuff164k", "voc12_aug", "ade20k", "cityscapes", "davis2017", "coco_instances")
+STATE_DICT_CONVERTERS = ("timm_swin", "split_cls_tokens")
+
+
+class RegistryError(Exception):
+    """A registry file is wrong; the message says where, what and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Specs. `extra="forbid"` turns every misspelled key into an error; `frozen=True` makes specs
+# hashable values that no job can mutate.
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EpochRange(Spec):
+    start: int = Field(ge=0)
+    stop: int = Field(ge=0, description="inclusive")
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.stop < self.start:
+            raise ValueError(f"stop ({self.stop}) is smaller than start ({self.start}); use start <= stop")
+        return self
+
+    def expand(self) -> tuple[int, ...]:
+        return tuple(range(self.start, self.stop + 1, self.step))
+
+
+class StateDictRule(Spec):
+    """How to turn a checkpoint file into the backbone's state dict (applied in this order)."""
+
+    key: str | tuple[str, ...] | None = Field(
+        default=None, description="nested key holding the weights, dotted ('a.b'); a list = first one present")
+    key_optional: bool = Field(default=False, description="use the whole file when no `key` is present")
+    keep_prefix: str | None = Field(default=None, description="keep only keys starting with this (then stripped)")
+    drop_containing: tuple[str, ...] = Field(default=(), description="drop keys containing any of these")
+    strip_prefixes: tuple[str, ...] = Field(default=(), description="prefixes removed (each once, in order)")
+    rename_prefixes: dict[str, str] = Field(default_factory=dict, description="key prefix renames, applied last")
+    convert: Literal[STATE_DICT_CONVERTERS] | None = Field(  # type: ignore[valid-type]
+        default=None, description="a converter to the model's layout: timm_swin (original Swin -> timm), "
+                                  "split_cls_tokens (UDI's [1,2,d] cls_token -> timm cls + register token)")
+
+    def __hash__(self):  # dict fields are not hashable by default
+        return hash(self.model_dump_json())
+
+
+class CheckpointSpec(Spec):
+    dir: str = Field(description="directory; ${VAR} and ${VAR:-default} are expanded when used")
+    file: str = Field(description="file-name template with {epoch} (format spec allowed: {epoch:04d})")
+    epochs: EpochRange | tuple[int, ...]
+    file_offset: int = Field(default=0, description="number in the file name = completed epochs + file_offset")
+    epoch_key: str | None = Field(default="epoch", description="dotted key of the epoch stored in the file")
+    epoch_key_offset: int = Field(default=0, description="completed epochs = stored value + epoch_key_offset")
+    epoch_tolerance: int = Field(default=0, ge=0, description="allowed |stored - expected| before refusing")
+    state_dict: StateDictRule = Field(default_factory=StateDictRule)
+
+    @field_validator("file")
+    @classmethod
+    def _has_epoch(cls, v: str) -> str:
+        if not re.search(r"\{epoch(:[^}]*)?\}", v):
+            raise ValueError("must contain the placeholder {epoch}, e.g. 'checkpoint{epoch:04d}.pth'")
+        try:
+            v.format(epoch=1)
+        except (ValueError, KeyError, IndexError) as e:
+            raise ValueError(f"is not a valid Python format template ({e}); only {{epoch}} may be used")
+        return v
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs_shape(cls, v):
+        if isinstance(v, dict):
+            return v
+        if isinstance(v, (list, tuple)):
+            bad = [f"item {i}: {x!r}" for i, x in enumerate(v) if isinstance(x, bool) or not isinstance(x, int)]
+            if bad:
+                raise ValueError(f"epochs must be integers ({'; '.join(bad)})")
+            return tuple(v)
+        raise ValueError("expected a list of epochs like [10, 20, 30] or a range like "
+                         "{start: 10, stop: 800, step: 10}")
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_nonempty(cls, v):
+        eps = v.expand() if isinstance(v, EpochRange) else tuple(v)
+        if not eps:
+            raise ValueError("no epochs: give a non-empty list or a start/stop/step range")
+        if any(e < 0 for e in eps):
+            raise ValueError("epochs must be >= 0")
+        if len(set(eps)) != len(eps) or list(eps) != sorted(eps):
+            raise ValueError("epochs must be strictly increasing without duplicates")
+        return v
+
+    def epoch_list(self) -> tuple[int, ...]:
+        return self.epochs.expand() if isinstance(self.epochs, EpochRange) else tuple(self.epochs)
+
+    def file_name(self, epoch: int) -> str:
+        return self.file.format(epoch=epoch + self.file_offset)
+
+
+class MethodSpec(Spec):
+    name: str
+    title: str
+    family: Literal[FAMILIES]  # type: ignore[valid-type]
+    arch: Literal[ARCHS]  # type: ignore[valid-type]
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: CheckpointSpec
+    tokens: str = Field(default="last block + final norm, class tokens dropped",
+                        description="what the dense features are (documentation)")
+    paper: dict[str, Any] = Field(default_factory=dict, description="published numbers, references")
+    notes: str = ""
+    source: str = Field(default="", exclude=True)
+
+    def __hash__(self):
+        return hash(self.model_dump_json())
+
+    def epochs(self) -> tuple[int, ...]:
+        return self.checkpoint.epoch_list()
+
+
+class SplitSpec(Spec):
+    img_dir: str
+    ann_dir: str | None = None
+    split_file: str | None = None
+    ann_file: str | None = None
+
+
+class DatasetSpec(Spec):
+    name: str
+    title: str
+    kind: Literal[DATASET_KINDS]  # type: ignore[valid-type]
+    root: str = Field(description="${VAR} and ${VAR:-default} are expanded when used")
+    task: Literal["classification", "semantic_segmentation", "instance_segmentation", "video_segmentation"]
+    num_classes: int | None = Field(default=None, ge=1)
+    ignore_index: int = 255
+    reduce_zero_label: bool = False
+    img_suffix: str = ".jpg"
+    seg_map_suffix: str = ".png"
+    splits: dict[str, SplitSpec]
+    mmseg_dataset: str | None = None
+    notes: str = ""
+    source: str = Field(default="", exclude=True)
+
+    def __hash__(self):
+        return hash(self.model_dump_json())
+
+
+class Resources(Spec):
+    gpus: int = Field(default=1, ge=0)
+    cpus: int = Field(default=8, ge=1)
+    mem_gb: int = Field(default=32, ge=1)
+    time_min: int = Field(default=60, ge=1)
+    gpu_hours: float = Field(ge=0, description="estimated GPU·h per cell (for `sdd plan`)")
+
+
+class ProtocolSpec(Spec):
+    name: str
+    kind: Literal[PROTOCOL_KINDS]  # type: ignore[valid-type]
+    title: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources
+    datasets: tuple[str, ...] = Field(default=(), description="datasets this protocol accepts (empty = any)")
+    notes: str = ""
+    source: str = Field(default="", exclude=True)
+
+    def __hash__(self):
+        return hash(self.model_dump_json())
+
+
+class SuiteEntry(Spec):
+    protocol: str
+    datasets: tuple[str, ...]
+    methods: tuple[str, ...] | Literal["all"] = "all"
+    epochs: Literal["all", "last"] | tuple[int, ...] = "all"
+
+
+class SuiteSpec(Spec):
+    name: str
+    title: str
+    methods: tuple[str, ...]
+    grid: tuple[SuiteEntry, ...] = Field(min_length=1)
+    notes: str = ""
+    source: str = Field(default="", exclude=True)
+
+
+KINDS = {"methods": MethodSpec, "datasets": DatasetSpec, "protocols": ProtocolSpec, "suites": SuiteSpec}
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with line numbers, and pydantic errors turned into one readable message.
+
+
+def _line_map(text: str) -> dict[tuple, int]:
+    """(key, path, ...) -> 1-based line of that key (or list item) in the YAML text."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = path + (k.value,)
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[path + (i,)] = v.start_mark.line + 1
+                walk(v, path + (i,))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names allowed at `loc` (the parent mapping of an unknown key)."""
+    cur: Any = model
+    for part in loc:
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            return []
+        f = cur.model_fields.get(part)
+        if f is None:
+            return []
+        cur = _first_model(f.annotation)
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return [n for n, f in cur.model_fields.items() if not f.exclude]
+    return []
+
+
+def _first_model(tp):
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for a in getattr(tp, "__args__", ()) or ():
+        m = _first_model(a)
+        if m is not None:
+            return m
+    return None
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _format_validation(err: ValidationError, model: type[BaseModel], path: Path, lines: dict) -> str:
+    out = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not _is_union_tag(p))
+        line = None
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        where = f"{path}:{line}" if line else str(path)
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_fields(model, loc[:-1])
+            msg = f"unknown key '{loc[-1]}'; expected one of: {', '.join(allowed)}.{did_you_mean(loc[-1], allowed)}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif e["type"] == "literal_error":
+            expected = e.get("ctx", {}).get("expected", "")
+            choices = re.findall(r"'([^']*)'", expected)
+            msg = f"got {e['input']!r}; expected one of: {', '.join(choices)}.{did_you_mean(e['input'], choices)}"
+        else:
+            msg = f"{e['msg']} (got {e['input']!r})" if not isinstance(e["input"], dict) else e["msg"]
+        out.append(f"{where}: {key}: {msg}")
+    # the same location may be reported once per union branch; keep the first of each
+    seen, uniq = set(), []
+    for o in out:
+        k = o.split(": ")[0] + o.split(": ")[1]
+        if k not in seen:
+            seen.add(k)
+            uniq.append(o)
+    return "\n".join(uniq)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "tuple", "none", "literal"}
+
+
+def _is_union_tag(part) -> bool:
+    """pydantic puts the union branch it tried into an error's loc ('EpochRange', 'list[str]')."""
+    if not isinstance(part, str):
+        return False
+    return ("[" in part or part.lower() in _TYPE_TAGS
+            or any(part == m.__name__ for m in (*KINDS.values(), EpochRange, StateDictRule, CheckpointSpec,
+                                                SplitSpec, Resources, SuiteEntry)))
+
+
+def load_spec(path: Path, kind: str):
+    """Parse and validate one registry file of the given kind ('methods', 'datasets', ...)."""
+    model = KINDS[kind]
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise RegistryError(f"{path}: cannot read registry file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RegistryError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"{path}: expected a mapping of keys (name: ..., ...), got {type(data).__name__}")
+    if data.get("name") is not None and data.get("name") != path.stem:
+        raise RegistryError(
+            f"{path}:{_line_map(text).get(('name',), 1)}: name: '{data.get('name')}' does not match the file "
+            f"name; rename the file to {data.get('name')}.yaml or set name: {path.stem}")
+    try:
+        return model.model_validate({**data, "source": str(path)})
+    except ValidationError as e:
+        raise RegistryError(_format_validation(e, model, path, _line_map(text))) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Environment-variable expansion, deferred until a path is actually used.
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+
+def expand_env(value: str, *, source: str = "", key: str = "") -> str:
+    def sub(m):
+        name, default = m.group(1), m.group(3)
+        if name in os.environ:
+            return os.environ[name]
+        if m.group(2) is not None:
+            return default
+        raise RegistryError(
+            f"{source}: {key}: environment variable {name} is not set (used in '{value}'); "
+            f"export {name}=/path/to/... or write a default as ${{{name}:-/path}}")
+
+    return _VAR.sub(sub, value)
+
+
+def env_vars(value: str) -> list[str]:
+    return [m.group(1) for m in _VAR.finditer(value)]
+
+
+# --------------------------------------------------------------------------------------------
+# The registry: every file of every kind, cross-checked.
+
+
+@dataclass(frozen=True)
+class Registry:
+    root: Path
+    methods: dict[str, MethodSpec] = field(default_factory=dict)
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    protocols: dict[str, ProtocolSpec] = field(default_factory=dict)
+    suites: dict[str, SuiteSpec] = field(default_factory=dict)
+
+    def get(self, kind: str, name: str):
+        table = getattr(self, kind)
+        if name not in table:
+            singular = kind[:-1]
+            raise RegistryError(
+                f"unknown {singular} '{name}'.{did_you_mean(name, table)} "
+                f"Known: {', '.join(sorted(table)) or '(none)'} (files under {self.root / kind})")
+        return table[name]
+
+    def method(self, name: str) -> MethodSpec:
+        return self.get("methods", name)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return self.get("datasets", name)
+
+    def protocol(self, name: str) -> ProtocolSpec:
+        return self.get("protocols", name)
+
+    def suite(self, name: str) -> SuiteSpec:
+        return self.get("suites", name)
+
+
+def _check_suite(reg: Registry, s: SuiteSpec) -> list[str]:
+    errs = []
+    lines = _line_map(Path(s.source).read_text()) if s.source else {}
+
+    def ref(kind, name, loc):
+        table = getattr(reg, kind)
+        if name not in table:
+            line = lines.get(loc) or lines.get(loc[:-1])
+            errs.append(f"{s.source}:{line}: {'.'.join(map(str, loc))}: unknown {kind[:-1]} '{name}'; "
+                        f"expected one of the files in {reg.root / kind}.{did_you_mean(name, table)}")
+
+    for i, m in enumerate(s.methods):
+        ref("methods", m, ("methods", i))
+    for gi, entry in enumerate(s.grid):
+        ref("protocols", entry.protocol, ("grid", gi, "protocol"))
+        for di, d in enumerate(entry.datasets):
+            ref("datasets", d, ("grid", gi, "datasets", di))
+            p = reg.protocols.get(entry.protocol)
+            if p and p.datasets and d in reg.datasets and d not in p.datasets:
+                errs.append(f"{s.source}:{lines.get(('grid', gi, 'datasets', di))}: grid.{gi}.datasets: "
+                            f"protocol '{p.name}' does not accept dataset '{d}'; expected one of: "
+                            f"{', '.join(p.datasets)}")
+        if entry.methods != "all":
+            for mi, m in enumerate(entry.methods):
+                ref("methods", m, ("grid", gi, "methods", mi))
+                if m in reg.methods and m not in s.methods:
+                    errs.append(f"{s.source}:{lines.get(('grid', gi, 'methods', mi))}: grid.{gi}.methods: "
+                                f"'{m}' is not in the suite's methods list; add it there first")
+    return errs
+
+
+def _check_protocol(reg: Registry, p: ProtocolSpec) -> list[str]:
+    lines = _line_map(Path(p.source).read_text()) if p.source else {}
+    return [f"{p.source}:{lines.get(('datasets', i))}: datasets.{i}: unknown dataset '{d}'."
+            f"{did_you_mean(d, reg.datasets)}"
+            for i, d in enumerate(p.datasets) if d not in reg.datasets]
+
+
+def load_registry(root: Path | str | None = None) -> Registry:
+    """Load and cross-check every registry file; raise one RegistryError listing every problem."""
+    root = Path(root or os.environ.get("SDD_BENCHMARKS") or DEFAULT_BENCHMARKS)
+    if not root.is_dir():
+        raise RegistryError(f"registry directory {root} does not exist (set SDD_BENCHMARKS or pass --registry)")
+    tables: dict[str, dict] = {k: {} for k in KINDS}
+    errors: list[str] = []
+    for kind in KINDS:
+        for path in sorted((root / kind).glob("*.yaml")):
+            try:
+                spec = load_spec(path, kind)
+            except RegistryError as e:
+                errors.append(str(e))
+                continue
+            tables[kind][spec.name] = spec
+    reg = Registry(root=root, **tables)
+    for p in reg.protocols.values():
+        errors += _check_protocol(reg, p)
+    for s in reg.suites.values():
+        errors += _check_suite(reg, s)
+    if errors:
+        raise RegistryError("\n".join(errors))
+    return reg
+
+
+Epochs = Union[EpochRange, tuple[int, ...]]
