@@ -56,7 +56,12 @@ def safe_load(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({size_of(path)}): {msg}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({size_of(path)}): {str(e).splitlines()[0]}") from None
+            f"checkpoint {path} is corrupt or truncated ({size_of(path)}): {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def size_of(path: Path) -> str:
