@@ -1,0 +1,312 @@
+"""DSE (Dense representation Structure Estimator) as the official code computes it.
+
+Quantity of `estimator.py` / `get_DSE.py` of EldercatSAM/SSL-Degradation (protocols §2), per batch
+of B images with N tokens of dimension d:
+
+    DSE_raw = inter + dim - (intra_batch + intra_image) / 2        (λ = 1; λ is applied per method
+                                                                     across checkpoints, `dse_lambda`)
+- tokens L2-normalised; radius and distance terms divided by avg_l2 (mean distance of a token to
+  the batch mean);
+- intra_image: k-means (k=3) per image; per cluster with > 1 point the nuclear norm of the centred
+  cluster / sqrt(max(n-1, d)); mean over clusters (1.0 if none), mean over images;
+- intra_batch / inter: k-means (k=24) per group of 8 images; cluster radii as above, averaged over
+  the flat list of all groups' clusters; inter = per group, the point-mean of the (non-squared)
+  distance to the nearest *other* centroid, averaged over groups;
+- dim: one random token per image per slot (an independent permutation per image), the effective
+  rank of each uncentred B×d slot matrix / min(B, d), averaged over the N slots.
+
+Two modes:
+- "parity": the official algorithm's semantics: k-means++ with D-weighted (not D²) sampling, the
+  generator reseeded to `seed` for every k-means problem, 20 Lloyd iterations, tol 1e-4 on the
+  Frobenius centroid shift, an empty cluster keeps its centroid, labels from the last assignment
+  (computed with the previous centroids) against the updated centroids, permutations drawn from the
+  generator state the last global k-means left. Lloyd steps run batched over problems (each frozen
+  at its own stopping iteration), cluster radii per cluster as in the reference. On CPU the random
+  draws come from the CPU generator; the official code draws its multinomials on CUDA.
+- "fast": the same quantity with batched k-means++ (inverse-CDF sampling from one generator),
+  batched Lloyd, and batched Gram-matrix eigenvalues for the radii (no loops over images, clusters
+  or points). It differs from parity only through k-means local optima.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+COMPONENTS = ("dse", "inter", "intra_image", "intra_batch", "dim")
+
+
+@dataclass
+class DSEResult:
+    dse: float  # raw DSE, λ = 1
+    inter: float
+    intra_image: float
+    intra_batch: float
+    dim: float  # effective dimensionality (= dense RankMe, "RankMe†")
+    separability: float  # inter - (intra_batch + intra_image) / 2
+    batches: int
+    mode: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_features(z: torch.Tensor, *, min_tokens: int = 1) -> None:
+    if z.ndim != 3:
+        raise ValueError(f"dense features must be [images, tokens, dim], got shape {tuple(z.shape)}")
+    if z.shape[0] < 1 or z.shape[1] < min_tokens:
+        raise ValueError(f"need at least 1 image and {min_tokens} tokens per image (k-means clusters), "
+                         f"got {z.shape[0]} images x {z.shape[1]} tokens")
+    bad = (~torch.isfinite(z)).sum().item()
+    if bad:
+        raise ValueError(f"dense features contain {bad} NaN/inf values out of {z.numel()}; DSE is undefined")
+
+
+# ---------------------------------------------------------------------------------------------
+# k-means
+
+
+def _kmeanspp_parity(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """k-means++ init of one problem, as the reference: reseed, CPU randint, D-weighted multinomial."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    idx = torch.randint(0, x.shape[0], (1,), generator=g, device=x.device)
+    c = x[idx]
+    for _ in range(1, k):
+        dist = torch.cdist(x, c).min(dim=1).values
+        total = dist.sum()
+        prob = dist / total if total > 0 else torch.full_like(dist, 1.0 / len(dist))  # all points equal
+        nxt = torch.multinomial(prob, 1, generator=g)
+        c = torch.cat([c, x[nxt]], dim=0)
+    return c
+
+
+def _kmeanspp_batched(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ init for P problems at once ([P, n, d] -> [P, k, d]), D-weighted, inverse-CDF draws."""
+    p, n, _ = x.shape
+    ar = torch.arange(p, device=x.device)
+    first = torch.randint(0, n, (p,), generator=g, device=x.device)
+    cents = [x[ar, first]]
+    xx = (x * x).sum(-1)
+    dist = lambda c: (xx - 2 * (x @ c[:, :, None]).squeeze(-1) + (c * c).sum(-1)[:, None]).clamp_min(0).sqrt()
+    dmin = dist(cents[0])  # [P, n]
+    for _ in range(1, k):
+        cdf = dmin.cumsum(dim=1)
+        total = cdf[:, -1:]
+        u = torch.rand(p, 1, generator=g, device=x.device) * total
+        idx = torch.searchsorted(cdf, u).squeeze(1).clamp_max(n - 1)
+        flat = total.squeeze(1) <= 0  # degenerate problem: every point identical
+        idx = torch.where(flat, torch.randint(0, n, (p,), generator=g, device=x.device), idx)
+        c = x[ar, idx]
+        cents.append(c)
+        dmin = torch.minimum(dmin, dist(c))
+    return torch.stack(cents, dim=1)
+
+
+def _sqdist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances [P, n, k] by the |x|² + |c|² - 2 x·c expansion (what torch.cdist
+    does internally for large inputs, without its batched overhead)."""
+    d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ c.transpose(1, 2) + (c * c).sum(-1)[:, None, :]
+    return d2.clamp_min_(0)
+
+
+def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched Lloyd on [P, n, d] from centroids [P, k, d]. Each problem stops at its own iteration
+    (Frobenius shift < tol), an empty cluster keeps its centroid; returns the labels of the last
+    assignment (made with the previous centroids) and the updated centroids, as the reference."""
+    p, n, _ = x.shape
+    k = c.shape[1]
+    c = c.clone()
+    labels = torch.zeros(p, n, dtype=torch.long, device=x.device)
+    active = torch.arange(p, device=x.device)
+    for _ in range(iters):
+        xa, ca = x[active], c[active]
+        lab = _sqdist(xa, ca).argmin(dim=-1)
+        onehot = F.one_hot(lab, k).to(x.dtype)  # [Pa, n, k]
+        counts = onehot.sum(dim=1)  # [Pa, k]
+        sums = onehot.transpose(1, 2) @ xa
+        new = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], ca)
+        shift = (new - ca).flatten(1).norm(dim=1)
+        c[active], labels[active] = new, lab
+        active = active[shift >= tol]
+        if len(active) == 0:
+            break
+    return labels, c
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster statistics
+
+
+def _css_loop(x: torch.Tensor, labels: torch.Tensor, k: int) -> list[float]:
+    """Per cluster with > 1 point: nuclear norm of the centred cluster / sqrt(max(n-1, d))."""
+    d = x.shape[1]
+    out = []
+    for j in range(k):
+        xj = x[labels == j]
+        if len(xj) > 1:
+            s = torch.linalg.svdvals(xj - xj.mean(dim=0))
+            out.append((s.sum() / math.sqrt(max(len(xj) - 1, d))).item())
+    return out
+
+
+def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same as `_css_loop` for P problems at once: [P, k] values and a [P, k] validity mask.
+    Clusters are sorted by size and processed in chunks, each centred cluster zero-padded to the
+    chunk's largest size; its nuclear norm is the sum of sqrt(eigenvalues) of its Gram matrix
+    (float64; zero rows add only zero eigenvalues)."""
+    p, n, d = x.shape
+    q = p * k
+    flat = x.reshape(p * n, d).double()
+    cid = (torch.arange(p, device=x.device)[:, None] * k + labels).reshape(-1)
+    cnt = torch.bincount(cid, minlength=q)
+    mean = torch.zeros(q, d, dtype=flat.dtype, device=x.device).index_add_(0, cid, flat) / cnt.clamp_min(1)[:, None]
+    order = torch.argsort(cid, stable=True)
+    cid_s = cid[order]
+    pts = (flat - mean[cid])[order]
+    starts = torch.cumsum(cnt, 0) - cnt
+    rank = torch.arange(p * n, device=x.device) - starts[cid_s]
+    nuc = torch.zeros(q, dtype=flat.dtype, device=x.device)
+    by_size = torch.argsort(cnt)
+    by_size = by_size[cnt[by_size] > 1]
+    slot = torch.full((q,), -1, dtype=torch.long, device=x.device)
+    for c0 in range(0, len(by_size), chunk):
+        ids = by_size[c0:c0 + chunk]
+        s_max = int(cnt[ids].max())
+        slot.fill_(-1)
+        slot[ids] = torch.arange(len(ids), device=x.device)
+        sel = slot[cid_s] >= 0
+        padded = torch.zeros(len(ids), s_max, d, dtype=flat.dtype, device=x.device)
+        padded[slot[cid_s[sel]], rank[sel]] = pts[sel]
+        gram = padded @ padded.transpose(1, 2) if s_max <= d else padded.transpose(1, 2) @ padded
+        nuc[ids] = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().sum(dim=-1)
+    val = nuc / torch.sqrt(torch.clamp(cnt - 1, min=d).double())
+    return val.reshape(p, k).to(x.dtype), (cnt > 1).reshape(p, k)
+
+
+def _inter(x: torch.Tensor, labels: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Per problem: point-mean of the Euclidean distance to the nearest centroid other than its label's."""
+    dist = _sqdist(x, c).sqrt_()  # [P, n, k]
+    dist = dist.scatter(-1, labels[..., None], float("inf"))
+    return dist.min(dim=-1).values.mean(dim=-1)
+
+
+def effective_dim(z: torch.Tensor, seed: int, groups_tokens: int | None) -> float:
+    """Mean over token slots of erank(one random token per image) / min(B, d).
+
+    In parity mode the permutations come from the state the last global k-means left: manual_seed
+    then one randint over that problem's size (`groups_tokens`), then one randperm per image."""
+    b, n, d = z.shape
+    g = torch.Generator(device=z.device).manual_seed(seed)
+    if groups_tokens is not None:
+        torch.randint(0, groups_tokens, (1,), generator=g, device=z.device)
+    perms = torch.stack([torch.randperm(n, generator=g, device=z.device) for _ in range(b)])  # [B, N]
+    slots = torch.gather(z, 1, perms[..., None].expand(b, n, d)).transpose(0, 1)  # [N, B, d]
+    s = torch.linalg.svdvals(slots)  # [N, min(B, d)]
+    p = s / s.sum(dim=-1, keepdim=True) + 1e-12
+    erank = torch.exp(-(p * torch.log(p)).sum(dim=-1)) / min(b, d)
+    return erank.mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3, global_clusters: int = 24,
+              group_size: int | None = None, normalize: bool = True, iters: int = 20, tol: float = 1e-4,
+              seed: int = 0) -> dict[str, float]:
+    """The five DSE numbers of one batch of images ([B, N, d])."""
+    if mode not in ("parity", "fast"):
+        raise ValueError(f"mode must be 'parity' or 'fast', got {mode!r}")
+    check_features(z, min_tokens=local_clusters)
+    z = z.float()
+    if normalize:
+        z = F.normalize(z, dim=-1)
+    b, n, d = z.shape
+    group = group_size or max(1, global_clusters // local_clusters)
+    flat = z.reshape(-1, d)
+    avg_l2 = (flat - flat.mean(dim=0)).norm(dim=1).mean().item()
+    if avg_l2 == 0:
+        raise ValueError("all tokens are identical (avg_l2 = 0): DSE is undefined for fully collapsed features")
+
+    # local: k-means per image
+    if mode == "parity":
+        c0 = torch.stack([_kmeanspp_parity(z[i], local_clusters, seed) for i in range(b)])
+    else:
+        gen = torch.Generator(device=z.device).manual_seed(seed)
+        c0 = _kmeanspp_batched(z, local_clusters, gen)
+    lab, _ = lloyd(z, c0, iters, tol)
+    if mode == "parity":
+        img_vals = []
+        for i in range(b):
+            css = _css_loop(z[i], lab[i], local_clusters)
+            img_vals.append(sum(css) / len(css) if css else 1.0)
+        intra_image = sum(img_vals) / b
+    else:
+        css, valid = _css_batched(z, lab, local_clusters)
+        nvalid = valid.sum(dim=1)
+        per_img = torch.where(nvalid > 0, (css * valid).sum(dim=1) / nvalid.clamp_min(1), torch.ones_like(css[:, 0]))
+        intra_image = per_img.mean().item()
+
+    # global: k-means per group of `group` images (the last group may be smaller)
+    starts = list(range(0, b, group))
+    groups = [z[s:s + group].reshape(-1, d) for s in starts]
+    css_all: list[float] = []
+    inter_vals: list[float] = []
+    last_size = None
+    by_size: dict[int, list[int]] = {}
+    for gi, xg in enumerate(groups):
+        by_size.setdefault(len(xg), []).append(gi)
+    if len(groups[-1]) < global_clusters:
+        raise ValueError(f"a group of {len(groups[-1])} tokens is smaller than global_clusters={global_clusters}")
+    for size, idxs in by_size.items():  # batch the problems of equal size
+        xs = torch.stack([groups[i] for i in idxs])
+        if mode == "parity":
+            c0 = torch.stack([_kmeanspp_parity(x, global_clusters, seed) for x in xs])
+        else:
+            c0 = _kmeanspp_batched(xs, global_clusters, gen)
+        glab, gc = lloyd(xs, c0, iters, tol)
+        iv = _inter(xs, glab, gc)
+        for j, i in enumerate(idxs):
+            inter_vals.append((i, iv[j].item()))
+            if mode == "parity":
+                css_all.extend((i, v) for v in _css_loop(xs[j], glab[j], global_clusters))
+        if mode == "fast":
+            css, valid = _css_batched(xs, glab, global_clusters)
+            css_all.extend((0, v) for v in css[valid].tolist())
+        last_size = size
+    del last_size
+    intra_batch = (sum(v for _, v in css_all) / len(css_all)) if css_all else 1.0
+    inter = sum(v for _, v in inter_vals) / len(inter_vals)
+    dim = effective_dim(z, seed, len(groups[-1]) if mode == "parity" else None)
+
+    intra_image /= avg_l2
+    intra_batch /= avg_l2
+    inter /= avg_l2
+    return {"dse": inter + dim - (intra_batch + intra_image) / 2, "inter": inter, "intra_image": intra_image,
+            "intra_batch": intra_batch, "dim": dim}
+
+
+def dse(features: torch.Tensor, *, batch_size: int = 1024, mode: str = "parity", **kw) -> DSEResult:
+    """DSE of [images, tokens, dim] features: per batch of `batch_size` images, averaged over batches."""
+    check_features(features, min_tokens=kw.get("local_clusters", 3))
+    rows = [dse_batch(features[i:i + batch_size], mode=mode, **kw) for i in range(0, len(features), batch_size)]
+    avg = {k: sum(r[k] for r in rows) / len(rows) for k in COMPONENTS}
+    return DSEResult(**avg, separability=avg["inter"] - (avg["intra_batch"] + avg["intra_image"]) / 2,
+                     batches=len(rows), mode=mode)
+
+
+def dse_lambda(separability: list[float], dim: list[float]) -> float:
+    """λ = Std(separability) / Std(dim) across one method's checkpoints (the paper's normalisation)."""
+    import statistics
+
+    if len(dim) < 2:
+        return 1.0
+    sd = statistics.pstdev(dim)
+    return statistics.pstdev(separability) / sd if sd > 0 else 1.0
+
+
+def dse_normalised(separability: list[float], dim: list[float]) -> list[float]:
+    """DSE = separability + λ·dim with λ from `dse_lambda` (applied at analysis time, per method)."""
+    lam = dse_lambda(separability, dim)
+    return [s + lam * m for s, m in zip(separability, dim)]
