@@ -155,10 +155,10 @@ def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, chunk: int = 512
     """Same as `_css_loop` for P problems at once: [P, k] values and a [P, k] validity mask.
     Clusters are sorted by size and processed in chunks, each centred cluster zero-padded to the
     chunk's largest size; its nuclear norm is the sum of sqrt(eigenvalues) of its Gram matrix
-    (float64; zero rows add only zero eigenvalues)."""
+    (eigenvalues in float64; zero rows add only zero eigenvalues)."""
     p, n, d = x.shape
     q = p * k
-    flat = x.reshape(p * n, d).double()
+    flat = x.reshape(p * n, d)
     cid = (torch.arange(p, device=x.device)[:, None] * k + labels).reshape(-1)
     cnt = torch.bincount(cid, minlength=q)
     mean = torch.zeros(q, d, dtype=flat.dtype, device=x.device).index_add_(0, cid, flat) / cnt.clamp_min(1)[:, None]
@@ -180,8 +180,8 @@ def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, chunk: int = 512
         padded = torch.zeros(len(ids), s_max, d, dtype=flat.dtype, device=x.device)
         padded[slot[cid_s[sel]], rank[sel]] = pts[sel]
         gram = padded @ padded.transpose(1, 2) if s_max <= d else padded.transpose(1, 2) @ padded
-        nuc[ids] = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().sum(dim=-1)
-    val = nuc / torch.sqrt(torch.clamp(cnt - 1, min=d).double())
+        nuc[ids] = torch.linalg.eigvalsh(gram.double()).clamp_min(0).sqrt().sum(dim=-1).to(nuc.dtype)
+    val = nuc / torch.sqrt(torch.clamp(cnt - 1, min=d).to(nuc.dtype))
     return val.reshape(p, k).to(x.dtype), (cnt > 1).reshape(p, k)
 
 

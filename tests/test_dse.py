@@ -1,0 +1,154 @@
+"""DSE: parity mode equals a loop-based transcription of the reference algorithm (protocols §2),
+component by component; fast mode agrees with it and ranks feature sets the same way."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import kendalltau
+
+from harness.metrics.dse import dse, dse_batch, dse_lambda, lloyd
+
+
+# ---- a straightforward transcription of estimator.py's algorithm, loops everywhere -------------
+def ref_kmeans(X, k, iters=20, tol=1e-4, seed=0):
+    g = torch.Generator().manual_seed(seed)  # the reference reseeds on every k-means call
+    C = [X[torch.randint(0, X.shape[0], (1,), generator=g)[0]]]
+    for _ in range(1, k):
+        dists = torch.cdist(X, torch.stack(C)).min(dim=1).values
+        C.append(X[torch.multinomial(dists / dists.sum(), 1, generator=g)[0]])  # D-, not D²-weighted
+    C = torch.stack(C)
+    for _ in range(iters):
+        labels = torch.cdist(X, C).argmin(dim=1)
+        new = C.clone()
+        for j in range(k):
+            if (labels == j).any():
+                new[j] = X[labels == j].mean(dim=0)  # an empty cluster keeps its centroid
+        shift = torch.norm(new - C)
+        C = new
+        if shift < tol:
+            break
+    return labels, C  # labels of the last assignment, updated centroids
+
+
+def ref_css(X, labels, k):
+    d, out = X.shape[1], []
+    for j in range(k):
+        xj = X[labels == j]
+        if len(xj) > 1:
+            out.append(torch.linalg.svdvals(xj - xj.mean(0)).sum().item() / math.sqrt(max(len(xj) - 1, d)))
+    return out
+
+
+def ref_dse(z, kl=3, kg=24):
+    z = F.normalize(z.float(), dim=-1)
+    B, N, d = z.shape
+    flat = z.reshape(-1, d)
+    avg_l2 = torch.stack([torch.norm(t - flat.mean(0)) for t in flat]).mean().item()
+    img = []
+    for b in range(B):
+        lab, _ = ref_kmeans(z[b], kl)
+        css = ref_css(z[b], lab, kl)
+        img.append(sum(css) / len(css) if css else 1.0)
+    css_all, inter = [], []
+    for s in range(0, B, kg // kl):
+        X = z[s:s + kg // kl].reshape(-1, d)
+        lab, C = ref_kmeans(X, kg)
+        css_all += ref_css(X, lab, kg)
+        D = torch.cdist(X, C)
+        for i in range(len(X)):
+            D[i, lab[i]] = float("inf")
+        inter.append(D.min(dim=1).values.mean().item())
+    g = torch.Generator().manual_seed(0)  # state the last global k-means left on the CPU generator
+    torch.randint(0, len(X), (1,), generator=g)
+    perms = [torch.randperm(N, generator=g) for _ in range(B)]
+    eranks = []
+    for n in range(N):
+        R = torch.stack([z[b, perms[b][n]] for b in range(B)])
+        s = torch.linalg.svdvals(R)
+        p = s / s.sum() + 1e-12
+        eranks.append(math.exp(-(p * p.log()).sum().item()) / min(B, d))
+    out = {"intra_image": sum(img) / B / avg_l2, "intra_batch": sum(css_all) / len(css_all) / avg_l2,
+           "inter": sum(inter) / len(inter) / avg_l2, "dim": sum(eranks) / N}
+    out["dse"] = out["inter"] + out["dim"] - (out["intra_batch"] + out["intra_image"]) / 2
+    return out
+
+
+def structured(B=16, N=36, d=32, n_classes=6, noise=0.5, seed=0):
+    """Images made of a few 'objects' drawn from shared class prototypes, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(n_classes, d, generator=g) * 2
+    cls = torch.randint(0, n_classes, (B, 3), generator=g)
+    which = torch.randint(0, 3, (B, N), generator=g)
+    return protos[torch.gather(cls, 1, which)] + noise * torch.randn(B, N, d, generator=g)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_parity_equals_reference_transcription(seed):
+    z = structured(seed=seed)
+    ref = ref_dse(z)
+    got = dse_batch(z, mode="parity")
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, rel=1e-5), k
+
+
+def test_parity_with_a_partial_last_group_and_resnet_like_shapes():
+    z = structured(B=11, N=49, d=64, seed=3)  # 11 images: groups of 8 and 3
+    ref, got = ref_dse(z), dse_batch(z, mode="parity")
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, rel=1e-5), k
+
+
+def test_fast_agrees_with_parity_and_ranks_the_same():
+    noises = [0.3, 0.6, 1.0, 1.6, 2.5, 4.0, 6.0, 9.0]
+    par, fast = [], []
+    for i, s in enumerate(noises):
+        z = structured(B=64, N=36, d=32, n_classes=24, noise=s, seed=10 + i)
+        a, b = dse(z, mode="parity"), dse(z, mode="fast")
+        assert b.dim == pytest.approx(a.dim, rel=0.02)  # same quantity, other token draws
+        for k in ("inter", "intra_image", "intra_batch"):
+            assert getattr(b, k) == pytest.approx(getattr(a, k), rel=0.05), (s, k)
+        par.append(a.dse)
+        fast.append(b.dse)
+    tau = kendalltau(par, fast).statistic
+    assert tau >= 0.95, (par, fast)
+    assert par[0] > par[-1]  # more structure -> higher DSE
+
+
+def test_batches_are_averaged():
+    z = structured(B=16)
+    r = dse(z, batch_size=8, mode="parity")
+    a, b = dse_batch(z[:8]), dse_batch(z[8:])
+    assert r.batches == 2 and r.dse == pytest.approx((a["dse"] + b["dse"]) / 2, rel=1e-6)
+    assert r.separability == pytest.approx(r.inter - (r.intra_batch + r.intra_image) / 2)
+
+
+def test_bad_input_is_refused_clearly():
+    z = structured()
+    bad = z.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN/inf values"):
+        dse(bad)
+    with pytest.raises(ValueError, match="at least 1 image and 3 tokens"):
+        dse(z[:, :2])
+    with pytest.raises(ValueError, match="avg_l2 = 0"):
+        dse(torch.ones(8, 30, 16))
+    with pytest.raises(ValueError, match=r"\[images, tokens, dim\]"):
+        dse(z[0])
+
+
+def test_single_image_is_defined():
+    r = dse(structured(B=1, N=40), mode="parity")
+    assert r.dim == pytest.approx(1.0) and math.isfinite(r.dse)
+
+
+def test_empty_cluster_keeps_its_centroid():
+    x = torch.tensor([[[0.0, 0.0], [0.1, 0.0], [1.0, 1.0], [1.1, 1.0]]])
+    c0 = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [50.0, 50.0]]])
+    labels, c = lloyd(x, c0, iters=20, tol=1e-4)
+    assert torch.equal(c[0, 2], c0[0, 2]) and set(labels[0].tolist()) == {0, 1}
+
+
+def test_lambda_normalisation():
+    assert dse_lambda([1.0, 2.0, 3.0], [0.1, 0.2, 0.3]) == pytest.approx(10.0)
+    assert dse_lambda([1.0], [0.5]) == 1.0 and dse_lambda([1.0, 2.0], [0.5, 0.5]) == 1.0
