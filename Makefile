@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 SDD    := $(VENV)/bin/sdd
 PYTEST_ARGS ?=
 
-.PHONY: help install install-detectron2 test test-fast demo validate plan clean
+.PHONY: help install install-detectron2 test test-fast bench demo validate plan clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ test: install  ## run the whole test suite (CPU)
 
 test-fast: install  ## the test suite without the slow (full-size architecture) tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install  ## benchmarks under tests/perf/ (print their figures; not timed tests)
+	$(PY) tests/perf/bench_dse.py
 
 demo: install  ## the whole pipeline in miniature on generated data (CPU)
 	$(SDD) demo
