@@ -1,0 +1,89 @@
+"""Uniformity and spectrum metrics, pure functions of [n, d] embedding matrices (protocols §3).
+
+- `w2_uniformity`: Wasserstein-2 distance between N(mu, Sigma) of L2-normalised features and N(0, I/m)
+  (Fang et al.): sqrt(|mu|² + 1 + tr Sigma - 2/sqrt(m) tr Sigma^1/2), Sigma biased (1/n); computed with
+  `eigh` + clamp in float64 (the reference uses `eig` + 1e-8, which can NaN on tiny negative eigenvalues).
+  Report -W2 as the uniformity (higher = more uniform).
+- `lu_uniformity`: Wang & Isola -L_U = -log mean_{i<j} exp(-t |x_i - x_j|²), t = 2, on a fixed subsample.
+- `rankme`: exp entropy of the normalised singular values of the (uncentred) matrix, eps 1e-7.
+- `effective_rank`: the same without eps (Roy & Vetterli).
+- `alpha_req`: power-law exponent of the centred covariance eigenspectrum, weighted least squares with
+  weights 1/rank on ranks [fit_min, fit_max] (reptrix's recipe: ranks 6..100); the range is returned.
+- `singular_spectrum`: log singular values of the covariance of L2-normalised embeddings (DirectCLR),
+  and the number of collapsed dimensions below a threshold.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _check(z: torch.Tensor, name: str) -> torch.Tensor:
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"{name}: expected an [n >= 2, d] matrix, got shape {tuple(z.shape)}")
+    if not torch.isfinite(z).all():
+        raise ValueError(f"{name}: embeddings contain NaN/inf")
+    return z.double()
+
+
+def w2_uniformity(z: torch.Tensor) -> float:
+    """W2 distance to N(0, I/m) of the L2-normalised rows (lower = more uniform)."""
+    x = F.normalize(_check(z, "W2"), dim=1)
+    n, m = x.shape
+    mu = x.mean(dim=0)
+    cov = (x - mu).T @ (x - mu) / n
+    ev = torch.linalg.eigvalsh(cov).clamp_min(0)
+    w2sq = mu.dot(mu) + 1 + cov.trace() - 2 / math.sqrt(m) * ev.sqrt().sum()
+    return math.sqrt(max(w2sq.item(), 0.0))
+
+
+def lu_uniformity(z: torch.Tensor, t: float = 2.0, max_vectors: int = 10000, seed: int = 0) -> float:
+    """-L_U of Wang & Isola on L2-normalised rows (a fixed subsample above `max_vectors`)."""
+    x = F.normalize(_check(z, "L_U"), dim=1)
+    if len(x) > max_vectors:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_vectors]]
+    sq = torch.pdist(x).pow(2)
+    return -(torch.logsumexp(-t * sq, dim=0) - math.log(len(sq))).item()
+
+
+def _entropy_rank(s: torch.Tensor, eps: float) -> float:
+    p = s / s.sum() + eps
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def rankme(z: torch.Tensor, eps: float = 1e-7) -> float:
+    return _entropy_rank(torch.linalg.svdvals(_check(z, "RankMe")), eps)
+
+
+def effective_rank(z: torch.Tensor) -> float:
+    s = torch.linalg.svdvals(_check(z, "erank"))
+    s = s[s > 0]
+    return _entropy_rank(s, 0.0)
+
+
+def alpha_req(z: torch.Tensor, fit_min: int = 6, fit_max: int = 100) -> dict:
+    """Power-law decay alpha of the covariance eigenspectrum (lambda_i ~ i^-alpha)."""
+    x = _check(z, "alpha-ReQ")
+    x = x - x.mean(dim=0)
+    ev = torch.linalg.eigvalsh(x.T @ x / (len(x) - 1)).flip(0)
+    ev = ev / ev.sum()
+    hi = min(fit_max, int((ev > 0).sum()))
+    if hi - fit_min < 2:
+        raise ValueError(f"alpha-ReQ: only {hi} positive eigenvalues, need ranks {fit_min}..{fit_max}")
+    ranks = torch.arange(fit_min, hi + 1, dtype=torch.float64)
+    y = ev[fit_min - 1:hi].log()
+    a = torch.stack([-ranks.log(), torch.ones_like(ranks)], dim=1)
+    w = (1 / ranks).sqrt()[:, None]
+    sol = torch.linalg.lstsq(a * w, y[:, None] * w).solution
+    return {"alpha": sol[0, 0].item(), "fit_ranks": [fit_min, hi]}
+
+
+def singular_spectrum(z: torch.Tensor, collapse_threshold: float = 1e-6) -> dict:
+    """log singular values (descending) of the covariance of L2-normalised rows, and the number of
+    dimensions whose singular value is below `collapse_threshold` times the largest."""
+    x = F.normalize(_check(z, "spectrum"), dim=1)
+    s = torch.linalg.svdvals(torch.cov(x.T))
+    collapsed = int((s < collapse_threshold * s[0]).sum())
+    return {"log_sv": s.clamp_min(1e-30).log().tolist(), "collapsed_dims": collapsed}

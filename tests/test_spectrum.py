@@ -1,0 +1,65 @@
+"""Closed-form and property checks of the uniformity and spectrum metrics."""
+import math
+
+import pytest
+import torch
+
+from harness.metrics.spectrum import alpha_req, effective_rank, lu_uniformity, rankme, singular_spectrum, w2_uniformity
+
+G = lambda s=0: torch.Generator().manual_seed(s)
+
+
+def test_w2_goes_to_zero_for_isotropic_gaussian():
+    small = w2_uniformity(torch.randn(500, 16, generator=G()))
+    big = w2_uniformity(torch.randn(50000, 16, generator=G()))
+    assert big < small and big < 0.05
+
+
+def test_w2_of_fully_collapsed_features_is_analytic():
+    z = torch.ones(100, 16) * torch.arange(1, 17.0)  # every row the same direction
+    assert w2_uniformity(z) == pytest.approx(math.sqrt(2.0), rel=1e-9)  # |mu|² = 1, Sigma = 0
+
+
+def test_w2_properties_permutation_replication_redundancy_collapse():
+    z = torch.randn(400, 8, generator=G())
+    w = w2_uniformity(z)
+    assert w2_uniformity(z[torch.randperm(400, generator=G(1))]) == pytest.approx(w, rel=1e-9)
+    assert w2_uniformity(torch.cat([z, z])) == pytest.approx(w, rel=1e-9)  # replication invariance
+    assert w2_uniformity(torch.cat([z, z], dim=1)) > w  # redundant features
+    collapsed = z.clone()
+    collapsed[:, 4:] = 0
+    assert w2_uniformity(collapsed) > w  # dimensional collapse
+
+
+def test_lu_breaks_replication_invariance():
+    z = torch.randn(200, 8, generator=G())
+    assert lu_uniformity(torch.cat([z, z])) != pytest.approx(lu_uniformity(z), rel=1e-3)
+
+
+def test_rankme_of_rank_r_matrix():
+    a = torch.randn(300, 5, generator=G()) @ torch.randn(5, 64, generator=G(1))
+    q, _ = torch.linalg.qr(torch.randn(300, 5, generator=G(2)))
+    assert effective_rank(q * 3) == pytest.approx(5.0, rel=1e-6)
+    assert 1 < rankme(a) <= 5.0 + 1e-6
+
+
+def test_alpha_req_recovers_a_power_law():
+    n, d, alpha = 4000, 200, 1.3
+    scales = torch.arange(1, d + 1, dtype=torch.float64).pow(-alpha / 2)
+    z = torch.randn(n, d, generator=G(), dtype=torch.float64) * scales
+    got = alpha_req(z)
+    assert got["alpha"] == pytest.approx(alpha, abs=0.1) and got["fit_ranks"] == [6, 100]
+
+
+def test_spectrum_counts_collapsed_dimensions():
+    z = torch.randn(500, 10, generator=G())
+    z[:, 7:] = 0
+    out = singular_spectrum(z)
+    assert out["collapsed_dims"] >= 3 and len(out["log_sv"]) == 10
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="NaN/inf"):
+        rankme(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"\[n >= 2, d\]"):
+        w2_uniformity(torch.ones(1, 4))
