@@ -64,6 +64,22 @@ def check_features(z: torch.Tensor, *, min_tokens: int = 1) -> None:
         raise ValueError(f"dense features contain {bad} NaN/inf values out of {z.numel()}; DSE is undefined")
 
 
+def eigvalsh(a: torch.Tensor) -> torch.Tensor:
+    """Batched symmetric eigenvalues, the batch split over torch's intra-op threads: LAPACK's batched
+    call runs its matrices one after another, which leaves all but one core idle for small matrices."""
+    workers = torch.get_num_threads()
+    if a.device.type != "cpu" or workers < 2 or a.shape[0] < 2 * workers:
+        return torch.linalg.eigvalsh(a)
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.set_num_threads(1)  # one LAPACK thread per worker; restored below
+    try:
+        with ThreadPoolExecutor(workers) as ex:
+            return torch.cat(list(ex.map(torch.linalg.eigvalsh, a.chunk(workers))))
+    finally:
+        torch.set_num_threads(workers)
+
+
 # ---------------------------------------------------------------------------------------------
 # k-means
 
@@ -104,11 +120,21 @@ def _kmeanspp_batched(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tens
     return torch.stack(cents, dim=1)
 
 
-def _sqdist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def _sqdist(x: torch.Tensor, c: torch.Tensor, xx: torch.Tensor | None = None) -> torch.Tensor:
     """Squared Euclidean distances [P, n, k] by the |x|² + |c|² - 2 x·c expansion (what torch.cdist
     does internally for large inputs, without its batched overhead)."""
-    d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ c.transpose(1, 2) + (c * c).sum(-1)[:, None, :]
+    xx = (x * x).sum(-1, keepdim=True) if xx is None else xx
+    d2 = torch.baddbmm(xx + (c * c).sum(-1)[:, None, :], x, c.transpose(1, 2), alpha=-2)
     return d2.clamp_min_(0)
+
+
+def _centroids(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster sums and counts by scatter-add ([P, k, d], [P, k]); O(n·d) instead of a one-hot matmul."""
+    p, n, d = x.shape
+    cid = (torch.arange(p, device=x.device)[:, None] * k + labels).reshape(-1)
+    sums = torch.zeros(p * k, d, dtype=x.dtype, device=x.device).index_add_(0, cid, x.reshape(-1, d))
+    counts = torch.bincount(cid, minlength=p * k).to(x.dtype)
+    return sums.view(p, k, d), counts.view(p, k)
 
 
 def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,16 +145,19 @@ def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[tor
     k = c.shape[1]
     c = c.clone()
     labels = torch.zeros(p, n, dtype=torch.long, device=x.device)
+    xx_all = (x * x).sum(-1, keepdim=True)
     active = torch.arange(p, device=x.device)
     for _ in range(iters):
-        xa, ca = x[active], c[active]
-        lab = _sqdist(xa, ca).argmin(dim=-1)
-        onehot = F.one_hot(lab, k).to(x.dtype)  # [Pa, n, k]
-        counts = onehot.sum(dim=1)  # [Pa, k]
-        sums = onehot.transpose(1, 2) @ xa
+        everyone = len(active) == p
+        xa, ca = (x, c) if everyone else (x[active], c[active])
+        lab = _sqdist(xa, ca, xx_all if everyone else xx_all[active]).argmin(dim=-1)
+        sums, counts = _centroids(xa, lab, k)
         new = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], ca)
         shift = (new - ca).flatten(1).norm(dim=1)
-        c[active], labels[active] = new, lab
+        if everyone:
+            c, labels = new, lab
+        else:
+            c[active], labels[active] = new, lab
         active = active[shift >= tol]
         if len(active) == 0:
             break
@@ -151,38 +180,43 @@ def _css_loop(x: torch.Tensor, labels: torch.Tensor, k: int) -> list[float]:
     return out
 
 
-def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, *, exact: bool,
+                 chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Same as `_css_loop` for P problems at once: [P, k] values and a [P, k] validity mask.
     Clusters are sorted by size and processed in chunks, each centred cluster zero-padded to the
-    chunk's largest size; its nuclear norm is the sum of sqrt(eigenvalues) of its Gram matrix
-    (eigenvalues in float64; zero rows add only zero eigenvalues)."""
+    chunk's largest size; its nuclear norm is the sum of sqrt(eigenvalues) of its Gram matrix (the
+    smaller of X Xᵀ and Xᵀ X; zero rows add only zero eigenvalues). `exact`: float64 throughout."""
     p, n, d = x.shape
     q = p * k
-    flat = x.reshape(p * n, d)
+    dt = torch.float64 if exact else x.dtype
+    flat = x.reshape(p * n, d).to(dt)
     cid = (torch.arange(p, device=x.device)[:, None] * k + labels).reshape(-1)
     cnt = torch.bincount(cid, minlength=q)
-    mean = torch.zeros(q, d, dtype=flat.dtype, device=x.device).index_add_(0, cid, flat) / cnt.clamp_min(1)[:, None]
-    order = torch.argsort(cid, stable=True)
-    cid_s = cid[order]
-    pts = (flat - mean[cid])[order]
-    starts = torch.cumsum(cnt, 0) - cnt
-    rank = torch.arange(p * n, device=x.device) - starts[cid_s]
-    nuc = torch.zeros(q, dtype=flat.dtype, device=x.device)
-    by_size = torch.argsort(cnt)
-    by_size = by_size[cnt[by_size] > 1]
-    slot = torch.full((q,), -1, dtype=torch.long, device=x.device)
-    for c0 in range(0, len(by_size), chunk):
-        ids = by_size[c0:c0 + chunk]
-        s_max = int(cnt[ids].max())
-        slot.fill_(-1)
-        slot[ids] = torch.arange(len(ids), device=x.device)
-        sel = slot[cid_s] >= 0
-        padded = torch.zeros(len(ids), s_max, d, dtype=flat.dtype, device=x.device)
-        padded[slot[cid_s[sel]], rank[sel]] = pts[sel]
+    mean = torch.zeros(q, d, dtype=dt, device=x.device).index_add_(0, cid, flat) / cnt.clamp_min(1)[:, None]
+    # order clusters by size and points by their cluster's place in that order: every chunk of
+    # clusters is then one contiguous run of points
+    by_size = torch.argsort(cnt, stable=True)
+    place = torch.empty_like(by_size)
+    place[by_size] = torch.arange(q, device=x.device)
+    order = torch.argsort(place[cid], stable=True)
+    pts = flat[order] - mean[cid[order]]
+    size_sorted = cnt[by_size]
+    first_pt = torch.cumsum(size_sorted, 0) - size_sorted  # first point of each cluster (sorted order)
+    local_place = place[cid[order]]
+    rank = torch.arange(p * n, device=x.device) - first_pt[local_place]
+    nuc = torch.zeros(q, dtype=torch.float64, device=x.device)
+    start = int((size_sorted <= 1).sum())  # clusters with < 2 points have no radius
+    for c0 in range(start, q, chunk):
+        c1 = min(c0 + chunk, q)
+        s_max = int(size_sorted[c1 - 1])
+        p0, p1 = int(first_pt[c0]), int(first_pt[c1 - 1] + size_sorted[c1 - 1])
+        padded = torch.zeros((c1 - c0) * s_max, d, dtype=dt, device=x.device)
+        padded.index_copy_(0, (local_place[p0:p1] - c0) * s_max + rank[p0:p1], pts[p0:p1])
+        padded = padded.view(c1 - c0, s_max, d)
         gram = padded @ padded.transpose(1, 2) if s_max <= d else padded.transpose(1, 2) @ padded
-        nuc[ids] = torch.linalg.eigvalsh(gram.double()).clamp_min(0).sqrt().sum(dim=-1).to(nuc.dtype)
-    val = nuc / torch.sqrt(torch.clamp(cnt - 1, min=d).to(nuc.dtype))
-    return val.reshape(p, k).to(x.dtype), (cnt > 1).reshape(p, k)
+        nuc[by_size[c0:c1]] = eigvalsh(gram).clamp_min(0).sqrt().sum(dim=-1).double()
+    val = nuc / torch.sqrt(torch.clamp(cnt - 1, min=d).double())
+    return val.reshape(p, k), (cnt > 1).reshape(p, k)
 
 
 def _inter(x: torch.Tensor, labels: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -192,21 +226,26 @@ def _inter(x: torch.Tensor, labels: torch.Tensor, c: torch.Tensor) -> torch.Tens
     return dist.min(dim=-1).values.mean(dim=-1)
 
 
-def effective_dim(z: torch.Tensor, seed: int, groups_tokens: int | None) -> float:
-    """Mean over token slots of erank(one random token per image) / min(B, d).
-
-    In parity mode the permutations come from the state the last global k-means left: manual_seed
-    then one randint over that problem's size (`groups_tokens`), then one randperm per image."""
+def effective_dim(z: torch.Tensor, perms: torch.Tensor, *, exact: bool) -> float:
+    """Mean over token slots of erank(one token per image, uncentred B×d) / min(B, d).
+    Singular values from the eigenvalues of the smaller Gram matrix (float64 when `exact`)."""
     b, n, d = z.shape
-    g = torch.Generator(device=z.device).manual_seed(seed)
-    if groups_tokens is not None:
-        torch.randint(0, groups_tokens, (1,), generator=g, device=z.device)
-    perms = torch.stack([torch.randperm(n, generator=g, device=z.device) for _ in range(b)])  # [B, N]
     slots = torch.gather(z, 1, perms[..., None].expand(b, n, d)).transpose(0, 1)  # [N, B, d]
-    s = torch.linalg.svdvals(slots)  # [N, min(B, d)]
+    if exact:
+        slots = slots.double()
+    gram = slots.transpose(1, 2) @ slots if b >= d else slots @ slots.transpose(1, 2)
+    s = eigvalsh(gram.double() if exact else gram).clamp_min(0).sqrt().double()
     p = s / s.sum(dim=-1, keepdim=True) + 1e-12
     erank = torch.exp(-(p * torch.log(p)).sum(dim=-1)) / min(b, d)
     return erank.mean().item()
+
+
+def _reference_perms(b: int, n: int, seed: int, last_problem_size: int, device) -> torch.Tensor:
+    """The permutations of the reference: the CPU generator as the last global k-means left it
+    (manual_seed, one randint over that problem's size), then one randperm(N) per image."""
+    g = torch.Generator().manual_seed(seed)
+    torch.randint(0, last_problem_size, (1,), generator=g)
+    return torch.stack([torch.randperm(n, generator=g) for _ in range(b)]).to(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,11 +253,13 @@ def effective_dim(z: torch.Tensor, seed: int, groups_tokens: int | None) -> floa
 
 def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3, global_clusters: int = 24,
               group_size: int | None = None, normalize: bool = True, iters: int = 20, tol: float = 1e-4,
-              seed: int = 0) -> dict[str, float]:
+              seed: int = 0, checked: bool = False) -> dict[str, float]:
     """The five DSE numbers of one batch of images ([B, N, d])."""
     if mode not in ("parity", "fast"):
         raise ValueError(f"mode must be 'parity' or 'fast', got {mode!r}")
-    check_features(z, min_tokens=local_clusters)
+    if not checked:
+        check_features(z, min_tokens=local_clusters)
+    exact = mode == "parity"
     z = z.float()
     if normalize:
         z = F.normalize(z, dim=-1)
@@ -228,57 +269,44 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
     avg_l2 = (flat - flat.mean(dim=0)).norm(dim=1).mean().item()
     if avg_l2 == 0:
         raise ValueError("all tokens are identical (avg_l2 = 0): DSE is undefined for fully collapsed features")
+    gen = torch.Generator(device=z.device).manual_seed(seed)
 
-    # local: k-means per image
-    if mode == "parity":
-        c0 = torch.stack([_kmeanspp_parity(z[i], local_clusters, seed) for i in range(b)])
-    else:
-        gen = torch.Generator(device=z.device).manual_seed(seed)
-        c0 = _kmeanspp_batched(z, local_clusters, gen)
-    lab, _ = lloyd(z, c0, iters, tol)
-    if mode == "parity":
-        img_vals = []
-        for i in range(b):
-            css = _css_loop(z[i], lab[i], local_clusters)
-            img_vals.append(sum(css) / len(css) if css else 1.0)
-        intra_image = sum(img_vals) / b
-    else:
-        css, valid = _css_batched(z, lab, local_clusters)
-        nvalid = valid.sum(dim=1)
-        per_img = torch.where(nvalid > 0, (css * valid).sum(dim=1) / nvalid.clamp_min(1), torch.ones_like(css[:, 0]))
-        intra_image = per_img.mean().item()
+    def init(x, k):
+        if exact:  # reseeded per problem, sequential draws, as the reference
+            return torch.stack([_kmeanspp_parity(xi, k, seed) for xi in x])
+        return _kmeanspp_batched(x, k, gen)
+
+    # local: k-means per image; image value = mean radius of its clusters (1.0 if none has > 1 point)
+    lab, _ = lloyd(z, init(z, local_clusters), iters, tol)
+    css, valid = _css_batched(z, lab, local_clusters, exact=exact)
+    nvalid = valid.sum(dim=1)
+    per_img = torch.where(nvalid > 0, (css * valid).sum(dim=1) / nvalid.clamp_min(1), torch.ones_like(css[:, 0]))
+    intra_image = per_img.mean().item()
 
     # global: k-means per group of `group` images (the last group may be smaller)
     starts = list(range(0, b, group))
-    groups = [z[s:s + group].reshape(-1, d) for s in starts]
-    css_all: list[float] = []
-    inter_vals: list[float] = []
-    last_size = None
-    by_size: dict[int, list[int]] = {}
-    for gi, xg in enumerate(groups):
-        by_size.setdefault(len(xg), []).append(gi)
-    if len(groups[-1]) < global_clusters:
-        raise ValueError(f"a group of {len(groups[-1])} tokens is smaller than global_clusters={global_clusters}")
-    for size, idxs in by_size.items():  # batch the problems of equal size
-        xs = torch.stack([groups[i] for i in idxs])
-        if mode == "parity":
-            c0 = torch.stack([_kmeanspp_parity(x, global_clusters, seed) for x in xs])
-        else:
-            c0 = _kmeanspp_batched(xs, global_clusters, gen)
-        glab, gc = lloyd(xs, c0, iters, tol)
-        iv = _inter(xs, glab, gc)
-        for j, i in enumerate(idxs):
-            inter_vals.append((i, iv[j].item()))
-            if mode == "parity":
-                css_all.extend((i, v) for v in _css_loop(xs[j], glab[j], global_clusters))
-        if mode == "fast":
-            css, valid = _css_batched(xs, glab, global_clusters)
-            css_all.extend((0, v) for v in css[valid].tolist())
-        last_size = size
-    del last_size
-    intra_batch = (sum(v for _, v in css_all) / len(css_all)) if css_all else 1.0
-    inter = sum(v for _, v in inter_vals) / len(inter_vals)
-    dim = effective_dim(z, seed, len(groups[-1]) if mode == "parity" else None)
+    sizes = [min(group, b - s0) * n for s0 in starts]
+    if sizes[-1] < global_clusters:
+        raise ValueError(f"a group of {sizes[-1]} tokens is smaller than global_clusters={global_clusters}")
+    css_sum, css_n, inter_sum = 0.0, 0, 0.0
+    full = (b // group) * group
+    parts = [z[:full].reshape(-1, group * n, d)] if full else []
+    if full < b:
+        parts.append(z[full:].reshape(1, -1, d))
+    for xs in parts:
+        glab, gc = lloyd(xs, init(xs, global_clusters), iters, tol)
+        inter_sum += _inter(xs, glab, gc).sum().item()
+        css, valid = _css_batched(xs, glab, global_clusters, exact=exact)
+        css_sum += css[valid].sum().item()
+        css_n += int(valid.sum())
+    intra_batch = css_sum / css_n if css_n else 1.0
+    inter = inter_sum / len(starts)
+
+    if exact:
+        perms = _reference_perms(b, n, seed, sizes[-1], z.device)
+    else:
+        perms = torch.rand(b, n, generator=gen, device=z.device).argsort(dim=1)
+    dim = effective_dim(z, perms, exact=exact)
 
     intra_image /= avg_l2
     intra_batch /= avg_l2
@@ -290,7 +318,7 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
 def dse(features: torch.Tensor, *, batch_size: int = 1024, mode: str = "parity", **kw) -> DSEResult:
     """DSE of [images, tokens, dim] features: per batch of `batch_size` images, averaged over batches."""
     check_features(features, min_tokens=kw.get("local_clusters", 3))
-    rows = [dse_batch(features[i:i + batch_size], mode=mode, **kw) for i in range(0, len(features), batch_size)]
+    rows = [dse_batch(features[i:i + batch_size], mode=mode, checked=True, **kw) for i in range(0, len(features), batch_size)]
     avg = {k: sum(r[k] for r in rows) / len(rows) for k in COMPONENTS}
     return DSEResult(**avg, separability=avg["inter"] - (avg["intra_batch"] + avg["intra_image"]) / 2,
                      batches=len(rows), mode=mode)
