@@ -63,3 +63,18 @@ def test_bad_input():
         rankme(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
     with pytest.raises(ValueError, match=r"\[n >= 2, d\]"):
         w2_uniformity(torch.ones(1, 4))
+
+
+def test_lidar_counts_the_discriminable_directions():
+    from harness.metrics.spectrum import lidar
+
+    n, q, d, r = 400, 8, 32, 6
+    centres = torch.zeros(n, d, dtype=torch.float64)
+    centres[:, :r] = torch.randn(n, r, generator=G(), dtype=torch.float64) * 10  # between-image spread in r dims
+    views = centres[:, None] + torch.randn(n, q, d, generator=G(1), dtype=torch.float64)  # isotropic view noise
+    assert lidar(views) == pytest.approx(r, abs=0.5)
+    collapsed = centres.clone()
+    collapsed[:, 1:] = 0
+    assert lidar(collapsed[:, None] + torch.randn(n, q, d, generator=G(2), dtype=torch.float64)) < 1.5
+    with pytest.raises(ValueError, match="q >= 2 views"):
+        lidar(views[:, :1])

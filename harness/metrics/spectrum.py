@@ -87,3 +87,24 @@ def singular_spectrum(z: torch.Tensor, collapse_threshold: float = 1e-6) -> dict
     s = torch.linalg.svdvals(torch.cov(x.T))
     collapsed = int((s < collapse_threshold * s[0]).sum())
     return {"log_sv": s.clamp_min(1e-30).log().tolist(), "collapsed_dims": collapsed}
+
+
+def lidar(views: torch.Tensor, delta: float = 1e-6, eps: float = 1e-7) -> float:
+    """LiDAR (Thilak et al.): effective rank of the LDA matrix Sw^-1/2 Sb Sw^-1/2, from embeddings of
+    q augmented views of n source images, `views` [n, q, d]. Eigenvalues of the LDA matrix are used
+    directly (reptrix instead takes a PCA of its rows, which is not the definition)."""
+    if views.ndim != 3 or views.shape[0] < 2 or views.shape[1] < 2:
+        raise ValueError(f"LiDAR: expected [n >= 2 images, q >= 2 views, d], got shape {tuple(views.shape)}")
+    if not torch.isfinite(views).all():
+        raise ValueError("LiDAR: embeddings contain NaN/inf")
+    e = views.double()
+    n, q, d = e.shape
+    mu_x = e.mean(dim=1)
+    mu = mu_x.mean(dim=0)
+    sb = (mu_x - mu).T @ (mu_x - mu) / n
+    within = (e - mu_x[:, None]).reshape(-1, d)
+    sw = within.T @ within / (n * q) + delta * torch.eye(d, dtype=e.dtype)
+    w_ev, w_vec = torch.linalg.eigh(sw)
+    inv_sqrt = w_vec @ torch.diag(w_ev.clamp_min(1e-30).rsqrt()) @ w_vec.T
+    lam = torch.linalg.eigvalsh(inv_sqrt @ sb @ inv_sqrt).clamp_min(0)
+    return _entropy_rank(lam, eps)
