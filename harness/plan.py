@@ -22,6 +22,7 @@ class Cell:
     config_hash: str
     gpu_hours: float
     config: dict = field(compare=False, hash=False, repr=False)
+    registry_root: str = field(default="", compare=False, hash=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -80,7 +81,7 @@ def build_plan(reg: Registry, suite: str, *, protocols: list[str] | None = None,
                 for epoch in _entry_epochs(entry, spec.epochs(), f"{s.source}: {entry.protocol}/{method}"):
                     cfg = resolved_config(reg, entry.protocol, dataset, method, epoch)
                     cells.append(Cell(suite, entry.protocol, dataset, method, epoch, config_hash(cfg),
-                                      p.resources.gpu_hours, cfg))
+                                      p.resources.gpu_hours, cfg, str(reg.root)))
     return cells
 
 

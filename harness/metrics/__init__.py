@@ -1,0 +1,59 @@
+"""Representation metrics: pure functions of tensors (no registry, no models, no jobs).
+
+`compute_all` evaluates every metric of the `metrics` protocol on one checkpoint's features."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from harness.metrics.dse import dse
+from harness.metrics.spectrum import (alpha_req, effective_rank, lidar, lu_uniformity, rankme, singular_spectrum,
+                                      w2_uniformity)
+
+
+def token_subsample(dense: torch.Tensor, per_image: int, seed: int) -> torch.Tensor:
+    """A fixed subsample of `per_image` tokens of every image, flattened to [images * per_image, d]."""
+    b, n, d = dense.shape
+    k = min(per_image, n)
+    idx = torch.rand(b, n, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)[:, :k]
+    return torch.gather(dense, 1, idx[..., None].expand(b, k, d)).reshape(-1, d)
+
+
+def compute_all(dense: torch.Tensor, params: dict, views: torch.Tensor | None = None) -> tuple[dict, dict, dict]:
+    """(metrics: flat floats, details: spectra and fit ranges, seconds per metric) of [images, tokens, d]."""
+    timings, details = {}, {}
+    seed = int(params.get("image_list_seed", 0))
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        timings[name] = time.perf_counter() - t
+        return out
+
+    dcfg = dict(params.get("dse", {}))
+    mode = dcfg.pop("mode", "parity")
+    kmeans_iters, kmeans_tol = dcfg.pop("kmeans_iters", 20), dcfg.pop("kmeans_tol", 1e-4)
+    r = timed("dse", lambda: dse(dense, batch_size=int(params.get("batch_size", 1024)), mode=mode,
+                                 iters=kmeans_iters, tol=kmeans_tol, **dcfg))
+    m = {"dse": r.dse, "dse_inter": r.inter, "dse_intra_image": r.intra_image, "dse_intra_batch": r.intra_batch,
+         "dse_dim": r.dim, "dse_separability": r.separability, "dense_rankme": r.dim}
+    tokens = token_subsample(dense, int(params.get("tokens_per_image", 16)), seed)
+    ucfg = params.get("uniformity", {})
+    m["w2"] = timed("w2", lambda: w2_uniformity(tokens))
+    m["neg_w2"] = -m["w2"]
+    m["neg_lu"] = timed("lu", lambda: lu_uniformity(tokens, t=ucfg.get("t", 2), max_vectors=ucfg.get("max_vectors", 10000),
+                                                    seed=seed))
+    emb = dense.mean(dim=1)  # image-level embedding: mean of the dense tokens
+    m["rankme"] = timed("rankme", lambda: rankme(emb))
+    m["effective_rank"] = effective_rank(emb)
+    acfg = params.get("alpha_req", {})
+    a = timed("alpha_req", lambda: alpha_req(emb, acfg.get("fit_min_rank", 6), acfg.get("fit_max_rank", 100)))
+    m["alpha_req"], details["alpha_req_fit_ranks"] = a["alpha"], a["fit_ranks"]
+    sp, spd = singular_spectrum(emb), singular_spectrum(tokens)
+    m["collapsed_dims"], m["collapsed_dims_dense"] = sp["collapsed_dims"], spd["collapsed_dims"]
+    details["log_sv"], details["log_sv_dense"] = sp["log_sv"], spd["log_sv"]
+    if views is not None:
+        lc = params.get("lidar", {})
+        m["lidar"] = timed("lidar", lambda: lidar(views, lc.get("delta", 1e-6), lc.get("eps", 1e-7)))
+    return m, details, timings

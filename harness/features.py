@@ -1,0 +1,142 @@
+"""Dense features of a backbone on a fixed, recorded list of images, with an on-disk cache.
+
+- `image_list`: a fixed sample of an ImageFolder tree (class folders), drawn once from a seed over the
+  sorted file list and identified by the hash of its relative paths. Every checkpoint of every method
+  sees the same images (the official code's subset depended on each architecture's RNG use).
+- `extract_dense`: [images, tokens, d] from `Backbone.dense` (last layer, final norm, class tokens
+  dropped), batched, with a progress bar. The features are rounded to the cache dtype (float16 by
+  default) whether or not they came from the cache, so a metric gives the same value on a cache hit.
+- `extract_views`: image-level embeddings (mean of the dense tokens) of q augmented views per image,
+  for LiDAR.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CACHE_ROOT = Path(os.environ.get("SDD_CACHE", Path(__file__).resolve().parents[1] / "results" / ".cache"))
+
+
+@dataclass(frozen=True)
+class ImageList:
+    root: Path
+    paths: tuple[str, ...]  # relative to root, in sample order
+    seed: int
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256("\n".join(self.paths).encode()).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def image_list(root: str | Path, num_images: int, seed: int = 0) -> ImageList:
+    """`num_images` files drawn without replacement (seeded) from the class folders under `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist (expected class folders <root>/<class>/*.JPEG)")
+    files = sorted(str(p.relative_to(root)) for p in root.glob("*/*") if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise FileNotFoundError(f"no images under {root}/<class>/ (extensions {', '.join(IMAGE_EXTS)})")
+    if len(files) < num_images:
+        raise ValueError(f"{root} holds {len(files)} images, fewer than the {num_images} the protocol asks for")
+    perm = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:num_images]
+    return ImageList(root, tuple(files[i] for i in perm.tolist()), seed)
+
+
+def eval_transform(resize: int = 256, crop: int = 224):
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(crop),
+                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def view_transform(crop: int = 224, scale=(0.2, 1.0), flip: float = 0.5, color_jitter: float = 0.4,
+                   grayscale: float = 0.2):
+    """The SSL-style augmentation LiDAR's views are drawn with (settings from the protocol file)."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(crop, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(flip),
+        T.RandomApply([T.ColorJitter(color_jitter, color_jitter, color_jitter / 2, color_jitter / 4)], p=0.8),
+        T.RandomGrayscale(grayscale),
+        T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images: ImageList, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.images.root / self.images.paths[i]) as im:
+            return self.transform(im.convert("RGB"))
+
+
+def _progress(it, total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, unit="batch", disable=not enabled, leave=False)
+
+
+@torch.no_grad()
+def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int = 224, batch_size: int = 64,
+                  layer: int | None = None, num_workers: int = 0, cache_key: str | None = None,
+                  cache_dir: Path | None = None, cache_dtype: torch.dtype = torch.float16,
+                  progress: bool = True) -> tuple[torch.Tensor, dict]:
+    """[images, tokens, d] float32 features (rounded to `cache_dtype`) and how they were obtained."""
+    path = None
+    if cache_key is not None:
+        name = f"{cache_key}_L{'last' if layer is None else layer}_{images.hash}_{resize}_{crop}.pt"
+        path = Path(cache_dir or CACHE_ROOT / "features") / name
+        if path.is_file():
+            try:
+                cached = torch.load(path, map_location="cpu", weights_only=True)
+                return cached["features"].float(), {"cache": "hit", "path": str(path)}
+            except Exception:  # a torn cache file is recomputed, never trusted
+                path.unlink(missing_ok=True)
+    backbone.eval()
+    loader = torch.utils.data.DataLoader(_Images(images, eval_transform(resize, crop)), batch_size=batch_size,
+                                         num_workers=num_workers, shuffle=False)
+    out = [backbone.dense(x, layer).to(cache_dtype) for x in _progress(loader, len(loader), "features", progress)]
+    feats = torch.cat(out)
+    info = {"cache": "miss" if path else "off"}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"features": feats}, tmp)
+        os.replace(tmp, path)
+        info["path"] = str(path)
+    return feats.float(), info
+
+
+@torch.no_grad()
+def extract_views(backbone, images: ImageList, views: int, *, seed: int = 0, batch_size: int = 64,
+                  augment: dict | None = None, progress: bool = True) -> torch.Tensor:
+    """[images, views, d] image-level embeddings (mean of the dense tokens) of augmented views."""
+    tf = view_transform(**(augment or {}))
+    ds = _Images(images, lambda im: torch.stack([tf(im) for _ in range(views)]))
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # the augmentations draw from torch's global RNG; restored below
+    try:
+        loader = torch.utils.data.DataLoader(ds, batch_size=max(1, batch_size // views), shuffle=False)
+        out = []
+        for x in _progress(loader, len(loader), "views", progress):
+            b = x.shape[0]
+            out.append(backbone.dense(x.flatten(0, 1)).mean(dim=1).view(b, views, -1))
+    finally:
+        torch.random.set_rng_state(torch_state)
+    return torch.cat(out)

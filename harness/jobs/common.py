@@ -1,0 +1,63 @@
+"""What every record carries: the cell, its resolved config and hash, versions, git sha, host, Slurm
+job id, timings, peak memory; on failure the error and the traceback tail."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import resource
+import subprocess
+import traceback
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "timm", "numpy", "scipy", "mmsegmentation", "mmengine", "submitit"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def base_record(cell) -> dict:
+    return {
+        "suite": cell.suite, "protocol": cell.protocol, "dataset": cell.dataset, "method": cell.method,
+        "epoch": cell.epoch, "cell": cell.id, "config_hash": cell.config_hash, "config": cell.config,
+        "versions": versions(), "git_sha": git_sha(), "host": platform.node(),
+        "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID")),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"), "started": now(),
+    }
+
+
+def failed_record(cell, error: BaseException) -> dict:
+    tb = traceback.format_exception(type(error), error, error.__traceback__)
+    return {**base_record(cell), "status": "failed", "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(tb)[-4000:], "finished": now(), "peak_memory_mb": peak_memory_mb()}

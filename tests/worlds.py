@@ -1,0 +1,68 @@
+"""Small generated inputs for the job tests: an ImageFolder tree and a registry with tiny methods."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imagefolder(root: Path, classes: int = 4, per_class: int = 10, size: int = 64, seed: int = 0) -> Path:
+    """<root>/train/n0000000c/*.JPEG: each class a colour and stripe orientation, plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for c in range(classes):
+        d = root / "train" / f"n{c:08d}"
+        d.mkdir(parents=True, exist_ok=True)
+        colour = rng.uniform(40, 215, 3)
+        for i in range(per_class):
+            phase = rng.uniform(0, 6.28)
+            stripes = np.sin((xx * np.cos(c) + yy * np.sin(c)) / 3.0 + phase)[..., None] * 40
+            img = np.clip(colour + stripes + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"img_{c}_{i:03d}.JPEG", quality=95)
+    return root
+
+
+def tiny_registry(tmp: Path, data_root: Path, ckpt_root: Path, *, num_images: int = 24, lidar_images: int = 6) -> Path:
+    """The real registry plus tiny DINO-format methods and a small `metrics` protocol and suite."""
+    bench = tmp / "benchmarks"
+    shutil.copytree(ROOT / "benchmarks", bench)
+    for name, arch in (("tinyvit", "vit_tiny_test"), ("tinyres", "resnet_tiny_test")):
+        (bench / "methods" / f"{name}.yaml").write_text(
+            f"name: {name}\ntitle: {name}\nfamily: test\narch: {arch}\n"
+            f"checkpoint:\n  dir: {ckpt_root}/{name}\n  file: 'checkpoint{{epoch:04d}}.pth'\n  epochs: [1, 2]\n"
+            "  state_dict: {key: teacher, strip_prefixes: [module., backbone.]}\n")
+    (bench / "datasets" / "imagenet.yaml").write_text(
+        f"name: imagenet\ntitle: mini ImageNet\nkind: imagenet\nroot: {data_root}\ntask: classification\n"
+        "splits:\n  train: {img_dir: train}\n")
+    (bench / "protocols" / "metrics.yaml").write_text(
+        "name: metrics\nkind: metrics\ntitle: metrics (tiny)\ndatasets: [imagenet]\n"
+        f"params:\n  num_images: {num_images}\n  batch_size: 16\n  image_list_seed: 0\n  resize: 72\n  crop: 64\n"
+        "  forward_batch: 8\n  cache: true\n  cache_dtype: float16\n  tokens_per_image: 8\n"
+        "  dse: {mode: parity, local_clusters: 3, global_clusters: 24, normalize: true}\n"
+        "  alpha_req: {fit_min_rank: 2, fit_max_rank: 20}\n"
+        f"  lidar: {{num_images: {lidar_images}, views: 4, augment: {{crop: 64, scale: [0.4, 1.0]}}}}\n"
+        "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n")
+    (bench / "suites" / "tiny.yaml").write_text(
+        "name: tiny\ntitle: tiny metrics suite\nmethods: [tinyvit, tinyres]\n"
+        "grid:\n  - protocol: metrics\n    datasets: [imagenet]\n")
+    return bench
+
+
+def dino_checkpoint(ckpt_root: Path, method: str, arch: str, epoch: int, seed: int, nan: bool = False) -> Path:
+    from harness.models.archs import build_backbone
+
+    torch.manual_seed(seed)
+    sd = build_backbone(arch).net.state_dict()
+    if nan:
+        first = next(k for k, v in sd.items() if v.is_floating_point())
+        sd[first] = torch.full_like(sd[first], float("nan"))
+    path = ckpt_root / method / f"checkpoint{epoch:04d}.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in sd.items()}, "epoch": epoch}, path)
+    return path
