@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from harness.metrics.dse import dse
+from harness.metrics import dse as dse_estimator  # the module: `dse` stays the submodule's name
 from harness.metrics.spectrum import (alpha_req, effective_rank, lidar, lu_uniformity, rankme, singular_spectrum,
                                       w2_uniformity)
 
@@ -34,7 +34,7 @@ def compute_all(dense: torch.Tensor, params: dict, views: torch.Tensor | None = 
     dcfg = dict(params.get("dse", {}))
     mode = dcfg.pop("mode", "parity")
     kmeans_iters, kmeans_tol = dcfg.pop("kmeans_iters", 20), dcfg.pop("kmeans_tol", 1e-4)
-    r = timed("dse", lambda: dse(dense, batch_size=int(params.get("batch_size", 1024)), mode=mode,
+    r = timed("dse", lambda: dse_estimator.dse(dense, batch_size=int(params.get("batch_size", 1024)), mode=mode,
                                  iters=kmeans_iters, tol=kmeans_tol, **dcfg))
     m = {"dse": r.dse, "dse_inter": r.inter, "dse_intra_image": r.intra_image, "dse_intra_batch": r.intra_batch,
          "dse_dim": r.dim, "dse_separability": r.separability, "dense_rankme": r.dim}

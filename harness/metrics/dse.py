@@ -98,26 +98,38 @@ def _kmeanspp_parity(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return c
 
 
-def _kmeanspp_batched(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """k-means++ init for P problems at once ([P, n, d] -> [P, k, d]), D-weighted, inverse-CDF draws."""
-    p, n, _ = x.shape
-    ar = torch.arange(p, device=x.device)
-    first = torch.randint(0, n, (p,), generator=g, device=x.device)
-    cents = [x[ar, first]]
-    xx = (x * x).sum(-1)
-    dist = lambda c: (xx - 2 * (x @ c[:, :, None]).squeeze(-1) + (c * c).sum(-1)[:, None]).clamp_min(0).sqrt()
-    dmin = dist(cents[0])  # [P, n]
-    for _ in range(1, k):
-        cdf = dmin.cumsum(dim=1)
-        total = cdf[:, -1:]
-        u = torch.rand(p, 1, generator=g, device=x.device) * total
-        idx = torch.searchsorted(cdf, u).squeeze(1).clamp_max(n - 1)
-        flat = total.squeeze(1) <= 0  # degenerate problem: every point identical
-        idx = torch.where(flat, torch.randint(0, n, (p,), generator=g, device=x.device), idx)
-        c = x[ar, idx]
-        cents.append(c)
-        dmin = torch.minimum(dmin, dist(c))
-    return torch.stack(cents, dim=1)
+def _kmeanspp_batched(x: torch.Tensor, k: int, g: torch.Generator, cache_bytes: int = 8 << 20) -> torch.Tensor:
+    """k-means++ init for P problems at once ([P, n, d] -> [P, k, d]), D-weighted, inverse-CDF draws.
+    Problems are taken in chunks that fit in cache: the k sequential steps then reread cached data
+    instead of streaming every problem from memory k times."""
+    p, n, d = x.shape
+    per = max(1, cache_bytes // max(1, n * d * x.element_size()))
+    draws = torch.rand(p, k, generator=g, device=x.device)  # all randomness drawn up front, chunk-independent
+    first = (draws[:, 0] * n).long().clamp_max(n - 1)
+    out = []
+    for s0 in range(0, p, per):
+        xs, u = x[s0:s0 + per], draws[s0:s0 + per]
+        q = xs.shape[0]
+        ar = torch.arange(q, device=x.device)
+        xx = (xs * xs).sum(-1)
+        cents = [xs[ar, first[s0:s0 + per]]]
+
+        def dist(c):
+            return torch.baddbmm(xx[:, None], c[:, None], xs.transpose(1, 2), alpha=-2).squeeze(1).add_(
+                (c * c).sum(-1)[:, None]).clamp_min_(0).sqrt_()
+
+        dmin = dist(cents[0])  # [q, n]
+        for j in range(1, k):
+            cdf = dmin.cumsum(dim=1)
+            total = cdf[:, -1:]
+            idx = torch.searchsorted(cdf, u[:, j:j + 1] * total).squeeze(1).clamp_max(n - 1)
+            flat = total.squeeze(1) <= 0  # degenerate problem (every point identical): uniform
+            idx = torch.where(flat, (u[:, j] * n).long().clamp_max(n - 1), idx)
+            c = xs[ar, idx]
+            cents.append(c)
+            dmin = torch.minimum(dmin, dist(c))
+        out.append(torch.stack(cents, dim=1))
+    return torch.cat(out)
 
 
 def _sqdist(x: torch.Tensor, c: torch.Tensor, xx: torch.Tensor | None = None) -> torch.Tensor:

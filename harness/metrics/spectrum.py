@@ -44,8 +44,18 @@ def lu_uniformity(z: torch.Tensor, t: float = 2.0, max_vectors: int = 10000, see
     x = F.normalize(_check(z, "L_U"), dim=1)
     if len(x) > max_vectors:
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_vectors]]
-    sq = torch.pdist(x).pow(2)
-    return -(torch.logsumexp(-t * sq, dim=0) - math.log(len(sq))).item()
+    # log-mean-exp over the pairs i < j, accumulated over row blocks (no n² matrix in memory);
+    # for unit vectors |x_i - x_j|² = 2 - 2 x_i·x_j
+    x32 = x.float()
+    n = len(x32)
+    parts = []
+    for s0 in range(0, n - 1, 1024):
+        block = x32[s0:s0 + 1024]
+        sq = (2 - 2 * block @ x32[s0 + 1:].T).clamp_min(0)
+        keep = torch.arange(s0 + 1, n)[None, :] > torch.arange(s0, s0 + len(block))[:, None]
+        parts.append(torch.logsumexp((-t * sq).masked_fill_(~keep, float("-inf")).flatten(), dim=0).double())
+    pairs = n * (n - 1) / 2
+    return -(torch.logsumexp(torch.stack(parts), dim=0) - math.log(pairs)).item()
 
 
 def _entropy_rank(s: torch.Tensor, eps: float) -> float:
