@@ -195,36 +195,41 @@ def _css_loop(x: torch.Tensor, labels: torch.Tensor, k: int) -> list[float]:
 def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, *, exact: bool,
                  chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Same as `_css_loop` for P problems at once: [P, k] values and a [P, k] validity mask.
-    Clusters are sorted by size and processed in chunks, each centred cluster zero-padded to the
-    chunk's largest size; its nuclear norm is the sum of sqrt(eigenvalues) of its Gram matrix (the
-    smaller of X Xᵀ and Xᵀ X; zero rows add only zero eigenvalues). `exact`: float64 throughout."""
+
+    Clusters are sorted by size and taken in chunks; the points of a chunk are one contiguous run
+    (points ordered by their cluster's place in the size order), copied into a zero-padded
+    [clusters, largest size, d] block and centred there. The nuclear norm of a centred cluster is the
+    sum of sqrt(eigenvalues) of its Gram matrix (the smaller of X Xᵀ and Xᵀ X; padding rows add only
+    zero eigenvalues). Centring in float32 as the reference; with `exact` the Gram matrix and its
+    eigenvalues are float64."""
     p, n, d = x.shape
     q = p * k
-    dt = torch.float64 if exact else x.dtype
-    flat = x.reshape(p * n, d).to(dt)
     cid = (torch.arange(p, device=x.device)[:, None] * k + labels).reshape(-1)
     cnt = torch.bincount(cid, minlength=q)
-    mean = torch.zeros(q, d, dtype=dt, device=x.device).index_add_(0, cid, flat) / cnt.clamp_min(1)[:, None]
-    # order clusters by size and points by their cluster's place in that order: every chunk of
-    # clusters is then one contiguous run of points
     by_size = torch.argsort(cnt, stable=True)
     place = torch.empty_like(by_size)
     place[by_size] = torch.arange(q, device=x.device)
-    order = torch.argsort(place[cid], stable=True)
-    pts = flat[order] - mean[cid[order]]
+    pl = place[cid]
+    order = torch.argsort(pl, stable=True)
+    pts = x.reshape(p * n, d)[order]
     size_sorted = cnt[by_size]
     first_pt = torch.cumsum(size_sorted, 0) - size_sorted  # first point of each cluster (sorted order)
-    local_place = place[cid[order]]
+    local_place = pl[order]
     rank = torch.arange(p * n, device=x.device) - first_pt[local_place]
     nuc = torch.zeros(q, dtype=torch.float64, device=x.device)
     start = int((size_sorted <= 1).sum())  # clusters with < 2 points have no radius
     for c0 in range(start, q, chunk):
         c1 = min(c0 + chunk, q)
-        s_max = int(size_sorted[c1 - 1])
+        m, s_max = c1 - c0, int(size_sorted[c1 - 1])
         p0, p1 = int(first_pt[c0]), int(first_pt[c1 - 1] + size_sorted[c1 - 1])
-        padded = torch.zeros((c1 - c0) * s_max, d, dtype=dt, device=x.device)
+        padded = torch.zeros(m * s_max, d, dtype=x.dtype, device=x.device)
         padded.index_copy_(0, (local_place[p0:p1] - c0) * s_max + rank[p0:p1], pts[p0:p1])
-        padded = padded.view(c1 - c0, s_max, d)
+        padded = padded.view(m, s_max, d)
+        sizes = size_sorted[c0:c1].to(x.dtype)
+        rows = (torch.arange(s_max, device=x.device)[None, :] < size_sorted[c0:c1, None]).to(x.dtype)
+        padded = padded - (padded.sum(dim=1) / sizes[:, None])[:, None, :] * rows[..., None]
+        if exact:
+            padded = padded.double()
         gram = padded @ padded.transpose(1, 2) if s_max <= d else padded.transpose(1, 2) @ padded
         nuc[by_size[c0:c1]] = eigvalsh(gram).clamp_min(0).sqrt().sum(dim=-1).double()
     val = nuc / torch.sqrt(torch.clamp(cnt - 1, min=d).double())
