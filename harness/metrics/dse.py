@@ -84,18 +84,36 @@ def eigvalsh(a: torch.Tensor) -> torch.Tensor:
 # k-means
 
 
-def _kmeanspp_parity(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """k-means++ init of one problem, as the reference: reseed, CPU randint, D-weighted multinomial."""
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    idx = torch.randint(0, x.shape[0], (1,), generator=g, device=x.device)
-    c = x[idx]
-    for _ in range(1, k):
-        dist = torch.cdist(x, c).min(dim=1).values
-        total = dist.sum()
-        prob = dist / total if total > 0 else torch.full_like(dist, 1.0 / len(dist))  # all points equal
-        nxt = torch.multinomial(prob, 1, generator=g)
-        c = torch.cat([c, x[nxt]], dim=0)
-    return c
+def _kmeanspp_parity(x: torch.Tensor, k: int, seed: int, cache_bytes: int = 8 << 20) -> torch.Tensor:
+    """k-means++ init of P problems ([P, n, d] -> [P, k, d]) with the reference's random stream: every
+    problem reseeded to `seed`, the first centroid from randint, the next k-1 from a multinomial
+    proportional to D (not D²). Distances are batched (running minimum to the chosen centroids, the
+    same numbers as the reference's cdist to all of them); only the draws run per problem."""
+    p, n, d = x.shape
+    per = max(1, cache_bytes // max(1, n * d * x.element_size()))
+    out = []
+    for s0 in range(0, p, per):
+        xs = x[s0:s0 + per]
+        q = xs.shape[0]
+        gens = [torch.Generator(device=x.device).manual_seed(seed) for _ in range(q)]
+        idx = torch.cat([torch.randint(0, n, (1,), generator=g, device=x.device) for g in gens])
+        ar = torch.arange(q, device=x.device)
+        cents = [xs[ar, idx]]
+        xx = (xs * xs).sum(-1)
+
+        def to(c):  # what cdist computes for large inputs: sqrt(clamp(|x|² - 2 x·c + |c|²))
+            return torch.baddbmm(xx[:, None], c[:, None], xs.transpose(1, 2), alpha=-2).squeeze(1).add_(
+                (c * c).sum(-1)[:, None]).clamp_min_(0).sqrt_()
+
+        dist = to(cents[0])  # [q, n]
+        for _ in range(1, k):
+            total = dist.sum(dim=1, keepdim=True)
+            prob = torch.where(total > 0, dist / total.clamp_min(1e-30), torch.full_like(dist, 1.0 / n))
+            idx = torch.cat([torch.multinomial(prob[i], 1, generator=gens[i]) for i in range(q)])
+            cents.append(xs[ar, idx])
+            dist = torch.minimum(dist, to(cents[-1]))
+        out.append(torch.stack(cents, dim=1))
+    return torch.cat(out)
 
 
 def _kmeanspp_batched(x: torch.Tensor, k: int, g: torch.Generator, cache_bytes: int = 8 << 20) -> torch.Tensor:
@@ -290,7 +308,7 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
 
     def init(x, k):
         if exact:  # reseeded per problem, sequential draws, as the reference
-            return torch.stack([_kmeanspp_parity(xi, k, seed) for xi in x])
+            return _kmeanspp_parity(x, k, seed)
         return _kmeanspp_batched(x, k, gen)
 
     # local: k-means per image; image value = mean radius of its clusters (1.0 if none has > 1 point)
