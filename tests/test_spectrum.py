@@ -78,3 +78,46 @@ def test_lidar_counts_the_discriminable_directions():
     assert lidar(collapsed[:, None] + torch.randn(n, q, d, generator=G(2), dtype=torch.float64)) < 1.5
     with pytest.raises(ValueError, match="q >= 2 views"):
         lidar(views[:, :1])
+
+
+# ---- the W2 paper's four properties, as property-based tests -----------------------------------
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def _features(seed, n, d):
+    return torch.randn(n, d, generator=G(seed), dtype=torch.float64) + torch.randn(d, generator=G(seed + 1),
+                                                                                   dtype=torch.float64)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(20, 200), d=st.integers(2, 24))
+def test_w2_instance_permutation_invariance(seed, n, d):
+    z = _features(seed, n, d)
+    perm = torch.randperm(n, generator=G(seed + 2))
+    assert w2_uniformity(z[perm]) == pytest.approx(w2_uniformity(z), rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(20, 200), d=st.integers(2, 24), copies=st.integers(2, 4))
+def test_w2_sample_replication_invariance_and_lu_breaks_it(seed, n, d, copies):
+    z = _features(seed, n, d)
+    rep = z.repeat(copies, 1)
+    assert w2_uniformity(rep) == pytest.approx(w2_uniformity(z), rel=1e-9, abs=1e-12)
+    assert lu_uniformity(rep) < lu_uniformity(z)  # identical pairs (distance 0) pull -L_U down
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), d=st.integers(2, 16))
+def test_w2_sensitive_to_feature_redundancy(seed, d):
+    z = torch.randn(2000, d, generator=G(seed), dtype=torch.float64)
+    assert w2_uniformity(torch.cat([z, z], dim=1)) > w2_uniformity(z)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), d=st.integers(4, 16), keep=st.integers(1, 3))
+def test_w2_sensitive_to_dimensional_collapse(seed, d, keep):
+    z = torch.randn(2000, d, generator=G(seed), dtype=torch.float64)
+    collapsed = z.clone()
+    collapsed[:, keep:] = 0
+    assert w2_uniformity(collapsed) > w2_uniformity(z)
