@@ -1,4 +1,4 @@
-"""`sdd` — the command line: ls | validate | plan | demo.
+"""`sdd` — the command line: ls | validate | plan | collect | tables | figures | demo.
 
 Imports stay light (no torch) so registry and planning commands start fast.
 """
@@ -123,6 +123,69 @@ def cmd_plan(reg: Registry, args) -> int:
     return 0
 
 
+def cmd_collect(reg: Registry, args) -> int:
+    import time
+
+    from harness.plan import build_plan
+
+    t = time.perf_counter()
+    results = Path(args.results)
+    gpus = {p.name: p.resources.gpus for p in reg.protocols.values()}
+    table, spec = store.collect(results, args.suite, methods=reg.methods, gpus=gpus)
+    out = results / args.suite
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "results.csv", index=False, float_format="%.10g", lineterminator="\n")
+    spec.to_csv(out / "spectra.csv", index=False, float_format="%.8g", lineterminator="\n")
+    extra = ""
+    try:
+        table.to_parquet(out / "results.parquet", index=False)
+        extra = " and results.parquet"
+    except ImportError:
+        pass
+    ok = int((table["status"] == "ok").sum()) if len(table) else 0
+    print(f"collected {len(table)} records ({ok} ok, {len(table) - ok} failed) -> {out / 'results.csv'}{extra} "
+          f"in {time.perf_counter() - t:.1f} s")
+    if args.suite in reg.suites:
+        have = set(zip(table.get("protocol", []), table.get("dataset", []), table.get("method", []),
+                       table.get("epoch", [])))
+        missing = [c for c in build_plan(reg, args.suite) if (c.protocol, c.dataset, c.method, c.epoch) not in have]
+        if missing:
+            by: dict[str, int] = {}
+            for c in missing:
+                by[c.protocol] = by.get(c.protocol, 0) + 1
+            print(f"missing {len(missing)} of the plan's cells (no record yet): "
+                  + ", ".join(f"{p} {n}" for p, n in sorted(by.items())))
+    return 0
+
+
+def cmd_tables(reg: Registry, args) -> int:
+    import time
+
+    from harness.analysis import build_figures, build_tables, write_report
+
+    t = time.perf_counter()
+    suite_dir = Path(args.results) / args.suite
+    table, tables, files = build_tables(suite_dir, args.protocol)
+    figures = build_figures(suite_dir, tables, args.protocol) if args.figures else \
+        sorted((suite_dir / "figures").glob("*.png")) if (suite_dir / "figures").is_dir() else []
+    report = write_report(suite_dir, table, tables, figures, args.protocol)
+    print(f"wrote {len(files)} table files under {suite_dir / 'tables'}"
+          + (f", {len(figures)} figures under {suite_dir / 'figures'}" if args.figures else "")
+          + f" and {report} in {time.perf_counter() - t:.1f} s")
+    if args.show:
+        for tb in tables:
+            if tb.name in args.show:
+                from harness.analysis.render import markdown
+                print()
+                print(markdown(tb.frame, tb.title, tb.notes))
+    return 0
+
+
+def cmd_figures(reg: Registry, args) -> int:
+    args.figures, args.show = True, []
+    return cmd_tables(reg, args)
+
+
 def cmd_demo(reg: Registry, args) -> int:
     print("sdd demo: the mini world (generated data, tiny self-trained models, the whole pipeline on CPU) is "
           "not yet available.\nWhat works today: the registry and the planner, shown here on the paper's grid.\n")
@@ -147,11 +210,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", action="append", help="only this method (repeatable)")
     p.add_argument("--results", default=str(store.RESULTS), help="results root (default: results/)")
     p.add_argument("--cells", action="store_true", help="list every cell with its state and config hash")
+    p = sub.add_parser("collect", help="records -> results/<suite>/results.csv (one row per cell)")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--results", default=str(store.RESULTS))
+    for name, helptext in (("tables", "results.csv -> tables (Markdown, LaTeX, CSV) and REPORT.md"),
+                           ("figures", "results.csv -> figures (PNG, PDF), tables and REPORT.md")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--suite", required=True)
+        p.add_argument("--results", default=str(store.RESULTS))
+        p.add_argument("--protocol", default="linear", help="segmentation protocol giving the mIoU (default linear)")
+        if name == "tables":
+            p.add_argument("--figures", action="store_true", help="also draw the figures")
+            p.add_argument("--show", nargs="*", default=[], help="print these tables (e.g. kendall_tau sdd)")
     sub.add_parser("demo", help="the whole pipeline in miniature (CPU)")
     args = ap.parse_args(argv)
     try:
         reg = load_registry(args.registry)
-        return {"ls": cmd_ls, "validate": cmd_validate, "plan": cmd_plan, "demo": cmd_demo}[args.cmd](reg, args)
+        return {"ls": cmd_ls, "validate": cmd_validate, "plan": cmd_plan, "collect": cmd_collect,
+                "tables": cmd_tables, "figures": cmd_figures, "demo": cmd_demo}[args.cmd](reg, args)
+    except FileNotFoundError as e:
+        print(f"sdd: {e}", file=sys.stderr)
+        return 2
     except RegistryError as e:
         print(f"sdd: registry error:\n{e}", file=sys.stderr)
         return 2

@@ -52,3 +52,83 @@ def cell_state(path: Path, config_hash: str) -> str:
     if rec.get("config_hash") != config_hash:
         return "stale"
     return "done" if rec.get("status") == "ok" else "failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Record schema (what every job writes; see harness/jobs/common.py):
+#   suite, protocol, dataset, method, epoch, cell, config_hash, config   identity and resolved config
+#   status: "ok" | "failed"; on failure: error, traceback
+#   metrics: {name: number | {sub: number}}   e.g. dse, rankme, mIoU, IoU: {class: value}
+#   details: {name: list | ...}               e.g. log_sv (spectra), fit ranges
+#   timings: {total_s, ...}, peak_memory_mb, versions, git_sha, host, slurm_job_id, started, finished
+# `collect` flattens them into one tidy row per cell (nested metrics as "name.sub" columns).
+
+META_COLUMNS = ["suite", "protocol", "dataset", "method", "family", "arch", "epoch", "status", "error",
+                "config_hash", "gpus", "wall_s", "load_s", "features_s", "metrics_s", "peak_memory_mb",
+                "git_sha", "host", "slurm_job_id", "torch"]
+
+
+def iter_records(results: Path, suite: str):
+    """(path, record) for every record file of a suite, in a stable order."""
+    runs = Path(results) / suite / "runs"
+    for path in sorted(runs.glob("*/*/*/ep*.json")):
+        rec = read_record(path)
+        if rec is not None:
+            yield path, rec
+
+
+def _number(v):
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    return None
+
+
+def record_row(rec: dict, methods: dict | None = None, gpus: dict | None = None) -> dict:
+    """One tidy row of a record: metadata columns, then every scalar metric ("name.sub" if nested)."""
+    cfg_method = (rec.get("config") or {}).get("method") or {}
+    spec = (methods or {}).get(rec.get("method"))
+    timings = rec.get("timings") or {}
+    row = {
+        "suite": rec.get("suite"), "protocol": rec.get("protocol"), "dataset": rec.get("dataset"),
+        "method": rec.get("method"), "family": getattr(spec, "family", None),
+        "arch": getattr(spec, "arch", None) or cfg_method.get("arch"), "epoch": rec.get("epoch"),
+        "status": rec.get("status"), "error": ((rec.get("error") or "").splitlines() or [None])[0],
+        "config_hash": rec.get("config_hash"), "gpus": (gpus or {}).get(rec.get("protocol"), 1),
+        "wall_s": timings.get("total_s"), "load_s": timings.get("load_s"), "features_s": timings.get("features_s"),
+        "metrics_s": timings.get("metrics_s"), "peak_memory_mb": rec.get("peak_memory_mb"),
+        "git_sha": rec.get("git_sha"), "host": rec.get("host"), "slurm_job_id": rec.get("slurm_job_id"),
+        "torch": (rec.get("versions") or {}).get("torch"),
+    }
+    for name, value in sorted((rec.get("metrics") or {}).items()):
+        col = name if name not in row else f"metric_{name}"
+        if isinstance(value, dict):
+            for sub, v in sorted(value.items()):
+                if _number(v) is not None:
+                    row[f"{col}.{sub}"] = _number(v)
+        elif _number(value) is not None:
+            row[col] = _number(value)
+    return row
+
+
+def collect(results: Path, suite: str, *, methods: dict | None = None, gpus: dict | None = None):
+    """(table, spectra): one row per record, and the singular-value spectra in long form
+    (method, epoch, kind, index, log_sv) for the figures."""
+    import pandas as pd
+
+    rows, spectra = [], []
+    for _, rec in iter_records(results, suite):
+        rows.append(record_row(rec, methods, gpus))
+        details = rec.get("details") or {}
+        for kind in ("log_sv", "log_sv_dense"):
+            for i, v in enumerate(details.get(kind) or []):
+                spectra.append({"method": rec.get("method"), "epoch": rec.get("epoch"), "kind": kind, "index": i,
+                                "log_sv": v})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        metric_cols = sorted(c for c in table.columns if c not in META_COLUMNS)
+        table = table.reindex(columns=META_COLUMNS + metric_cols)
+        table = table.sort_values(["protocol", "dataset", "method", "epoch"], kind="stable").reset_index(drop=True)
+    spec_df = pd.DataFrame(spectra, columns=["method", "epoch", "kind", "index", "log_sv"])
+    return table, spec_df

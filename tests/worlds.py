@@ -66,3 +66,39 @@ def dino_checkpoint(ckpt_root: Path, method: str, arch: str, epoch: int, seed: i
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"teacher": {f"backbone.{k}": v for k, v in sd.items()}, "epoch": epoch}, path)
     return path
+
+
+def synthetic_suite(results: Path, suite: str = "syn", methods: int = 3, epochs: int = 10, seed: int = 0,
+                    datasets=("coco_stuff164k", "voc12_aug", "ade20k", "cityscapes")) -> int:
+    """Records of a made-up SDD study: mIoU rises then degrades; DSE follows it with noise.
+    Returns the number of records written."""
+    from harness import store
+
+    rng = np.random.default_rng(seed)
+    n = 0
+    for m in range(methods):
+        name = f"m{m:03d}"
+        peak = rng.uniform(0.3, 0.8)
+        for e in range(1, epochs + 1):
+            x = e / epochs
+            quality = 1 - (x - peak) ** 2
+            sep = 0.5 * quality + rng.normal(0, 0.02)
+            dim = 0.6 + 0.1 * quality + rng.normal(0, 0.01)
+            metrics = {"dse": sep + dim, "dse_separability": sep, "dse_dim": dim, "dse_inter": 1 + sep,
+                       "dse_intra_image": 1.0, "dse_intra_batch": 1.0, "rankme": 100 + rng.normal(0, 5),
+                       "alpha_req": 1 + rng.normal(0, 0.2), "lidar": 50 + rng.normal(0, 5), "w2": 1 - 0.3 * quality,
+                       "neg_w2": -(1 - 0.3 * quality), "neg_lu": 3 + quality}
+            rec = {"suite": suite, "protocol": "metrics", "dataset": "imagenet", "method": name, "epoch": e * 10,
+                   "status": "ok", "config_hash": "h", "metrics": metrics, "timings": {"total_s": 90.0},
+                   "details": {"log_sv": list(np.linspace(0, -5 * (1 + x), 8))}}
+            store.write_record(store.record_path(results, suite, "metrics", "imagenet", name, e * 10), rec)
+            n += 1
+            for d in datasets:
+                miou = 40 + 20 * quality + rng.normal(0, 0.5)
+                rec = {"suite": suite, "protocol": "linear", "dataset": d, "method": name, "epoch": e * 10,
+                       "status": "ok", "config_hash": "h", "metrics": {"mIoU": miou, "aAcc": 80.0, "mAcc": 50.0,
+                                                                        "IoU": {"a": miou, "b": miou / 2}},
+                       "timings": {"total_s": 8748.0}}
+                store.write_record(store.record_path(results, suite, "linear", d, name, e * 10), rec)
+                n += 1
+    return n

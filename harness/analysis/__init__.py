@@ -1,0 +1,79 @@
+"""Analysis: tables, figures and a report, all regenerated from `results/<suite>/results.csv`
+(and `spectra.csv` for the spectrum figures); nothing here touches a model or a record file."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from harness.analysis.render import write_table
+from harness.analysis.tables import all_tables
+
+PAPER = Path(__file__).resolve().parents[2] / "results" / "paper"
+
+
+def load_papers(paper_dir: Path = PAPER) -> dict[str, pd.DataFrame]:
+    return {p.stem: pd.read_csv(p) for p in sorted(Path(paper_dir).glob("*.csv"))}
+
+
+def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    csv = suite_dir / "results.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"{csv} does not exist; run `sdd collect --suite {suite_dir.name}` first")
+    table = pd.read_csv(csv)
+    for col in ("status", "protocol", "dataset", "method"):
+        if col not in table.columns:
+            table[col] = pd.Series(dtype=str) if len(table) == 0 else None
+    spec_csv = suite_dir / "spectra.csv"
+    spec = pd.read_csv(spec_csv) if spec_csv.is_file() else pd.DataFrame(columns=["method", "epoch", "kind",
+                                                                                   "index", "log_sv"])
+    return table, spec
+
+
+def build_tables(suite_dir: Path, protocol: str = "linear", paper_dir: Path = PAPER):
+    table, _ = load_collected(suite_dir)
+    tables = all_tables(table, load_papers(paper_dir), protocol)
+    files = []
+    for t in tables:
+        files += write_table(t, suite_dir / "tables")
+    return table, tables, files
+
+
+def build_figures(suite_dir: Path, tables, protocol: str = "linear") -> list[Path]:
+    from harness.analysis.figures import all_figures
+
+    table, spec = load_collected(suite_dir)
+    mean = next(t.frame for t in tables if t.name == "kendall_tau")
+    return all_figures(table, spec, mean, suite_dir / "figures", protocol)
+
+
+def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Path], protocol: str = "linear") -> Path:
+    csv = suite_dir / "results.csv"
+    digest = hashlib.sha256(csv.read_bytes()).hexdigest()[:16]
+    ok = int((table["status"] == "ok").sum()) if len(table) else 0
+    lines = [f"# {suite_dir.name}: report", "",
+             f"Generated from `results.csv` (sha256 {digest}): {len(table)} records, {ok} ok, {len(table) - ok} "
+             f"failed. Regenerate with `sdd tables --suite {suite_dir.name}`.", "", "## Settings", "",
+             f"- Segmentation metric: mIoU of the `{protocol}` protocol; label-free metrics from the `metrics` "
+             "protocol, joined on epoch.",
+             "- Kendall τ: `scipy.stats.kendalltau` (τ-b), per method over its checkpoints, then the mean over "
+             "methods; Avg. = mean over datasets; metrics in their goodness orientation (raw τ in the per-method "
+             "table).",
+             "- DSE = separability + λ·dim with λ = Std(separability)/Std(dim) across one method's checkpoints; "
+             "DSE (λ=1) is the estimator's raw output.",
+             "- Model selection: local maxima of DSE within ±2 checkpoints, top 3 by DSE; reported as the max, "
+             "mean and top-1 of their mIoU.",
+             "- Best checkpoint: highest mIoU, ties to the earliest epoch.", "", "## Tables", ""]
+    for t in tables:
+        lines.append(f"- [{t.title}](tables/{t.name}.md) ([LaTeX](tables/{t.name}.tex), [CSV](tables/{t.name}.csv))")
+        lines += [f"  - {n}" for n in t.notes]
+    lines += ["", "## Figures", ""]
+    for f in figures:
+        if f.suffix == ".png":
+            lines.append(f"- [{f.stem}](figures/{f.name}) ([PDF](figures/{f.stem}.pdf))")
+    if not figures:
+        lines.append("- (none: run `sdd figures`)")
+    out = suite_dir / "REPORT.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out

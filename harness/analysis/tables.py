@@ -1,0 +1,312 @@
+"""The paper's tables as pure functions of the collected table (`results.csv`), never of a model.
+
+Conventions (also written into REPORT.md):
+- mIoU series per (method, dataset) come from the segmentation protocol's rows (default `linear`),
+  metric series per method from the `metrics` rows; they are joined on epoch. Failed or missing
+  values are left out of a series, and the table says what was left out.
+- Best checkpoint: the highest mIoU; a tie goes to the earliest epoch.
+- Kendall τ: `scipy.stats.kendalltau` (τ-b, ties corrected), per method between a metric's series and
+  the mIoU series over the checkpoints both have; mean over methods (methods with an undefined τ are
+  left out and counted); "Avg." is the mean over datasets. τ is reported in the metric's goodness
+  orientation (W2: lower is better, so −W2; α-ReQ: closer to 1 is better, so −|α − 1|), and raw in
+  the long table.
+- DSE with λ: λ = Std(separability) / Std(dim) across one method's checkpoints (paper), DSE =
+  separability + λ·dim. Model selection: local maxima of that DSE within ±2 checkpoints (ties and
+  plateaus count), the top 3 by DSE (ties: earlier epoch first).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.stats import kendalltau
+
+DATASET_ORDER = ["coco_stuff164k", "voc12_aug", "ade20k", "cityscapes"]
+DATASET_LABEL = {"coco_stuff164k": "COCO", "voc12_aug": "VOC", "ade20k": "ADE20k", "cityscapes": "City"}
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    label: str
+    column: str
+    orientation: str  # "higher", "lower", "closer to 1"
+
+    def goodness(self, raw: pd.Series) -> pd.Series:
+        if self.orientation == "lower":
+            return -raw
+        if self.orientation == "closer to 1":
+            return -(raw - 1).abs()
+        return raw
+
+
+TAU_METRICS = [
+    MetricDef("DSE", "dse_lambda", "higher"),
+    MetricDef("DSE (λ=1)", "dse", "higher"),
+    MetricDef("Separability only", "dse_separability", "higher"),
+    MetricDef("Dimensionality only (RankMe†)", "dse_dim", "higher"),
+    MetricDef("RankMe", "rankme", "higher"),
+    MetricDef("α-ReQ", "alpha_req", "closer to 1"),
+    MetricDef("LiDAR", "lidar", "higher"),
+    MetricDef("W2", "w2", "lower"),
+    MetricDef("−L_U", "neg_lu", "higher"),
+]
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    frame: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"] if "status" in df.columns else df
+
+
+def datasets_of(table: pd.DataFrame, protocol: str) -> list[str]:
+    present = sorted(set(table.loc[table["protocol"] == protocol, "dataset"].dropna()))
+    return [d for d in DATASET_ORDER if d in present] + [d for d in present if d not in DATASET_ORDER]
+
+
+def metric_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Metrics rows, one per (method, epoch), with the λ-normalised DSE added per method."""
+    m = _ok(table[table["protocol"] == "metrics"]).copy()
+    if m.empty:
+        return m
+    m = m.sort_values(["method", "epoch"])
+    m["dse_lambda"] = np.nan
+    if {"dse_separability", "dse_dim"} <= set(m.columns):
+        for method, g in m.groupby("method"):
+            sep, dim = g["dse_separability"], g["dse_dim"]
+            sd_dim = dim.std(ddof=0)
+            lam = sep.std(ddof=0) / sd_dim if len(g) > 1 and sd_dim > 0 else 1.0
+            m.loc[g.index, "dse_lambda"] = sep + lam * dim
+    return m
+
+
+def miou_frame(table: pd.DataFrame, protocol: str = "linear", column: str = "mIoU") -> pd.DataFrame:
+    s = _ok(table[table["protocol"] == protocol])
+    if column not in s.columns:
+        return pd.DataFrame(columns=["method", "dataset", "epoch", "miou"])
+    s = s[["method", "dataset", "epoch", column]].rename(columns={column: "miou"})
+    return s[np.isfinite(s["miou"].astype(float))].sort_values(["method", "dataset", "epoch"])
+
+
+# --------------------------------------------------------------------------------------------
+def sdd_table(table: pd.DataFrame, protocol: str = "linear", paper: pd.DataFrame | None = None) -> Table:
+    mi = miou_frame(table, protocol)
+    rows, notes = [], []
+    for (method, dataset), g in mi.groupby(["method", "dataset"], sort=True):
+        g = g.sort_values("epoch")
+        best_i = g["miou"].to_numpy().argmax()  # first maximum = earliest epoch on ties
+        best, last = g.iloc[best_i], g.iloc[-1]
+        rows.append({"method": method, "dataset": dataset, "checkpoints": len(g), "best": best["miou"],
+                     "best_epoch": int(best["epoch"]), "last": last["miou"], "last_epoch": int(last["epoch"]),
+                     "diff": last["miou"] - best["miou"]})
+        if len(g) == 1:
+            notes.append(f"{method} / {dataset}: one checkpoint only, so best = last")
+    frame = pd.DataFrame(rows, columns=["method", "dataset", "checkpoints", "best", "best_epoch", "last",
+                                        "last_epoch", "diff"])
+    frame = _order(frame)
+    if paper is not None and not frame.empty:
+        frame = frame.merge(paper.rename(columns={"last_minus_best": "paper_diff"}), on=["method", "dataset"],
+                            how="left")
+        frame["delta_diff"] = frame["diff"] - frame["paper_diff"]
+    failed = table[(table["protocol"] == protocol) & (table["status"] != "ok")]
+    if len(failed):
+        notes.append(f"{len(failed)} {protocol} cell(s) failed and are left out: "
+                     + ", ".join(f"{r.method}/{r.dataset}/ep{int(r.epoch)}" for r in failed.itertuples())[:500])
+    return Table("sdd", "SDD: best vs last checkpoint (mIoU; diff = last − best)", frame, notes)
+
+
+def _order(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    rank = {d: i for i, d in enumerate(DATASET_ORDER)}
+    key = frame["dataset"].map(lambda d: (rank.get(d, len(rank)), d))
+    return frame.assign(_k=key).sort_values(["method", "_k"]).drop(columns="_k").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+def _tau(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
+    if len(x) < 2:
+        return math.nan, "fewer than 2 checkpoints"
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return math.nan, "constant series"
+    return float(kendalltau(x, y).statistic), ""
+
+
+def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
+                   paper: pd.DataFrame | None = None) -> tuple[Table, Table, Table | None]:
+    """(mean τ per metric × dataset, per-method long table, paper side by side)."""
+    mf, mi = metric_frame(table), miou_frame(table, protocol)
+    datasets = datasets_of(table, protocol)
+    long_rows, notes = [], []
+    for md in TAU_METRICS:
+        if mf.empty or md.column not in mf.columns:
+            notes.append(f"{md.label}: no '{md.column}' values in the records; row left empty")
+            continue
+        for dataset in datasets:
+            joined = mf[["method", "epoch", md.column]].merge(mi[mi["dataset"] == dataset], on=["method", "epoch"])
+            joined = joined[np.isfinite(joined[md.column].astype(float))]
+            for method, g in joined.groupby("method", sort=True):
+                raw, y = g[md.column].to_numpy(float), g["miou"].to_numpy(float)
+                t_raw, why = _tau(raw, y)
+                t_good, _ = _tau(md.goodness(g[md.column]).to_numpy(float), y)
+                long_rows.append({"metric": md.label, "orientation": md.orientation, "method": method,
+                                  "dataset": dataset, "checkpoints": len(g), "tau_raw": t_raw,
+                                  "tau": t_good, "undefined_because": why or None})
+    long = pd.DataFrame(long_rows, columns=["metric", "orientation", "method", "dataset", "checkpoints", "tau_raw",
+                                            "tau", "undefined_because"])
+    rows = []
+    for md in TAU_METRICS:
+        row = {"metric": md.label, "orientation": md.orientation}
+        sub = long[long["metric"] == md.label]
+        vals = []
+        for dataset in datasets:
+            t = sub.loc[sub["dataset"] == dataset, "tau"].dropna()
+            row[DATASET_LABEL.get(dataset, dataset)] = t.mean() if len(t) else math.nan
+            row[f"n_{DATASET_LABEL.get(dataset, dataset)}"] = len(t)
+            if len(t):
+                vals.append(t.mean())
+        row["Avg."] = float(np.mean(vals)) if vals else math.nan
+        rows.append(row)
+    mean = pd.DataFrame(rows)
+    undefined = long[long["tau"].isna()]
+    if len(undefined):
+        notes.append(f"{len(undefined)} method × dataset × metric τ undefined and left out of the means "
+                     f"({'; '.join(sorted(set(undefined['undefined_because'].dropna())))})")
+    side = None
+    if paper is not None and not mean.empty:
+        ours = mean.melt(id_vars=["metric"], value_vars=[DATASET_LABEL.get(d, d) for d in datasets] + ["Avg."],
+                         var_name="dataset", value_name="ours")
+        raw = long.groupby(["metric", "dataset"])["tau_raw"].mean().reset_index()
+        raw["dataset"] = raw["dataset"].map(lambda d: DATASET_LABEL.get(d, d))
+        raw_avg = raw.groupby("metric")["tau_raw"].mean().reset_index().assign(dataset="Avg.")
+        raw = pd.concat([raw, raw_avg]).rename(columns={"tau_raw": "ours_raw"})
+        side_df = paper.merge(ours, on=["metric", "dataset"], how="left").merge(raw, on=["metric", "dataset"],
+                                                                                 how="left")
+        side_df = side_df.rename(columns={"tau": "paper"})
+        side_df["delta"] = side_df["ours"] - side_df["paper"]
+        side = Table("kendall_tau_vs_paper", "Average Kendall τ: paper vs ours", side_df,
+                     ["paper: arXiv 2510.17299 as transcribed (results/paper/kendall_tau.csv); the paper's "
+                      "α-ReQ, RankMe and LiDAR rows are raw τ: compare them with ours_raw"])
+    t_mean = Table("kendall_tau", "Average Kendall τ between each metric and mIoU (goodness orientation; "
+                                  "mean over methods; n = methods with a defined τ)", mean, notes)
+    t_long = Table("kendall_tau_per_method", "Kendall τ per method (raw and goodness orientation)", long)
+    return t_mean, t_long, side
+
+
+# --------------------------------------------------------------------------------------------
+def local_maxima(values: list[float], window: int = 2) -> list[int]:
+    """Indices i with values[i] == max(values[i-window : i+window+1]) (edges truncated; ties count)."""
+    n = len(values)
+    return [i for i in range(n) if values[i] == max(values[max(0, i - window):min(n, i + window + 1)])]
+
+
+def select_checkpoints(epochs: list[int], dse: list[float], top: int = 3, window: int = 2) -> list[int]:
+    cand = local_maxima(dse, window)
+    cand.sort(key=lambda i: (-dse[i], i))
+    return [epochs[i] for i in cand[:top]]
+
+
+def selections(table: pd.DataFrame) -> dict[str, list[int]]:
+    mf = metric_frame(table)
+    out = {}
+    if mf.empty or "dse_lambda" not in mf.columns:
+        return out
+    for method, g in mf.groupby("method", sort=True):
+        g = g[np.isfinite(g["dse_lambda"].astype(float))].sort_values("epoch")
+        if len(g):
+            out[method] = select_checkpoints(g["epoch"].astype(int).tolist(), g["dse_lambda"].tolist())
+    return out
+
+
+def selection_table(table: pd.DataFrame, protocol: str = "linear", paper: pd.DataFrame | None = None) -> Table:
+    sel, mi = selections(table), miou_frame(table, protocol)
+    rows, notes = [], []
+    for method, epochs in sorted(sel.items()):
+        for dataset, g in mi[mi["method"] == method].groupby("dataset", sort=True):
+            g = g.sort_values("epoch")
+            by_epoch = dict(zip(g["epoch"].astype(int), g["miou"]))
+            have = [by_epoch[e] for e in epochs if e in by_epoch]
+            if not have:
+                notes.append(f"{method} / {dataset}: no mIoU at the selected epochs {epochs}")
+                continue
+            last = g["miou"].iloc[-1]
+            top1 = by_epoch.get(epochs[0], math.nan)
+            rows.append({"method": method, "dataset": dataset, "selected_epochs": " ".join(map(str, epochs)),
+                         "last": last, "selected_max": max(have), "selected_mean": float(np.mean(have)),
+                         "selected_top1": top1, "gain": max(have) - last})
+    frame = _order(pd.DataFrame(rows, columns=["method", "dataset", "selected_epochs", "last", "selected_max",
+                                               "selected_mean", "selected_top1", "gain"]))
+    if paper is not None and not frame.empty:
+        frame = frame.merge(paper.rename(columns={"last": "paper_last", "selected": "paper_selected"}),
+                            on=["method", "dataset"], how="left")
+    if not frame.empty:
+        notes.insert(0, f"average gain (max of the 3 candidates − last): {frame['gain'].mean():+.2f} mIoU over "
+                        f"{len(frame)} method × dataset pairs")
+    return Table("model_selection", "DSE model selection: top-3 local maxima of DSE (±2 checkpoints)", frame, notes)
+
+
+# --------------------------------------------------------------------------------------------
+def efficiency_table(table: pd.DataFrame, protocol: str = "linear") -> Table:
+    t = table.copy()
+    t["device_h"] = t["wall_s"].astype(float).fillna(0) * t["gpus"].astype(float).clip(lower=1).fillna(1) / 3600
+    rows = []
+    for method, g in t.groupby("method", sort=True):
+        dse_h = g.loc[g["protocol"] == "metrics", "device_h"].sum()
+        sup_h = g.loc[g["protocol"] == protocol, "device_h"].sum()
+        rows.append({"method": method, "dse_device_h": dse_h, "supervised_device_h": sup_h,
+                     "ratio": sup_h / dse_h if dse_h > 0 else math.nan})
+    frame = pd.DataFrame(rows, columns=["method", "dse_device_h", "supervised_device_h", "ratio"])
+    return Table("efficiency", "Cost: label-free metrics vs supervised evaluation (device·h = wall time × GPUs, "
+                               "1 device when a run used no GPU)", frame,
+                 ["paper: DSE 0.025 GPU·h vs supervised selection 2.43 GPU·h (~97×)"])
+
+
+DENSE_COLUMNS = [("maskrcnn", "bbox_AP", "AP^bb"), ("maskrcnn", "segm_AP", "AP^mk"), ("upernet", "mIoU", "UperNet mIoU"),
+                 ("upernet", "aAcc", "UperNet aAcc"), ("upernet", "mAcc", "UperNet mAcc"), ("davis", "JF_mean", "J&F")]
+
+
+def dense_table(table: pd.DataFrame) -> Table:
+    sel = selections(table)
+    ok = _ok(table)
+    rows, notes = [], []
+    methods = sorted(set(ok.loc[ok["protocol"].isin({p for p, _, _ in DENSE_COLUMNS}), "method"]))
+    for method in methods:
+        for which in ("final", "DSE-selected"):
+            row = {"method": method, "checkpoint": which}
+            for protocol, col, label in DENSE_COLUMNS:
+                g = ok[(ok["method"] == method) & (ok["protocol"] == protocol)]
+                if g.empty or col not in g.columns:
+                    row[label] = math.nan
+                    continue
+                if which == "final":
+                    epoch = g["epoch"].max()
+                else:
+                    epoch = (sel.get(method) or [None])[0]
+                hit = g[g["epoch"] == epoch]
+                row[label] = float(hit[col].iloc[0]) if len(hit) else math.nan
+                row[f"epoch_{protocol}"] = int(epoch) if epoch is not None and len(hit) else None
+            rows.append(row)
+    if not rows:
+        notes.append("no Mask R-CNN, UperNet or DAVIS records in this suite")
+    cols = ["method", "checkpoint"] + [label for _, _, label in DENSE_COLUMNS]
+    frame = pd.DataFrame(rows).reindex(columns=cols + sorted({c for r in rows for c in r if c.startswith("epoch_")}))
+    return Table("dense", "Dense protocols (UDI style): final and DSE-selected checkpoint", frame, notes)
+
+
+def all_tables(table: pd.DataFrame, papers: dict[str, pd.DataFrame] | None = None,
+               protocol: str = "linear") -> list[Table]:
+    papers = papers or {}
+    mean, long, side = kendall_tables(table, protocol, papers.get("kendall_tau"))
+    out = [sdd_table(table, protocol, papers.get("sdd_table")), mean, long,
+           selection_table(table, protocol, papers.get("model_selection")), efficiency_table(table, protocol),
+           dense_table(table)]
+    if side is not None:
+        out.insert(3, side)
+    return out
