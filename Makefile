@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 SDD    := $(VENV)/bin/sdd
 PYTEST_ARGS ?=
 
-.PHONY: help install install-detectron2 test test-fast bench demo validate plan clean
+.PHONY: help install install-detectron2 test test-fast bench demo validate plan tables clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -23,6 +23,7 @@ test-fast: install  ## the test suite without the slow (full-size architecture) 
 
 bench: install  ## benchmarks under tests/perf/ (print their figures; not timed tests)
 	$(PY) tests/perf/bench_dse.py
+	$(PY) tests/perf/bench_analysis.py
 
 demo: install  ## the whole pipeline in miniature on generated data (CPU)
 	$(SDD) demo
@@ -32,6 +33,10 @@ validate: install  ## validate every registry file under benchmarks/
 
 plan: install  ## dry run of the paper's grid: SUITE=sdd
 	$(SDD) plan --suite $(or $(SUITE),sdd)
+
+tables: install  ## collect records and build tables, figures and REPORT.md: SUITE=mini
+	$(SDD) collect --suite $(or $(SUITE),mini)
+	$(SDD) tables --suite $(or $(SUITE),mini) --figures
 
 clean:  ## remove the virtual environment and caches (keeps results/)
 	rm -rf $(VENV) .pytest_cache build *.egg-info

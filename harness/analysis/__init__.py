@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.analysis.render import write_table
+from harness.store import META_COLUMNS
 from harness.analysis.tables import all_tables
 
 PAPER = Path(__file__).resolve().parents[2] / "results" / "paper"
@@ -22,9 +23,9 @@ def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not csv.is_file():
         raise FileNotFoundError(f"{csv} does not exist; run `sdd collect --suite {suite_dir.name}` first")
     table = pd.read_csv(csv)
-    for col in ("status", "protocol", "dataset", "method"):
+    for col in META_COLUMNS:  # a hand-made or partial table may lack some: defined as empty
         if col not in table.columns:
-            table[col] = pd.Series(dtype=str) if len(table) == 0 else None
+            table[col] = pd.Series([None] * len(table), dtype=object)
     spec_csv = suite_dir / "spectra.csv"
     spec = pd.read_csv(spec_csv) if spec_csv.is_file() else pd.DataFrame(columns=["method", "epoch", "kind",
                                                                                    "index", "log_sv"])
