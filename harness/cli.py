@@ -1,4 +1,4 @@
-"""`sdd` — the command line: ls | validate | plan | collect | tables | figures | demo.
+"""`sdd` — the command line: ls | validate | plan | submit | status | collect | tables | figures | demo.
 
 Imports stay light (no torch) so registry and planning commands start fast.
 """
@@ -186,6 +186,52 @@ def cmd_figures(reg: Registry, args) -> int:
     return cmd_tables(reg, args)
 
 
+def cmd_submit(reg: Registry, args) -> int:
+    from harness.clusters import load_cluster
+    from harness.launch import submit
+
+    cluster = load_cluster(args.cluster)
+    s = submit(reg, args.suite, cluster, Path(args.results), protocols=args.protocol, methods=args.method,
+               dry_run=args.dry_run, retry_failed=args.retry_failed, max_attempts=args.max_attempts)
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(s["skipped"].items())) or "none"
+    verb = "would submit" if args.dry_run else "submitted"
+    print(f"suite {s['suite']} on {s['cluster']}: {s['cells']} cells; skipped: {skipped}; {verb} {s['to_submit']}")
+    for a in s["arrays"]:
+        p = a["profile"]
+        print(f"  {p['protocol']:9s} {a['cells']:6d} cells  gpus={p['gpus']} cpus={p['cpus']} mem={p['mem_gb']:g}G "
+              f"time={p['time_min']}min %{p['array_parallelism']}  " + (" ".join(a["job_ids"]) or "(dry run)"))
+    if s["to_submit"] and not args.dry_run and cluster.executor != "inline":
+        print(f"watch: sdd status --suite {args.suite} --watch 30   |   when done: sdd collect --suite {args.suite} "
+              f"&& sdd tables --suite {args.suite} --figures")
+    return 0
+
+
+def cmd_status(reg: Registry, args) -> int:
+    import time
+
+    from harness.launch import cell_statuses, status_table
+
+    while True:
+        rows = cell_statuses(reg, args.suite, Path(args.results), protocols=args.protocol, methods=args.method)
+        agg = status_table(rows)
+        tot = {k: sum(a[k] for a in agg) for k in ("cells", "done", "running", "pending", "failed", "todo")}
+        if args.watch:
+            print("\033[2J\033[H", end="")
+        print(table(agg + [{"protocol": "total", "method": "", **tot}],
+                    ["protocol", "method", "cells", "done", "running", "pending", "failed", "todo"]))
+        failed = [r for r in rows if r["state"] == "failed"]
+        if failed:
+            print(f"\n{len(failed)} failed cell(s):")
+            for r in failed[: None if args.all else 20]:
+                print(f"  {r['cell']}  (attempts {r['attempts']})  {r['reason']}" + (f"\n      log: {r['log']}" if r["log"] else ""))
+            if len(failed) > 20 and not args.all:
+                print(f"  ... {len(failed) - 20} more (--all)")
+            print(f"retry: sdd submit --suite {args.suite} --cluster <profile> --retry-failed")
+        if not args.watch or (tot["running"] + tot["pending"]) == 0:
+            return 0
+        time.sleep(args.watch)
+
+
 def cmd_demo(reg: Registry, args) -> int:
     print("sdd demo: the mini world (generated data, tiny self-trained models, the whole pipeline on CPU) is "
           "not yet available.\nWhat works today: the registry and the planner, shown here on the paper's grid.\n")
@@ -222,12 +268,29 @@ def main(argv: list[str] | None = None) -> int:
         if name == "tables":
             p.add_argument("--figures", action="store_true", help="also draw the figures")
             p.add_argument("--show", nargs="*", default=[], help="print these tables (e.g. kendall_tau sdd)")
+    p = sub.add_parser("submit", help="submit the suite's cells that need running (one job array per profile)")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--cluster", required=True, help="profile in slurm/clusters/, or local / inline")
+    p.add_argument("--protocol", action="append")
+    p.add_argument("--method", action="append")
+    p.add_argument("--results", default=str(store.RESULTS))
+    p.add_argument("--dry-run", action="store_true", help="show what would be submitted")
+    p.add_argument("--retry-failed", action="store_true", help="also resubmit failed cells")
+    p.add_argument("--max-attempts", type=int, default=3, help="give up on a cell after this many attempts")
+    p = sub.add_parser("status", help="cells done / running / pending / failed per protocol and method")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--protocol", action="append")
+    p.add_argument("--method", action="append")
+    p.add_argument("--results", default=str(store.RESULTS))
+    p.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh until nothing is queued")
+    p.add_argument("--all", action="store_true", help="list every failed cell")
     sub.add_parser("demo", help="the whole pipeline in miniature (CPU)")
     args = ap.parse_args(argv)
     try:
         reg = load_registry(args.registry)
         return {"ls": cmd_ls, "validate": cmd_validate, "plan": cmd_plan, "collect": cmd_collect,
-                "tables": cmd_tables, "figures": cmd_figures, "demo": cmd_demo}[args.cmd](reg, args)
+                "tables": cmd_tables, "figures": cmd_figures, "submit": cmd_submit, "status": cmd_status,
+                "demo": cmd_demo}[args.cmd](reg, args)
     except FileNotFoundError as e:
         print(f"sdd: {e}", file=sys.stderr)
         return 2

@@ -339,7 +339,11 @@ def _is_union_tag(part) -> bool:
 
 def load_spec(path: Path, kind: str):
     """Parse and validate one registry file of the given kind ('methods', 'datasets', ...)."""
-    model = KINDS[kind]
+    return load_spec_model(path, KINDS[kind])
+
+
+def load_spec_model(path: Path, model: type[BaseModel]):
+    """Parse one YAML file into `model`, with file:line errors."""
     path = Path(path)
     try:
         text = path.read_text()

@@ -132,3 +132,35 @@ def collect(results: Path, suite: str, *, methods: dict | None = None, gpus: dic
         table = table.sort_values(["protocol", "dataset", "method", "epoch"], kind="stable").reset_index(drop=True)
     spec_df = pd.DataFrame(spectra, columns=["method", "epoch", "kind", "index", "log_sv"])
     return table, spec_df
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger: one JSON file per suite recording each submission (cell -> job, state, attempts,
+# last error, log paths). Read-modify-write under an exclusive file lock, written atomically.
+
+import contextlib  # noqa: E402
+import fcntl  # noqa: E402
+
+ACTIVE_STATES = {"SUBMITTED", "PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
+                 "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "UNKNOWN"}
+
+
+def ledger_path(results: Path, suite: str) -> Path:
+    return Path(results) / suite / "ledger.json"
+
+
+def read_ledger(results: Path, suite: str) -> dict:
+    rec = read_record(ledger_path(results, suite))
+    return rec if rec and isinstance(rec.get("cells"), dict) else {"cells": {}}
+
+
+@contextlib.contextmanager
+def ledger(results: Path, suite: str):
+    """Locked read-modify-write of a suite's ledger: `with ledger(r, s) as led: led["cells"][id] = ...`."""
+    path = ledger_path(results, suite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = read_ledger(results, suite)
+        yield data
+        write_record(path, data)

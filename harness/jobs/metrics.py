@@ -22,7 +22,7 @@ def _checkpoint_fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
 
 
-def run(cell, registry=None, progress: bool = True) -> dict:
+def run(cell, registry=None, progress: bool = True, **_) -> dict:
     reg = registry or load_registry(cell.registry_root or None)
     params = cell.config["protocol"]["params"]
     record = base_record(cell)

@@ -1,0 +1,71 @@
+"""Cluster profiles (`slurm/clusters/<name>.yaml`): where and how cells are submitted.
+
+Two names are built in: `local` (submitit's local executor, one process per cell on this machine)
+and `inline` (in this process, one cell after another; for debugging). Any other name is a file;
+`slurm/clusters/example.yaml` documents every field.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from harness.registry import ROOT, RegistryError, Spec, did_you_mean, expand_env, load_spec_model
+
+CLUSTERS = ROOT / "slurm" / "clusters"
+
+
+class ProtocolOverride(Spec):
+    gpus: int | None = Field(default=None, ge=0)
+    cpus: int | None = Field(default=None, ge=1)
+    mem_gb: float | None = Field(default=None, gt=0)
+    time_min: int | None = Field(default=None, ge=1)
+    partition: str | None = None
+    array_parallelism: int | None = Field(default=None, ge=1)
+
+
+class ClusterProfile(Spec):
+    name: str
+    executor: Literal["slurm", "local", "inline"] = "slurm"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_node: int | None = Field(default=None, ge=0, description="cap on GPUs a cell may ask for")
+    gres: str | None = Field(default=None, description="e.g. 'gpu:a100:1': used instead of gpus_per_node")
+    cpus_per_task: int | None = Field(default=None, ge=1, description="cap on CPUs per cell")
+    mem_gb: float | None = Field(default=None, gt=0, description="cap on memory per cell")
+    array_limit: int = Field(default=1000, ge=1, description="largest array the cluster accepts (MaxArraySize)")
+    array_parallelism: int = Field(default=64, ge=1, description="tasks of one array running at once")
+    signal_delay_s: int = Field(default=120, ge=1, description="USR2 this long before the time limit")
+    max_num_timeout: int = Field(default=3, ge=0, description="requeues after time-outs / preemptions")
+    protocols: dict[str, ProtocolOverride] = Field(default_factory=dict, description="per-protocol overrides")
+    sbatch: dict[str, Any] = Field(default_factory=dict, description="extra #SBATCH options, e.g. {exclusive: true}")
+    setup: tuple[str, ...] = Field(default=(), description="shell lines run before each job (module load ...)")
+    log_folder: str = Field(default="results/.submitit", description="submitit logs; ${VAR} expanded")
+    source: str = Field(default="", exclude=True)
+
+    def __hash__(self):
+        return hash(self.model_dump_json())
+
+    def logs(self) -> Path:
+        path = Path(expand_env(self.log_folder, source=self.source, key="log_folder"))
+        return path if path.is_absolute() else ROOT / path
+
+
+BUILTIN = {
+    "local": ClusterProfile(name="local", executor="local", array_parallelism=2, source="(built in)"),
+    "inline": ClusterProfile(name="inline", executor="inline", source="(built in)"),
+}
+
+
+def load_cluster(name: str, directory: Path = CLUSTERS) -> ClusterProfile:
+    if name in BUILTIN:
+        return BUILTIN[name]
+    path = Path(directory) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted([p.stem for p in Path(directory).glob("*.yaml")] + list(BUILTIN))
+        raise RegistryError(f"unknown cluster profile '{name}'.{did_you_mean(name, known)} "
+                            f"Known: {', '.join(known)} (files under {directory})")
+    return load_spec_model(path, ClusterProfile)

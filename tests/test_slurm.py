@@ -1,0 +1,242 @@
+"""The launch path on a real single-node Slurm cluster (started by the tests on loopback, as root):
+arrays, skip-done, failures, scancel, requeue with resume, slurmd restarts; plus local/inline
+executors and crash-safe record writing."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import store
+from harness.cli import main
+from harness.jobs.probe import expected_value
+from harness.registry import load_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+SLURM_DIR = Path(os.environ.get("SDD_SLURM_DIR", "/tmp/sdd-slurm"))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Start (or reuse) the loopback cluster; a failure to start is a test failure, not a skip."""
+    out = subprocess.run(["bash", str(ROOT / "slurm/local/up.sh")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"slurm/local/up.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    yield
+    if os.environ.get("SDD_SLURM_TEARDOWN"):
+        subprocess.run(["bash", str(ROOT / "slurm/local/down.sh")], check=False)
+
+
+def make_registry(tmp: Path, params: str, methods="[dino, mae, byol]", epochs="[10, 20, 30]", extra_grid="") -> Path:
+    bench = tmp / "bench"
+    shutil.copytree(ROOT / "benchmarks", bench)
+    (bench / "protocols" / "probe.yaml").write_text(
+        "name: probe\nkind: probe\ntitle: probe\n" f"params: {params}\n"
+        "resources: {gpus: 0, cpus: 1, mem_gb: 1, time_min: 5, gpu_hours: 0.0}\n")
+    (bench / "protocols" / "probe_big.yaml").write_text(
+        "name: probe_big\nkind: probe\ntitle: probe with more memory\nparams: {steps: 2, sleep_s: 0.1}\n"
+        "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n")
+    (bench / "suites" / "probe.yaml").write_text(
+        f"name: probe\ntitle: probe\nmethods: {methods}\ngrid:\n"
+        f"  - protocol: probe\n    datasets: [imagenet]\n    epochs: {epochs}\n{extra_grid}")
+    return bench
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDD_SUBMITIT", str(tmp_path / "submitit"))  # a fresh log folder per test
+    return tmp_path
+
+
+def sdd(bench, *args):
+    return main(["--registry", str(bench), *args])
+
+
+def wait_for(pred, timeout=180, every=1.0, what="condition"):
+    t = time.time()
+    while time.time() - t < timeout:
+        if pred():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def states(bench, results, suite="probe"):
+    from harness.launch import cell_statuses
+
+    return {r["cell"]: r for r in cell_statuses(load_registry(bench), suite, results)}
+
+
+def all_done(bench, results):
+    return lambda: all(r["state"] == "done" for r in states(bench, results).values())
+
+
+def no_active(bench, results):
+    return lambda: not any(r["state"] in ("running", "pending") for r in states(bench, results).values())
+
+
+def check_records(results, bench, steps):
+    """Every cell has exactly one complete ok record with the value its work must produce."""
+    cells = states(bench, results)
+    for cid in cells:
+        proto, ds, method, ep = cid.split("/")
+        path = results / "probe" / "runs" / proto / ds / method / f"{ep}.json"
+        rec = json.loads(path.read_text())
+        assert rec["status"] == "ok" and rec["value"] == expected_value(method, int(ep[2:]), steps), cid
+    leftovers = [p for p in (results / "probe" / "runs").rglob("*") if p.is_file() and not p.name.endswith(".json")]
+    assert not leftovers, leftovers
+
+
+def sacct_state(job_id):
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True)
+    return out.stdout.strip().split("\n")[0].split(" ")[0] if out.stdout.strip() else ""
+
+
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slurm
+def test_arrays_land_every_record_and_resubmit_is_a_noop(slurm_cluster, env, capsys):
+    bench = make_registry(env, "{steps: 3, sleep_s: 0.1}",
+                          extra_grid="  - protocol: probe_big\n    datasets: [imagenet]\n    epochs: [10]\n")
+    results = env / "results"
+    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results)) == 0
+    out = capsys.readouterr().out
+    assert "submitted 12" in out
+    lines = [l for l in out.splitlines() if l.strip().startswith("probe")]
+    assert len(lines) == 2 and "9 cells" in lines[0] + lines[1] and "mem=2G" in lines[0] + lines[1]  # two profiles
+    led = store.read_ledger(results, "probe")["cells"]
+    assert len({e["array_job_id"] for e in led.values()}) == 2  # one array per resource profile
+    wait_for(lambda: all(r["state"] == "done" for r in states(bench, results).values()), what="all records")
+    rec = json.loads((results / "probe/runs/probe/imagenet/mae/ep0020.json").read_text())
+    assert rec["slurm_job_id"] and rec["slurm_array_task_id"] is not None and rec["runs"] == 1
+    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results)) == 0
+    assert "skipped: 12 done; submitted 0" in capsys.readouterr().out
+    assert sdd(bench, "status", "--suite", "probe", "--results", str(results)) == 0
+    assert "total                 12    12" in capsys.readouterr().out
+
+
+@pytest.mark.slurm
+def test_a_raising_cell_is_a_failed_record_and_retry_completes(slurm_cluster, env, capsys):
+    bench = make_registry(env, "{steps: 2, sleep_s: 0.1, fail_methods: [mae], fail_epochs: [20], fail_first_runs: 1}")
+    results = env / "results"
+    sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
+    wait_for(no_active(bench, results), what="the array to finish")
+    st = states(bench, results)
+    bad = st["probe/imagenet/mae/ep0020"]
+    assert bad["state"] == "failed" and "asked to fail" in bad["reason"] and bad["log"].endswith("_log.err")
+    assert sum(r["state"] == "done" for r in st.values()) == 8
+    rec = json.loads((results / "probe/runs/probe/imagenet/mae/ep0020.json").read_text())
+    assert rec["status"] == "failed" and "Traceback" in rec["traceback"] and "RuntimeError" in rec["error"]
+    capsys.readouterr()
+    sdd(bench, "status", "--suite", "probe", "--results", str(results))
+    out = capsys.readouterr().out
+    assert "1 failed cell(s)" in out and "log: " in out and "--retry-failed" in out
+    sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
+    assert "1 failed (use --retry-failed)" in capsys.readouterr().out
+    sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results), "--retry-failed")
+    assert "submitted 1" in capsys.readouterr().out
+    wait_for(all_done(bench, results), what="the retried cell")
+    assert store.read_ledger(results, "probe")["cells"]["probe/imagenet/mae/ep0020"]["attempts"] == 2
+    check_records(results, bench, steps=2)
+
+
+@pytest.mark.slurm
+def test_scancel_mid_run_then_retry_resumes_from_saved_progress(slurm_cluster, env, capsys):
+    bench = make_registry(env, "{steps: 30, sleep_s: 0.5}", methods="[dino]", epochs="[10]")
+    results = env / "results"
+    sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
+    job = store.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]["job_id"]
+    work = results / "probe/work/probe/imagenet/dino/ep0010/probe_state.json"
+    wait_for(lambda: work.is_file() and json.loads(work.read_text())["step"] >= 3, what="some progress")
+    subprocess.run(["scancel", job], check=True)
+    wait_for(lambda: sacct_state(job).startswith("CANCELLED"), what="the cancellation")
+    st = states(bench, results)["probe/imagenet/dino/ep0010"]
+    assert st["state"] == "failed" and "CANCELLED" in st["reason"]
+    assert not (results / "probe/runs/probe/imagenet/dino/ep0010.json").exists()  # nothing partial
+    sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results), "--retry-failed")
+    wait_for(all_done(bench, results), what="the resubmitted cell")
+    rec = json.loads((results / "probe/runs/probe/imagenet/dino/ep0010.json").read_text())
+    assert rec["runs"] == 2 and rec["resumed_from_step"] >= 3
+    check_records(results, bench, steps=30)
+
+
+@pytest.mark.slurm
+def test_scontrol_requeue_resumes_from_saved_state(slurm_cluster, env):
+    bench = make_registry(env, "{steps: 24, sleep_s: 0.5}", methods="[dino]", epochs="[10]")
+    results = env / "results"
+    sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
+    job = store.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]["job_id"]
+    work = results / "probe/work/probe/imagenet/dino/ep0010/probe_state.json"
+    wait_for(lambda: work.is_file() and json.loads(work.read_text())["step"] >= 3, what="some progress")
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    wait_for(all_done(bench, results), timeout=240, what="the requeued job")
+    rec = json.loads((results / "probe/runs/probe/imagenet/dino/ep0010.json").read_text())
+    assert rec["runs"] == 2 and rec["resumed_from_step"] >= 3
+    check_records(results, bench, steps=24)
+
+
+@pytest.mark.slurm
+def test_slurmd_stopped_and_restarted_while_an_array_runs(slurm_cluster, env):
+    bench = make_registry(env, "{steps: 8, sleep_s: 0.5}", methods="[dino, mae]", epochs="[10, 20, 30]")
+    results = env / "results"
+    sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
+    wait_for(lambda: any(r["state"] == "running" for r in states(bench, results).values()), what="a running task")
+    pid = int((SLURM_DIR / "run" / "slurmd.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(4)
+    out = subprocess.run(["bash", str(ROOT / "slurm/local/up.sh")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(no_active(bench, results), timeout=300, what="the array after the restart")
+    sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results), "--retry-failed")
+    wait_for(all_done(bench, results), timeout=300, what="every cell")
+    check_records(results, bench, steps=8)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_local_and_inline_executors(env, capsys):
+    bench = make_registry(env, "{steps: 2, sleep_s: 0.05}", methods="[dino]", epochs="[10, 20]")
+    results = env / "results"
+    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results),
+               "--method", "dino") == 0
+    assert sum(r["state"] == "done" for r in states(bench, results).values()) == 2
+    shutil.rmtree(results)
+    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "local", "--results", str(results)) == 0
+    wait_for(all_done(bench, results), timeout=120, what="local executor jobs")
+    check_records(results, bench, steps=2)
+
+
+def test_dry_run_submits_nothing(env, capsys):
+    bench = make_registry(env, "{steps: 2, sleep_s: 0.05}")
+    results = env / "results"
+    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "example", "--results", str(results), "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "would submit 9" in out and "(dry run)" in out and not (results / "probe" / "ledger.json").exists()
+
+
+WRITER = r"""
+import sys, json
+from harness.store import write_record
+path = sys.argv[1]
+i = 0
+while True:
+    i += 1
+    write_record(path, {"status": "ok", "i": i, "payload": "x" * 200000})
+"""
+
+
+def test_sigkill_while_writing_leaves_previous_record_or_none(tmp_path):
+    path = tmp_path / "runs" / "ep0001.json"
+    for trial in range(12):
+        p = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
+        time.sleep(0.05 + 0.03 * trial)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        if path.exists():
+            rec = json.loads(path.read_text())  # never partial: always parses
+            assert rec["status"] == "ok" and len(rec["payload"]) == 200000
+    assert store.read_record(path) is not None
