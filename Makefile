@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 SDD    := $(VENV)/bin/sdd
 PYTEST_ARGS ?=
 
-.PHONY: help install install-detectron2 test test-fast bench demo validate plan tables clean
+.PHONY: help install install-detectron2 test test-fast bench demo validate plan tables slurm-up slurm-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ plan: install  ## dry run of the paper's grid: SUITE=sdd
 tables: install  ## collect records and build tables, figures and REPORT.md: SUITE=mini
 	$(SDD) collect --suite $(or $(SUITE),mini)
 	$(SDD) tables --suite $(or $(SUITE),mini) --figures
+
+slurm-up:  ## start the single-node test Slurm cluster on loopback (root; installs Debian packages)
+	bash slurm/local/up.sh
+
+slurm-down:  ## stop what slurm-up started
+	bash slurm/local/down.sh
 
 clean:  ## remove the virtual environment and caches (keeps results/)
 	rm -rf $(VENV) .pytest_cache build *.egg-info

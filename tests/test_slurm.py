@@ -240,3 +240,21 @@ def test_sigkill_while_writing_leaves_previous_record_or_none(tmp_path):
             rec = json.loads(path.read_text())  # never partial: always parses
             assert rec["status"] == "ok" and len(rec["payload"]) == 200000
     assert store.read_record(path) is not None
+
+
+@pytest.mark.slurm
+def test_preemption_signal_checkpoints_requeues_and_resumes(slurm_cluster, env):
+    """SIGTERM + USR2, as Slurm preempts: submitit calls CellJob.checkpoint, the task is requeued,
+    and the job continues from the progress it saved."""
+    bench = make_registry(env, "{steps: 24, sleep_s: 0.5}", methods="[dino]", epochs="[10]")
+    results = env / "results"
+    sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
+    entry = store.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]
+    work = results / "probe/work/probe/imagenet/dino/ep0010/probe_state.json"
+    wait_for(lambda: work.is_file() and json.loads(work.read_text())["step"] >= 3, what="some progress")
+    for sig in ("SIGTERM", "USR2"):
+        subprocess.run(["scancel", entry["job_id"], "--signal", sig], check=True)
+    wait_for(all_done(bench, results), timeout=240, what="the preempted job")
+    rec = json.loads((results / "probe/runs/probe/imagenet/dino/ep0010.json").read_text())
+    assert rec["runs"] == 2 and rec["resumed_from_step"] >= 3
+    assert "Calling checkpoint method" in Path(entry["log_err"]).read_text() + Path(entry["log_out"]).read_text()

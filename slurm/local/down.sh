@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# slurm-down.sh - stop only the daemons slurm-up.sh started (PID files under $SDD_SLURM_DIR).
+# slurm/local/down.sh - stop only the daemons slurm/local/up.sh started (PID files under $SDD_SLURM_DIR).
 #   --keep-jobs : do not scancel jobs first (running job steps would be orphaned)
 #   --purge     : also delete $SDD_SLURM_DIR (state, DB, logs, spool) and our /etc/slurm symlinks
 set -uo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# slurm-up.sh - idempotent single-node Slurm cluster on loopback, for tests (Debian 12, root).
+# slurm/local/up.sh - idempotent single-node Slurm cluster on loopback, for tests (Debian 12, root).
 #   munged + [mariadbd + slurmdbd] + slurmctld + slurmd, no systemd, no cgroups.
 #   * installs missing Debian packages, starts only what is not already running,
 #     records PIDs of what it started under $SDD_SLURM_DIR/run (slurm-down.sh stops only those)
