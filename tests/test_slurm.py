@@ -258,3 +258,18 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm_cluster, env):
     rec = json.loads((results / "probe/runs/probe/imagenet/dino/ep0010.json").read_text())
     assert rec["runs"] == 2 and rec["resumed_from_step"] >= 3
     assert "Calling checkpoint method" in Path(entry["log_err"]).read_text() + Path(entry["log_out"]).read_text()
+
+
+@pytest.mark.slurm
+def test_groups_larger_than_the_array_limit_are_split(slurm_cluster, env):
+    from harness.clusters import load_cluster
+    from harness.launch import submit
+
+    bench = make_registry(env, "{steps: 1, sleep_s: 0.05}")
+    results = env / "results"
+    profile = load_cluster("local-test").model_copy(update={"array_limit": 4})
+    s = submit(load_registry(bench), "probe", profile, results, progress=False)
+    assert [a["cells"] for a in s["arrays"]] == [4, 4, 1]
+    assert len({jid for a in s["arrays"] for jid in a["job_ids"]}) == 3
+    wait_for(all_done(bench, results), what="three arrays")
+    check_records(results, bench, steps=1)
