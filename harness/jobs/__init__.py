@@ -8,7 +8,8 @@ from pathlib import Path
 from harness import store
 from harness.jobs.common import failed_record
 
-JOBS = {"metrics": "harness.jobs.metrics", "probe": "harness.jobs.probe"}
+JOBS = {"metrics": "harness.jobs.metrics", "probe": "harness.jobs.probe", "linear": "harness.jobs.segmentation",
+        "upernet": "harness.jobs.segmentation"}
 
 
 def job_for(kind: str):

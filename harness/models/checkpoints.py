@@ -212,8 +212,10 @@ def load_state_into(backbone: Backbone, sd: dict[str, torch.Tensor], *, path: Pa
     return sorted(set(sd) - set(own))
 
 
-def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | None = None) -> LoadedBackbone:
-    """Build the method's architecture and load the checkpoint of `epoch` into it (CPU, eval mode)."""
+def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | None = None,
+                  arch_overrides: dict | None = None) -> LoadedBackbone:
+    """Build the method's architecture and load the checkpoint of `epoch` into it (CPU, eval mode).
+    `arch_overrides` adds constructor arguments (e.g. drop_path_rate for fine-tuning)."""
     spec = method if isinstance(method, MethodSpec) else (registry or load_registry()).method(method)
     if epoch not in spec.epochs():
         raise CheckpointError(f"epoch {epoch} is not among the epochs of method '{spec.name}' "
@@ -229,7 +231,7 @@ def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | 
             f"{path}: holds {got} completed epochs by its '{spec.checkpoint.epoch_key}' field, but the registry "
             f"maps this file to epoch {epoch}. Set checkpoint.file_offset (file number = epoch + offset) or "
             f"checkpoint.epoch_key_offset in {spec.source}.")
-    backbone = build_backbone(spec.arch, **spec.arch_kwargs)
+    backbone = build_backbone(spec.arch, **{**spec.arch_kwargs, **(arch_overrides or {})})
     sd = _convert(extract_state_dict(obj, spec.checkpoint.state_dict, path=path), spec.checkpoint.state_dict.convert,
                   backbone)
     unexpected = load_state_into(backbone, sd, path=path)

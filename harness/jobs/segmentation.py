@@ -1,0 +1,187 @@
+"""Semantic segmentation jobs on MMSegmentation: `linear` (frozen backbone, BNHead on the last layer,
+DINOv2 recipe) and `upernet` (fine-tuned backbone, multi-level features, UPerHead + auxiliary
+FCNHead, layer-wise lr decay, iBOT recipe). mmseg's own dataset classes, pipelines and IoUMetric.
+
+The whole resolved mmseg config goes into the record. Training state is saved in the cell's work
+directory every `checkpoint_interval` iterations; a requeued job resumes from it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from harness.datasets import check_labels, check_layout
+from harness.jobs.common import base_record, now, peak_memory_mb
+from harness.registry import load_registry
+
+MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+def _pipelines(ds, p: dict):
+    crop = tuple(p.get("crop_size_cityscapes" if ds.kind == "cityscapes" else "crop_size", (512, 512)))
+    scale = tuple(p.get("train_scale_cityscapes" if ds.kind == "cityscapes" else "train_scale", (2048, 512)))
+    test_scale = tuple(p.get("test_scale_cityscapes" if ds.kind == "cityscapes" else "test_scale", scale))
+    train = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
+             dict(type="RandomResize", scale=scale, ratio_range=tuple(p.get("ratio_range", (0.5, 2.0))), keep_ratio=True),
+             dict(type="RandomCrop", crop_size=crop, cat_max_ratio=0.75), dict(type="RandomFlip", prob=0.5)]
+    if p.get("photometric", True):
+        train.append(dict(type="PhotoMetricDistortion"))
+    train.append(dict(type="PackSegInputs"))
+    test = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=test_scale, keep_ratio=True),
+            dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
+    return train, test, crop
+
+
+def _dataset(ds, root: Path, split: str, pipeline):
+    s = ds.splits[split]
+    cfg = dict(type=ds.mmseg_dataset, data_root=str(root), data_prefix=dict(img_path=s.img_dir, seg_map_path=s.ann_dir),
+               img_suffix=ds.img_suffix, seg_map_suffix=ds.seg_map_suffix, reduce_zero_label=ds.reduce_zero_label,
+               pipeline=pipeline)
+    if s.split_file:
+        cfg["ann_file"] = s.split_file
+    return cfg
+
+
+def build_config(cell, reg, work_dir: Path) -> dict:
+    p = cell.config["protocol"]["params"]
+    kind = cell.config["protocol"]["kind"]
+    ds = reg.dataset(cell.dataset)
+    root = check_layout(ds)
+    check_labels(ds, root, "train", int(p.get("label_check_files", 200)))
+    spec = reg.method(cell.method)
+    from harness.models.archs import ARCHS
+
+    info = ARCHS[spec.arch]
+    train_pipe, test_pipe, crop = _pipelines(ds, p)
+    num_classes = ds.num_classes
+    norm = dict(type="SyncBN" if p.get("sync_bn") else "BN", requires_grad=True)
+    backbone = dict(type="SDDBackbone", method=cell.method, epoch=cell.epoch, registry_root=str(reg.root))
+    if kind == "linear":
+        backbone.update(mode="last", frozen=True)
+        d = info.dim
+        model_parts = dict(decode_head=dict(type="BNHead", in_channels=[d], in_index=[0], input_transform="resize_concat",
+                                            channels=d, dropout_ratio=p.get("head", {}).get("dropout", 0.0),
+                                            num_classes=num_classes, norm_cfg=norm, align_corners=False,
+                                            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)))
+        paramwise = None
+    else:
+        over = {"drop_path_rate": p.get("drop_path", 0.1)} if info.family in ("vit", "swin") else None
+        backbone.update(mode="levels", frozen=False, arch_overrides=over)
+        chans = list(info.level_channels)
+        neck = None
+        if info.family == "vit":
+            neck = dict(type="Feature2Pyramid", embed_dim=info.dim, rescales=list(p.get("neck_rescales", [4, 2, 1, 0.5])),
+                        norm_cfg=norm)
+        dh, ah = p.get("decode_head", {}), p.get("auxiliary_head", {})
+        model_parts = dict(
+            decode_head=dict(type="UPerHead", in_channels=chans, in_index=[0, 1, 2, 3],
+                             pool_scales=tuple(dh.get("pool_scales", (1, 2, 3, 6))), channels=dh.get("channels", 384),
+                             dropout_ratio=dh.get("dropout", 0.1), num_classes=num_classes, norm_cfg=norm,
+                             align_corners=False,
+                             loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)),
+            auxiliary_head=dict(type="FCNHead", in_channels=chans[ah.get("in_index", 2)], in_index=ah.get("in_index", 2),
+                                channels=ah.get("channels", 256), num_convs=ah.get("num_convs", 1), concat_input=False,
+                                dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm, align_corners=False,
+                                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False,
+                                                 loss_weight=ah.get("loss_weight", 0.4))))
+        if neck:
+            model_parts["neck"] = neck
+        paramwise = _layer_decay(info, p.get("optimizer", {}).get("layer_decay_rate", 0.9))
+    test = p.get("test", {"mode": "whole"})
+    test_cfg = dict(mode="whole") if test.get("mode", "whole") == "whole" else \
+        dict(mode="slide", crop_size=tuple(test["crop_size"]), stride=tuple(test["stride"]))
+    model = dict(type="EncoderDecoder",
+                 data_preprocessor=dict(type="SegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0,
+                                        seg_pad_val=255, size=crop),
+                 backbone=backbone, train_cfg=dict(), test_cfg=test_cfg, **model_parts)
+    opt = p.get("optimizer", {})
+    sch = p.get("schedule", {})
+    iters, warm = int(sch.get("iters", 40000)), int(sch.get("warmup_iters", 1500))
+    schedulers = []
+    if warm:
+        schedulers.append(dict(type="LinearLR", start_factor=sch.get("warmup_ratio", 1e-6), by_epoch=False, begin=0,
+                               end=min(warm, iters)))
+    schedulers.append(dict(type="PolyLR", eta_min=sch.get("min_lr", 0.0), power=sch.get("power", 1.0),
+                           begin=min(warm, iters), end=iters, by_epoch=False))
+    optim = dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=opt.get("lr", 1e-3),
+                                                     weight_decay=opt.get("weight_decay", 1e-4),
+                                                     betas=tuple(opt.get("betas", (0.9, 0.999)))))
+    if paramwise:
+        optim["paramwise_cfg"] = paramwise
+    workers = int(p.get("num_workers", 0))
+    loader = lambda split, pipe, bs, shuffle: dict(
+        batch_size=bs, num_workers=workers, persistent_workers=workers > 0,
+        sampler=dict(type="InfiniteSampler" if shuffle else "DefaultSampler", shuffle=shuffle),
+        dataset=_dataset(ds, root, split, pipe))
+    skip = ("backbone.",) if kind == "linear" else ()
+    return dict(
+        default_scope="mmseg", work_dir=str(work_dir), model=model,
+        train_dataloader=loader("train", train_pipe, int(p.get("batch_size", 16)), True),
+        val_dataloader=loader("val", test_pipe, int(p.get("val_batch_size", 1)), False),
+        val_evaluator=dict(type="SDDIoUMetric", iou_metrics=["mIoU"]),
+        optim_wrapper=optim, param_scheduler=schedulers,
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
+        val_cfg=dict(type="ValLoop"),
+        default_hooks=dict(timer=dict(type="IterTimerHook"),
+                           logger=dict(type="LoggerHook", interval=int(p.get("log_interval", 50)), log_metric_by_epoch=False),
+                           param_scheduler=dict(type="ParamSchedulerHook"), checkpoint=None,
+                           sampler_seed=dict(type="DistSamplerSeedHook")),
+        custom_hooks=[dict(type="SDDResumeHook", path=str(work_dir / "resume.pth"),
+                           interval=int(p.get("checkpoint_interval", 1000)), skip_prefixes=skip)],
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                     dist_cfg=dict(backend="nccl")),
+        log_processor=dict(by_epoch=False), log_level="WARNING", randomness=dict(seed=int(p.get("seed", 0))),
+        visualizer=dict(type="SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
+    )
+
+
+def _layer_decay(info, rate: float) -> dict | None:
+    """Layer-wise lr decay as mmengine custom keys: block i of L gets rate^(L - i), embeddings rate^(L + 1)."""
+    if info.family != "vit":
+        return None
+    depth = max(info.level_indices) + 1
+    keys = {f"backbone.backbone.net.blocks.{i}.": dict(lr_mult=rate ** (depth - i)) for i in range(depth)}
+    for name in ("patch_embed", "cls_token", "pos_embed", "reg_token"):
+        keys[f"backbone.backbone.net.{name}"] = dict(lr_mult=rate ** (depth + 1), decay_mult=0.0 if name != "patch_embed" else 1.0)
+    return dict(custom_keys=keys)
+
+
+def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
+    import harness.jobs.mm_modules  # noqa: F401  (registers the harness's modules with mmseg)
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    reg = registry or load_registry(cell.registry_root or None)
+    work = Path(work_dir or Path.cwd() / "work")
+    work.mkdir(parents=True, exist_ok=True)
+    record = base_record(cell)
+    t0 = time.perf_counter()
+    cfg = build_config(cell, reg, work)
+    runner = Runner.from_cfg(Config(cfg))
+    t_build = time.perf_counter()
+    resume = next(h for h in runner.hooks if type(h).__name__ == "SDDResumeHook")
+    runner.train()
+    t_train = time.perf_counter()
+    metrics = runner.val()
+    t_val = time.perf_counter()
+    backbone = runner.model.backbone
+    summary = {k: float(v) for k, v in metrics.items() if not k.startswith("IoU.")}
+    per_class = {k[4:]: float(v) for k, v in metrics.items() if k.startswith("IoU.")}
+    trainable = sum(p.numel() for p in runner.model.parameters() if p.requires_grad)
+    lrs = sorted({round(g["lr"], 12) for g in runner.optim_wrapper.optimizer.param_groups})
+    return {**record, "status": "ok", "metrics": {**summary, "IoU": per_class},
+            "checkpoint": backbone.loaded, "backbone_frozen": backbone.frozen, "trainable_params": trainable,
+            "resumed_from_iter": resume.resumed_from, "final_lrs": lrs[:3] + lrs[-3:], "iters": cfg["train_cfg"]["max_iters"],
+            "mmseg_config": _jsonable(cfg),
+            "timings": {"build_s": t_build - t0, "train_s": t_train - t_build, "val_s": t_val - t_train,
+                        "total_s": t_val - t0, "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from)
+                        / max(t_train - t_build, 1e-9)},
+            "peak_memory_mb": peak_memory_mb(), "finished": now()}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)

@@ -1,0 +1,228 @@
+"""Small synthetic datasets in the real on-disk layouts of the SDD datasets.
+
+Images have learnable structure: a scene is a textured background plus a few objects, each object
+class with its own colour and stripe orientation, so that probes, metrics and detectors give
+meaningful, varied numbers. Everything is deterministic from a seed.
+
+Layouts (as mmseg / pycocotools / DAVIS / torchvision read them):
+- imagenet:        <root>/{train,val}/<wnid>/*.JPEG
+- ade20k:          <root>/{images,annotations}/{training,validation}/*.{jpg,png}  labels 0 = "other", 1..K
+- voc12_aug:       <root>/{JPEGImages,SegmentationClass,SegmentationClassAug}, ImageSets/Segmentation/{train,val,aug,trainaug}.txt
+- coco_stuff164k:  <root>/images/{train2017,val2017}/*.jpg, annotations/{..}/*_labelTrainIds.png
+- cityscapes:      <root>/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png, gtFine/.../*_gtFine_labelTrainIds.png
+- coco_instances:  <root>/{train2017,val2017}/*.jpg, annotations/instances_{train,val}2017.json (polygons)
+- davis2017:       <root>/JPEGImages/480p/<seq>/%05d.jpg, Annotations/480p/<seq>/%05d.png (indexed), ImageSets/2017/{train,val}.txt
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PALETTE = np.array([[0, 0, 0]] + [[(37 * i) % 256, (91 * i) % 256, (163 * i) % 256] for i in range(1, 256)],
+                   dtype=np.uint8)
+
+
+class Painter:
+    """Draws scenes: class c has a colour and a stripe direction; background is low-contrast noise."""
+
+    def __init__(self, n_classes: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.colours = rng.uniform(30, 225, (n_classes + 1, 3))
+        self.angles = rng.uniform(0, np.pi, n_classes + 1)
+        self.rng = np.random.default_rng(seed + 1)
+
+    def texture(self, c: int, h: int, w: int) -> np.ndarray:
+        yy, xx = np.mgrid[:h, :w]
+        a = self.angles[c]
+        stripes = np.sin((xx * np.cos(a) + yy * np.sin(a)) / 2.5)[..., None] * 35
+        return self.colours[c] + stripes
+
+    def scene(self, h: int, w: int, classes: list[int], shapes: int = 3, bg: int = 0):
+        """(RGB uint8 image, label map with class ids, instance list [(class, mask)])."""
+        label = np.full((h, w), bg, dtype=np.int32)
+        img = self.texture(bg, h, w) * 0.4 + self.rng.normal(0, 8, (h, w, 3)) + 60
+        instances = []
+        yy, xx = np.mgrid[:h, :w]
+        for _ in range(shapes):
+            c = int(self.rng.choice(classes))
+            ch, cw = self.rng.integers(h // 5, h // 2), self.rng.integers(w // 5, w // 2)
+            y0, x0 = self.rng.integers(0, h - ch), self.rng.integers(0, w - cw)
+            if self.rng.random() < 0.5:
+                mask = (yy >= y0) & (yy < y0 + ch) & (xx >= x0) & (xx < x0 + cw)
+            else:
+                cy, cx, r = y0 + ch / 2, x0 + cw / 2, min(ch, cw) / 2
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+            tex = self.texture(c, h, w)
+            img[mask] = tex[mask] + self.rng.normal(0, 6, (int(mask.sum()), 3))
+            label[mask] = c
+            for inst in instances:  # occlusion
+                inst[1][mask] = False
+            instances.append([c, mask])
+        return np.clip(img, 0, 255).astype(np.uint8), label, [(c, m) for c, m in instances if m.sum() > 20]
+
+
+def _save(img: np.ndarray, path: Path, **kw) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, **kw)
+
+
+def _indexed(label: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(label.astype(np.uint8), mode="P")
+    im.putpalette(PALETTE.flatten().tolist())
+    im.save(path)
+
+
+def imagenet(root: Path, classes: int = 4, train: int = 12, val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    p = Painter(classes, seed)
+    for split, n in (("train", train), ("val", val)):
+        for c in range(1, classes + 1):
+            for i in range(n):
+                img, _, _ = p.scene(size, size, [c], shapes=2, bg=0)
+                _save(img, root / split / f"n{c:08d}" / f"{split}_{c}_{i:04d}.JPEG", quality=95)
+    return root
+
+
+def ade20k(root: Path, train: int = 16, val: int = 6, size: int = 64, classes=(1, 2, 3, 4), seed: int = 0) -> Path:
+    p = Painter(max(classes), seed)
+    for split, sub, n in (("train", "training", train), ("val", "validation", val)):
+        for i in range(n):
+            img, lab, _ = p.scene(size, size, list(classes), bg=0)  # 0 = "other", ignored (reduce_zero_label)
+            name = f"ADE_{sub[:5]}_{i:08d}"
+            _save(img, root / "images" / sub / f"{name}.jpg", quality=95)
+            _save(lab.astype(np.uint8), root / "annotations" / sub / f"{name}.png")
+    return root
+
+
+def voc12_aug(root: Path, train: int = 16, val: int = 6, size: int = 64, classes=(1, 2, 3), seed: int = 1) -> Path:
+    p = Painter(max(classes), seed)
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True, exist_ok=True)
+    names = {"train": [], "val": []}
+    for split, n in (("train", train), ("val", val)):
+        for i in range(n):
+            img, lab, _ = p.scene(size, size, list(classes), bg=0)  # 0 = background (a class in VOC)
+            name = f"2007_{split[:2]}{i:05d}"
+            _save(img, root / "JPEGImages" / f"{name}.jpg", quality=95)
+            _indexed(lab, root / "SegmentationClass" / f"{name}.png")
+            _save(lab.astype(np.uint8), root / "SegmentationClassAug" / f"{name}.png")  # SBD-converted: plain PNG
+            names[split].append(name)
+    (sets / "train.txt").write_text("\n".join(names["train"]) + "\n")
+    (sets / "val.txt").write_text("\n".join(names["val"]) + "\n")
+    (sets / "aug.txt").write_text("\n".join(names["train"]) + "\n")
+    (sets / "trainaug.txt").write_text("\n".join(names["train"]) + "\n")
+    return root
+
+
+def coco_stuff164k(root: Path, train: int = 16, val: int = 6, size: int = 64, classes=(0, 1, 2, 3), seed: int = 2) -> Path:
+    p = Painter(max(classes) + 1, seed)
+    for split, n in (("train2017", train), ("val2017", val)):
+        for i in range(n):
+            img, lab, _ = p.scene(size, size, [c + 1 for c in classes[1:]], bg=classes[0] + 1)
+            name = f"{i:012d}"
+            _save(img, root / "images" / split / f"{name}.jpg", quality=95)
+            _save((lab - 1).astype(np.uint8), root / "annotations" / split / f"{name}_labelTrainIds.png")
+    return root
+
+
+def cityscapes(root: Path, train: int = 12, val: int = 4, size=(64, 128), classes=(0, 1, 2, 3), seed: int = 3) -> Path:
+    p = Painter(max(classes) + 1, seed)
+    for split, n in (("train", train), ("val", val)):
+        for i in range(n):
+            city = ["aachen", "bremen"][i % 2] if split == "train" else "frankfurt"
+            img, lab, _ = p.scene(size[0], size[1], [c + 1 for c in classes[1:]], bg=classes[0] + 1)
+            stem = f"{city}_{i:06d}_000019"
+            _save(img, root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
+            _save((lab - 1).astype(np.uint8), root / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png")
+    return root
+
+
+def _polygon(mask: np.ndarray) -> list[float]:
+    """A simple outline polygon of a mask: the convex-ish boundary traced by cv2."""
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    c = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(float)
+    return c.flatten().tolist()
+
+
+def coco_instances(root: Path, train: int = 16, val: int = 6, size: int = 96, categories=("square", "disc", "blob"),
+                   seed: int = 4) -> Path:
+    from pycocotools import mask as mask_utils
+
+    p = Painter(len(categories), seed)
+    cats = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(categories)]
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    ann_id = 1
+    for split, n in (("train2017", train), ("val2017", val)):
+        images, anns = [], []
+        for i in range(n):
+            img, _, inst = p.scene(size, size, list(range(1, len(categories) + 1)), bg=0)
+            name = f"{i + (0 if split == 'train2017' else 100000):012d}.jpg"
+            _save(img, root / split / name, quality=95)
+            images.append({"id": i + 1, "file_name": name, "height": size, "width": size})
+            for c, m in inst:
+                poly = _polygon(m)
+                if len(poly) < 6:
+                    continue
+                rle = mask_utils.frPyObjects([poly], size, size)
+                area = float(mask_utils.area(mask_utils.merge(rle)))
+                x, y, w, h = mask_utils.toBbox(mask_utils.merge(rle)).tolist()
+                anns.append({"id": ann_id, "image_id": i + 1, "category_id": c, "segmentation": [poly],
+                             "area": area, "bbox": [x, y, w, h], "iscrowd": 0})
+                ann_id += 1
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root
+
+
+def davis2017(root: Path, sequences: int = 2, frames: int = 8, size=(64, 96), objects: int = 2, seed: int = 5) -> Path:
+    """Short videos of textured shapes moving over a textured background; indexed PNG masks."""
+    rng = np.random.default_rng(seed)
+    p = Painter(objects + 1, seed)
+    h, w = size
+    names = []
+    yy, xx = np.mgrid[:h, :w]
+    for s in range(sequences):
+        name = f"shapes-{s}"
+        names.append(name)
+        bg = p.texture(objects + 1, h, w) * 0.5 + 50
+        starts = [(rng.uniform(0.25, 0.75) * h, rng.uniform(0.2, 0.4 + 0.2 * o) * w) for o in range(objects)]
+        vel = [(rng.uniform(-1.5, 1.5), rng.uniform(1.0, 2.5)) for _ in range(objects)]
+        for f in range(frames):
+            img = bg.copy()
+            lab = np.zeros((h, w), dtype=np.uint8)
+            for o in range(objects):
+                cy, cx = starts[o][0] + vel[o][0] * f, starts[o][1] + vel[o][1] * f
+                m = (yy - cy) ** 2 + (xx - cx) ** 2 <= (min(h, w) / 6) ** 2
+                img[m] = p.texture(o + 1, h, w)[m]
+                lab[m] = o + 1
+            img = np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+            _save(img, root / "JPEGImages" / "480p" / name / f"{f:05d}.jpg", quality=95)
+            _indexed(lab, root / "Annotations" / "480p" / name / f"{f:05d}.png")
+    sets = root / "ImageSets" / "2017"
+    sets.mkdir(parents=True, exist_ok=True)
+    (sets / "val.txt").write_text("\n".join(names) + "\n")
+    (sets / "train.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+GENERATORS = {"imagenet": imagenet, "ade20k": ade20k, "voc12_aug": voc12_aug, "coco_stuff164k": coco_stuff164k,
+              "cityscapes": cityscapes, "coco_instances": coco_instances, "davis2017": davis2017}
+
+
+def generate_all(root: Path, seed: int = 0) -> dict[str, Path]:
+    """Every dataset under `root` in the directory names the registry expects below SDD_DATA_ROOT."""
+    root = Path(root)
+    return {
+        "imagenet": imagenet(root / "imagenet-1k", seed=seed),
+        "ade20k": ade20k(root / "ade" / "ADEChallengeData2016", seed=seed),
+        "voc12_aug": voc12_aug(root / "VOCdevkit" / "VOC2012", seed=seed + 1),
+        "coco_stuff164k": coco_stuff164k(root / "coco_stuff164k", seed=seed + 2),
+        "cityscapes": cityscapes(root / "cityscapes", seed=seed + 3),
+        "coco_instances": coco_instances(root / "coco", seed=seed + 4),
+        "davis2017": davis2017(root / "DAVIS", seed=seed + 5),
+    }
