@@ -168,10 +168,10 @@ def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
     summary = {k: float(v) for k, v in metrics.items() if not k.startswith("IoU.")}
     per_class = {k[4:]: float(v) for k, v in metrics.items() if k.startswith("IoU.")}
     trainable = sum(p.numel() for p in runner.model.parameters() if p.requires_grad)
-    lrs = sorted({round(g["lr"], 12) for g in runner.optim_wrapper.optimizer.param_groups})
+    lrs = sorted({round(g.get("initial_lr", g["lr"]), 12) for g in runner.optim_wrapper.optimizer.param_groups})
     return {**record, "status": "ok", "metrics": {**summary, "IoU": per_class},
             "checkpoint": backbone.loaded, "backbone_frozen": backbone.frozen, "trainable_params": trainable,
-            "resumed_from_iter": resume.resumed_from, "final_lrs": lrs[:3] + lrs[-3:], "iters": cfg["train_cfg"]["max_iters"],
+            "resumed_from_iter": resume.resumed_from, "initial_lrs": lrs, "iters": cfg["train_cfg"]["max_iters"],
             "mmseg_config": _jsonable(cfg),
             "timings": {"build_s": t_build - t0, "train_s": t_train - t_build, "val_s": t_val - t_train,
                         "total_s": t_val - t0, "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from)

@@ -1,0 +1,35 @@
+"""A registry and generated data for the downstream job tests."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from harness.mini import generate
+from tests import worlds
+
+TINY_SEG = """name: {name}
+kind: {kind}
+title: tiny {kind}
+params: {{batch_size: 4, crop_size: [64, 64], train_scale: [64, 64], crop_size_cityscapes: [64, 64],
+  train_scale_cityscapes: [128, 64], ratio_range: [1.0, 1.0], photometric: false, checkpoint_interval: 10,
+  log_interval: 10, schedule: {{iters: {iters}, warmup_iters: 5}}, optimizer: {{lr: {lr}, layer_decay_rate: 0.9}},
+  decode_head: {{channels: 32}}, auxiliary_head: {{channels: 16}}}}
+resources: {{gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}}
+"""
+
+
+def seg_registry(tmp: Path, data: Path, ck: Path, iters: int = 30) -> Path:
+    bench = worlds.tiny_registry(tmp, data / "imagenet-1k", ck)
+    (bench / "protocols" / "linear_tiny.yaml").write_text(TINY_SEG.format(name="linear_tiny", kind="linear", iters=iters, lr=0.01))
+    (bench / "protocols" / "upernet_tiny.yaml").write_text(TINY_SEG.format(name="upernet_tiny", kind="upernet", iters=iters, lr=0.001))
+    (bench / "suites" / "seg.yaml").write_text(
+        "name: seg\ntitle: seg\nmethods: [tinyvit, tinyres]\ngrid:\n"
+        "  - protocol: linear_tiny\n    datasets: [ade20k, voc12_aug, coco_stuff164k, cityscapes]\n    epochs: [1]\n"
+        "  - protocol: upernet_tiny\n    datasets: [ade20k]\n    epochs: [1]\n")
+    return bench
+
+
+def data_world(root: Path) -> Path:
+    if not (root / "ade").exists():
+        generate.generate_all(root)
+    return root
