@@ -9,7 +9,7 @@ from harness import store
 from harness.jobs.common import failed_record
 
 JOBS = {"metrics": "harness.jobs.metrics", "probe": "harness.jobs.probe", "linear": "harness.jobs.segmentation",
-        "upernet": "harness.jobs.segmentation"}
+        "upernet": "harness.jobs.segmentation", "davis": "harness.jobs.davis", "knn": "harness.jobs.knn"}
 
 
 def job_for(kind: str):

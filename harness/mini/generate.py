@@ -179,7 +179,7 @@ def coco_instances(root: Path, train: int = 16, val: int = 6, size: int = 96, ca
     return root
 
 
-def davis2017(root: Path, sequences: int = 2, frames: int = 8, size=(64, 96), objects: int = 2, seed: int = 5) -> Path:
+def davis2017(root: Path, sequences: int = 2, frames: int = 8, size=(128, 192), objects: int = 2, seed: int = 5) -> Path:
     """Short videos of textured shapes moving over a textured background; indexed PNG masks."""
     rng = np.random.default_rng(seed)
     p = Painter(objects + 1, seed)
@@ -191,7 +191,7 @@ def davis2017(root: Path, sequences: int = 2, frames: int = 8, size=(64, 96), ob
         names.append(name)
         bg = p.texture(objects + 1, h, w) * 0.5 + 50
         starts = [(rng.uniform(0.25, 0.75) * h, rng.uniform(0.2, 0.4 + 0.2 * o) * w) for o in range(objects)]
-        vel = [(rng.uniform(-1.5, 1.5), rng.uniform(1.0, 2.5)) for _ in range(objects)]
+        vel = [(rng.uniform(-0.01, 0.01) * h, rng.uniform(0.03, 0.05) * w) for _ in range(objects)]  # px per frame
         for f in range(frames):
             img = bg.copy()
             lab = np.zeros((h, w), dtype=np.uint8)

@@ -1,0 +1,143 @@
+"""DAVIS-2017 semi-supervised label propagation (the DINO protocol), scored with J&F.
+
+Per frame: dense features of the last layer (ViT: after the final norm, class tokens dropped;
+ResNet/Swin: the stride-16 stage, `resnet_layer`, recorded), L2-normalised. Affinities to the first
+frame and the `n_last_frames` previous frames are exp(cos / temperature), restricted to a
+`size_mask_neighborhood` window. The top-k affinities per target location are kept and normalised,
+and the soft labels are propagated. The result is upsampled by the stride, min-max normalised per
+channel, argmax'd, resized to the original size (nearest) and written as an indexed PNG with a palette
+made in code (nothing downloaded). J&F follows the DAVIS definitions (`jandf.py`).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from harness.datasets import check_layout
+from harness.jobs import jandf
+from harness.jobs.common import base_record, now, peak_memory_mb
+from harness.registry import load_registry
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.228, 0.224, 0.225)  # 0.228: DINO's value, kept for parity
+
+
+def read_frame(path: Path, short_side: int, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    if h > w:
+        tw, th = short_side, int((short_side * h / w) // multiple * multiple)
+    else:
+        th, tw = short_side, int((short_side * w / h) // multiple * multiple)
+    x = torch.from_numpy(np.asarray(img.resize((tw, th), Image.BILINEAR), dtype=np.float32) / 255.0)
+    x = (x - torch.tensor(MEAN)) / torch.tensor(STD)
+    return x.permute(2, 0, 1)[None], (h, w)
+
+
+def neighbourhood(h: int, w: int, size: int) -> torch.Tensor:
+    """[h*w, h*w] mask: 1 where two token positions are within `size` rows and columns."""
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    return (((ys[:, None] - ys[None]).abs() <= size) & ((xs[:, None] - xs[None]).abs() <= size)).float()
+
+
+def propagate(feat_tar, ctx_feats, ctx_segs, h, w, *, topk: int, temperature: float, mask: torch.Tensor | None):
+    """Soft labels [C, h, w] of the target from the context frames' features [N, d] and labels [C, h, w]."""
+    src = torch.stack(ctx_feats)  # [K, N, d]
+    aff = torch.exp(torch.einsum("nd,kmd->kmn", feat_tar, src) / temperature)  # [K, src N, tar N]
+    if mask is not None:
+        aff = aff * mask[None]
+    aff = aff.reshape(-1, h * w)  # (context x source) x target
+    kth = torch.topk(aff, k=min(topk, aff.shape[0]), dim=0).values.min(dim=0).values
+    aff = torch.where(aff < kth, torch.zeros_like(aff), aff)
+    aff = aff / aff.sum(dim=0, keepdim=True).clamp_min(1e-20)
+    segs = torch.stack(ctx_segs)  # [K, C, h, w]
+    c = segs.shape[1]
+    segs = segs.reshape(len(ctx_segs), c, -1).permute(1, 0, 2).reshape(c, -1)  # C x (context x source)
+    return (segs @ aff).reshape(c, h, w)
+
+
+def _features(backbone, x, layer):
+    t = backbone.dense(x, layer)[0]
+    return F.normalize(t, dim=1)
+
+
+def _palette_png(label: np.ndarray, path: Path) -> None:
+    from harness.mini.generate import PALETTE
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(label.astype(np.uint8), mode="P")
+    im.putpalette(PALETTE.flatten().tolist())
+    im.save(path)
+
+
+@torch.no_grad()
+def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Path, p: dict, layer, stride: int) -> None:
+    short, mult = int(p.get("short_side", 480)), int(p.get("size_multiple", 64))
+    x0, (oh, ow) = read_frame(frames[0], short, mult)
+    f0 = _features(backbone, x0, layer)
+    h, w = x0.shape[2] // stride, x0.shape[3] // stride
+    lab = np.array(Image.open(first_mask))
+    small = np.array(Image.fromarray(lab).resize((w, h), Image.NEAREST)).astype(np.int64)
+    n_lab = int(lab.max()) + 1
+    seg0 = F.one_hot(torch.from_numpy(small), n_lab).permute(2, 0, 1).float()
+    size = int(p.get("size_mask_neighborhood", 12))
+    mask = neighbourhood(h, w, size) if size > 0 else None
+    queue: deque = deque(maxlen=int(p.get("n_last_frames", 7)))
+    _palette_png(lab, out_dir / f"{frames[0].stem}.png")
+    for frame in frames[1:]:
+        x, _ = read_frame(frame, short, mult)
+        ft = _features(backbone, x, layer)
+        soft = propagate(ft, [f0] + [q[0] for q in queue], [seg0] + [q[1] for q in queue], h, w,
+                         topk=int(p.get("topk", 5)), temperature=float(p.get("temperature", 0.1)), mask=mask)
+        queue.append((ft, soft))
+        up = F.interpolate(soft[None], scale_factor=stride, mode="bilinear", align_corners=False)[0]
+        lo = up.flatten(1).min(dim=1).values[:, None, None]
+        hi = up.flatten(1).max(dim=1).values[:, None, None]
+        up = torch.where(hi > 0, (up - lo) / (hi - lo).clamp_min(1e-12), up)  # per-channel min-max, as DINO
+        pred = up.argmax(dim=0).numpy().astype(np.uint8)
+        pred = np.array(Image.fromarray(pred).resize((ow, oh), Image.NEAREST))
+        _palette_png(pred, out_dir / f"{frame.stem}.png")
+
+
+def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
+    from harness.models.checkpoints import load_backbone
+
+    reg = registry or load_registry(cell.registry_root or None)
+    p = cell.config["protocol"]["params"]
+    ds = reg.dataset(cell.dataset)
+    split = p.get("split", "val")
+    root = check_layout(ds, splits=(split,))
+    record = base_record(cell)
+    t0 = time.perf_counter()
+    loaded = load_backbone(cell.method, cell.epoch, registry=reg)
+    bb = loaded.backbone
+    if bb.info.family == "vit":
+        layer, stride, feature = None, bb.stride, "last block + final norm (patch tokens)"
+    else:
+        layer = int(p.get("resnet_layer", 3))
+        stride, feature = 2 ** (1 + layer), f"stage {layer} (stride {2 ** (1 + layer)})"
+    s = ds.splits[split]
+    seqs = [l.strip() for l in (root / s.split_file).read_text().splitlines() if l.strip()]
+    out = Path(work_dir or ".") / "predictions"
+    per_seq = {}
+    for seq in seqs:
+        frames = sorted((root / s.img_dir / seq).glob(f"*{ds.img_suffix}"))
+        masks = sorted((root / s.ann_dir / seq).glob(f"*{ds.seg_map_suffix}"))
+        if not frames or not masks:
+            raise FileNotFoundError(f"sequence '{seq}': no frames or no first-frame mask under {root}")
+        segment_sequence(bb, frames, masks[0], out / seq, p, layer, stride)
+        gts = [np.array(Image.open(m)) for m in masks]
+        preds = [np.array(Image.open(out / seq / f"{f.stem}.png")) for f in frames]
+        per_seq[seq] = jandf.evaluate_sequence(gts, preds, float(p.get("bound_th", 0.008)))
+    t1 = time.perf_counter()
+    scores = jandf.summarize(per_seq)
+    per_object = scores.pop("per_object")
+    return {**record, "status": "ok", "metrics": scores, "details": {"per_object": per_object},
+            "checkpoint": loaded.summary(), "feature": feature, "sequences": len(seqs), "predictions": str(out),
+            "timings": {"total_s": t1 - t0}, "peak_memory_mb": peak_memory_mb(), "finished": now()}
