@@ -9,7 +9,8 @@ from harness import store
 from harness.jobs.common import failed_record
 
 JOBS = {"metrics": "harness.jobs.metrics", "probe": "harness.jobs.probe", "linear": "harness.jobs.segmentation",
-        "upernet": "harness.jobs.segmentation", "davis": "harness.jobs.davis", "knn": "harness.jobs.knn"}
+        "upernet": "harness.jobs.segmentation", "davis": "harness.jobs.davis", "knn": "harness.jobs.knn",
+        "maskrcnn": "harness.jobs.maskrcnn"}
 
 
 def job_for(kind: str):

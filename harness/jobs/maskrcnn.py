@@ -1,0 +1,241 @@
+"""Mask R-CNN on COCO-format instances, scored with pycocotools (AP, AP50, AP75; boxes and masks).
+
+Two backends behind one protocol (`params.backend`: auto | detectron2 | torchvision):
+- detectron2, when `import detectron2` and `from detectron2 import model_zoo` work (optional install);
+- torchvision's `MaskRCNN` otherwise. The harness's backbone goes in a feature-pyramid wrapper: a
+  ViTDet-style simple feature pyramid for ViTs (the last block's map at scales 4, 2, 1, 0.5, then
+  1x1 and 3x3 convs with channel LayerNorm, plus max-pooled P6), and an FPN over C2-C5 for ResNets
+  and over the four stages for Swin.
+The record says which backend ran. Training state (model, optimizer, iteration) is saved in the
+cell's work directory as plain tensors and resumed with weights_only=True.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.datasets import check_layout
+from harness.jobs.common import base_record, now, peak_memory_mb
+from harness.registry import load_registry
+
+
+def detectron2_available() -> tuple[bool, str]:
+    try:
+        import detectron2  # noqa: F401
+        from detectron2 import model_zoo  # noqa: F401
+    except Exception as e:  # ImportError, or pkg_resources missing with setuptools >= 81
+        return False, f"{type(e).__name__}: {e}"
+    return True, ""
+
+
+class LayerNorm2d(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class PyramidBackbone(nn.Module):
+    """The harness Backbone as torchvision detection expects: OrderedDict of maps, `out_channels`."""
+
+    def __init__(self, backbone, out_channels: int = 256, scales=(4.0, 2.0, 1.0, 0.5)):
+        super().__init__()
+        from torchvision.ops import FeaturePyramidNetwork
+        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+        self.body, self.out_channels, self.family = backbone, out_channels, backbone.info.family
+        if self.family == "vit":
+            d = backbone.dim
+            stages = []
+            for s in scales:
+                if s == 4.0:
+                    layers = [nn.ConvTranspose2d(d, d // 2, 2, 2), LayerNorm2d(d // 2), nn.GELU(),
+                              nn.ConvTranspose2d(d // 2, d // 4, 2, 2)]
+                    c = d // 4
+                elif s == 2.0:
+                    layers, c = [nn.ConvTranspose2d(d, d // 2, 2, 2)], d // 2
+                elif s == 1.0:
+                    layers, c = [], d
+                else:
+                    layers, c = [nn.MaxPool2d(2, 2)], d
+                layers += [nn.Conv2d(c, out_channels, 1, bias=False), LayerNorm2d(out_channels),
+                           nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels)]
+                stages.append(nn.Sequential(*layers))
+            self.sfp = nn.ModuleList(stages)
+        else:
+            self.fpn = FeaturePyramidNetwork(list(backbone.level_channels), out_channels, extra_blocks=LastLevelMaxPool())
+
+    def forward(self, x):
+        if self.family == "vit":
+            last = self.body.levels(x)[-1]
+            maps = [stage(last) for stage in self.sfp]
+            out = OrderedDict((str(i), m) for i, m in enumerate(maps))
+            out["pool"] = nn.functional.max_pool2d(maps[-1], 1, 2, 0)
+            return out
+        return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(self.body.levels(x))))
+
+
+class CocoInstances(torch.utils.data.Dataset):
+    def __init__(self, img_dir: Path, ann_file: Path, train: bool):
+        from pycocotools.coco import COCO
+
+        self.img_dir, self.train = Path(img_dir), train
+        self.coco = COCO(str(ann_file))
+        self.ids = sorted(self.coco.getImgIds())
+        self.cat_ids = sorted(self.coco.getCatIds())
+        self.label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}  # 0 = background
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img_id = self.ids[i]
+        info = self.coco.loadImgs(img_id)[0]
+        img = np.asarray(Image.open(self.img_dir / info["file_name"]).convert("RGB"), dtype=np.float32) / 255.0
+        anns = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, iscrowd=False)) if a["area"] > 1]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns], dtype=torch.float32).reshape(-1, 4)
+        masks = torch.from_numpy(np.stack([self.coco.annToMask(a) for a in anns])) if anns else \
+            torch.zeros(0, info["height"], info["width"], dtype=torch.uint8)
+        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
+        x = torch.from_numpy(img).permute(2, 0, 1)
+        if self.train and torch.rand(1).item() < 0.5:  # horizontal flip
+            x, masks = x.flip(-1), masks.flip(-1)
+            w = x.shape[-1]
+            boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
+        return x, {"boxes": boxes, "labels": labels, "masks": masks, "image_id": img_id}
+
+
+def _collate(batch):
+    return tuple(zip(*batch))
+
+
+def build_torchvision_model(backbone, num_classes: int, p: dict):
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    sizes = tuple((int(s),) for s in p.get("anchor_sizes", (32, 64, 128, 256, 512)))
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    return MaskRCNN(PyramidBackbone(backbone, int(p.get("out_channels", 256)), tuple(p.get("vit_scale_factors",
+                                                                                           (4.0, 2.0, 1.0, 0.5)))),
+                    num_classes=num_classes + 1, rpn_anchor_generator=anchors,
+                    min_size=int(p.get("min_size", 800)), max_size=int(p.get("max_size", 1333)),
+                    image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                    box_detections_per_img=int(p.get("detections_per_img", 100)),
+                    box_score_thresh=float(p.get("score_thresh", 0.0)))
+
+
+@torch.no_grad()
+def coco_evaluate(model, ds: CocoInstances, batch: int = 2) -> dict:
+    from pycocotools import mask as mask_utils
+    from pycocotools.cocoeval import COCOeval
+
+    model.eval()
+    dets = []
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, collate_fn=_collate)
+    for images, targets in loader:
+        for out, t in zip(model(list(images)), targets):
+            masks = (out["masks"][:, 0] > 0.5).numpy().astype(np.uint8)
+            for box, score, label, m in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), masks):
+                rle = mask_utils.encode(np.asfortranarray(m))
+                rle["counts"] = rle["counts"].decode()
+                dets.append({"image_id": t["image_id"], "category_id": ds.cat_ids[label - 1], "score": score,
+                             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "segmentation": rle})
+    result = {}
+    for iou_type, prefix in (("bbox", "bbox"), ("segm", "segm")):
+        if not dets:
+            result.update({f"{prefix}_AP": 0.0, f"{prefix}_AP50": 0.0, f"{prefix}_AP75": 0.0})
+            continue
+        ev = COCOeval(ds.coco, ds.coco.loadRes([dict(d) for d in dets]), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        s = [max(float(v), 0.0) * 100 for v in ev.stats[:3]]
+        result.update({f"{prefix}_AP": s[0], f"{prefix}_AP50": s[1], f"{prefix}_AP75": s[2]})
+    result["detections"] = len(dets)
+    return result
+
+
+def _train_torchvision(model, ds, p: dict, work: Path) -> tuple[int, int]:
+    iters = int(p.get("iters", 1000))
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt_cfg = p.get("optimizer", {})
+    opt = torch.optim.AdamW(params, lr=float(opt_cfg.get("lr", 1e-4)), weight_decay=float(opt_cfg.get("weight_decay", 0.05)))
+    state_file = work / "maskrcnn_state.pth"
+    start = 0
+    if state_file.is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["iter"])
+    g = torch.Generator().manual_seed(int(p.get("seed", 0)) + start)
+    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=10**9, generator=g)
+    loader = iter(torch.utils.data.DataLoader(ds, batch_size=int(p.get("batch_size", 2)), sampler=sampler,
+                                              collate_fn=_collate))
+    interval = int(p.get("checkpoint_interval", 500))
+    model.train()
+    for it in range(start, iters):
+        images, targets = next(loader)
+        losses = model(list(images), [{k: v for k, v in t.items() if k != "image_id"} for t in targets])
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"Mask R-CNN loss is {loss.item()} at iteration {it}: {dict((k, float(v)) for k, v in losses.items())}")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (it + 1) % interval == 0 or it + 1 == iters:
+            tmp = state_file.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"iter": it + 1, "model": model.state_dict(), "optimizer": opt.state_dict()}, tmp)
+            os.replace(tmp, state_file)
+    return start, iters
+
+
+def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
+    from harness.models.checkpoints import load_backbone
+
+    reg = registry or load_registry(cell.registry_root or None)
+    p = cell.config["protocol"]["params"]
+    ds_spec = reg.dataset(cell.dataset)
+    root = check_layout(ds_spec)
+    work = Path(work_dir or ".")
+    work.mkdir(parents=True, exist_ok=True)
+    want = p.get("backend", "auto")
+    ok, why = detectron2_available()
+    if want == "detectron2" and not ok:
+        raise RuntimeError(f"params.backend is detectron2 but it cannot be imported ({why}); "
+                           f"run `make install-detectron2` or set backend: torchvision")
+    backend = "detectron2" if (want == "detectron2" or (want == "auto" and ok)) else "torchvision"
+    if backend == "detectron2":
+        from harness.jobs.maskrcnn_d2 import run_detectron2
+
+        return run_detectron2(cell, reg, p, root, work)
+    record = base_record(cell)
+    t0 = time.perf_counter()
+    loaded = load_backbone(cell.method, cell.epoch, registry=reg)
+    tr, va = ds_spec.splits["train"], ds_spec.splits["val"]
+    train_ds = CocoInstances(root / tr.img_dir, root / tr.ann_file, train=True)
+    val_ds = CocoInstances(root / va.img_dir, root / va.ann_file, train=False)
+    torch.manual_seed(int(p.get("seed", 0)))
+    model = build_torchvision_model(loaded.backbone, len(train_ds.cat_ids), p)
+    t1 = time.perf_counter()
+    start, iters = _train_torchvision(model, train_ds, p, work)
+    t2 = time.perf_counter()
+    metrics = coco_evaluate(model, val_ds)
+    t3 = time.perf_counter()
+    return {**record, "status": "ok", "backend": "torchvision", "detectron2_unavailable_because": why or None,
+            "metrics": metrics, "checkpoint": loaded.summary(), "resumed_from_iter": start, "iters": iters,
+            "resolved": {"params": p, "pyramid": "simple feature pyramid" if loaded.backbone.info.family == "vit"
+                         else "FPN", "num_classes": len(train_ds.cat_ids)},
+            "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0,
+                        "iters_per_s": (iters - start) / max(t2 - t1, 1e-9)},
+            "peak_memory_mb": peak_memory_mb(), "finished": now()}

@@ -1,0 +1,89 @@
+"""Mask R-CNN: the torchvision backend always runs; the detectron2 backend where it is importable."""
+import pytest
+import torch
+
+from harness.jobs import execute
+from harness.jobs.maskrcnn import detectron2_available
+from harness.plan import build_plan
+from harness.registry import load_registry
+from tests import worlds
+
+TINY = """name: maskrcnn_tiny
+kind: maskrcnn
+title: tiny Mask R-CNN
+datasets: [coco_instances]
+params: {{backend: {backend}, iters: {iters}, batch_size: 2, min_size: 96, max_size: 96,
+  anchor_sizes: [8, 16, 32, 64, 128], out_channels: 32, optimizer: {{lr: 0.0005, weight_decay: 0.0}},
+  checkpoint_interval: 10, detections_per_img: 20}}
+resources: {{gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}}
+"""
+
+
+@pytest.fixture
+def reg(tmp_path, monkeypatch):
+    from harness.mini import generate
+
+    data = tmp_path / "data"
+    generate.coco_instances(data / "coco", train=12, val=4, size=96)
+    monkeypatch.setenv("SDD_DATA_ROOT", str(data))
+    ck = tmp_path / "ck"
+    worlds.dino_checkpoint(ck, "tinyvit", "vit_tiny_test", 1, seed=1)
+    worlds.dino_checkpoint(ck, "tinyres", "resnet_tiny_test", 1, seed=2)
+    bench = worlds.tiny_registry(tmp_path, data, ck)
+    (bench / "suites" / "det.yaml").write_text(
+        "name: det\ntitle: det\nmethods: [tinyvit, tinyres]\ngrid:\n"
+        "  - protocol: maskrcnn_tiny\n    datasets: [coco_instances]\n    epochs: [1]\n")
+
+    def make(backend="torchvision", iters=20):
+        (bench / "protocols" / "maskrcnn_tiny.yaml").write_text(TINY.format(backend=backend, iters=iters))
+        return load_registry(bench)
+    return make
+
+
+@pytest.mark.parametrize("method", ["tinyvit", "tinyres"])
+def test_torchvision_backend_trains_and_scores_with_pycocotools(reg, tmp_path, method):
+    r = reg("torchvision", iters=20)
+    cell = build_plan(r, "det", methods=[method])[0]
+    rec = execute(cell, tmp_path / "results")
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["backend"] == "torchvision"
+    m = rec["metrics"]
+    for k in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75"):
+        assert 0 <= m[k] <= 100, k
+    assert m["detections"] > 0
+    assert rec["resolved"]["pyramid"] == ("simple feature pyramid" if method == "tinyvit" else "FPN")
+    # resuming: a second run of a longer schedule starts from the saved iteration
+    r = reg("torchvision", iters=30)
+    cell2 = build_plan(r, "det", methods=[method])[0]
+    rec2 = execute(cell2, tmp_path / "results")
+    assert rec2["status"] == "ok" and rec2["resumed_from_iter"] == 20 and rec2["iters"] == 30
+
+
+def test_pyramid_shapes():
+    from harness.jobs.maskrcnn import PyramidBackbone
+    from harness.models.archs import build_backbone
+
+    for arch in ("vit_tiny_test", "resnet_tiny_test"):
+        pb = PyramidBackbone(build_backbone(arch), 32)
+        out = pb(torch.randn(1, 3, 64, 64))
+        assert list(out) == ["0", "1", "2", "3", "pool"]
+        assert [v.shape[-1] for v in out.values()] == [16, 8, 4, 2, 1] and all(v.shape[1] == 32 for v in out.values())
+
+
+def test_asking_for_a_missing_detectron2_is_a_failed_record(reg, tmp_path):
+    ok, why = detectron2_available()
+    if ok:
+        pytest.skip("detectron2 is installed here")
+    r = reg("detectron2")
+    rec = execute(build_plan(r, "det", methods=["tinyvit"])[0], tmp_path / "results")
+    assert rec["status"] == "failed" and "make install-detectron2" in rec["error"]
+
+
+def test_detectron2_backend(reg, tmp_path):
+    ok, why = detectron2_available()
+    if not ok:
+        pytest.skip(f"optional detectron2 backend not installed ({why})")
+    r = reg("detectron2", iters=10)
+    rec = execute(build_plan(r, "det", methods=["tinyres"])[0], tmp_path / "results")
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["backend"] == "detectron2" and 0 <= rec["metrics"]["segm_AP"] <= 100
