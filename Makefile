@@ -24,6 +24,7 @@ test-fast: install  ## the test suite without the slow (full-size architecture) 
 bench: install  ## benchmarks under tests/perf/ (print their figures; not timed tests)
 	$(PY) tests/perf/bench_dse.py
 	$(PY) tests/perf/bench_analysis.py
+	$(PY) tests/perf/bench_jobs.py
 
 demo: install  ## the whole pipeline in miniature on generated data (CPU)
 	$(SDD) demo

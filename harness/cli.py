@@ -242,6 +242,10 @@ def cmd_demo(reg: Registry, args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # as a command: `sdd ... | head` ends quietly instead of a BrokenPipeError
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     ap = argparse.ArgumentParser(prog="sdd", description="SDD benchmark-reproduction harness")
     ap.add_argument("--registry", help="registry directory (default: benchmarks/ or $SDD_BENCHMARKS)")
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -1,0 +1,133 @@
+"""The detectron2 backend of the Mask R-CNN protocol (used only where detectron2 is installed).
+
+The harness's backbone (loaded safely by the harness, never through MODEL.WEIGHTS) is registered
+as a detectron2 backbone. ViTs get detectron2's ViTDet `SimpleFeaturePyramid` on the last block;
+ResNets and Swin get detectron2's `FPN` over their four stages. Heads, losses, training loop and
+`COCOEvaluator` (which scores with pycocotools' COCOeval) are detectron2's, from its R50-FPN Mask
+R-CNN config, with the schedule of the protocol file.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from harness.jobs.common import base_record, now, peak_memory_mb
+
+_CONTEXT: dict = {}
+
+
+def _register():
+    from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+    from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+    from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
+
+    class HarnessBottomUp(Backbone):
+        def __init__(self, backbone):
+            super().__init__()
+            self.body = backbone
+            if backbone.info.family == "vit":
+                self._out_features = ["last_feat"]
+                self._out_feature_channels = {"last_feat": backbone.dim}
+                self._out_feature_strides = {"last_feat": backbone.stride}
+            else:
+                self._out_features = ["res2", "res3", "res4", "res5"]
+                self._out_feature_channels = dict(zip(self._out_features, backbone.level_channels))
+                self._out_feature_strides = dict(zip(self._out_features, (4, 8, 16, 32)))
+
+        def forward(self, x):
+            maps = self.body.levels(x)
+            if self.body.info.family == "vit":
+                return {"last_feat": maps[-1]}
+            return dict(zip(self._out_features, maps))
+
+        def output_shape(self):
+            return {n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
+                    for n in self._out_features}
+
+    if "build_sdd_backbone" in BACKBONE_REGISTRY:
+        return
+
+    @BACKBONE_REGISTRY.register()
+    def build_sdd_backbone(cfg, input_shape):
+        ctx = _CONTEXT
+        bottom_up = HarnessBottomUp(ctx["backbone"])
+        out = int(ctx["params"].get("out_channels", 256))
+        if ctx["backbone"].info.family == "vit":
+            return SimpleFeaturePyramid(net=bottom_up, in_feature="last_feat", out_channels=out,
+                                        scale_factors=tuple(ctx["params"].get("vit_scale_factors", (4.0, 2.0, 1.0, 0.5))),
+                                        top_block=LastLevelMaxPool(), norm="LN",
+                                        square_pad=int(ctx["params"].get("max_size", 1024)))
+        return FPN(bottom_up=bottom_up, in_features=bottom_up._out_features, out_channels=out, norm="",
+                   top_block=LastLevelMaxPool())
+
+
+def run_detectron2(cell, reg, p: dict, root: Path, work: Path) -> dict:
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, build_detection_test_loader
+    from detectron2.data.datasets import register_coco_instances
+    from detectron2.engine import DefaultTrainer
+    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+
+    from harness.models.checkpoints import load_backbone
+
+    record = base_record(cell)
+    t0 = time.perf_counter()
+    loaded = load_backbone(cell.method, cell.epoch, registry=reg)
+    _register()
+    _CONTEXT.update(backbone=loaded.backbone, params=p)
+    ds = reg.dataset(cell.dataset)
+    names = {}
+    for split in ("train", "val"):
+        s = ds.splits[split]
+        name = f"sdd_{cell.suite}_{cell.dataset}_{split}_{cell.config_hash}"
+        if name not in DatasetCatalog.list():
+            register_coco_instances(name, {}, str(root / s.ann_file), str(root / s.img_dir))
+        names[split] = name
+    import json
+
+    num_classes = len(json.loads((root / ds.splits["train"].ann_file).read_text())["categories"])
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.BACKBONE.NAME = "build_sdd_backbone"
+    cfg.MODEL.DEVICE = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+    cfg.MODEL.WEIGHTS = ""  # the backbone comes from the harness's safe loader
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(p.get("score_thresh", 0.0))
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[int(s)] for s in p.get("anchor_sizes", (32, 64, 128, 256, 512))]
+    cfg.TEST.DETECTIONS_PER_IMAGE = int(p.get("detections_per_img", 100))
+    cfg.INPUT.MIN_SIZE_TRAIN = (int(p.get("min_size", 800)),)
+    cfg.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MAX_SIZE_TEST = int(p.get("max_size", 1333))
+    cfg.INPUT.MIN_SIZE_TEST = int(p.get("min_size", 800))
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (names["train"],), (names["val"],)
+    cfg.DATALOADER.NUM_WORKERS = int(p.get("num_workers", 0))
+    cfg.SOLVER.IMS_PER_BATCH = int(p.get("batch_size", 16))
+    cfg.SOLVER.BASE_LR = float(p.get("optimizer", {}).get("lr", 1e-4))
+    cfg.SOLVER.MAX_ITER = int(p.get("iters", 1000))
+    cfg.SOLVER.STEPS = tuple(int(s) for s in p.get("steps", ()))
+    cfg.SOLVER.WARMUP_ITERS = min(int(p.get("warmup_iters", 0)), cfg.SOLVER.MAX_ITER)
+    cfg.SOLVER.CHECKPOINT_PERIOD = int(p.get("checkpoint_interval", 500))
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.OUTPUT_DIR = str(work / "detectron2")
+    Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=True)  # detectron2's own checkpoints of this cell, if any
+    start = trainer.start_iter
+    t1 = time.perf_counter()
+    trainer.train()
+    t2 = time.perf_counter()
+    evaluator = COCOEvaluator(names["val"], output_dir=str(work / "eval"), use_fast_impl=False)
+    res = inference_on_dataset(trainer.model, build_detection_test_loader(cfg, names["val"]), evaluator)
+    t3 = time.perf_counter()
+    metrics = {}
+    for kind in ("bbox", "segm"):
+        r = res.get(kind, {})
+        metrics.update({f"{kind}_AP": r.get("AP", float("nan")), f"{kind}_AP50": r.get("AP50", float("nan")),
+                        f"{kind}_AP75": r.get("AP75", float("nan"))})
+    return {**record, "status": "ok", "backend": "detectron2", "metrics": metrics, "checkpoint": loaded.summary(),
+            "resumed_from_iter": start, "iters": cfg.SOLVER.MAX_ITER, "detectron2_config": cfg.dump(),
+            "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0,
+                        "iters_per_s": (cfg.SOLVER.MAX_ITER - start) / max(t2 - t1, 1e-9)},
+            "peak_memory_mb": peak_memory_mb(), "finished": now()}
