@@ -79,11 +79,14 @@ def test_asking_for_a_missing_detectron2_is_a_failed_record(reg, tmp_path):
     assert rec["status"] == "failed" and "make install-detectron2" in rec["error"]
 
 
-def test_detectron2_backend(reg, tmp_path):
+@pytest.mark.parametrize("method", ["tinyvit", "tinyres"])
+def test_detectron2_backend(reg, tmp_path, method):
     ok, why = detectron2_available()
     if not ok:
         pytest.skip(f"optional detectron2 backend not installed ({why})")
-    r = reg("detectron2", iters=10)
-    rec = execute(build_plan(r, "det", methods=["tinyres"])[0], tmp_path / "results")
+    r = reg("auto", iters=10)  # auto picks detectron2 where it is importable
+    rec = execute(build_plan(r, "det", methods=[method])[0], tmp_path / "results")
     assert rec["status"] == "ok", rec.get("traceback")
     assert rec["backend"] == "detectron2" and 0 <= rec["metrics"]["segm_AP"] <= 100
+    assert rec["pyramid"] == ("detectron2 SimpleFeaturePyramid" if method == "tinyvit" else "detectron2 FPN")
+    assert rec["checkpoint"]["loaded_keys"] > 0

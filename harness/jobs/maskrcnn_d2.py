@@ -128,6 +128,7 @@ def run_detectron2(cell, reg, p: dict, root: Path, work: Path) -> dict:
                         f"{kind}_AP75": r.get("AP75", float("nan"))})
     return {**record, "status": "ok", "backend": "detectron2", "metrics": metrics, "checkpoint": loaded.summary(),
             "resumed_from_iter": start, "iters": cfg.SOLVER.MAX_ITER, "detectron2_config": cfg.dump(),
+            "pyramid": "detectron2 " + ("SimpleFeaturePyramid" if loaded.backbone.info.family == "vit" else "FPN"),
             "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0,
                         "iters_per_s": (cfg.SOLVER.MAX_ITER - start) / max(t2 - t1, 1e-9)},
             "peak_memory_mb": peak_memory_mb(), "finished": now()}
