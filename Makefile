@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 SDD    := $(VENV)/bin/sdd
 PYTEST_ARGS ?=
 
-.PHONY: help install install-detectron2 test test-fast bench demo validate plan tables slurm-up slurm-down clean
+.PHONY: help install install-detectron2 test test-fast bench demo reproduce-sdd validate plan tables slurm-up slurm-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ bench: install  ## benchmarks under tests/perf/ (print their figures; not timed 
 
 demo: install  ## the whole pipeline in miniature on generated data (CPU)
 	$(SDD) demo
+
+reproduce-sdd: install  ## the paper's grid on a cluster: CLUSTER=<profile> [SUITE=sdd] (checks data and checkpoints first)
+	@test -n "$(CLUSTER)" || { echo "usage: make reproduce-sdd CLUSTER=<profile in slurm/clusters/> [SUITE=sdd]"; exit 2; }
+	$(SDD) reproduce --suite $(or $(SUITE),sdd) --cluster $(CLUSTER)
 
 validate: install  ## validate every registry file under benchmarks/
 	$(SDD) validate

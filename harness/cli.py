@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from harness import store
-from harness.registry import KINDS, Registry, RegistryError, env_vars, expand_env, load_registry
+from harness.registry import KINDS, Registry, RegistryError, env_vars, load_registry, resolve_path
 
 
 def table(rows: list[dict], cols: list[str], headers: list[str] | None = None) -> str:
@@ -77,7 +77,7 @@ def cmd_validate(reg: Registry, args) -> int:
         for s in specs:
             raw = s.checkpoint.dir if kind == "method" else s.root
             try:
-                path = expand_env(raw, source=s.source, key=attr)
+                path = resolve_path(raw, source=s.source, key=attr)
                 state = "ok" if Path(path).is_dir() else "missing"
             except RegistryError as e:
                 path, state = raw, "env var unset: " + ", ".join(v for v in env_vars(raw) if v not in os.environ)
@@ -94,6 +94,11 @@ def cmd_plan(reg: Registry, args) -> int:
 
     cells = build_plan(reg, args.suite, protocols=args.protocol, methods=args.method)
     results = Path(args.results)
+    full = cells
+    if getattr(args, "guided", False):
+        from harness.plan import guided
+
+        cells, waiting, selected = guided(reg, cells, results)
     states = cell_states(cells, results)
     suite = reg.suite(args.suite)
     if args.cells:
@@ -119,6 +124,18 @@ def cmd_plan(reg: Registry, args) -> int:
     mrows = [{**r, "epochs": _epochs_text(tuple(sorted(r["epochs"])))} for r in by_method.values()]
     print()
     print(table(mrows, ["method", "epochs", "cells", "done"]))
+    if getattr(args, "guided", False):
+        from harness.plan import guided_projection
+
+        full_h = sum(c.gpu_hours for c in full)
+        n_proj, proj_h = guided_projection(reg, full, cells, waiting)
+        print(f"\nguided grid: {len(cells)} cells now; at most {n_proj} of the full grid's {len(full)} cells in all, "
+              f"{proj_h:,.3f} of {full_h:,.3f} GPU·h: {full_h - proj_h:,.3f} GPU·h "
+              f"({100 * (1 - proj_h / full_h) if full_h else 0:.0f}%) saved")
+        for m, sel in sorted(selected.items()):
+            print(f"  {m}: DSE top-3 epochs {sel} + last checkpoint")
+        for m, why in sorted(waiting.items()):
+            print(f"  {m}: downstream cells wait ({why})")
     print(f"\nrecords under {results / suite.name / 'runs'}; `sdd plan --suite {suite.name} --cells` lists every cell")
     return 0
 
@@ -192,7 +209,10 @@ def cmd_submit(reg: Registry, args) -> int:
 
     cluster = load_cluster(args.cluster)
     s = submit(reg, args.suite, cluster, Path(args.results), protocols=args.protocol, methods=args.method,
-               dry_run=args.dry_run, retry_failed=args.retry_failed, max_attempts=args.max_attempts)
+               dry_run=args.dry_run, retry_failed=args.retry_failed, max_attempts=args.max_attempts,
+               guided=args.guided)
+    for m, why in sorted(s.get("waiting", {}).items()):
+        print(f"guided: {m}'s downstream cells wait ({why}); run `sdd submit --guided` again when the metrics are done")
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(s["skipped"].items())) or "none"
     verb = "would submit" if args.dry_run else "submitted"
     print(f"suite {s['suite']} on {s['cluster']}: {s['cells']} cells; skipped: {skipped}; {verb} {s['to_submit']}")
@@ -232,13 +252,54 @@ def cmd_status(reg: Registry, args) -> int:
         time.sleep(args.watch)
 
 
+def preflight(reg: Registry, suite: str) -> list[str]:
+    """Everything a suite needs that is not on disk: dataset roots and layouts, checkpoint files."""
+    from harness.datasets import DatasetError, check_layout
+    from harness.models.checkpoints import checkpoint_path
+    from harness.plan import build_plan
+
+    problems = []
+    cells = build_plan(reg, suite)
+    for name in sorted({c.dataset for c in cells}):
+        kind = reg.protocol(next(c.protocol for c in cells if c.dataset == name)).kind
+        splits = ("train",) if kind == "metrics" else ("val",) if kind == "davis" else ("train", "val")
+        try:
+            check_layout(reg.dataset(name), splits=splits)
+        except (DatasetError, RegistryError) as e:
+            problems.append(str(e))
+    for method in sorted({c.method for c in cells}):
+        epochs = sorted({c.epoch for c in cells if c.method == method})
+        try:
+            missing = [e for e in epochs if not checkpoint_path(reg.method(method), e).is_file()]
+        except RegistryError as e:
+            problems.append(str(e))
+            continue
+        if missing:
+            first = checkpoint_path(reg.method(method), missing[0])
+            problems.append(f"method '{method}': {len(missing)} of {len(epochs)} checkpoints missing "
+                            f"(first: {first})")
+    return problems
+
+
+def cmd_reproduce(reg: Registry, args) -> int:
+    problems = preflight(reg, args.suite)
+    if problems:
+        print(f"sdd reproduce: {len(problems)} problem(s) before anything is submitted:", file=sys.stderr)
+        for p in problems:
+            print("  - " + p.replace("\n", "\n    "), file=sys.stderr)
+        print("fix the paths (SDD_DATA_ROOT, SDD_CKPT_ROOT, or the registry files) and run again", file=sys.stderr)
+        return 1
+    print(f"preflight: every dataset and checkpoint of suite {args.suite} is in place")
+    args.protocol = args.method = None
+    args.dry_run = args.retry_failed = False
+    args.max_attempts = 3
+    return cmd_submit(reg, args)
+
+
 def cmd_demo(reg: Registry, args) -> int:
-    print("sdd demo: the mini world (generated data, tiny self-trained models, the whole pipeline on CPU) is "
-          "not yet available.\nWhat works today: the registry and the planner, shown here on the paper's grid.\n")
-    cmd_validate(reg, argparse.Namespace(paths=False, strict=False))
-    print()
-    return cmd_plan(reg, argparse.Namespace(suite="sdd", protocol=None, method=None, results=store.RESULTS,
-                                            cells=False))
+    from harness.mini.demo import run
+
+    return run(suite=args.suite, cluster=args.cluster, results=Path(args.results), epochs=args.epochs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", action="append", help="only this method (repeatable)")
     p.add_argument("--results", default=str(store.RESULTS), help="results root (default: results/)")
     p.add_argument("--cells", action="store_true", help="list every cell with its state and config hash")
+    p.add_argument("--guided", action="store_true", help="DSE-guided grid: metrics everywhere, downstream only on "
+                                                          "the DSE top-3 and the last checkpoint")
     p = sub.add_parser("collect", help="records -> results/<suite>/results.csv (one row per cell)")
     p.add_argument("--suite", required=True)
     p.add_argument("--results", default=str(store.RESULTS))
@@ -281,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted")
     p.add_argument("--retry-failed", action="store_true", help="also resubmit failed cells")
     p.add_argument("--max-attempts", type=int, default=3, help="give up on a cell after this many attempts")
+    p.add_argument("--guided", action="store_true", help="DSE-guided grid (see `sdd plan --guided`)")
+    p = sub.add_parser("reproduce", help="check every dataset and checkpoint of a suite, then submit it")
+    p.add_argument("--suite", default="sdd")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--results", default=str(store.RESULTS))
+    p.add_argument("--guided", action="store_true")
     p = sub.add_parser("status", help="cells done / running / pending / failed per protocol and method")
     p.add_argument("--suite", required=True)
     p.add_argument("--protocol", action="append")
@@ -288,12 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(store.RESULTS))
     p.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh until nothing is queued")
     p.add_argument("--all", action="store_true", help="list every failed cell")
-    sub.add_parser("demo", help="the whole pipeline in miniature (CPU)")
+    p = sub.add_parser("demo", help="the whole pipeline in miniature (CPU): mini world, tiny pre-training, suite, tables")
+    p.add_argument("--suite", default="mini")
+    p.add_argument("--cluster", default="local", help="local (default), inline, or a Slurm profile")
+    p.add_argument("--results", default=str(store.RESULTS))
+    p.add_argument("--epochs", type=int, default=8, help="pre-training epochs of the mini methods")
     args = ap.parse_args(argv)
     try:
         reg = load_registry(args.registry)
         return {"ls": cmd_ls, "validate": cmd_validate, "plan": cmd_plan, "collect": cmd_collect,
-                "tables": cmd_tables, "figures": cmd_figures, "submit": cmd_submit, "status": cmd_status,
+                "tables": cmd_tables, "figures": cmd_figures, "submit": cmd_submit, "status": cmd_status, "reproduce": cmd_reproduce,
                 "demo": cmd_demo}[args.cmd](reg, args)
     except FileNotFoundError as e:
         print(f"sdd: {e}", file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.registry import DatasetSpec, expand_env
+from harness.registry import DatasetSpec, resolve_path
 
 
 class DatasetError(Exception):
@@ -14,7 +14,7 @@ class DatasetError(Exception):
 
 
 def root_of(ds: DatasetSpec) -> Path:
-    return Path(expand_env(ds.root, source=ds.source, key="root"))
+    return resolve_path(ds.root, source=ds.source, key="root")
 
 
 def _has(path: Path, suffix: str, recursive: bool) -> bool:

@@ -10,6 +10,7 @@ writes its record.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 from collections import defaultdict
 from dataclasses import dataclass
@@ -66,6 +67,19 @@ class CellJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+class CellBatchJob(CellJob):
+    """Several cells one after another in one process: the local executor's unit of work. submitit's
+    local executor would start every job at once; a few workers each running a share of the cells
+    bound the load to `array_parallelism` processes (and import torch once per worker, not per cell)."""
+
+    def __call__(self, cells: list[Cell], results: str, threads: int = 0) -> list[str]:
+        if threads:  # workers share the machine: no oversubscription of its cores
+            import torch
+
+            torch.set_num_threads(threads)
+        return [CellJob()(c, results) for c in cells]
 
 
 def _executor(cluster: ClusterProfile, prof: Profile, suite: str):
@@ -176,16 +190,22 @@ def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, 
 
 
 def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *, protocols=None, methods=None,
-           dry_run: bool = False, retry_failed: bool = False, max_attempts: int = 3, progress: bool = True) -> dict:
+           dry_run: bool = False, retry_failed: bool = False, max_attempts: int = 3, progress: bool = True,
+           guided: bool = False) -> dict:
     """Submit the cells of `suite` that need running; returns a summary (what was submitted where)."""
     results = Path(results)
     cells = build_plan(reg, suite, protocols=protocols, methods=methods)
+    waiting = {}
+    if guided:
+        from harness.plan import guided as guided_cells
+
+        cells, waiting, _ = guided_cells(reg, cells, results)
     d = decide(cells, results, suite, retry_failed=retry_failed, max_attempts=max_attempts, write=not dry_run)
     groups: dict[Profile, list[Cell]] = defaultdict(list)
     for c in d.submit:
         groups[profile_for(reg, cluster, c.protocol)].append(c)
     summary = {"suite": suite, "cluster": cluster.name, "cells": len(cells), "skipped": d.skipped,
-               "to_submit": len(d.submit), "arrays": []}
+               "to_submit": len(d.submit), "arrays": [], "waiting": waiting}
     if dry_run or not d.submit:
         summary["arrays"] = [{"profile": p.__dict__, "cells": len(cs), "job_ids": []} for p, cs in groups.items()]
         return summary
@@ -197,6 +217,20 @@ def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *,
             for c in tqdm(cs, desc=f"{p.protocol} (inline)", disable=not progress):
                 execute(c, results)
             summary["arrays"].append({"profile": p.__dict__, "cells": len(cs), "job_ids": ["inline"]})
+        return summary
+    if cluster.executor == "local":
+        todo = [c for _, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol) for c in cs]
+        workers = max(1, min(cluster.array_parallelism, len(todo)))
+        shares = [todo[i::workers] for i in range(workers)]
+        ex = _executor(cluster, Profile("local", 0, 1, 4.0, max(p.time_min for p in groups) * len(todo), None,
+                                        workers), suite)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        jobs = [ex.submit(CellBatchJob(), share, str(results), threads) for share in shares]
+        for share, job in zip(shares, jobs):
+            _record_submission(results, suite, cluster, share, [job] * len(share))
+        summary["arrays"].append({"profile": {"protocol": "+".join(sorted({p.protocol for p in groups})), "gpus": 0,
+                                              "cpus": 1, "mem_gb": 4.0, "time_min": 0, "array_parallelism": workers},
+                                  "cells": len(todo), "job_ids": [str(j.job_id) for j in jobs]})
         return summary
     for prof, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol):
         ex = _executor(cluster, prof, suite)

@@ -106,3 +106,60 @@ def summarize(cells: list[Cell], states: dict[str, str]) -> list[dict]:
             r["gpu_h_left"] += c.gpu_hours
     return [{"protocol": p, **{k: (len(v) if isinstance(v, set) else v) for k, v in r.items()}}
             for p, r in rows.items()]
+
+
+# ---------------------------------------------------------------------------------------------
+# The DSE-guided grid: label-free metrics on every checkpoint first, then the downstream protocols
+# only on each method's DSE top-3 candidates and its last checkpoint.
+
+
+def _metric_protocols(reg: Registry, cells: list[Cell]) -> set[str]:
+    return {c.protocol for c in cells if reg.protocol(c.protocol).kind == "metrics"}
+
+
+def guided(reg: Registry, cells: list[Cell], results: Path) -> tuple[list[Cell], dict[str, str], dict[str, list[int]]]:
+    """(cells to run now, method -> why its downstream cells wait, method -> selected epochs)."""
+    from harness.analysis.tables import select_checkpoints
+
+    metric_protos = _metric_protocols(reg, cells)
+    keep = [c for c in cells if c.protocol in metric_protos]
+    waiting, selected = {}, {}
+    by_method: dict[str, list[Cell]] = defaultdict(list)
+    for c in keep:
+        by_method[c.method].append(c)
+    for method, mcells in by_method.items():
+        recs = [store.read_record(c.record_path(results)) for c in mcells]
+        done = [r for r, c in zip(recs, mcells) if r and r.get("status") == "ok" and r.get("config_hash") == c.config_hash]
+        if len(done) < len(mcells):
+            waiting[method] = f"metrics done on {len(done)} of {len(mcells)} checkpoints"
+            continue
+        rows = sorted((r["epoch"], r["metrics"]) for r in done)
+        epochs = [e for e, _ in rows]
+        sep = [m["dse_separability"] for _, m in rows]
+        dim = [m["dse_dim"] for _, m in rows]
+        from harness.metrics.dse import dse_normalised
+
+        selected[method] = select_checkpoints(epochs, dse_normalised(sep, dim))
+    for c in cells:
+        if c.protocol in metric_protos or c.method not in selected:
+            continue
+        last = max(x.epoch for x in cells if x.method == c.method and x.protocol == c.protocol)
+        if c.epoch in selected[c.method] or c.epoch == last:
+            keep.append(c)
+    return keep, waiting, selected
+
+
+def guided_projection(reg: Registry, full: list[Cell], now: list[Cell], waiting: dict) -> tuple[int, float]:
+    """Upper bound on the guided grid's size and cost: the cells chosen now, plus for each method still
+    waiting at most 4 checkpoints (3 candidates + last) of each downstream protocol x dataset."""
+    metric_protos = _metric_protocols(reg, full)
+    n, hours = len(now), sum(c.gpu_hours for c in now)
+    groups: dict[tuple, list[Cell]] = defaultdict(list)
+    for c in full:
+        if c.method in waiting and c.protocol not in metric_protos:
+            groups[(c.method, c.protocol, c.dataset)].append(c)
+    for cs in groups.values():
+        k = min(4, len(cs))
+        n += k
+        hours += k * cs[0].gpu_hours
+    return n, hours

@@ -387,6 +387,12 @@ def expand_env(value: str, *, source: str = "", key: str = "") -> str:
     return _VAR.sub(sub, value)
 
 
+def resolve_path(value: str, *, source: str = "", key: str = "") -> "Path":
+    """${VAR} expanded; a relative path is relative to the repository (not to the current directory)."""
+    path = Path(expand_env(value, source=source, key=key))
+    return path if path.is_absolute() else ROOT / path
+
+
 def env_vars(value: str) -> list[str]:
     return [m.group(1) for m in _VAR.finditer(value)]
 

@@ -63,7 +63,7 @@ def cell_state(path: Path, config_hash: str) -> str:
 #   timings: {total_s, ...}, peak_memory_mb, versions, git_sha, host, slurm_job_id, started, finished
 # `collect` flattens them into one tidy row per cell (nested metrics as "name.sub" columns).
 
-META_COLUMNS = ["suite", "protocol", "dataset", "method", "family", "arch", "epoch", "status", "error",
+META_COLUMNS = ["suite", "protocol", "kind", "dataset", "method", "family", "arch", "epoch", "status", "error",
                 "config_hash", "gpus", "wall_s", "load_s", "features_s", "metrics_s", "peak_memory_mb",
                 "git_sha", "host", "slurm_job_id", "torch"]
 
@@ -91,7 +91,9 @@ def record_row(rec: dict, methods: dict | None = None, gpus: dict | None = None)
     spec = (methods or {}).get(rec.get("method"))
     timings = rec.get("timings") or {}
     row = {
-        "suite": rec.get("suite"), "protocol": rec.get("protocol"), "dataset": rec.get("dataset"),
+        "suite": rec.get("suite"), "protocol": rec.get("protocol"),
+        "kind": ((rec.get("config") or {}).get("protocol") or {}).get("kind") or rec.get("protocol"),
+        "dataset": rec.get("dataset"),
         "method": rec.get("method"), "family": getattr(spec, "family", None),
         "arch": getattr(spec, "arch", None) or cfg_method.get("arch"), "epoch": rec.get("epoch"),
         "status": rec.get("status"), "error": ((rec.get("error") or "").splitlines() or [None])[0],

@@ -98,13 +98,13 @@ def test_store_writes_atomically_and_reads_back(tmp_path):
 def test_ls_validate_and_demo(capsys, monkeypatch):
     assert main(["ls", "methods"]) == 0
     out = capsys.readouterr().out
-    assert "byol" in out and "resnet50_{epoch}.pth.tar" in out and len(out.splitlines()) == 2 + 17
+    assert "byol" in out and "resnet50_{epoch}.pth.tar" in out and len(out.splitlines()) == 2 + 20
     assert main(["ls", "datasets"]) == 0 and "coco_stuff164k" in capsys.readouterr().out
     assert main(["ls", "suites"]) == 0 and "sdd" in capsys.readouterr().out
     monkeypatch.delenv("SDD_CKPT_ROOT", raising=False)
     assert main(["validate"]) == 0
     out = capsys.readouterr().out
-    assert "OK (17 methods, 7 datasets" in out and "SDD_CKPT_ROOT" in out
+    assert "OK (20 methods, 7 datasets" in out and "SDD_CKPT_ROOT" in out
     assert main(["validate", "--paths", "--strict"]) == 1
     assert "env var unset: SDD_CKPT_ROOT" in capsys.readouterr().out
 

@@ -71,9 +71,16 @@ def datasets_of(table: pd.DataFrame, protocol: str) -> list[str]:
     return [d for d in DATASET_ORDER if d in present] + [d for d in present if d not in DATASET_ORDER]
 
 
+def _is_metrics(table: pd.DataFrame) -> pd.Series:
+    """Rows of the label-free metrics protocol (by kind when recorded, else by the name `metrics`)."""
+    if "kind" in table.columns and table["kind"].notna().any():
+        return table["kind"] == "metrics"
+    return table["protocol"] == "metrics"
+
+
 def metric_frame(table: pd.DataFrame) -> pd.DataFrame:
     """Metrics rows, one per (method, epoch), with the λ-normalised DSE added per method."""
-    m = _ok(table[table["protocol"] == "metrics"]).copy()
+    m = _ok(table[_is_metrics(table)]).copy()
     if m.empty:
         return m
     m = m.sort_values(["method", "epoch"])
@@ -258,7 +265,7 @@ def efficiency_table(table: pd.DataFrame, protocol: str = "linear") -> Table:
     t["device_h"] = t["wall_s"].astype(float).fillna(0) * t["gpus"].astype(float).clip(lower=1).fillna(1) / 3600
     rows = []
     for method, g in t.groupby("method", sort=True):
-        dse_h = g.loc[g["protocol"] == "metrics", "device_h"].sum()
+        dse_h = g.loc[_is_metrics(g), "device_h"].sum()
         sup_h = g.loc[g["protocol"] == protocol, "device_h"].sum()
         rows.append({"method": method, "dse_device_h": dse_h, "supervised_device_h": sup_h,
                      "ratio": sup_h / dse_h if dse_h > 0 else math.nan})
@@ -276,12 +283,13 @@ def dense_table(table: pd.DataFrame) -> Table:
     sel = selections(table)
     ok = _ok(table)
     rows, notes = [], []
-    methods = sorted(set(ok.loc[ok["protocol"].isin({p for p, _, _ in DENSE_COLUMNS}), "method"]))
+    kind = ok["kind"] if "kind" in ok.columns and ok["kind"].notna().any() else ok["protocol"]
+    methods = sorted(set(ok.loc[kind.isin({p for p, _, _ in DENSE_COLUMNS}), "method"]))
     for method in methods:
         for which in ("final", "DSE-selected"):
             row = {"method": method, "checkpoint": which}
             for protocol, col, label in DENSE_COLUMNS:
-                g = ok[(ok["method"] == method) & (ok["protocol"] == protocol)]
+                g = ok[(ok["method"] == method) & (kind == protocol)]
                 if g.empty or col not in g.columns:
                     row[label] = math.nan
                     continue

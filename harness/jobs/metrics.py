@@ -14,7 +14,8 @@ from harness.features import extract_dense, extract_views, image_list
 from harness.jobs.common import base_record, now, peak_memory_mb
 from harness.metrics import compute_all
 from harness.models.checkpoints import checkpoint_path, load_backbone
-from harness.registry import expand_env, load_registry
+from harness.datasets import root_of
+from harness.registry import load_registry
 
 
 def _checkpoint_fingerprint(path: Path) -> str:
@@ -29,7 +30,7 @@ def run(cell, registry=None, progress: bool = True, **_) -> dict:
     t0 = time.perf_counter()
     ds = reg.dataset(cell.dataset)
     split = params.get("split", "train")
-    root = Path(expand_env(ds.root, source=ds.source, key="root")) / ds.splits[split].img_dir
+    root = root_of(ds) / ds.splits[split].img_dir
     images = image_list(root, int(params["num_images"]), int(params.get("image_list_seed", 0)))
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
     t_load = time.perf_counter()

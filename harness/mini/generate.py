@@ -218,7 +218,7 @@ def generate_all(root: Path, seed: int = 0) -> dict[str, Path]:
     """Every dataset under `root` in the directory names the registry expects below SDD_DATA_ROOT."""
     root = Path(root)
     return {
-        "imagenet": imagenet(root / "imagenet-1k", seed=seed),
+        "imagenet": imagenet(root / "imagenet-1k", classes=8, train=32, val=8, seed=seed),
         "ade20k": ade20k(root / "ade" / "ADEChallengeData2016", seed=seed),
         "voc12_aug": voc12_aug(root / "VOCdevkit" / "VOC2012", seed=seed + 1),
         "coco_stuff164k": coco_stuff164k(root / "coco_stuff164k", seed=seed + 2),

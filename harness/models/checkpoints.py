@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from harness.registry import MethodSpec, Registry, StateDictRule, expand_env, load_registry
+from harness.registry import MethodSpec, Registry, StateDictRule, load_registry, resolve_path
 from harness.models.archs import Backbone, build_backbone
 
 
@@ -155,8 +155,8 @@ def stored_epoch(obj: Any, spec: MethodSpec) -> int | None:
 
 
 def checkpoint_path(spec: MethodSpec, epoch: int) -> Path:
-    directory = expand_env(spec.checkpoint.dir, source=spec.source, key="checkpoint.dir")
-    return Path(directory) / spec.checkpoint.file_name(epoch)
+    directory = resolve_path(spec.checkpoint.dir, source=spec.source, key="checkpoint.dir")
+    return directory / spec.checkpoint.file_name(epoch)
 
 
 def _missing_hint(spec: MethodSpec, path: Path) -> str:
