@@ -129,10 +129,19 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def _pid_alive(pid: str) -> bool:
+    """A local worker is alive while its process exists and is not a zombie (reaped here if it is ours)."""
     try:
-        return Path(f"/proc/{int(pid)}").exists()
-    except ValueError:
+        n = int(pid)
+        state = Path(f"/proc/{n}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ValueError, OSError, IndexError):
         return False
+    if state == "Z":
+        try:
+            os.waitpid(n, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return True
 
 
 def _refresh(led: dict) -> dict:
@@ -177,7 +186,9 @@ def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, 
         if entry.get("state") in store.ACTIVE_STATES and entry.get("config_hash") == c.config_hash:
             skipped["already queued or running"] += 1
             continue
-        ended_badly = state == "failed" or (entry.get("state") in TERMINAL_FAILED | {"COMPLETED"}
+        # a job Slurm ended badly without a record is a failure; a completed job whose record is gone
+        # (deleted by hand) is simply to do again
+        ended_badly = state == "failed" or (entry.get("state") in TERMINAL_FAILED
                                             and state != "stale" and entry.get("config_hash") == c.config_hash)
         if ended_badly and not retry_failed:
             skipped["failed (use --retry-failed)"] += 1
@@ -277,7 +288,7 @@ def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, m
             state = "done"
         elif slurm_state in store.ACTIVE_STATES:
             state = "running" if slurm_state in ("RUNNING", "COMPLETING") else "pending"
-        elif rec_state == "failed" or slurm_state in TERMINAL_FAILED or (slurm_state == "COMPLETED"):
+        elif rec_state == "failed" or slurm_state in TERMINAL_FAILED:
             state = "failed"
             rec = store.read_record(c.record_path(results)) or {}
             reason = (rec.get("error") or "").splitlines()[0] if rec.get("error") else \

@@ -122,6 +122,13 @@ def sdd_table(table: pd.DataFrame, protocol: str = "linear", paper: pd.DataFrame
         frame = frame.merge(paper.rename(columns={"last_minus_best": "paper_diff"}), on=["method", "dataset"],
                             how="left")
         frame["delta_diff"] = frame["diff"] - frame["paper_diff"]
+    mf = metric_frame(table)
+    if not mf.empty and not frame.empty:  # a guided grid evaluates only some checkpoints: say which
+        n_metric = mf.groupby("method")["epoch"].nunique()
+        for (method, dataset), n in frame.set_index(["method", "dataset"])["checkpoints"].items():
+            if method in n_metric and n < n_metric[method]:
+                notes.append(f"{method} / {dataset}: {n} of {n_metric[method]} checkpoints evaluated "
+                             f"(the others were skipped, e.g. by the DSE-guided grid); best is over those {n}")
     failed = table[(table["protocol"] == protocol) & (table["status"] != "ok")]
     if len(failed):
         notes.append(f"{len(failed)} {protocol} cell(s) failed and are left out: "

@@ -1,0 +1,122 @@
+"""The `micro` suite end to end: mini world, tiny pre-training, submit on the local executor and on
+the real local Slurm, collect, tables and figures; skip-done and single-cell re-runs; preflight."""
+import json
+import math
+import os
+
+import pandas as pd
+import pytest
+
+from harness.analysis import build_figures, build_tables
+from harness.cli import main
+from harness.launch import cell_statuses
+from harness.registry import load_registry
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mini")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDD_MINI_ROOT", str(root))
+        mp.setenv("SDD_SUBMITIT", str(root / "submitit"))
+        mp.setenv("SDD_CACHE", str(root / "cache"))
+        from harness.mini.demo import prepare
+
+        prepare(epochs=4, quiet=True)  # sets SDD_DATA_ROOT; cached for the module
+        yield root
+
+
+def wait_done(reg, suite, results, timeout=600):
+    import time
+
+    t = time.time()
+    while time.time() - t < timeout:
+        rows = cell_statuses(reg, suite, results)
+        if not any(r["state"] in ("running", "pending") for r in rows):
+            return {r["cell"]: r for r in rows}
+        time.sleep(2)
+    raise AssertionError("suite did not finish")
+
+
+def check_suite(reg, results, capsys):
+    rows = wait_done(reg, "micro", results)
+    assert all(r["state"] == "done" for r in rows.values()), [r for r in rows.values() if r["state"] != "done"]
+    assert len(rows) == 18  # 2 methods x (4 metrics + 4 linear + 1 davis)
+    assert main(["collect", "--suite", "micro", "--results", str(results)]) == 0
+    table, tables, _ = build_tables(results / "micro", protocol="linear_mini")
+    figures = build_figures(results / "micro", tables, protocol="linear_mini")
+    assert any(f.name == "kendall_tau_heatmap.png" for f in figures)
+    lin = table[table["kind"] == "linear"]
+    assert ((lin["mIoU"] >= 0) & (lin["mIoU"] <= 100)).all() and len(lin) == 8
+    met = table[table["kind"] == "metrics"]
+    assert all(math.isfinite(v) for v in met["dse"]) and all(0 < v <= 1 for v in met["dse_dim"])
+    tau = {t.name: t for t in tables}["kendall_tau_per_method"].frame["tau"].dropna()
+    assert len(tau) and ((tau >= -1) & (tau <= 1)).all()
+    davis = table[table["kind"] == "davis"]
+    assert ((davis["JF_mean"] >= 0) & (davis["JF_mean"] <= 1)).all()
+
+
+def test_micro_suite_on_the_local_executor(mini, tmp_path, capsys):
+    results = tmp_path / "results"
+    reg = load_registry()
+    assert main(["submit", "--suite", "micro", "--cluster", "local", "--results", str(results)]) == 0
+    check_suite(reg, results, capsys)
+    capsys.readouterr()
+    # everything done: a second submit submits nothing
+    main(["submit", "--suite", "micro", "--cluster", "local", "--results", str(results)])
+    assert "skipped: 18 done; submitted 0" in capsys.readouterr().out
+    # deleting one record re-runs exactly that cell
+    victim = results / "micro/runs/linear_mini/ade20k/mini_mae/ep0003.json"
+    before = json.loads(victim.read_text())["metrics"]["mIoU"]
+    victim.unlink()
+    main(["submit", "--suite", "micro", "--cluster", "local", "--results", str(results), "--dry-run"])
+    assert "skipped: 17 done; would submit 1" in capsys.readouterr().out
+    main(["submit", "--suite", "micro", "--cluster", "local", "--results", str(results)])
+    assert "submitted 1" in capsys.readouterr().out
+    wait_done(reg, "micro", results)
+    assert json.loads(victim.read_text())["metrics"]["mIoU"] == pytest.approx(before, abs=1e-6)  # deterministic
+
+
+def test_guided_grid_on_the_micro_world(mini, tmp_path, capsys):
+    results = tmp_path / "results"
+    main(["plan", "--suite", "micro", "--guided", "--results", str(results)])
+    out = capsys.readouterr().out
+    assert "guided grid: 8 cells now" in out and "downstream cells wait" in out
+    main(["submit", "--suite", "micro", "--cluster", "inline", "--results", str(results), "--guided"])
+    main(["plan", "--suite", "micro", "--guided", "--results", str(results)])
+    out = capsys.readouterr().out
+    assert "DSE top-3 epochs" in out and "wait" not in out.split("guided grid:")[1]
+    from harness.plan import build_plan, guided
+
+    reg = load_registry()
+    cells, waiting, selected = guided(reg, build_plan(reg, "micro"), results)
+    assert not waiting and set(selected) == {"mini_dino", "mini_mae"}
+    for m, sel in selected.items():
+        lin = {c.epoch for c in cells if c.method == m and c.protocol == "linear_mini"}
+        assert lin == set(sel) | {4} and len(lin) <= 4
+
+
+@pytest.mark.slurm
+def test_reproduce_micro_on_the_real_local_slurm(mini, tmp_path, capsys):
+    import subprocess
+    from pathlib import Path
+
+    out = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "slurm/local/up.sh")], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = tmp_path / "results"
+    assert main(["reproduce", "--suite", "micro", "--cluster", "local-test", "--results", str(results)]) == 0
+    printed = capsys.readouterr().out
+    assert "preflight: every dataset and checkpoint" in printed and "submitted 18" in printed
+    check_suite(load_registry(), results, capsys)
+    led = json.loads((results / "micro" / "ledger.json").read_text())["cells"]
+    assert all(e["executor"] == "slurm" for e in led.values())
+
+
+def test_preflight_lists_what_is_missing_and_submits_nothing(mini, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SDD_DATA_ROOT", str(tmp_path / "nowhere"))
+    results = tmp_path / "results"
+    assert main(["reproduce", "--suite", "micro", "--cluster", "local", "--results", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert "problem(s) before anything is submitted" in err and "does not exist" in err
+    assert not (results / "micro").exists()
