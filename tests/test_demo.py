@@ -94,6 +94,13 @@ def test_guided_grid_on_the_micro_world(mini, tmp_path, capsys):
     for m, sel in selected.items():
         lin = {c.epoch for c in cells if c.method == m and c.protocol == "linear_mini"}
         assert lin == set(sel) | {4} and len(lin) <= 4
+    # the tables' model selection (what a full grid reports) picks the same checkpoints as the planner
+    from harness.analysis.tables import selections
+    from harness.cli import cmd_collect
+    import argparse
+
+    cmd_collect(reg, argparse.Namespace(suite="micro", results=str(results)))
+    assert selections(pd.read_csv(results / "micro" / "results.csv")) == selected
 
 
 @pytest.mark.slurm

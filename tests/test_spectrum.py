@@ -95,7 +95,7 @@ def _features(seed, n, d):
 def test_w2_instance_permutation_invariance(seed, n, d):
     z = _features(seed, n, d)
     perm = torch.randperm(n, generator=G(seed + 2))
-    assert w2_uniformity(z[perm]) == pytest.approx(w2_uniformity(z), rel=1e-9, abs=1e-12)
+    assert w2_uniformity(z[perm]) == pytest.approx(w2_uniformity(z), rel=1e-6)
 
 
 @settings(max_examples=25, deadline=None)
@@ -103,7 +103,8 @@ def test_w2_instance_permutation_invariance(seed, n, d):
 def test_w2_sample_replication_invariance_and_lu_breaks_it(seed, n, d, copies):
     z = _features(seed, n, d)
     rep = z.repeat(copies, 1)
-    assert w2_uniformity(rep) == pytest.approx(w2_uniformity(z), rel=1e-9, abs=1e-12)
+    # rel 1e-6: with n < d the covariance is rank-deficient and sqrt(eigenvalue) turns 1e-16 rounding into 1e-8
+    assert w2_uniformity(rep) == pytest.approx(w2_uniformity(z), rel=1e-6)
     assert lu_uniformity(rep) < lu_uniformity(z)  # identical pairs (distance 0) pull -L_U down
 
 
