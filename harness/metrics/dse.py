@@ -246,7 +246,7 @@ def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, *, exact: bool,
         sizes = size_sorted[c0:c1].to(x.dtype)
         rows = (torch.arange(s_max, device=x.device)[None, :] < size_sorted[c0:c1, None]).to(x.dtype)
         padded = padded - (padded.sum(dim=1) / sizes[:, None])[:, None, :] * rows[..., None]
-        if exact:
+        if exact:  # float64: the centred cluster's zero singular value must stay near zero
             padded = padded.double()
         gram = padded @ padded.transpose(1, 2) if s_max <= d else padded.transpose(1, 2) @ padded
         nuc[by_size[c0:c1]] = eigvalsh(gram).clamp_min(0).sqrt().sum(dim=-1).double()
@@ -266,8 +266,6 @@ def effective_dim(z: torch.Tensor, perms: torch.Tensor, *, exact: bool) -> float
     Singular values from the eigenvalues of the smaller Gram matrix (float64 when `exact`)."""
     b, n, d = z.shape
     slots = torch.gather(z, 1, perms[..., None].expand(b, n, d)).transpose(0, 1)  # [N, B, d]
-    if exact:
-        slots = slots.double()
     gram = slots.transpose(1, 2) @ slots if b >= d else slots @ slots.transpose(1, 2)
     s = eigvalsh(gram.double() if exact else gram).clamp_min(0).sqrt().double()
     p = s / s.sum(dim=-1, keepdim=True) + 1e-12
