@@ -190,7 +190,7 @@ def test_stored_epoch_is_read_and_checked(tiny):
     reg, d, sd = tiny
     formats.dino(sd, d, 2)
     assert load_backbone("tinydino", 2, registry=reg).stored_epoch == 2
-    obj = torch.load(d / "checkpoint0002.pth", weights_only=False)
+    obj = safe_load(d / "checkpoint0002.pth")
     obj["epoch"] = 7
     torch.save(obj, d / "checkpoint0002.pth")
     with pytest.raises(CheckpointError, match=r"holds 7 completed epochs .* maps this file to epoch 2"):
