@@ -111,7 +111,7 @@ class CheckpointSpec(Spec):
         try:
             v.format(epoch=1)
         except (ValueError, KeyError, IndexError) as e:
-            raise ValueError(f"is not a valid Python format template ({e}); only {{epoch}} may be used")
+            raise ValueError(f"is not a valid Python format template ({e}); only {{epoch}} may be used") from None
         return v
 
     @field_validator("epochs", mode="before")

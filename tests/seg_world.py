@@ -1,7 +1,6 @@
 """A registry and generated data for the downstream job tests."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from harness.mini import generate

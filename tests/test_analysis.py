@@ -4,11 +4,10 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from harness.analysis import build_tables, write_report
+from harness.analysis import build_tables
 from harness.analysis.tables import kendall_tables, local_maxima, sdd_table, select_checkpoints, selection_table
 from harness.cli import main
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from harness.models.archs import ARCHS, build_backbone
+from harness.models.archs import build_backbone
 
 
 @pytest.mark.parametrize("arch", ["vit_tiny_test", "resnet_tiny_test"])

@@ -1,5 +1,4 @@
 """J&F on hand-made masks, label propagation on a moving-shape video, and k-NN classification."""
-import math
 
 import numpy as np
 import pytest

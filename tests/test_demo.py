@@ -2,7 +2,6 @@
 the real local Slurm, collect, tables and figures; skip-done and single-cell re-runs; preflight."""
 import json
 import math
-import os
 
 import pandas as pd
 import pytest

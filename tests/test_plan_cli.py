@@ -1,12 +1,10 @@
 """`sdd plan` on the real registry, cell identity and skip-done, and the other CLI commands."""
-import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from harness import store

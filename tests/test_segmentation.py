@@ -1,5 +1,4 @@
 """mmseg linear probe and UperNet jobs, end to end on generated data in the real layouts."""
-import json
 import os
 import signal
 import subprocess

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.analysis.tables import DATASET_LABEL, TAU_METRICS, datasets_of, metric_frame, miou_frame
+from harness.analysis.tables import DATASET_LABEL, metric_frame, miou_frame
 
 
 def _plt():
@@ -112,5 +112,3 @@ def all_figures(table: pd.DataFrame, spec: pd.DataFrame, mean_tau: pd.DataFrame,
     return (trajectories(table, out, protocol) + dse_components(table, out) + spectra(spec, out)
             + tau_heatmap(mean_tau, out))
 
-
-__all__ = ["all_figures", "TAU_METRICS", "datasets_of"]

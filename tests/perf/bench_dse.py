@@ -5,10 +5,8 @@ Run: make bench   (or: python tests/perf/bench_dse.py [--images 2048])
 """
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 CHILD = r"""
 import json, resource, sys, time, torch
