@@ -170,27 +170,33 @@ def _centroids(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Ten
 def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched Lloyd on [P, n, d] from centroids [P, k, d]. Each problem stops at its own iteration
     (Frobenius shift < tol), an empty cluster keeps its centroid; returns the labels of the last
-    assignment (made with the previous centroids) and the updated centroids, as the reference."""
+    assignment (made with the previous centroids) and the updated centroids, as the reference.
+
+    Problems that have stopped keep their result; the working set is compacted (a copy of the
+    remaining problems) only when it has shrunk by half, not at every iteration."""
     p, n, _ = x.shape
     k = c.shape[1]
     c = c.clone()
     labels = torch.zeros(p, n, dtype=torch.long, device=x.device)
     xx_all = (x * x).sum(-1, keepdim=True)
-    active = torch.arange(p, device=x.device)
+    idx = torch.arange(p, device=x.device)  # problems in the working set
+    xw, xxw = x, xx_all
+    running = torch.ones(p, dtype=torch.bool, device=x.device)  # per working-set row
     for _ in range(iters):
-        everyone = len(active) == p
-        xa, ca = (x, c) if everyone else (x[active], c[active])
-        lab = _sqdist(xa, ca, xx_all if everyone else xx_all[active]).argmin(dim=-1)
-        sums, counts = _centroids(xa, lab, k)
-        new = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], ca)
-        shift = (new - ca).flatten(1).norm(dim=1)
-        if everyone:
-            c, labels = new, lab
-        else:
-            c[active], labels[active] = new, lab
-        active = active[shift >= tol]
-        if len(active) == 0:
+        cw = c[idx]
+        lab = _sqdist(xw, cw, xxw).argmin(dim=-1)
+        sums, counts = _centroids(xw, lab, k)
+        new = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], cw)
+        shift = (new - cw).flatten(1).norm(dim=1)
+        upd = idx[running]
+        c[upd], labels[upd] = new[running], lab[running]
+        running = running & (shift >= tol)
+        n_run = int(running.sum())
+        if n_run == 0:
             break
+        if n_run <= len(idx) // 2:  # compact the working set
+            idx, xw, xxw = idx[running], xw[running], xxw[running]
+            running = torch.ones(len(idx), dtype=torch.bool, device=x.device)
     return labels, c
 
 
@@ -236,8 +242,17 @@ def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, *, exact: bool,
     rank = torch.arange(p * n, device=x.device) - first_pt[local_place]
     nuc = torch.zeros(q, dtype=torch.float64, device=x.device)
     start = int((size_sorted <= 1).sum())  # clusters with < 2 points have no radius
-    for c0 in range(start, q, chunk):
-        c1 = min(c0 + chunk, q)
+    # chunks of similar sizes: at most `chunk` clusters, largest at most 1.25x the smallest (padding
+    # costs cubically in the eigen-decomposition)
+    bounds, c0 = [], start
+    sizes_list = size_sorted.tolist()
+    while c0 < q:
+        c1 = c0 + 1
+        while c1 < q and c1 - c0 < chunk and (c1 - c0 < 16 or sizes_list[c1] <= 1.25 * sizes_list[c0]):
+            c1 += 1
+        bounds.append((c0, c1))
+        c0 = c1
+    for c0, c1 in bounds:
         m, s_max = c1 - c0, int(size_sorted[c1 - 1])
         p0, p1 = int(first_pt[c0]), int(first_pt[c1 - 1] + size_sorted[c1 - 1])
         padded = torch.zeros(m * s_max, d, dtype=x.dtype, device=x.device)
@@ -245,10 +260,17 @@ def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, *, exact: bool,
         padded = padded.view(m, s_max, d)
         sizes = size_sorted[c0:c1].to(x.dtype)
         rows = (torch.arange(s_max, device=x.device)[None, :] < size_sorted[c0:c1, None]).to(x.dtype)
-        padded = padded - (padded.sum(dim=1) / sizes[:, None])[:, None, :] * rows[..., None]
-        if exact:  # float64: the centred cluster's zero singular value must stay near zero
-            padded = padded.double()
-        gram = padded @ padded.transpose(1, 2) if s_max <= d else padded.transpose(1, 2) @ padded
+        mean = padded.sum(dim=1) / sizes[:, None]  # [m, d]
+        if exact:  # centre the points, float64: the centred cluster's zero singular value must stay near zero
+            padded = (padded - mean[:, None, :] * rows[..., None]).double()
+            gram = padded @ padded.transpose(1, 2) if s_max <= d else padded.transpose(1, 2) @ padded
+        elif s_max <= d:  # centre the Gram matrix instead of the points (no pass over [m, s, d] writes)
+            a = (padded @ mean[..., None]).squeeze(-1)  # x_i . mu
+            mm = (mean * mean).sum(-1)[:, None, None]
+            gram = padded @ padded.transpose(1, 2) - a[:, :, None] - a[:, None, :] + mm
+            gram = gram * (rows[:, :, None] * rows[:, None, :])
+        else:  # scatter matrix: X^T X - n mu mu^T
+            gram = padded.transpose(1, 2) @ padded - sizes[:, None, None] * mean[:, :, None] * mean[:, None, :]
         nuc[by_size[c0:c1]] = eigvalsh(gram).clamp_min(0).sqrt().sum(dim=-1).double()
     val = nuc / torch.sqrt(torch.clamp(cnt - 1, min=d).double())
     return val.reshape(p, k), (cnt > 1).reshape(p, k)
