@@ -79,9 +79,8 @@ def cmd_validate(reg: Registry, args) -> int:
             try:
                 path = resolve_path(raw, source=s.source, key=attr)
                 state = "ok" if Path(path).is_dir() else "missing"
-            except RegistryError as e:
+            except RegistryError:
                 path, state = raw, "env var unset: " + ", ".join(v for v in env_vars(raw) if v not in os.environ)
-                del e
             missing += state != "ok"
             rows.append({"kind": kind, "name": s.name, "path": path, "state": state})
     print(table(rows, ["kind", "name", "path", "state"]))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from harness.store import save_tensors
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -115,10 +117,7 @@ def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int =
     feats = torch.cat(out)
     info = {"cache": "miss" if path else "off"}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"features": feats}, tmp)
-        os.replace(tmp, path)
+        save_tensors({"features": feats}, path)
         info["path"] = str(path)
     return feats.float(), info
 

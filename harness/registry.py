@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -493,5 +493,3 @@ def load_registry(root: Path | str | None = None) -> Registry:
         raise RegistryError("\n".join(errors))
     return reg
 
-
-Epochs = Union[EpochRange, tuple[int, ...]]

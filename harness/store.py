@@ -34,6 +34,22 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
         raise
 
 
+def save_tensors(obj: Any, path: Path) -> None:
+    """torch.save atomically (temp file + rename): a killed writer leaves the previous file or none.
+    For state the harness writes itself and reads back with weights_only=True."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
     """The record at `path`, or None if there is none (or it is unreadable, which counts as none)."""
     try:

@@ -22,6 +22,7 @@ from PIL import Image
 from harness.datasets import check_layout
 from harness.jobs import jandf
 from harness.jobs.common import base_record, now, peak_memory_mb
+from harness.mini.generate import write_indexed_png
 from harness.registry import load_registry
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.228, 0.224, 0.225)  # 0.228: DINO's value, kept for parity
@@ -67,15 +68,6 @@ def _features(backbone, x, layer):
     return F.normalize(t, dim=1)
 
 
-def _palette_png(label: np.ndarray, path: Path) -> None:
-    from harness.mini.generate import PALETTE
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(label.astype(np.uint8), mode="P")
-    im.putpalette(PALETTE.flatten().tolist())
-    im.save(path)
-
-
 @torch.no_grad()
 def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Path, p: dict, layer, stride: int) -> None:
     short, mult = int(p.get("short_side", 480)), int(p.get("size_multiple", 64))
@@ -89,7 +81,7 @@ def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Pa
     size = int(p.get("size_mask_neighborhood", 12))
     mask = neighbourhood(h, w, size) if size > 0 else None
     queue: deque = deque(maxlen=int(p.get("n_last_frames", 7)))
-    _palette_png(lab, out_dir / f"{frames[0].stem}.png")
+    write_indexed_png(lab, out_dir / f"{frames[0].stem}.png")
     for frame in frames[1:]:
         x, _ = read_frame(frame, short, mult)
         ft = _features(backbone, x, layer)
@@ -102,7 +94,7 @@ def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Pa
         up = torch.where(hi > 0, (up - lo) / (hi - lo).clamp_min(1e-12), up)  # per-channel min-max, as DINO
         pred = up.argmax(dim=0).numpy().astype(np.uint8)
         pred = np.array(Image.fromarray(pred).resize((ow, oh), Image.NEAREST))
-        _palette_png(pred, out_dir / f"{frame.stem}.png")
+        write_indexed_png(pred, out_dir / f"{frame.stem}.png")
 
 
 def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:

@@ -11,7 +11,6 @@ cell's work directory as plain tensors and resumed with weights_only=True.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 from harness.datasets import check_layout
 from harness.jobs.common import base_record, now, peak_memory_mb
 from harness.registry import load_registry
+from harness.store import save_tensors
 
 
 def detectron2_available() -> tuple[bool, str]:
@@ -194,9 +194,7 @@ def _train_torchvision(model, ds, p: dict, work: Path) -> tuple[int, int]:
         loss.backward()
         opt.step()
         if (it + 1) % interval == 0 or it + 1 == iters:
-            tmp = state_file.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"iter": it + 1, "model": model.state_dict(), "optimizer": opt.state_dict()}, tmp)
-            os.replace(tmp, state_file)
+            save_tensors({"iter": it + 1, "model": model.state_dict(), "optimizer": opt.state_dict()}, state_file)
     return start, iters
 
 

@@ -11,13 +11,13 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from harness.mmcv_shim import import_mmseg
+from harness.store import save_tensors
 
 import_mmseg()
 
@@ -123,6 +123,4 @@ class SDDResumeHook(Hook):
         model = {k: v for k, v in runner.model.state_dict().items() if not k.startswith(self.skip)}
         state = {"iter": it, "model": model, "optim": runner.optim_wrapper.state_dict(),
                  "schedulers": [s.state_dict() for s in runner.param_schedulers]}
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        save_tensors(state, self.path)

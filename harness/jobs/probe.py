@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 from harness.jobs.common import base_record, now, peak_memory_mb
+from harness.store import write_record
 
 
 def expected_value(method: str, epoch: int, steps: int) -> str:
@@ -20,12 +20,6 @@ def expected_value(method: str, epoch: int, steps: int) -> str:
     for i in range(steps):
         h.update(str(i).encode())
     return h.hexdigest()[:16]
-
-
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
 
 
 def run(cell, work_dir: Path | None = None, **_) -> dict:
@@ -38,7 +32,7 @@ def run(cell, work_dir: Path | None = None, **_) -> dict:
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"step": 0, "runs": 0, "digest": None}
     state["runs"] += 1
     start_step = state["step"]
-    _save(state_file, state)
+    write_record(state_file, state)
     fail_epochs = params.get("fail_epochs")
     transient = int(params.get("fail_first_runs", 0))
     if (cell.method in params.get("fail_methods", []) and (not fail_epochs or cell.epoch in fail_epochs)
@@ -52,7 +46,7 @@ def run(cell, work_dir: Path | None = None, **_) -> dict:
         time.sleep(sleep_s)
         h.update(str(i).encode())
         state["step"] = i + 1
-        _save(state_file, state)
+        write_record(state_file, state)
     return {**record, "status": "ok", "metrics": {"steps": steps}, "value": h.hexdigest()[:16],
             "runs": state["runs"], "resumed_from_step": start_step,
             "timings": {"total_s": time.perf_counter() - t0}, "peak_memory_mb": peak_memory_mb(), "finished": now()}

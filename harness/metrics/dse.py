@@ -29,7 +29,6 @@ Two modes:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -204,21 +203,10 @@ def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[tor
 # cluster statistics
 
 
-def _css_loop(x: torch.Tensor, labels: torch.Tensor, k: int) -> list[float]:
-    """Per cluster with > 1 point: nuclear norm of the centred cluster / sqrt(max(n-1, d))."""
-    d = x.shape[1]
-    out = []
-    for j in range(k):
-        xj = x[labels == j]
-        if len(xj) > 1:
-            s = torch.linalg.svdvals(xj - xj.mean(dim=0))
-            out.append((s.sum() / math.sqrt(max(len(xj) - 1, d))).item())
-    return out
-
-
 def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, *, exact: bool,
                  chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same as `_css_loop` for P problems at once: [P, k] values and a [P, k] validity mask.
+    """Per cluster with > 1 point: nuclear norm of the centred cluster / sqrt(max(n-1, d)), for P
+    problems at once: [P, k] values and a [P, k] validity mask.
 
     Clusters are sorted by size and taken in chunks; the points of a chunk are one contiguous run
     (points ordered by their cluster's place in the size order), copied into a zero-padded
@@ -283,10 +271,10 @@ def _inter(x: torch.Tensor, labels: torch.Tensor, c: torch.Tensor) -> torch.Tens
     return dist.min(dim=-1).values.mean(dim=-1)
 
 
-def effective_dim(z: torch.Tensor, perms: torch.Tensor, *, exact: bool) -> float:
+def effective_dim(z: torch.Tensor, perms: torch.Tensor) -> float:
     """Mean over token slots of erank(one token per image, uncentred B×d) / min(B, d).
     Singular values from the eigenvalues of the smaller Gram matrix, in float32 in both modes (the
-    reference's own float32 SVDs agree to 4e-9); `exact` is kept for symmetry with the other terms."""
+    reference's own float32 SVDs agree to 4e-9)."""
     b, n, d = z.shape
     slots = torch.gather(z, 1, perms[..., None].expand(b, n, d)).transpose(0, 1)  # [N, B, d]
     gram = slots.transpose(1, 2) @ slots if b >= d else slots @ slots.transpose(1, 2)
@@ -363,7 +351,7 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
         perms = _reference_perms(b, n, seed, sizes[-1], z.device)
     else:
         perms = torch.rand(b, n, generator=gen, device=z.device).argsort(dim=1)
-    dim = effective_dim(z, perms, exact=exact)
+    dim = effective_dim(z, perms)
 
     intra_image /= avg_l2
     intra_batch /= avg_l2

@@ -69,7 +69,8 @@ def _save(img: np.ndarray, path: Path, **kw) -> None:
     Image.fromarray(img).save(path, **kw)
 
 
-def _indexed(label: np.ndarray, path: Path) -> None:
+def write_indexed_png(label: np.ndarray, path: Path) -> None:
+    """Label map as an indexed (palette) PNG, as DAVIS and VOC store masks; the palette is made in code."""
     path.parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(label.astype(np.uint8), mode="P")
     im.putpalette(PALETTE.flatten().tolist())
@@ -107,7 +108,7 @@ def voc12_aug(root: Path, train: int = 16, val: int = 6, size: int = 64, classes
             img, lab, _ = p.scene(size, size, list(classes), bg=0)  # 0 = background (a class in VOC)
             name = f"2007_{split[:2]}{i:05d}"
             _save(img, root / "JPEGImages" / f"{name}.jpg", quality=95)
-            _indexed(lab, root / "SegmentationClass" / f"{name}.png")
+            write_indexed_png(lab, root / "SegmentationClass" / f"{name}.png")
             _save(lab.astype(np.uint8), root / "SegmentationClassAug" / f"{name}.png")  # SBD-converted: plain PNG
             names[split].append(name)
     (sets / "train.txt").write_text("\n".join(names["train"]) + "\n")
@@ -202,7 +203,7 @@ def davis2017(root: Path, sequences: int = 2, frames: int = 8, size=(128, 192), 
                 lab[m] = o + 1
             img = np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
             _save(img, root / "JPEGImages" / "480p" / name / f"{f:05d}.jpg", quality=95)
-            _indexed(lab, root / "Annotations" / "480p" / name / f"{f:05d}.png")
+            write_indexed_png(lab, root / "Annotations" / "480p" / name / f"{f:05d}.png")
     sets = root / "ImageSets" / "2017"
     sets.mkdir(parents=True, exist_ok=True)
     (sets / "val.txt").write_text("\n".join(names) + "\n")

@@ -21,7 +21,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.archs import build_backbone
+from harness.store import save_tensors
 
 ARCH = "vit_tiny_test"
 
@@ -86,13 +86,6 @@ def _state(module, prefix):
         k = k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
         out[prefix + k] = v
     return out
-
-
-def _save(obj, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +271,7 @@ def train(args) -> Path:
             step += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-        _save(model.checkpoint(epoch, opt, args), out / obj_cls.file.format(epoch=epoch))
+        save_tensors(model.checkpoint(epoch, opt, args), out / obj_cls.file.format(epoch=epoch))
     bar.close()
     marker.write_text(json.dumps({"settings": h, "epochs": args.epochs, "seconds": round(time.time() - t0, 1)}))
     return out
