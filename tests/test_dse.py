@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import kendalltau
 
-from harness.metrics.dse import dse, dse_batch, dse_lambda, lloyd
+from harness.metrics.dse import dse, dse_batch, dse_lambda
+from harness.metrics.kmeans import lloyd
 
 
 # ---- a straightforward transcription of estimator.py's algorithm, loops everywhere -------------

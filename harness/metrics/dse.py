@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from harness.metrics.kmeans import centroids, kmeans_lowp, kmeanspp_parity, lloyd, sqdist
+
 COMPONENTS = ("dse", "inter", "intra_image", "intra_batch", "dim")
 
 
@@ -58,6 +60,8 @@ def check_features(z: torch.Tensor, *, min_tokens: int = 1) -> None:
     if z.shape[0] < 1 or z.shape[1] < min_tokens:
         raise ValueError(f"need at least 1 image and {min_tokens} tokens per image (k-means clusters), "
                          f"got {z.shape[0]} images x {z.shape[1]} tokens")
+    if torch.isfinite(z.sum()):  # one fast reduction; only an overflow or a real NaN/inf looks further
+        return
     bad = (~torch.isfinite(z)).sum().item()
     if bad:
         raise ValueError(f"dense features contain {bad} NaN/inf values out of {z.numel()}; DSE is undefined")
@@ -80,209 +84,121 @@ def eigvalsh(a: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# k-means
-
-
-def _kmeanspp_parity(x: torch.Tensor, k: int, seed: int, cache_bytes: int = 32 << 20) -> torch.Tensor:
-    """k-means++ init of P problems ([P, n, d] -> [P, k, d]) with the reference's random stream: every
-    problem reseeded to `seed`, the first centroid from randint, the next k-1 from a multinomial
-    proportional to D (not D²). Distances are batched (running minimum to the chosen centroids, the
-    same numbers as the reference's cdist to all of them); only the draws run per problem."""
-    p, n, d = x.shape
-    per = max(1, cache_bytes // max(1, n * d * x.element_size()))
-    out = []
-    for s0 in range(0, p, per):
-        xs = x[s0:s0 + per]
-        q = xs.shape[0]
-        gens = [torch.Generator(device=x.device).manual_seed(seed) for _ in range(q)]
-        idx = torch.cat([torch.randint(0, n, (1,), generator=g, device=x.device) for g in gens])
-        ar = torch.arange(q, device=x.device)
-        cents = [xs[ar, idx]]
-        xx = (xs * xs).sum(-1)
-
-        def to(c):  # what cdist computes for large inputs: sqrt(clamp(|x|² - 2 x·c + |c|²))
-            return torch.baddbmm(xx[:, None], c[:, None], xs.transpose(1, 2), alpha=-2).squeeze(1).add_(
-                (c * c).sum(-1)[:, None]).clamp_min_(0).sqrt_()
-
-        dist = to(cents[0])  # [q, n]
-        for _ in range(1, k):
-            total = dist.sum(dim=1, keepdim=True)
-            prob = torch.where(total > 0, dist / total.clamp_min(1e-30), torch.full_like(dist, 1.0 / n))
-            idx = torch.cat([torch.multinomial(prob[i], 1, generator=gens[i]) for i in range(q)])
-            cents.append(xs[ar, idx])
-            dist = torch.minimum(dist, to(cents[-1]))
-        out.append(torch.stack(cents, dim=1))
-    return torch.cat(out)
-
-
-def _kmeanspp_batched(x: torch.Tensor, k: int, g: torch.Generator, cache_bytes: int = 8 << 20) -> torch.Tensor:
-    """k-means++ init for P problems at once ([P, n, d] -> [P, k, d]), D-weighted, inverse-CDF draws.
-    Problems are taken in chunks that fit in cache: the k sequential steps then reread cached data
-    instead of streaming every problem from memory k times."""
-    p, n, d = x.shape
-    per = max(1, cache_bytes // max(1, n * d * x.element_size()))
-    draws = torch.rand(p, k, generator=g, device=x.device)  # all randomness drawn up front, chunk-independent
-    first = (draws[:, 0] * n).long().clamp_max(n - 1)
-    out = []
-    for s0 in range(0, p, per):
-        xs, u = x[s0:s0 + per], draws[s0:s0 + per]
-        q = xs.shape[0]
-        ar = torch.arange(q, device=x.device)
-        xx = (xs * xs).sum(-1)
-        cents = [xs[ar, first[s0:s0 + per]]]
-
-        def dist(c):
-            return torch.baddbmm(xx[:, None], c[:, None], xs.transpose(1, 2), alpha=-2).squeeze(1).add_(
-                (c * c).sum(-1)[:, None]).clamp_min_(0).sqrt_()
-
-        dmin = dist(cents[0])  # [q, n]
-        for j in range(1, k):
-            cdf = dmin.cumsum(dim=1)
-            total = cdf[:, -1:]
-            idx = torch.searchsorted(cdf, u[:, j:j + 1] * total).squeeze(1).clamp_max(n - 1)
-            flat = total.squeeze(1) <= 0  # degenerate problem (every point identical): uniform
-            idx = torch.where(flat, (u[:, j] * n).long().clamp_max(n - 1), idx)
-            c = xs[ar, idx]
-            cents.append(c)
-            dmin = torch.minimum(dmin, dist(c))
-        out.append(torch.stack(cents, dim=1))
-    return torch.cat(out)
-
-
-def _sqdist(x: torch.Tensor, c: torch.Tensor, xx: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared Euclidean distances [P, n, k] by the |x|² + |c|² - 2 x·c expansion (what torch.cdist
-    does internally for large inputs, without its batched overhead)."""
-    xx = (x * x).sum(-1, keepdim=True) if xx is None else xx
-    d2 = torch.baddbmm(xx + (c * c).sum(-1)[:, None, :], x, c.transpose(1, 2), alpha=-2)
-    return d2.clamp_min_(0)
-
-
-def _centroids(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cluster sums and counts by scatter-add ([P, k, d], [P, k]); O(n·d) instead of a one-hot matmul."""
-    p, n, d = x.shape
-    cid = (torch.arange(p, device=x.device)[:, None] * k + labels).reshape(-1)
-    sums = torch.zeros(p * k, d, dtype=x.dtype, device=x.device).index_add_(0, cid, x.reshape(-1, d))
-    counts = torch.bincount(cid, minlength=p * k).to(x.dtype)
-    return sums.view(p, k, d), counts.view(p, k)
-
-
-def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched Lloyd on [P, n, d] from centroids [P, k, d]. Each problem stops at its own iteration
-    (Frobenius shift < tol), an empty cluster keeps its centroid; returns the labels of the last
-    assignment (made with the previous centroids) and the updated centroids, as the reference.
-
-    Problems that have stopped keep their result; the working set is compacted (a copy of the
-    remaining problems) only when it has shrunk by half, not at every iteration."""
-    p, n, _ = x.shape
-    k = c.shape[1]
-    c = c.clone()
-    labels = torch.zeros(p, n, dtype=torch.long, device=x.device)
-    xx_all = (x * x).sum(-1, keepdim=True)
-    idx = torch.arange(p, device=x.device)  # problems in the working set
-    xw, xxw = x, xx_all
-    running = torch.ones(p, dtype=torch.bool, device=x.device)  # per working-set row
-    for _ in range(iters):
-        cw = c[idx]
-        lab = _sqdist(xw, cw, xxw).argmin(dim=-1)
-        sums, counts = _centroids(xw, lab, k)
-        new = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], cw)
-        shift = (new - cw).flatten(1).norm(dim=1)
-        upd = idx[running]
-        c[upd], labels[upd] = new[running], lab[running]
-        running = running & (shift >= tol)
-        n_run = int(running.sum())
-        if n_run == 0:
-            break
-        if n_run <= len(idx) // 2:  # compact the working set
-            idx, xw, xxw = idx[running], xw[running], xxw[running]
-            running = torch.ones(len(idx), dtype=torch.bool, device=x.device)
-    return labels, c
-
-
-# ---------------------------------------------------------------------------------------------
 # cluster statistics
 
+COND_FLOOR = 1e-5  # a cluster whose smallest eigenvalue is below this fraction of its largest is redone in float64
 
-def _css_batched(x: torch.Tensor, labels: torch.Tensor, k: int, *, exact: bool,
-                 chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per cluster with > 1 point: nuclear norm of the centred cluster / sqrt(max(n-1, d)), for P
-    problems at once: [P, k] values and a [P, k] validity mask.
 
-    Clusters are sorted by size and taken in chunks; the points of a chunk are one contiguous run
-    (points ordered by their cluster's place in the size order), copied into a zero-padded
-    [clusters, largest size, d] block and centred there. The nuclear norm of a centred cluster is the
-    sum of sqrt(eigenvalues) of its Gram matrix (the smaller of X Xᵀ and Xᵀ X; padding rows add only
-    zero eigenvalues). Centring in float32 as the reference; with `exact` the Gram matrix and its
-    eigenvalues are float64."""
-    p, n, d = x.shape
-    q = p * k
-    cid = (torch.arange(p, device=x.device)[:, None] * k + labels).reshape(-1)
-    cnt = torch.bincount(cid, minlength=q)
-    by_size = torch.argsort(cnt, stable=True)
-    place = torch.empty_like(by_size)
-    place[by_size] = torch.arange(q, device=x.device)
-    pl = place[cid]
-    order = torch.argsort(pl, stable=True)
-    pts = x.reshape(p * n, d)[order]
-    size_sorted = cnt[by_size]
-    first_pt = torch.cumsum(size_sorted, 0) - size_sorted  # first point of each cluster (sorted order)
-    local_place = pl[order]
-    rank = torch.arange(p * n, device=x.device) - first_pt[local_place]
-    nuc = torch.zeros(q, dtype=torch.float64, device=x.device)
-    start = int((size_sorted <= 1).sum())  # clusters with < 2 points have no radius
-    # chunks of similar sizes: at most `chunk` clusters, largest at most 1.25x the smallest (padding
-    # costs cubically in the eigen-decomposition)
-    bounds, c0 = [], start
-    sizes_list = size_sorted.tolist()
+def _deflate(gram: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Remove the all-ones direction from centred Gram matrices [m, s, s] (rows past each cluster's
+    size are padding): a Householder reflection maps 1 to e1, whose row and column are then dropped.
+    A centred cluster has 1 in its null space exactly; in floating point that eigenvalue would come
+    out at ~eps·λmax, and its square root would bias the nuclear norm."""
+    s_max = gram.shape[1]
+    n = sizes.to(gram.dtype)
+    v = (torch.arange(s_max, device=gram.device)[None, :] < sizes[:, None]).to(gram.dtype)
+    v[:, 0] += n.sqrt()
+    beta = 1.0 / (n + n.sqrt())  # 2 / |v|²
+    p = (gram @ v[..., None]).squeeze(-1) * beta[:, None]
+    q = p - (0.5 * beta * (v * p).sum(-1))[:, None] * v
+    out = gram - v[:, :, None] * q[:, None, :] - q[:, :, None] * v[:, None, :]
+    return out[:, 1:, 1:]
+
+
+def _cluster_eigs(centred: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Ascending eigenvalues (>= 0) of each centred cluster's Gram matrix, the smaller of X Xᵀ
+    (deflated, s-1 values) and Xᵀ X (d values); padding rows add only zeros."""
+    m, s_max, d = centred.shape
+    if s_max <= d:
+        gram = _deflate(centred @ centred.transpose(1, 2), sizes)
+    else:
+        gram = centred.transpose(1, 2) @ centred
+    return eigvalsh(gram).clamp_min(0)
+
+
+def _chunk_bounds(sizes: list[int], start: int, d: int, row_bytes: int, max_bytes: int) -> list[tuple[int, int]]:
+    """Runs of size-sorted clusters: sizes within 1.25x (padding costs cubically in the eigen-solver),
+    never straddling d (the Gram form changes there), and a padded block of at most max_bytes."""
+    bounds, c0, q = [], start, len(sizes)
     while c0 < q:
         c1 = c0 + 1
-        while c1 < q and c1 - c0 < chunk and (c1 - c0 < 16 or sizes_list[c1] <= 1.25 * sizes_list[c0]):
+        while (c1 < q and (c1 - c0 + 1) * sizes[c1] * row_bytes <= max_bytes and (sizes[c1] <= d) == (sizes[c0] <= d)
+               and (c1 - c0 < 16 or sizes[c1] <= 1.25 * sizes[c0])):
             c1 += 1
         bounds.append((c0, c1))
         c0 = c1
-    for c0, c1 in bounds:
+    return bounds
+
+
+def cluster_radii(tokens: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor, cid: torch.Tensor, q: int, *,
+                  max_bytes: int = 16 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radius of each of q clusters: nuclear norm of the centred cluster / sqrt(max(n-1, d)) (float64
+    [q]), and whether it is defined (> 1 point). Cluster j holds the points tokens[rows[i]] *
+    scale[rows[i]] (scale: inverse norms, or ones) for every i with cid[i] == j.
+
+    Clusters are sorted by size and processed in runs of similar sizes: their points are gathered
+    into a zero-padded [clusters, largest size, d] block and centred in float32 (as the reference),
+    and the nuclear norm is the sum of square roots of the Gram eigenvalues. With the exact null
+    direction deflated, float32 Gram eigenvalues are within 1e-6 of float64 SVDs unless a cluster is
+    nearly rank-deficient; such clusters (smallest/largest eigenvalue < COND_FLOOR) are redone in
+    float64."""
+    d = tokens.shape[1]
+    cnt = torch.bincount(cid, minlength=q)
+    by_size = torch.argsort(cnt, stable=True)
+    place = torch.empty_like(by_size)
+    place[by_size] = torch.arange(q, device=cid.device)
+    pl = place[cid]
+    order = torch.argsort(pl, stable=True)
+    src = rows[order]  # token of each entry, clusters contiguous in size order
+    size_sorted = cnt[by_size]
+    first_pt = torch.cumsum(size_sorted, 0) - size_sorted
+    nuc = torch.zeros(q, dtype=torch.float64, device=cid.device)
+    start = int((size_sorted <= 1).sum())  # clusters with < 2 points have no radius
+    for c0, c1 in _chunk_bounds(size_sorted.tolist(), start, d, d * 4, max_bytes):
         m, s_max = c1 - c0, int(size_sorted[c1 - 1])
-        p0, p1 = int(first_pt[c0]), int(first_pt[c1 - 1] + size_sorted[c1 - 1])
-        padded = torch.zeros(m * s_max, d, dtype=x.dtype, device=x.device)
-        padded.index_copy_(0, (local_place[p0:p1] - c0) * s_max + rank[p0:p1], pts[p0:p1])
-        padded = padded.view(m, s_max, d)
-        sizes = size_sorted[c0:c1].to(x.dtype)
-        rows = (torch.arange(s_max, device=x.device)[None, :] < size_sorted[c0:c1, None]).to(x.dtype)
-        mean = padded.sum(dim=1) / sizes[:, None]  # [m, d]
-        if exact:  # centre the points, float64: the centred cluster's zero singular value must stay near zero
-            padded = (padded - mean[:, None, :] * rows[..., None]).double()
-            gram = padded @ padded.transpose(1, 2) if s_max <= d else padded.transpose(1, 2) @ padded
-        elif s_max <= d:  # centre the Gram matrix instead of the points (no pass over [m, s, d] writes)
-            a = (padded @ mean[..., None]).squeeze(-1)  # x_i . mu
-            mm = (mean * mean).sum(-1)[:, None, None]
-            gram = padded @ padded.transpose(1, 2) - a[:, :, None] - a[:, None, :] + mm
-            gram = gram * (rows[:, :, None] * rows[:, None, :])
-        else:  # scatter matrix: X^T X - n mu mu^T
-            gram = padded.transpose(1, 2) @ padded - sizes[:, None, None] * mean[:, :, None] * mean[:, None, :]
-        nuc[by_size[c0:c1]] = eigvalsh(gram).clamp_min(0).sqrt().sum(dim=-1).double()
+        sizes = size_sorted[c0:c1]
+        slot = torch.arange(s_max, device=cid.device)[None, :]
+        real = slot < sizes[:, None]  # [m, s_max]
+        entry = torch.where(real, first_pt[c0:c1, None] + slot, first_pt[c0:c1, None])  # padding repeats a point...
+        tok = src[entry.reshape(-1)]
+        w = (scale.reshape(-1)[tok] * real.reshape(-1)).to(torch.float32)  # ...with weight 0
+        padded = tokens.index_select(0, tok).float().mul_(w[:, None]).view(m, s_max, d)
+        padded -= (padded.sum(dim=1) / sizes[:, None].float())[:, None, :] * real[..., None]
+        lam = _cluster_eigs(padded, sizes).double()
+        r = lam.shape[1]
+        smallest = lam.gather(1, (r - torch.clamp(sizes - 1, max=r)).clamp(max=r - 1)[:, None]).squeeze(1)
+        redo = smallest < COND_FLOOR * lam[:, -1]
+        if redo.any():
+            lam[redo] = _cluster_eigs(padded[redo].double(), sizes[redo])
+        nuc[by_size[c0:c1]] = lam.sqrt().sum(dim=-1)
     val = nuc / torch.sqrt(torch.clamp(cnt - 1, min=d).double())
-    return val.reshape(p, k), (cnt > 1).reshape(p, k)
+    return val, cnt > 1
 
 
 def _inter(x: torch.Tensor, labels: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Per problem: point-mean of the Euclidean distance to the nearest centroid other than its label's."""
-    dist = _sqdist(x, c).sqrt_()  # [P, n, k]
+    dist = sqdist(x, c).sqrt_()  # [P, n, k]
     dist = dist.scatter(-1, labels[..., None], float("inf"))
     return dist.min(dim=-1).values.mean(dim=-1)
 
 
-def effective_dim(z: torch.Tensor, perms: torch.Tensor) -> float:
-    """Mean over token slots of erank(one token per image, uncentred B×d) / min(B, d).
-    Singular values from the eigenvalues of the smaller Gram matrix, in float32 in both modes (the
-    reference's own float32 SVDs agree to 4e-9)."""
+def effective_dim(z: torch.Tensor, scale: torch.Tensor, perms: torch.Tensor, *, max_bytes: int = 24 << 20) -> float:
+    """Mean over slots of erank(one token per image, uncentred B×d) / min(B, d); perms [B, m] gives the
+    token of each image in each of the m slots, scale [B, N] the tokens' inverse norms (or ones).
+    Singular values from the float32 eigenvalues of the smaller Gram matrix (the reference's own
+    float32 SVDs agree to 4e-9 at 1024 x 384)."""
     b, n, d = z.shape
-    slots = torch.gather(z, 1, perms[..., None].expand(b, n, d)).transpose(0, 1)  # [N, B, d]
-    gram = slots.transpose(1, 2) @ slots if b >= d else slots @ slots.transpose(1, 2)
-    # float32 eigenvalues of the float32 Gram: 4e-9 relative to the reference's float32 SVDs at 1024 x 384
-    s = eigvalsh(gram).clamp_min(0).sqrt().double()
-    p = s / s.sum(dim=-1, keepdim=True) + 1e-12
-    erank = torch.exp(-(p * torch.log(p)).sum(dim=-1)) / min(b, d)
-    return erank.mean().item()
+    per = max(1, max_bytes // (b * d * 4))
+    out = []
+    for j0 in range(0, perms.shape[1], per):
+        idx = perms[:, j0:j0 + per]
+        slots = torch.gather(z, 1, idx[..., None].expand(b, idx.shape[1], d)).float()  # [B, c, d]
+        slots = slots.mul_(torch.gather(scale, 1, idx)[..., None].float()).transpose(0, 1)  # [c, B, d]
+        gram = slots.transpose(1, 2) @ slots if b >= d else slots @ slots.transpose(1, 2)
+        s = eigvalsh(gram).clamp_min(0).sqrt().double()
+        p = s / s.sum(dim=-1, keepdim=True) + 1e-12
+        out.append(torch.exp(-(p * torch.log(p)).sum(dim=-1)) / min(b, d))
+    return torch.cat(out).mean().item()
 
 
 def _reference_perms(b: int, n: int, seed: int, last_problem_size: int, device) -> torch.Tensor:
@@ -298,60 +214,87 @@ def _reference_perms(b: int, n: int, seed: int, last_problem_size: int, device) 
 
 def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3, global_clusters: int = 24,
               group_size: int | None = None, normalize: bool = True, iters: int = 20, tol: float = 1e-4,
-              seed: int = 0, checked: bool = False) -> dict[str, float]:
-    """The five DSE numbers of one batch of images ([B, N, d])."""
+              seed: int = 0, slots: int | None = None, checked: bool = False,
+              chunk_bytes: int = 16 << 20) -> dict[str, float]:
+    """The five DSE numbers of one batch of images ([B, N, d]).
+
+    The batch is streamed in chunks of whole groups of images (about `chunk_bytes` of float32 tokens):
+    each chunk is normalised, clustered at both levels and measured while it is in cache, so no
+    normalised copy of the batch is ever held. `slots` (fast mode) uses that many random token slots
+    for the dimensionality term instead of all N (parity always uses all N)."""
     if mode not in ("parity", "fast"):
         raise ValueError(f"mode must be 'parity' or 'fast', got {mode!r}")
     if not checked:
         check_features(z, min_tokens=local_clusters)
     exact = mode == "parity"
-    z = z.float()
-    if normalize:
-        z = F.normalize(z, dim=-1)
     b, n, d = z.shape
-    group = group_size or max(1, global_clusters // local_clusters)
-    flat = z.reshape(-1, d)
-    avg_l2 = (flat - flat.mean(dim=0)).norm(dim=1).mean().item()
+    kl, kg = local_clusters, global_clusters
+    group = group_size or max(1, kg // kl)
+    sizes = [min(group, b - s0) * n for s0 in range(0, b, group)]
+    if sizes[-1] < kg:
+        raise ValueError(f"a group of {sizes[-1]} tokens is smaller than global_clusters={kg}")
+    per = max(group, (chunk_bytes // (n * d * 4)) // group * group)
+
+    # inverse token norms (F.normalize's eps), and the mean normalised token as one matrix-vector product
+    scale = 1 / z.norm(dim=-1).clamp_min(1e-12) if normalize else torch.ones(b, n, device=z.device)
+    mu = (scale.reshape(1, -1).to(z.dtype) @ z.reshape(b * n, d)).squeeze(0).float() / (b * n)
+
+    def chunks():
+        for c0 in range(0, b, per):
+            x = z[c0:c0 + per].float()
+            if normalize:  # parity divides as the reference; fast multiplies by the inverse norms
+                x = F.normalize(x, dim=-1) if exact else x * scale[c0:c0 + per, :, None]
+            yield c0, x
+
+    gen = torch.Generator(device=z.device).manual_seed(seed)
+    local_lab = torch.empty(b, n, dtype=torch.long, device=z.device)
+    global_lab = torch.empty(b * n, dtype=torch.long, device=z.device)  # per token, within its group
+    l2_sum, inter_sum = 0.0, 0.0
+    for c0, x in chunks():
+        c1 = c0 + len(x)
+        l2_sum += (x - mu).norm(dim=-1).sum(dtype=torch.float64).item()
+        xb = None if exact else x.to(torch.bfloat16)
+        if exact:
+            local_lab[c0:c1] = lloyd(x, kmeanspp_parity(x, kl, seed), iters, tol)[0]
+        else:
+            local_lab[c0:c1] = kmeans_lowp(xb, kl, gen, iters, tol)[0]
+        full = (len(x) // group) * group  # whole groups, then the batch's last partial group
+        parts = [(0, full, group * n)] if full else []
+        if full < len(x):
+            parts.append((full, len(x), (len(x) - full) * n))
+        for i0, i1, size in parts:
+            xs = x[i0:i1].reshape(-1, size, d)
+            if exact:
+                glab, gc = lloyd(xs, kmeanspp_parity(xs, kg, seed), iters, tol)
+            else:
+                glab, gc = kmeans_lowp(xb[i0:i1].reshape(-1, size, d), kg, gen, iters, tol)
+                gc = centroids(xs, glab, gc)  # the updated centroids, from the float32 tokens
+            inter_sum += _inter(xs, glab, gc).sum(dtype=torch.float64).item()
+            global_lab[(c0 + i0) * n:(c0 + i1) * n] = glab.reshape(-1)
+    avg_l2 = l2_sum / (b * n)
     if avg_l2 == 0:
         raise ValueError("all tokens are identical (avg_l2 = 0): DSE is undefined for fully collapsed features")
-    gen = torch.Generator(device=z.device).manual_seed(seed)
 
-    def init(x, k):
-        if exact:  # reseeded per problem, sequential draws, as the reference
-            return _kmeanspp_parity(x, k, seed)
-        return _kmeanspp_batched(x, k, gen)
-
-    # local: k-means per image; image value = mean radius of its clusters (1.0 if none has > 1 point)
-    lab, _ = lloyd(z, init(z, local_clusters), iters, tol)
-    css, valid = _css_batched(z, lab, local_clusters, exact=exact)
-    nvalid = valid.sum(dim=1)
-    per_img = torch.where(nvalid > 0, (css * valid).sum(dim=1) / nvalid.clamp_min(1), torch.ones_like(css[:, 0]))
+    # cluster radii of both levels in one pass (one size-sorted order over all clusters)
+    flat = z.reshape(b * n, d)
+    tok = torch.arange(b * n, device=z.device)
+    cid_local = (torch.arange(b, device=z.device)[:, None] * kl + local_lab).reshape(-1)
+    cid_global = b * kl + tok // (group * n) * kg + global_lab
+    rad, valid = cluster_radii(flat, scale, torch.cat([tok, tok]), torch.cat([cid_local, cid_global]),
+                               b * kl + len(sizes) * kg)
+    css, ok = rad[:b * kl].view(b, kl), valid[:b * kl].view(b, kl)
+    nvalid = ok.sum(dim=1)
+    per_img = torch.where(nvalid > 0, (css * ok).sum(dim=1) / nvalid.clamp_min(1), torch.ones_like(css[:, 0]))
     intra_image = per_img.mean().item()
-
-    # global: k-means per group of `group` images (the last group may be smaller)
-    starts = list(range(0, b, group))
-    sizes = [min(group, b - s0) * n for s0 in starts]
-    if sizes[-1] < global_clusters:
-        raise ValueError(f"a group of {sizes[-1]} tokens is smaller than global_clusters={global_clusters}")
-    css_sum, css_n, inter_sum = 0.0, 0, 0.0
-    full = (b // group) * group
-    parts = [z[:full].reshape(-1, group * n, d)] if full else []
-    if full < b:
-        parts.append(z[full:].reshape(1, -1, d))
-    for xs in parts:
-        glab, gc = lloyd(xs, init(xs, global_clusters), iters, tol)
-        inter_sum += _inter(xs, glab, gc).sum().item()
-        css, valid = _css_batched(xs, glab, global_clusters, exact=exact)
-        css_sum += css[valid].sum().item()
-        css_n += int(valid.sum())
-    intra_batch = css_sum / css_n if css_n else 1.0
-    inter = inter_sum / len(starts)
+    gvalid = valid[b * kl:]
+    intra_batch = rad[b * kl:][gvalid].mean().item() if gvalid.any() else 1.0
+    inter = inter_sum / len(sizes)
 
     if exact:
         perms = _reference_perms(b, n, seed, sizes[-1], z.device)
     else:
-        perms = torch.rand(b, n, generator=gen, device=z.device).argsort(dim=1)
-    dim = effective_dim(z, perms)
+        perms = torch.rand(b, n, generator=gen, device=z.device).argsort(dim=1)[:, :slots or n]
+    dim = effective_dim(z, scale, perms)
 
     intra_image /= avg_l2
     intra_batch /= avg_l2

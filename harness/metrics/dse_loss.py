@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.metrics.dse import _kmeanspp_batched, _sqdist, lloyd
+from harness.metrics.kmeans import kmeanspp_batched, lloyd, sqdist
 
 EPS = 1e-12
 
@@ -53,10 +53,10 @@ class DSELoss(nn.Module):
     def _labels(self, x: torch.Tensor, k: int) -> torch.Tensor:
         gen = self.generator if x.device.type == "cpu" else torch.Generator(device=x.device).manual_seed(
             int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
-        _, c = lloyd(x, _kmeanspp_batched(x, k, gen), self.iters, self.tol)
+        _, c = lloyd(x, kmeanspp_batched(x, k, gen), self.iters, self.tol)
         # labels re-assigned with the final centroids, as the regulariser does (an empty cluster keeps
         # its centroid here; the regulariser re-initialises it to a random point)
-        return _sqdist(x, c).argmin(dim=-1)
+        return sqdist(x, c).argmin(dim=-1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 3 or z.shape[1] < self.kl:

@@ -1,0 +1,182 @@
+"""Batched k-means for DSE: P independent problems [P, n, d] solved at once.
+
+Two flavours share the Lloyd semantics of the official estimator (protocols §2): at most `iters`
+iterations, each problem stopping at its own iteration once the Frobenius centroid shift is < tol, an
+empty cluster keeps its centroid, and the labels returned are those of the last assignment (made
+with the previous centroids) next to the updated centroids.
+- float32 (`kmeanspp_parity`, `kmeanspp_batched`, `lloyd`): exact float32 distances, as the reference;
+- bfloat16 (`kmeans_lowp`): the tokens in bfloat16 and the distance and centroid-sum products on the
+  CPU's bfloat16 matrix units (AMX), with float32 accumulation. Only near-ties between two centroids
+  can be assigned differently, so it finds a k-means optimum of the same problem, not the same one.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sqdist(x: torch.Tensor, c: torch.Tensor, xx: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances [P, n, k] by the |x|² + |c|² - 2 x·c expansion (what torch.cdist
+    does internally for large inputs, without its batched overhead)."""
+    xx = (x * x).sum(-1, keepdim=True) if xx is None else xx
+    d2 = torch.baddbmm(xx + (c * c).sum(-1)[:, None, :], x, c.transpose(1, 2), alpha=-2)
+    return d2.clamp_min_(0)
+
+
+def kmeanspp_parity(x: torch.Tensor, k: int, seed: int, cache_bytes: int = 32 << 20) -> torch.Tensor:
+    """k-means++ init of P problems ([P, n, d] -> [P, k, d]) with the reference's random stream: every
+    problem reseeded to `seed`, the first centroid from randint, the next k-1 from a multinomial
+    proportional to D (not D²). Distances are batched (running minimum to the chosen centroids, the
+    same numbers as the reference's cdist to all of them); only the draws run per problem."""
+    p, n, d = x.shape
+    per = max(1, cache_bytes // max(1, n * d * x.element_size()))
+    out = []
+    for s0 in range(0, p, per):
+        xs = x[s0:s0 + per]
+        q = xs.shape[0]
+        gens = [torch.Generator(device=x.device).manual_seed(seed) for _ in range(q)]
+        idx = torch.cat([torch.randint(0, n, (1,), generator=g, device=x.device) for g in gens])
+        ar = torch.arange(q, device=x.device)
+        cents = [xs[ar, idx]]
+        xx = (xs * xs).sum(-1)
+
+        def to(c):  # what cdist computes for large inputs: sqrt(clamp(|x|² - 2 x·c + |c|²))
+            return torch.baddbmm(xx[:, None], c[:, None], xs.transpose(1, 2), alpha=-2).squeeze(1).add_(
+                (c * c).sum(-1)[:, None]).clamp_min_(0).sqrt_()
+
+        dist = to(cents[0])  # [q, n]
+        for _ in range(1, k):
+            total = dist.sum(dim=1, keepdim=True)
+            prob = torch.where(total > 0, dist / total.clamp_min(1e-30), torch.full_like(dist, 1.0 / n))
+            idx = torch.cat([torch.multinomial(prob[i], 1, generator=gens[i]) for i in range(q)])
+            cents.append(xs[ar, idx])
+            dist = torch.minimum(dist, to(cents[-1]))
+        out.append(torch.stack(cents, dim=1))
+    return torch.cat(out)
+
+
+def _kmeanspp_draws(x: torch.Tensor, k: int, u: torch.Tensor, dist) -> torch.Tensor:
+    """D-weighted k-means++ of [q, n, d] with uniform draws u [q, k] by inverse CDF; `dist(c)` gives
+    the [q, n] distances of every point to the centroids c [q, d]."""
+    q, n, _ = x.shape
+    ar = torch.arange(q, device=x.device)
+    cents = [x[ar, (u[:, 0] * n).long().clamp_max(n - 1)]]
+    dmin = dist(cents[0])
+    for j in range(1, k):
+        cdf = dmin.cumsum(dim=1)
+        total = cdf[:, -1:]
+        idx = torch.searchsorted(cdf, u[:, j:j + 1] * total).squeeze(1).clamp_max(n - 1)
+        flat = total.squeeze(1) <= 0  # degenerate problem (every point identical): uniform
+        idx = torch.where(flat, (u[:, j] * n).long().clamp_max(n - 1), idx)
+        cents.append(x[ar, idx])
+        dmin = torch.minimum(dmin, dist(cents[-1]))
+    return torch.stack(cents, dim=1)
+
+
+def kmeanspp_batched(x: torch.Tensor, k: int, g: torch.Generator, cache_bytes: int = 8 << 20) -> torch.Tensor:
+    """k-means++ init for P problems at once ([P, n, d] -> [P, k, d]), D-weighted, inverse-CDF draws.
+    Problems are taken in chunks that fit in cache: the k sequential steps then reread cached data
+    instead of streaming every problem from memory k times."""
+    p, n, d = x.shape
+    per = max(1, cache_bytes // max(1, n * d * x.element_size()))
+    draws = torch.rand(p, k, generator=g, device=x.device)  # all randomness drawn up front, chunk-independent
+    out = []
+    for s0 in range(0, p, per):
+        xs = x[s0:s0 + per]
+        xx = (xs * xs).sum(-1)
+
+        def dist(c):
+            return torch.baddbmm(xx[:, None], c[:, None], xs.transpose(1, 2), alpha=-2).squeeze(1).add_(
+                (c * c).sum(-1)[:, None]).clamp_min_(0).sqrt_()
+
+        out.append(_kmeanspp_draws(xs, k, draws[s0:s0 + per], dist))
+    return torch.cat(out)
+
+
+def _centroids(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster sums and counts by scatter-add ([P, k, d], [P, k]); O(n·d) instead of a one-hot matmul."""
+    p, n, d = x.shape
+    cid = (torch.arange(p, device=x.device)[:, None] * k + labels).reshape(-1)
+    sums = torch.zeros(p * k, d, dtype=x.dtype, device=x.device).index_add_(0, cid, x.reshape(-1, d))
+    counts = torch.bincount(cid, minlength=p * k).to(x.dtype)
+    return sums.view(p, k, d), counts.view(p, k)
+
+
+def centroids(x: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Cluster means of x under `labels` ([P, k, d]); an empty cluster keeps its `previous` centroid."""
+    sums, counts = _centroids(x, labels, previous.shape[1])
+    return torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], previous)
+
+
+def _lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float, step) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's loop with per-problem stopping. `step(xw, cw, rows)` returns (labels, new centroids) of
+    the working set. Problems that have stopped keep their result; the working set is compacted (a
+    copy of the remaining problems) only when it has shrunk by half, not at every iteration."""
+    p, n, _ = x.shape
+    c = c.float().clone()
+    labels = torch.zeros(p, n, dtype=torch.long, device=x.device)
+    idx = torch.arange(p, device=x.device)  # problems in the working set
+    xw = x
+    running = torch.ones(p, dtype=torch.bool, device=x.device)  # per working-set row
+    for _ in range(iters):
+        cw = c[idx]
+        lab, new = step(xw, cw, idx)
+        shift = (new - cw).flatten(1).norm(dim=1)
+        upd = idx[running]
+        c[upd], labels[upd] = new[running], lab[running]
+        running = running & (shift >= tol)
+        n_run = int(running.sum())
+        if n_run == 0:
+            break
+        if n_run <= len(idx) // 2:  # compact the working set
+            idx, xw, running = idx[running], xw[running], running[running]
+    return labels, c
+
+
+def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched float32 Lloyd on [P, n, d] from centroids [P, k, d] (see the module docstring)."""
+    k = c.shape[1]
+    xx_all = (x * x).sum(-1, keepdim=True)
+
+    def step(xw, cw, idx):
+        xx = xx_all if len(idx) == len(xx_all) else xx_all[idx]
+        lab = sqdist(xw, cw, xx).argmin(dim=-1)
+        return lab, centroids(xw, lab, cw)
+
+    return _lloyd(x, c, iters, tol, step)
+
+
+def kmeans_lowp(x: torch.Tensor, k: int, g: torch.Generator, iters: int, tol: float,
+                seed_points: int | None = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means++ then Lloyd on bfloat16 tokens [P, n, d]: labels [P, n] and float32 centroids [P, k, d].
+
+    Seeding (D-weighted, inverse-CDF draws) runs on a uniform subsample of at most `seed_points`
+    points per problem (all points when n is smaller): the k sequential steps then touch little data. Lloyd's distances and cluster sums are bfloat16 matrix products with
+    float32 accumulation; the assignment drops |x|² (constant per point) and ranks |c|² - 2 x·c."""
+    p, n, d = x.shape
+    m = min(n, seed_points or n)
+    u = torch.rand(p, k, generator=g, device=x.device)
+    if m < n:
+        pick = torch.rand(p, n, generator=g, device=x.device).argsort(dim=1)[:, :m]
+        cand = torch.gather(x, 1, pick[..., None].expand(p, m, d))
+    else:
+        cand = x
+    cc = cand.float().pow_(2).sum(-1)
+
+    def dist(c):  # [p, m] distances of the candidates to c [p, d]
+        dots = torch.bmm(cand, c[:, :, None]).squeeze(-1).float()
+        return (cc - 2 * dots + c.float().pow(2).sum(-1)[:, None]).clamp_min_(0).sqrt_()
+
+    c0 = _kmeanspp_draws(cand, k, u, dist).float()
+
+    def step(xw, cw, idx):
+        cost = torch.bmm(xw, cw.to(x.dtype).transpose(1, 2)).float().mul_(-2).add_(cw.pow(2).sum(-1)[:, None, :])
+        lab = cost.argmin(dim=-1)
+        w = len(idx)
+        onehot = F.one_hot(lab, k).to(x.dtype).transpose(1, 2)  # [w, k, n]
+        sums = torch.bmm(onehot, xw).float()
+        counts = torch.bincount((torch.arange(w, device=x.device)[:, None] * k + lab).reshape(-1),
+                                minlength=w * k).view(w, k).float()
+        return lab, torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], cw)
+
+    return _lloyd(x, c0, iters, tol, step)
