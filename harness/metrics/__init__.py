@@ -17,7 +17,7 @@ def token_subsample(dense: torch.Tensor, per_image: int, seed: int) -> torch.Ten
     b, n, d = dense.shape
     k = min(per_image, n)
     idx = torch.rand(b, n, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)[:, :k]
-    return torch.gather(dense, 1, idx[..., None].expand(b, k, d)).reshape(-1, d)
+    return dense[torch.arange(b)[:, None], idx].reshape(-1, d)
 
 
 def compute_all(dense: torch.Tensor, params: dict, views: torch.Tensor | None = None) -> tuple[dict, dict, dict]:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from harness.metrics.kmeans import centroids, kmeans_lowp, kmeanspp_parity, lloyd, sqdist
 
 COMPONENTS = ("dse", "inter", "intra_image", "intra_batch", "dim")
+FAST_SLOTS = 32  # token slots averaged by fast mode's dimensionality term (parity: all N)
 
 
 @dataclass
@@ -175,9 +176,15 @@ def cluster_radii(tokens: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor,
     return val, cnt > 1
 
 
-def _inter(x: torch.Tensor, labels: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Per problem: point-mean of the Euclidean distance to the nearest centroid other than its label's."""
-    dist = sqdist(x, c).sqrt_()  # [P, n, k]
+def _inter(x: torch.Tensor, labels: torch.Tensor, c: torch.Tensor, xb: torch.Tensor | None = None) -> torch.Tensor:
+    """Per problem: point-mean of the Euclidean distance to the nearest centroid other than its label's.
+    With xb (the bfloat16 tokens, fast mode) the x·c products run on the bfloat16 units: each distance
+    is then off by ~1e-3 at random, which averages out over the points."""
+    if xb is None:
+        dist = sqdist(x, c).sqrt_()  # [P, n, k]
+    else:
+        dots = torch.bmm(xb, c.to(xb.dtype).transpose(1, 2)).float()
+        dist = dots.mul_(-2).add_((x * x).sum(-1, keepdim=True)).add_((c * c).sum(-1)[:, None, :]).clamp_min_(0).sqrt_()
     dist = dist.scatter(-1, labels[..., None], float("inf"))
     return dist.min(dim=-1).values.mean(dim=-1)
 
@@ -191,9 +198,9 @@ def effective_dim(z: torch.Tensor, scale: torch.Tensor, perms: torch.Tensor, *, 
     per = max(1, max_bytes // (b * d * 4))
     out = []
     for j0 in range(0, perms.shape[1], per):
-        idx = perms[:, j0:j0 + per]
-        slots = torch.gather(z, 1, idx[..., None].expand(b, idx.shape[1], d)).float()  # [B, c, d]
-        slots = slots.mul_(torch.gather(scale, 1, idx)[..., None].float()).transpose(0, 1)  # [c, B, d]
+        idx = perms[:, j0:j0 + per].T  # [c, B]
+        img = torch.arange(b, device=z.device)[None, :]
+        slots = z[img, idx].float().mul_(scale[img, idx][..., None])  # [c, B, d], rows copied whole
         gram = slots.transpose(1, 2) @ slots if b >= d else slots @ slots.transpose(1, 2)
         s = eigvalsh(gram).clamp_min(0).sqrt().double()
         p = s / s.sum(dim=-1, keepdim=True) + 1e-12
@@ -269,7 +276,8 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
             else:
                 glab, gc = kmeans_lowp(xb[i0:i1].reshape(-1, size, d), kg, gen, iters, tol)
                 gc = centroids(xs, glab, gc)  # the updated centroids, from the float32 tokens
-            inter_sum += _inter(xs, glab, gc).sum(dtype=torch.float64).item()
+            inter_sum += _inter(xs, glab, gc, None if exact else xb[i0:i1].reshape(-1, size, d)).sum(
+                dtype=torch.float64).item()
             global_lab[(c0 + i0) * n:(c0 + i1) * n] = glab.reshape(-1)
     avg_l2 = l2_sum / (b * n)
     if avg_l2 == 0:
@@ -293,7 +301,7 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
     if exact:
         perms = _reference_perms(b, n, seed, sizes[-1], z.device)
     else:
-        perms = torch.rand(b, n, generator=gen, device=z.device).argsort(dim=1)[:, :slots or n]
+        perms = torch.rand(b, n, generator=gen, device=z.device).argsort(dim=1)[:, :slots or FAST_SLOTS]
     dim = effective_dim(z, scale, perms)
 
     intra_image /= avg_l2

@@ -12,7 +12,6 @@ with the previous centroids) next to the updated centroids.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def sqdist(x: torch.Tensor, c: torch.Tensor, xx: torch.Tensor | None = None) -> torch.Tensor:
@@ -158,7 +157,7 @@ def kmeans_lowp(x: torch.Tensor, k: int, g: torch.Generator, iters: int, tol: fl
     u = torch.rand(p, k, generator=g, device=x.device)
     if m < n:
         pick = torch.rand(p, n, generator=g, device=x.device).argsort(dim=1)[:, :m]
-        cand = torch.gather(x, 1, pick[..., None].expand(p, m, d))
+        cand = x[torch.arange(p, device=x.device)[:, None], pick]
     else:
         cand = x
     cc = cand.float().pow_(2).sum(-1)
@@ -173,7 +172,7 @@ def kmeans_lowp(x: torch.Tensor, k: int, g: torch.Generator, iters: int, tol: fl
         cost = torch.bmm(xw, cw.to(x.dtype).transpose(1, 2)).float().mul_(-2).add_(cw.pow(2).sum(-1)[:, None, :])
         lab = cost.argmin(dim=-1)
         w = len(idx)
-        onehot = F.one_hot(lab, k).to(x.dtype).transpose(1, 2)  # [w, k, n]
+        onehot = torch.zeros(w, k, n, dtype=x.dtype, device=x.device).scatter_(1, lab[:, None, :], 1.0)
         sums = torch.bmm(onehot, xw).float()
         counts = torch.bincount((torch.arange(w, device=x.device)[:, None] * k + lab).reshape(-1),
                                 minlength=w * k).view(w, k).float()
