@@ -102,8 +102,9 @@ def _deflate(gram: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     beta = 1.0 / (n + n.sqrt())  # 2 / |v|²
     p = (gram @ v[..., None]).squeeze(-1) * beta[:, None]
     q = p - (0.5 * beta * (v * p).sum(-1))[:, None] * v
-    out = gram - v[:, :, None] * q[:, None, :] - q[:, :, None] * v[:, None, :]
-    return out[:, 1:, 1:]
+    # P G P = G - v qᵀ - q vᵀ, one rank-2 update, kept only past the first row and column
+    return torch.baddbmm(gram[:, 1:, 1:], torch.stack([v, q], dim=2)[:, 1:], torch.stack([q, v], dim=1)[:, :, 1:],
+                         alpha=-1)
 
 
 def _cluster_eigs(centred: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
@@ -111,7 +112,8 @@ def _cluster_eigs(centred: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     (deflated, s-1 values) and Xᵀ X (d values); padding rows add only zeros."""
     m, s_max, d = centred.shape
     if s_max <= d:
-        gram = _deflate(centred @ centred.transpose(1, 2), sizes)
+        gram = torch.baddbmm(centred.new_empty(m, s_max, s_max), centred, centred.transpose(1, 2), beta=0)
+        gram = _deflate(gram, sizes)
     else:
         gram = centred.transpose(1, 2) @ centred
     return eigvalsh(gram).clamp_min(0)
