@@ -153,3 +153,45 @@ def test_empty_cluster_keeps_its_centroid():
 def test_lambda_normalisation():
     assert dse_lambda([1.0, 2.0, 3.0], [0.1, 0.2, 0.3]) == pytest.approx(10.0)
     assert dse_lambda([1.0], [0.5]) == 1.0 and dse_lambda([1.0, 2.0], [0.5, 0.5]) == 1.0
+
+
+def test_cluster_radii_match_float64_svds_even_for_nearly_rank_deficient_clusters():
+    """Float32 Gram eigenvalues with the centring direction deflated, float64 where a cluster is close
+    to rank-deficient: every radius equals the float64 SVD of the centred cluster."""
+    from harness.metrics.dse import cluster_radii
+
+    g = torch.Generator().manual_seed(0)
+    d = 24
+    clusters = [
+        torch.randn(30, d, generator=g),  # well conditioned
+        torch.randn(30, 1, generator=g) * torch.randn(1, d, generator=g) + 1e-4 * torch.randn(30, d, generator=g),
+        torch.randn(3, d, generator=g).repeat(10, 1),  # 30 points, exactly rank 2 after centring
+        torch.randn(2, d, generator=g),  # the smallest cluster with a radius
+        torch.randn(60, d, generator=g) * torch.logspace(0, -5, d),  # more points than dims, steep spectrum
+        torch.randn(1, d, generator=g),  # a single point: no radius
+    ]
+    tokens = F.normalize(torch.cat(clusters) + 0.5, dim=-1)
+    cid = torch.cat([torch.full((len(c),), j) for j, c in enumerate(clusters)])
+    rad, valid = cluster_radii(tokens, torch.ones(len(tokens)), torch.arange(len(tokens)), cid, len(clusters))
+    assert valid.tolist() == [True] * 5 + [False]
+    for j in range(5):
+        x = tokens[cid == j].double()
+        ref = torch.linalg.svdvals(x - x.mean(0)).sum().item() / math.sqrt(max(len(x) - 1, d))
+        assert rad[j].item() == pytest.approx(ref, rel=1e-6), j
+
+
+def test_parity_does_not_depend_on_how_the_batch_is_streamed():
+    z = structured(B=24, N=36, d=32, seed=4)
+    whole = dse_batch(z, mode="parity")
+    streamed = dse_batch(z, mode="parity", chunk_bytes=1)  # one group of images per chunk
+    for k, v in whole.items():
+        assert streamed[k] == pytest.approx(v, rel=1e-6), k
+
+
+def test_fast_mode_token_slots():
+    """Fast mode averages the effective rank over a random subset of token slots: the same quantity in
+    expectation, with a spread that shrinks with the number of slots."""
+    z = structured(B=256, N=36, d=32, seed=5)
+    parity = dse_batch(z, mode="parity")["dim"]
+    for slots, tol in ((36, 2e-3), (8, 5e-3)):
+        assert dse_batch(z, mode="fast", slots=slots)["dim"] == pytest.approx(parity, rel=tol), slots
