@@ -195,3 +195,17 @@ def test_fast_mode_token_slots():
     parity = dse_batch(z, mode="parity")["dim"]
     for slots, tol in ((36, 2e-3), (8, 5e-3)):
         assert dse_batch(z, mode="fast", slots=slots)["dim"] == pytest.approx(parity, rel=tol), slots
+
+
+def test_float16_features_are_measured_in_float32():
+    """Cached features are float16; every norm, sum and radius is computed in float32 or better, so the
+    result equals that of the same values upcast first."""
+    z = structured(B=16, N=36, d=32, seed=6).half()
+    for mode in ("parity", "fast"):
+        a, b = dse_batch(z, mode=mode), dse_batch(z.float(), mode=mode)
+        for k, v in b.items():
+            assert a[k] == pytest.approx(v, rel=1e-6), (mode, k)
+    big = torch.full((4, 40, 16), 60000.0, dtype=torch.float16)  # a float16 sum would overflow
+    big[:, ::2] = -60000.0
+    big[:, :, 0] += torch.arange(40, dtype=torch.float16) * 100
+    dse(big, mode="fast")  # finite input is accepted

@@ -61,7 +61,10 @@ def check_features(z: torch.Tensor, *, min_tokens: int = 1) -> None:
     if z.shape[0] < 1 or z.shape[1] < min_tokens:
         raise ValueError(f"need at least 1 image and {min_tokens} tokens per image (k-means clusters), "
                          f"got {z.shape[0]} images x {z.shape[1]} tokens")
-    if torch.isfinite(z.sum()):  # one fast reduction; only an overflow or a real NaN/inf looks further
+    per = max(1, (16 << 20) // max(1, z.shape[1] * z.shape[2] * 4))
+    # one float32 sum per slice (no mask the size of the features, no float16 overflow); a slice whose
+    # sum is not finite holds a NaN/inf or overflows, and only then the values are counted
+    if all(torch.isfinite(z[i:i + per].float().sum()) for i in range(0, len(z), per)):
         return
     bad = (~torch.isfinite(z)).sum().item()
     if bad:
@@ -244,9 +247,16 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
         raise ValueError(f"a group of {sizes[-1]} tokens is smaller than global_clusters={kg}")
     per = max(group, (chunk_bytes // (n * d * 4)) // group * group)
 
-    # inverse token norms (F.normalize's eps), and the mean normalised token as one matrix-vector product
-    scale = 1 / z.norm(dim=-1).clamp_min(1e-12) if normalize else torch.ones(b, n, device=z.device)
-    mu = (scale.reshape(1, -1).to(z.dtype) @ z.reshape(b * n, d)).squeeze(0).float() / (b * n)
+    # first pass: inverse token norms (F.normalize's eps, float32 whatever the input dtype) and the
+    # mean normalised token, one matrix-vector product per chunk
+    scale = torch.ones(b, n, device=z.device)
+    mu = torch.zeros(d, dtype=torch.float64, device=z.device)
+    for c0 in range(0, b, per):
+        x = z[c0:c0 + per].float()
+        if normalize:
+            scale[c0:c0 + per] = 1 / x.norm(dim=-1).clamp_min(1e-12)
+        mu += (scale[c0:c0 + per].reshape(1, -1) @ x.reshape(-1, d)).squeeze(0)
+    mu = (mu / (b * n)).float()
 
     def chunks():
         for c0 in range(0, b, per):
