@@ -209,3 +209,14 @@ def test_float16_features_are_measured_in_float32():
     big[:, ::2] = -60000.0
     big[:, :, 0] += torch.arange(40, dtype=torch.float16) * 100
     dse(big, mode="fast")  # finite input is accepted
+
+
+def test_fast_mode_without_native_bfloat16_clusters_in_float32(monkeypatch):
+    import harness.metrics.dse as dse_module
+
+    z = structured(B=64, N=36, d=32, n_classes=24, noise=0.6, seed=7)
+    par = dse(z, mode="parity")
+    monkeypatch.setattr(dse_module, "lowp_dtype", lambda device: torch.float32)
+    f32 = dse(z, mode="fast")
+    for k in ("inter", "intra_image", "intra_batch"):
+        assert getattr(f32, k) == pytest.approx(getattr(par, k), rel=0.15), k

@@ -15,17 +15,21 @@ of B images with N tokens of dimension d:
 - dim: one random token per image per slot (an independent permutation per image), the effective
   rank of each uncentred B×d slot matrix / min(B, d), averaged over the N slots.
 
-Two modes:
+Both modes stream each batch in cache-sized chunks of whole groups and share the cluster radii
+(`cluster_radii`: float32 Gram eigenvalues with the centring direction deflated, float64 for nearly
+rank-deficient clusters; equal to float64 SVDs to ~1e-6).
 - "parity": the official algorithm's semantics: k-means++ with D-weighted (not D²) sampling, the
   generator reseeded to `seed` for every k-means problem, 20 Lloyd iterations, tol 1e-4 on the
   Frobenius centroid shift, an empty cluster keeps its centroid, labels from the last assignment
   (computed with the previous centroids) against the updated centroids, permutations drawn from the
   generator state the last global k-means left. Lloyd steps run batched over problems (each frozen
-  at its own stopping iteration), cluster radii per cluster as in the reference. On CPU the random
-  draws come from the CPU generator; the official code draws its multinomials on CUDA.
-- "fast": the same quantity with batched k-means++ (inverse-CDF sampling from one generator),
-  batched Lloyd, and batched Gram-matrix eigenvalues for the radii (no loops over images, clusters
-  or points). It differs from parity only through k-means local optima.
+  at its own stopping iteration). On CPU the random draws come from the CPU generator; the official
+  code draws its multinomials on CUDA.
+- "fast": the same quantity, estimated more cheaply: k-means on bfloat16 tokens (matrix units, float32
+  accumulation) seeded from at most 512 points per problem, updated centroids and radii from the
+  float32 tokens, and the dimensionality term averaged over FAST_SLOTS random token slots instead of
+  all N. It differs from parity through k-means local optima (within parity's own seed-to-seed
+  spread) and the slot sample (~1e-4 relative).
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.metrics.kmeans import centroids, kmeans_lowp, kmeanspp_parity, lloyd, sqdist
+from harness.metrics.kmeans import centroids, kmeans_lowp, kmeanspp_parity, lloyd, lowp_dtype, sqdist
 
 COMPONENTS = ("dse", "inter", "intra_image", "intra_batch", "dim")
 FAST_SLOTS = 32  # token slots averaged by fast mode's dimensionality term (parity: all N)
@@ -266,13 +270,14 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
             yield c0, x
 
     gen = torch.Generator(device=z.device).manual_seed(seed)
+    lowp = lowp_dtype(z.device)
     local_lab = torch.empty(b, n, dtype=torch.long, device=z.device)
     global_lab = torch.empty(b * n, dtype=torch.long, device=z.device)  # per token, within its group
     l2_sum, inter_sum = 0.0, 0.0
     for c0, x in chunks():
         c1 = c0 + len(x)
         l2_sum += (x - mu).norm(dim=-1).sum(dtype=torch.float64).item()
-        xb = None if exact else x.to(torch.bfloat16)
+        xb = None if exact else x.to(lowp)
         if exact:
             local_lab[c0:c1] = lloyd(x, kmeanspp_parity(x, kl, seed), iters, tol)[0]
         else:

@@ -145,6 +145,15 @@ def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[tor
     return _lloyd(x, c, iters, tol, step)
 
 
+def lowp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the hardware multiplies it natively (CPU AMX or AVX512-BF16, CUDA with bf16),
+    else float32: emulated bfloat16 products would be slower than float32 ones."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    native = any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return torch.bfloat16 if native else torch.float32
+
+
 def kmeans_lowp(x: torch.Tensor, k: int, g: torch.Generator, iters: int, tol: float,
                 seed_points: int | None = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means++ then Lloyd on bfloat16 tokens [P, n, d]: labels [P, n] and float32 centroids [P, k, d].
