@@ -169,7 +169,7 @@ def kmeans_lowp(x: torch.Tensor, k: int, g: torch.Generator, iters: int, tol: fl
         cand = x[torch.arange(p, device=x.device)[:, None], pick]
     else:
         cand = x
-    cc = cand.float().pow_(2).sum(-1)
+    cc = cand.float().pow(2).sum(-1)  # not in place: cand may be the caller's float32 tokens
 
     def dist(c):  # [p, m] distances of the candidates to c [p, d]
         dots = torch.bmm(cand, c[:, :, None]).squeeze(-1).float()
