@@ -5,8 +5,9 @@ iterations, each problem stopping at its own iteration once the Frobenius centro
 empty cluster keeps its centroid, and the labels returned are those of the last assignment (made
 with the previous centroids) next to the updated centroids.
 - float32 (`kmeanspp_parity`, `kmeanspp_batched`, `lloyd`): exact float32 distances, as the reference;
-- bfloat16 (`kmeans_lowp`): the tokens in bfloat16 and the distance and centroid-sum products on the
-  CPU's bfloat16 matrix units (AMX), with float32 accumulation. Only near-ties between two centroids
+- bfloat16 (`kmeans_lowp`, fast mode): the tokens in bfloat16 and the distance and centroid-sum
+  products on the CPU's bfloat16 matrix units (AMX), with float32 accumulation (float32 where the
+  hardware has no native bfloat16, `lowp_dtype`). Only near-ties between two centroids
   can be assigned differently, so it finds a k-means optimum of the same problem, not the same one.
 """
 from __future__ import annotations
@@ -134,7 +135,6 @@ def _lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float, step) -> tu
 
 def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched float32 Lloyd on [P, n, d] from centroids [P, k, d] (see the module docstring)."""
-    k = c.shape[1]
     xx_all = (x * x).sum(-1, keepdim=True)
 
     def step(xw, cw, idx):
@@ -156,11 +156,13 @@ def lowp_dtype(device: torch.device) -> torch.dtype:
 
 def kmeans_lowp(x: torch.Tensor, k: int, g: torch.Generator, iters: int, tol: float,
                 seed_points: int | None = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means++ then Lloyd on bfloat16 tokens [P, n, d]: labels [P, n] and float32 centroids [P, k, d].
+    """k-means++ then Lloyd on tokens [P, n, d] in `lowp_dtype` (bfloat16 where native): labels [P, n]
+    and float32 centroids [P, k, d].
 
     Seeding (D-weighted, inverse-CDF draws) runs on a uniform subsample of at most `seed_points`
-    points per problem (all points when n is smaller): the k sequential steps then touch little data. Lloyd's distances and cluster sums are bfloat16 matrix products with
-    float32 accumulation; the assignment drops |x|² (constant per point) and ranks |c|² - 2 x·c."""
+    points per problem (all points when n is smaller): the k sequential steps then touch little data.
+    Lloyd's distances and cluster sums are matrix products in the tokens' dtype with float32
+    accumulation; the assignment drops |x|² (constant per point) and ranks |c|² - 2 x·c."""
     p, n, d = x.shape
     m = min(n, seed_points or n)
     u = torch.rand(p, k, generator=g, device=x.device)
