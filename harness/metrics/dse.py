@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.metrics.kmeans import centroids, kmeans_lowp, kmeanspp_parity, lloyd, lowp_dtype, sqdist
+from harness.metrics.kmeans import SEED_POINTS, centroids, kmeans_lowp, kmeanspp_parity, lloyd, lowp_dtype, sqdist
 
 COMPONENTS = ("dse", "inter", "intra_image", "intra_batch", "dim")
 FAST_SLOTS = 32  # token slots averaged by fast mode's dimensionality term (parity: all N)
@@ -94,7 +94,11 @@ def eigvalsh(a: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # cluster statistics
 
-COND_FLOOR = 1e-5  # a cluster whose smallest eigenvalue is below this fraction of its largest is redone in float64
+# float32 Gram eigenvalues are exact to ~eps·λmax: a cluster (slot matrix) whose smallest eigenvalue is
+# below this fraction of its largest is redone in float64 (calibrated: <= 2e-6 and 1e-7 relative error above)
+COND_FLOOR = 1e-4
+SLOT_COND_FLOOR = 1e-5
+EPS32 = float(torch.finfo(torch.float32).eps)
 
 
 def _deflate(gram: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
@@ -114,13 +118,14 @@ def _deflate(gram: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
                          alpha=-1)
 
 
-def _cluster_eigs(centred: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+def _cluster_eigs(centred: torch.Tensor, sizes: torch.Tensor, deflate: bool = True) -> torch.Tensor:
     """Ascending eigenvalues (>= 0) of each centred cluster's Gram matrix, the smaller of X Xᵀ
-    (deflated, s-1 values) and Xᵀ X (d values); padding rows add only zeros."""
+    (deflated: s-1 values) and Xᵀ X (d values); padding rows add only zeros."""
     m, s_max, d = centred.shape
     if s_max <= d:
         gram = torch.baddbmm(centred.new_empty(m, s_max, s_max), centred, centred.transpose(1, 2), beta=0)
-        gram = _deflate(gram, sizes)
+        if deflate:
+            gram = _deflate(gram, sizes)
     else:
         gram = centred.transpose(1, 2) @ centred
     return eigvalsh(gram).clamp_min(0)
@@ -140,18 +145,24 @@ def _chunk_bounds(sizes: list[int], start: int, d: int, row_bytes: int, max_byte
     return bounds
 
 
-def cluster_radii(tokens: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor, cid: torch.Tensor, q: int, *,
-                  max_bytes: int = 16 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+def cluster_radii(tokens: torch.Tensor, scale: torch.Tensor | None, rows: torch.Tensor, cid: torch.Tensor, q: int, *,
+                  float32_centring: bool = False, max_bytes: int = 16 << 20) -> tuple[torch.Tensor, torch.Tensor]:
     """Radius of each of q clusters: nuclear norm of the centred cluster / sqrt(max(n-1, d)) (float64
     [q]), and whether it is defined (> 1 point). Cluster j holds the points tokens[rows[i]] *
-    scale[rows[i]] (scale: inverse norms, or ones) for every i with cid[i] == j.
+    scale[rows[i]] (scale: inverse norms, or ones; None: each row divided by its norm as F.normalize
+    does, bit for bit the reference's normalised tokens) for every i with cid[i] == j.
 
     Clusters are sorted by size and processed in runs of similar sizes: their points are gathered
     into a zero-padded [clusters, largest size, d] block and centred in float32 (as the reference),
     and the nuclear norm is the sum of square roots of the Gram eigenvalues. With the exact null
     direction deflated, float32 Gram eigenvalues are within 1e-6 of float64 SVDs unless a cluster is
     nearly rank-deficient; such clusters (smallest/largest eigenvalue < COND_FLOOR) are redone in
-    float64."""
+    float64.
+
+    `float32_centring` (parity) reproduces the reference's own rounding as well: its float32-centred
+    points do not sum exactly to zero, and its SVD sees that residual as one more singular value, of
+    at most ~2·eps·|X|_F. Where that could exceed 1e-7 of the radius (tight clusters), the cluster
+    is redone in float64 without deflation, which keeps it."""
     d = tokens.shape[1]
     cnt = torch.bincount(cid, minlength=q)
     by_size = torch.argsort(cnt, stable=True)
@@ -171,16 +182,24 @@ def cluster_radii(tokens: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor,
         real = slot < sizes[:, None]  # [m, s_max]
         entry = torch.where(real, first_pt[c0:c1, None] + slot, first_pt[c0:c1, None])  # padding repeats a point...
         tok = src[entry.reshape(-1)]
-        w = (scale.reshape(-1)[tok] * real.reshape(-1)).to(torch.float32)  # ...with weight 0
-        padded = tokens.index_select(0, tok).float().mul_(w[:, None]).view(m, s_max, d)
-        padded -= (padded.sum(dim=1) / sizes[:, None].float())[:, None, :] * real[..., None]
+        w = real.reshape(-1).float() if scale is None else scale.reshape(-1)[tok] * real.reshape(-1)  # ...with weight 0
+        padded = tokens.index_select(0, tok).float()
+        if scale is None:
+            padded = F.normalize(padded, dim=-1)
+        padded = padded.mul_(w[:, None]).view(m, s_max, d)
+        mean = padded.sum(dim=1) / sizes[:, None].float()
+        padded -= mean[:, None, :] * real[..., None]
         lam = _cluster_eigs(padded, sizes).double()
         r = lam.shape[1]
         smallest = lam.gather(1, (r - torch.clamp(sizes - 1, max=r)).clamp(max=r - 1)[:, None]).squeeze(1)
+        val = lam.sqrt().sum(dim=-1)
         redo = smallest < COND_FLOOR * lam[:, -1]
+        if float32_centring:  # |X|_F² = |X_c|_F² + n |mean|²
+            fro = (lam.sum(dim=-1) + sizes * mean.double().pow(2).sum(dim=-1)).sqrt()
+            redo |= 2 * EPS32 * fro > 1e-7 * val
         if redo.any():
-            lam[redo] = _cluster_eigs(padded[redo].double(), sizes[redo])
-        nuc[by_size[c0:c1]] = lam.sqrt().sum(dim=-1)
+            val[redo] = _cluster_eigs(padded[redo].double(), sizes[redo], deflate=not float32_centring).sqrt().sum(-1)
+        nuc[by_size[c0:c1]] = val
     val = nuc / torch.sqrt(torch.clamp(cnt - 1, min=d).double())
     return val, cnt > 1
 
@@ -198,20 +217,30 @@ def _inter(x: torch.Tensor, labels: torch.Tensor, c: torch.Tensor, xb: torch.Ten
     return dist.min(dim=-1).values.mean(dim=-1)
 
 
-def effective_dim(z: torch.Tensor, scale: torch.Tensor, perms: torch.Tensor, *, max_bytes: int = 24 << 20) -> float:
+def effective_dim(z: torch.Tensor, scale: torch.Tensor | None, perms: torch.Tensor, *,
+                  max_bytes: int = 24 << 20) -> float:
     """Mean over slots of erank(one token per image, uncentred B×d) / min(B, d); perms [B, m] gives the
-    token of each image in each of the m slots, scale [B, N] the tokens' inverse norms (or ones).
-    Singular values from the float32 eigenvalues of the smaller Gram matrix (the reference's own
-    float32 SVDs agree to 4e-9 at 1024 x 384)."""
+    token of each image in each of the m slots, scale [B, N] the tokens' inverse norms or ones (None:
+    F.normalize, as the reference).
+    Singular values from the float32 eigenvalues of the smaller Gram matrix, float64 for ill-conditioned
+    slot matrices (smallest/largest eigenvalue < SLOT_COND_FLOOR): float32 would turn their tiny singular
+    values into ~sqrt(eps·λmax) and raise the effective rank (by 6% for a 1/i² power-law spectrum).
+    Within 1e-7 of the reference's float32 SVDs otherwise."""
     b, n, d = z.shape
     per = max(1, max_bytes // (b * d * 4))
     out = []
     for j0 in range(0, perms.shape[1], per):
         idx = perms[:, j0:j0 + per].T  # [c, B]
         img = torch.arange(b, device=z.device)[None, :]
-        slots = z[img, idx].float().mul_(scale[img, idx][..., None])  # [c, B, d], rows copied whole
+        slots = z[img, idx].float()  # [c, B, d], rows copied whole
+        slots = F.normalize(slots, dim=-1) if scale is None else slots.mul_(scale[img, idx][..., None])
         gram = slots.transpose(1, 2) @ slots if b >= d else slots @ slots.transpose(1, 2)
-        s = eigvalsh(gram).clamp_min(0).sqrt().double()
+        lam = eigvalsh(gram).clamp_min(0).double()
+        redo = lam[:, 0] < SLOT_COND_FLOOR * lam[:, -1]
+        if redo.any():  # ill-conditioned (e.g. steep or collapsed spectra): float64 Gram and eigenvalues
+            s64 = slots[redo].double()
+            lam[redo] = eigvalsh(s64.transpose(1, 2) @ s64 if b >= d else s64 @ s64.transpose(1, 2)).clamp_min(0)
+        s = lam.sqrt()
         p = s / s.sum(dim=-1, keepdim=True) + 1e-12
         out.append(torch.exp(-(p * torch.log(p)).sum(dim=-1)) / min(b, d))
     return torch.cat(out).mean().item()
@@ -271,6 +300,13 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
 
     gen = torch.Generator(device=z.device).manual_seed(seed)
     lowp = lowp_dtype(z.device)
+    if not exact:  # every problem's randomness drawn up front: results independent of the streaming
+        def draws(problems, k, size):
+            u = torch.rand(problems, k, generator=gen, device=z.device)
+            return u, (torch.rand(problems, size, generator=gen, device=z.device) if size > SEED_POINTS else None)
+
+        u_local, keys_local = draws(b, kl, n)
+        u_global, keys_global = draws(len(sizes), kg, group * n)
     local_lab = torch.empty(b, n, dtype=torch.long, device=z.device)
     global_lab = torch.empty(b * n, dtype=torch.long, device=z.device)  # per token, within its group
     l2_sum, inter_sum = 0.0, 0.0
@@ -281,17 +317,21 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
         if exact:
             local_lab[c0:c1] = lloyd(x, kmeanspp_parity(x, kl, seed), iters, tol)[0]
         else:
-            local_lab[c0:c1] = kmeans_lowp(xb, kl, gen, iters, tol)[0]
+            local_lab[c0:c1] = kmeans_lowp(xb, kl, u_local[c0:c1], keys_local if keys_local is None
+                                           else keys_local[c0:c1], iters, tol)[0]
         full = (len(x) // group) * group  # whole groups, then the batch's last partial group
         parts = [(0, full, group * n)] if full else []
         if full < len(x):
             parts.append((full, len(x), (len(x) - full) * n))
         for i0, i1, size in parts:
             xs = x[i0:i1].reshape(-1, size, d)
+            g0 = (c0 + i0) // group
+            g1 = g0 + len(xs)
             if exact:
                 glab, gc = lloyd(xs, kmeanspp_parity(xs, kg, seed), iters, tol)
             else:
-                glab, gc = kmeans_lowp(xb[i0:i1].reshape(-1, size, d), kg, gen, iters, tol)
+                glab, gc = kmeans_lowp(xb[i0:i1].reshape(-1, size, d), kg, u_global[g0:g1],
+                                       None if keys_global is None else keys_global[g0:g1], iters, tol)
                 gc = centroids(xs, glab, gc)  # the updated centroids, from the float32 tokens
             inter_sum += _inter(xs, glab, gc, None if exact else xb[i0:i1].reshape(-1, size, d)).sum(
                 dtype=torch.float64).item()
@@ -305,8 +345,9 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
     tok = torch.arange(b * n, device=z.device)
     cid_local = (torch.arange(b, device=z.device)[:, None] * kl + local_lab).reshape(-1)
     cid_global = b * kl + tok // (group * n) * kg + global_lab
-    rad, valid = cluster_radii(flat, scale, torch.cat([tok, tok]), torch.cat([cid_local, cid_global]),
-                               b * kl + len(sizes) * kg)
+    exact_rows = None if exact and normalize else scale  # parity: normalised by division, as the reference
+    rad, valid = cluster_radii(flat, exact_rows, torch.cat([tok, tok]), torch.cat([cid_local, cid_global]),
+                               b * kl + len(sizes) * kg, float32_centring=exact)
     css, ok = rad[:b * kl].view(b, kl), valid[:b * kl].view(b, kl)
     nvalid = ok.sum(dim=1)
     per_img = torch.where(nvalid > 0, (css * ok).sum(dim=1) / nvalid.clamp_min(1), torch.ones_like(css[:, 0]))
@@ -319,7 +360,7 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
         perms = _reference_perms(b, n, seed, sizes[-1], z.device)
     else:
         perms = torch.rand(b, n, generator=gen, device=z.device).argsort(dim=1)[:, :slots or FAST_SLOTS]
-    dim = effective_dim(z, scale, perms)
+    dim = effective_dim(z, exact_rows, perms)
 
     intra_image /= avg_l2
     intra_batch /= avg_l2

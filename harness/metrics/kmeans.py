@@ -133,14 +133,66 @@ def _lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float, step) -> tu
     return labels, c
 
 
-def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched float32 Lloyd on [P, n, d] from centroids [P, k, d] (see the module docstring)."""
-    xx_all = (x * x).sum(-1, keepdim=True)
+def cluster_means(x: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor,
+                  max_bytes: int = 32 << 20) -> torch.Tensor:
+    """X[labels == j].mean(dim=0) for every problem and cluster j, rounded as the reference rounds it
+    (an empty cluster keeps its `previous` centroid). That matters where points are nearly tied
+    between two centroids (near-duplicate tokens): a last-bit difference in a centroid flips them.
 
-    def step(xw, cw, idx):
-        xx = xx_all if len(idx) == len(xx_all) else xx_all[idx]
-        lab = sqdist(xw, cw, xx).argmin(dim=-1)
-        return lab, centroids(xw, lab, cw)
+    A mean is a sum over the cluster's rows in their original order; torch's reduction groups the
+    terms differently when zeros are interleaved (a masked or one-hot sum) but not when they trail.
+    So each cluster's rows are gathered contiguously into a zero-padded block, clusters of similar
+    sizes together, and summed along the rows (checked bit for bit against the per-cluster mean).
+    x may carry extra trailing columns (the augmented points of `lloyd`); the result has the width of
+    `previous`."""
+    p, n, d = x.shape
+    k = previous.shape[1]
+    cid = (torch.arange(p, device=x.device)[:, None] * k + labels).reshape(-1)
+    counts = torch.bincount(cid, minlength=p * k)
+    order = torch.argsort(cid, stable=True)  # rows grouped by cluster, original order within
+    starts = torch.cumsum(counts, 0) - counts
+    rows = x.reshape(p * n, d)
+    out = previous.reshape(p * k, previous.shape[2]).clone()
+    by_size = torch.argsort(counts, stable=True)
+    sizes = counts[by_size].tolist()
+    c0 = next((i for i, v in enumerate(sizes) if v > 0), len(sizes))
+    while c0 < len(sizes):
+        c1 = c0 + 1  # clusters up to twice the smallest size of the run, within max_bytes
+        while c1 < len(sizes) and sizes[c1] <= 2 * sizes[c0] and (c1 - c0 + 1) * sizes[c1] * d * 4 <= max_bytes:
+            c1 += 1
+        cl, s_max = by_size[c0:c1], sizes[c1 - 1]
+        slot = torch.arange(s_max, device=x.device)
+        real = slot < counts[cl][:, None]
+        src = order[torch.where(real, starts[cl][:, None] + slot, starts[cl][:, None])]
+        block = rows.index_select(0, src.reshape(-1)).view(len(cl), s_max, d).mul_(real[..., None])  # zero, trailing
+        out[cl] = (block.sum(dim=1) / counts[cl][:, None])[:, :out.shape[1]]
+        c0 = c1
+    return out.view(p, k, -1)
+
+
+def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched float32 Lloyd on [P, n, d] from centroids [P, k, d] (see the module docstring), with the
+    reference's own arithmetic: torch.cdist's distances and per-cluster means (`cluster_means`).
+
+    For more than 25 points cdist computes sqrt(clamp([-2x, |x|², 1] · [c, 1, |c|²])) with one matrix
+    product; the augmented points are built once here instead of at every iteration, and the product
+    is the same call, so the distances are the same bits (tested against torch.cdist)."""
+    p, n, d = x.shape
+    k = c.shape[1]
+    if n <= 25 and k <= 25:  # cdist's direct (not matrix-product) path
+        def step(xw, cw, idx):
+            lab = torch.cdist(xw, cw).argmin(dim=-1)
+            return lab, cluster_means(xw, lab, cw)
+    else:
+        sq = x.pow(2).sum(-1, keepdim=True)
+        x = torch.cat([x.mul(-2), sq, torch.ones_like(sq)], -1)  # Lloyd's working set: the augmented points
+
+        def step(xa, cw, idx):
+            csq = cw.pow(2).sum(-1, keepdim=True)
+            lab = xa.matmul(torch.cat([cw, torch.ones_like(csq), csq], -1).mT).clamp_min_(1e-30).sqrt_().argmin(dim=-1)
+            # the means of -2x are -2 times the means of x, bit for bit (scaling by 2 is exact); the
+            # two augmented columns ride along in the contiguous rows and are dropped
+            return lab, cluster_means(xa, lab, cw * -2) * -0.5
 
     return _lloyd(x, c, iters, tol, step)
 
@@ -154,20 +206,24 @@ def lowp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if native else torch.float32
 
 
-def kmeans_lowp(x: torch.Tensor, k: int, g: torch.Generator, iters: int, tol: float,
-                seed_points: int | None = 512) -> tuple[torch.Tensor, torch.Tensor]:
+SEED_POINTS = 512  # fast-mode k-means++ seeds from at most this many points per problem
+
+
+def kmeans_lowp(x: torch.Tensor, k: int, u: torch.Tensor, keys: torch.Tensor | None, iters: int,
+                tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means++ then Lloyd on tokens [P, n, d] in `lowp_dtype` (bfloat16 where native): labels [P, n]
     and float32 centroids [P, k, d].
 
-    Seeding (D-weighted, inverse-CDF draws) runs on a uniform subsample of at most `seed_points`
-    points per problem (all points when n is smaller): the k sequential steps then touch little data.
+    Seeding (D-weighted, inverse-CDF draws u [P, k]) runs on a uniform subsample of at most
+    SEED_POINTS points per problem, the smallest of the random keys [P, n] (all points when n is
+    smaller; keys may then be None): the k sequential steps then touch little data. The randomness
+    is given per problem, so results do not depend on how problems are batched.
     Lloyd's distances and cluster sums are matrix products in the tokens' dtype with float32
     accumulation; the assignment drops |x|² (constant per point) and ranks |c|² - 2 x·c."""
     p, n, d = x.shape
-    m = min(n, seed_points or n)
-    u = torch.rand(p, k, generator=g, device=x.device)
+    m = min(n, SEED_POINTS)
     if m < n:
-        pick = torch.rand(p, n, generator=g, device=x.device).argsort(dim=1)[:, :m]
+        pick = keys[:, :n].argsort(dim=1)[:, :m]
         cand = x[torch.arange(p, device=x.device)[:, None], pick]
     else:
         cand = x
