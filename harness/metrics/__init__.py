@@ -8,8 +8,8 @@ import time
 import torch
 
 from harness.metrics import dse as dse_estimator  # the module: `dse` stays the submodule's name
-from harness.metrics.spectrum import (alpha_req, effective_rank, lidar, lu_uniformity, rankme, singular_spectrum,
-                                      w2_uniformity)
+from harness.metrics.spectrum import (alpha_req, effective_rank, lidar, lu_uniformity, normalised_moments, rankme,
+                                      singular_spectrum, w2_uniformity)
 
 
 def token_subsample(dense: torch.Tensor, per_image: int, seed: int) -> torch.Tensor:
@@ -40,7 +40,11 @@ def compute_all(dense: torch.Tensor, params: dict, views: torch.Tensor | None = 
          "dse_dim": r.dim, "dse_separability": r.separability, "dense_rankme": r.dim}
     tokens = token_subsample(dense, int(params.get("tokens_per_image", 16)), seed)
     ucfg = params.get("uniformity", {})
-    m["w2"] = timed("w2", lambda: w2_uniformity(tokens))
+    def w2():
+        mom = normalised_moments(tokens)  # shared with the dense spectrum below
+        return mom, w2_uniformity(moments=mom)
+
+    moments, m["w2"] = timed("w2", w2)
     m["neg_w2"] = -m["w2"]
     m["neg_lu"] = timed("lu", lambda: lu_uniformity(tokens, t=ucfg.get("t", 2), max_vectors=ucfg.get("max_vectors", 10000),
                                                     seed=seed))
@@ -50,7 +54,7 @@ def compute_all(dense: torch.Tensor, params: dict, views: torch.Tensor | None = 
     acfg = params.get("alpha_req", {})
     a = timed("alpha_req", lambda: alpha_req(emb, acfg.get("fit_min_rank", 6), acfg.get("fit_max_rank", 100)))
     m["alpha_req"], details["alpha_req_fit_ranks"] = a["alpha"], a["fit_ranks"]
-    sp, spd = singular_spectrum(emb), singular_spectrum(tokens)
+    sp, spd = singular_spectrum(emb), singular_spectrum(moments=moments)
     m["collapsed_dims"], m["collapsed_dims_dense"] = sp["collapsed_dims"], spd["collapsed_dims"]
     details["log_sv"], details["log_sv_dense"] = sp["log_sv"], spd["log_sv"]
     if views is not None:

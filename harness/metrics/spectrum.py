@@ -28,12 +28,18 @@ def _check(z: torch.Tensor, name: str) -> torch.Tensor:
     return z.double()
 
 
-def w2_uniformity(z: torch.Tensor) -> float:
-    """W2 distance to N(0, I/m) of the L2-normalised rows (lower = more uniform)."""
-    x = F.normalize(_check(z, "W2"), dim=1)
-    n, m = x.shape
+def normalised_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(mean, biased covariance, n) of the L2-normalised rows, float64: shared by W2 and the spectrum."""
+    x = F.normalize(_check(z, "moments"), dim=1)
     mu = x.mean(dim=0)
-    cov = (x - mu).T @ (x - mu) / n
+    xc = x - mu
+    return mu, xc.T @ xc / len(x), len(x)
+
+
+def w2_uniformity(z: torch.Tensor | None = None, *, moments: tuple | None = None) -> float:
+    """W2 distance to N(0, I/m) of the L2-normalised rows (lower = more uniform)."""
+    mu, cov, _ = moments if moments is not None else normalised_moments(z)
+    m = len(mu)
     ev = torch.linalg.eigvalsh(cov).clamp_min(0)
     w2sq = mu.dot(mu) + 1 + cov.trace() - 2 / math.sqrt(m) * ev.sqrt().sum()
     return math.sqrt(max(w2sq.item(), 0.0))
@@ -91,11 +97,13 @@ def alpha_req(z: torch.Tensor, fit_min: int = 6, fit_max: int = 100) -> dict:
     return {"alpha": sol[0, 0].item(), "fit_ranks": [fit_min, hi]}
 
 
-def singular_spectrum(z: torch.Tensor, collapse_threshold: float = 1e-6) -> dict:
+def singular_spectrum(z: torch.Tensor | None = None, collapse_threshold: float = 1e-6, *,
+                      moments: tuple | None = None) -> dict:
     """log singular values (descending) of the covariance of L2-normalised rows, and the number of
     dimensions whose singular value is below `collapse_threshold` times the largest."""
-    x = F.normalize(_check(z, "spectrum"), dim=1)
-    s = torch.linalg.svdvals(torch.cov(x.T))
+    _, cov, n = moments if moments is not None else normalised_moments(z)
+    # the unbiased covariance (torch.cov) is symmetric PSD: its singular values are |eigenvalues|
+    s = (torch.linalg.eigvalsh(cov * (n / (n - 1))).abs()).sort(descending=True).values
     collapsed = int((s < collapse_threshold * s[0]).sum())
     return {"log_sv": s.clamp_min(1e-30).log().tolist(), "collapsed_dims": collapsed}
 
