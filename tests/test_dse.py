@@ -260,14 +260,16 @@ def test_fast_mode_without_native_bfloat16_clusters_in_float32(monkeypatch):
         assert getattr(f32, k) == pytest.approx(getattr(par, k), rel=0.15), k
 
 
-def test_lloyd_reproduces_the_reference_bit_for_bit_on_near_duplicate_tokens():
+@pytest.mark.parametrize("d,n", [(32, 36), (48, 36), (40, 16), (100, 36)])
+def test_lloyd_reproduces_the_reference_bit_for_bit_on_near_duplicate_tokens(d, n):
     """Near-duplicate tokens sit on near-ties between centroids, where a last-bit difference in a
     distance or a centroid flips the assignment: parity's Lloyd uses cdist's arithmetic and the
-    per-cluster means' rounding, so its labels and centroids equal the loop's exactly."""
+    per-cluster means' rounding, so its labels and centroids equal the loop's exactly, for widths
+    that torch reduces in different vector layouts and for both of cdist's paths (n <= 25 or not)."""
     from harness.metrics.kmeans import kmeanspp_parity
 
-    z = F.normalize(structured(B=16, N=36, d=32, n_classes=6, noise=1e-3, seed=2), dim=-1)
-    groups = z.reshape(2, 8 * 36, 32)
+    z = F.normalize(structured(B=16, N=n, d=d, n_classes=6, noise=1e-3, seed=2), dim=-1)
+    groups = z.reshape(2, 8 * n, d)
     for x, k in ((z, 3), (groups, 24)):
         init = kmeanspp_parity(x, k, 0)
         labels, cents = lloyd(x, init, iters=20, tol=1e-4)
@@ -276,16 +278,29 @@ def test_lloyd_reproduces_the_reference_bit_for_bit_on_near_duplicate_tokens():
             assert torch.equal(labels[p], ref_lab) and torch.equal(cents[p], ref_c), (k, p)
 
 
+def test_lloyd_distances_are_cdists_bits_including_exact_duplicates():
+    from harness.metrics.kmeans import lloyd as parity_lloyd
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 40, 8, generator=g) * 1e-17  # tiny scale: every distance near zero
+    c = x[:, :3].clone()  # centroids on exact duplicates of points
+    labels, _ = parity_lloyd(x, c, iters=1, tol=0.0)
+    assert torch.equal(labels, torch.cdist(x, c).argmin(dim=-1))
+
+
 def test_cluster_means_round_as_the_per_cluster_mean():
     from harness.metrics.kmeans import cluster_means
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 500, 40, generator=g)
-    labels = torch.randint(0, 7, (3, 500), generator=g) * (torch.rand(3, 500, generator=g) < 0.9)  # 0 is common
-    labels[2][labels[2] == 5] = 6  # cluster 5 of problem 2 is empty
-    prev = torch.randn(3, 7, 40, generator=g)
-    out = cluster_means(x, labels, prev, max_bytes=4096)  # many small runs
-    for p in range(3):
-        for j in range(7):
-            m = labels[p] == j
-            assert torch.equal(out[p, j], x[p][m].mean(dim=0) if m.any() else prev[p, j]), (p, j)
+    for d in (40, 48, 384):
+        x = torch.randn(3, 500, d, generator=g)
+        labels = torch.randint(0, 7, (3, 500), generator=g) * (torch.rand(3, 500, generator=g) < 0.9)  # 0 is common
+        labels[2][labels[2] == 5] = 6  # cluster 5 of problem 2 is empty
+        prev = torch.randn(3, 7, d, generator=g)
+        out = cluster_means(x, labels, prev)
+        sub = cluster_means(x, labels[1:], prev[1:], problems=torch.tensor([1, 2]))
+        for p in range(3):
+            for j in range(7):
+                m = labels[p] == j
+                assert torch.equal(out[p, j], x[p][m].mean(dim=0) if m.any() else prev[p, j]), (d, p, j)
+        assert torch.equal(sub, out[1:])

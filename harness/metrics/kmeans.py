@@ -134,65 +134,58 @@ def _lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float, step) -> tu
 
 
 def cluster_means(x: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor,
-                  max_bytes: int = 32 << 20) -> torch.Tensor:
+                  problems: torch.Tensor | None = None) -> torch.Tensor:
     """X[labels == j].mean(dim=0) for every problem and cluster j, rounded as the reference rounds it
-    (an empty cluster keeps its `previous` centroid). That matters where points are nearly tied
-    between two centroids (near-duplicate tokens): a last-bit difference in a centroid flips them.
+    (an empty cluster keeps its `previous` centroid). x: [P, n, d] tokens; labels [w, n] and previous
+    [w, k, d] belong to the problems `problems` (default: all P). Rounding matters where points are
+    nearly tied between two centroids (near-duplicate tokens): a last-bit difference flips them.
 
-    A mean is a sum over the cluster's rows in their original order; torch's reduction groups the
-    terms differently when zeros are interleaved (a masked or one-hot sum) but not when they trail.
-    So each cluster's rows are gathered contiguously into a zero-padded block, clusters of similar
-    sizes together, and summed along the rows (checked bit for bit against the per-cluster mean).
-    x may carry extra trailing columns (the augmented points of `lloyd`); the result has the width of
-    `previous`."""
-    p, n, d = x.shape
-    k = previous.shape[1]
-    cid = (torch.arange(p, device=x.device)[:, None] * k + labels).reshape(-1)
-    counts = torch.bincount(cid, minlength=p * k)
+    torch sums some columns in interleaved partial sums, so padding rows, zero or not, and a wider
+    row change how the terms are grouped. Each cluster's rows are therefore gathered, in their
+    original order, into a block of exactly its size and width d, one block per distinct size
+    (checked bit for bit against the per-cluster mean for several d)."""
+    _, n, d = x.shape
+    w, k = previous.shape[:2]
+    problems = torch.arange(w, device=x.device) if problems is None else problems
+    cid = (torch.arange(w, device=x.device)[:, None] * k + labels).reshape(-1)
+    counts = torch.bincount(cid, minlength=w * k)
     order = torch.argsort(cid, stable=True)  # rows grouped by cluster, original order within
+    src_rows = (problems[:, None] * n + torch.arange(n, device=x.device)).reshape(-1)[order]
     starts = torch.cumsum(counts, 0) - counts
-    rows = x.reshape(p * n, d)
-    out = previous.reshape(p * k, previous.shape[2]).clone()
-    by_size = torch.argsort(counts, stable=True)
-    sizes = counts[by_size].tolist()
-    c0 = next((i for i, v in enumerate(sizes) if v > 0), len(sizes))
-    while c0 < len(sizes):
-        c1 = c0 + 1  # clusters up to twice the smallest size of the run, within max_bytes
-        while c1 < len(sizes) and sizes[c1] <= 2 * sizes[c0] and (c1 - c0 + 1) * sizes[c1] * d * 4 <= max_bytes:
-            c1 += 1
-        cl, s_max = by_size[c0:c1], sizes[c1 - 1]
-        slot = torch.arange(s_max, device=x.device)
-        real = slot < counts[cl][:, None]
-        src = order[torch.where(real, starts[cl][:, None] + slot, starts[cl][:, None])]
-        block = rows.index_select(0, src.reshape(-1)).view(len(cl), s_max, d).mul_(real[..., None])  # zero, trailing
-        out[cl] = (block.sum(dim=1) / counts[cl][:, None])[:, :out.shape[1]]
-        c0 = c1
-    return out.view(p, k, -1)
+    rows = x.reshape(-1, d)
+    out = previous.reshape(w * k, d).clone()
+    for size in torch.unique(counts).tolist():
+        if size == 0:
+            continue
+        cl = torch.nonzero(counts == size).squeeze(1)
+        src = src_rows[starts[cl][:, None] + torch.arange(size, device=x.device)]
+        out[cl] = rows.index_select(0, src.reshape(-1)).view(len(cl), size, d).sum(dim=1) / size
+    return out.view(w, k, d)
 
 
 def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched float32 Lloyd on [P, n, d] from centroids [P, k, d] (see the module docstring), with the
     reference's own arithmetic: torch.cdist's distances and per-cluster means (`cluster_means`).
 
-    For more than 25 points cdist computes sqrt(clamp([-2x, |x|², 1] · [c, 1, |c|²])) with one matrix
-    product; the augmented points are built once here instead of at every iteration, and the product
-    is the same call, so the distances are the same bits (tested against torch.cdist)."""
+    For more than 25 points or centroids cdist computes sqrt(clamp_min([-2x, |x|², 1] · [c, 1, |c|²],
+    0)) with one matrix product; the augmented points are built once here instead of at every
+    iteration, and the product is the same call, so the distances are the same bits (tested against
+    torch.cdist, exact duplicates included)."""
     p, n, d = x.shape
     k = c.shape[1]
+    tokens = x
     if n <= 25 and k <= 25:  # cdist's direct (not matrix-product) path
         def step(xw, cw, idx):
             lab = torch.cdist(xw, cw).argmin(dim=-1)
-            return lab, cluster_means(xw, lab, cw)
+            return lab, cluster_means(tokens, lab, cw, idx)
     else:
         sq = x.pow(2).sum(-1, keepdim=True)
         x = torch.cat([x.mul(-2), sq, torch.ones_like(sq)], -1)  # Lloyd's working set: the augmented points
 
         def step(xa, cw, idx):
             csq = cw.pow(2).sum(-1, keepdim=True)
-            lab = xa.matmul(torch.cat([cw, torch.ones_like(csq), csq], -1).mT).clamp_min_(1e-30).sqrt_().argmin(dim=-1)
-            # the means of -2x are -2 times the means of x, bit for bit (scaling by 2 is exact); the
-            # two augmented columns ride along in the contiguous rows and are dropped
-            return lab, cluster_means(xa, lab, cw * -2) * -0.5
+            lab = xa.matmul(torch.cat([cw, torch.ones_like(csq), csq], -1).mT).clamp_min_(0).sqrt_().argmin(dim=-1)
+            return lab, cluster_means(tokens, lab, cw, idx)
 
     return _lloyd(x, c, iters, tol, step)
 
