@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.metrics.kmeans import SEED_POINTS, centroids, kmeans_lowp, kmeanspp_parity, lloyd, lowp_dtype, sqdist
+from harness.metrics.kmeans import SEED_POINTS, centroids, kmeans_batched, kmeanspp_parity, lloyd, lowp_dtype, sqdist
 
 COMPONENTS = ("dse", "inter", "intra_image", "intra_batch", "dim")
 FAST_SLOTS = 32  # token slots averaged by fast mode's dimensionality term (parity: all N)
@@ -317,7 +317,7 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
         if exact:
             local_lab[c0:c1] = lloyd(x, kmeanspp_parity(x, kl, seed), iters, tol)[0]
         else:
-            local_lab[c0:c1] = kmeans_lowp(xb, kl, u_local[c0:c1], keys_local if keys_local is None
+            local_lab[c0:c1] = kmeans_batched(xb, kl, u_local[c0:c1], keys_local if keys_local is None
                                            else keys_local[c0:c1], iters, tol)[0]
         full = (len(x) // group) * group  # whole groups, then the batch's last partial group
         parts = [(0, full, group * n)] if full else []
@@ -330,7 +330,7 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
             if exact:
                 glab, gc = lloyd(xs, kmeanspp_parity(xs, kg, seed), iters, tol)
             else:
-                glab, gc = kmeans_lowp(xb[i0:i1].reshape(-1, size, d), kg, u_global[g0:g1],
+                glab, gc = kmeans_batched(xb[i0:i1].reshape(-1, size, d), kg, u_global[g0:g1],
                                        None if keys_global is None else keys_global[g0:g1], iters, tol)
                 gc = centroids(xs, glab, gc)  # the updated centroids, from the float32 tokens
             inter_sum += _inter(xs, glab, gc, None if exact else xb[i0:i1].reshape(-1, size, d)).sum(

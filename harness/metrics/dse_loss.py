@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.metrics.kmeans import kmeanspp_batched, lloyd, sqdist
+from harness.metrics.kmeans import SEED_POINTS, kmeans_batched, sqdist
 
 EPS = 1e-12
 
@@ -53,7 +53,10 @@ class DSELoss(nn.Module):
     def _labels(self, x: torch.Tensor, k: int) -> torch.Tensor:
         gen = self.generator if x.device.type == "cpu" else torch.Generator(device=x.device).manual_seed(
             int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
-        _, c = lloyd(x, kmeanspp_batched(x, k, gen), self.iters, self.tol)
+        p, n, _ = x.shape
+        u = torch.rand(p, k, generator=gen, device=x.device)
+        keys = torch.rand(p, n, generator=gen, device=x.device) if n > SEED_POINTS else None
+        _, c = kmeans_batched(x, k, u, keys, self.iters, self.tol)  # fast mode's k-means, in x's dtype
         # labels re-assigned with the final centroids, as the regulariser does (an empty cluster keeps
         # its centroid here; the regulariser re-initialises it to a random point)
         return sqdist(x, c).argmin(dim=-1)

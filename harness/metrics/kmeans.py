@@ -4,11 +4,13 @@ Two flavours share the Lloyd semantics of the official estimator (protocols §2)
 iterations, each problem stopping at its own iteration once the Frobenius centroid shift is < tol, an
 empty cluster keeps its centroid, and the labels returned are those of the last assignment (made
 with the previous centroids) next to the updated centroids.
-- float32 (`kmeanspp_parity`, `kmeanspp_batched`, `lloyd`): exact float32 distances, as the reference;
-- bfloat16 (`kmeans_lowp`, fast mode): the tokens in bfloat16 and the distance and centroid-sum
-  products on the CPU's bfloat16 matrix units (AMX), with float32 accumulation (float32 where the
-  hardware has no native bfloat16, `lowp_dtype`). Only near-ties between two centroids
-  can be assigned differently, so it finds a k-means optimum of the same problem, not the same one.
+- parity (`kmeanspp_parity`, `lloyd`): the reference's random stream and its float32 arithmetic,
+  down to the rounding of distances and cluster means;
+- batched (`kmeans_batched`; fast mode and DSELoss): in the tokens' dtype. Fast mode passes bfloat16,
+  so the distance and centroid-sum products run on the CPU's matrix units (AMX) with float32
+  accumulation (float32 where the hardware has no native bfloat16, `lowp_dtype`). Only near-ties
+  between two centroids can be assigned differently, so it finds a k-means optimum of the same
+  problem, not the same one.
 """
 from __future__ import annotations
 
@@ -71,26 +73,6 @@ def _kmeanspp_draws(x: torch.Tensor, k: int, u: torch.Tensor, dist) -> torch.Ten
         cents.append(x[ar, idx])
         dmin = torch.minimum(dmin, dist(cents[-1]))
     return torch.stack(cents, dim=1)
-
-
-def kmeanspp_batched(x: torch.Tensor, k: int, g: torch.Generator, cache_bytes: int = 8 << 20) -> torch.Tensor:
-    """k-means++ init for P problems at once ([P, n, d] -> [P, k, d]), D-weighted, inverse-CDF draws.
-    Problems are taken in chunks that fit in cache: the k sequential steps then reread cached data
-    instead of streaming every problem from memory k times."""
-    p, n, d = x.shape
-    per = max(1, cache_bytes // max(1, n * d * x.element_size()))
-    draws = torch.rand(p, k, generator=g, device=x.device)  # all randomness drawn up front, chunk-independent
-    out = []
-    for s0 in range(0, p, per):
-        xs = x[s0:s0 + per]
-        xx = (xs * xs).sum(-1)
-
-        def dist(c):
-            return torch.baddbmm(xx[:, None], c[:, None], xs.transpose(1, 2), alpha=-2).squeeze(1).add_(
-                (c * c).sum(-1)[:, None]).clamp_min_(0).sqrt_()
-
-        out.append(_kmeanspp_draws(xs, k, draws[s0:s0 + per], dist))
-    return torch.cat(out)
 
 
 def _centroids(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,10 +184,10 @@ def lowp_dtype(device: torch.device) -> torch.dtype:
 SEED_POINTS = 512  # fast-mode k-means++ seeds from at most this many points per problem
 
 
-def kmeans_lowp(x: torch.Tensor, k: int, u: torch.Tensor, keys: torch.Tensor | None, iters: int,
+def kmeans_batched(x: torch.Tensor, k: int, u: torch.Tensor, keys: torch.Tensor | None, iters: int,
                 tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means++ then Lloyd on tokens [P, n, d] in `lowp_dtype` (bfloat16 where native): labels [P, n]
-    and float32 centroids [P, k, d].
+    """k-means++ then Lloyd on tokens [P, n, d], in their dtype (fast mode passes `lowp_dtype`, bfloat16
+    where native): labels [P, n] and float32 centroids [P, k, d].
 
     Seeding (D-weighted, inverse-CDF draws u [P, k]) runs on a uniform subsample of at most
     SEED_POINTS points per problem, the smallest of the random keys [P, n] (all points when n is
