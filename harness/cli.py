@@ -9,8 +9,16 @@ import os
 import sys
 from pathlib import Path
 
-from harness import store
-from harness.registry import KINDS, Registry, RegistryError, env_vars, load_registry, resolve_path
+from harness.ledger import LedgerError
+from harness.records import results_root
+from harness.registry import (
+    KINDS,
+    Registry,
+    RegistryError,
+    env_vars,
+    load_registry,
+    resolve_path,
+)
 
 
 def table(rows: list[dict], cols: list[str], headers: list[str] | None = None) -> str:
@@ -107,12 +115,16 @@ def cmd_plan(reg: Registry, args) -> int:
     print(f"suite {suite.name}: {suite.title}")
     rows = summarize(cells, states)
     total = {"protocol": "total", **{k: sum(r[k] for r in rows) for k in
-             ("cells", "done", "failed", "stale", "todo", "gpu_h_all", "gpu_h_left")}}
-    cols = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "todo", "gpu_h_cell", "gpu_h_all",
-            "gpu_h_left"]
-    heads = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "todo", "GPU·h/cell", "GPU·h all",
-             "GPU·h left"]
+             ("cells", "done", "failed", "stale", "corrupt", "todo", "gpu_h_all", "gpu_h_left")}}
+    cols = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "corrupt", "todo", "gpu_h_cell",
+            "gpu_h_all", "gpu_h_left"]
+    heads = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "corrupt", "todo", "GPU·h/cell",
+             "GPU·h all", "GPU·h left"]
+    if not total["corrupt"]:  # shown only when there is something to show
+        cols.remove("corrupt")
+        heads.remove("corrupt")
     print(table(rows + [total], cols, heads))
+    _print_corrupt(cells, results)
     # per method: the checkpoints each protocol × dataset runs over
     by_method: dict[str, dict] = {}
     for c in cells:
@@ -139,38 +151,34 @@ def cmd_plan(reg: Registry, args) -> int:
     return 0
 
 
+def _print_corrupt(cells, results: Path, limit: int = 20) -> None:
+    bad = [(c, why) for c in cells for state, why in [c.state(results)] if state == "corrupt"]
+    if bad:
+        print(f"\n{len(bad)} corrupt record(s) (counted as to do; a re-run replaces them):")
+        for c, why in bad[:limit]:
+            print(f"  {c.record_path(results)}: {why}")
+        if len(bad) > limit:
+            print(f"  ... {len(bad) - limit} more")
+
+
 def cmd_collect(reg: Registry, args) -> int:
     import time
 
-    from harness.plan import build_plan
+    from harness.collect import CollectError, write_collected
 
     t = time.perf_counter()
-    results = Path(args.results)
-    gpus = {p.name: p.resources.gpus for p in reg.protocols.values()}
-    table, spec = store.collect(results, args.suite, methods=reg.methods, gpus=gpus)
-    out = results / args.suite
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "results.csv", index=False, float_format="%.10g", lineterminator="\n")
-    spec.to_csv(out / "spectra.csv", index=False, float_format="%.8g", lineterminator="\n")
-    extra = ""
     try:
-        table.to_parquet(out / "results.parquet", index=False)
-        extra = " and results.parquet"
-    except ImportError:
-        pass
-    ok = int((table["status"] == "ok").sum()) if len(table) else 0
-    print(f"collected {len(table)} records ({ok} ok, {len(table) - ok} failed) -> {out / 'results.csv'}{extra} "
-          f"in {time.perf_counter() - t:.1f} s")
-    if args.suite in reg.suites:
-        have = set(zip(table.get("protocol", []), table.get("dataset", []), table.get("method", []),
-                       table.get("epoch", [])))
-        missing = [c for c in build_plan(reg, args.suite) if (c.protocol, c.dataset, c.method, c.epoch) not in have]
-        if missing:
-            by: dict[str, int] = {}
-            for c in missing:
-                by[c.protocol] = by.get(c.protocol, 0) + 1
-            print(f"missing {len(missing)} of the plan's cells (no record yet): "
-                  + ", ".join(f"{p} {n}" for p, n in sorted(by.items())))
+        s = write_collected(reg, args.suite, Path(args.results), skip_corrupt=args.skip_corrupt)
+    except CollectError as e:
+        print(f"sdd collect: {e}", file=sys.stderr)
+        return 1
+    print(f"collected {s.records} records ({s.ok} ok, {s.records - s.ok} failed) -> {s.csv}"
+          f"{' and results.parquet' if s.parquet else ''} in {time.perf_counter() - t:.1f} s")
+    if s.corrupt:
+        print(f"left out {len(s.corrupt)} corrupt record(s) (--skip-corrupt):\n  " + "\n  ".join(s.corrupt[:20]))
+    if s.missing:
+        print(f"missing {sum(s.missing.values())} of the plan's cells (no usable record yet): "
+              + ", ".join(f"{p} {n}" for p, n in sorted(s.missing.items())))
     return 0
 
 
@@ -212,6 +220,8 @@ def cmd_submit(reg: Registry, args) -> int:
                guided=args.guided)
     for m, why in sorted(s.get("waiting", {}).items()):
         print(f"guided: {m}'s downstream cells wait ({why}); run `sdd submit --guided` again when the metrics are done")
+    if s.get("warning"):
+        print(f"warning: {s['warning']}", file=sys.stderr)
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(s["skipped"].items())) or "none"
     verb = "would submit" if args.dry_run else "submitted"
     print(f"suite {s['suite']} on {s['cluster']}: {s['cells']} cells; skipped: {skipped}; {verb} {s['to_submit']}")
@@ -228,16 +238,32 @@ def cmd_submit(reg: Registry, args) -> int:
 def cmd_status(reg: Registry, args) -> int:
     import time
 
-    from harness.launch import cell_statuses, status_table
+    from harness import ledger
+    from harness.launch import STATES, cell_statuses, status_table
 
+    results = Path(args.results)
+    if args.repair_ledger:
+        moved, n = ledger.repair(results, args.suite)
+        print(f"ledger {ledger.ledger_path(results, args.suite)} rebuilt from {n} record(s)"
+              + (f"; the old file is kept as {moved}" if moved else "")
+              + ". Jobs still queued have no record yet and are not in it: check `squeue` before resubmitting.")
+    failing = 0  # consecutive refreshes in which the scheduler could not be asked
     while True:
-        rows = cell_statuses(reg, args.suite, Path(args.results), protocols=args.protocol, methods=args.method)
+        ref = ledger.refresh(results, args.suite)
+        rows = cell_statuses(reg, args.suite, results, protocols=args.protocol, methods=args.method, refresh=ref)
         agg = status_table(rows)
-        tot = {k: sum(a[k] for a in agg) for k in ("cells", "done", "running", "pending", "failed", "todo")}
+        tot = {k: sum(a[k] for a in agg) for k in ("cells", *STATES)}
         if args.watch:
             print("\033[2J\033[H", end="")
-        print(table(agg + [{"protocol": "total", "method": "", **tot}],
-                    ["protocol", "method", "cells", "done", "running", "pending", "failed", "todo"]))
+        shown = [k for k in STATES if k not in ("unknown", "corrupt") or tot[k]]
+        print(table(agg + [{"protocol": "total", "method": "", **tot}], ["protocol", "method", "cells", *shown]))
+        if ref.warning:
+            print(f"\nwarning: {ref.warning}; their ledger entries were left as they were", file=sys.stderr)
+        corrupt = [r for r in rows if r["state"] == "corrupt"]
+        if corrupt:
+            print(f"\n{len(corrupt)} corrupt record(s) (to do again; a re-run replaces them):")
+            for r in corrupt[: None if args.all else 20]:
+                print(f"  {r['reason']}")
         failed = [r for r in rows if r["state"] == "failed"]
         if failed:
             print(f"\n{len(failed)} failed cell(s):")
@@ -246,22 +272,29 @@ def cmd_status(reg: Registry, args) -> int:
             if len(failed) > 20 and not args.all:
                 print(f"  ... {len(failed) - 20} more (--all)")
             print(f"retry: sdd submit --suite {args.suite} --cluster <profile> --retry-failed")
-        if not args.watch or (tot["running"] + tot["pending"]) == 0:
+        failing = failing + 1 if ref.warning else 0
+        if not args.watch or (tot["running"] + tot["pending"] + tot["unknown"]) == 0:
             return 0
+        if failing >= 3:
+            print(f"status --watch: gave up after {failing} refreshes in a row without job states", file=sys.stderr)
+            return 1
         time.sleep(args.watch)
 
 
 def preflight(reg: Registry, suite: str) -> list[str]:
     """Everything a suite needs that is not on disk: dataset roots and layouts, checkpoint files."""
     from harness.datasets import DatasetError, check_layout
+    from harness.kinds import PROTOCOL_KINDS
     from harness.models.checkpoints import checkpoint_path
     from harness.plan import build_plan
 
     problems = []
     cells = build_plan(reg, suite)
     for name in sorted({c.dataset for c in cells}):
-        kind = reg.protocol(next(c.protocol for c in cells if c.dataset == name)).kind
-        splits = ("train",) if kind == "metrics" else ("val",) if kind == "davis" else ("train", "val")
+        kinds = {reg.protocol(c.protocol).kind for c in cells if c.dataset == name}
+        splits = tuple(sorted({s for k in kinds for s in PROTOCOL_KINDS[k].splits}))
+        if not splits:
+            continue
         try:
             check_layout(reg.dataset(name), splits=splits)
         except (DatasetError, RegistryError) as e:
@@ -298,7 +331,7 @@ def cmd_reproduce(reg: Registry, args) -> int:
 def cmd_demo(reg: Registry, args) -> int:
     from harness.mini.demo import run
 
-    return run(suite=args.suite, cluster=args.cluster, results=Path(args.results), epochs=args.epochs)
+    return run(suite=args.suite, cluster=args.cluster, results=Path(args.results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,18 +351,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", required=True)
     p.add_argument("--protocol", action="append", help="only this protocol (repeatable)")
     p.add_argument("--method", action="append", help="only this method (repeatable)")
-    p.add_argument("--results", default=str(store.RESULTS), help="results root (default: results/)")
+    p.add_argument("--results", default=str(results_root()), help="results root (default: results/)")
     p.add_argument("--cells", action="store_true", help="list every cell with its state and config hash")
     p.add_argument("--guided", action="store_true", help="DSE-guided grid: metrics everywhere, downstream only on "
                                                           "the DSE top-3 and the last checkpoint")
     p = sub.add_parser("collect", help="records -> results/<suite>/results.csv (one row per cell)")
     p.add_argument("--suite", required=True)
-    p.add_argument("--results", default=str(store.RESULTS))
+    p.add_argument("--results", default=str(results_root()))
+    p.add_argument("--skip-corrupt", action="store_true", help="write the table without the corrupt records "
+                                                                "(listed) instead of refusing")
     for name, helptext in (("tables", "results.csv -> tables (Markdown, LaTeX, CSV) and REPORT.md"),
                            ("figures", "results.csv -> figures (PNG, PDF), tables and REPORT.md")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--suite", required=True)
-        p.add_argument("--results", default=str(store.RESULTS))
+        p.add_argument("--results", default=str(results_root()))
         p.add_argument("--protocol", default="linear", help="segmentation protocol giving the mIoU (default linear)")
         if name == "tables":
             p.add_argument("--figures", action="store_true", help="also draw the figures")
@@ -339,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cluster", required=True, help="profile in slurm/clusters/, or local / inline")
     p.add_argument("--protocol", action="append")
     p.add_argument("--method", action="append")
-    p.add_argument("--results", default=str(store.RESULTS))
+    p.add_argument("--results", default=str(results_root()))
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted")
     p.add_argument("--retry-failed", action="store_true", help="also resubmit failed cells")
     p.add_argument("--max-attempts", type=int, default=3, help="give up on a cell after this many attempts")
@@ -347,20 +382,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reproduce", help="check every dataset and checkpoint of a suite, then submit it")
     p.add_argument("--suite", default="sdd")
     p.add_argument("--cluster", required=True)
-    p.add_argument("--results", default=str(store.RESULTS))
+    p.add_argument("--results", default=str(results_root()))
     p.add_argument("--guided", action="store_true")
     p = sub.add_parser("status", help="cells done / running / pending / failed per protocol and method")
     p.add_argument("--suite", required=True)
     p.add_argument("--protocol", action="append")
     p.add_argument("--method", action="append")
-    p.add_argument("--results", default=str(store.RESULTS))
+    p.add_argument("--results", default=str(results_root()))
     p.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh until nothing is queued")
     p.add_argument("--all", action="store_true", help="list every failed cell")
+    p.add_argument("--repair-ledger", action="store_true", help="move an unreadable ledger aside and rebuild it from "
+                                                                  "the records")
     p = sub.add_parser("demo", help="the whole pipeline in miniature (CPU): mini world, tiny pre-training, suite, tables")
     p.add_argument("--suite", default="mini")
     p.add_argument("--cluster", default="local", help="local (default), inline, or a Slurm profile")
-    p.add_argument("--results", default=str(store.RESULTS))
-    p.add_argument("--epochs", type=int, default=8, help="pre-training epochs of the mini methods")
+    p.add_argument("--results", default=str(results_root()))
     args = ap.parse_args(argv)
     try:
         reg = load_registry(args.registry)
@@ -372,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RegistryError as e:
         print(f"sdd: registry error:\n{e}", file=sys.stderr)
+        return 2
+    except LedgerError as e:
+        print(f"sdd: {e}", file=sys.stderr)
         return 2
 
 

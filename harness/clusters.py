@@ -1,7 +1,8 @@
 """Cluster profiles (`slurm/clusters/<name>.yaml`): where and how cells are submitted.
 
-Two names are built in: `local` (submitit's local executor, one process per cell on this machine)
-and `inline` (in this process, one cell after another; for debugging). Any other name is a file;
+Two names are built in: `local` (submitit's local executor: `array_parallelism` worker processes on
+this machine, each running a share of the cells one after another) and `inline` (in this process,
+one cell after another; for debugging). Any other name is a file;
 `slurm/clusters/example.yaml` documents every field.
 """
 from __future__ import annotations
@@ -11,7 +12,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from harness.registry import ROOT, RegistryError, Spec, did_you_mean, expand_env, load_spec_model
+from harness.registry import (
+    ROOT,
+    RegistryError,
+    Spec,
+    did_you_mean,
+    expand_env,
+    load_spec_model,
+)
 
 CLUSTERS = ROOT / "slurm" / "clusters"
 
@@ -43,7 +51,7 @@ class ClusterProfile(Spec):
     protocols: dict[str, ProtocolOverride] = Field(default_factory=dict, description="per-protocol overrides")
     sbatch: dict[str, Any] = Field(default_factory=dict, description="extra #SBATCH options, e.g. {exclusive: true}")
     setup: tuple[str, ...] = Field(default=(), description="shell lines run before each job (module load ...)")
-    log_folder: str = Field(default="results/.submitit", description="submitit logs; ${VAR} expanded")
+    log_folder: str = Field(default="${SDD_SUBMITIT:-results/.submitit}", description="submitit logs; ${VAR} expanded")
     source: str = Field(default="", exclude=True)
 
     def __hash__(self):

@@ -1,4 +1,5 @@
-"""Dataset specs -> paths on disk, checked against the layout each loader expects.
+"""Dataset specs -> paths on disk, checked against the layout each loader expects; and the dataset
+I/O the jobs and the mini world's generator share (indexed-PNG label maps, ImageNet normalisation).
 
 A missing root or a wrong layout gives one message that names every expected path that is absent.
 """
@@ -6,7 +7,49 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.kinds import DATASET_KINDS
 from harness.registry import DatasetSpec, resolve_path
+
+# ImageNet normalisation, on the [0, 1] scale; `imagenet_norm(255)` gives mmseg/detectron2's 0-255 scale.
+# A deliberate difference (DINO's DAVIS evaluation uses std 0.228 for red) is named where it is used.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_norm(scale: float = 1.0) -> tuple[list[float], list[float]]:
+    """(mean, std) as lists, multiplied by `scale`."""
+    return [round(m * scale, 6) for m in IMAGENET_MEAN], [round(s * scale, 6) for s in IMAGENET_STD]
+
+
+# Label maps as indexed (palette) PNGs, as DAVIS and VOC store them; the palette is made in code.
+PALETTE = [0, 0, 0] + [v for i in range(1, 256) for v in ((37 * i) % 256, (91 * i) % 256, (163 * i) % 256)]
+
+
+def write_indexed_png(label, path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    label = np.asarray(label)
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"{path}: label values {label.min()}..{label.max()} do not fit an indexed PNG (0..255)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(label.astype(np.uint8), mode="P")
+    im.putpalette(PALETTE)
+    im.save(path)
+
+
+def read_label_png(path: Path):
+    """A label map as a 2-D integer array: the palette indices of an indexed PNG, or the values of a
+    single-channel one. A colour (RGB) PNG is refused: its pixels are colours, not label ids."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("P", "L", "I", "I;16"):
+            raise DatasetError(f"{path}: label map in mode {im.mode}; expected an indexed (P) or single-channel "
+                               f"(L) PNG of label ids. Colour labels must be converted to ids first.")
+        return np.array(im)
 
 
 class DatasetError(Exception):
@@ -29,7 +72,7 @@ def check_layout(ds: DatasetSpec, splits=("train", "val")) -> Path:
         raise DatasetError(f"dataset '{ds.name}': root {root} does not exist (from {ds.source}: root = {ds.root}; "
                            f"set SDD_DATA_ROOT or edit the file)")
     missing = []
-    nested = ds.kind in ("cityscapes", "imagenet", "davis2017")  # images in sub-folders (city, class, sequence)
+    nested = DATASET_KINDS[ds.kind].nested
     for split in splits:
         if split not in ds.splits:
             missing.append(f"split '{split}' (not declared in {ds.source})")
@@ -63,7 +106,7 @@ def check_labels(ds: DatasetSpec, root: Path, split: str = "train", max_files: i
     s = ds.splits[split]
     if not s.ann_dir or not ds.num_classes:
         return
-    nested = ds.kind in ("cityscapes",)
+    nested = DATASET_KINDS[ds.kind].nested
     files = sorted((root / s.ann_dir).glob(f"{'**/' if nested else ''}*{ds.seg_map_suffix}"))[:max_files]
     for f in files:
         lab = np.array(Image.open(f)).astype(np.int64)

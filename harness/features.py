@@ -18,12 +18,16 @@ from pathlib import Path
 
 import torch
 
-from harness.store import save_tensors
+from harness.atomic import save_tensors
+from harness.datasets import IMAGENET_MEAN, IMAGENET_STD
+from harness.records import results_root
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-CACHE_ROOT = Path(os.environ.get("SDD_CACHE", Path(__file__).resolve().parents[1] / "results" / ".cache"))
+
+
+def cache_root() -> Path:
+    """$SDD_CACHE, else <results>/.cache (read at call time, so tests and runs can redirect it)."""
+    return Path(os.environ.get("SDD_CACHE") or results_root() / ".cache")
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int =
     path = None
     if cache_key is not None:
         name = f"{cache_key}_L{'last' if layer is None else layer}_{images.hash}_{resize}_{crop}.pt"
-        path = Path(cache_dir or CACHE_ROOT / "features") / name
+        path = Path(cache_dir or cache_root() / "features") / name
         if path.is_file():
             try:
                 cached = torch.load(path, map_location="cpu", weights_only=True)

@@ -8,8 +8,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import store
+from harness import records
+from harness.kinds import METRICS_KIND
 from harness.registry import Registry, RegistryError, SuiteEntry
+from harness.selection import dse_normalised, select_checkpoints
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,11 @@ class Cell:
         return f"{self.protocol}/{self.dataset}/{self.method}/ep{self.epoch:04d}"
 
     def record_path(self, results: Path) -> Path:
-        return store.record_path(results, self.suite, self.protocol, self.dataset, self.method, self.epoch)
+        return records.record_path(results, self.suite, self.protocol, self.dataset, self.method, self.epoch)
+
+    def state(self, results: Path) -> tuple[str, str | None]:
+        """(done | failed | stale | corrupt | todo, why when corrupt) from this cell's record."""
+        return records.cell_state(self.record_path(results), self.config_hash, Path(results))
 
 
 def resolved_config(reg: Registry, protocol: str, dataset: str, method: str, epoch: int) -> dict:
@@ -86,13 +92,13 @@ def build_plan(reg: Registry, suite: str, *, protocols: list[str] | None = None,
 
 
 def cell_states(cells: list[Cell], results: Path) -> dict[str, str]:
-    return {c.id: store.cell_state(c.record_path(results), c.config_hash) for c in cells}
+    return {c.id: c.state(results)[0] for c in cells}
 
 
 def summarize(cells: list[Cell], states: dict[str, str]) -> list[dict]:
-    """One row per protocol: datasets, methods, cells, done/failed/stale/todo, GPU·h."""
+    """One row per protocol: datasets, methods, cells, done/failed/stale/corrupt/todo, GPU·h."""
     rows: dict[str, dict] = defaultdict(lambda: {"datasets": set(), "methods": set(), "cells": 0, "done": 0,
-                                                 "failed": 0, "stale": 0, "todo": 0, "gpu_h_cell": 0.0,
+                                                 "failed": 0, "stale": 0, "corrupt": 0, "todo": 0, "gpu_h_cell": 0.0,
                                                  "gpu_h_all": 0.0, "gpu_h_left": 0.0})
     for c in cells:
         r = rows[c.protocol]
@@ -114,13 +120,12 @@ def summarize(cells: list[Cell], states: dict[str, str]) -> list[dict]:
 
 
 def _metric_protocols(reg: Registry, cells: list[Cell]) -> set[str]:
-    return {c.protocol for c in cells if reg.protocol(c.protocol).kind == "metrics"}
+    return {c.protocol for c in cells if reg.protocol(c.protocol).kind == METRICS_KIND}
 
 
 def guided(reg: Registry, cells: list[Cell], results: Path) -> tuple[list[Cell], dict[str, str], dict[str, list[int]]]:
     """(cells to run now, method -> why its downstream cells wait, method -> selected epochs)."""
-    from harness.analysis.tables import select_checkpoints
-
+    results = Path(results)
     metric_protos = _metric_protocols(reg, cells)
     keep = [c for c in cells if c.protocol in metric_protos]
     waiting, selected = {}, {}
@@ -128,17 +133,26 @@ def guided(reg: Registry, cells: list[Cell], results: Path) -> tuple[list[Cell],
     for c in keep:
         by_method[c.method].append(c)
     for method, mcells in by_method.items():
-        recs = [store.read_record(c.record_path(results)) for c in mcells]
-        done = [r for r, c in zip(recs, mcells) if r and r.get("status") == "ok" and r.get("config_hash") == c.config_hash]
+        done, lacking = [], []
+        for c in mcells:
+            if c.state(results)[0] != "done":
+                continue
+            m = records.read_record(c.record_path(results), results)["metrics"]
+            if not all(isinstance(m.get(k), (int, float)) for k in ("dse_separability", "dse_dim")):
+                lacking.append(f"ep{c.epoch}")
+                continue
+            done.append((c.epoch, m))
+        if lacking:
+            waiting[method] = (f"{len(lacking)} metrics record(s) lack dse_separability / dse_dim "
+                               f"({', '.join(lacking[:5])}); re-run them")
+            continue
         if len(done) < len(mcells):
             waiting[method] = f"metrics done on {len(done)} of {len(mcells)} checkpoints"
             continue
-        rows = sorted((r["epoch"], r["metrics"]) for r in done)
+        rows = sorted(done, key=lambda r: r[0])
         epochs = [e for e, _ in rows]
-        sep = [m["dse_separability"] for _, m in rows]
-        dim = [m["dse_dim"] for _, m in rows]
-        from harness.metrics.dse import dse_normalised
-
+        sep = [float(m["dse_separability"]) for _, m in rows]
+        dim = [float(m["dse_dim"]) for _, m in rows]
         selected[method] = select_checkpoints(epochs, dse_normalised(sep, dim))
     for c in cells:
         if c.protocol in metric_protos or c.method not in selected:

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from harness import kinds
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BENCHMARKS = ROOT / "benchmarks"
@@ -42,8 +51,8 @@ FAMILIES = (
     "non-contrastive",
     "test",
 )
-PROTOCOL_KINDS = ("metrics", "linear", "upernet", "maskrcnn", "davis", "knn", "probe")
-DATASET_KINDS = ("imagenet", "coco_stuff164k", "voc12_aug", "ade20k", "cityscapes", "davis2017", "coco_instances")
+PROTOCOL_KINDS = tuple(kinds.PROTOCOL_KINDS)  # registered in harness/kinds.py
+DATASET_KINDS = tuple(kinds.DATASET_KINDS)
 STATE_DICT_CONVERTERS = ("timm_swin", "split_cls_tokens")
 
 

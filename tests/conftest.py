@@ -1,9 +1,48 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*")} if path.is_dir() else set()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _leave_no_trace(tmp_path_factory):
+    """Every default output location points into a temporary folder for the whole session, and the
+    repository's results/ must be exactly as it was when the tests end (a test that writes there fails
+    the run, naming what it wrote)."""
+    before = _tree(ROOT / "results")
+    scratch = tmp_path_factory.mktemp("sdd-defaults")
+    saved = {k: os.environ.get(k) for k in ("SDD_RESULTS", "SDD_CACHE", "SDD_SUBMITIT", "SDD_MINI_ROOT")}
+    os.environ.update(SDD_RESULTS=str(scratch / "results"), SDD_CACHE=str(scratch / "cache"),
+                      SDD_SUBMITIT=str(scratch / "submitit"), SDD_MINI_ROOT=str(scratch / "mini"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    new = sorted(_tree(ROOT / "results") - before)
+    assert not new, f"tests wrote into the repository's results/: {new[:10]}"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The single-node loopback Slurm cluster (slurm/local/up.sh), started or reused. It needs root:
+    elsewhere the Slurm tests skip saying so; as root (CI) a failure to start is a test failure."""
+    if os.geteuid() != 0:
+        pytest.skip("the real-Slurm tests start slurmctld/slurmd with slurm/local/up.sh, which needs root; "
+                    "run the tests as root (CI does) to include them")
+    out = subprocess.run(["bash", str(ROOT / "slurm/local/up.sh")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"slurm/local/up.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    yield
+    if os.environ.get("SDD_SLURM_TEARDOWN"):
+        subprocess.run(["bash", str(ROOT / "slurm/local/down.sh")], check=False)
 
 
 @pytest.fixture(scope="session")

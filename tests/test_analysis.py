@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from harness.analysis import build_tables
-from harness.analysis.tables import kendall_tables, local_maxima, sdd_table, select_checkpoints, selection_table
+from harness.analysis.tables import kendall_tables, sdd_table, selection_table
 from harness.cli import main
+from harness.selection import local_maxima, select_checkpoints
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -140,9 +141,12 @@ def test_collect_and_tables_cli_on_records(tmp_path, capsys):
     rec.update(status="failed", error="RuntimeError: out of memory\nmore", metrics={})
     bad.write_text(json.dumps(rec))
     (tmp_path / "syn/runs/linear/voc12_aug/m000/ep0070.json").write_text('{"status": ')
-    assert main(["collect", "--suite", "syn", "--results", str(tmp_path)]) == 0
+    assert main(["collect", "--suite", "syn", "--results", str(tmp_path)]) == 1  # a torn record: refused
+    err = capsys.readouterr().err
+    assert "m000/ep0070.json: is not valid JSON" in err and not (tmp_path / "syn/results.csv").exists()
+    assert main(["collect", "--suite", "syn", "--results", str(tmp_path), "--skip-corrupt"]) == 0
     out = capsys.readouterr().out
-    assert f"collected {n} records ({n - 1} ok, 1 failed)" in out
+    assert f"collected {n} records ({n - 1} ok, 1 failed)" in out and "left out 1 corrupt record" in out
     table = pd.read_csv(tmp_path / "syn/results.csv")
     assert len(table) == n and "IoU.a" in table.columns and table["error"].dropna().tolist() == ["RuntimeError: out of memory"]
     assert (tmp_path / "syn/spectra.csv").is_file()

@@ -95,21 +95,14 @@ def test_guided_grid_on_the_micro_world(mini, tmp_path, capsys):
         assert lin == set(sel) | {4} and len(lin) <= 4
     # the tables' model selection (what a full grid reports) picks the same checkpoints as the planner
     from harness.analysis.tables import selections
-    from harness.cli import cmd_collect
-    import argparse
+    from harness.collect import write_collected
 
-    cmd_collect(reg, argparse.Namespace(suite="micro", results=str(results)))
+    write_collected(reg, "micro", results)
     assert selections(pd.read_csv(results / "micro" / "results.csv")) == selected
 
 
 @pytest.mark.slurm
-def test_reproduce_micro_on_the_real_local_slurm(mini, tmp_path, capsys):
-    import subprocess
-    from pathlib import Path
-
-    out = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "slurm/local/up.sh")], capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
+def test_reproduce_micro_on_the_real_local_slurm(slurm_cluster, mini, tmp_path, capsys):
     results = tmp_path / "results"
     assert main(["reproduce", "--suite", "micro", "--cluster", "local-test", "--results", str(results)]) == 0
     printed = capsys.readouterr().out

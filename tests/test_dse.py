@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import kendalltau
 
-from harness.metrics.dse import dse, dse_batch, dse_lambda
+from harness.metrics.dse import dse, dse_batch
 from harness.metrics.kmeans import lloyd
+from harness.selection import dse_lambda
 
 
 # ---- a straightforward transcription of estimator.py's algorithm, loops everywhere -------------

@@ -90,3 +90,26 @@ def test_detectron2_backend(reg, tmp_path, method):
     assert rec["backend"] == "detectron2" and 0 <= rec["metrics"]["segm_AP"] <= 100
     assert rec["pyramid"] == ("detectron2 SimpleFeaturePyramid" if method == "tinyvit" else "detectron2 FPN")
     assert rec["checkpoint"]["loaded_keys"] > 0
+
+
+def test_undefined_coco_ap_is_nan_with_the_reason_never_zero(tmp_path):
+    """COCOeval says -1 where AP is undefined (no ground truth to score against): NaN and why, not 0."""
+    import json
+
+    from harness.jobs.maskrcnn import CocoInstances, build_torchvision_model, coco_evaluate
+    from harness.mini import generate
+    from harness.models.archs import build_backbone
+
+    root = generate.coco_instances(tmp_path / "coco", train=2, val=2, size=96)
+    ann = next(root.glob("annotations/instances_val*.json"))
+    data = json.loads(ann.read_text())
+    data["annotations"] = []  # images without a single instance
+    ann.write_text(json.dumps(data))
+    val = CocoInstances(root / "val2017", ann, train=False)
+    torch.manual_seed(0)
+    model = build_torchvision_model(build_backbone("resnet_tiny_test"), len(val.cat_ids),
+                                    {"min_size": 96, "max_size": 96, "out_channels": 16})
+    metrics, undefined = coco_evaluate(model, val)
+    assert all(torch.isnan(torch.tensor(metrics[k])) for k in ("bbox_AP", "bbox_AP50", "segm_AP75"))
+    assert set(undefined) == {f"{t}_AP{s}" for t in ("bbox", "segm") for s in ("", "50", "75")}
+    assert "no ground-truth instances" in undefined["bbox_AP"]

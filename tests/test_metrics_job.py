@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from harness import store
+from harness import records
 from harness.jobs import execute
 from harness.plan import build_plan
 from harness.registry import load_registry
@@ -14,9 +14,7 @@ from tests import worlds
 def world(tmp_path, monkeypatch):
     data = worlds.imagefolder(tmp_path / "imagenet")
     ck = tmp_path / "ck"
-    monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))
-    import harness.features as F
-    monkeypatch.setattr(F, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))  # read when a cell runs
     reg = load_registry(worlds.tiny_registry(tmp_path, data, ck))
     return reg, ck, tmp_path / "results"
 
@@ -48,7 +46,7 @@ def test_every_cell_gets_a_record_and_failures_say_why(world):
     missing = recs["metrics/imagenet/tinyres/ep0002"]
     assert missing["status"] == "failed" and "checkpoint not found" in missing["error"]
     assert "tinyres/checkpoint0002.pth" in missing["error"]
-    states = [store.cell_state(c.record_path(results), c.config_hash) for c in cells]
+    states = [records.cell_state(c.record_path(results), c.config_hash)[0] for c in cells]
     assert sorted(states) == ["done", "done", "failed", "failed"]
 
 

@@ -5,9 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from harness import store
+from harness import records
 from harness.cli import main
 from harness.plan import build_plan, cell_states
 from harness.registry import load_registry
@@ -58,9 +59,15 @@ def test_plan_filters_and_cell_listing(tmp_path):
 def test_done_failed_stale_states(tmp_path, registry):
     cells = build_plan(registry, "sdd", protocols=["metrics"], methods=["dino"])
     a, b, c = cells[:3]
-    store.write_record(a.record_path(tmp_path), {"status": "ok", "config_hash": a.config_hash})
-    store.write_record(b.record_path(tmp_path), {"status": "failed", "config_hash": b.config_hash, "error": "x"})
-    store.write_record(c.record_path(tmp_path), {"status": "ok", "config_hash": "0" * 16})
+    def ident(x):
+        return {"suite": x.suite, "protocol": x.protocol, "dataset": x.dataset, "method": x.method, "epoch": x.epoch}
+
+    records.write_record(a.record_path(tmp_path), {**ident(a), "status": "ok", "config_hash": a.config_hash,
+                                                   "metrics": {"dse": 1.0}})
+    records.write_record(b.record_path(tmp_path), {**ident(b), "status": "failed", "config_hash": b.config_hash,
+                                                   "error": "x"})
+    records.write_record(c.record_path(tmp_path), {**ident(c), "status": "ok", "config_hash": "0" * 16,
+                                                   "metrics": {"dse": 1.0}})
     states = cell_states(cells, tmp_path)
     assert [states[x.id] for x in (a, b, c)] == ["done", "failed", "stale"]
     assert list(states.values()).count("todo") == len(cells) - 3
@@ -83,26 +90,30 @@ def test_changing_a_hyper_parameter_reruns_exactly_its_cells(tmp_path, registry)
     assert changed == {k for k in before if k.startswith("linear/")}
 
 
-def test_store_writes_atomically_and_reads_back(tmp_path):
+def test_records_are_written_atomically_and_a_torn_one_is_corrupt(tmp_path):
     path = tmp_path / "a" / "ep0001.json"
-    store.write_record(path, {"status": "ok", "value": float("nan"), "n": 1})
-    store.write_record(path, {"status": "ok", "n": 2})
-    assert store.read_record(path)["n"] == 2
+    records.write_record(path, {"status": "ok", "value": float("nan"), "n": 1, "metrics": {"x": 1}})
+    records.write_record(path, {"status": "ok", "n": 2, "metrics": {"x": 1}})
+    assert records.read_record(path)["n"] == 2
     assert [p.name for p in path.parent.iterdir()] == ["ep0001.json"]
-    path.write_text('{"status": "ok", "n"')  # a torn file counts as no record
-    assert store.read_record(path) is None and store.cell_state(path, "h") == "todo"
+    path.write_text('{"status": "ok", "n"')  # a torn file is corrupt: never "no record", never done
+    with pytest.raises(records.CorruptRecord, match="not valid JSON"):
+        records.read_record(path)
+    assert records.cell_state(path, "h")[0] == "corrupt"
 
 
 def test_ls_validate_and_demo(capsys, monkeypatch):
     assert main(["ls", "methods"]) == 0
     out = capsys.readouterr().out
-    assert "byol" in out and "resnet50_{epoch}.pth.tar" in out and len(out.splitlines()) == 2 + 20
+    n_methods = len(list((ROOT / "benchmarks" / "methods").glob("*.yaml")))
+    n_datasets = len(list((ROOT / "benchmarks" / "datasets").glob("*.yaml")))
+    assert "byol" in out and "resnet50_{epoch}.pth.tar" in out and len(out.splitlines()) == 2 + n_methods
     assert main(["ls", "datasets"]) == 0 and "coco_stuff164k" in capsys.readouterr().out
     assert main(["ls", "suites"]) == 0 and "sdd" in capsys.readouterr().out
     monkeypatch.delenv("SDD_CKPT_ROOT", raising=False)
     assert main(["validate"]) == 0
     out = capsys.readouterr().out
-    assert "OK (20 methods, 7 datasets" in out and "SDD_CKPT_ROOT" in out
+    assert f"OK ({n_methods} methods, {n_datasets} datasets" in out and "SDD_CKPT_ROOT" in out
     assert main(["validate", "--paths", "--strict"]) == 1
     assert "env var unset: SDD_CKPT_ROOT" in capsys.readouterr().out
 

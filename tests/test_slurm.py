@@ -12,23 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import store
+from harness import ledger, records
 from harness.cli import main
 from harness.jobs.probe import expected_value
+from harness.plan import build_plan
 from harness.registry import load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_DIR = Path(os.environ.get("SDD_SLURM_DIR", "/tmp/sdd-slurm"))
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """Start (or reuse) the loopback cluster; a failure to start is a test failure, not a skip."""
-    out = subprocess.run(["bash", str(ROOT / "slurm/local/up.sh")], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, f"slurm/local/up.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    yield
-    if os.environ.get("SDD_SLURM_TEARDOWN"):
-        subprocess.run(["bash", str(ROOT / "slurm/local/down.sh")], check=False)
 
 
 def make_registry(tmp: Path, params: str, methods="[dino, mae, byol]", epochs="[10, 20, 30]", extra_grid="") -> Path:
@@ -108,7 +99,7 @@ def test_arrays_land_every_record_and_resubmit_is_a_noop(slurm_cluster, env, cap
     assert "submitted 12" in out
     lines = [l for l in out.splitlines() if l.strip().startswith("probe")]
     assert len(lines) == 2 and "9 cells" in lines[0] + lines[1] and "mem=2G" in lines[0] + lines[1]  # two profiles
-    led = store.read_ledger(results, "probe")["cells"]
+    led = ledger.read_ledger(results, "probe")["cells"]
     assert len({e["array_job_id"] for e in led.values()}) == 2  # one array per resource profile
     wait_for(lambda: all(r["state"] == "done" for r in states(bench, results).values()), what="all records")
     rec = json.loads((results / "probe/runs/probe/imagenet/mae/ep0020.json").read_text())
@@ -140,7 +131,7 @@ def test_a_raising_cell_is_a_failed_record_and_retry_completes(slurm_cluster, en
     sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results), "--retry-failed")
     assert "submitted 1" in capsys.readouterr().out
     wait_for(all_done(bench, results), what="the retried cell")
-    assert store.read_ledger(results, "probe")["cells"]["probe/imagenet/mae/ep0020"]["attempts"] == 2
+    assert ledger.read_ledger(results, "probe")["cells"]["probe/imagenet/mae/ep0020"]["attempts"] == 2
     check_records(results, bench, steps=2)
 
 
@@ -149,7 +140,7 @@ def test_scancel_mid_run_then_retry_resumes_from_saved_progress(slurm_cluster, e
     bench = make_registry(env, "{steps: 30, sleep_s: 0.5}", methods="[dino]", epochs="[10]")
     results = env / "results"
     sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
-    job = store.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]["job_id"]
+    job = ledger.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]["job_id"]
     work = results / "probe/work/probe/imagenet/dino/ep0010/probe_state.json"
     wait_for(lambda: work.is_file() and json.loads(work.read_text())["step"] >= 3, what="some progress")
     subprocess.run(["scancel", job], check=True)
@@ -169,7 +160,7 @@ def test_scontrol_requeue_resumes_from_saved_state(slurm_cluster, env):
     bench = make_registry(env, "{steps: 24, sleep_s: 0.5}", methods="[dino]", epochs="[10]")
     results = env / "results"
     sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
-    job = store.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]["job_id"]
+    job = ledger.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]["job_id"]
     work = results / "probe/work/probe/imagenet/dino/ep0010/probe_state.json"
     wait_for(lambda: work.is_file() and json.loads(work.read_text())["step"] >= 3, what="some progress")
     subprocess.run(["scontrol", "requeue", job], check=True)
@@ -210,6 +201,82 @@ def test_local_and_inline_executors(env, capsys):
     check_records(results, bench, steps=2)
 
 
+def test_a_failing_sacct_shows_states_as_unknown_with_the_reason(env, capsys, monkeypatch):
+    """sacct that cannot run leaves the ledger as it was, shows the cells as unknown with a warning,
+    never submits them twice, and `status --watch` ends instead of waiting forever."""
+    bench = make_registry(env, "{steps: 1, sleep_s: 0.01}", methods="[dino]", epochs="[10, 20]")
+    results = env / "results"
+    cid = "probe/imagenet/dino/ep0010"
+    cell = next(c for c in build_plan(load_registry(bench), "probe") if c.id == cid)
+    with ledger.ledger(results, "probe") as led:
+        led["cells"][cid] = {"job_id": "4242_0", "executor": "slurm", "state": "PENDING", "attempts": 1,
+                             "config_hash": cell.config_hash, "log_err": None}
+    empty = env / "nobin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # as on a login node without Slurm's client tools
+    assert sdd(bench, "status", "--suite", "probe", "--results", str(results)) == 0
+    out, err = capsys.readouterr()
+    total = next(line for line in out.splitlines() if line.startswith("total"))
+    assert "unknown" in out.splitlines()[0] and total.split()[1:] == ["2", "0", "0", "0", "1", "0", "1"]
+    assert "state of 1 Slurm job(s) is unknown: sacct is not installed" in err
+    assert ledger.read_ledger(results, "probe")["cells"][cid]["state"] == "PENDING"
+    assert sdd(bench, "status", "--suite", "probe", "--results", str(results), "--watch", "0.01") == 1
+    assert "gave up after 3 refreshes" in capsys.readouterr().err
+    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results)) == 0
+    out = capsys.readouterr().out
+    assert "1 already queued or running (state unknown)" in out and "submitted 1" in out
+
+
+def test_an_unreadable_ledger_stops_with_its_name_and_repair_keeps_it(env, capsys):
+    bench = make_registry(env, "{steps: 1, sleep_s: 0.01}", methods="[dino]", epochs="[10, 20]")
+    results = env / "results"
+    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results),
+               "--method", "dino") == 0
+    path = ledger.ledger_path(results, "probe")
+    path.write_text('{"cells": {"probe/imag')  # torn by a full disk, say
+    capsys.readouterr()
+    for args in (("status",), ("submit", "--cluster", "inline")):
+        assert sdd(bench, *args, "--suite", "probe", "--results", str(results)) == 2
+        err = capsys.readouterr().err
+        assert f"the ledger {path} is unreadable" in err and "--repair-ledger" in err
+        assert path.read_text() == '{"cells": {"probe/imag'  # nothing overwritten
+    assert sdd(bench, "status", "--suite", "probe", "--results", str(results), "--repair-ledger") == 0
+    assert "rebuilt from 2 record(s)" in capsys.readouterr().out
+    kept = list(path.parent.glob("ledger.json.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_text() == '{"cells": {"probe/imag'
+    assert set(ledger.read_ledger(results, "probe")["cells"]) == {"probe/imagenet/dino/ep0010",
+                                                                  "probe/imagenet/dino/ep0020"}
+
+
+def test_corrupt_records_are_named_everywhere_and_rerun(env, capsys):
+    """A torn record, an ok record without metrics and a record copied to another cell's file are
+    corrupt: plan, status and collect name them, collect refuses to write, and a re-run replaces them."""
+    bench = make_registry(env, "{steps: 1, sleep_s: 0.01}", methods="[dino, mae]", epochs="[10, 20]")
+    results = env / "results"
+    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results)) == 0
+    runs = results / "probe" / "runs" / "probe" / "imagenet"
+    (runs / "dino" / "ep0010.json").write_text('{"status": "ok", "metr')
+    rec = json.loads((runs / "dino" / "ep0020.json").read_text())
+    (runs / "dino" / "ep0020.json").write_text(json.dumps({**rec, "metrics": {}}))
+    shutil.copy(runs / "mae" / "ep0010.json", runs / "mae" / "ep0020.json")
+    capsys.readouterr()
+    assert sdd(bench, "plan", "--suite", "probe", "--results", str(results)) == 0
+    out = capsys.readouterr().out
+    assert "3 corrupt record(s)" in out and "not valid JSON" in out and "holds no metrics" in out
+    assert "epoch 10 (file location says 20)" in out
+    assert sdd(bench, "status", "--suite", "probe", "--results", str(results)) == 0
+    out = capsys.readouterr().out
+    assert "3 corrupt record(s)" in out and next(l for l in out.splitlines() if l.startswith("total")).split()[-2] == "3"
+    before = (results / "probe" / "results.csv").exists()
+    assert sdd(bench, "collect", "--suite", "probe", "--results", str(results)) == 1
+    assert "3 record(s) of suite 'probe' are corrupt" in capsys.readouterr().err
+    assert (results / "probe" / "results.csv").exists() == before
+    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results)) == 0
+    assert "submitted 3" in capsys.readouterr().out
+    check_records(results, bench, steps=1)
+    assert sdd(bench, "collect", "--suite", "probe", "--results", str(results)) == 0
+
+
 def test_dry_run_submits_nothing(env, capsys):
     bench = make_registry(env, "{steps: 2, sleep_s: 0.05}")
     results = env / "results"
@@ -220,12 +287,12 @@ def test_dry_run_submits_nothing(env, capsys):
 
 WRITER = r"""
 import sys, json
-from harness.store import write_record
+from harness.records import write_record
 path = sys.argv[1]
 i = 0
 while True:
     i += 1
-    write_record(path, {"status": "ok", "i": i, "payload": "x" * 200000})
+    write_record(path, {"status": "ok", "i": i, "payload": "x" * 200000, "metrics": {"i": i}})
 """
 
 
@@ -239,7 +306,7 @@ def test_sigkill_while_writing_leaves_previous_record_or_none(tmp_path):
         if path.exists():
             rec = json.loads(path.read_text())  # never partial: always parses
             assert rec["status"] == "ok" and len(rec["payload"]) == 200000
-    assert store.read_record(path) is not None
+    assert records.read_record(path) is not None
 
 
 @pytest.mark.slurm
@@ -249,7 +316,7 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm_cluster, env):
     bench = make_registry(env, "{steps: 24, sleep_s: 0.5}", methods="[dino]", epochs="[10]")
     results = env / "results"
     sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
-    entry = store.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]
+    entry = ledger.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]
     work = results / "probe/work/probe/imagenet/dino/ep0010/probe_state.json"
     wait_for(lambda: work.is_file() and json.loads(work.read_text())["step"] >= 3, what="some progress")
     for sig in ("SIGTERM", "USR2"):

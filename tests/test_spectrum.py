@@ -4,7 +4,14 @@ import math
 import pytest
 import torch
 
-from harness.metrics.spectrum import alpha_req, effective_rank, lu_uniformity, rankme, singular_spectrum, w2_uniformity
+from harness.metrics.spectrum import (
+    alpha_req,
+    effective_rank,
+    lu_uniformity,
+    rankme,
+    singular_spectrum,
+    w2_uniformity,
+)
 
 G = lambda s=0: torch.Generator().manual_seed(s)
 

@@ -72,7 +72,7 @@ def synthetic_suite(results: Path, suite: str = "syn", methods: int = 3, epochs:
                     datasets=("coco_stuff164k", "voc12_aug", "ade20k", "cityscapes")) -> int:
     """Records of a made-up SDD study: mIoU rises then degrades; DSE follows it with noise.
     Returns the number of records written."""
-    from harness import store
+    from harness import records
 
     rng = np.random.default_rng(seed)
     n = 0
@@ -91,7 +91,7 @@ def synthetic_suite(results: Path, suite: str = "syn", methods: int = 3, epochs:
             rec = {"suite": suite, "protocol": "metrics", "dataset": "imagenet", "method": name, "epoch": e * 10,
                    "status": "ok", "config_hash": "h", "metrics": metrics, "timings": {"total_s": 90.0},
                    "details": {"log_sv": list(np.linspace(0, -5 * (1 + x), 8))}}
-            store.write_record(store.record_path(results, suite, "metrics", "imagenet", name, e * 10), rec)
+            records.write_record(records.record_path(results, suite, "metrics", "imagenet", name, e * 10), rec)
             n += 1
             for d in datasets:
                 miou = 40 + 20 * quality + rng.normal(0, 0.5)
@@ -99,6 +99,6 @@ def synthetic_suite(results: Path, suite: str = "syn", methods: int = 3, epochs:
                        "status": "ok", "config_hash": "h", "metrics": {"mIoU": miou, "aAcc": 80.0, "mAcc": 50.0,
                                                                         "IoU": {"a": miou, "b": miou / 2}},
                        "timings": {"total_s": 8748.0}}
-                store.write_record(store.record_path(results, suite, "linear", d, name, e * 10), rec)
+                records.write_record(records.record_path(results, suite, "linear", d, name, e * 10), rec)
                 n += 1
     return n

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness.analysis.render import write_table
-from harness.store import META_COLUMNS
 from harness.analysis.tables import all_tables
+from harness.collect import META_COLUMNS
 
 PAPER = Path(__file__).resolve().parents[2] / "results" / "paper"
 

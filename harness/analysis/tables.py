@@ -10,9 +10,7 @@ Conventions (also written into REPORT.md):
   left out and counted); "Avg." is the mean over datasets. τ is reported in the metric's goodness
   orientation (W2: lower is better, so −W2; α-ReQ: closer to 1 is better, so −|α − 1|), and raw in
   the long table.
-- DSE with λ: λ = Std(separability) / Std(dim) across one method's checkpoints (paper), DSE =
-  separability + λ·dim. Model selection: local maxima of that DSE within ±2 checkpoints (ties and
-  plateaus count), the top 3 by DSE (ties: earlier epoch first).
+- DSE with λ and the model selection: `harness.selection` (the same code the guided planner uses).
 """
 from __future__ import annotations
 
@@ -22,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
+
+from harness.selection import dse_normalised, select_checkpoints
 
 DATASET_ORDER = ["coco_stuff164k", "voc12_aug", "ade20k", "cityscapes"]
 DATASET_LABEL = {"coco_stuff164k": "COCO", "voc12_aug": "VOC", "ade20k": "ADE20k", "cityscapes": "City"}
@@ -87,10 +87,8 @@ def metric_frame(table: pd.DataFrame) -> pd.DataFrame:
     m["dse_lambda"] = np.nan
     if {"dse_separability", "dse_dim"} <= set(m.columns):
         for method, g in m.groupby("method"):
-            sep, dim = g["dse_separability"], g["dse_dim"]
-            sd_dim = dim.std(ddof=0)
-            lam = sep.std(ddof=0) / sd_dim if len(g) > 1 and sd_dim > 0 else 1.0
-            m.loc[g.index, "dse_lambda"] = sep + lam * dim
+            m.loc[g.index, "dse_lambda"] = dse_normalised(g["dse_separability"].astype(float).tolist(),
+                                                          g["dse_dim"].astype(float).tolist())
     return m
 
 
@@ -215,18 +213,6 @@ def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
 
 
 # --------------------------------------------------------------------------------------------
-def local_maxima(values: list[float], window: int = 2) -> list[int]:
-    """Indices i with values[i] == max(values[i-window : i+window+1]) (edges truncated; ties count)."""
-    n = len(values)
-    return [i for i in range(n) if values[i] == max(values[max(0, i - window):min(n, i + window + 1)])]
-
-
-def select_checkpoints(epochs: list[int], dse: list[float], top: int = 3, window: int = 2) -> list[int]:
-    cand = local_maxima(dse, window)
-    cand.sort(key=lambda i: (-dse[i], i))
-    return [epochs[i] for i in cand[:top]]
-
-
 def selections(table: pd.DataFrame) -> dict[str, list[int]]:
     mf = metric_frame(table)
     out = {}

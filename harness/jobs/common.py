@@ -1,5 +1,5 @@
 """What every record carries: the cell, its resolved config and hash, versions, git sha, host, Slurm
-job id, timings, peak memory; on failure the error and the traceback tail."""
+job id, timings, peak memory; on failure the error and the traceback tail. Used by `execute` only."""
 from __future__ import annotations
 
 import datetime as dt
@@ -57,7 +57,8 @@ def base_record(cell) -> dict:
     }
 
 
-def failed_record(cell, error: BaseException) -> dict:
+def failed_record(record: dict, error: BaseException, wall_s: float) -> dict:
     tb = traceback.format_exception(type(error), error, error.__traceback__)
-    return {**base_record(cell), "status": "failed", "error": f"{type(error).__name__}: {error}",
-            "traceback": "".join(tb)[-4000:], "finished": now(), "peak_memory_mb": peak_memory_mb()}
+    return {**record, "status": "failed", "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(tb)[-4000:], "timings": {"total_s": wall_s}, "finished": now(),
+            "peak_memory_mb": peak_memory_mb()}

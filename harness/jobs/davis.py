@@ -19,13 +19,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from harness.datasets import check_layout
+from harness.datasets import (
+    IMAGENET_MEAN,
+    check_layout,
+    read_label_png,
+    write_indexed_png,
+)
 from harness.jobs import jandf
-from harness.jobs.common import base_record, now, peak_memory_mb
-from harness.mini.generate import write_indexed_png
-from harness.registry import load_registry
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.228, 0.224, 0.225)  # 0.228: DINO's value, kept for parity
+# DINO's DAVIS evaluation normalises with std 0.228 (not ImageNet's 0.229) for red; kept for parity with
+# its published J&F.
+DINO_DAVIS_STD = (0.228, 0.224, 0.225)
 
 
 def read_frame(path: Path, short_side: int, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -36,7 +40,7 @@ def read_frame(path: Path, short_side: int, multiple: int) -> tuple[torch.Tensor
     else:
         th, tw = short_side, int((short_side * w / h) // multiple * multiple)
     x = torch.from_numpy(np.asarray(img.resize((tw, th), Image.BILINEAR), dtype=np.float32) / 255.0)
-    x = (x - torch.tensor(MEAN)) / torch.tensor(STD)
+    x = (x - torch.tensor(IMAGENET_MEAN)) / torch.tensor(DINO_DAVIS_STD)
     return x.permute(2, 0, 1)[None], (h, w)
 
 
@@ -74,7 +78,7 @@ def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Pa
     x0, (oh, ow) = read_frame(frames[0], short, mult)
     f0 = _features(backbone, x0, layer)
     h, w = x0.shape[2] // stride, x0.shape[3] // stride
-    lab = np.array(Image.open(first_mask))
+    lab = read_label_png(first_mask)
     small = np.array(Image.fromarray(lab).resize((w, h), Image.NEAREST)).astype(np.int64)
     n_lab = int(lab.max()) + 1
     seg0 = F.one_hot(torch.from_numpy(small), n_lab).permute(2, 0, 1).float()
@@ -97,15 +101,14 @@ def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Pa
         write_indexed_png(pred, out_dir / f"{frame.stem}.png")
 
 
-def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
+def run(cell, ctx) -> dict:
     from harness.models.checkpoints import load_backbone
 
-    reg = registry or load_registry(cell.registry_root or None)
+    reg = ctx.registry
     p = cell.config["protocol"]["params"]
     ds = reg.dataset(cell.dataset)
     split = p.get("split", "val")
     root = check_layout(ds, splits=(split,))
-    record = base_record(cell)
     t0 = time.perf_counter()
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
     bb = loaded.backbone
@@ -116,7 +119,7 @@ def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
         stride, feature = 2 ** (1 + layer), f"stage {layer} (stride {2 ** (1 + layer)})"
     s = ds.splits[split]
     seqs = [l.strip() for l in (root / s.split_file).read_text().splitlines() if l.strip()]
-    out = Path(work_dir or ".") / "predictions"
+    out = Path(ctx.work_dir) / "predictions"
     per_seq = {}
     for seq in seqs:
         frames = sorted((root / s.img_dir / seq).glob(f"*{ds.img_suffix}"))
@@ -124,12 +127,12 @@ def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
         if not frames or not masks:
             raise FileNotFoundError(f"sequence '{seq}': no frames or no first-frame mask under {root}")
         segment_sequence(bb, frames, masks[0], out / seq, p, layer, stride)
-        gts = [np.array(Image.open(m)) for m in masks]
-        preds = [np.array(Image.open(out / seq / f"{f.stem}.png")) for f in frames]
+        gts = [read_label_png(m) for m in masks]
+        preds = [read_label_png(out / seq / f"{f.stem}.png") for f in frames]
         per_seq[seq] = jandf.evaluate_sequence(gts, preds, float(p.get("bound_th", 0.008)))
     t1 = time.perf_counter()
     scores = jandf.summarize(per_seq)
     per_object = scores.pop("per_object")
-    return {**record, "status": "ok", "metrics": scores, "details": {"per_object": per_object},
+    return {"metrics": scores, "details": {"per_object": per_object},
             "checkpoint": loaded.summary(), "feature": feature, "sequences": len(seqs), "predictions": str(out),
-            "timings": {"total_s": t1 - t0}, "peak_memory_mb": peak_memory_mb(), "finished": now()}
+            "timings": {"propagation_s": t1 - t0}}

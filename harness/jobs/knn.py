@@ -5,14 +5,11 @@ top-5 accuracy. The embedding is the mean of the last-layer dense tokens for eve
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from harness.datasets import check_layout
-from harness.jobs.common import base_record, now, peak_memory_mb
-from harness.registry import load_registry
 
 
 def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, classes: int, k: int = 20,
@@ -39,14 +36,13 @@ def _embed(backbone, folder, resize, crop, batch):
     return torch.cat(feats), torch.tensor(ds.targets), ds.classes
 
 
-def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
+def run(cell, ctx) -> dict:
     from harness.models.checkpoints import load_backbone
 
-    reg = registry or load_registry(cell.registry_root or None)
+    reg = ctx.registry
     p = cell.config["protocol"]["params"]
     ds = reg.dataset(cell.dataset)
     root = check_layout(ds, splits=("train", "val"))
-    record = base_record(cell)
     t0 = time.perf_counter()
     bb = load_backbone(cell.method, cell.epoch, registry=reg)
     args = (int(p.get("resize", 256)), int(p.get("crop", 224)), int(p.get("batch_size", 64)))
@@ -59,7 +55,6 @@ def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
     top = votes.topk(min(5, len(classes)), dim=1).indices
     top1 = (top[:, 0] == te_y).float().mean().item() * 100
     top5 = (top == te_y[:, None]).any(dim=1).float().mean().item() * 100
-    return {**record, "status": "ok", "metrics": {"top1": top1, "top5": top5}, "checkpoint": bb.summary(),
+    return {"metrics": {"top1": top1, "top5": top5}, "checkpoint": bb.summary(),
             "embedding": "mean of last-layer dense tokens, L2-normalised", "train_images": len(tr),
-            "val_images": len(te), "timings": {"features_s": t1 - t0, "total_s": time.perf_counter() - t0},
-            "peak_memory_mb": peak_memory_mb(), "finished": now()}
+            "val_images": len(te), "timings": {"features_s": t1 - t0, "knn_s": time.perf_counter() - t1}}

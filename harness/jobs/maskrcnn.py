@@ -19,10 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.datasets import check_layout
-from harness.jobs.common import base_record, now, peak_memory_mb
-from harness.registry import load_registry
-from harness.store import save_tensors
+from harness.atomic import save_tensors
+from harness.datasets import IMAGENET_MEAN, IMAGENET_STD, check_layout
 
 
 def detectron2_available() -> tuple[bool, str]:
@@ -130,13 +128,14 @@ def build_torchvision_model(backbone, num_classes: int, p: dict):
                                                                                            (4.0, 2.0, 1.0, 0.5)))),
                     num_classes=num_classes + 1, rpn_anchor_generator=anchors,
                     min_size=int(p.get("min_size", 800)), max_size=int(p.get("max_size", 1333)),
-                    image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                    image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
                     box_detections_per_img=int(p.get("detections_per_img", 100)),
                     box_score_thresh=float(p.get("score_thresh", 0.0)))
 
 
 @torch.no_grad()
-def coco_evaluate(model, ds: CocoInstances, batch: int = 2) -> dict:
+def coco_evaluate(model, ds: CocoInstances, batch: int = 2) -> tuple[dict, dict]:
+    """(AP metrics in percent, {metric: why it is NaN})."""
     from pycocotools import mask as mask_utils
     from pycocotools.cocoeval import COCOeval
 
@@ -151,19 +150,28 @@ def coco_evaluate(model, ds: CocoInstances, batch: int = 2) -> dict:
                 rle["counts"] = rle["counts"].decode()
                 dets.append({"image_id": t["image_id"], "category_id": ds.cat_ids[label - 1], "score": score,
                              "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "segmentation": rle})
-    result = {}
-    for iou_type, prefix in (("bbox", "bbox"), ("segm", "segm")):
-        if not dets:
-            result.update({f"{prefix}_AP": 0.0, f"{prefix}_AP50": 0.0, f"{prefix}_AP75": 0.0})
+    result, undefined = {}, {}
+    has_gt = len(ds.coco.getAnnIds(iscrowd=False)) > 0
+    for iou_type in ("bbox", "segm"):
+        names = [f"{iou_type}_AP", f"{iou_type}_AP50", f"{iou_type}_AP75"]
+        if not dets and has_gt:  # ground truth but no detection at all: every precision is 0, AP is 0
+            result.update(dict.fromkeys(names, 0.0))
             continue
-        ev = COCOeval(ds.coco, ds.coco.loadRes([dict(d) for d in dets]), iou_type)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-        s = [max(float(v), 0.0) * 100 for v in ev.stats[:3]]
-        result.update({f"{prefix}_AP": s[0], f"{prefix}_AP50": s[1], f"{prefix}_AP75": s[2]})
+        if not has_gt:
+            stats = [-1.0] * 3
+        else:
+            ev = COCOeval(ds.coco, ds.coco.loadRes([dict(d) for d in dets]), iou_type)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            stats = [float(v) for v in ev.stats[:3]]
+        for name, v in zip(names, stats):
+            # COCOeval writes -1 where AP is undefined (no ground truth to match): NaN with the reason, never 0
+            result[name] = v * 100 if v >= 0 else float("nan")
+            if v < 0:
+                undefined[name] = "COCOeval: undefined (-1), no ground-truth instances to score against"
     result["detections"] = len(dets)
-    return result
+    return result, undefined
 
 
 def _train_torchvision(model, ds, p: dict, work: Path) -> tuple[int, int]:
@@ -198,14 +206,14 @@ def _train_torchvision(model, ds, p: dict, work: Path) -> tuple[int, int]:
     return start, iters
 
 
-def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
+def run(cell, ctx) -> dict:
     from harness.models.checkpoints import load_backbone
 
-    reg = registry or load_registry(cell.registry_root or None)
+    reg = ctx.registry
     p = cell.config["protocol"]["params"]
     ds_spec = reg.dataset(cell.dataset)
     root = check_layout(ds_spec)
-    work = Path(work_dir or ".")
+    work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     want = p.get("backend", "auto")
     ok, why = detectron2_available()
@@ -217,7 +225,6 @@ def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
         from harness.jobs.maskrcnn_d2 import run_detectron2
 
         return run_detectron2(cell, reg, p, root, work)
-    record = base_record(cell)
     t0 = time.perf_counter()
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
     tr, va = ds_spec.splits["train"], ds_spec.splits["val"]
@@ -228,12 +235,11 @@ def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
     t1 = time.perf_counter()
     start, iters = _train_torchvision(model, train_ds, p, work)
     t2 = time.perf_counter()
-    metrics = coco_evaluate(model, val_ds)
+    metrics, undefined = coco_evaluate(model, val_ds)
     t3 = time.perf_counter()
-    return {**record, "status": "ok", "backend": "torchvision", "detectron2_unavailable_because": why or None,
-            "metrics": metrics, "checkpoint": loaded.summary(), "resumed_from_iter": start, "iters": iters,
+    return {"backend": "torchvision", "detectron2_unavailable_because": why or None,
+            "metrics": metrics, "undefined_metrics": undefined, "checkpoint": loaded.summary(), "resumed_from_iter": start, "iters": iters,
             "resolved": {"params": p, "pyramid": "simple feature pyramid" if loaded.backbone.info.family == "vit"
                          else "FPN", "num_classes": len(train_ds.cat_ids)},
-            "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0,
-                        "iters_per_s": (iters - start) / max(t2 - t1, 1e-9)},
-            "peak_memory_mb": peak_memory_mb(), "finished": now()}
+            "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
+                        "iters_per_s": (iters - start) / max(t2 - t1, 1e-9)}}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from harness.jobs.common import base_record, now, peak_memory_mb
+from harness.datasets import imagenet_norm
 
 _CONTEXT: dict = {}
 
@@ -71,7 +71,6 @@ def run_detectron2(cell, reg, p: dict, root: Path, work: Path) -> dict:
 
     from harness.models.checkpoints import load_backbone
 
-    record = base_record(cell)
     t0 = time.perf_counter()
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
     _register()
@@ -92,7 +91,7 @@ def run_detectron2(cell, reg, p: dict, root: Path, work: Path) -> dict:
     cfg.MODEL.BACKBONE.NAME = "build_sdd_backbone"
     cfg.MODEL.DEVICE = "cuda" if __import__("torch").cuda.is_available() else "cpu"
     cfg.MODEL.WEIGHTS = ""  # the backbone comes from the harness's safe loader
-    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = imagenet_norm(255)  # detectron2 normalises 0-255 pixels
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(p.get("score_thresh", 0.0))
@@ -121,14 +120,18 @@ def run_detectron2(cell, reg, p: dict, root: Path, work: Path) -> dict:
     evaluator = COCOEvaluator(names["val"], output_dir=str(work / "eval"), use_fast_impl=False)
     res = inference_on_dataset(trainer.model, build_detection_test_loader(cfg, names["val"]), evaluator)
     t3 = time.perf_counter()
-    metrics = {}
+    import math
+
+    metrics, undefined = {}, {}
     for kind in ("bbox", "segm"):
         r = res.get(kind, {})
-        metrics.update({f"{kind}_AP": r.get("AP", float("nan")), f"{kind}_AP50": r.get("AP50", float("nan")),
-                        f"{kind}_AP75": r.get("AP75", float("nan"))})
-    return {**record, "status": "ok", "backend": "detectron2", "metrics": metrics, "checkpoint": loaded.summary(),
+        for name, key in ((f"{kind}_AP", "AP"), (f"{kind}_AP50", "AP50"), (f"{kind}_AP75", "AP75")):
+            metrics[name] = float(r.get(key, float("nan")))
+            if math.isnan(metrics[name]):  # detectron2 turns COCOeval's -1 (undefined) into NaN
+                undefined[name] = ("COCOeval: undefined (-1), no ground-truth instances to score against"
+                                   if kind in res else f"COCOEvaluator returned no {kind} results")
+    return {"backend": "detectron2", "metrics": metrics, "undefined_metrics": undefined, "checkpoint": loaded.summary(),
             "resumed_from_iter": start, "iters": cfg.SOLVER.MAX_ITER, "detectron2_config": cfg.dump(),
             "pyramid": "detectron2 " + ("SimpleFeaturePyramid" if loaded.backbone.info.family == "vit" else "FPN"),
-            "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2, "total_s": t3 - t0,
-                        "iters_per_s": (cfg.SOLVER.MAX_ITER - start) / max(t2 - t1, 1e-9)},
-            "peak_memory_mb": peak_memory_mb(), "finished": now()}
+            "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
+                        "iters_per_s": (cfg.SOLVER.MAX_ITER - start) / max(t2 - t1, 1e-9)}}

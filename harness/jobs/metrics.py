@@ -10,12 +10,10 @@ from pathlib import Path
 
 import torch
 
+from harness.datasets import root_of
 from harness.features import extract_dense, extract_views, image_list
-from harness.jobs.common import base_record, now, peak_memory_mb
 from harness.metrics import compute_all
 from harness.models.checkpoints import checkpoint_path, load_backbone
-from harness.datasets import root_of
-from harness.registry import load_registry
 
 
 def _checkpoint_fingerprint(path: Path) -> str:
@@ -23,10 +21,9 @@ def _checkpoint_fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
 
 
-def run(cell, registry=None, progress: bool = True, **_) -> dict:
-    reg = registry or load_registry(cell.registry_root or None)
+def run(cell, ctx) -> dict:
+    reg, progress = ctx.registry, ctx.progress
     params = cell.config["protocol"]["params"]
-    record = base_record(cell)
     t0 = time.perf_counter()
     ds = reg.dataset(cell.dataset)
     split = params.get("split", "train")
@@ -49,12 +46,11 @@ def run(cell, registry=None, progress: bool = True, **_) -> dict:
     t_feat = time.perf_counter()
     metrics, details, per_metric = compute_all(dense, params, views)
     t_metrics = time.perf_counter()
-    return {**record, "status": "ok", "metrics": metrics, "details": details,
+    return {"metrics": metrics, "details": details,
             "checkpoint": loaded.summary(), "image_list": {"root": str(root), "count": len(images),
                                                            "hash": images.hash, "seed": images.seed},
             "features": {"shape": list(dense.shape), "cache": cache["cache"], "layer": "last",
                          "embedding": "mean of dense tokens"},
             "mode": params.get("dse", {}).get("mode", "parity"), "seeds": {"image_list": images.seed, "dse": 0},
             "timings": {"load_s": t_load - t0, "features_s": t_feat - t_load, "metrics_s": t_metrics - t_feat,
-                        "per_metric_s": per_metric, "total_s": t_metrics - t0},
-            "peak_memory_mb": peak_memory_mb(), "finished": now()}
+                        "per_metric_s": per_metric}}

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.atomic import save_tensors
 from harness.mmcv_shim import import_mmseg
-from harness.store import save_tensors
 
 import_mmseg()
 

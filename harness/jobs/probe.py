@@ -11,8 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from harness.jobs.common import base_record, now, peak_memory_mb
-from harness.store import write_record
+from harness.atomic import write_json
 
 
 def expected_value(method: str, epoch: int, steps: int) -> str:
@@ -22,17 +21,16 @@ def expected_value(method: str, epoch: int, steps: int) -> str:
     return h.hexdigest()[:16]
 
 
-def run(cell, work_dir: Path | None = None, **_) -> dict:
+def run(cell, ctx) -> dict:
     params = cell.config["protocol"]["params"]
     steps, sleep_s = int(params.get("steps", 3)), float(params.get("sleep_s", 0.1))
-    record = base_record(cell)
-    work = Path(work_dir or ".")
+    work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     state_file = work / "probe_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"step": 0, "runs": 0, "digest": None}
     state["runs"] += 1
     start_step = state["step"]
-    write_record(state_file, state)
+    write_json(state_file, state)
     fail_epochs = params.get("fail_epochs")
     transient = int(params.get("fail_first_runs", 0))
     if (cell.method in params.get("fail_methods", []) and (not fail_epochs or cell.epoch in fail_epochs)
@@ -46,7 +44,6 @@ def run(cell, work_dir: Path | None = None, **_) -> dict:
         time.sleep(sleep_s)
         h.update(str(i).encode())
         state["step"] = i + 1
-        write_record(state_file, state)
-    return {**record, "status": "ok", "metrics": {"steps": steps}, "value": h.hexdigest()[:16],
-            "runs": state["runs"], "resumed_from_step": start_step,
-            "timings": {"total_s": time.perf_counter() - t0}, "peak_memory_mb": peak_memory_mb(), "finished": now()}
+        write_json(state_file, state)
+    return {"metrics": {"steps": steps}, "value": h.hexdigest()[:16], "runs": state["runs"],
+            "resumed_from_step": start_step, "timings": {"steps_s": time.perf_counter() - t0}}

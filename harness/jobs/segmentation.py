@@ -10,11 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from harness.datasets import check_labels, check_layout
-from harness.jobs.common import base_record, now, peak_memory_mb
-from harness.registry import load_registry
+from harness.datasets import check_labels, check_layout, imagenet_norm
 
-MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+MEAN, STD = imagenet_norm(255)  # mmseg's data preprocessor works on 0-255 pixels
 
 
 def _pipelines(ds, p: dict):
@@ -146,15 +144,15 @@ def _layer_decay(info, rate: float) -> dict | None:
     return dict(custom_keys=keys)
 
 
-def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
-    import harness.jobs.mm_modules  # noqa: F401  (registers the harness's modules with mmseg)
+def run(cell, ctx) -> dict:
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    reg = registry or load_registry(cell.registry_root or None)
-    work = Path(work_dir or Path.cwd() / "work")
+    import harness.jobs.mm_modules  # noqa: F401  (registers the harness's modules with mmseg)
+
+    reg = ctx.registry
+    work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    record = base_record(cell)
     t0 = time.perf_counter()
     cfg = build_config(cell, reg, work)
     runner = Runner.from_cfg(Config(cfg))
@@ -169,14 +167,13 @@ def run(cell, work_dir: Path | None = None, registry=None, **_) -> dict:
     per_class = {k[4:]: float(v) for k, v in metrics.items() if k.startswith("IoU.")}
     trainable = sum(p.numel() for p in runner.model.parameters() if p.requires_grad)
     lrs = sorted({round(g.get("initial_lr", g["lr"]), 12) for g in runner.optim_wrapper.optimizer.param_groups})
-    return {**record, "status": "ok", "metrics": {**summary, "IoU": per_class},
+    return {"metrics": {**summary, "IoU": per_class},
             "checkpoint": backbone.loaded, "backbone_frozen": backbone.frozen, "trainable_params": trainable,
             "resumed_from_iter": resume.resumed_from, "initial_lrs": lrs, "iters": cfg["train_cfg"]["max_iters"],
             "mmseg_config": _jsonable(cfg),
             "timings": {"build_s": t_build - t0, "train_s": t_train - t_build, "val_s": t_val - t_train,
-                        "total_s": t_val - t0, "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from)
-                        / max(t_train - t_build, 1e-9)},
-            "peak_memory_mb": peak_memory_mb(), "finished": now()}
+                        "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from)
+                        / max(t_train - t_build, 1e-9)}}
 
 
 def _jsonable(x):

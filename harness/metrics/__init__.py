@@ -7,9 +7,19 @@ import time
 
 import torch
 
-from harness.metrics import dse as dse_estimator  # the module: `dse` stays the submodule's name
-from harness.metrics.spectrum import (alpha_req, effective_rank, lidar, lu_uniformity, normalised_moments, rankme,
-                                      singular_spectrum, w2_uniformity)
+from harness.metrics import (
+    dse as dse_estimator,  # the module: `dse` stays the submodule's name
+)
+from harness.metrics.spectrum import (
+    alpha_req,
+    effective_rank,
+    lidar,
+    lu_uniformity,
+    normalised_moments,
+    rankme,
+    singular_spectrum,
+    w2_uniformity,
+)
 
 
 def token_subsample(dense: torch.Tensor, per_image: int, seed: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ Quantity of `estimator.py` / `get_DSE.py` of EldercatSAM/SSL-Degradation (protoc
 of B images with N tokens of dimension d:
 
     DSE_raw = inter + dim - (intra_batch + intra_image) / 2        (λ = 1; λ is applied per method
-                                                                     across checkpoints, `dse_lambda`)
+                                                                     across checkpoints, harness.selection)
 - tokens L2-normalised; radius and distance terms divided by avg_l2 (mean distance of a token to
   the batch mean);
 - intra_image: k-means (k=3) per image; per cluster with > 1 point the nuclear norm of the centred
@@ -38,7 +38,15 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.metrics.kmeans import SEED_POINTS, centroids, kmeans_batched, kmeanspp_parity, lloyd, lowp_dtype, sqdist
+from harness.metrics.kmeans import (
+    SEED_POINTS,
+    centroids,
+    kmeans_batched,
+    kmeanspp_parity,
+    lloyd,
+    lowp_dtype,
+    sqdist,
+)
 
 COMPONENTS = ("dse", "inter", "intra_image", "intra_batch", "dim")
 FAST_SLOTS = 32  # token slots averaged by fast mode's dimensionality term (parity: all N)
@@ -377,18 +385,3 @@ def dse(features: torch.Tensor, *, batch_size: int = 1024, mode: str = "parity",
     return DSEResult(**avg, separability=avg["inter"] - (avg["intra_batch"] + avg["intra_image"]) / 2,
                      batches=len(rows), mode=mode)
 
-
-def dse_lambda(separability: list[float], dim: list[float]) -> float:
-    """λ = Std(separability) / Std(dim) across one method's checkpoints (the paper's normalisation)."""
-    import statistics
-
-    if len(dim) < 2:
-        return 1.0
-    sd = statistics.pstdev(dim)
-    return statistics.pstdev(separability) / sd if sd > 0 else 1.0
-
-
-def dse_normalised(separability: list[float], dim: list[float]) -> list[float]:
-    """DSE = separability + λ·dim with λ from `dse_lambda` (applied at analysis time, per method)."""
-    lam = dse_lambda(separability, dim)
-    return [s + lam * m for s, m in zip(separability, dim)]

@@ -17,12 +17,20 @@ METHODS = {"mini_dino": "dino", "mini_mocov3": "mocov3", "mini_mae": "mae"}
 
 
 def mini_root() -> Path:
-    p = Path(os.environ.get("SDD_MINI_ROOT", "results/.mini"))
+    from harness.records import results_root
+
+    p = Path(os.environ.get("SDD_MINI_ROOT") or results_root() / ".mini")
     return p if p.is_absolute() else ROOT / p
 
 
-def prepare(epochs: int = 8, quiet: bool = False) -> Path:
-    """Generate the mini world and pre-train the mini methods (both cached); sets SDD_DATA_ROOT."""
+def prepare(reg=None, quiet: bool = False, epochs: int | None = None) -> Path:
+    """Generate the mini world and pre-train the mini methods (both cached); sets SDD_DATA_ROOT.
+    Each method trains up to the last epoch its registry file lists, so every cell of the `mini`
+    suite has its checkpoint; `epochs` trains fewer (for suites that use only the first ones)."""
+    if reg is None:
+        from harness.registry import load_registry
+
+        reg = load_registry()
     from harness.mini import generate
     from harness.mini.pretrain import parser, train
 
@@ -37,14 +45,15 @@ def prepare(epochs: int = 8, quiet: bool = False) -> Path:
         print(f"[demo] generated the mini world under {data} in {time.time() - t:.1f} s")
     os.environ["SDD_DATA_ROOT"] = str(data)
     for name, objective in METHODS.items():
+        n = epochs or max(reg.method(name).epochs())
         t = time.time()
         out = root / "checkpoints" / name
         args = parser().parse_args(["--objective", objective, "--data", str(data / "imagenet-1k"), "--out", str(out),
-                                    "--name", name, "--epochs", str(epochs)] + (["--quiet"] if quiet else []))
+                                    "--name", name, "--epochs", str(n)] + (["--quiet"] if quiet else []))
         fresh = not (out / "TRAINED.json").is_file()
         train(args)
         if fresh:
-            print(f"[demo] pre-trained {name} ({objective}-style, {epochs} epochs) in {time.time() - t:.1f} s")
+            print(f"[demo] pre-trained {name} ({objective}-style, {n} epochs) in {time.time() - t:.1f} s")
     return root
 
 
@@ -57,41 +66,41 @@ def wait(reg, suite: str, results: Path, poll: float = 2.0) -> dict:
     bar = tqdm(total=len(rows), desc=f"suite {suite}", unit="cell")
     while True:
         rows = cell_statuses(reg, suite, results)
-        finished = sum(r["state"] in ("done", "failed") for r in rows)
+        finished = sum(r["state"] not in ("running", "pending", "unknown") for r in rows)
         bar.n = finished
         bar.set_postfix(failed=sum(r["state"] == "failed" for r in rows))
         bar.refresh()
-        if not any(r["state"] in ("running", "pending") for r in rows):
+        if not any(r["state"] in ("running", "pending", "unknown") for r in rows):
             break
         time.sleep(poll)
     bar.close()
     return {r["cell"]: r for r in rows}
 
 
-def run(suite: str = "mini", cluster: str = "local", results: Path | None = None, epochs: int = 8) -> int:
+def run(suite: str = "mini", cluster: str = "local", results: Path | None = None) -> int:
     from harness.analysis import build_figures, build_tables, write_report
     from harness.analysis.render import markdown
-    from harness.cli import cmd_collect
     from harness.clusters import load_cluster
+    from harness.collect import write_collected
     from harness.launch import submit
+    from harness.records import results_root
     from harness.registry import load_registry
 
     t0 = time.time()
-    results = Path(results or os.environ.get("SDD_RESULTS", ROOT / "results"))
-    prepare(epochs)
+    results = Path(results or results_root())
     reg = load_registry()
+    prepare(reg)
     t1 = time.time()
     s = submit(reg, suite, load_cluster(cluster), results)
     print(f"[demo] suite {suite}: {s['cells']} cells, {s['to_submit']} to run on '{cluster}' "
           f"({', '.join(f'{n} {w}' for w, n in s['skipped'].items()) or 'none skipped'})")
     rows = wait(reg, suite, results) if cluster != "inline" else {}
-    failed = [r for r in rows.values() if r["state"] == "failed"]
+    failed = [r for r in rows.values() if r["state"] in ("failed", "corrupt")]
     for r in failed[:10]:
-        print(f"[demo] failed: {r['cell']}: {r['reason']}  (log: {r['log']})")
+        print(f"[demo] {r['state']}: {r['cell']}: {r['reason']}  (log: {r['log']})")
     t2 = time.time()
-    import argparse
-
-    cmd_collect(reg, argparse.Namespace(suite=suite, results=str(results)))
+    c = write_collected(reg, suite, results, skip_corrupt=True)
+    print(f"[demo] collected {c.records} records ({c.ok} ok) -> {c.csv}")
     suite_dir = results / suite
     table, tables, _ = build_tables(suite_dir, protocol="linear_mini")
     figures = build_figures(suite_dir, tables, protocol="linear_mini")
@@ -109,9 +118,10 @@ def run(suite: str = "mini", cluster: str = "local", results: Path | None = None
 
 def guided_summary(reg, suite: str, results: Path) -> str:
     """What the DSE-guided grid would have run, and whether it picks the same checkpoints as the full grid."""
+    import pandas as pd
+
     from harness.analysis.tables import miou_frame
     from harness.plan import build_plan, guided
-    import pandas as pd
 
     full = build_plan(reg, suite)
     cells, waiting, selected = guided(reg, full, results)
@@ -138,12 +148,13 @@ def guided_summary(reg, suite: str, results: Path) -> str:
 
 
 def _measured_hours(results: Path, suite: str, guided_ids: set, full_ids: set) -> tuple[float, float]:
-    from harness import store
+    import pandas as pd
 
+    table = pd.read_csv(results / suite / "results.csv")
     g = f = 0.0
-    for _, rec in store.iter_records(results, suite):
-        h = ((rec.get("timings") or {}).get("total_s") or 0.0) / 3600
-        cid = rec.get("cell")
+    for r in table.itertuples():
+        h = (0.0 if pd.isna(r.wall_s) else float(r.wall_s)) / 3600
+        cid = f"{r.protocol}/{r.dataset}/{r.method}/ep{int(r.epoch):04d}"
         if cid in full_ids:
             f += h
         if cid in guided_ids:

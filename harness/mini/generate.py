@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PALETTE = np.array([[0, 0, 0]] + [[(37 * i) % 256, (91 * i) % 256, (163 * i) % 256] for i in range(1, 256)],
-                   dtype=np.uint8)
+from harness.datasets import write_indexed_png
 
 
 class Painter:
@@ -67,14 +66,6 @@ class Painter:
 def _save(img: np.ndarray, path: Path, **kw) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(path, **kw)
-
-
-def write_indexed_png(label: np.ndarray, path: Path) -> None:
-    """Label map as an indexed (palette) PNG, as DAVIS and VOC store masks; the palette is made in code."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(label.astype(np.uint8), mode="P")
-    im.putpalette(PALETTE.flatten().tolist())
-    im.save(path)
 
 
 def imagenet(root: Path, classes: int = 4, train: int = 12, val: int = 4, size: int = 64, seed: int = 0) -> Path:

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.atomic import save_tensors
 from harness.models.archs import build_backbone
-from harness.store import save_tensors
 
 ARCH = "vit_tiny_test"
 
@@ -37,7 +37,7 @@ ARCH = "vit_tiny_test"
 def _views(size: int):
     from torchvision import transforms as T
 
-    from harness.features import IMAGENET_MEAN, IMAGENET_STD
+    from harness.datasets import IMAGENET_MEAN, IMAGENET_STD
 
     return T.Compose([T.RandomResizedCrop(size, scale=(0.35, 1.0)), T.RandomHorizontalFlip(),
                       T.RandomApply([T.ColorJitter(0.3, 0.3, 0.2, 0.05)], p=0.8), T.ToTensor(),

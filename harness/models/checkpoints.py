@@ -21,8 +21,14 @@ from typing import Any
 
 import torch
 
-from harness.registry import MethodSpec, Registry, StateDictRule, load_registry, resolve_path
 from harness.models.archs import Backbone, build_backbone
+from harness.registry import (
+    MethodSpec,
+    Registry,
+    StateDictRule,
+    load_registry,
+    resolve_path,
+)
 
 
 class CheckpointError(Exception):

@@ -8,7 +8,8 @@
 #   SDD_SLURM_DIR           state/log/spool/config dir                 (default ${TMPDIR:-/tmp}/sdd-slurm)
 #   SDD_SLURM_ACCOUNTING    slurmdbd | none                            (default slurmdbd)
 #                           slurmdbd: private MariaDB on 127.0.0.1:$SDD_SLURM_DB_PORT -> real sacct
-#                           none: no sacct (submitit then needs the sacct shim, see slurm.md)
+#                           none: no sacct: submitit cannot see finished jobs and `sdd status`
+#                           shows queued cells as unknown (the tests use slurmdbd)
 #   SDD_SLURM_DB_PORT       MariaDB TCP port on 127.0.0.1              (default 3307)
 #   SDD_SLURM_FAKE_GPUS     number of fake gres/gpu, 0 = no GRES       (default 2, max 4)
 #   SDD_SLURM_CPUS          advertise this many CPUs instead of the real count

@@ -1,0 +1,142 @@
+"""Records -> one tidy table (`results/<suite>/results.csv`, one row per cell; nested metrics as
+`name.sub` columns) and the singular-value spectra in long form (`spectra.csv`).
+
+The CLI's `sdd collect` and the demo both call `write_collected`. It never replaces a results.csv with
+a partial read: a records folder that cannot be listed, or a record that cannot be trusted, stops it
+before anything is written (unless `skip_corrupt`, which writes the sound records and names the rest).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import records
+
+META_COLUMNS = ["suite", "protocol", "kind", "dataset", "method", "family", "arch", "epoch", "status", "error",
+                "config_hash", "gpus", "wall_s", "load_s", "features_s", "metrics_s", "peak_memory_mb",
+                "git_sha", "host", "slurm_job_id", "torch"]
+
+
+def _number(v):
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    return None
+
+
+def record_row(rec: dict, methods: dict | None = None, gpus: dict | None = None) -> dict:
+    """One tidy row of a record: metadata columns, then every scalar metric ("name.sub" if nested)."""
+    cfg_method = (rec.get("config") or {}).get("method") or {}
+    spec = (methods or {}).get(rec.get("method"))
+    timings = rec.get("timings") or {}
+    row = {
+        "suite": rec.get("suite"), "protocol": rec.get("protocol"),
+        "kind": ((rec.get("config") or {}).get("protocol") or {}).get("kind") or rec.get("protocol"),
+        "dataset": rec.get("dataset"),
+        "method": rec.get("method"), "family": getattr(spec, "family", None),
+        "arch": getattr(spec, "arch", None) or cfg_method.get("arch"), "epoch": rec.get("epoch"),
+        "status": rec.get("status"), "error": ((rec.get("error") or "").splitlines() or [None])[0],
+        "config_hash": rec.get("config_hash"), "gpus": (gpus or {}).get(rec.get("protocol"), 1),
+        "wall_s": timings.get("total_s"), "load_s": timings.get("load_s"), "features_s": timings.get("features_s"),
+        "metrics_s": timings.get("metrics_s"), "peak_memory_mb": rec.get("peak_memory_mb"),
+        "git_sha": rec.get("git_sha"), "host": rec.get("host"), "slurm_job_id": rec.get("slurm_job_id"),
+        "torch": (rec.get("versions") or {}).get("torch"),
+    }
+    for name, value in sorted((rec.get("metrics") or {}).items()):
+        col = name if name not in row else f"metric_{name}"
+        if isinstance(value, dict):
+            for sub, v in sorted(value.items()):
+                if _number(v) is not None:
+                    row[f"{col}.{sub}"] = _number(v)
+        elif _number(value) is not None:
+            row[col] = _number(value)
+    return row
+
+
+@dataclass
+class Collected:
+    table: "object"                       # pandas DataFrame, one row per sound record
+    spectra: "object"                     # pandas DataFrame (method, epoch, kind, index, log_sv)
+    corrupt: list[str] = field(default_factory=list)  # "path: why" for every record left out
+
+
+def collect(results: Path, suite: str, *, methods: dict | None = None, gpus: dict | None = None) -> Collected:
+    """Read every record of a suite. A folder that cannot be listed raises OSError; damaged records
+    are left out of the table and listed in `corrupt`."""
+    import pandas as pd
+
+    rows, spectra, corrupt = [], [], []
+    results = Path(results)
+    for path in records.iter_record_files(results, suite):
+        try:
+            rec = records.read_record(path, results)
+        except records.CorruptRecord as e:
+            corrupt.append(str(e))
+            continue
+        rows.append(record_row(rec, methods, gpus))
+        details = rec.get("details") or {}
+        for kind in ("log_sv", "log_sv_dense"):
+            for i, v in enumerate(details.get(kind) or []):
+                spectra.append({"method": rec.get("method"), "epoch": rec.get("epoch"), "kind": kind, "index": i,
+                                "log_sv": v})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        metric_cols = sorted(c for c in table.columns if c not in META_COLUMNS)
+        table = table.reindex(columns=META_COLUMNS + metric_cols)
+        table = table.sort_values(["protocol", "dataset", "method", "epoch"], kind="stable").reset_index(drop=True)
+    spec_df = pd.DataFrame(spectra, columns=["method", "epoch", "kind", "index", "log_sv"])
+    return Collected(table, spec_df, corrupt)
+
+
+class CollectError(Exception):
+    """Nothing was written; the message says which input is wrong and what to do."""
+
+
+@dataclass
+class CollectSummary:
+    csv: Path
+    records: int
+    ok: int
+    parquet: bool
+    corrupt: list[str]
+    missing: dict[str, int]  # protocol -> cells of the plan with no record
+
+
+def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = False) -> CollectSummary:
+    """Collect a suite's records into results.csv / spectra.csv (and results.parquet when pyarrow is
+    there); raises CollectError, writing nothing, on an unreadable folder or (without `skip_corrupt`)
+    a corrupt record."""
+    results = Path(results)
+    gpus = {p.name: p.resources.gpus for p in reg.protocols.values()}
+    try:
+        got = collect(results, suite, methods=reg.methods, gpus=gpus)
+    except OSError as e:
+        raise CollectError(f"cannot read the records of suite '{suite}' ({e}); results.csv was left as it was")
+    if got.corrupt and not skip_corrupt:
+        raise CollectError(
+            f"{len(got.corrupt)} record(s) of suite '{suite}' are corrupt; results.csv was left as it was:\n  "
+            + "\n  ".join(got.corrupt[:20]) + ("\n  ..." if len(got.corrupt) > 20 else "")
+            + f"\nre-run them (`sdd submit --suite {suite} ...` treats them as to do), or pass --skip-corrupt "
+              "to write a table without them")
+    out = results / suite
+    out.mkdir(parents=True, exist_ok=True)
+    got.table.to_csv(out / "results.csv", index=False, float_format="%.10g", lineterminator="\n")
+    got.spectra.to_csv(out / "spectra.csv", index=False, float_format="%.8g", lineterminator="\n")
+    parquet = True
+    try:
+        got.table.to_parquet(out / "results.parquet", index=False)
+    except ImportError:
+        parquet = False
+    table = got.table
+    ok = int((table["status"] == "ok").sum()) if len(table) else 0
+    missing: dict[str, int] = {}
+    if suite in reg.suites:
+        from harness.plan import build_plan
+
+        have = set(zip(table.get("protocol", []), table.get("dataset", []), table.get("method", []),
+                       table.get("epoch", [])))
+        for c in build_plan(reg, suite):
+            if (c.protocol, c.dataset, c.method, c.epoch) not in have:
+                missing[c.protocol] = missing.get(c.protocol, 0) + 1
+    return CollectSummary(out / "results.csv", len(table), ok, parquet, got.corrupt, missing)
