@@ -12,22 +12,16 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from harness.atomic import save_tensors
-from harness.datasets import IMAGENET_MEAN, IMAGENET_STD
-from harness.records import results_root
+from harness.datasets import IMAGENET_MEAN, IMAGENET_STD, open_rgb
+from harness.records import cache_root
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def cache_root() -> Path:
-    """$SDD_CACHE, else <results>/.cache (read at call time, so tests and runs can redirect it)."""
-    return Path(os.environ.get("SDD_CACHE") or results_root() / ".cache")
 
 
 @dataclass(frozen=True)
@@ -86,16 +80,27 @@ class _Images(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        from PIL import Image
-
-        with Image.open(self.images.root / self.images.paths[i]) as im:
-            return self.transform(im.convert("RGB"))
+        return self.transform(open_rgb(self.images.root / self.images.paths[i]))
 
 
 def _progress(it, total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(it, total=total, desc=desc, unit="batch", disable=not enabled, leave=False)
+
+
+def _to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round features to the cache dtype; finite features that the dtype cannot hold are an error that
+    says so (they would otherwise come back as inf and read as broken features)."""
+    if dtype.is_floating_point and torch.finfo(dtype).bits < 32:
+        finite = x[torch.isfinite(x)]
+        peak = finite.abs().max().item() if finite.numel() else 0.0
+        if peak > torch.finfo(dtype).max:
+            raise OverflowError(
+                f"features reach {peak:.3g}, beyond the largest {str(dtype).removeprefix('torch.')} value "
+                f"({torch.finfo(dtype).max:.5g}) of the feature cache: set `cache_dtype: float32` in the protocol's "
+                f"params (the backbone's activations are unusually large)")
+    return x.to(dtype)
 
 
 @torch.no_grad()
@@ -117,7 +122,8 @@ def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int =
     backbone.eval()
     loader = torch.utils.data.DataLoader(_Images(images, eval_transform(resize, crop)), batch_size=batch_size,
                                          num_workers=num_workers, shuffle=False)
-    out = [backbone.dense(x, layer).to(cache_dtype) for x in _progress(loader, len(loader), "features", progress)]
+    out = [_to_cache_dtype(backbone.dense(x, layer), cache_dtype)
+           for x in _progress(loader, len(loader), "features", progress)]
     feats = torch.cat(out)
     info = {"cache": "miss" if path else "off"}
     if path is not None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import records
+from harness.fingerprint import file_fingerprint
 from harness.kinds import METRICS_KIND
 from harness.registry import Registry, RegistryError, SuiteEntry
 from harness.selection import dse_normalised, select_checkpoints
@@ -25,6 +26,7 @@ class Cell:
     gpu_hours: float
     config: dict = field(compare=False, hash=False, repr=False)
     registry_root: str = field(default="", compare=False, hash=False, repr=False)
+    checkpoint_file: str = field(default="", compare=False, hash=False, repr=False)  # "" when not resolvable here
 
     @property
     def id(self) -> str:
@@ -33,9 +35,16 @@ class Cell:
     def record_path(self, results: Path) -> Path:
         return records.record_path(results, self.suite, self.protocol, self.dataset, self.method, self.epoch)
 
+    def checkpoint_fingerprint(self) -> dict | None:
+        """The checkpoint file's fingerprint now; None where it is not reachable from here."""
+        return file_fingerprint(self.checkpoint_file) if self.checkpoint_file else None
+
     def state(self, results: Path) -> tuple[str, str | None]:
-        """(done | failed | stale | corrupt | todo, why when corrupt) from this cell's record."""
-        return records.cell_state(self.record_path(results), self.config_hash, Path(results))
+        """(done | failed | stale | corrupt | todo, why) from this cell's record. A record of another
+        checkpoint file (overwritten since) is stale; where the checkpoint cannot be seen (a login node
+        without SDD_CKPT_ROOT), the record's config hash decides alone."""
+        return records.cell_state(self.record_path(results), self.config_hash, Path(results),
+                                  checkpoint=self.checkpoint_fingerprint())
 
 
 def resolved_config(reg: Registry, protocol: str, dataset: str, method: str, epoch: int) -> dict:
@@ -86,8 +95,12 @@ def build_plan(reg: Registry, suite: str, *, protocols: list[str] | None = None,
                 spec = reg.method(method)
                 for epoch in _entry_epochs(entry, spec.epochs(), f"{s.source}: {entry.protocol}/{method}"):
                     cfg = resolved_config(reg, entry.protocol, dataset, method, epoch)
+                    try:
+                        ckpt = str(spec.checkpoint_file(epoch))
+                    except RegistryError:  # e.g. SDD_CKPT_ROOT unset where only planning happens
+                        ckpt = ""
                     cells.append(Cell(suite, entry.protocol, dataset, method, epoch, config_hash(cfg),
-                                      p.resources.gpu_hours, cfg, str(reg.root)))
+                                      p.resources.gpu_hours, cfg, str(reg.root), ckpt))
     return cells
 
 

@@ -33,6 +33,11 @@ def results_root() -> Path:
     return Path(os.environ.get("SDD_RESULTS") or REPO / "results")
 
 
+def cache_root() -> Path:
+    """Caches (features, dataset checks): $SDD_CACHE, else <results>/.cache (read at call time)."""
+    return Path(os.environ.get("SDD_CACHE") or results_root() / ".cache")
+
+
 def record_path(results: Path, suite: str, protocol: str, dataset: str, method: str, epoch: int) -> Path:
     return Path(results) / suite / "runs" / protocol / dataset / method / f"ep{epoch:04d}.json"
 
@@ -109,8 +114,10 @@ def read_record(path: Path, results: Path | None = None) -> dict[str, Any] | Non
     return rec
 
 
-def cell_state(path: Path, config_hash: str, results: Path | None = None) -> tuple[str, str | None]:
-    """(state, why): done | failed | stale (a record of another config) | corrupt | todo (no record)."""
+def cell_state(path: Path, config_hash: str, results: Path | None = None,
+               checkpoint: dict | None = None) -> tuple[str, str | None]:
+    """(state, why): done | failed | stale (a record of another config, or of another checkpoint file
+    than `checkpoint`, the fingerprint it has now) | corrupt | todo (no record)."""
     try:
         rec = read_record(path, results)
     except CorruptRecord as e:
@@ -118,7 +125,10 @@ def cell_state(path: Path, config_hash: str, results: Path | None = None) -> tup
     if rec is None:
         return "todo", None
     if rec.get("config_hash") != config_hash:
-        return "stale", None
+        return "stale", "the recipe changed since (config hash)"
+    used = ((rec.get("inputs") or {}).get("checkpoint") or {}).get("id")
+    if checkpoint and used and used != checkpoint["id"]:
+        return "stale", "the checkpoint file changed since (size or modification time)"
     return ("done", None) if rec["status"] == "ok" else ("failed", None)
 
 

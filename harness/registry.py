@@ -174,6 +174,11 @@ class MethodSpec(Spec):
     def epochs(self) -> tuple[int, ...]:
         return self.checkpoint.epoch_list()
 
+    def checkpoint_file(self, epoch: int) -> Path:
+        """Where the checkpoint of `epoch` is (${VAR} expanded now; a relative dir is under the repository)."""
+        directory = resolve_path(self.checkpoint.dir, source=self.source, key="checkpoint.dir")
+        return directory / self.checkpoint.file_name(epoch)
+
 
 class SplitSpec(Spec):
     img_dir: str

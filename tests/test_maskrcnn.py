@@ -52,11 +52,15 @@ def test_torchvision_backend_trains_and_scores_with_pycocotools(reg, tmp_path, m
         assert 0 <= m[k] <= 100, k
     assert m["detections"] > 0
     assert rec["resolved"]["pyramid"] == ("simple feature pyramid" if method == "tinyvit" else "FPN")
-    # resuming: a second run of a longer schedule starts from the saved iteration
+    # a changed schedule is another recipe: it starts fresh, never from the 20-iteration run's state
     r = reg("torchvision", iters=30)
     cell2 = build_plan(r, "det", methods=[method])[0]
     rec2 = execute(cell2, tmp_path / "results")
-    assert rec2["status"] == "ok" and rec2["resumed_from_iter"] == 20 and rec2["iters"] == 30
+    assert rec2["status"] == "ok" and rec2["resumed_from_iter"] == 0 and rec2["iters"] == 30
+    # the same recipe again (as a requeue after its last save) resumes from its own state
+    cell2.record_path(tmp_path / "results").unlink()
+    rec3 = execute(cell2, tmp_path / "results")
+    assert rec3["status"] == "ok" and rec3["resumed_from_iter"] == 30 and rec3["metrics"] == rec2["metrics"]
 
 
 def test_pyramid_shapes():

@@ -10,17 +10,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import records
+from harness.atomic import write_json
+from harness.fingerprint import file_fingerprint
 from harness.jobs.common import base_record, failed_record, now, peak_memory_mb
 from harness.kinds import PROTOCOL_KINDS
-from harness.registry import Registry, load_registry
+from harness.registry import Registry, RegistryError, load_registry
 
 
-@dataclass(frozen=True)
+@dataclass
 class JobContext:
-    """What `execute` hands a job besides the cell."""
+    """What `execute` hands a job besides the cell. `work_dir` (state the job resumes from after a
+    requeue) is created and claimed for this run when a job first asks for it."""
     registry: Registry
-    work_dir: Path       # state the job resumes from after a requeue (training checkpoints, progress)
+    work: Path
+    identity: dict
     progress: bool = True
+    _claimed: bool = False
+
+    @property
+    def work_dir(self) -> Path:
+        if not self._claimed:
+            self.work.mkdir(parents=True, exist_ok=True)
+            claim_work_dir(self.work, self.identity)
+            self._claimed = True
+        return self.work
+
+
+def _checkpoint_file(reg: Registry, cell) -> Path | None:
+    try:
+        return reg.method(cell.method).checkpoint_file(cell.epoch)
+    except RegistryError:  # SDD_CKPT_ROOT unset: the job's own loading says so, where it needs one
+        return None
 
 
 def job_for(kind: str):
@@ -29,9 +49,28 @@ def job_for(kind: str):
     return importlib.import_module(PROTOCOL_KINDS[kind].job)
 
 
-def work_dir(cell, results: Path | str) -> Path:
-    """Where a cell's job keeps the state it resumes from after a requeue."""
-    return Path(results) / cell.suite / "work" / cell.protocol / cell.dataset / cell.method / f"ep{cell.epoch:04d}"
+def work_dir(cell, results: Path | str, checkpoint: dict | None = None) -> Path:
+    """Where a cell's job keeps the state it resumes from after a requeue. The folder is bound to the
+    cell's config hash and its checkpoint's fingerprint: a changed recipe or an overwritten checkpoint
+    starts fresh instead of resuming another run's state."""
+    fp = checkpoint if checkpoint is not None else cell.checkpoint_fingerprint()
+    base = Path(results) / cell.suite / "work" / cell.protocol / cell.dataset / cell.method / f"ep{cell.epoch:04d}"
+    return base / f"{cell.config_hash}-{fp['id'] if fp else 'nockpt'}"
+
+
+def claim_work_dir(work: Path, identity: dict) -> None:
+    """The work folder says whose state it holds (`cell.json`); resuming from another run's is refused."""
+    stamp = work / "cell.json"
+    try:
+        held = records.read_json(stamp)
+    except records.CorruptRecord as e:
+        raise RuntimeError(f"{e}; the work folder {work} cannot be trusted: delete it to start this cell afresh")
+    if held is None:
+        write_json(stamp, identity)
+    elif held != identity:
+        diff = ", ".join(f"{k}: {held.get(k)!r} there, {identity[k]!r} here" for k in identity if held.get(k) != identity[k])
+        raise RuntimeError(f"the work folder {work} holds the state of another run ({diff}); nothing was resumed "
+                           f"from it: delete it to start this cell afresh")
 
 
 def ok_record(record: dict, results: dict, wall_s: float) -> dict:
@@ -55,7 +94,11 @@ def execute(cell, results: Path | str, *, registry: Registry | None = None, prog
     try:
         job = job_for(cell.config["protocol"]["kind"])
         reg = registry or load_registry(cell.registry_root or None)
-        out = job.run(cell, JobContext(reg, work_dir(cell, results), progress))
+        path = _checkpoint_file(reg, cell)  # resolved where the job runs
+        checkpoint = file_fingerprint(path) if path else None
+        record["inputs"] = {"checkpoint": {"path": str(path) if path else None, **(checkpoint or {})}}
+        identity = {"cell": cell.id, "config_hash": cell.config_hash, "checkpoint": (checkpoint or {}).get("id")}
+        out = job.run(cell, JobContext(reg, work_dir(cell, results, checkpoint), identity, progress))
         record = ok_record(record, out, time.perf_counter() - t0)
     except Exception as e:  # a job's failure is data: it ends as a failed record with the reason
         record = failed_record(record, e, time.perf_counter() - t0)

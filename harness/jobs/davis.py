@@ -22,6 +22,8 @@ from PIL import Image
 from harness.datasets import (
     IMAGENET_MEAN,
     check_layout,
+    davis_sequences,
+    open_rgb,
     read_label_png,
     write_indexed_png,
 )
@@ -33,7 +35,7 @@ DINO_DAVIS_STD = (0.228, 0.224, 0.225)
 
 
 def read_frame(path: Path, short_side: int, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    img = Image.open(path).convert("RGB")
+    img = open_rgb(path)
     w, h = img.size
     if h > w:
         tw, th = short_side, int((short_side * h / w) // multiple * multiple)
@@ -109,6 +111,7 @@ def run(cell, ctx) -> dict:
     ds = reg.dataset(cell.dataset)
     split = p.get("split", "val")
     root = check_layout(ds, splits=(split,))
+    sequences = davis_sequences(ds, root, split)  # frames paired with annotations by name, checked
     t0 = time.perf_counter()
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
     bb = loaded.backbone
@@ -117,22 +120,17 @@ def run(cell, ctx) -> dict:
     else:
         layer = int(p.get("resnet_layer", 3))
         stride, feature = 2 ** (1 + layer), f"stage {layer} (stride {2 ** (1 + layer)})"
-    s = ds.splits[split]
-    seqs = [l.strip() for l in (root / s.split_file).read_text().splitlines() if l.strip()]
     out = Path(ctx.work_dir) / "predictions"
     per_seq = {}
-    for seq in seqs:
-        frames = sorted((root / s.img_dir / seq).glob(f"*{ds.img_suffix}"))
-        masks = sorted((root / s.ann_dir / seq).glob(f"*{ds.seg_map_suffix}"))
-        if not frames or not masks:
-            raise FileNotFoundError(f"sequence '{seq}': no frames or no first-frame mask under {root}")
-        segment_sequence(bb, frames, masks[0], out / seq, p, layer, stride)
-        gts = [read_label_png(m) for m in masks]
+    for seq, pairs in sequences.items():
+        frames = [f for f, _ in pairs]
+        segment_sequence(bb, frames, pairs[0][1], out / seq, p, layer, stride)
+        gts = [read_label_png(m) for _, m in pairs]
         preds = [read_label_png(out / seq / f"{f.stem}.png") for f in frames]
         per_seq[seq] = jandf.evaluate_sequence(gts, preds, float(p.get("bound_th", 0.008)))
     t1 = time.perf_counter()
     scores = jandf.summarize(per_seq)
     per_object = scores.pop("per_object")
     return {"metrics": scores, "details": {"per_object": per_object},
-            "checkpoint": loaded.summary(), "feature": feature, "sequences": len(seqs), "predictions": str(out),
+            "checkpoint": loaded.summary(), "feature": feature, "sequences": len(sequences), "predictions": str(out),
             "timings": {"propagation_s": t1 - t0}}

@@ -9,7 +9,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from harness.datasets import check_layout
+from harness.datasets import DatasetError, check_layout, open_rgb
 
 
 def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, classes: int, k: int = 20,
@@ -30,7 +30,9 @@ def _embed(backbone, folder, resize, crop, batch):
 
     from harness.features import eval_transform
 
-    ds = ImageFolder(str(folder), transform=eval_transform(resize, crop))
+    ds = ImageFolder(str(folder), transform=eval_transform(resize, crop), loader=open_rgb)
+    if not len(ds):
+        raise DatasetError(f"no images under {folder}/<class>/")
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False)
     feats = [F.normalize(backbone.dense(x).mean(dim=1), dim=1) for x, _ in loader]
     return torch.cat(feats), torch.tensor(ds.targets), ds.classes

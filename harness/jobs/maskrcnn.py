@@ -20,7 +20,13 @@ import torch
 from torch import nn
 
 from harness.atomic import save_tensors
-from harness.datasets import IMAGENET_MEAN, IMAGENET_STD, check_layout
+from harness.datasets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_layout,
+    open_rgb,
+    verify_coco,
+)
 
 
 def detectron2_available() -> tuple[bool, str]:
@@ -95,11 +101,9 @@ class CocoInstances(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i):
-        from PIL import Image
-
         img_id = self.ids[i]
         info = self.coco.loadImgs(img_id)[0]
-        img = np.asarray(Image.open(self.img_dir / info["file_name"]).convert("RGB"), dtype=np.float32) / 255.0
+        img = np.asarray(open_rgb(self.img_dir / info["file_name"]), dtype=np.float32) / 255.0
         anns = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, iscrowd=False)) if a["area"] > 1]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -213,6 +217,8 @@ def run(cell, ctx) -> dict:
     p = cell.config["protocol"]["params"]
     ds_spec = reg.dataset(cell.dataset)
     root = check_layout(ds_spec)
+    for split in ("train", "val"):  # before any training
+        verify_coco(ds_spec, root, split)
     work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     want = p.get("backend", "auto")

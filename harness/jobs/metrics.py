@@ -5,20 +5,28 @@ The backbone's forward pass happens once (features cached on disk); all metrics 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
 import torch
 
-from harness.datasets import root_of
+from harness.datasets import root_of, verify_images
 from harness.features import extract_dense, extract_views, image_list
+from harness.fingerprint import file_fingerprint
 from harness.metrics import compute_all
-from harness.models.checkpoints import checkpoint_path, load_backbone
+from harness.models.checkpoints import load_backbone
 
 
-def _checkpoint_fingerprint(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+def feature_cache_key(cell, checkpoint: Path) -> str:
+    """What the cached features depend on: the fingerprint of the checkpoint file that was loaded and
+    everything that turns it into a backbone (architecture, its arguments, the state-dict rule). Image
+    list, layer and preprocessing are added by `extract_dense`."""
+    fp = file_fingerprint(checkpoint)
+    if fp is None:
+        raise FileNotFoundError(f"checkpoint {checkpoint} disappeared while the job ran")
+    loader = hashlib.sha256(json.dumps(cell.config["method"], sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cell.method}_ep{cell.epoch:04d}_{fp['id']}_{loader}"
 
 
 def run(cell, ctx) -> dict:
@@ -29,12 +37,13 @@ def run(cell, ctx) -> dict:
     split = params.get("split", "train")
     root = root_of(ds) / ds.splits[split].img_dir
     images = image_list(root, int(params["num_images"]), int(params.get("image_list_seed", 0)))
+    verify_images(ds, split, [root / p for p in images.paths])  # every image readable and whole
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
     t_load = time.perf_counter()
-    key = f"{cell.method}_ep{cell.epoch:04d}_{_checkpoint_fingerprint(checkpoint_path(reg.method(cell.method), cell.epoch))}"
+    key = feature_cache_key(cell, loaded.path) if params.get("cache", True) else None
     dense, cache = extract_dense(loaded.backbone, images, resize=int(params.get("resize", 256)),
                                  crop=int(params.get("crop", 224)), batch_size=int(params.get("forward_batch", 64)),
-                                 cache_key=key if params.get("cache", True) else None,
+                                 cache_key=key,
                                  cache_dtype=getattr(torch, params.get("cache_dtype", "float16")), progress=progress)
     views = None
     lc = params.get("lidar", {})

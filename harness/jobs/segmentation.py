@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from harness.datasets import check_labels, check_layout, imagenet_norm
+from harness.datasets import check_layout, imagenet_norm, verify_segmentation
 
 MEAN, STD = imagenet_norm(255)  # mmseg's data preprocessor works on 0-255 pixels
 
@@ -45,7 +45,6 @@ def build_config(cell, reg, work_dir: Path) -> dict:
     kind = cell.config["protocol"]["kind"]
     ds = reg.dataset(cell.dataset)
     root = check_layout(ds)
-    check_labels(ds, root, "train", int(p.get("label_check_files", 200)))
     spec = reg.method(cell.method)
     from harness.models.archs import ARCHS
 
@@ -154,6 +153,10 @@ def run(cell, ctx) -> dict:
     work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    ds = reg.dataset(cell.dataset)
+    root = check_layout(ds)
+    data_check = {split: verify_segmentation(ds, root, split) for split in ("train", "val")}  # before any training
+    t_check = time.perf_counter()
     cfg = build_config(cell, reg, work)
     runner = Runner.from_cfg(Config(cfg))
     t_build = time.perf_counter()
@@ -167,11 +170,11 @@ def run(cell, ctx) -> dict:
     per_class = {k[4:]: float(v) for k, v in metrics.items() if k.startswith("IoU.")}
     trainable = sum(p.numel() for p in runner.model.parameters() if p.requires_grad)
     lrs = sorted({round(g.get("initial_lr", g["lr"]), 12) for g in runner.optim_wrapper.optimizer.param_groups})
-    return {"metrics": {**summary, "IoU": per_class},
+    return {"metrics": {**summary, "IoU": per_class}, "data_check": data_check,
             "checkpoint": backbone.loaded, "backbone_frozen": backbone.frozen, "trainable_params": trainable,
             "resumed_from_iter": resume.resumed_from, "initial_lrs": lrs, "iters": cfg["train_cfg"]["max_iters"],
             "mmseg_config": _jsonable(cfg),
-            "timings": {"build_s": t_build - t0, "train_s": t_train - t_build, "val_s": t_val - t_train,
+            "timings": {"data_check_s": t_check - t0, "build_s": t_build - t_check, "train_s": t_train - t_build, "val_s": t_val - t_train,
                         "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from)
                         / max(t_train - t_build, 1e-9)}}
 

@@ -27,7 +27,6 @@ from harness.registry import (
     Registry,
     StateDictRule,
     load_registry,
-    resolve_path,
 )
 
 
@@ -161,8 +160,7 @@ def stored_epoch(obj: Any, spec: MethodSpec) -> int | None:
 
 
 def checkpoint_path(spec: MethodSpec, epoch: int) -> Path:
-    directory = resolve_path(spec.checkpoint.dir, source=spec.source, key="checkpoint.dir")
-    return directory / spec.checkpoint.file_name(epoch)
+    return spec.checkpoint_file(epoch)
 
 
 def _missing_hint(spec: MethodSpec, path: Path) -> str:
@@ -188,12 +186,11 @@ class LoadedBackbone:
     stored_epoch: int | None
     loaded_keys: int
     unexpected_keys: list[str] = field(default_factory=list)
-    nonfinite_keys: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {"method": self.method, "epoch": self.epoch, "path": str(self.path),
                 "stored_epoch": self.stored_epoch, "loaded_keys": self.loaded_keys,
-                "unexpected_keys": self.unexpected_keys, "nonfinite_keys": self.nonfinite_keys}
+                "unexpected_keys": self.unexpected_keys}
 
 
 def load_state_into(backbone: Backbone, sd: dict[str, torch.Tensor], *, path: Path | str = "?") -> list[str]:
@@ -240,7 +237,13 @@ def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | 
     backbone = build_backbone(spec.arch, **{**spec.arch_kwargs, **(arch_overrides or {})})
     sd = _convert(extract_state_dict(obj, spec.checkpoint.state_dict, path=path), spec.checkpoint.state_dict.convert,
                   backbone)
-    unexpected = load_state_into(backbone, sd, path=path)
-    nonfinite = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    unexpected = load_state_into(backbone, sd, path=path)  # every key present, every shape right
+    nonfinite = sorted(k for k in backbone.required_keys() if sd[k].is_floating_point() and not torch.isfinite(sd[k]).all())
+    if nonfinite:  # every protocol would give a number from broken weights (a NaN probe is not a result)
+        shown = "; ".join(f"{k} ({int((~torch.isfinite(sd[k])).sum())} of {sd[k].numel()} values)" for k in nonfinite[:5])
+        raise CheckpointError(
+            f"{path}: non-finite (NaN/inf) values in {len(nonfinite)} backbone tensor(s): {shown}"
+            + (f" ... ({len(nonfinite)} in all)" if len(nonfinite) > 5 else "")
+            + ". The checkpoint is broken (a diverged run, or a damaged file); use another epoch or re-save it.")
     backbone.eval()
-    return LoadedBackbone(backbone, spec.name, epoch, path, got, len(backbone.required_keys()), unexpected, nonfinite)
+    return LoadedBackbone(backbone, spec.name, epoch, path, got, len(backbone.required_keys()), unexpected)
