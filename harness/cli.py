@@ -185,11 +185,15 @@ def cmd_collect(reg: Registry, args) -> int:
 def cmd_tables(reg: Registry, args) -> int:
     import time
 
-    from harness.analysis import build_figures, build_tables, write_report
+    from harness.analysis import TablesError, build_figures, build_tables, write_report
 
     t = time.perf_counter()
     suite_dir = Path(args.results) / args.suite
-    table, tables, files = build_tables(suite_dir, args.protocol)
+    try:
+        table, tables, files = build_tables(suite_dir, args.protocol)
+    except TablesError as e:
+        print(f"sdd tables: {e}", file=sys.stderr)
+        return 1
     figures = build_figures(suite_dir, tables, args.protocol) if args.figures else \
         sorted((suite_dir / "figures").glob("*.png")) if (suite_dir / "figures").is_dir() else []
     report = write_report(suite_dir, table, tables, figures, args.protocol)
@@ -229,10 +233,35 @@ def cmd_submit(reg: Registry, args) -> int:
         p = a["profile"]
         print(f"  {p['protocol']:9s} {a['cells']:6d} cells  gpus={p['gpus']} cpus={p['cpus']} mem={p['mem_gb']:g}G "
               f"time={p['time_min']}min %{p['array_parallelism']}  " + (" ".join(a["job_ids"]) or "(dry run)"))
-    if s["to_submit"] and not args.dry_run and cluster.executor != "inline":
+    if not s["to_submit"] or args.dry_run:
+        return 0
+    if cluster.executor == "slurm" or (cluster.executor == "local" and args.no_wait):
         print(f"watch: sdd status --suite {args.suite} --watch 30   |   when done: sdd collect --suite {args.suite} "
               f"&& sdd tables --suite {args.suite} --figures")
-    return 0
+        return 0
+    if cluster.executor == "local":  # this machine's workers: wait for them, as inline does
+        from harness.launch import wait
+
+        wait(reg, args.suite, Path(args.results), cells=set(s["submitted"]))
+    return _report_outcome(reg, args, s["submitted"])
+
+
+def _report_outcome(reg: Registry, args, submitted: list[str]) -> int:
+    """After cells ran here (inline, local): exit 1 with a summary when any of them did not end ok."""
+    from harness.launch import cell_statuses
+
+    rows = [r for r in cell_statuses(reg, args.suite, Path(args.results)) if r["cell"] in set(submitted)]
+    bad = [r for r in rows if r["state"] != "done"]
+    if not bad:
+        print(f"all {len(rows)} cells ok; next: sdd collect --suite {args.suite} && sdd tables --suite {args.suite}")
+        return 0
+    print(f"{len(bad)} of {len(rows)} cells failed:", file=sys.stderr)
+    for r in bad[:20]:
+        print(f"  {r['cell']}: {r['state']}: {r['reason'] or 'no record'}", file=sys.stderr)
+    if len(bad) > 20:
+        print(f"  ... {len(bad) - 20} more (sdd status --suite {args.suite} --all)", file=sys.stderr)
+    print(f"retry: sdd submit --suite {args.suite} --cluster {args.cluster} --retry-failed", file=sys.stderr)
+    return 1
 
 
 def cmd_status(reg: Registry, args) -> int:
@@ -323,7 +352,7 @@ def cmd_reproduce(reg: Registry, args) -> int:
         return 1
     print(f"preflight: every dataset and checkpoint of suite {args.suite} is in place")
     args.protocol = args.method = None
-    args.dry_run = args.retry_failed = False
+    args.dry_run = args.retry_failed = args.no_wait = False
     args.max_attempts = 3
     return cmd_submit(reg, args)
 
@@ -379,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retry-failed", action="store_true", help="also resubmit failed cells")
     p.add_argument("--max-attempts", type=int, default=3, help="give up on a cell after this many attempts")
     p.add_argument("--guided", action="store_true", help="DSE-guided grid (see `sdd plan --guided`)")
+    p.add_argument("--no-wait", action="store_true", help="local executor: return at once instead of waiting for "
+                                                          "the workers")
     p = sub.add_parser("reproduce", help="check every dataset and checkpoint of a suite, then submit it")
     p.add_argument("--suite", default="sdd")
     p.add_argument("--cluster", required=True)
@@ -412,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     except LedgerError as e:
         print(f"sdd: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nsdd: interrupted. Nothing is half-written: finished cells have their records, a cell that was "
+              "running has none (its saved progress is kept). Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

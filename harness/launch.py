@@ -14,6 +14,7 @@ runs `jobs.execute(cell)` and writes its record.
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +213,7 @@ def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *,
         groups[profile_for(reg, cluster, c.protocol)].append(c)
     summary = {"suite": suite, "cluster": cluster.name, "executor": cluster.executor, "cells": len(cells),
                "skipped": d.skipped, "to_submit": len(d.submit), "arrays": [], "waiting": waiting,
-               "warning": d.warning}
+               "warning": d.warning, "submitted": [c.id for c in d.submit]}
     if dry_run or not d.submit:
         summary["arrays"] = [_array_summary(p, len(cs), []) for p, cs in groups.items()]
         return summary
@@ -262,6 +263,30 @@ def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, m
         rows.append({"cell": c.id, "protocol": c.protocol, "method": c.method, "state": state, "reason": reason,
                      "log": log, "job_id": e.get("job_id"), "attempts": e.get("attempts", 0)})
     return rows
+
+
+def wait(reg: Registry, suite: str, results: Path, *, cells: set[str] | None = None, poll: float = 2.0,
+         progress: bool = True) -> dict[str, dict]:
+    """Block until none of `cells` (default: the suite's) is queued or running; a progress bar counts
+    the finished ones. Returns cell id -> status row."""
+    from tqdm.auto import tqdm
+
+    def rows():
+        out = {r["cell"]: r for r in cell_statuses(reg, suite, results)}
+        return {k: v for k, v in out.items() if cells is None or k in cells}
+
+    now = rows()
+    bar = tqdm(total=len(now), desc=f"suite {suite}", unit="cell", disable=not progress)
+    while True:
+        bar.n = sum(r["state"] not in ("running", "pending", "unknown") for r in now.values())
+        bar.set_postfix(failed=sum(r["state"] in ("failed", "corrupt") for r in now.values()))
+        bar.refresh()
+        if not any(r["state"] in ("running", "pending", "unknown") for r in now.values()):
+            break
+        time.sleep(poll)
+        now = rows()
+    bar.close()
+    return now
 
 
 def status_table(rows: list[dict]) -> list[dict]:

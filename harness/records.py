@@ -142,6 +142,8 @@ def iter_record_files(results: Path, suite: str) -> list[Path]:
 
     def walk(d: Path, depth: int):
         for entry in sorted(os.scandir(d), key=lambda e: e.name):  # raises PermissionError, unlike glob
+            if entry.is_symlink() and not os.path.exists(entry.path):  # e.g. a folder on an unmounted disk
+                raise OSError(f"{entry.path} is a link to {os.readlink(entry.path)}, which is not there")
             if depth < 3 and entry.is_dir():
                 walk(Path(entry.path), depth + 1)
             elif depth == 3 and entry.is_file() and entry.name.startswith("ep") and entry.name.endswith(".json"):

@@ -126,8 +126,14 @@ def test_edge_cases_never_crash(tmp_path):
     by = {t.name: t for t in tables}
     assert by["sdd"].frame.empty and by["model_selection"].frame.empty
     assert list(by["kendall_tau"].frame.columns) == ["metric", "orientation", "Avg."]  # no dataset to score
+    # a table without the columns the tables are computed from: refused, never empty tables that read as "no data"
     pd.DataFrame(columns=["protocol"]).to_csv(d / "results.csv", index=False)
-    build_tables(d)
+    from harness.analysis import TablesError
+
+    with pytest.raises(TablesError, match="lacks the column"):
+        build_tables(d)
+    pd.DataFrame(columns=["protocol", "dataset", "method", "epoch", "status"]).to_csv(d / "results.csv", index=False)
+    build_tables(d)  # an empty but well-formed table gives empty tables
 
 
 def test_collect_and_tables_cli_on_records(tmp_path, capsys):

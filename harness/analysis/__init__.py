@@ -18,11 +18,31 @@ def load_papers(paper_dir: Path = PAPER) -> dict[str, pd.DataFrame]:
     return {p.stem: pd.read_csv(p) for p in sorted(Path(paper_dir).glob("*.csv"))}
 
 
-def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+class TablesError(Exception):
+    """The collected table cannot give the tables; nothing was written."""
+
+
+REQUIRED = ["protocol", "dataset", "method", "epoch", "status"]
+
+
+def check_columns(table: pd.DataFrame, csv: Path, protocol: str) -> None:
+    """A results.csv without the columns the tables are computed from would give empty tables that read
+    as "no data": refuse it instead, naming what is missing."""
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if "protocol" in table.columns and (table["protocol"] == protocol).any() and "mIoU" not in table.columns:
+        missing.append("mIoU")
+    if missing:
+        raise TablesError(f"{csv} lacks the column(s) {', '.join(missing)} that the tables are computed from; "
+                          f"the previous tables were left in place. Rebuild it with `sdd collect --suite "
+                          f"{csv.parent.name}`, or add the columns to a hand-made table.")
+
+
+def load_collected(suite_dir: Path, protocol: str = "linear") -> tuple[pd.DataFrame, pd.DataFrame]:
     csv = suite_dir / "results.csv"
     if not csv.is_file():
         raise FileNotFoundError(f"{csv} does not exist; run `sdd collect --suite {suite_dir.name}` first")
     table = pd.read_csv(csv)
+    check_columns(table, csv, protocol)
     for col in META_COLUMNS:  # a hand-made or partial table may lack some: defined as empty
         if col not in table.columns:
             table[col] = pd.Series([None] * len(table), dtype=object)
@@ -33,7 +53,8 @@ def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def build_tables(suite_dir: Path, protocol: str = "linear", paper_dir: Path = PAPER):
-    table, _ = load_collected(suite_dir)
+    """Every table computed first, then written: a failure leaves the previous files in place."""
+    table, _ = load_collected(suite_dir, protocol)
     tables = all_tables(table, load_papers(paper_dir), protocol)
     files = []
     for t in tables:
@@ -44,7 +65,7 @@ def build_tables(suite_dir: Path, protocol: str = "linear", paper_dir: Path = PA
 def build_figures(suite_dir: Path, tables, protocol: str = "linear") -> list[Path]:
     from harness.analysis.figures import all_figures
 
-    table, spec = load_collected(suite_dir)
+    table, spec = load_collected(suite_dir, protocol)
     mean = next(t.frame for t in tables if t.name == "kendall_tau")
     return all_figures(table, spec, mean, suite_dir / "figures", protocol)
 

@@ -120,18 +120,49 @@ def sdd_table(table: pd.DataFrame, protocol: str = "linear", paper: pd.DataFrame
         frame = frame.merge(paper.rename(columns={"last_minus_best": "paper_diff"}), on=["method", "dataset"],
                             how="left")
         frame["delta_diff"] = frame["diff"] - frame["paper_diff"]
-    mf = metric_frame(table)
-    if not mf.empty and not frame.empty:  # a guided grid evaluates only some checkpoints: say which
-        n_metric = mf.groupby("method")["epoch"].nunique()
-        for (method, dataset), n in frame.set_index(["method", "dataset"])["checkpoints"].items():
-            if method in n_metric and n < n_metric[method]:
-                notes.append(f"{method} / {dataset}: {n} of {n_metric[method]} checkpoints evaluated "
-                             f"(the others were skipped, e.g. by the DSE-guided grid); best is over those {n}")
+    notes += missing_notes(table, mi, protocol)
     failed = table[(table["protocol"] == protocol) & (table["status"] != "ok")]
     if len(failed):
         notes.append(f"{len(failed)} {protocol} cell(s) failed and are left out: "
                      + ", ".join(f"{r.method}/{r.dataset}/ep{int(r.epoch)}" for r in failed.itertuples())[:500])
     return Table("sdd", "SDD: best vs last checkpoint (mIoU; diff = last − best)", frame, notes)
+
+
+def _eps(epochs) -> str:
+    eps = sorted(int(e) for e in epochs)
+    return ", ".join(map(str, eps[:8])) + (" ..." if len(eps) > 8 else "")
+
+
+def missing_notes(table: pd.DataFrame, mi: pd.DataFrame, protocol: str) -> list[str]:
+    """For each method × dataset evaluated on fewer checkpoints than the metrics cover: how many, and
+    why the others are missing (failed, no record; the DSE-guided grid only when that explains it)."""
+    mf = metric_frame(table)
+    if mf.empty or mi.empty:
+        return []
+    metric_epochs = mf.groupby("method")["epoch"].apply(lambda e: set(e.astype(int)))
+    sel = selections(table)
+    rows = table[table["protocol"] == protocol]
+    notes = []
+    for (method, dataset), g in mi.groupby(["method", "dataset"], sort=True):
+        if method not in metric_epochs:
+            continue
+        want, have = metric_epochs[method], set(g["epoch"].astype(int))
+        if not want - have:
+            continue
+        mine = rows[(rows["method"] == method) & (rows["dataset"] == dataset)]
+        failed = set(mine.loc[mine["status"] != "ok", "epoch"].astype(int)) & want
+        absent = want - have - failed
+        why = []
+        if failed:
+            why.append(f"{len(failed)} failed (ep {_eps(failed)})")
+        if absent:
+            guided = not failed and have <= set(sel.get(method, [])) | {max(want)}
+            why.append(f"{len(absent)} without a record (ep {_eps(absent)})"
+                       + (": not run by the DSE-guided grid, which evaluates the DSE top-3 and the last checkpoint"
+                          if guided else ""))
+        notes.append(f"{method} / {dataset}: {len(have)} of {len(want)} checkpoints evaluated; {'; '.join(why)}; "
+                     f"best is over those {len(have)}")
+    return notes
 
 
 def _order(frame: pd.DataFrame) -> pd.DataFrame:

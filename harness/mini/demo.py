@@ -57,32 +57,12 @@ def prepare(reg=None, quiet: bool = False, epochs: int | None = None) -> Path:
     return root
 
 
-def wait(reg, suite: str, results: Path, poll: float = 2.0) -> dict:
-    from tqdm.auto import tqdm
-
-    from harness.launch import cell_statuses
-
-    rows = cell_statuses(reg, suite, results)
-    bar = tqdm(total=len(rows), desc=f"suite {suite}", unit="cell")
-    while True:
-        rows = cell_statuses(reg, suite, results)
-        finished = sum(r["state"] not in ("running", "pending", "unknown") for r in rows)
-        bar.n = finished
-        bar.set_postfix(failed=sum(r["state"] == "failed" for r in rows))
-        bar.refresh()
-        if not any(r["state"] in ("running", "pending", "unknown") for r in rows):
-            break
-        time.sleep(poll)
-    bar.close()
-    return {r["cell"]: r for r in rows}
-
-
 def run(suite: str = "mini", cluster: str = "local", results: Path | None = None) -> int:
     from harness.analysis import build_figures, build_tables, write_report
     from harness.analysis.render import markdown
     from harness.clusters import load_cluster
     from harness.collect import write_collected
-    from harness.launch import submit
+    from harness.launch import submit, wait
     from harness.records import results_root
     from harness.registry import load_registry
 
@@ -94,7 +74,7 @@ def run(suite: str = "mini", cluster: str = "local", results: Path | None = None
     s = submit(reg, suite, load_cluster(cluster), results)
     print(f"[demo] suite {suite}: {s['cells']} cells, {s['to_submit']} to run on '{cluster}' "
           f"({', '.join(f'{n} {w}' for w, n in s['skipped'].items()) or 'none skipped'})")
-    rows = wait(reg, suite, results) if cluster != "inline" else {}
+    rows = wait(reg, suite, results) if cluster != "inline" else {}  # launch.wait
     failed = [r for r in rows.values() if r["state"] in ("failed", "corrupt")]
     for r in failed[:10]:
         print(f"[demo] {r['state']}: {r['cell']}: {r['reason']}  (log: {r['log']})")
