@@ -231,8 +231,13 @@ def cmd_submit(reg: Registry, args) -> int:
     print(f"suite {s['suite']} on {s['cluster']}: {s['cells']} cells; skipped: {skipped}; {verb} {s['to_submit']}")
     for a in s["arrays"]:
         p = a["profile"]
-        print(f"  {p['protocol']:9s} {a['cells']:6d} cells  gpus={p['gpus']} cpus={p['cpus']} mem={p['mem_gb']:g}G "
-              f"time={p['time_min']}min %{p['array_parallelism']}  " + (" ".join(a["job_ids"]) or "(dry run)"))
+        procs = p.get("tasks", 1) * p.get("nodes", 1)
+        print(f"  {p['protocol']:9s} {a['cells']:6d} cells  gpus={p['gpus']} processes={procs}"
+              + (f" nodes={p['nodes']}" if p.get("nodes", 1) > 1 else "")
+              + f" cpus/process={p['cpus']} mem={p['mem_gb']:g}G time={p['time_min']}min %{p['array_parallelism']}  "
+              + (" ".join(a["job_ids"]) or "(dry run)"))
+        if a.get("note"):
+            print(f"      {a['note']}")
     if not s["to_submit"] or args.dry_run:
         return 0
     if cluster.executor == "slurm" or (cluster.executor == "local" and args.no_wait):

@@ -40,10 +40,14 @@ class ClusterProfile(Spec):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    gpus_per_node: int | None = Field(default=None, ge=0, description="cap on GPUs a cell may ask for")
-    gres: str | None = Field(default=None, description="e.g. 'gpu:a100:1': used instead of gpus_per_node")
-    cpus_per_task: int | None = Field(default=None, ge=1, description="cap on CPUs per cell")
-    mem_gb: float | None = Field(default=None, gt=0, description="cap on memory per cell")
+    gpus_per_node: int | None = Field(default=None, ge=1, description="GPUs in one node: a cell asking for more "
+                                                                      "spans several nodes")
+    max_gpus_per_cell: int | None = Field(default=None, ge=1, description="cap on GPUs per cell: a recipe asking for "
+                                          "more runs on this many with gradient accumulation (same global batch)")
+    gres: str | None = Field(default=None, description="e.g. 'gpu:a100:1': a literal --gres per node instead of "
+                                                       "--gpus-per-node")
+    cpus_per_task: int | None = Field(default=None, ge=1, description="cap on CPUs per process (task)")
+    mem_gb: float | None = Field(default=None, gt=0, description="cap on memory per node")
     array_limit: int = Field(default=1000, ge=1, description="largest array the cluster accepts (MaxArraySize)")
     array_parallelism: int = Field(default=64, ge=1, description="tasks of one array running at once")
     signal_delay_s: int = Field(default=120, ge=1, description="USR2 this long before the time limit")
@@ -63,6 +67,7 @@ class ClusterProfile(Spec):
 
 
 BUILTIN = {
+    # local: as many workers as GPUs (one GPU each) on a GPU machine, else `array_parallelism` CPU workers
     "local": ClusterProfile(name="local", executor="local", array_parallelism=2, source="(built in)"),
     "inline": ClusterProfile(name="inline", executor="inline", source="(built in)"),
 }

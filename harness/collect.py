@@ -12,9 +12,11 @@ from pathlib import Path
 
 from harness import records
 
+# `device`, `gpus` and `world_size` say what actually ran (the record's placement), never what the
+# protocol asked for: every cost in the tables is computed from them.
 META_COLUMNS = ["suite", "protocol", "kind", "dataset", "method", "family", "arch", "epoch", "status", "error",
-                "config_hash", "gpus", "wall_s", "load_s", "features_s", "metrics_s", "peak_memory_mb",
-                "git_sha", "host", "slurm_job_id", "torch"]
+                "config_hash", "device", "device_name", "gpus", "world_size", "wall_s", "load_s", "features_s",
+                "metrics_s", "peak_memory_mb", "git_sha", "host", "slurm_job_id", "torch"]
 
 
 def _number(v):
@@ -25,11 +27,12 @@ def _number(v):
     return None
 
 
-def record_row(rec: dict, methods: dict | None = None, gpus: dict | None = None) -> dict:
+def record_row(rec: dict, methods: dict | None = None) -> dict:
     """One tidy row of a record: metadata columns, then every scalar metric ("name.sub" if nested)."""
     cfg_method = (rec.get("config") or {}).get("method") or {}
     spec = (methods or {}).get(rec.get("method"))
     timings = rec.get("timings") or {}
+    placed = rec.get("placement") or {}
     row = {
         "suite": rec.get("suite"), "protocol": rec.get("protocol"),
         "kind": ((rec.get("config") or {}).get("protocol") or {}).get("kind") or rec.get("protocol"),
@@ -37,7 +40,8 @@ def record_row(rec: dict, methods: dict | None = None, gpus: dict | None = None)
         "method": rec.get("method"), "family": getattr(spec, "family", None),
         "arch": getattr(spec, "arch", None) or cfg_method.get("arch"), "epoch": rec.get("epoch"),
         "status": rec.get("status"), "error": ((rec.get("error") or "").splitlines() or [None])[0],
-        "config_hash": rec.get("config_hash"), "gpus": (gpus or {}).get(rec.get("protocol"), 1),
+        "config_hash": rec.get("config_hash"), "device": placed.get("accelerator"), "device_name": placed.get("name"),
+        "gpus": placed.get("gpus"), "world_size": placed.get("world_size"),
         "wall_s": timings.get("total_s"), "load_s": timings.get("load_s"), "features_s": timings.get("features_s"),
         "metrics_s": timings.get("metrics_s"), "peak_memory_mb": rec.get("peak_memory_mb"),
         "git_sha": rec.get("git_sha"), "host": rec.get("host"), "slurm_job_id": rec.get("slurm_job_id"),
@@ -61,7 +65,7 @@ class Collected:
     corrupt: list[str] = field(default_factory=list)  # "path: why" for every record left out
 
 
-def collect(results: Path, suite: str, *, methods: dict | None = None, gpus: dict | None = None) -> Collected:
+def collect(results: Path, suite: str, *, methods: dict | None = None) -> Collected:
     """Read every record of a suite. A folder that cannot be listed raises OSError; damaged records
     are left out of the table and listed in `corrupt`."""
     import pandas as pd
@@ -74,7 +78,7 @@ def collect(results: Path, suite: str, *, methods: dict | None = None, gpus: dic
         except records.CorruptRecord as e:
             corrupt.append(str(e))
             continue
-        rows.append(record_row(rec, methods, gpus))
+        rows.append(record_row(rec, methods))
         details = rec.get("details") or {}
         for kind in ("log_sv", "log_sv_dense"):
             for i, v in enumerate(details.get(kind) or []):
@@ -108,9 +112,8 @@ def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = Fals
     there); raises CollectError, writing nothing, on an unreadable folder or (without `skip_corrupt`)
     a corrupt record."""
     results = Path(results)
-    gpus = {p.name: p.resources.gpus for p in reg.protocols.values()}
     try:
-        got = collect(results, suite, methods=reg.methods, gpus=gpus)
+        got = collect(results, suite, methods=reg.methods)
     except OSError as e:
         raise CollectError(f"cannot read the records of suite '{suite}' ({e}); results.csv was left as it was")
     if got.corrupt and not skip_corrupt:

@@ -103,12 +103,23 @@ def _to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
+def maybe_autocast(device: str, dtype: torch.dtype | None):
+    import contextlib
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 @torch.no_grad()
 def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int = 224, batch_size: int = 64,
                   layer: int | None = None, num_workers: int = 0, cache_key: str | None = None,
                   cache_dir: Path | None = None, cache_dtype: torch.dtype = torch.float16,
-                  progress: bool = True) -> tuple[torch.Tensor, dict]:
-    """[images, tokens, d] float32 features (rounded to `cache_dtype`) and how they were obtained."""
+                  progress: bool = True, device: str = "cpu",
+                  autocast: torch.dtype | None = None) -> tuple[torch.Tensor, dict]:
+    """[images, tokens, d] float32 features on the CPU (rounded to `cache_dtype`) and how they were
+    obtained. The backbone runs on `device` (under autocast to `autocast` when given); `num_workers`
+    processes decode and crop, into pinned memory when the device is a GPU."""
     path = None
     if cache_key is not None:
         name = f"{cache_key}_L{'last' if layer is None else layer}_{images.hash}_{resize}_{crop}.pt"
@@ -120,10 +131,15 @@ def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int =
             except Exception:  # a torn cache file is recomputed, never trusted
                 path.unlink(missing_ok=True)
     backbone.eval()
+    cuda = torch.device(device).type == "cuda"
     loader = torch.utils.data.DataLoader(_Images(images, eval_transform(resize, crop)), batch_size=batch_size,
-                                         num_workers=num_workers, shuffle=False)
-    out = [_to_cache_dtype(backbone.dense(x, layer), cache_dtype)
-           for x in _progress(loader, len(loader), "features", progress)]
+                                         num_workers=num_workers, shuffle=False, pin_memory=cuda,
+                                         persistent_workers=False)
+    out = []
+    with maybe_autocast(device, autocast):
+        for x in _progress(loader, len(loader), "features", progress):
+            f = backbone.dense(x.to(device, non_blocking=cuda), layer).float()
+            out.append(_to_cache_dtype(f, cache_dtype).cpu())
     feats = torch.cat(out)
     info = {"cache": "miss" if path else "off"}
     if path is not None:
@@ -134,8 +150,11 @@ def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int =
 
 @torch.no_grad()
 def extract_views(backbone, images: ImageList, views: int, *, seed: int = 0, batch_size: int = 64,
-                  augment: dict | None = None, progress: bool = True) -> torch.Tensor:
-    """[images, views, d] image-level embeddings (mean of the dense tokens) of augmented views."""
+                  augment: dict | None = None, progress: bool = True, device: str = "cpu",
+                  autocast: torch.dtype | None = None) -> torch.Tensor:
+    """[images, views, d] image-level embeddings (mean of the dense tokens) of augmented views, on the
+    CPU. The augmentations draw from torch's global RNG in this process (no workers), so they are the
+    same on every device."""
     tf = view_transform(**(augment or {}))
     ds = _Images(images, lambda im: torch.stack([tf(im) for _ in range(views)]))
     torch_state = torch.random.get_rng_state()
@@ -143,9 +162,11 @@ def extract_views(backbone, images: ImageList, views: int, *, seed: int = 0, bat
     try:
         loader = torch.utils.data.DataLoader(ds, batch_size=max(1, batch_size // views), shuffle=False)
         out = []
-        for x in _progress(loader, len(loader), "views", progress):
-            b = x.shape[0]
-            out.append(backbone.dense(x.flatten(0, 1)).mean(dim=1).view(b, views, -1))
+        with maybe_autocast(device, autocast):
+            for x in _progress(loader, len(loader), "views", progress):
+                b = x.shape[0]
+                emb = backbone.dense(x.flatten(0, 1).to(device)).float().mean(dim=1).view(b, views, -1)
+                out.append(emb.cpu())
     finally:
         torch.random.set_rng_state(torch_state)
     return torch.cat(out)

@@ -23,12 +23,13 @@ from harness import ledger
 from harness.clusters import ClusterProfile
 from harness.ledger import ACTIVE_STATES, TERMINAL_FAILED
 from harness.plan import Cell, build_plan
-from harness.registry import Registry
+from harness.registry import Registry, RegistryError
 
 
 @dataclass(frozen=True)
 class Profile:
-    """What one job array asks for."""
+    """What one job array asks for, per cell: `gpus` in all (one process each), spread over `nodes`
+    nodes of `tasks` processes; `cpus` per process, `mem_gb` per node."""
     protocol: str
     gpus: int
     cpus: int
@@ -36,23 +37,51 @@ class Profile:
     time_min: int
     partition: str | None
     array_parallelism: int
+    tasks: int = 1
+    nodes: int = 1
+    recipe_gpus: int = 0   # what the protocol asks for, before the cluster's cap
+
+    @property
+    def world_size(self) -> int:
+        return self.tasks * self.nodes
+
+    def note(self) -> str | None:
+        """What a cap does to the recipe: the same global batch by gradient accumulation, longer cells."""
+        if self.recipe_gpus > self.gpus > 0:
+            k = self.recipe_gpus / self.gpus
+            return (f"capped to {self.gpus} of the recipe's {self.recipe_gpus} GPUs per cell: the same global batch "
+                    f"by {k:g}x gradient accumulation, about {k:g}x the wall time per cell (time limit scaled)")
+        return None
 
 
 def profile_for(reg: Registry, cluster: ClusterProfile, protocol: str) -> Profile:
     res = reg.protocol(protocol).resources
     over = cluster.protocols.get(protocol)
-    gpus = over.gpus if over and over.gpus is not None else res.gpus
+    recipe = over.gpus if over and over.gpus is not None else res.gpus
     cpus = over.cpus if over and over.cpus is not None else res.cpus
     mem = over.mem_gb if over and over.mem_gb is not None else float(res.mem_gb)
-    if cluster.gpus_per_node is not None:
-        gpus = min(gpus, cluster.gpus_per_node)
+    time_min = over.time_min if over and over.time_min else res.time_min
+    gpus = min(recipe, cluster.max_gpus_per_cell) if cluster.max_gpus_per_cell and recipe else recipe
+    world = gpus or res.processes or 1
+    nodes = 1
+    if gpus and cluster.gpus_per_node and gpus > cluster.gpus_per_node:
+        if gpus % cluster.gpus_per_node:
+            raise RegistryError(f"protocol '{protocol}' asks for {gpus} GPUs, not a multiple of the {cluster.gpus_per_node} "
+                                f"GPUs per node of cluster profile '{cluster.name}' ({cluster.source}); set "
+                                f"max_gpus_per_cell or a per-protocol gpus override")
+        nodes = gpus // cluster.gpus_per_node
+    if gpus and recipe > gpus:
+        time_min = int(time_min * recipe / gpus + 0.5)  # accumulation: more steps per device
+    cpus = max(1, -(-cpus // world))  # the cell's CPUs shared by its processes
     if cluster.cpus_per_task is not None:
         cpus = min(cpus, cluster.cpus_per_task)
+    mem = mem / nodes
     if cluster.mem_gb is not None:
         mem = min(mem, cluster.mem_gb)
-    return Profile(protocol, gpus, cpus, mem, (over.time_min if over and over.time_min else res.time_min),
+    return Profile(protocol, gpus, cpus, mem, time_min,
                    (over.partition if over and over.partition else cluster.partition),
-                   (over.array_parallelism if over and over.array_parallelism else cluster.array_parallelism))
+                   (over.array_parallelism if over and over.array_parallelism else cluster.array_parallelism),
+                   tasks=world // nodes, nodes=nodes, recipe_gpus=recipe)
 
 
 class CellJob:
@@ -60,8 +89,13 @@ class CellJob:
     it with the same arguments, and the job resumes from what it saved in its work directory."""
 
     def __call__(self, cell: Cell, results: str) -> str:
-        from harness.jobs import execute
+        import submitit
 
+        from harness.jobs import execute, watch_termination
+
+        watch_termination()
+        if submitit.JobEnvironment().num_tasks > 1:  # one process per GPU: torch.distributed from submitit's env
+            submitit.helpers.TorchDistributedEnvironment().export()
         return execute(cell, results)["status"]
 
     def checkpoint(self, *args, **kwargs):
@@ -89,11 +123,12 @@ def _executor(cluster: ClusterProfile, prof: Profile, suite: str):
     folder = cluster.logs() / suite / "%j"
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster.executor, slurm_max_num_timeout=cluster.max_num_timeout)
     params = dict(timeout_min=prof.time_min, cpus_per_task=prof.cpus, mem_gb=prof.mem_gb, name=f"sdd-{suite}-{prof.protocol}",
-                  slurm_array_parallelism=prof.array_parallelism, slurm_signal_delay_s=cluster.signal_delay_s)
+                  slurm_array_parallelism=prof.array_parallelism, slurm_signal_delay_s=cluster.signal_delay_s,
+                  tasks_per_node=prof.tasks, nodes=prof.nodes)
     if cluster.gres:
         params["slurm_gres"] = cluster.gres
     elif prof.gpus:
-        params["gpus_per_node"] = prof.gpus
+        params["gpus_per_node"] = prof.gpus // prof.nodes
     for key, value in (("slurm_partition", prof.partition), ("slurm_account", cluster.account),
                        ("slurm_qos", cluster.qos), ("slurm_constraint", cluster.constraint)):
         if value:
@@ -146,7 +181,7 @@ def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, 
 
 
 def _array_summary(prof: "Profile", cells: int, job_ids: list[str]) -> dict:
-    return {"profile": prof.__dict__, "cells": cells, "job_ids": job_ids}
+    return {"profile": prof.__dict__, "cells": cells, "job_ids": job_ids, "note": prof.note()}
 
 
 def submit_inline(groups: dict, cluster: ClusterProfile, suite: str, results: Path, progress: bool) -> list[dict]:
@@ -164,19 +199,61 @@ def submit_inline(groups: dict, cluster: ClusterProfile, suite: str, results: Pa
     return arrays
 
 
+def _local_executor(cluster: ClusterProfile, prof: Profile, suite: str, gpus: list[int]):
+    """submitit's local executor (this machine): `gpus` are the GPU indices its processes see (none:
+    CUDA hidden, so a CPU cell cannot drift onto a GPU)."""
+    import submitit
+
+    ex = submitit.LocalExecutor(folder=cluster.logs() / suite / "%j")
+    ex.update_parameters(timeout_min=prof.time_min, tasks_per_node=prof.tasks, gpus_per_node=len(gpus),
+                         visible_gpus=gpus, name=f"sdd-{suite}-{prof.protocol}")
+    return ex
+
+
+def visible_gpus() -> int:
+    """GPUs this machine shows to its processes (CUDA_VISIBLE_DEVICES respected)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def submit_local(groups: dict, cluster: ClusterProfile, suite: str, results: Path, progress: bool) -> list[dict]:
-    """A few submitit local workers (`array_parallelism`), each running a share of the cells."""
-    todo = [c for _, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol) for c in cs]
-    workers = max(1, min(cluster.array_parallelism, len(todo)))
-    shares = [todo[i::workers] for i in range(workers)]
-    prof = Profile("+".join(sorted({p.protocol for p in groups})), 0, 1, 4.0,
-                   max(p.time_min for p in groups) * len(todo), None, workers)
-    ex = _executor(cluster, prof, suite)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = [ex.submit(CellBatchJob(), share, str(results), threads) for share in shares]
-    for share, job in zip(shares, jobs):
-        ledger.record_submission(results, suite, cluster.executor, cluster.name, share, [job] * len(share))
-    return [_array_summary(prof, len(todo), [str(j.job_id) for j in jobs])]
+    """This machine, through submitit's local executor:
+    - one-process CPU cells: `array_parallelism` workers, each running a share of them, GPUs hidden;
+    - one-process GPU cells: one worker per visible GPU, that GPU only;
+    - multi-process cells (a gloo world on the CPU, or several GPUs): one local job each with one task
+      per process (GPU cells capped to the GPUs there are, with gradient accumulation)."""
+    arrays = []
+    by_protocol = sorted(groups.items(), key=lambda kv: kv[0].protocol)
+    single_cpu = [c for p, cs in by_protocol if p.world_size == 1 and not p.gpus for c in cs]
+    single_gpu = [c for p, cs in by_protocol if p.world_size == 1 and p.gpus for c in cs]
+    multi = [(p, c) for p, cs in by_protocol if p.world_size > 1 for c in cs]
+    n_gpus = visible_gpus() if single_gpu or any(p.gpus for p, _ in multi) else 0
+    if (single_gpu or any(p.gpus for p, _ in multi)) and not n_gpus:
+        n_gpus = 1  # no GPU here: the cells run, and each ends as a failed record saying so
+    time_min = max(p.time_min for p in groups) * max(1, sum(len(cs) for cs in groups.values()))
+    protocols = "+".join(sorted({p.protocol for p in groups}))
+    for cells, workers, gpu in ((single_cpu, cluster.array_parallelism, False), (single_gpu, n_gpus, True)):
+        if not cells:
+            continue
+        workers = max(1, min(workers, len(cells)))
+        shares = [cells[i::workers] for i in range(workers)]
+        prof = Profile(protocols, int(gpu), 1, 4.0, time_min, None, workers)
+        jobs = []
+        for i, share in enumerate(shares):
+            ex = _local_executor(cluster, prof, suite, [i % n_gpus] if gpu else [])
+            jobs.append(ex.submit(CellBatchJob(), share, str(results), 0 if gpu else max(1, (os.cpu_count() or 1) // workers)))
+            ledger.record_submission(results, suite, cluster.executor, cluster.name, share, [jobs[-1]] * len(share))
+        arrays.append(_array_summary(prof, len(cells), [str(j.job_id) for j in jobs]))
+    for prof, c in multi:
+        tasks = min(prof.world_size, n_gpus) if prof.gpus else prof.world_size
+        local = Profile(prof.protocol, tasks if prof.gpus else 0, 1, prof.mem_gb, prof.time_min, None, 1, tasks=tasks,
+                        recipe_gpus=prof.recipe_gpus)
+        ex = _local_executor(cluster, local, suite, list(range(tasks)) if prof.gpus else [])
+        job = ex.submit(CellJob(), c, str(results))
+        ledger.record_submission(results, suite, cluster.executor, cluster.name, [c], [job])
+        arrays.append(_array_summary(local, 1, [str(job.job_id)]))
+    return arrays
 
 
 def submit_slurm(groups: dict, cluster: ClusterProfile, suite: str, results: Path, progress: bool) -> list[dict]:

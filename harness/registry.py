@@ -208,11 +208,25 @@ class DatasetSpec(Spec):
 
 
 class Resources(Spec):
-    gpus: int = Field(default=1, ge=0)
-    cpus: int = Field(default=8, ge=1)
-    mem_gb: int = Field(default=32, ge=1)
+    gpus: int = Field(default=1, ge=0, description="GPUs per cell, one process each; 0 = the CPU")
+    processes: int | None = Field(default=None, ge=1, description="processes per cell on the CPU (gpus: 0), a "
+                                                                   "gloo world of this size; with GPUs, gpus decides")
+    cpus: int = Field(default=8, ge=1, description="CPU cores per cell (shared by its processes)")
+    mem_gb: int = Field(default=32, ge=1, description="memory per cell")
     time_min: int = Field(default=60, ge=1)
     gpu_hours: float = Field(ge=0, description="estimated GPU·h per cell (for `sdd plan`)")
+
+    @model_validator(mode="after")
+    def _one_process_per_gpu(self):
+        if self.gpus and self.processes not in (None, self.gpus):
+            raise ValueError(f"processes ({self.processes}) must equal gpus ({self.gpus}) or be left out: "
+                             f"a GPU cell runs one process per GPU")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Processes of one cell as the recipe plans it."""
+        return self.gpus or self.processes or 1
 
 
 class ProtocolSpec(Spec):

@@ -70,6 +70,14 @@ def no_active(bench, results):
     return lambda: not any(r["state"] in ("running", "pending") for r in states(bench, results).values())
 
 
+def probe_state(bench, results, cid="probe/imagenet/dino/ep0010"):
+    """Where a probe cell keeps its progress (the work folder bound to its config and checkpoint)."""
+    from harness.jobs import work_dir
+
+    cell = next(c for c in build_plan(load_registry(bench), "probe") if c.id == cid)
+    return work_dir(cell, results) / "probe_state.json"
+
+
 def check_records(results, bench, steps):
     """Every cell has exactly one complete ok record with the value its work must produce."""
     cells = states(bench, results)
@@ -141,7 +149,7 @@ def test_scancel_mid_run_then_retry_resumes_from_saved_progress(slurm_cluster, e
     results = env / "results"
     sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
     job = ledger.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]["job_id"]
-    work = results / "probe/work/probe/imagenet/dino/ep0010/probe_state.json"
+    work = probe_state(bench, results)
     wait_for(lambda: work.is_file() and json.loads(work.read_text())["step"] >= 3, what="some progress")
     subprocess.run(["scancel", job], check=True)
     wait_for(lambda: sacct_state(job).startswith("CANCELLED"), what="the cancellation")
@@ -161,7 +169,7 @@ def test_scontrol_requeue_resumes_from_saved_state(slurm_cluster, env):
     results = env / "results"
     sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
     job = ledger.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]["job_id"]
-    work = results / "probe/work/probe/imagenet/dino/ep0010/probe_state.json"
+    work = probe_state(bench, results)
     wait_for(lambda: work.is_file() and json.loads(work.read_text())["step"] >= 3, what="some progress")
     subprocess.run(["scontrol", "requeue", job], check=True)
     wait_for(all_done(bench, results), timeout=240, what="the requeued job")
@@ -317,7 +325,7 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm_cluster, env):
     results = env / "results"
     sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results))
     entry = ledger.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]
-    work = results / "probe/work/probe/imagenet/dino/ep0010/probe_state.json"
+    work = probe_state(bench, results)
     wait_for(lambda: work.is_file() and json.loads(work.read_text())["step"] >= 3, what="some progress")
     for sig in ("SIGTERM", "USR2"):
         subprocess.run(["scancel", entry["job_id"], "--signal", sig], check=True)

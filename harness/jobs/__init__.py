@@ -5,27 +5,44 @@ versions and timings, peak memory, the ok/failed epilogue) and stores the one re
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import records
 from harness.atomic import write_json
+from harness.device import (
+    DeviceError,
+    Placement,
+    batch_plan,
+    dist_env,
+    init_distributed,
+    resolve,
+)
 from harness.fingerprint import file_fingerprint
 from harness.jobs.common import base_record, failed_record, now, peak_memory_mb
 from harness.kinds import PROTOCOL_KINDS
-from harness.registry import Registry, RegistryError, load_registry
+from harness.registry import Registry, RegistryError, Resources, load_registry
 
 
 @dataclass
 class JobContext:
-    """What `execute` hands a job besides the cell. `work_dir` (state the job resumes from after a
-    requeue) is created and claimed for this run when a job first asks for it."""
+    """What `execute` hands a job besides the cell: the registry, where it runs (`placement`: device,
+    world size, rank, CPUs) and the recipe's resources (`resources`: the GPUs it plans for, which set
+    the global batch). `work_dir` (state the job resumes from after a requeue) is created and claimed
+    for this run when a job first asks for it; only rank 0 writes into it."""
     registry: Registry
     work: Path
     identity: dict
+    placement: Placement
+    resources: Resources
     progress: bool = True
     _claimed: bool = False
+
+    def batch(self, global_batch: int) -> dict:
+        """Per-device batch and gradient accumulation keeping the recipe's global batch here."""
+        return batch_plan(global_batch, self.resources.world_size, self.placement.world_size)
 
     @property
     def work_dir(self) -> Path:
@@ -41,6 +58,26 @@ def _checkpoint_file(reg: Registry, cell) -> Path | None:
         return reg.method(cell.method).checkpoint_file(cell.epoch)
     except RegistryError:  # SDD_CKPT_ROOT unset: the job's own loading says so, where it needs one
         return None
+
+
+_TERMINATING: dict = {"signal": None}
+
+
+def watch_termination() -> None:
+    """Note a SIGTERM (Slurm's scancel, preemption, the time limit) before passing it on to the handler
+    already installed (submitit's). A job that then fails, e.g. because its data-loader workers were
+    killed, was stopped, not broken: it writes no failed record (the scheduler's state says what
+    happened, and its saved progress is resumed by the next run)."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def note(signum, frame):
+        _TERMINATING["signal"] = signum
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, note)
 
 
 def job_for(kind: str):
@@ -87,20 +124,47 @@ def ok_record(record: dict, results: dict, wall_s: float) -> dict:
 
 def execute(cell, results: Path | str, *, registry: Registry | None = None, progress: bool = True) -> dict:
     """Run a cell's job and write its record (ok or failed) atomically; returns the record.
+
+    The device is decided here, before the job starts (`harness.device.resolve`), and a multi-process
+    cell's process group is set up here; every rank runs the job, rank 0 alone writes the record.
     An interrupt (KeyboardInterrupt, SystemExit) writes nothing: the cell stays to do."""
     results = Path(results)
     record = base_record(cell)
     t0 = time.perf_counter()
     try:
+        rank = dist_env()[1]
+    except (DeviceError, ValueError):
+        rank = 0
+    own_group = False
+    try:
         job = job_for(cell.config["protocol"]["kind"])
         reg = registry or load_registry(cell.registry_root or None)
+        resources = reg.protocol(cell.protocol).resources
+        placement = resolve(resources.gpus, cpus=resources.cpus)
+        record["placement"] = placement.record()
+        if placement.distributed and placement.accelerator == "cpu":  # the processes share the cores
+            import torch
+
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", placement.world_size))
+            torch.set_num_threads(max(1, placement.cpus // local_world))
+        own_group = init_distributed(placement)
         path = _checkpoint_file(reg, cell)  # resolved where the job runs
         checkpoint = file_fingerprint(path) if path else None
         record["inputs"] = {"checkpoint": {"path": str(path) if path else None, **(checkpoint or {})}}
         identity = {"cell": cell.id, "config_hash": cell.config_hash, "checkpoint": (checkpoint or {}).get("id")}
-        out = job.run(cell, JobContext(reg, work_dir(cell, results, checkpoint), identity, progress))
-        record = ok_record(record, out, time.perf_counter() - t0)
+        ctx = JobContext(reg, work_dir(cell, results, checkpoint), identity, placement, resources, progress)
+        out = job.run(cell, ctx)
+        if placement.is_main:  # the other ranks' results are rank 0's; they write nothing
+            record = ok_record(record, out, time.perf_counter() - t0)
     except Exception as e:  # a job's failure is data: it ends as a failed record with the reason
+        if _TERMINATING["signal"] is not None:
+            raise  # stopped from outside, not broken: nothing is written, the cell stays to do
         record = failed_record(record, e, time.perf_counter() - t0)
-    records.write_record(cell.record_path(results), record)
+    finally:
+        if own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
+        records.write_record(cell.record_path(results), record)
     return record

@@ -46,9 +46,9 @@ def read_frame(path: Path, short_side: int, multiple: int) -> tuple[torch.Tensor
     return x.permute(2, 0, 1)[None], (h, w)
 
 
-def neighbourhood(h: int, w: int, size: int) -> torch.Tensor:
+def neighbourhood(h: int, w: int, size: int, device="cpu") -> torch.Tensor:
     """[h*w, h*w] mask: 1 where two token positions are within `size` rows and columns."""
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
     return (((ys[:, None] - ys[None]).abs() <= size) & ((xs[:, None] - xs[None]).abs() <= size)).float()
 
@@ -75,22 +75,25 @@ def _features(backbone, x, layer):
 
 
 @torch.no_grad()
-def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Path, p: dict, layer, stride: int) -> None:
+def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Path, p: dict, layer, stride: int,
+                     device: str = "cpu") -> None:
+    """Propagate the first frame's labels through the sequence on `device` (float32: the affinities'
+    exponentials and top-k are sensitive to rounding); predictions written as indexed PNGs."""
     short, mult = int(p.get("short_side", 480)), int(p.get("size_multiple", 64))
     x0, (oh, ow) = read_frame(frames[0], short, mult)
-    f0 = _features(backbone, x0, layer)
+    f0 = _features(backbone, x0.to(device), layer)
     h, w = x0.shape[2] // stride, x0.shape[3] // stride
     lab = read_label_png(first_mask)
     small = np.array(Image.fromarray(lab).resize((w, h), Image.NEAREST)).astype(np.int64)
     n_lab = int(lab.max()) + 1
-    seg0 = F.one_hot(torch.from_numpy(small), n_lab).permute(2, 0, 1).float()
+    seg0 = F.one_hot(torch.from_numpy(small), n_lab).permute(2, 0, 1).float().to(device)
     size = int(p.get("size_mask_neighborhood", 12))
-    mask = neighbourhood(h, w, size) if size > 0 else None
+    mask = neighbourhood(h, w, size, device) if size > 0 else None
     queue: deque = deque(maxlen=int(p.get("n_last_frames", 7)))
     write_indexed_png(lab, out_dir / f"{frames[0].stem}.png")
     for frame in frames[1:]:
         x, _ = read_frame(frame, short, mult)
-        ft = _features(backbone, x, layer)
+        ft = _features(backbone, x.to(device), layer)
         soft = propagate(ft, [f0] + [q[0] for q in queue], [seg0] + [q[1] for q in queue], h, w,
                          topk=int(p.get("topk", 5)), temperature=float(p.get("temperature", 0.1)), mask=mask)
         queue.append((ft, soft))
@@ -98,7 +101,7 @@ def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Pa
         lo = up.flatten(1).min(dim=1).values[:, None, None]
         hi = up.flatten(1).max(dim=1).values[:, None, None]
         up = torch.where(hi > 0, (up - lo) / (hi - lo).clamp_min(1e-12), up)  # per-channel min-max, as DINO
-        pred = up.argmax(dim=0).numpy().astype(np.uint8)
+        pred = up.argmax(dim=0).cpu().numpy().astype(np.uint8)
         pred = np.array(Image.fromarray(pred).resize((ow, oh), Image.NEAREST))
         write_indexed_png(pred, out_dir / f"{frame.stem}.png")
 
@@ -114,7 +117,7 @@ def run(cell, ctx) -> dict:
     sequences = davis_sequences(ds, root, split)  # frames paired with annotations by name, checked
     t0 = time.perf_counter()
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
-    bb = loaded.backbone
+    bb = loaded.backbone.to(ctx.placement.device)
     if bb.info.family == "vit":
         layer, stride, feature = None, bb.stride, "last block + final norm (patch tokens)"
     else:
@@ -124,7 +127,7 @@ def run(cell, ctx) -> dict:
     per_seq = {}
     for seq, pairs in sequences.items():
         frames = [f for f, _ in pairs]
-        segment_sequence(bb, frames, pairs[0][1], out / seq, p, layer, stride)
+        segment_sequence(bb, frames, pairs[0][1], out / seq, p, layer, stride, ctx.placement.device)
         gts = [read_label_png(m) for _, m in pairs]
         preds = [read_label_png(out / seq / f"{f.stem}.png") for f in frames]
         per_seq[seq] = jandf.evaluate_sequence(gts, preds, float(p.get("bound_th", 0.008)))
@@ -133,4 +136,5 @@ def run(cell, ctx) -> dict:
     per_object = scores.pop("per_object")
     return {"metrics": scores, "details": {"per_object": per_object},
             "checkpoint": loaded.summary(), "feature": feature, "sequences": len(sequences), "predictions": str(out),
+            "precision": "float32",
             "timings": {"propagation_s": t1 - t0}}

@@ -11,6 +11,7 @@ cell's work directory as plain tensors and resumed with weights_only=True.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -27,6 +28,8 @@ from harness.datasets import (
     open_rgb,
     verify_coco,
 )
+from harness.device import data_workers
+from harness.features import maybe_autocast
 
 
 def detectron2_available() -> tuple[bool, str]:
@@ -138,8 +141,8 @@ def build_torchvision_model(backbone, num_classes: int, p: dict):
 
 
 @torch.no_grad()
-def coco_evaluate(model, ds: CocoInstances, batch: int = 2) -> tuple[dict, dict]:
-    """(AP metrics in percent, {metric: why it is NaN})."""
+def coco_evaluate(model, ds: CocoInstances, batch: int = 2, device: str = "cpu") -> tuple[dict, dict]:
+    """(AP metrics in percent, {metric: why it is NaN}); inference in float32 on `device`."""
     from pycocotools import mask as mask_utils
     from pycocotools.cocoeval import COCOeval
 
@@ -147,7 +150,8 @@ def coco_evaluate(model, ds: CocoInstances, batch: int = 2) -> tuple[dict, dict]
     dets = []
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, collate_fn=_collate)
     for images, targets in loader:
-        for out, t in zip(model(list(images)), targets):
+        for out, t in zip(model([im.to(device) for im in images]), targets):
+            out = {k: v.cpu() for k, v in out.items()}
             masks = (out["masks"][:, 0] > 0.5).numpy().astype(np.uint8)
             for box, score, label, m in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), masks):
                 rle = mask_utils.encode(np.asfortranarray(m))
@@ -178,8 +182,38 @@ def coco_evaluate(model, ds: CocoInstances, batch: int = 2) -> tuple[dict, dict]
     return result, undefined
 
 
-def _train_torchvision(model, ds, p: dict, work: Path) -> tuple[int, int]:
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Every optimizer step draws one global batch from a seeded stream that all ranks share; each rank
+    takes its own slice of it, in `accumulation` consecutive micro-batches. So 1 process with gradient
+    accumulation and N processes see the same global batches, and a resumed run the same as an
+    uninterrupted one (the stream is replayed up to the step it resumes at)."""
+
+    def __init__(self, n: int, plan: dict, rank: int, seed: int, start: int, steps: int):
+        self.n, self.plan, self.rank, self.seed, self.start, self.steps = n, plan, rank, seed, start, steps
+        self.mine = plan["per_device"] * plan["accumulation"]
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed)
+        for step in range(self.steps):
+            idx = torch.randint(self.n, (self.plan["global"],), generator=g)
+            if step >= self.start:
+                yield from idx[self.rank * self.mine:(self.rank + 1) * self.mine].tolist()
+
+    def __len__(self):
+        return (self.steps - self.start) * self.mine
+
+
+def _train_torchvision(model, ds, p: dict, work: Path, ctx) -> tuple[int, int, dict, str]:
+    """Train on the cell's device(s): DDP over the cell's processes, the recipe's global batch kept by
+    per-device batches and gradient accumulation, bfloat16 autocast on GPUs. Rank 0 saves the state;
+    every rank resumes from it. Returns (start step, steps, batch plan, precision)."""
+    placement = ctx.placement
+    dev, cuda = placement.device, placement.accelerator == "cuda"
     iters = int(p.get("iters", 1000))
+    plan = ctx.batch(int(p.get("batch_size", 2)))
+    precision = p.get("precision", "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32")
+    amp = {"float32": None, "bfloat16": torch.bfloat16}[precision]
+    model.to(dev)
     params = [q for q in model.parameters() if q.requires_grad]
     opt_cfg = p.get("optimizer", {})
     opt = torch.optim.AdamW(params, lr=float(opt_cfg.get("lr", 1e-4)), weight_decay=float(opt_cfg.get("weight_decay", 0.05)))
@@ -190,24 +224,36 @@ def _train_torchvision(model, ds, p: dict, work: Path) -> tuple[int, int]:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["iter"])
-    g = torch.Generator().manual_seed(int(p.get("seed", 0)) + start)
-    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=10**9, generator=g)
-    loader = iter(torch.utils.data.DataLoader(ds, batch_size=int(p.get("batch_size", 2)), sampler=sampler,
-                                              collate_fn=_collate))
+    net = model
+    if placement.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[placement.local_rank] if cuda else None,
+                                      find_unused_parameters=True)
+    sampler = GlobalBatchSampler(len(ds), plan, placement.rank, int(p.get("seed", 0)), start, iters)
+    workers = data_workers(placement, p.get("num_workers"))
+    loader = iter(torch.utils.data.DataLoader(ds, batch_size=plan["per_device"], sampler=sampler, collate_fn=_collate,
+                                              num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0))
     interval = int(p.get("checkpoint_interval", 500))
     model.train()
     for it in range(start, iters):
-        images, targets = next(loader)
-        losses = model(list(images), [{k: v for k, v in t.items() if k != "image_id"} for t in targets])
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"Mask R-CNN loss is {loss.item()} at iteration {it}: {dict((k, float(v)) for k, v in losses.items())}")
         opt.zero_grad()
-        loss.backward()
+        for micro in range(plan["accumulation"]):
+            images, targets = next(loader)
+            images = [im.to(dev, non_blocking=cuda) for im in images]
+            targets = [{k: v.to(dev) for k, v in t.items() if k != "image_id"} for t in targets]
+            sync = micro + 1 == plan["accumulation"] or not placement.distributed
+            with (contextlib.nullcontext() if sync else net.no_sync()), maybe_autocast(dev, amp):
+                losses = net(images, targets)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"Mask R-CNN loss is {loss.item()} at iteration {it}: "
+                                             f"{dict((k, float(v)) for k, v in losses.items())}")
+                (loss / plan["accumulation"]).backward()
         opt.step()
-        if (it + 1) % interval == 0 or it + 1 == iters:
+        if placement.is_main and ((it + 1) % interval == 0 or it + 1 == iters):
             save_tensors({"iter": it + 1, "model": model.state_dict(), "optimizer": opt.state_dict()}, state_file)
-    return start, iters
+    return start, iters, {**plan, "data_workers": workers, "pin_memory": cuda}, precision
 
 
 def run(cell, ctx) -> dict:
@@ -230,21 +276,24 @@ def run(cell, ctx) -> dict:
     if backend == "detectron2":
         from harness.jobs.maskrcnn_d2 import run_detectron2
 
-        return run_detectron2(cell, reg, p, root, work)
+        return run_detectron2(cell, reg, p, root, work, ctx)
     t0 = time.perf_counter()
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
     tr, va = ds_spec.splits["train"], ds_spec.splits["val"]
     train_ds = CocoInstances(root / tr.img_dir, root / tr.ann_file, train=True)
     val_ds = CocoInstances(root / va.img_dir, root / va.ann_file, train=False)
-    torch.manual_seed(int(p.get("seed", 0)))
+    torch.manual_seed(int(p.get("seed", 0)))  # the same initial heads on every rank
     model = build_torchvision_model(loaded.backbone, len(train_ds.cat_ids), p)
     t1 = time.perf_counter()
-    start, iters = _train_torchvision(model, train_ds, p, work)
+    start, iters, batch, precision = _train_torchvision(model, train_ds, p, work, ctx)
     t2 = time.perf_counter()
-    metrics, undefined = coco_evaluate(model, val_ds)
+    if not ctx.placement.is_main:  # rank 0 scores and writes the record
+        return {"metrics": {}, "rank": ctx.placement.rank}
+    metrics, undefined = coco_evaluate(model, val_ds, device=ctx.placement.device)
     t3 = time.perf_counter()
     return {"backend": "torchvision", "detectron2_unavailable_because": why or None,
             "metrics": metrics, "undefined_metrics": undefined, "checkpoint": loaded.summary(), "resumed_from_iter": start, "iters": iters,
+            "batch": batch, "precision": precision,
             "resolved": {"params": p, "pyramid": "simple feature pyramid" if loaded.backbone.info.family == "vit"
                          else "FPN", "num_classes": len(train_ds.cat_ids)},
             "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,

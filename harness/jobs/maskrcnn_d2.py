@@ -61,7 +61,11 @@ def _register():
                    top_block=LastLevelMaxPool())
 
 
-def run_detectron2(cell, reg, p: dict, root: Path, work: Path) -> dict:
+def run_detectron2(cell, reg, p: dict, root: Path, work: Path, ctx) -> dict:
+    """detectron2's DefaultTrainer on the cell's device(s). A multi-process cell uses detectron2's own
+    DDP path: the process group is already up (harness.device), detectron2's local group is made here.
+    detectron2 has no gradient accumulation: IMS_PER_BATCH is the recipe's global batch, split over
+    the processes there are (recorded)."""
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog, build_detection_test_loader
@@ -89,7 +93,15 @@ def run_detectron2(cell, reg, p: dict, root: Path, work: Path) -> dict:
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.BACKBONE.NAME = "build_sdd_backbone"
-    cfg.MODEL.DEVICE = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+    placement = ctx.placement
+    cfg.MODEL.DEVICE = placement.device
+    if placement.distributed:
+        import os
+
+        from detectron2.utils import comm
+
+        if comm._LOCAL_PROCESS_GROUP is None:
+            comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", placement.world_size)))
     cfg.MODEL.WEIGHTS = ""  # the backbone comes from the harness's safe loader
     cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = imagenet_norm(255)  # detectron2 normalises 0-255 pixels
     cfg.INPUT.FORMAT = "RGB"
@@ -101,8 +113,13 @@ def run_detectron2(cell, reg, p: dict, root: Path, work: Path) -> dict:
     cfg.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MAX_SIZE_TEST = int(p.get("max_size", 1333))
     cfg.INPUT.MIN_SIZE_TEST = int(p.get("min_size", 800))
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (names["train"],), (names["val"],)
-    cfg.DATALOADER.NUM_WORKERS = int(p.get("num_workers", 0))
-    cfg.SOLVER.IMS_PER_BATCH = int(p.get("batch_size", 16))
+    from harness.device import data_workers
+
+    cfg.DATALOADER.NUM_WORKERS = data_workers(placement, p.get("num_workers"))
+    cfg.SOLVER.IMS_PER_BATCH = int(p.get("batch_size", 16))  # global: detectron2 divides it by the world size
+    if cfg.SOLVER.IMS_PER_BATCH % placement.world_size:
+        raise ValueError(f"batch_size {cfg.SOLVER.IMS_PER_BATCH} does not split over {placement.world_size} processes")
+    cfg.SOLVER.AMP.ENABLED = placement.accelerator == "cuda" and bool(p.get("amp", True))
     cfg.SOLVER.BASE_LR = float(p.get("optimizer", {}).get("lr", 1e-4))
     cfg.SOLVER.MAX_ITER = int(p.get("iters", 1000))
     cfg.SOLVER.STEPS = tuple(int(s) for s in p.get("steps", ()))
@@ -120,6 +137,8 @@ def run_detectron2(cell, reg, p: dict, root: Path, work: Path) -> dict:
     evaluator = COCOEvaluator(names["val"], output_dir=str(work / "eval"), use_fast_impl=False)
     res = inference_on_dataset(trainer.model, build_detection_test_loader(cfg, names["val"]), evaluator)
     t3 = time.perf_counter()
+    if not placement.is_main:  # detectron2 gathers the results on rank 0, which writes the record
+        return {"metrics": {}, "rank": placement.rank}
     import math
 
     metrics, undefined = {}, {}
@@ -132,6 +151,9 @@ def run_detectron2(cell, reg, p: dict, root: Path, work: Path) -> dict:
                                    if kind in res else f"COCOEvaluator returned no {kind} results")
     return {"backend": "detectron2", "metrics": metrics, "undefined_metrics": undefined, "checkpoint": loaded.summary(),
             "resumed_from_iter": start, "iters": cfg.SOLVER.MAX_ITER, "detectron2_config": cfg.dump(),
+            "batch": {"global": cfg.SOLVER.IMS_PER_BATCH, "per_device": cfg.SOLVER.IMS_PER_BATCH // placement.world_size,
+                      "accumulation": 1, "world_size": placement.world_size, "data_workers": cfg.DATALOADER.NUM_WORKERS},
+            "precision": "float16 (detectron2 AMP)" if cfg.SOLVER.AMP.ENABLED else "float32",
             "pyramid": "detectron2 " + ("SimpleFeaturePyramid" if loaded.backbone.info.family == "vit" else "FPN"),
             "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
                         "iters_per_s": (cfg.SOLVER.MAX_ITER - start) / max(t2 - t1, 1e-9)}}

@@ -4,6 +4,7 @@ The backbone's forward pass happens once (features cached on disk); all metrics 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 
 from harness.datasets import root_of, verify_images
+from harness.device import data_workers
 from harness.features import extract_dense, extract_views, image_list
 from harness.fingerprint import file_fingerprint
 from harness.metrics import compute_all
@@ -29,9 +31,31 @@ def feature_cache_key(cell, checkpoint: Path) -> str:
     return f"{cell.method}_ep{cell.epoch:04d}_{fp['id']}_{loader}"
 
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+@contextlib.contextmanager
+def full_float32(device: str):
+    """Metrics in true float32 on a GPU (TF32 off, as on the CPU); restored afterwards."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def run(cell, ctx) -> dict:
-    reg, progress = ctx.registry, ctx.progress
+    reg, progress, placement = ctx.registry, ctx.progress, ctx.placement
+    dev, cuda = placement.device, placement.accelerator == "cuda"
     params = cell.config["protocol"]["params"]
+    precision = params.get("precision", "float32")  # of the backbone's forward pass; the metrics are float32
+    if precision not in PRECISIONS:
+        raise ValueError(f"params.precision: {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    workers = data_workers(placement, params.get("num_workers"))
     t0 = time.perf_counter()
     ds = reg.dataset(cell.dataset)
     split = params.get("split", "train")
@@ -39,21 +63,28 @@ def run(cell, ctx) -> dict:
     images = image_list(root, int(params["num_images"]), int(params.get("image_list_seed", 0)))
     verify_images(ds, split, [root / p for p in images.paths])  # every image readable and whole
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
+    loaded.backbone.to(dev)
     t_load = time.perf_counter()
-    key = feature_cache_key(cell, loaded.path) if params.get("cache", True) else None
-    dense, cache = extract_dense(loaded.backbone, images, resize=int(params.get("resize", 256)),
-                                 crop=int(params.get("crop", 224)), batch_size=int(params.get("forward_batch", 64)),
-                                 cache_key=key,
-                                 cache_dtype=getattr(torch, params.get("cache_dtype", "float16")), progress=progress)
+    key = f"{feature_cache_key(cell, loaded.path)}_{precision}" if params.get("cache", True) else None
+    with full_float32(dev):
+        dense, cache = extract_dense(loaded.backbone, images, resize=int(params.get("resize", 256)),
+                                     crop=int(params.get("crop", 224)), batch_size=int(params.get("forward_batch", 64)),
+                                     cache_key=key, cache_dtype=getattr(torch, params.get("cache_dtype", "float16")),
+                                     progress=progress, device=dev, num_workers=workers,
+                                     autocast=PRECISIONS[precision])
     views = None
     lc = params.get("lidar", {})
     if lc.get("num_images", 0) > 0 and lc.get("views", 0) > 1:
         sub = image_list(root, min(int(lc["num_images"]), len(images)), int(params.get("image_list_seed", 0)))
-        views = extract_views(loaded.backbone, sub, int(lc["views"]), seed=int(params.get("image_list_seed", 0)),
-                              batch_size=int(params.get("forward_batch", 64)), augment=lc.get("augment"),
-                              progress=progress)
+        with full_float32(dev):
+            views = extract_views(loaded.backbone, sub, int(lc["views"]), seed=int(params.get("image_list_seed", 0)),
+                                  batch_size=int(params.get("forward_batch", 64)), augment=lc.get("augment"),
+                                  progress=progress, device=dev, autocast=PRECISIONS[precision])
     t_feat = time.perf_counter()
-    metrics, details, per_metric = compute_all(dense, params, views)
+    with full_float32(dev):
+        metrics, details, per_metric = compute_all(dense.to(dev), params, None if views is None else views.to(dev))
+    if cuda:
+        torch.cuda.synchronize(dev)
     t_metrics = time.perf_counter()
     return {"metrics": metrics, "details": details,
             "checkpoint": loaded.summary(), "image_list": {"root": str(root), "count": len(images),
@@ -61,5 +92,8 @@ def run(cell, ctx) -> dict:
             "features": {"shape": list(dense.shape), "cache": cache["cache"], "layer": "last",
                          "embedding": "mean of dense tokens"},
             "mode": params.get("dse", {}).get("mode", "parity"), "seeds": {"image_list": images.seed, "dse": 0},
+            "precision": {"features": precision, "metrics": "float32" + (" (TF32 off)" if cuda else "")},
+            "data_loading": {"workers": workers, "pin_memory": cuda},
+            "peak_device_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
             "timings": {"load_s": t_load - t0, "features_s": t_feat - t_load, "metrics_s": t_metrics - t_feat,
                         "per_metric_s": per_metric}}

@@ -108,7 +108,8 @@ class SDDResumeHook(Hook):
         if not self.path.is_file():
             return
         state = torch.load(self.path, map_location="cpu", weights_only=True)
-        runner.model.load_state_dict(state["model"], strict=False)
+        net = runner.model.module if hasattr(runner.model, "module") else runner.model
+        net.load_state_dict(state["model"], strict=False)
         runner.optim_wrapper.load_state_dict(state["optim"])
         for sched, s in zip(runner.param_schedulers, state["schedulers"]):
             sched.load_state_dict(s)
@@ -117,10 +118,13 @@ class SDDResumeHook(Hook):
         runner.logger.info(f"resumed from {self.path} at iteration {self.resumed_from}")
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        from mmengine.dist import is_main_process
+
         it = runner.iter + 1
-        if it % self.interval and it != runner.max_iters:
+        if (it % self.interval and it != runner.max_iters) or not is_main_process():  # rank 0 saves, all resume
             return
-        model = {k: v for k, v in runner.model.state_dict().items() if not k.startswith(self.skip)}
+        net = runner.model.module if hasattr(runner.model, "module") else runner.model  # DDP-wrapped or not
+        model = {k: v for k, v in net.state_dict().items() if not k.startswith(self.skip)}
         state = {"iter": it, "model": model, "optim": runner.optim_wrapper.state_dict(),
                  "schedulers": [s.state_dict() for s in runner.param_schedulers]}
         save_tensors(state, self.path)

@@ -7,10 +7,12 @@ directory every `checkpoint_interval` iterations; a requeued job resumes from it
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 from harness.datasets import check_layout, imagenet_norm, verify_segmentation
+from harness.device import data_workers
 
 MEAN, STD = imagenet_norm(255)  # mmseg's data preprocessor works on 0-255 pixels
 
@@ -40,7 +42,13 @@ def _dataset(ds, root: Path, split: str, pipeline):
     return cfg
 
 
-def build_config(cell, reg, work_dir: Path) -> dict:
+def build_config(cell, reg, work_dir: Path, ctx) -> dict:
+    """The mmseg config of a cell as it runs here: the recipe's global batch as per-device batches and
+    gradient accumulation over the cell's processes (`ctx.batch`), mixed precision on GPUs, a launcher
+    for multi-process cells. Iterations count optimizer steps as in the recipe: with accumulation k,
+    mmengine runs k forward passes per step, so its iteration counts are the recipe's times k."""
+    placement = ctx.placement
+    cuda = placement.accelerator == "cuda"
     p = cell.config["protocol"]["params"]
     kind = cell.config["protocol"]["kind"]
     ds = reg.dataset(cell.dataset)
@@ -93,40 +101,58 @@ def build_config(cell, reg, work_dir: Path) -> dict:
                  backbone=backbone, train_cfg=dict(), test_cfg=test_cfg, **model_parts)
     opt = p.get("optimizer", {})
     sch = p.get("schedule", {})
-    iters, warm = int(sch.get("iters", 40000)), int(sch.get("warmup_iters", 1500))
+    plan = ctx.batch(int(p.get("batch_size", 16)))
+    k = plan["accumulation"]
+    iters, warm = int(sch.get("iters", 40000)) * k, int(sch.get("warmup_iters", 1500)) * k
     schedulers = []
     if warm:
         schedulers.append(dict(type="LinearLR", start_factor=sch.get("warmup_ratio", 1e-6), by_epoch=False, begin=0,
                                end=min(warm, iters)))
     schedulers.append(dict(type="PolyLR", eta_min=sch.get("min_lr", 0.0), power=sch.get("power", 1.0),
                            begin=min(warm, iters), end=iters, by_epoch=False))
-    optim = dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=opt.get("lr", 1e-3),
-                                                     weight_decay=opt.get("weight_decay", 1e-4),
-                                                     betas=tuple(opt.get("betas", (0.9, 0.999)))))
+    optim = dict(type="OptimWrapper", accumulative_counts=k,
+                 optimizer=dict(type="AdamW", lr=opt.get("lr", 1e-3), weight_decay=opt.get("weight_decay", 1e-4),
+                                betas=tuple(opt.get("betas", (0.9, 0.999)))))
+    precision = p.get("precision", "bfloat16" if cuda and _bf16() else "float16" if cuda else "float32")
+    if precision != "float32":  # mmengine's AMP: autocast forward, (scaled) float32 master weights
+        optim.update(type="AmpOptimWrapper", dtype=precision, **({"loss_scale": "dynamic"} if precision == "float16" else {}))
     if paramwise:
         optim["paramwise_cfg"] = paramwise
-    workers = int(p.get("num_workers", 0))
+    workers = data_workers(placement, p.get("num_workers"))
     loader = lambda split, pipe, bs, shuffle: dict(
-        batch_size=bs, num_workers=workers, persistent_workers=workers > 0,
+        batch_size=bs, num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda,
         sampler=dict(type="InfiniteSampler" if shuffle else "DefaultSampler", shuffle=shuffle),
         dataset=_dataset(ds, root, split, pipe))
     skip = ("backbone.",) if kind == "linear" else ()
+    extra = {}
+    if placement.distributed:
+        extra["launcher"] = "pytorch"  # the process group is already up (harness.device.init_distributed)
+        # a fine-tuned backbone has parameters no loss reaches (e.g. a ViT's final norm when UperNet reads
+        # intermediate blocks): DDP must not wait for their gradients
+        unused = kind != "linear"
+        if not cuda:  # DDP of a CPU module takes no device ids (mmengine's default passes LOCAL_RANK)
+            extra["model_wrapper_cfg"] = dict(type="MMDistributedDataParallel", device_ids=None,
+                                              find_unused_parameters=unused)
+        else:
+            extra["find_unused_parameters"] = unused
     return dict(
-        default_scope="mmseg", work_dir=str(work_dir), model=model,
-        train_dataloader=loader("train", train_pipe, int(p.get("batch_size", 16)), True),
+        default_scope="mmseg", work_dir=str(work_dir), model=model, **extra,
+        sdd_run=dict(batch=plan, precision=precision, data_workers=workers, pin_memory=cuda),
+        train_dataloader=loader("train", train_pipe, plan["per_device"], True),
         val_dataloader=loader("val", test_pipe, int(p.get("val_batch_size", 1)), False),
         val_evaluator=dict(type="SDDIoUMetric", iou_metrics=["mIoU"]),
         optim_wrapper=optim, param_scheduler=schedulers,
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
         val_cfg=dict(type="ValLoop"),
         default_hooks=dict(timer=dict(type="IterTimerHook"),
-                           logger=dict(type="LoggerHook", interval=int(p.get("log_interval", 50)), log_metric_by_epoch=False),
+                           logger=dict(type="LoggerHook", interval=int(p.get("log_interval", 50)) * k,
+                                       log_metric_by_epoch=False),
                            param_scheduler=dict(type="ParamSchedulerHook"), checkpoint=None,
                            sampler_seed=dict(type="DistSamplerSeedHook")),
         custom_hooks=[dict(type="SDDResumeHook", path=str(work_dir / "resume.pth"),
-                           interval=int(p.get("checkpoint_interval", 1000)), skip_prefixes=skip)],
+                           interval=int(p.get("checkpoint_interval", 1000)) * k, skip_prefixes=skip)],
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-                     dist_cfg=dict(backend="nccl")),
+                     dist_cfg=dict(backend=placement.backend or "nccl")),
         log_processor=dict(by_epoch=False), log_level="WARNING", randomness=dict(seed=int(p.get("seed", 0))),
         visualizer=dict(type="SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
     )
@@ -143,6 +169,25 @@ def _layer_decay(info, rate: float) -> dict | None:
     return dict(custom_keys=keys)
 
 
+def _bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@contextlib.contextmanager
+def mmengine_device(accelerator: str):
+    """mmengine puts every model on CUDA where CUDA exists; a cell placed on the CPU stays there."""
+    import mmengine.device.utils as mm_device
+
+    saved = mm_device.DEVICE
+    mm_device.DEVICE = "cuda" if accelerator == "cuda" else "cpu"
+    try:
+        yield
+    finally:
+        mm_device.DEVICE = saved
+
+
 def run(cell, ctx) -> dict:
     from mmengine.config import Config
     from mmengine.runner import Runner
@@ -157,25 +202,30 @@ def run(cell, ctx) -> dict:
     root = check_layout(ds)
     data_check = {split: verify_segmentation(ds, root, split) for split in ("train", "val")}  # before any training
     t_check = time.perf_counter()
-    cfg = build_config(cell, reg, work)
-    runner = Runner.from_cfg(Config(cfg))
-    t_build = time.perf_counter()
-    resume = next(h for h in runner.hooks if type(h).__name__ == "SDDResumeHook")
-    runner.train()
-    t_train = time.perf_counter()
-    metrics = runner.val()
-    t_val = time.perf_counter()
-    backbone = runner.model.backbone
+    cfg = build_config(cell, reg, work, ctx)
+    run_info = cfg.pop("sdd_run")
+    with mmengine_device(ctx.placement.accelerator):
+        runner = Runner.from_cfg(Config(cfg))
+        t_build = time.perf_counter()
+        resume = next(h for h in runner.hooks if type(h).__name__ == "SDDResumeHook")
+        runner.train()
+        t_train = time.perf_counter()
+        metrics = runner.val()
+        t_val = time.perf_counter()
+    k = run_info["batch"]["accumulation"]
+    net = runner.model.module if hasattr(runner.model, "module") else runner.model  # DDP-wrapped or not
+    backbone = net.backbone
     summary = {k: float(v) for k, v in metrics.items() if not k.startswith("IoU.")}
     per_class = {k[4:]: float(v) for k, v in metrics.items() if k.startswith("IoU.")}
-    trainable = sum(p.numel() for p in runner.model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     lrs = sorted({round(g.get("initial_lr", g["lr"]), 12) for g in runner.optim_wrapper.optimizer.param_groups})
     return {"metrics": {**summary, "IoU": per_class}, "data_check": data_check,
             "checkpoint": backbone.loaded, "backbone_frozen": backbone.frozen, "trainable_params": trainable,
-            "resumed_from_iter": resume.resumed_from, "initial_lrs": lrs, "iters": cfg["train_cfg"]["max_iters"],
+            "resumed_from_iter": resume.resumed_from // k, "initial_lrs": lrs, "iters": cfg["train_cfg"]["max_iters"] // k,
+            "forward_iters": cfg["train_cfg"]["max_iters"], **run_info,
             "mmseg_config": _jsonable(cfg),
             "timings": {"data_check_s": t_check - t0, "build_s": t_build - t_check, "train_s": t_train - t_build, "val_s": t_val - t_train,
-                        "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from)
+                        "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from) / k
                         / max(t_train - t_build, 1e-9)}}
 
 

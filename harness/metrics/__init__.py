@@ -26,8 +26,8 @@ def token_subsample(dense: torch.Tensor, per_image: int, seed: int) -> torch.Ten
     """A fixed subsample of `per_image` tokens of every image, flattened to [images * per_image, d]."""
     b, n, d = dense.shape
     k = min(per_image, n)
-    idx = torch.rand(b, n, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)[:, :k]
-    return dense[torch.arange(b)[:, None], idx].reshape(-1, d)
+    idx = torch.rand(b, n, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)[:, :k].to(dense.device)
+    return dense[torch.arange(b, device=dense.device)[:, None], idx].reshape(-1, d)
 
 
 def compute_all(dense: torch.Tensor, params: dict, views: torch.Tensor | None = None) -> tuple[dict, dict, dict]:

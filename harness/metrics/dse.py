@@ -306,12 +306,12 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
                 x = F.normalize(x, dim=-1) if exact else x * scale[c0:c0 + per, :, None]
             yield c0, x
 
-    gen = torch.Generator(device=z.device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # CPU draws on every device: values independent of the device
     lowp = lowp_dtype(z.device)
     if not exact:  # every problem's randomness drawn up front: results independent of the streaming
         def draws(problems, k, size):
-            u = torch.rand(problems, k, generator=gen, device=z.device)
-            return u, (torch.rand(problems, size, generator=gen, device=z.device) if size > SEED_POINTS else None)
+            u = torch.rand(problems, k, generator=gen).to(z.device)
+            return u, (torch.rand(problems, size, generator=gen).to(z.device) if size > SEED_POINTS else None)
 
         u_local, keys_local = draws(b, kl, n)
         u_global, keys_global = draws(len(sizes), kg, group * n)
@@ -367,7 +367,7 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
     if exact:
         perms = _reference_perms(b, n, seed, sizes[-1], z.device)
     else:
-        perms = torch.rand(b, n, generator=gen, device=z.device).argsort(dim=1)[:, :slots or FAST_SLOTS]
+        perms = torch.rand(b, n, generator=gen).argsort(dim=1)[:, :slots or FAST_SLOTS].to(z.device)
     dim = effective_dim(z, exact_rows, perms)
 
     intra_image /= avg_l2

@@ -36,8 +36,9 @@ def kmeanspp_parity(x: torch.Tensor, k: int, seed: int, cache_bytes: int = 32 <<
     for s0 in range(0, p, per):
         xs = x[s0:s0 + per]
         q = xs.shape[0]
-        gens = [torch.Generator(device=x.device).manual_seed(seed) for _ in range(q)]
-        idx = torch.cat([torch.randint(0, n, (1,), generator=g, device=x.device) for g in gens])
+        # the CPU generator on every device: the same draws, so the same clusters, wherever it runs
+        gens = [torch.Generator().manual_seed(seed) for _ in range(q)]
+        idx = torch.cat([torch.randint(0, n, (1,), generator=g) for g in gens]).to(x.device)
         ar = torch.arange(q, device=x.device)
         cents = [xs[ar, idx]]
         xx = (xs * xs).sum(-1)
@@ -50,7 +51,8 @@ def kmeanspp_parity(x: torch.Tensor, k: int, seed: int, cache_bytes: int = 32 <<
         for _ in range(1, k):
             total = dist.sum(dim=1, keepdim=True)
             prob = torch.where(total > 0, dist / total.clamp_min(1e-30), torch.full_like(dist, 1.0 / n))
-            idx = torch.cat([torch.multinomial(prob[i], 1, generator=gens[i]) for i in range(q)])
+            p_host = prob.cpu()  # one copy per centroid step; the draws stay on the CPU generator
+            idx = torch.cat([torch.multinomial(p_host[i], 1, generator=gens[i]) for i in range(q)]).to(x.device)
             cents.append(xs[ar, idx])
             dist = torch.minimum(dist, to(cents[-1]))
         out.append(torch.stack(cents, dim=1))

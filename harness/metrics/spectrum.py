@@ -48,7 +48,7 @@ def w2_uniformity(z: torch.Tensor | None = None, *, moments: tuple | None = None
 def lu_uniformity(z: torch.Tensor, t: float = 2.0, max_vectors: int = 10000, seed: int = 0) -> float:
     """-L_U of Wang & Isola on L2-normalised rows (a fixed subsample above `max_vectors`)."""
     if z.ndim == 2 and len(z) > max_vectors:
-        z = z[torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:max_vectors]]
+        z = z[torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:max_vectors].to(z.device)]
     x = F.normalize(_check(z, "L_U"), dim=1).float()
     # log-mean-exp over the pairs i < j, accumulated over row blocks (no n² matrix in memory);
     # for unit vectors -t |x_i - x_j|² = 2t x_i·x_j - 2t, so each block needs one product and one scale
@@ -59,7 +59,8 @@ def lu_uniformity(z: torch.Tensor, t: float = 2.0, max_vectors: int = 10000, see
         m = len(block)
         logits = (block @ x[s0 + 1:].T).mul_(2 * t)
         w = min(m, logits.shape[1])  # column c is vector s0 + 1 + c: pairs j <= i sit in the first m columns
-        logits[:, :w].masked_fill_(torch.arange(w)[None, :] < torch.arange(m)[:, None], float("-inf"))
+        logits[:, :w].masked_fill_(torch.arange(w, device=x.device)[None, :] < torch.arange(m, device=x.device)[:, None],
+                                   float("-inf"))
         parts.append(torch.logsumexp(logits.flatten(), dim=0).double())
     pairs = n * (n - 1) / 2
     return -(torch.logsumexp(torch.stack(parts), dim=0) - 2 * t - math.log(pairs)).item()
@@ -89,7 +90,7 @@ def alpha_req(z: torch.Tensor, fit_min: int = 6, fit_max: int = 100) -> dict:
     hi = min(fit_max, int((ev > 0).sum()))
     if hi - fit_min < 2:
         raise ValueError(f"alpha-ReQ: only {hi} positive eigenvalues, need ranks {fit_min}..{fit_max}")
-    ranks = torch.arange(fit_min, hi + 1, dtype=torch.float64)
+    ranks = torch.arange(fit_min, hi + 1, dtype=torch.float64, device=ev.device)
     y = ev[fit_min - 1:hi].log()
     a = torch.stack([-ranks.log(), torch.ones_like(ranks)], dim=1)
     w = (1 / ranks).sqrt()[:, None]
@@ -117,7 +118,7 @@ def lidar(views: torch.Tensor, delta: float = 1e-6, eps: float = 1e-7) -> float:
     if not torch.isfinite(views.sum()) and not torch.isfinite(views).all():
         raise ValueError("LiDAR: embeddings contain NaN/inf")
     n, q, d = views.shape
-    sw = torch.zeros(d, d, dtype=torch.float64)
+    sw = torch.zeros(d, d, dtype=torch.float64, device=views.device)
     means = []
     step = max(1, (16 << 20) // (q * d * 8))  # float64 slices of ~16 MB: no copy of all views at once
     for i in range(0, n, step):
@@ -128,7 +129,7 @@ def lidar(views: torch.Tensor, delta: float = 1e-6, eps: float = 1e-7) -> float:
     mu_x = torch.cat(means)
     mu = mu_x.mean(dim=0)
     sb = (mu_x - mu).T @ (mu_x - mu) / n
-    sw = sw / (n * q) + delta * torch.eye(d, dtype=torch.float64)
+    sw = sw / (n * q) + delta * torch.eye(d, dtype=torch.float64, device=views.device)
     w_ev, w_vec = torch.linalg.eigh(sw)
     inv_sqrt = w_vec @ torch.diag(w_ev.clamp_min(1e-30).rsqrt()) @ w_vec.T
     lam = torch.linalg.eigvalsh(inv_sqrt @ sb @ inv_sqrt).clamp_min(0)
