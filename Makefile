@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 SDD    := $(VENV)/bin/sdd
 PYTEST_ARGS ?=
 
-.PHONY: help install install-detectron2 test test-fast bench demo reproduce-sdd validate plan tables slurm-up slurm-down clean
+.PHONY: help install install-detectron2 test test-fast bench gpu-check demo reproduce-sdd validate plan tables slurm-up slurm-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -25,6 +25,10 @@ bench: install  ## benchmarks under tests/perf/ (print their figures; not timed 
 	$(PY) tests/perf/bench_dse.py
 	$(PY) tests/perf/bench_analysis.py
 	$(PY) tests/perf/bench_jobs.py
+	$(PY) tests/perf/bench_realsize.py
+
+gpu-check:  ## on a CUDA machine: every job at real size on its GPU, one table (docs/gpu.md; ARGS=--smoke on a CPU)
+	@bash tools/gpu-check.sh $(ARGS)
 
 demo: install  ## the whole pipeline in miniature on generated data (CPU)
 	$(SDD) demo
