@@ -53,12 +53,17 @@ def test_a_changed_recipe_starts_fresh_instead_of_resuming_the_old_run(world, tm
     assert rec["iters"] == 20 and rec["resumed_from_iter"] == 0 and rec["timings"]["iters_per_s"] > 0
 
 
-def test_an_overwritten_checkpoint_is_no_longer_done_and_its_features_are_recomputed(tmp_path, monkeypatch):
+def metrics_world(tmp_path, monkeypatch):
+    """The tiny metrics registry over generated images, with one tinyvit checkpoint (epoch 1)."""
     data = worlds.imagefolder(tmp_path / "imagenet")
     ck = tmp_path / "ck"
     monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))
     reg = load_registry(worlds.tiny_registry(tmp_path, data, ck))
-    path = worlds.dino_checkpoint(ck, "tinyvit", "vit_tiny_test", 1, seed=1)
+    return reg, ck, worlds.dino_checkpoint(ck, "tinyvit", "vit_tiny_test", 1, seed=1)
+
+
+def test_an_overwritten_checkpoint_is_no_longer_done_and_its_features_are_recomputed(tmp_path, monkeypatch):
+    reg, ck, path = metrics_world(tmp_path, monkeypatch)
     c = cell(reg, "metrics", "imagenet", suite="tiny")
     results = tmp_path / "results"
     old = execute(c, results)
@@ -175,11 +180,7 @@ def test_davis_needs_each_first_frame_annotation_and_pairs_by_name(world, tmp_pa
 
 
 def test_finite_features_too_large_for_the_float16_cache_say_so(tmp_path, monkeypatch):
-    data = worlds.imagefolder(tmp_path / "imagenet")
-    ck = tmp_path / "ck"
-    monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))
-    reg = load_registry(worlds.tiny_registry(tmp_path, data, ck))
-    path = worlds.dino_checkpoint(ck, "tinyvit", "vit_tiny_test", 1, seed=1)
+    reg, ck, path = metrics_world(tmp_path, monkeypatch)
     obj = torch.load(path, weights_only=True)
     obj["teacher"]["backbone.norm.weight"] *= 1e6
     torch.save(obj, path)
