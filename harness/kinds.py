@@ -8,21 +8,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness import params as P
+
 
 @dataclass(frozen=True)
 class ProtocolKind:
     job: str                 # module with `run(cell, ctx) -> results` (imported only when a cell runs)
     splits: tuple[str, ...]  # the dataset splits the job reads (checked by the preflight)
+    params: type             # the schema of its protocol files' `params` (harness.params)
 
 
 PROTOCOL_KINDS: dict[str, ProtocolKind] = {
-    "metrics": ProtocolKind("harness.jobs.metrics", ("train",)),
-    "linear": ProtocolKind("harness.jobs.segmentation", ("train", "val")),
-    "upernet": ProtocolKind("harness.jobs.segmentation", ("train", "val")),
-    "maskrcnn": ProtocolKind("harness.jobs.maskrcnn", ("train", "val")),
-    "davis": ProtocolKind("harness.jobs.davis", ("val",)),
-    "knn": ProtocolKind("harness.jobs.knn", ("train", "val")),
-    "probe": ProtocolKind("harness.jobs.probe", ()),  # launch tests: sleeps, reads no data
+    "metrics": ProtocolKind("harness.jobs.metrics", ("train",), P.MetricsParams),
+    "linear": ProtocolKind("harness.jobs.segmentation", ("train", "val"), P.LinearParams),
+    "upernet": ProtocolKind("harness.jobs.segmentation", ("train", "val"), P.UperNetParams),
+    "maskrcnn": ProtocolKind("harness.jobs.maskrcnn", ("train", "val"), P.MaskRCNNParams),
+    "davis": ProtocolKind("harness.jobs.davis", ("val",), P.DavisParams),
+    "knn": ProtocolKind("harness.jobs.knn", ("train", "val"), P.KnnParams),
+    "probe": ProtocolKind("harness.jobs.probe", (), P.ProbeParams),  # launch tests: sleeps, reads no data
 }
 
 # The protocol kind whose records hold the label-free metrics (DSE, RankMe, ...): the guided planner

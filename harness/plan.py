@@ -50,13 +50,23 @@ class Cell:
 def resolved_config(reg: Registry, protocol: str, dataset: str, method: str, epoch: int) -> dict:
     """Everything that determines a cell's result (documentation fields such as `paper` left out)."""
     p, d, m = reg.protocol(protocol), reg.dataset(dataset), reg.method(method)
+    proto = p.model_dump(include={"name", "kind", "params"}, mode="json")  # params resolved: defaults filled in
+    if p.kind == "maskrcnn" and proto["params"]["backend"] == "auto":  # one backend per table, in the hash
+        proto["params"] = {**proto["params"], "backend": detectron2_backend()}
     return {
-        "protocol": p.model_dump(include={"name", "kind", "params"}, mode="json"),
+        "protocol": proto,
         "dataset": d.model_dump(exclude={"title", "notes", "source"}, mode="json"),
         "method": {"name": m.name, "arch": m.arch, "arch_kwargs": m.arch_kwargs,
                    "checkpoint": m.checkpoint.model_dump(exclude={"epochs"}, mode="json")},
         "epoch": epoch,
     }
+
+
+def detectron2_backend() -> str:
+    """What `backend: auto` means where the plan is made: detectron2 when it is installed."""
+    import importlib.util
+
+    return "detectron2" if importlib.util.find_spec("detectron2") is not None else "torchvision"
 
 
 def config_hash(config: dict) -> str:

@@ -320,10 +320,13 @@ def did_you_mean(word: str, choices) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def _format_validation(err: ValidationError, model: type[BaseModel], path: Path, lines: dict) -> str:
+def _format_validation(err: ValidationError, model: type[BaseModel], path: Path, lines: dict,
+                       prefix: tuple = ()) -> str:
+    """One line per error: file:line: key: what is wrong (and the keys allowed there, "did you mean").
+    `prefix` places a nested model's errors (a protocol's `params`) in the file."""
     out = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not _is_union_tag(p))
+        loc = prefix + tuple(p for p in e["loc"] if not _is_union_tag(p))
         line = None
         for n in range(len(loc), -1, -1):
             if loc[:n] in lines:
@@ -332,7 +335,7 @@ def _format_validation(err: ValidationError, model: type[BaseModel], path: Path,
         where = f"{path}:{line}" if line else str(path)
         key = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model, loc[:-1])
+            allowed = _allowed_fields(model, loc[len(prefix):-1])
             msg = f"unknown key '{loc[-1]}'; expected one of: {', '.join(allowed)}.{did_you_mean(loc[-1], allowed)}"
         elif e["type"] == "missing":
             msg = "required key is missing"
@@ -390,9 +393,17 @@ def load_spec_model(path: Path, model: type[BaseModel]):
             f"{path}:{_line_map(text).get(('name',), 1)}: name: '{data.get('name')}' does not match the file "
             f"name; rename the file to {data.get('name')}.yaml or set name: {path.stem}")
     try:
-        return model.model_validate({**data, "source": str(path)})
+        spec = model.model_validate({**data, "source": str(path)})
     except ValidationError as e:
         raise RegistryError(_format_validation(e, model, path, _line_map(text))) from None
+    if isinstance(spec, ProtocolSpec):  # the kind's own parameter schema, defaults filled in
+        schema = kinds.PROTOCOL_KINDS[spec.kind].params
+        try:
+            resolved = schema.model_validate(spec.params)
+        except ValidationError as e:
+            raise RegistryError(_format_validation(e, schema, path, _line_map(text), prefix=("params",))) from None
+        spec = spec.model_copy(update={"params": resolved.model_dump(mode="json")})
+    return spec
 
 
 # --------------------------------------------------------------------------------------------

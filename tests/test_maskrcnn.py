@@ -111,8 +111,10 @@ def test_undefined_coco_ap_is_nan_with_the_reason_never_zero(tmp_path):
     ann.write_text(json.dumps(data))
     val = CocoInstances(root / "val2017", ann, train=False)
     torch.manual_seed(0)
+    from harness.params import MaskRCNNParams
+
     model = build_torchvision_model(build_backbone("resnet_tiny_test"), len(val.cat_ids),
-                                    {"min_size": 96, "max_size": 96, "out_channels": 16})
+                                    MaskRCNNParams(min_size=96, max_size=96, out_channels=16))
     metrics, undefined = coco_evaluate(model, val)
     assert all(torch.isnan(torch.tensor(metrics[k])) for k in ("bbox_AP", "bbox_AP50", "segm_AP75"))
     assert set(undefined) == {f"{t}_AP{s}" for t in ("bbox", "segm") for s in ("", "50", "75")}

@@ -9,6 +9,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness import records
 from harness.atomic import write_json
@@ -37,6 +38,7 @@ class JobContext:
     identity: dict
     placement: Placement
     resources: Resources
+    params: Any = None   # the protocol's typed parameters (harness.params), as resolved in the cell's config
     progress: bool = True
     _claimed: bool = False
 
@@ -152,7 +154,8 @@ def execute(cell, results: Path | str, *, registry: Registry | None = None, prog
         checkpoint = file_fingerprint(path) if path else None
         record["inputs"] = {"checkpoint": {"path": str(path) if path else None, **(checkpoint or {})}}
         identity = {"cell": cell.id, "config_hash": cell.config_hash, "checkpoint": (checkpoint or {}).get("id")}
-        ctx = JobContext(reg, work_dir(cell, results, checkpoint), identity, placement, resources, progress)
+        params = PROTOCOL_KINDS[cell.config["protocol"]["kind"]].params.model_validate(cell.config["protocol"]["params"])
+        ctx = JobContext(reg, work_dir(cell, results, checkpoint), identity, placement, resources, params, progress)
         out = job.run(cell, ctx)
         if placement.is_main:  # the other ranks' results are rank 0's; they write nothing
             record = ok_record(record, out, time.perf_counter() - t0)

@@ -75,11 +75,11 @@ def _features(backbone, x, layer):
 
 
 @torch.no_grad()
-def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Path, p: dict, layer, stride: int,
+def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Path, p, layer, stride: int,
                      device: str = "cpu") -> None:
     """Propagate the first frame's labels through the sequence on `device` (float32: the affinities'
     exponentials and top-k are sensitive to rounding); predictions written as indexed PNGs."""
-    short, mult = int(p.get("short_side", 480)), int(p.get("size_multiple", 64))
+    short, mult = p.short_side, p.size_multiple
     x0, (oh, ow) = read_frame(frames[0], short, mult)
     f0 = _features(backbone, x0.to(device), layer)
     h, w = x0.shape[2] // stride, x0.shape[3] // stride
@@ -87,15 +87,15 @@ def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Pa
     small = np.array(Image.fromarray(lab).resize((w, h), Image.NEAREST)).astype(np.int64)
     n_lab = int(lab.max()) + 1
     seg0 = F.one_hot(torch.from_numpy(small), n_lab).permute(2, 0, 1).float().to(device)
-    size = int(p.get("size_mask_neighborhood", 12))
+    size = p.size_mask_neighborhood
     mask = neighbourhood(h, w, size, device) if size > 0 else None
-    queue: deque = deque(maxlen=int(p.get("n_last_frames", 7)))
+    queue: deque = deque(maxlen=p.n_last_frames)
     write_indexed_png(lab, out_dir / f"{frames[0].stem}.png")
     for frame in frames[1:]:
         x, _ = read_frame(frame, short, mult)
         ft = _features(backbone, x.to(device), layer)
         soft = propagate(ft, [f0] + [q[0] for q in queue], [seg0] + [q[1] for q in queue], h, w,
-                         topk=int(p.get("topk", 5)), temperature=float(p.get("temperature", 0.1)), mask=mask)
+                         topk=p.topk, temperature=p.temperature, mask=mask)
         queue.append((ft, soft))
         up = F.interpolate(soft[None], scale_factor=stride, mode="bilinear", align_corners=False)[0]
         lo = up.flatten(1).min(dim=1).values[:, None, None]
@@ -110,9 +110,9 @@ def run(cell, ctx) -> dict:
     from harness.models.checkpoints import load_backbone
 
     reg = ctx.registry
-    p = cell.config["protocol"]["params"]
+    p = ctx.params
     ds = reg.dataset(cell.dataset)
-    split = p.get("split", "val")
+    split = p.split
     root = check_layout(ds, splits=(split,))
     sequences = davis_sequences(ds, root, split)  # frames paired with annotations by name, checked
     t0 = time.perf_counter()
@@ -121,7 +121,7 @@ def run(cell, ctx) -> dict:
     if bb.info.family == "vit":
         layer, stride, feature = None, bb.stride, "last block + final norm (patch tokens)"
     else:
-        layer = int(p.get("resnet_layer", 3))
+        layer = p.resnet_layer
         stride, feature = 2 ** (1 + layer), f"stage {layer} (stride {2 ** (1 + layer)})"
     out = Path(ctx.work_dir) / "predictions"
     per_seq = {}
@@ -130,7 +130,7 @@ def run(cell, ctx) -> dict:
         segment_sequence(bb, frames, pairs[0][1], out / seq, p, layer, stride, ctx.placement.device)
         gts = [read_label_png(m) for _, m in pairs]
         preds = [read_label_png(out / seq / f"{f.stem}.png") for f in frames]
-        per_seq[seq] = jandf.evaluate_sequence(gts, preds, float(p.get("bound_th", 0.008)))
+        per_seq[seq] = jandf.evaluate_sequence(gts, preds, p.bound_th)
     t1 = time.perf_counter()
     scores = jandf.summarize(per_seq)
     per_object = scores.pop("per_object")

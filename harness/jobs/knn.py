@@ -58,7 +58,7 @@ def run(cell, ctx) -> dict:
     from harness.models.checkpoints import load_backbone
 
     reg = ctx.registry
-    p = cell.config["protocol"]["params"]
+    p = ctx.params
     ds = reg.dataset(cell.dataset)
     root = check_layout(ds, splits=("train", "val"))
     t0 = time.perf_counter()
@@ -66,16 +66,16 @@ def run(cell, ctx) -> dict:
     placement = ctx.placement
     dev, cuda = placement.device, placement.accelerator == "cuda"
     bb.backbone.to(dev)
-    precision = p.get("precision", "bfloat16" if cuda else "float32")
-    autocast = {"float32": None, "bfloat16": torch.bfloat16}[precision]
-    workers = data_workers(placement, p.get("num_workers"))
-    args = (int(p.get("resize", 256)), int(p.get("crop", 224)), int(p.get("batch_size", 64)), dev, workers, autocast)
+    precision = p.precision or ("bfloat16" if cuda else "float32")
+    autocast = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
+    workers = data_workers(placement, p.num_workers)
+    args = (p.resize, p.crop, p.batch_size, dev, workers, autocast)
     tr, tr_y, classes = _embed(bb.backbone, root / ds.splits["train"].img_dir, *args)
     te, te_y, te_classes = _embed(bb.backbone, root / ds.splits["val"].img_dir, *args)
     if te_classes != classes:
         raise ValueError(f"val classes differ from train classes under {root}")
     t1 = time.perf_counter()
-    votes = knn_classify(tr, tr_y, te, len(classes), int(p.get("k", 20)), float(p.get("temperature", 0.07)))
+    votes = knn_classify(tr, tr_y, te, len(classes), p.k, p.temperature)
     top = votes.topk(min(5, len(classes)), dim=1).indices
     te_y = te_y.cpu()
     top1 = (top[:, 0] == te_y).float().mean().item() * 100

@@ -125,19 +125,81 @@ def _collate(batch):
     return tuple(zip(*batch))
 
 
-def build_torchvision_model(backbone, num_classes: int, p: dict):
+def build_torchvision_model(backbone, num_classes: int, p):
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-    sizes = tuple((int(s),) for s in p.get("anchor_sizes", (32, 64, 128, 256, 512)))
+    sizes = tuple((int(s),) for s in p.anchor_sizes)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    return MaskRCNN(PyramidBackbone(backbone, int(p.get("out_channels", 256)), tuple(p.get("vit_scale_factors",
-                                                                                           (4.0, 2.0, 1.0, 0.5)))),
+    return MaskRCNN(PyramidBackbone(backbone, p.out_channels, tuple(p.vit_scale_factors)),
                     num_classes=num_classes + 1, rpn_anchor_generator=anchors,
-                    min_size=int(p.get("min_size", 800)), max_size=int(p.get("max_size", 1333)),
+                    min_size=p.min_size, max_size=p.max_size,
                     image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-                    box_detections_per_img=int(p.get("detections_per_img", 100)),
-                    box_score_thresh=float(p.get("score_thresh", 0.0)))
+                    box_detections_per_img=p.detections_per_img, box_score_thresh=p.score_thresh)
+
+
+# ---------------------------------------------------------------------------------------------
+# The published optimizer and schedule, shared by both backends (ViTDet's recipe)
+
+NO_DECAY_TOKENS = ("pos_embed", "cls_token", "reg_token")
+
+
+def vit_depth(model) -> int | None:
+    """Blocks of the ViT inside `model` (None for CNN backbones)."""
+    depths = [len(m.blocks) for m in model.modules() if hasattr(m, "blocks") and hasattr(m, "patch_embed")]
+    return depths[0] if depths else None
+
+
+def _layer_id(name: str, depth: int) -> int:
+    """ViTDet's get_vit_lr_decay_rate: embeddings 0, block i -> i + 1, anything after the blocks depth + 1."""
+    if ".blocks." in name:
+        return int(name.split(".blocks.")[1].split(".")[0]) + 1
+    if any(f".{t}" in name for t in ("pos_embed", "patch_embed", "cls_token", "reg_token")):
+        return 0
+    return depth + 1
+
+
+def param_groups(model, opt, backbone_prefix: str) -> list[dict]:
+    """AdamW parameter groups: no weight decay on norms and biases (1-D tensors), position and class
+    tokens; for a ViT backbone, layer-wise lr decay rate^(depth + 1 - layer) on the parameters under
+    `backbone_prefix`. One group per (lr multiplier, decay)."""
+    depth = vit_depth(model)
+    groups: dict[tuple, dict] = {}
+    for name, q in model.named_parameters():
+        if not q.requires_grad:
+            continue
+        no_decay = q.ndim <= 1 or any(name.endswith(t) for t in NO_DECAY_TOKENS)
+        scale = 1.0
+        if depth is not None and name.startswith(backbone_prefix):
+            scale = opt.layer_decay_rate ** (depth + 1 - _layer_id(name, depth))
+        key = (round(scale, 12), no_decay)
+        g = groups.setdefault(key, {"params": [], "names": [], "lr": opt.lr * scale, "lr_scale": scale,
+                                    "weight_decay": 0.0 if no_decay else opt.weight_decay})
+        g["params"].append(q)
+        g["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def lr_factor(step: int, p) -> float:
+    """Linear warm-up from warmup_factor, then x gamma at each of `steps` (detectron2's WarmupMultiStepLR)."""
+    f = p.gamma ** sum(step >= s for s in p.steps)
+    if step < p.warmup_iters:
+        alpha = step / p.warmup_iters
+        f *= p.warmup_factor * (1 - alpha) + alpha
+    return f
+
+
+def describe_optimizer(optimizer, p) -> dict:
+    """What the record says about the optimizer that ran: type, hyper-parameters, every group's lr and
+    decay and size (and a few of its parameter names), and the schedule."""
+    groups = [{"lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"], "params": len(g["params"]),
+               "numel": sum(q.numel() for q in g["params"]), "examples": list(g.get("names", []))[:3]}
+              for g in optimizer.param_groups]
+    return {"optimizer": {"type": type(optimizer).__name__, "lr": p.optimizer.lr, "weight_decay": p.optimizer.weight_decay,
+                          "betas": list(p.optimizer.betas), "layer_decay_rate": p.optimizer.layer_decay_rate},
+            "param_groups": groups,
+            "schedule": {"iters": p.iters, "warmup_iters": p.warmup_iters, "warmup_factor": p.warmup_factor,
+                         "steps": list(p.steps), "gamma": p.gamma}}
 
 
 @torch.no_grad()
@@ -203,26 +265,27 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         return (self.steps - self.start) * self.mine
 
 
-def _train_torchvision(model, ds, p: dict, work: Path, ctx) -> tuple[int, int, dict, str]:
+def _train_torchvision(model, ds, p, work: Path, ctx) -> tuple[int, int, dict, str, dict]:
     """Train on the cell's device(s): DDP over the cell's processes, the recipe's global batch kept by
     per-device batches and gradient accumulation, bfloat16 autocast on GPUs. Rank 0 saves the state;
     every rank resumes from it. Returns (start step, steps, batch plan, precision)."""
     placement = ctx.placement
     dev, cuda = placement.device, placement.accelerator == "cuda"
-    iters = int(p.get("iters", 1000))
-    plan = ctx.batch(int(p.get("batch_size", 2)))
-    precision = p.get("precision", "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32")
+    iters = p.iters
+    plan = ctx.batch(p.batch_size)
+    precision = "bfloat16" if cuda and p.amp and torch.cuda.is_bf16_supported() else "float32"
     amp = {"float32": None, "bfloat16": torch.bfloat16}[precision]
     model.to(dev)
-    params = [q for q in model.parameters() if q.requires_grad]
-    opt_cfg = p.get("optimizer", {})
-    opt = torch.optim.AdamW(params, lr=float(opt_cfg.get("lr", 1e-4)), weight_decay=float(opt_cfg.get("weight_decay", 0.05)))
+    opt = torch.optim.AdamW(param_groups(model, p.optimizer, "backbone."), lr=p.optimizer.lr,
+                            betas=tuple(p.optimizer.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, p))
     state_file = work / "maskrcnn_state.pth"
     start = 0
     if state_file.is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
         start = int(state["iter"])
     net = model
     if placement.distributed:
@@ -230,11 +293,11 @@ def _train_torchvision(model, ds, p: dict, work: Path, ctx) -> tuple[int, int, d
 
         net = DistributedDataParallel(model, device_ids=[placement.local_rank] if cuda else None,
                                       find_unused_parameters=True)
-    sampler = GlobalBatchSampler(len(ds), plan, placement.rank, int(p.get("seed", 0)), start, iters)
-    workers = data_workers(placement, p.get("num_workers"))
+    sampler = GlobalBatchSampler(len(ds), plan, placement.rank, p.seed, start, iters)
+    workers = data_workers(placement, p.num_workers)
     loader = iter(torch.utils.data.DataLoader(ds, batch_size=plan["per_device"], sampler=sampler, collate_fn=_collate,
                                               num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0))
-    interval = int(p.get("checkpoint_interval", 500))
+    interval = p.checkpoint_interval
     model.train()
     for it in range(start, iters):
         opt.zero_grad()
@@ -251,28 +314,32 @@ def _train_torchvision(model, ds, p: dict, work: Path, ctx) -> tuple[int, int, d
                                              f"{dict((k, float(v)) for k, v in losses.items())}")
                 (loss / plan["accumulation"]).backward()
         opt.step()
+        sched.step()
         if placement.is_main and ((it + 1) % interval == 0 or it + 1 == iters):
-            save_tensors({"iter": it + 1, "model": model.state_dict(), "optimizer": opt.state_dict()}, state_file)
-    return start, iters, {**plan, "data_workers": workers, "pin_memory": cuda}, precision
+            save_tensors({"iter": it + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict()}, state_file)
+    run = {**describe_optimizer(opt, p), "final_lrs": sorted({g["lr"] for g in opt.param_groups})}
+    return start, iters, {**plan, "data_workers": workers, "pin_memory": cuda}, precision, run
 
 
 def run(cell, ctx) -> dict:
     from harness.models.checkpoints import load_backbone
 
     reg = ctx.registry
-    p = cell.config["protocol"]["params"]
+    p = ctx.params
     ds_spec = reg.dataset(cell.dataset)
     root = check_layout(ds_spec)
     for split in ("train", "val"):  # before any training
         verify_coco(ds_spec, root, split)
     work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    want = p.get("backend", "auto")
     ok, why = detectron2_available()
-    if want == "detectron2" and not ok:
-        raise RuntimeError(f"params.backend is detectron2 but it cannot be imported ({why}); "
-                           f"run `make install-detectron2` or set backend: torchvision")
-    backend = "detectron2" if (want == "detectron2" or (want == "auto" and ok)) else "torchvision"
+    backend = p.backend  # `auto` was resolved when the plan was made: it is part of the cell's identity
+    if backend == "auto":
+        backend = "detectron2" if ok else "torchvision"
+    if backend == "detectron2" and not ok:
+        raise RuntimeError(f"this cell's backend is detectron2 (its config hash says so), but detectron2 cannot be "
+                           f"imported here ({why}); run `make install-detectron2` or set backend: torchvision")
     if backend == "detectron2":
         from harness.jobs.maskrcnn_d2 import run_detectron2
 
@@ -282,10 +349,10 @@ def run(cell, ctx) -> dict:
     tr, va = ds_spec.splits["train"], ds_spec.splits["val"]
     train_ds = CocoInstances(root / tr.img_dir, root / tr.ann_file, train=True)
     val_ds = CocoInstances(root / va.img_dir, root / va.ann_file, train=False)
-    torch.manual_seed(int(p.get("seed", 0)))  # the same initial heads on every rank
+    torch.manual_seed(p.seed)  # the same initial heads on every rank
     model = build_torchvision_model(loaded.backbone, len(train_ds.cat_ids), p)
     t1 = time.perf_counter()
-    start, iters, batch, precision = _train_torchvision(model, train_ds, p, work, ctx)
+    start, iters, batch, precision, optim = _train_torchvision(model, train_ds, p, work, ctx)
     t2 = time.perf_counter()
     if not ctx.placement.is_main:  # rank 0 scores and writes the record
         return {"metrics": {}, "rank": ctx.placement.rank}
@@ -293,8 +360,8 @@ def run(cell, ctx) -> dict:
     t3 = time.perf_counter()
     return {"backend": "torchvision", "detectron2_unavailable_because": why or None,
             "metrics": metrics, "undefined_metrics": undefined, "checkpoint": loaded.summary(), "resumed_from_iter": start, "iters": iters,
-            "batch": batch, "precision": precision,
-            "resolved": {"params": p, "pyramid": "simple feature pyramid" if loaded.backbone.info.family == "vit"
+            "batch": batch, "precision": precision, **optim,
+            "resolved": {"params": p.model_dump(mode="json"), "pyramid": "simple feature pyramid" if loaded.backbone.info.family == "vit"
                          else "FPN", "num_classes": len(train_ds.cat_ids)},
             "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
                         "iters_per_s": (iters - start) / max(t2 - t1, 1e-9)}}

@@ -51,17 +51,17 @@ def _register():
     def build_sdd_backbone(cfg, input_shape):
         ctx = _CONTEXT
         bottom_up = HarnessBottomUp(ctx["backbone"])
-        out = int(ctx["params"].get("out_channels", 256))
+        out = ctx["params"].out_channels
         if ctx["backbone"].info.family == "vit":
             return SimpleFeaturePyramid(net=bottom_up, in_feature="last_feat", out_channels=out,
-                                        scale_factors=tuple(ctx["params"].get("vit_scale_factors", (4.0, 2.0, 1.0, 0.5))),
+                                        scale_factors=tuple(ctx["params"].vit_scale_factors),
                                         top_block=LastLevelMaxPool(), norm="LN",
-                                        square_pad=int(ctx["params"].get("max_size", 1024)))
+                                        square_pad=ctx["params"].max_size)
         return FPN(bottom_up=bottom_up, in_features=bottom_up._out_features, out_channels=out, norm="",
                    top_block=LastLevelMaxPool())
 
 
-def run_detectron2(cell, reg, p: dict, root: Path, work: Path, ctx) -> dict:
+def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
     """detectron2's DefaultTrainer on the cell's device(s). A multi-process cell uses detectron2's own
     DDP path: the process group is already up (harness.device), detectron2's local group is made here.
     detectron2 has no gradient accumulation: IMS_PER_BATCH is the recipe's global batch, split over
@@ -106,29 +106,47 @@ def run_detectron2(cell, reg, p: dict, root: Path, work: Path, ctx) -> dict:
     cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = imagenet_norm(255)  # detectron2 normalises 0-255 pixels
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(p.get("score_thresh", 0.0))
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[int(s)] for s in p.get("anchor_sizes", (32, 64, 128, 256, 512))]
-    cfg.TEST.DETECTIONS_PER_IMAGE = int(p.get("detections_per_img", 100))
-    cfg.INPUT.MIN_SIZE_TRAIN = (int(p.get("min_size", 800)),)
-    cfg.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MAX_SIZE_TEST = int(p.get("max_size", 1333))
-    cfg.INPUT.MIN_SIZE_TEST = int(p.get("min_size", 800))
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = p.score_thresh
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[int(s)] for s in p.anchor_sizes]
+    cfg.TEST.DETECTIONS_PER_IMAGE = p.detections_per_img
+    cfg.INPUT.MIN_SIZE_TRAIN = (p.min_size,)
+    cfg.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MAX_SIZE_TEST = p.max_size
+    cfg.INPUT.MIN_SIZE_TEST = p.min_size
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (names["train"],), (names["val"],)
     from harness.device import data_workers
 
-    cfg.DATALOADER.NUM_WORKERS = data_workers(placement, p.get("num_workers"))
-    cfg.SOLVER.IMS_PER_BATCH = int(p.get("batch_size", 16))  # global: detectron2 divides it by the world size
+    cfg.DATALOADER.NUM_WORKERS = data_workers(placement, p.num_workers)
+    cfg.SOLVER.IMS_PER_BATCH = p.batch_size  # global: detectron2 divides it by the world size
     if cfg.SOLVER.IMS_PER_BATCH % placement.world_size:
         raise ValueError(f"batch_size {cfg.SOLVER.IMS_PER_BATCH} does not split over {placement.world_size} processes")
-    cfg.SOLVER.AMP.ENABLED = placement.accelerator == "cuda" and bool(p.get("amp", True))
-    cfg.SOLVER.BASE_LR = float(p.get("optimizer", {}).get("lr", 1e-4))
-    cfg.SOLVER.MAX_ITER = int(p.get("iters", 1000))
-    cfg.SOLVER.STEPS = tuple(int(s) for s in p.get("steps", ()))
-    cfg.SOLVER.WARMUP_ITERS = min(int(p.get("warmup_iters", 0)), cfg.SOLVER.MAX_ITER)
-    cfg.SOLVER.CHECKPOINT_PERIOD = int(p.get("checkpoint_interval", 500))
+    cfg.SOLVER.AMP.ENABLED = placement.accelerator == "cuda" and p.amp
+    # the published schedule: linear warm-up, then x gamma at the steps (AdamW is built by Trainer below)
+    cfg.SOLVER.BASE_LR = p.optimizer.lr
+    cfg.SOLVER.WEIGHT_DECAY = p.optimizer.weight_decay
+    cfg.SOLVER.MAX_ITER = p.iters
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
+    cfg.SOLVER.STEPS = tuple(int(s) for s in p.steps)
+    cfg.SOLVER.GAMMA = p.gamma
+    cfg.SOLVER.WARMUP_METHOD = "linear"
+    cfg.SOLVER.WARMUP_FACTOR = p.warmup_factor
+    cfg.SOLVER.WARMUP_ITERS = min(p.warmup_iters, cfg.SOLVER.MAX_ITER)
+    cfg.SOLVER.CHECKPOINT_PERIOD = p.checkpoint_interval
     cfg.TEST.EVAL_PERIOD = 0
     cfg.OUTPUT_DIR = str(work / "detectron2")
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
-    trainer = DefaultTrainer(cfg)
+    import torch
+
+    from harness.jobs.maskrcnn import describe_optimizer, param_groups
+
+    class Trainer(DefaultTrainer):
+        """DefaultTrainer builds SGD; the recipe is AdamW with ViTDet's groups (harness.jobs.maskrcnn)."""
+
+        @classmethod
+        def build_optimizer(cls, cfg, model):
+            return torch.optim.AdamW(param_groups(model, p.optimizer, "backbone."), lr=p.optimizer.lr,
+                                     betas=tuple(p.optimizer.betas))
+
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=True)  # detectron2's own checkpoints of this cell, if any
     start = trainer.start_iter
     t1 = time.perf_counter()
@@ -151,6 +169,7 @@ def run_detectron2(cell, reg, p: dict, root: Path, work: Path, ctx) -> dict:
                                    if kind in res else f"COCOEvaluator returned no {kind} results")
     return {"backend": "detectron2", "metrics": metrics, "undefined_metrics": undefined, "checkpoint": loaded.summary(),
             "resumed_from_iter": start, "iters": cfg.SOLVER.MAX_ITER, "detectron2_config": cfg.dump(),
+            **describe_optimizer(trainer.optimizer, p), "final_lrs": sorted({g["lr"] for g in trainer.optimizer.param_groups}),
             "batch": {"global": cfg.SOLVER.IMS_PER_BATCH, "per_device": cfg.SOLVER.IMS_PER_BATCH // placement.world_size,
                       "accumulation": 1, "world_size": placement.world_size, "data_workers": cfg.DATALOADER.NUM_WORKERS},
             "precision": "float16 (detectron2 AMP)" if cfg.SOLVER.AMP.ENABLED else "float32",

@@ -51,34 +51,34 @@ def full_float32(device: str):
 def run(cell, ctx) -> dict:
     reg, progress, placement = ctx.registry, ctx.progress, ctx.placement
     dev, cuda = placement.device, placement.accelerator == "cuda"
-    params = cell.config["protocol"]["params"]
-    precision = params.get("precision", "float32")  # of the backbone's forward pass; the metrics are float32
+    params = ctx.params
+    precision = params.precision or "float32"  # of the backbone's forward pass; the metrics are float32
     if precision not in PRECISIONS:
-        raise ValueError(f"params.precision: {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    workers = data_workers(placement, params.get("num_workers"))
+        raise ValueError(f"params.precision: {precision!r}; the metrics job takes one of {', '.join(PRECISIONS)}")
+    workers = data_workers(placement, params.num_workers)
     t0 = time.perf_counter()
     ds = reg.dataset(cell.dataset)
-    split = params.get("split", "train")
+    split = params.split
     root = root_of(ds) / ds.splits[split].img_dir
-    images = image_list(root, int(params["num_images"]), int(params.get("image_list_seed", 0)))
+    images = image_list(root, params.num_images, params.image_list_seed)
     verify_images(ds, split, [root / p for p in images.paths])  # every image readable and whole
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
     loaded.backbone.to(dev)
     t_load = time.perf_counter()
-    key = f"{feature_cache_key(cell, loaded.path)}_{precision}" if params.get("cache", True) else None
+    key = f"{feature_cache_key(cell, loaded.path)}_{precision}" if params.cache else None
     with full_float32(dev):
-        dense, cache = extract_dense(loaded.backbone, images, resize=int(params.get("resize", 256)),
-                                     crop=int(params.get("crop", 224)), batch_size=int(params.get("forward_batch", 64)),
-                                     cache_key=key, cache_dtype=getattr(torch, params.get("cache_dtype", "float16")),
+        dense, cache = extract_dense(loaded.backbone, images, resize=params.resize, crop=params.crop,
+                                     batch_size=params.forward_batch, cache_key=key,
+                                     cache_dtype=getattr(torch, params.cache_dtype),
                                      progress=progress, device=dev, num_workers=workers,
                                      autocast=PRECISIONS[precision])
     views = None
-    lc = params.get("lidar", {})
-    if lc.get("num_images", 0) > 0 and lc.get("views", 0) > 1:
-        sub = image_list(root, min(int(lc["num_images"]), len(images)), int(params.get("image_list_seed", 0)))
+    lc = params.lidar
+    if lc.num_images > 0:
+        sub = image_list(root, min(lc.num_images, len(images)), params.image_list_seed)
         with full_float32(dev):
-            views = extract_views(loaded.backbone, sub, int(lc["views"]), seed=int(params.get("image_list_seed", 0)),
-                                  batch_size=int(params.get("forward_batch", 64)), augment=lc.get("augment"),
+            views = extract_views(loaded.backbone, sub, lc.views, seed=params.image_list_seed,
+                                  batch_size=params.forward_batch, augment=lc.augment.model_dump(),
                                   progress=progress, device=dev, autocast=PRECISIONS[precision])
     t_feat = time.perf_counter()
     with full_float32(dev):
@@ -91,7 +91,7 @@ def run(cell, ctx) -> dict:
                                                            "hash": images.hash, "seed": images.seed},
             "features": {"shape": list(dense.shape), "cache": cache["cache"], "layer": "last",
                          "embedding": "mean of dense tokens"},
-            "mode": params.get("dse", {}).get("mode", "parity"), "seeds": {"image_list": images.seed, "dse": 0},
+            "mode": params.dse.mode, "seeds": {"image_list": images.seed, "dse": params.dse.seed},
             "precision": {"features": precision, "metrics": "float32" + (" (TF32 off)" if cuda else "")},
             "data_loading": {"workers": workers, "pin_memory": cuda},
             "peak_device_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,

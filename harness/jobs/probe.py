@@ -22,8 +22,8 @@ def expected_value(method: str, epoch: int, steps: int) -> str:
 
 
 def run(cell, ctx) -> dict:
-    params = cell.config["protocol"]["params"]
-    steps, sleep_s = int(params.get("steps", 3)), float(params.get("sleep_s", 0.1))
+    params = ctx.params
+    steps, sleep_s = params.steps, params.sleep_s
     work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     state_file = work / "probe_state.json"
@@ -31,9 +31,9 @@ def run(cell, ctx) -> dict:
     state["runs"] += 1
     start_step = state["step"]
     write_json(state_file, state)
-    fail_epochs = params.get("fail_epochs")
-    transient = int(params.get("fail_first_runs", 0))
-    if (cell.method in params.get("fail_methods", []) and (not fail_epochs or cell.epoch in fail_epochs)
+    fail_epochs = params.fail_epochs
+    transient = params.fail_first_runs
+    if (cell.method in params.fail_methods and (not fail_epochs or cell.epoch in fail_epochs)
             and (not transient or state["runs"] <= transient)):
         raise RuntimeError(f"probe: cell {cell.id} was asked to fail (fail_methods, run {state['runs']})")
     h = hashlib.sha256(f"{cell.method}:{cell.epoch}".encode())

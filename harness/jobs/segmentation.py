@@ -17,14 +17,22 @@ from harness.device import data_workers
 MEAN, STD = imagenet_norm(255)  # mmseg's data preprocessor works on 0-255 pixels
 
 
-def _pipelines(ds, p: dict):
-    crop = tuple(p.get("crop_size_cityscapes" if ds.kind == "cityscapes" else "crop_size", (512, 512)))
-    scale = tuple(p.get("train_scale_cityscapes" if ds.kind == "cityscapes" else "train_scale", (2048, 512)))
-    test_scale = tuple(p.get("test_scale_cityscapes" if ds.kind == "cityscapes" else "test_scale", scale))
+def _scales(ds, p) -> tuple[tuple, tuple, tuple]:
+    """(crop, train scale, test scale): Cityscapes at its own scale, as mmseg's Cityscapes configs
+    ((2048, 1024), 512x1024 crops), the other datasets at (2048, 512) with 512x512 crops."""
+    if ds.kind == "cityscapes":
+        crop, scale, test = p.crop_size_cityscapes, p.train_scale_cityscapes, p.test_scale_cityscapes
+    else:
+        crop, scale, test = p.crop_size, p.train_scale, p.test_scale
+    return tuple(crop), tuple(scale), tuple(test or scale)
+
+
+def _pipelines(ds, p):
+    crop, scale, test_scale = _scales(ds, p)
     train = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
-             dict(type="RandomResize", scale=scale, ratio_range=tuple(p.get("ratio_range", (0.5, 2.0))), keep_ratio=True),
+             dict(type="RandomResize", scale=scale, ratio_range=tuple(p.ratio_range), keep_ratio=True),
              dict(type="RandomCrop", crop_size=crop, cat_max_ratio=0.75), dict(type="RandomFlip", prob=0.5)]
-    if p.get("photometric", True):
+    if p.photometric:
         train.append(dict(type="PhotoMetricDistortion"))
     train.append(dict(type="PackSegInputs"))
     test = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=test_scale, keep_ratio=True),
@@ -49,7 +57,7 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
     mmengine runs k forward passes per step, so its iteration counts are the recipe's times k."""
     placement = ctx.placement
     cuda = placement.accelerator == "cuda"
-    p = cell.config["protocol"]["params"]
+    p = ctx.params
     kind = cell.config["protocol"]["kind"]
     ds = reg.dataset(cell.dataset)
     root = check_layout(ds)
@@ -59,66 +67,66 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
     info = ARCHS[spec.arch]
     train_pipe, test_pipe, crop = _pipelines(ds, p)
     num_classes = ds.num_classes
-    norm = dict(type="SyncBN" if p.get("sync_bn") else "BN", requires_grad=True)
+    norm = dict(type="SyncBN" if p.sync_bn else "BN", requires_grad=True)
     backbone = dict(type="SDDBackbone", method=cell.method, epoch=cell.epoch, registry_root=str(reg.root))
     if kind == "linear":
         backbone.update(mode="last", frozen=True)
         d = info.dim
         model_parts = dict(decode_head=dict(type="BNHead", in_channels=[d], in_index=[0], input_transform="resize_concat",
-                                            channels=d, dropout_ratio=p.get("head", {}).get("dropout", 0.0),
+                                            channels=d, dropout_ratio=p.head.dropout,
                                             num_classes=num_classes, norm_cfg=norm, align_corners=False,
                                             loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)))
         paramwise = None
     else:
-        over = {"drop_path_rate": p.get("drop_path", 0.1)} if info.family in ("vit", "swin") else None
+        over = {"drop_path_rate": p.drop_path} if info.family in ("vit", "swin") else None
         backbone.update(mode="levels", frozen=False, arch_overrides=over)
         chans = list(info.level_channels)
         neck = None
         if info.family == "vit":
-            neck = dict(type="Feature2Pyramid", embed_dim=info.dim, rescales=list(p.get("neck_rescales", [4, 2, 1, 0.5])),
+            neck = dict(type="Feature2Pyramid", embed_dim=info.dim, rescales=list(p.neck_rescales),
                         norm_cfg=norm)
-        dh, ah = p.get("decode_head", {}), p.get("auxiliary_head", {})
+        dh, ah = p.decode_head, p.auxiliary_head
         model_parts = dict(
             decode_head=dict(type="UPerHead", in_channels=chans, in_index=[0, 1, 2, 3],
-                             pool_scales=tuple(dh.get("pool_scales", (1, 2, 3, 6))), channels=dh.get("channels", 384),
-                             dropout_ratio=dh.get("dropout", 0.1), num_classes=num_classes, norm_cfg=norm,
+                             pool_scales=tuple(dh.pool_scales), channels=dh.channels,
+                             dropout_ratio=dh.dropout, num_classes=num_classes, norm_cfg=norm,
                              align_corners=False,
                              loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)),
-            auxiliary_head=dict(type="FCNHead", in_channels=chans[ah.get("in_index", 2)], in_index=ah.get("in_index", 2),
-                                channels=ah.get("channels", 256), num_convs=ah.get("num_convs", 1), concat_input=False,
+            auxiliary_head=dict(type="FCNHead", in_channels=chans[ah.in_index], in_index=ah.in_index,
+                                channels=ah.channels, num_convs=ah.num_convs, concat_input=False,
                                 dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm, align_corners=False,
                                 loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False,
-                                                 loss_weight=ah.get("loss_weight", 0.4))))
+                                                 loss_weight=ah.loss_weight)))
         if neck:
             model_parts["neck"] = neck
-        paramwise = _layer_decay(info, p.get("optimizer", {}).get("layer_decay_rate", 0.9))
-    test = p.get("test", {"mode": "whole"})
-    test_cfg = dict(mode="whole") if test.get("mode", "whole") == "whole" else \
-        dict(mode="slide", crop_size=tuple(test["crop_size"]), stride=tuple(test["stride"]))
+        paramwise = _layer_decay(info, p.optimizer.layer_decay_rate)
+    test_cfg = dict(mode="whole")
+    if p.test.mode == "slide":  # Cityscapes: a window of its own crop, strided by 2/3 (mmseg's 512x1024 / 341x683)
+        win = crop if ds.kind == "cityscapes" else tuple(p.test.crop_size or crop)
+        stride = tuple(round(c * 2 / 3) for c in win) if ds.kind == "cityscapes" or not p.test.stride else tuple(p.test.stride)
+        test_cfg = dict(mode="slide", crop_size=win, stride=stride)
     model = dict(type="EncoderDecoder",
                  data_preprocessor=dict(type="SegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0,
                                         seg_pad_val=255, size=crop),
                  backbone=backbone, train_cfg=dict(), test_cfg=test_cfg, **model_parts)
-    opt = p.get("optimizer", {})
-    sch = p.get("schedule", {})
-    plan = ctx.batch(int(p.get("batch_size", 16)))
+    opt, sch = p.optimizer, p.schedule
+    plan = ctx.batch(p.batch_size)
     k = plan["accumulation"]
-    iters, warm = int(sch.get("iters", 40000)) * k, int(sch.get("warmup_iters", 1500)) * k
+    iters, warm = sch.iters * k, sch.warmup_iters * k
     schedulers = []
     if warm:
-        schedulers.append(dict(type="LinearLR", start_factor=sch.get("warmup_ratio", 1e-6), by_epoch=False, begin=0,
+        schedulers.append(dict(type="LinearLR", start_factor=sch.warmup_ratio, by_epoch=False, begin=0,
                                end=min(warm, iters)))
-    schedulers.append(dict(type="PolyLR", eta_min=sch.get("min_lr", 0.0), power=sch.get("power", 1.0),
+    schedulers.append(dict(type="PolyLR", eta_min=sch.min_lr, power=sch.power,
                            begin=min(warm, iters), end=iters, by_epoch=False))
     optim = dict(type="OptimWrapper", accumulative_counts=k,
-                 optimizer=dict(type="AdamW", lr=opt.get("lr", 1e-3), weight_decay=opt.get("weight_decay", 1e-4),
-                                betas=tuple(opt.get("betas", (0.9, 0.999)))))
-    precision = p.get("precision", "bfloat16" if cuda and _bf16() else "float16" if cuda else "float32")
+                 optimizer=dict(type="AdamW", lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas)))
+    precision = p.precision or ("bfloat16" if cuda and _bf16() else "float16" if cuda else "float32")
     if precision != "float32":  # mmengine's AMP: autocast forward, (scaled) float32 master weights
         optim.update(type="AmpOptimWrapper", dtype=precision, **({"loss_scale": "dynamic"} if precision == "float16" else {}))
     if paramwise:
         optim["paramwise_cfg"] = paramwise
-    workers = data_workers(placement, p.get("num_workers"))
+    workers = data_workers(placement, p.num_workers)
     loader = lambda split, pipe, bs, shuffle: dict(
         batch_size=bs, num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda,
         sampler=dict(type="InfiniteSampler" if shuffle else "DefaultSampler", shuffle=shuffle),
@@ -139,21 +147,21 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
         default_scope="mmseg", work_dir=str(work_dir), model=model, **extra,
         sdd_run=dict(batch=plan, precision=precision, data_workers=workers, pin_memory=cuda),
         train_dataloader=loader("train", train_pipe, plan["per_device"], True),
-        val_dataloader=loader("val", test_pipe, int(p.get("val_batch_size", 1)), False),
+        val_dataloader=loader("val", test_pipe, p.val_batch_size, False),
         val_evaluator=dict(type="SDDIoUMetric", iou_metrics=["mIoU"]),
         optim_wrapper=optim, param_scheduler=schedulers,
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
         val_cfg=dict(type="ValLoop"),
         default_hooks=dict(timer=dict(type="IterTimerHook"),
-                           logger=dict(type="LoggerHook", interval=int(p.get("log_interval", 50)) * k,
+                           logger=dict(type="LoggerHook", interval=p.log_interval * k,
                                        log_metric_by_epoch=False),
                            param_scheduler=dict(type="ParamSchedulerHook"), checkpoint=None,
                            sampler_seed=dict(type="DistSamplerSeedHook")),
         custom_hooks=[dict(type="SDDResumeHook", path=str(work_dir / "resume.pth"),
-                           interval=int(p.get("checkpoint_interval", 1000)) * k, skip_prefixes=skip)],
+                           interval=p.checkpoint_interval * k, skip_prefixes=skip)],
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                      dist_cfg=dict(backend=placement.backend or "nccl")),
-        log_processor=dict(by_epoch=False), log_level="WARNING", randomness=dict(seed=int(p.get("seed", 0))),
+        log_processor=dict(by_epoch=False), log_level="WARNING", randomness=dict(seed=p.seed),
         visualizer=dict(type="SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
     )
 

@@ -30,10 +30,16 @@ def token_subsample(dense: torch.Tensor, per_image: int, seed: int) -> torch.Ten
     return dense[torch.arange(b, device=dense.device)[:, None], idx].reshape(-1, d)
 
 
-def compute_all(dense: torch.Tensor, params: dict, views: torch.Tensor | None = None) -> tuple[dict, dict, dict]:
-    """(metrics: flat floats, details: spectra and fit ranges, seconds per metric) of [images, tokens, d]."""
+def compute_all(dense: torch.Tensor, params, views: torch.Tensor | None = None) -> tuple[dict, dict, dict]:
+    """(metrics: flat floats, details: spectra and fit ranges, seconds per metric) of [images, tokens, d].
+    `params`: the metrics protocol's parameters (harness.params.MetricsParams, or a dict of some of them:
+    the schema's defaults fill the rest)."""
+    from harness.params import MetricsParams
+
+    if not isinstance(params, MetricsParams):
+        params = MetricsParams.model_validate({"num_images": len(dense), **params})
     timings, details = {}, {}
-    seed = int(params.get("image_list_seed", 0))
+    seed = params.image_list_seed
 
     def timed(name, fn):
         t = time.perf_counter()
@@ -41,33 +47,32 @@ def compute_all(dense: torch.Tensor, params: dict, views: torch.Tensor | None = 
         timings[name] = time.perf_counter() - t
         return out
 
-    dcfg = dict(params.get("dse", {}))
-    mode = dcfg.pop("mode", "parity")
-    kmeans_iters, kmeans_tol = dcfg.pop("kmeans_iters", 20), dcfg.pop("kmeans_tol", 1e-4)
-    r = timed("dse", lambda: dse_estimator.dse(dense, batch_size=int(params.get("batch_size", 1024)), mode=mode,
-                                 iters=kmeans_iters, tol=kmeans_tol, **dcfg))
+    d = params.dse
+    r = timed("dse", lambda: dse_estimator.dse(dense, batch_size=params.batch_size, mode=d.mode, iters=d.kmeans_iters,
+                                               tol=d.kmeans_tol, local_clusters=d.local_clusters,
+                                               global_clusters=d.global_clusters, group_size=d.group_size,
+                                               normalize=d.normalize, seed=d.seed))
     m = {"dse": r.dse, "dse_inter": r.inter, "dse_intra_image": r.intra_image, "dse_intra_batch": r.intra_batch,
          "dse_dim": r.dim, "dse_separability": r.separability, "dense_rankme": r.dim}
-    tokens = token_subsample(dense, int(params.get("tokens_per_image", 16)), seed)
-    ucfg = params.get("uniformity", {})
+    tokens = token_subsample(dense, params.tokens_per_image, seed)
+    ucfg = params.uniformity
     def w2():
         mom = normalised_moments(tokens)  # shared with the dense spectrum below
         return mom, w2_uniformity(moments=mom)
 
     moments, m["w2"] = timed("w2", w2)
     m["neg_w2"] = -m["w2"]
-    m["neg_lu"] = timed("lu", lambda: lu_uniformity(tokens, t=ucfg.get("t", 2), max_vectors=ucfg.get("max_vectors", 10000),
+    m["neg_lu"] = timed("lu", lambda: lu_uniformity(tokens, t=ucfg.t, max_vectors=ucfg.max_vectors,
                                                     seed=seed))
     emb = dense.mean(dim=1)  # image-level embedding: mean of the dense tokens
     m["rankme"] = timed("rankme", lambda: rankme(emb))
     m["effective_rank"] = effective_rank(emb)
-    acfg = params.get("alpha_req", {})
-    a = timed("alpha_req", lambda: alpha_req(emb, acfg.get("fit_min_rank", 6), acfg.get("fit_max_rank", 100)))
+    acfg = params.alpha_req
+    a = timed("alpha_req", lambda: alpha_req(emb, acfg.fit_min_rank, acfg.fit_max_rank))
     m["alpha_req"], details["alpha_req_fit_ranks"] = a["alpha"], a["fit_ranks"]
     sp, spd = singular_spectrum(emb), singular_spectrum(moments=moments)
     m["collapsed_dims"], m["collapsed_dims_dense"] = sp["collapsed_dims"], spd["collapsed_dims"]
     details["log_sv"], details["log_sv_dense"] = sp["log_sv"], spd["log_sv"]
     if views is not None:
-        lc = params.get("lidar", {})
-        m["lidar"] = timed("lidar", lambda: lidar(views, lc.get("delta", 1e-6), lc.get("eps", 1e-7)))
+        m["lidar"] = timed("lidar", lambda: lidar(views, params.lidar.delta, params.lidar.eps))
     return m, details, timings

@@ -1,0 +1,108 @@
+"""What runs is what the protocol file and the published recipe say (issue 13)."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.plan import build_plan
+from harness.registry import RegistryError, load_registry
+from tests import worlds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_registry(tmp_path) -> Path:
+    bench = tmp_path / "bench"
+    shutil.copytree(ROOT / "benchmarks", bench)
+    return bench
+
+
+def test_a_misspelt_protocol_parameter_is_a_registry_error_with_file_line_and_fix(tmp_path):
+    bench = copy_registry(tmp_path)
+    p = bench / "protocols" / "linear.yaml"
+    p.write_text(p.read_text().replace("iters: 40000", "iterz: 40000"))
+    with pytest.raises(RegistryError) as e:
+        load_registry(bench)
+    msg = str(e.value)
+    line = next(i for i, text in enumerate(p.read_text().splitlines(), 1) if "iterz" in text)
+    assert f"linear.yaml:{line}: params.schedule.iterz: unknown key 'iterz'" in msg and "Did you mean 'iters'?" in msg
+    p.write_text(p.read_text().replace("iterz: 40000", "iters: many"))
+    with pytest.raises(RegistryError, match=r"params.schedule.iters: .*valid integer"):
+        load_registry(bench)
+
+
+def test_every_shipped_protocol_key_is_read_and_defaults_live_in_the_schema(registry):
+    from harness.kinds import PROTOCOL_KINDS
+
+    for p in registry.protocols.values():  # resolved: every schema field present, nothing else
+        schema = PROTOCOL_KINDS[p.kind].params
+        assert set(p.params) == set(schema.model_fields), p.name
+    lin = registry.protocol("linear").params
+    assert lin["schedule"]["iters"] == 40000 and lin["num_workers"] is None and lin["train_scale_cityscapes"] == [2048, 1024]
+
+
+def test_the_config_hash_covers_resolved_parameters_and_the_backend_that_will_run(tmp_path):
+    from harness.plan import detectron2_backend
+
+    bench = copy_registry(tmp_path)
+    hashes = lambda: {c.id: c.config_hash for c in build_plan(load_registry(bench), "udi", protocols=["maskrcnn"])}
+    before = hashes()
+    p = bench / "protocols" / "maskrcnn.yaml"
+    p.write_text(p.read_text().replace("  detections_per_img: 100", "  detections_per_img: 100\n  score_thresh: 0.0"))
+    assert hashes() == before  # stating a default changes nothing: the hash is of the resolved parameters
+    p.write_text(p.read_text().replace("backend: auto", f"backend: {detectron2_backend()}"))
+    assert hashes() == before  # `auto` is resolved when planning: the same backend, the same cells
+    other = "torchvision" if detectron2_backend() == "detectron2" else "detectron2"
+    p.write_text(p.read_text().replace(f"backend: {detectron2_backend()}", f"backend: {other}"))
+    assert all(before[k] != v for k, v in hashes().items())  # another backend, other cells
+
+
+def test_cityscapes_probes_run_at_cityscapes_scale(registry):
+    from harness.jobs.segmentation import _scales
+    from harness.params import LinearParams
+
+    p = LinearParams.model_validate(registry.protocol("linear").params)
+    crop, scale, test = _scales(registry.dataset("cityscapes"), p)
+    assert crop == (512, 1024) and scale == (2048, 1024) and test == (2048, 1024)
+    assert _scales(registry.dataset("ade20k"), p) == ((512, 512), (2048, 512), (2048, 512))
+
+
+MASKRCNN = """name: maskrcnn_tiny
+kind: maskrcnn
+title: tiny Mask R-CNN
+datasets: [coco_instances]
+params: {backend: torchvision, iters: 12, batch_size: 2, min_size: 96, max_size: 96, anchor_sizes: [8, 16, 32, 64, 128],
+  out_channels: 16, optimizer: {lr: 0.001, weight_decay: 0.05, layer_decay_rate: 0.7}, warmup_iters: 4,
+  warmup_factor: 0.001, steps: [8], gamma: 0.1, checkpoint_interval: 100}
+resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}
+"""
+
+
+def test_mask_rcnn_trains_with_the_published_optimizer_and_schedule(tmp_path, monkeypatch):
+    """AdamW, no decay on norms, biases, position and class tokens, ViTDet's layer-wise lr decay,
+    linear warm-up, x0.1 at the step: read back from the optimizer that ran (torchvision backend)."""
+    from harness.jobs import execute
+    from harness.mini import generate
+
+    data = tmp_path / "data"
+    generate.coco_instances(data / "coco", train=6, val=2, size=96)
+    monkeypatch.setenv("SDD_DATA_ROOT", str(data))
+    ck = tmp_path / "ck"
+    worlds.dino_checkpoint(ck, "tinyvit", "vit_tiny_test", 1, seed=1)
+    bench = worlds.tiny_registry(tmp_path, data, ck)
+    (bench / "protocols" / "maskrcnn_tiny.yaml").write_text(MASKRCNN)
+    (bench / "suites" / "det.yaml").write_text("name: det\ntitle: det\nmethods: [tinyvit]\ngrid:\n"
+                                               "  - protocol: maskrcnn_tiny\n    datasets: [coco_instances]\n    epochs: [1]\n")
+    rec = execute(build_plan(load_registry(bench), "det")[0], tmp_path / "results")
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["optimizer"]["type"] == "AdamW" and rec["schedule"]["steps"] == [8] and rec["schedule"]["warmup_iters"] == 4
+    groups = rec["param_groups"]
+    no_decay = [g for g in groups if g["weight_decay"] == 0.0]
+    names = [n for g in no_decay for n in g["examples"]]
+    assert no_decay and all(g["weight_decay"] in (0.0, 0.05) for g in groups)
+    assert any("pos_embed" in n or "cls_token" in n or ".norm" in n or "bias" in n for n in names)
+    depth = 3  # vit_tiny_test
+    lrs = sorted({round(g["lr"], 12) for g in groups})
+    assert round(0.001 * 0.7 ** (depth + 1), 12) in lrs and 0.001 in lrs  # embeddings and the heads
+    # after 12 steps: past the warm-up and one x0.1 step
+    assert max(rec["final_lrs"]) == pytest.approx(0.001 * 0.1)
