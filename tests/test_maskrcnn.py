@@ -94,6 +94,9 @@ def test_detectron2_backend(reg, tmp_path, method):
     assert rec["backend"] == "detectron2" and 0 <= rec["metrics"]["segm_AP"] <= 100
     assert rec["pyramid"] == ("detectron2 SimpleFeaturePyramid" if method == "tinyvit" else "detectron2 FPN")
     assert rec["checkpoint"]["loaded_keys"] > 0
+    # the published optimizer, not DefaultTrainer's SGD: AdamW with decay-free groups, read back
+    assert rec["optimizer"]["type"] == "AdamW" and any(g["weight_decay"] == 0.0 for g in rec["param_groups"])
+    assert rec["schedule"]["gamma"] == 0.1
 
 
 def test_undefined_coco_ap_is_nan_with_the_reason_never_zero(tmp_path):
