@@ -190,11 +190,11 @@ def cmd_tables(reg: Registry, args) -> int:
     t = time.perf_counter()
     suite_dir = Path(args.results) / args.suite
     try:
-        table, tables, files = build_tables(suite_dir, args.protocol)
+        table, tables, files = build_tables(suite_dir, args.protocol, include_stale=args.include_stale)
     except TablesError as e:
         print(f"sdd tables: {e}", file=sys.stderr)
         return 1
-    figures = build_figures(suite_dir, tables, args.protocol) if args.figures else \
+    figures = build_figures(suite_dir, tables, args.protocol, args.include_stale) if args.figures else \
         sorted((suite_dir / "figures").glob("*.png")) if (suite_dir / "figures").is_dir() else []
     report = write_report(suite_dir, table, tables, figures, args.protocol)
     print(f"wrote {len(files)} table files under {suite_dir / 'tables'}"
@@ -400,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--suite", required=True)
         p.add_argument("--results", default=str(results_root()))
         p.add_argument("--protocol", default="linear", help="segmentation protocol giving the mIoU (default linear)")
+        p.add_argument("--include-stale", action="store_true", help="keep records of an older recipe (left out and "
+                                                                     "named by default)")
         if name == "tables":
             p.add_argument("--figures", action="store_true", help="also draw the figures")
             p.add_argument("--show", nargs="*", default=[], help="print these tables (e.g. kendall_tau sdd)")

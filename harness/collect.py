@@ -15,7 +15,7 @@ from harness import records
 # `device`, `gpus` and `world_size` say what actually ran (the record's placement), never what the
 # protocol asked for: every cost in the tables is computed from them.
 META_COLUMNS = ["suite", "protocol", "kind", "dataset", "method", "family", "arch", "epoch", "status", "error",
-                "config_hash", "device", "device_name", "gpus", "world_size", "wall_s", "load_s", "features_s",
+                "config_hash", "current", "device", "device_name", "gpus", "world_size", "wall_s", "load_s", "features_s",
                 "metrics_s", "peak_memory_mb", "git_sha", "host", "slurm_job_id", "torch"]
 
 
@@ -122,24 +122,28 @@ def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = Fals
             + "\n  ".join(got.corrupt[:20]) + ("\n  ..." if len(got.corrupt) > 20 else "")
             + f"\nre-run them (`sdd submit --suite {suite} ...` treats them as to do), or pass --skip-corrupt "
               "to write a table without them")
+    from harness.plan import build_plan
+
+    table = got.table
+    cells = build_plan(reg, suite) if suite in reg.suites else []
+    if cells and len(table):  # `current`: is the record of the recipe the plan has now? (tables keep these)
+        now = {(c.protocol, c.dataset, c.method, c.epoch): c.config_hash for c in cells}
+        keys = list(zip(table["protocol"], table["dataset"], table["method"], table["epoch"]))
+        table["current"] = [None if k not in now else now[k] == h for k, h in zip(keys, table["config_hash"])]
     out = results / suite
     out.mkdir(parents=True, exist_ok=True)
-    got.table.to_csv(out / "results.csv", index=False, float_format="%.10g", lineterminator="\n")
+    table.to_csv(out / "results.csv", index=False, float_format="%.10g", lineterminator="\n")
     got.spectra.to_csv(out / "spectra.csv", index=False, float_format="%.8g", lineterminator="\n")
     parquet = True
     try:
-        got.table.to_parquet(out / "results.parquet", index=False)
+        table.to_parquet(out / "results.parquet", index=False)
     except ImportError:
         parquet = False
-    table = got.table
     ok = int((table["status"] == "ok").sum()) if len(table) else 0
     missing: dict[str, int] = {}
-    if suite in reg.suites:
-        from harness.plan import build_plan
-
-        have = set(zip(table.get("protocol", []), table.get("dataset", []), table.get("method", []),
-                       table.get("epoch", [])))
-        for c in build_plan(reg, suite):
-            if (c.protocol, c.dataset, c.method, c.epoch) not in have:
-                missing[c.protocol] = missing.get(c.protocol, 0) + 1
+    have = set(zip(table.get("protocol", []), table.get("dataset", []), table.get("method", []),
+                   table.get("epoch", [])))
+    for c in cells:
+        if (c.protocol, c.dataset, c.method, c.epoch) not in have:
+            missing[c.protocol] = missing.get(c.protocol, 0) + 1
     return CollectSummary(out / "results.csv", len(table), ok, parquet, got.corrupt, missing)

@@ -1,13 +1,14 @@
-"""Dense features of a backbone on a fixed, recorded list of images, with an on-disk cache.
+"""Dense features of a backbone on a fixed, recorded list of images, with an optional on-disk cache.
 
 - `image_list`: a fixed sample of an ImageFolder tree (class folders), drawn once from a seed over the
   sorted file list and identified by the hash of its relative paths. Every checkpoint of every method
   sees the same images (the official code's subset depended on each architecture's RNG use).
-- `extract_dense`: [images, tokens, d] from `Backbone.dense` (last layer, final norm, class tokens
-  dropped), batched, with a progress bar. The features are rounded to the cache dtype (float16 by
-  default) whether or not they came from the cache, so a metric gives the same value on a cache hit.
-- `extract_views`: image-level embeddings (mean of the dense tokens) of q augmented views per image,
-  for LiDAR.
+- `extract_dense`: ([images, tokens, d] last-layer dense tokens, [images, d] image-level embeddings)
+  from one forward pass (`Backbone.dense_and_embedding`: patch tokens after the final norm; the class
+  token for ViTs that have one, else global average pooling). float32 throughout: rounding the dense
+  features to float16 raised M_dim by up to 1.4% on rank-deficient features, so the cache stores float32
+  and a cache hit gives bit-identical metrics.
+- `extract_views`: image-level embeddings of q augmented views per image, for LiDAR.
 """
 from __future__ import annotations
 
@@ -89,20 +90,6 @@ def _progress(it, total: int, desc: str, enabled: bool):
     return tqdm(it, total=total, desc=desc, unit="batch", disable=not enabled, leave=False)
 
 
-def _to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Round features to the cache dtype; finite features that the dtype cannot hold are an error that
-    says so (they would otherwise come back as inf and read as broken features)."""
-    if dtype.is_floating_point and torch.finfo(dtype).bits < 32:
-        finite = x[torch.isfinite(x)]
-        peak = finite.abs().max().item() if finite.numel() else 0.0
-        if peak > torch.finfo(dtype).max:
-            raise OverflowError(
-                f"features reach {peak:.3g}, beyond the largest {str(dtype).removeprefix('torch.')} value "
-                f"({torch.finfo(dtype).max:.5g}) of the feature cache: set `cache_dtype: float32` in the protocol's "
-                f"params (the backbone's activations are unusually large)")
-    return x.to(dtype)
-
-
 def maybe_autocast(device: str, dtype: torch.dtype | None):
     import contextlib
 
@@ -113,47 +100,48 @@ def maybe_autocast(device: str, dtype: torch.dtype | None):
 
 @torch.no_grad()
 def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int = 224, batch_size: int = 64,
-                  layer: int | None = None, num_workers: int = 0, cache_key: str | None = None,
-                  cache_dir: Path | None = None, cache_dtype: torch.dtype = torch.float16,
+                  num_workers: int = 0, cache_key: str | None = None, cache_dir: Path | None = None,
                   progress: bool = True, device: str = "cpu",
-                  autocast: torch.dtype | None = None) -> tuple[torch.Tensor, dict]:
-    """[images, tokens, d] float32 features on the CPU (rounded to `cache_dtype`) and how they were
-    obtained. The backbone runs on `device` (under autocast to `autocast` when given); `num_workers`
-    processes decode and crop, into pinned memory when the device is a GPU."""
+                  autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(dense [images, tokens, d], embeddings [images, d], how they were obtained), float32 on the CPU.
+    The backbone runs on `device` (under autocast to `autocast` when given); `num_workers` processes
+    decode and crop, into pinned memory when the device is a GPU. The cache key must cover everything
+    that changes the features; the file name adds the image list, the transform and the precision."""
     path = None
     if cache_key is not None:
-        name = f"{cache_key}_L{'last' if layer is None else layer}_{images.hash}_{resize}_{crop}.pt"
+        precision = "float32" if autocast is None else str(autocast).removeprefix("torch.")
+        name = f"{cache_key}_{images.hash}_{resize}_{crop}_{precision}.pt"
         path = Path(cache_dir or cache_root() / "features") / name
         if path.is_file():
             try:
                 cached = torch.load(path, map_location="cpu", weights_only=True)
-                return cached["features"].float(), {"cache": "hit", "path": str(path)}
-            except Exception:  # a torn cache file is recomputed, never trusted
+                return cached["features"], cached["embeddings"], {"cache": "hit", "path": str(path)}
+            except Exception:  # a torn or older cache file is recomputed, never trusted
                 path.unlink(missing_ok=True)
     backbone.eval()
     cuda = torch.device(device).type == "cuda"
     loader = torch.utils.data.DataLoader(_Images(images, eval_transform(resize, crop)), batch_size=batch_size,
                                          num_workers=num_workers, shuffle=False, pin_memory=cuda,
                                          persistent_workers=False)
-    out = []
+    dense, emb = [], []
     with maybe_autocast(device, autocast):
         for x in _progress(loader, len(loader), "features", progress):
-            f = backbone.dense(x.to(device, non_blocking=cuda), layer).float()
-            out.append(_to_cache_dtype(f, cache_dtype).cpu())
-    feats = torch.cat(out)
+            d, e = backbone.dense_and_embedding(x.to(device, non_blocking=cuda))
+            dense.append(d.float().cpu())
+            emb.append(e.float().cpu())
+    feats, embeddings = torch.cat(dense), torch.cat(emb)
     info = {"cache": "miss" if path else "off"}
     if path is not None:
-        save_tensors({"features": feats}, path)
+        save_tensors({"features": feats, "embeddings": embeddings}, path)
         info["path"] = str(path)
-    return feats.float(), info
+    return feats, embeddings, info
 
 
 @torch.no_grad()
 def extract_views(backbone, images: ImageList, views: int, *, seed: int = 0, batch_size: int = 64,
                   augment: dict | None = None, progress: bool = True, device: str = "cpu",
                   autocast: torch.dtype | None = None) -> torch.Tensor:
-    """[images, views, d] image-level embeddings (mean of the dense tokens) of augmented views, on the
-    CPU. The augmentations draw from torch's global RNG in this process (no workers), so they are the
+    """[images, views, d] image-level embeddings (`Backbone.embed`) of augmented views, on the CPU. The augmentations draw from torch's global RNG in this process (no workers), so they are the
     same on every device."""
     tf = view_transform(**(augment or {}))
     ds = _Images(images, lambda im: torch.stack([tf(im) for _ in range(views)]))
@@ -165,7 +153,7 @@ def extract_views(backbone, images: ImageList, views: int, *, seed: int = 0, bat
         with maybe_autocast(device, autocast):
             for x in _progress(loader, len(loader), "views", progress):
                 b = x.shape[0]
-                emb = backbone.dense(x.flatten(0, 1).to(device)).float().mean(dim=1).view(b, views, -1)
+                emb = backbone.embed(x.flatten(0, 1).to(device)).float().view(b, views, -1)
                 out.append(emb.cpu())
     finally:
         torch.random.set_rng_state(torch_state)

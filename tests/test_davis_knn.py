@@ -125,3 +125,4 @@ def test_knn_by_hand_and_on_images(world, tmp_path):
     rec = execute(cell, tmp_path / "results")
     assert rec["status"] == "ok", rec.get("traceback")
     assert rec["metrics"]["top1"] > 50 and rec["metrics"]["top5"] == 100 and rec["val_images"] == 16
+    assert rec["embedding"].startswith("class token")  # DINO k-NN's embedding, not the mean patch token

@@ -106,3 +106,92 @@ def test_mask_rcnn_trains_with_the_published_optimizer_and_schedule(tmp_path, mo
     assert round(0.001 * 0.7 ** (depth + 1), 12) in lrs and 0.001 in lrs  # embeddings and the heads
     # after 12 steps: past the warm-up and one x0.1 step
     assert max(rec["final_lrs"]) == pytest.approx(0.001 * 0.1)
+
+
+def hand_rows(epochs=(10, 20, 30, 40, 50), miou_epochs=None, method="A"):
+    rows = []
+    for i, e in enumerate(epochs):
+        rows.append({"suite": "s", "protocol": "metrics", "kind": "metrics", "dataset": "imagenet", "method": method,
+                     "epoch": e, "status": "ok", "dse": float(i), "dse_separability": float(i), "dse_dim": 0.5 + i / 10,
+                     "config_hash": "h", "current": True})
+    for i, e in enumerate(miou_epochs or epochs):
+        rows.append({"suite": "s", "protocol": "linear", "kind": "linear", "dataset": "voc12_aug", "method": method,
+                     "epoch": e, "status": "ok", "mIoU": 10.0 + 10 * i, "config_hash": "h", "current": True})
+    return rows
+
+
+def test_tables_leave_out_stale_records_unless_asked(tmp_path):
+    import pandas as pd
+
+    from harness.analysis import build_tables
+
+    d = tmp_path / "s"
+    d.mkdir()
+    rows = hand_rows()
+    rows[-1].update(current=False, mIoU=99.0)  # ep 50's probe is of an older recipe
+    pd.DataFrame(rows).to_csv(d / "results.csv", index=False)
+    _, tables, _ = build_tables(d)
+    sdd = next(t for t in tables if t.name == "sdd")
+    assert sdd.frame.iloc[0]["best"] == 40.0 and any("1 stale record(s)" in n and "ep50" in n for n in sdd.notes)
+    assert pd.isna(sdd.frame.iloc[0]["last"])  # the last checkpoint's mIoU is gone: no silent shift to ep 40
+    assert any("the last checkpoint (ep 50) has no mIoU" in n for n in sdd.notes)
+    _, tables, _ = build_tables(d, include_stale=True)
+    assert next(t for t in tables if t.name == "sdd").frame.iloc[0]["best"] == 99.0
+
+
+def test_tau_over_a_partial_grid_is_marked_and_not_averaged_with_full_grids():
+    import pandas as pd
+
+    from harness.analysis.tables import kendall_tables, sdd_table
+
+    table = pd.DataFrame(hand_rows(method="A") + hand_rows(method="B", miou_epochs=(10, 30, 50)))
+    mean, long, _ = kendall_tables(table)
+    long = long.frame
+    assert set(long.loc[long["method"] == "B", "grid"]) == {"partial"} and set(long.loc[long["method"] == "A", "grid"]) == {"full"}
+    row = mean.frame.set_index("metric").loc["DSE (λ=1)"]
+    assert row["n_VOC"] == 1 and row["VOC"] == pytest.approx(1.0)  # A alone
+    assert any("partial grid" in n for n in mean.notes) and any("Avg. = the mean of the per-dataset columns: VOC" in n
+                                                                 for n in mean.notes)
+    assert sdd_table(table).frame.set_index("method").loc["B", "grid"] == "partial"
+
+
+def test_image_level_metrics_read_the_class_token_and_the_dense_ones_float32_patch_tokens(tmp_path, monkeypatch):
+    import torch
+
+    from harness.jobs import execute
+    from harness.metrics import compute_all
+    from harness.metrics.spectrum import rankme
+
+    data = worlds.imagefolder(tmp_path / "imagenet")
+    monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))
+    reg = load_registry(worlds.tiny_registry(tmp_path, data, tmp_path / "ck"))
+    worlds.dino_checkpoint(tmp_path / "ck", "tinyvit", "vit_tiny_test", 1, seed=1)
+    worlds.dino_checkpoint(tmp_path / "ck", "tinyres", "resnet_tiny_test", 1, seed=2)
+    recs = {c.method: execute(c, tmp_path / "results") for c in build_plan(reg, "tiny") if c.epoch == 1}
+    vit, res = recs["tinyvit"], recs["tinyres"]
+    assert vit["status"] == "ok" and vit["embeddings"]["image_level"] == "class token (after the final norm)"
+    assert res["embeddings"]["image_level"] == "global average pool of the last layer"
+    cached = torch.load(next((tmp_path / "cache" / "features").glob("tinyvit_*.pt")), weights_only=True)
+    dense, emb = cached["features"], cached["embeddings"]
+    assert dense.dtype == emb.dtype == torch.float32 and vit["features"]["dtype"] == "float32"
+    assert vit["metrics"]["rankme"] == pytest.approx(rankme(emb))  # the class tokens ...
+    assert abs(rankme(dense.mean(dim=1)) - vit["metrics"]["rankme"]) > 1e-3  # ... not the mean patch token
+    params = reg.protocol("metrics").params
+    again = compute_all(dense, {k: v for k, v in params.items() if k not in ("lidar",)} | {"lidar": {"num_images": 0}},
+                        embeddings=emb)[0]
+    assert again["dse"] == vit["metrics"]["dse"]  # DSE from the float32 patch tokens, bit for bit
+
+
+def test_the_image_level_tau_table_joins_dse_and_rankme_with_knn_top1():
+    import pandas as pd
+
+    from harness.analysis.tables import image_level_tau_table
+
+    rows = hand_rows()
+    for i, e in enumerate((10, 20, 30, 40, 50)):
+        rows[i]["rankme"] = float(5 - i)  # falls while top-1 rises: τ = -1
+        rows.append({"suite": "s", "protocol": "knn", "kind": "knn", "dataset": "imagenet", "method": "A", "epoch": e,
+                     "status": "ok", "top1": 50.0 + i, "config_hash": "h", "current": True})
+    t = image_level_tau_table(pd.DataFrame(rows)).frame.set_index("metric")
+    assert t.loc["DSE", "tau"] == pytest.approx(1.0) and t.loc["RankMe", "tau"] == pytest.approx(-1.0)
+    assert t.loc["DSE", "paper"] == 0.86 and t.loc["RankMe", "paper"] == 0.79

@@ -43,7 +43,7 @@ def tiny_registry(tmp: Path, data_root: Path, ckpt_root: Path, *, num_images: in
     (bench / "protocols" / "metrics.yaml").write_text(
         "name: metrics\nkind: metrics\ntitle: metrics (tiny)\ndatasets: [imagenet]\n"
         f"params:\n  num_images: {num_images}\n  batch_size: 16\n  image_list_seed: 0\n  resize: 72\n  crop: 64\n"
-        "  forward_batch: 8\n  cache: true\n  cache_dtype: float16\n  tokens_per_image: 8\n"
+        "  forward_batch: 8\n  cache: true\n  tokens_per_image: 8\n"
         "  dse: {mode: parity, local_clusters: 3, global_clusters: 24, normalize: true}\n"
         "  alpha_req: {fit_min_rank: 2, fit_max_rank: 20}\n"
         f"  lidar: {{num_images: {lidar_images}, views: 4, augment: {{crop: 64, scale: [0.4, 1.0]}}}}\n"

@@ -103,7 +103,7 @@ def build_world(tmp: Path, smoke: bool) -> dict:
 PROTOCOLS = {
     # name: (kind, params, recipe cell for the extrapolation: (optimizer steps, GPUs) or None)
     "metrics_check": ("metrics", {"num_images": 2048, "batch_size": 1024, "image_list_seed": 0, "resize": 256,
-                                  "crop": 224, "forward_batch": 128, "cache": True, "cache_dtype": "float16",
+                                  "crop": 224, "forward_batch": 128, "cache": True,
                                   "tokens_per_image": 16,
                                   "dse": {"mode": "parity", "local_clusters": 3, "global_clusters": 24, "group_size": 8,
                                           "normalize": True, "kmeans_iters": 20, "kmeans_tol": 1.0e-4},
@@ -213,13 +213,14 @@ def cpu_vs_gpu(cache: Path, smoke: bool) -> list[dict]:
     params = {**params, "lidar": {}}
     rows = []
     for f in sorted((cache / "features").glob("*.pt")):
-        feats = torch.load(f, weights_only=True)["features"].float()
+        cached = torch.load(f, weights_only=True)
+        feats, emb = cached["features"], cached["embeddings"]
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         got = {}
         for dev in devices:
             with full_float32(dev):
                 t = time.perf_counter()
-                got[dev] = compute_all(feats.to(dev), params)[0]
+                got[dev] = compute_all(feats.to(dev), params, embeddings=emb.to(dev))[0]
                 got[dev]["_s"] = time.perf_counter() - t
                 if dev == "cuda":
                     t = time.perf_counter()

@@ -52,20 +52,39 @@ def load_collected(suite_dir: Path, protocol: str = "linear") -> tuple[pd.DataFr
     return table, spec
 
 
-def build_tables(suite_dir: Path, protocol: str = "linear", paper_dir: Path = PAPER):
+def drop_stale(table: pd.DataFrame, include_stale: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Rows whose record is of another recipe than the current plan's (`current` is False) are left out,
+    and named; `include_stale` keeps them."""
+    if "current" not in table.columns:
+        return table, []
+    stale = table[table["current"].astype(str).str.lower() == "false"]
+    if stale.empty:
+        return table, []
+    cells = ", ".join(f"{r.protocol}/{r.dataset}/{r.method}/ep{int(r.epoch)}" for r in stale.itertuples())
+    if include_stale:
+        return table, [f"{len(stale)} stale record(s) (recipe changed since) kept by --include-stale: {cells[:300]}"]
+    return table.drop(index=stale.index), [f"{len(stale)} stale record(s) (recipe changed since) left out; "
+                                           f"--include-stale keeps them: {cells[:300]}"]
+
+
+def build_tables(suite_dir: Path, protocol: str = "linear", paper_dir: Path = PAPER, include_stale: bool = False):
     """Every table computed first, then written: a failure leaves the previous files in place."""
     table, _ = load_collected(suite_dir, protocol)
+    table, stale_notes = drop_stale(table, include_stale)
     tables = all_tables(table, load_papers(paper_dir), protocol)
+    for t in tables:
+        t.notes[:0] = stale_notes
     files = []
     for t in tables:
         files += write_table(t, suite_dir / "tables")
     return table, tables, files
 
 
-def build_figures(suite_dir: Path, tables, protocol: str = "linear") -> list[Path]:
+def build_figures(suite_dir: Path, tables, protocol: str = "linear", include_stale: bool = False) -> list[Path]:
     from harness.analysis.figures import all_figures
 
     table, spec = load_collected(suite_dir, protocol)
+    table, _ = drop_stale(table, include_stale)
     mean = next(t.frame for t in tables if t.name == "kendall_tau")
     return all_figures(table, spec, mean, suite_dir / "figures", protocol)
 

@@ -101,19 +101,42 @@ def miou_frame(table: pd.DataFrame, protocol: str = "linear", column: str = "mIo
 
 
 # --------------------------------------------------------------------------------------------
+def last_epochs(table: pd.DataFrame) -> dict[str, int]:
+    """Each method's last checkpoint: the largest epoch any of its records has."""
+    return {m: int(g["epoch"].max()) for m, g in table.dropna(subset=["epoch"]).groupby("method")}
+
+
+def grid_kind(table: pd.DataFrame):
+    """method, downstream checkpoints -> "full" | "partial" (fewer than the metrics cover)."""
+    mf = metric_frame(table)
+    n_metric = mf.groupby("method")["epoch"].nunique().to_dict() if not mf.empty else {}
+    return lambda method, n: "partial" if n < n_metric.get(method, 0) else "full"
+
+
 def sdd_table(table: pd.DataFrame, protocol: str = "linear", paper: pd.DataFrame | None = None) -> Table:
     mi = miou_frame(table, protocol)
+    last_epochs_ = last_epochs(table)
+    grid_of = grid_kind(table)
     rows, notes = [], []
     for (method, dataset), g in mi.groupby(["method", "dataset"], sort=True):
         g = g.sort_values("epoch")
         best_i = g["miou"].to_numpy().argmax()  # first maximum = earliest epoch on ties
-        best, last = g.iloc[best_i], g.iloc[-1]
-        rows.append({"method": method, "dataset": dataset, "checkpoints": len(g), "best": best["miou"],
-                     "best_epoch": int(best["epoch"]), "last": last["miou"], "last_epoch": int(last["epoch"]),
-                     "diff": last["miou"] - best["miou"]})
+        best = g.iloc[best_i]
+        last_epoch = last_epochs_.get(method, int(g["epoch"].max()))  # the method's last checkpoint, always
+        hit = g[g["epoch"] == last_epoch]
+        last = float(hit["miou"].iloc[0]) if len(hit) else math.nan
+        if not len(hit):
+            notes.append(f"{method} / {dataset}: the last checkpoint (ep {last_epoch}) has no mIoU: last and diff "
+                         f"are left empty (never the last evaluated one instead)")
+        rows.append({"method": method, "dataset": dataset, "checkpoints": len(g), "grid": grid_of(method, len(g)),
+                     "best": best["miou"], "best_epoch": int(best["epoch"]), "last": last, "last_epoch": last_epoch,
+                     "diff": last - best["miou"]})
         if len(g) == 1:
             notes.append(f"{method} / {dataset}: one checkpoint only, so best = last")
-    frame = pd.DataFrame(rows, columns=["method", "dataset", "checkpoints", "best", "best_epoch", "last",
+    if any(r["grid"] == "partial" for r in rows):
+        notes.append("grid partial: fewer downstream checkpoints than metric checkpoints (the notes below say why); "
+                     "its best is over the evaluated ones only")
+    frame = pd.DataFrame(rows, columns=["method", "dataset", "checkpoints", "grid", "best", "best_epoch", "last",
                                         "last_epoch", "diff"])
     frame = _order(frame)
     if paper is not None and not frame.empty:
@@ -187,6 +210,7 @@ def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
     """(mean τ per metric × dataset, per-method long table, paper side by side)."""
     mf, mi = metric_frame(table), miou_frame(table, protocol)
     datasets = datasets_of(table, protocol)
+    grid_of = grid_kind(table)
     long_rows, notes = [], []
     for md in TAU_METRICS:
         if mf.empty or md.column not in mf.columns:
@@ -200,14 +224,20 @@ def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
                 t_raw, why = _tau(raw, y)
                 t_good, _ = _tau(md.goodness(g[md.column]).to_numpy(float), y)
                 long_rows.append({"metric": md.label, "orientation": md.orientation, "method": method,
-                                  "dataset": dataset, "checkpoints": len(g), "tau_raw": t_raw,
-                                  "tau": t_good, "undefined_because": why or None})
-    long = pd.DataFrame(long_rows, columns=["metric", "orientation", "method", "dataset", "checkpoints", "tau_raw",
-                                            "tau", "undefined_because"])
+                                  "dataset": dataset, "checkpoints": len(g), "grid": grid_of(method, len(g)),
+                                  "tau_raw": t_raw, "tau": t_good, "undefined_because": why or None})
+    long = pd.DataFrame(long_rows, columns=["metric", "orientation", "method", "dataset", "checkpoints", "grid",
+                                            "tau_raw", "tau", "undefined_because"])
+    partial = long[long["grid"] == "partial"]
+    if len(partial):  # τ over a DSE-guided subset is not comparable with τ over every checkpoint
+        notes.append(f"{partial[['method', 'dataset']].drop_duplicates().shape[0]} method × dataset pair(s) evaluated on "
+                     f"a partial grid (fewer downstream than metric checkpoints): their τ is in the per-method table, "
+                     f"marked, and left out of these means")
+    full = long[long["grid"] == "full"]
     rows = []
     for md in TAU_METRICS:
         row = {"metric": md.label, "orientation": md.orientation}
-        sub = long[long["metric"] == md.label]
+        sub = full[full["metric"] == md.label]
         vals = []
         for dataset in datasets:
             t = sub.loc[sub["dataset"] == dataset, "tau"].dropna()
@@ -218,7 +248,10 @@ def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
         row["Avg."] = float(np.mean(vals)) if vals else math.nan
         rows.append(row)
     mean = pd.DataFrame(rows)
-    undefined = long[long["tau"].isna()]
+    if datasets:
+        notes.append("Avg. = the mean of the per-dataset columns: "
+                     + ", ".join(DATASET_LABEL.get(d, d) for d in datasets))
+    undefined = full[full["tau"].isna()]
     if len(undefined):
         notes.append(f"{len(undefined)} method × dataset × metric τ undefined and left out of the means "
                      f"({'; '.join(sorted(set(undefined['undefined_because'].dropna())))})")
@@ -355,13 +388,47 @@ def dense_table(table: pd.DataFrame) -> Table:
     return Table("dense", "Dense protocols (UDI style): final and DSE-selected checkpoint", frame, notes)
 
 
+IMAGE_TAU_METRICS = [MetricDef("DSE", "dse_lambda", "higher"), MetricDef("RankMe", "rankme", "higher")]
+PAPER_IMAGE_TAU = {"DSE": 0.86, "RankMe": 0.79}  # arXiv 2510.17299: Kendall τ against k-NN top-1
+
+
+def image_level_tau_table(table: pd.DataFrame) -> Table:
+    """The paper's image-level comparison: Kendall τ of DSE and RankMe against ImageNet k-NN top-1 over
+    every checkpoint, per method, then the mean over methods (from `knn` records on every checkpoint)."""
+    mf = metric_frame(table)
+    kind = table["kind"] if "kind" in table.columns and table["kind"].notna().any() else table["protocol"]
+    knn = _ok(table[kind == "knn"])
+    rows, notes = [], []
+    if mf.empty or knn.empty or "top1" not in knn.columns:
+        notes.append("needs metrics and k-NN (`knn` protocol) records on the same checkpoints")
+        return Table("image_level_tau", "Kendall τ against k-NN top-1 (image level)", pd.DataFrame(
+            columns=["metric", "tau", "methods", "paper"]), notes)
+    k = knn[["method", "epoch", "top1"]].dropna()
+    for md in IMAGE_TAU_METRICS:
+        taus = []
+        if md.column in mf.columns:
+            joined = mf[["method", "epoch", md.column]].merge(k, on=["method", "epoch"])
+            for method, g in joined.groupby("method", sort=True):
+                t, why = _tau(md.goodness(g[md.column]).to_numpy(float), g["top1"].to_numpy(float))
+                if math.isnan(t):
+                    notes.append(f"{md.label} / {method}: τ undefined ({why})")
+                else:
+                    taus.append(t)
+        rows.append({"metric": md.label, "tau": float(np.mean(taus)) if taus else math.nan, "methods": len(taus),
+                     "paper": PAPER_IMAGE_TAU[md.label]})
+    n = k.groupby("method")["epoch"].nunique()
+    notes.append("k-NN checkpoints per method: " + ", ".join(f"{m} {c}" for m, c in n.items()))
+    return Table("image_level_tau", "Kendall τ against k-NN top-1 (image level; mean over methods)",
+                 pd.DataFrame(rows, columns=["metric", "tau", "methods", "paper"]), notes)
+
+
 def all_tables(table: pd.DataFrame, papers: dict[str, pd.DataFrame] | None = None,
                protocol: str = "linear") -> list[Table]:
     papers = papers or {}
     mean, long, side = kendall_tables(table, protocol, papers.get("kendall_tau"))
     out = [sdd_table(table, protocol, papers.get("sdd_table")), mean, long,
            selection_table(table, protocol, papers.get("model_selection")), efficiency_table(table, protocol),
-           dense_table(table)]
+           dense_table(table), image_level_tau_table(table)]
     if side is not None:
         out.insert(3, side)
     return out

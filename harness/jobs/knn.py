@@ -1,7 +1,8 @@
 """Image-level k-NN classification (DINO protocol): L2-normalised embeddings of the train and val
 folders, 20 nearest train images by cosine similarity, votes weighted by exp(sim / 0.07); top-1 and
-top-5 accuracy. The embedding is the mean of the last-layer dense tokens for every architecture
-(recorded), so methods are compared on one rule."""
+top-5 accuracy. The embedding is the backbone's image-level one, as the paper and DINO's k-NN take it:
+the class token (after the final norm) for ViTs that have one, global average pooling for CNNs, Swin
+and class-token-free ViTs (recorded)."""
 from __future__ import annotations
 
 import time
@@ -49,7 +50,7 @@ def _embed(backbone, folder, resize, crop, batch, device: str, workers: int, aut
     feats = []
     with maybe_autocast(device, autocast):
         for x, _ in loader:  # embeddings stay on the device (1.28 M x 384 float16 = 1 GB)
-            feats.append(F.normalize(backbone.dense(x.to(device, non_blocking=cuda)).float().mean(dim=1), dim=1)
+            feats.append(F.normalize(backbone.embed(x.to(device, non_blocking=cuda)).float(), dim=1)
                          .to(torch.float16 if cuda else torch.float32))
     return torch.cat(feats), torch.tensor(ds.targets, device=device), ds.classes
 
@@ -81,6 +82,6 @@ def run(cell, ctx) -> dict:
     top1 = (top[:, 0] == te_y).float().mean().item() * 100
     top5 = (top == te_y[:, None]).any(dim=1).float().mean().item() * 100
     return {"metrics": {"top1": top1, "top5": top5}, "checkpoint": bb.summary(),
-            "embedding": "mean of last-layer dense tokens, L2-normalised", "train_images": len(tr), "precision": precision,
+            "embedding": f"{bb.backbone.embedding_kind}, L2-normalised", "train_images": len(tr), "precision": precision,
             "data_loading": {"workers": workers, "pin_memory": cuda},
             "val_images": len(te), "timings": {"features_s": t1 - t0, "knn_s": time.perf_counter() - t1}}

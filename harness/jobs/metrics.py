@@ -67,9 +67,8 @@ def run(cell, ctx) -> dict:
     t_load = time.perf_counter()
     key = f"{feature_cache_key(cell, loaded.path)}_{precision}" if params.cache else None
     with full_float32(dev):
-        dense, cache = extract_dense(loaded.backbone, images, resize=params.resize, crop=params.crop,
-                                     batch_size=params.forward_batch, cache_key=key,
-                                     cache_dtype=getattr(torch, params.cache_dtype),
+        dense, embeddings, cache = extract_dense(loaded.backbone, images, resize=params.resize, crop=params.crop,
+                                                 batch_size=params.forward_batch, cache_key=key,
                                      progress=progress, device=dev, num_workers=workers,
                                      autocast=PRECISIONS[precision])
     views = None
@@ -82,15 +81,21 @@ def run(cell, ctx) -> dict:
                                   progress=progress, device=dev, autocast=PRECISIONS[precision])
     t_feat = time.perf_counter()
     with full_float32(dev):
-        metrics, details, per_metric = compute_all(dense.to(dev), params, None if views is None else views.to(dev))
+        metrics, details, per_metric = compute_all(dense.to(dev), params, None if views is None else views.to(dev),
+                                                   embeddings=embeddings.to(dev))
     if cuda:
         torch.cuda.synchronize(dev)
     t_metrics = time.perf_counter()
     return {"metrics": metrics, "details": details,
             "checkpoint": loaded.summary(), "image_list": {"root": str(root), "count": len(images),
                                                            "hash": images.hash, "seed": images.seed},
-            "features": {"shape": list(dense.shape), "cache": cache["cache"], "layer": "last",
-                         "embedding": "mean of dense tokens"},
+            "features": {"shape": list(dense.shape), "dtype": "float32", "cache": cache["cache"], "layer": "last"},
+            "embeddings": {"image_level": loaded.backbone.embedding_kind,
+                           "dense": "last-layer patch tokens after the final norm (class and register tokens dropped)",
+                           "used_by": {"image_level": ["rankme", "effective_rank", "alpha_req", "collapsed_dims",
+                                                       "log_sv", "lidar"],
+                                       "dense": ["dse*", "dense_rankme", "w2", "neg_lu", "collapsed_dims_dense",
+                                                 "log_sv_dense"]}},
             "mode": params.dse.mode, "seeds": {"image_list": images.seed, "dse": params.dse.seed},
             "precision": {"features": precision, "metrics": "float32" + (" (TF32 off)" if cuda else "")},
             "data_loading": {"workers": workers, "pin_memory": cuda},

@@ -30,10 +30,14 @@ def token_subsample(dense: torch.Tensor, per_image: int, seed: int) -> torch.Ten
     return dense[torch.arange(b, device=dense.device)[:, None], idx].reshape(-1, d)
 
 
-def compute_all(dense: torch.Tensor, params, views: torch.Tensor | None = None) -> tuple[dict, dict, dict]:
+def compute_all(dense: torch.Tensor, params, views: torch.Tensor | None = None,
+                embeddings: torch.Tensor | None = None) -> tuple[dict, dict, dict]:
     """(metrics: flat floats, details: spectra and fit ranges, seconds per metric) of [images, tokens, d].
-    `params`: the metrics protocol's parameters (harness.params.MetricsParams, or a dict of some of them:
-    the schema's defaults fill the rest)."""
+    The dense metrics (DSE, W2, -L_U, the dense spectrum) read the patch tokens; the image-level ones
+    (RankMe, effective rank, alpha-ReQ, the spectrum, LiDAR's views) read `embeddings` [images, d], the
+    backbone's image-level embedding (class token / global average pool; the mean of the dense tokens
+    when none is given). `params`: the metrics protocol's parameters (harness.params.MetricsParams, or a
+    dict of some of them: the schema's defaults fill the rest)."""
     from harness.params import MetricsParams
 
     if not isinstance(params, MetricsParams):
@@ -64,7 +68,7 @@ def compute_all(dense: torch.Tensor, params, views: torch.Tensor | None = None) 
     m["neg_w2"] = -m["w2"]
     m["neg_lu"] = timed("lu", lambda: lu_uniformity(tokens, t=ucfg.t, max_vectors=ucfg.max_vectors,
                                                     seed=seed))
-    emb = dense.mean(dim=1)  # image-level embedding: mean of the dense tokens
+    emb = embeddings if embeddings is not None else dense.mean(dim=1)
     m["rankme"] = timed("rankme", lambda: rankme(emb))
     m["effective_rank"] = effective_rank(emb)
     acfg = params.alpha_req

@@ -138,6 +138,29 @@ class Backbone(nn.Module):
             m = self.net.norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return m.flatten(2).transpose(1, 2)
 
+    @property
+    def embedding_kind(self) -> str:
+        """What `dense_and_embedding` returns as the image-level embedding (the paper's, DINO k-NN's)."""
+        if self.info.family == "vit" and getattr(self.net, "cls_token", None) is not None:
+            return "class token (after the final norm)"
+        return "global average pool of the last layer"
+
+    def dense_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, N, d] last-layer dense tokens, [B, d] image-level embedding) from one forward pass: the
+        class token for ViTs that have one, else the mean of the dense tokens (GAP for CNNs and Swin)."""
+        if self.info.family == "vit":
+            tokens = self.net.forward_features(x)
+            dense = tokens[:, self.net.num_prefix_tokens:]
+            if getattr(self.net, "cls_token", None) is not None:
+                return dense, tokens[:, 0]
+            return dense, dense.mean(dim=1)
+        dense = self.dense(x)
+        return dense, dense.mean(dim=1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, d] image-level embedding (see `dense_and_embedding`)."""
+        return self.dense_and_embedding(x)[1]
+
     def dense_map(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """[B, d, h, w] form of `dense` (h, w = input size / stride)."""
         t = self.dense(x, layer)

@@ -34,7 +34,7 @@ def main():
         vit = build_backbone("vit_small_patch16").eval()
         images = image_list(tmp / "data" / "imagenet-1k" / "train", 64, 0)
         t = time.perf_counter()
-        feats, _ = extract_dense(vit, images, batch_size=32, progress=False)
+        feats, _, _ = extract_dense(vit, images, batch_size=32, progress=False)
         dt = time.perf_counter() - t
         print(f"ViT-S/16 features, 64 images at 224² on {torch.get_num_threads()} CPU threads: {dt:.1f} s "
               f"({64 / dt:.1f} images/s), {tuple(feats.shape)}")
