@@ -15,8 +15,8 @@ from harness import records
 # `device`, `gpus` and `world_size` say what actually ran (the record's placement), never what the
 # protocol asked for: every cost in the tables is computed from them.
 META_COLUMNS = ["suite", "protocol", "kind", "dataset", "method", "family", "arch", "epoch", "status", "error",
-                "config_hash", "current", "device", "device_name", "gpus", "world_size", "wall_s", "load_s", "features_s",
-                "metrics_s", "peak_memory_mb", "git_sha", "host", "slurm_job_id", "torch"]
+                "config_hash", "current", "device", "device_name", "gpus", "world_size", "wall_s", "dse_s", "load_s",
+                "features_s", "metrics_s", "peak_memory_mb", "git_sha", "host", "slurm_job_id", "torch"]
 
 
 def _number(v):
@@ -42,7 +42,8 @@ def record_row(rec: dict, methods: dict | None = None) -> dict:
         "status": rec.get("status"), "error": ((rec.get("error") or "").splitlines() or [None])[0],
         "config_hash": rec.get("config_hash"), "device": placed.get("accelerator"), "device_name": placed.get("name"),
         "gpus": placed.get("gpus"), "world_size": placed.get("world_size"),
-        "wall_s": timings.get("total_s"), "load_s": timings.get("load_s"), "features_s": timings.get("features_s"),
+        "wall_s": timings.get("total_s"), "dse_s": timings.get("dse_s"), "load_s": timings.get("load_s"),
+        "features_s": timings.get("features_s"),
         "metrics_s": timings.get("metrics_s"), "peak_memory_mb": rec.get("peak_memory_mb"),
         "git_sha": rec.get("git_sha"), "host": rec.get("host"), "slurm_job_id": rec.get("slurm_job_id"),
         "torch": (rec.get("versions") or {}).get("torch"),

@@ -46,7 +46,7 @@ class UniformityParams(P):
 
 
 class AlphaReqParams(P):
-    fit_min_rank: int = Field(default=6, ge=1)
+    fit_min_rank: int = Field(default=11, ge=1, description="reptrix's α-ReQ fits ranks 11..100")
     fit_max_rank: int = Field(default=100, ge=2)
 
 

@@ -81,8 +81,9 @@ def effective_rank(z: torch.Tensor) -> float:
     return _entropy_rank(s, 0.0)
 
 
-def alpha_req(z: torch.Tensor, fit_min: int = 6, fit_max: int = 100) -> dict:
-    """Power-law decay alpha of the covariance eigenspectrum (lambda_i ~ i^-alpha)."""
+def alpha_req(z: torch.Tensor, fit_min: int = 11, fit_max: int = 100) -> dict:
+    """Power-law decay alpha of the covariance eigenspectrum (lambda_i ~ i^-alpha), fitted over ranks
+    fit_min..fit_max (reptrix's 11..100 by default; the ranks used are returned)."""
     x = _check(z, "alpha-ReQ")
     x = x - x.mean(dim=0)
     ev = torch.linalg.eigvalsh(x.T @ x / (len(x) - 1)).flip(0)
