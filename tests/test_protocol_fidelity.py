@@ -195,3 +195,35 @@ def test_the_image_level_tau_table_joins_dse_and_rankme_with_knn_top1():
     t = image_level_tau_table(pd.DataFrame(rows)).frame.set_index("metric")
     assert t.loc["DSE", "tau"] == pytest.approx(1.0) and t.loc["RankMe", "tau"] == pytest.approx(-1.0)
     assert t.loc["DSE", "paper"] == 0.86 and t.loc["RankMe", "paper"] == 0.79
+
+
+def test_efficiency_times_dse_alone_and_alpha_req_fits_reptrix_ranks(registry):
+    import pandas as pd
+
+    from harness.analysis.tables import efficiency_table
+
+    rows = hand_rows()
+    for r in rows:
+        r.update(device="cuda", gpus=1, world_size=1, wall_s=3600.0 if r["protocol"] == "linear" else 100.0)
+        if r["protocol"] == "metrics":
+            r["dse_s"] = 18.0  # checkpoint + dense features + DSE; LiDAR's views are the other 82 s
+    eff = efficiency_table(pd.DataFrame(rows)).frame.iloc[0]
+    assert eff["dse_gpu_h"] == pytest.approx(5 * 18 / 3600) and eff["supervised_gpu_h"] == pytest.approx(5.0)
+    assert registry.protocol("metrics").params["alpha_req"]["fit_min_rank"] == 11
+
+
+def test_the_preflight_checks_every_split_any_protocol_of_the_suite_reads(tmp_path, monkeypatch):
+    from harness.cli import preflight
+    from harness.mini import generate
+
+    data = tmp_path / "data"
+    generate.imagenet(data / "imagenet-1k", classes=2, train=4, val=1, size=32)
+    for f in (data / "imagenet-1k" / "val").rglob("*.JPEG"):  # k-NN reads val; the metrics job does not
+        f.unlink()
+    monkeypatch.setenv("SDD_DATA_ROOT", str(data))
+    bench = copy_registry(tmp_path)
+    (bench / "suites" / "pf.yaml").write_text("name: pf\ntitle: pf\nmethods: [mini_dino]\ngrid:\n"
+                                              "  - protocol: metrics_mini\n    datasets: [imagenet]\n"
+                                              "  - protocol: knn_mini\n    datasets: [imagenet]\n")
+    problems = "\n".join(preflight(load_registry(bench), "pf"))
+    assert "imagenet-1k/val" in problems and "no image files" in problems
