@@ -55,7 +55,7 @@ def test_alpha_req_recovers_a_power_law():
     scales = torch.arange(1, d + 1, dtype=torch.float64).pow(-alpha / 2)
     z = torch.randn(n, d, generator=G(), dtype=torch.float64) * scales
     got = alpha_req(z)
-    assert got["alpha"] == pytest.approx(alpha, abs=0.1) and got["fit_ranks"] == [6, 100]
+    assert got["alpha"] == pytest.approx(alpha, abs=0.1) and got["fit_ranks"] == [11, 100]  # reptrix's range
 
 
 def test_spectrum_counts_collapsed_dimensions():
