@@ -194,9 +194,10 @@ def cmd_tables(reg: Registry, args) -> int:
     except TablesError as e:
         print(f"sdd tables: {e}", file=sys.stderr)
         return 1
-    figures = build_figures(suite_dir, tables, args.protocol, args.include_stale) if args.figures else \
+    probe = next((t.protocol for t in tables if t.protocol), "linear")
+    figures = build_figures(suite_dir, tables, probe, args.include_stale) if args.figures else \
         sorted((suite_dir / "figures").glob("*.png")) if (suite_dir / "figures").is_dir() else []
-    report = write_report(suite_dir, table, tables, figures, args.protocol)
+    report = write_report(suite_dir, table, tables, figures)
     print(f"wrote {len(files)} table files under {suite_dir / 'tables'}"
           + (f", {len(figures)} figures under {suite_dir / 'figures'}" if args.figures else "")
           + f" and {report} in {time.perf_counter() - t:.1f} s")
@@ -399,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--suite", required=True)
         p.add_argument("--results", default=str(results_root()))
-        p.add_argument("--protocol", default="linear", help="segmentation protocol giving the mIoU (default linear)")
+        p.add_argument("--protocol", help="the linear-probe protocol giving the mIoU (default: every protocol of "
+                                          "kind linear in results.csv)")
         p.add_argument("--include-stale", action="store_true", help="keep records of an older recipe (left out and "
                                                                      "named by default)")
         if name == "tables":

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.analysis.render import write_table
-from harness.analysis.tables import all_tables
+from harness.analysis.tables import MIOU_TABLES, all_tables
 from harness.collect import META_COLUMNS
 
 PAPER = Path(__file__).resolve().parents[2] / "results" / "paper"
@@ -67,11 +67,50 @@ def drop_stale(table: pd.DataFrame, include_stale: bool = False) -> tuple[pd.Dat
                                            f"--include-stale keeps them: {cells[:300]}"]
 
 
-def build_tables(suite_dir: Path, protocol: str = "linear", paper_dir: Path = PAPER, include_stale: bool = False):
-    """Every table computed first, then written: a failure leaves the previous files in place."""
-    table, _ = load_collected(suite_dir, protocol)
+def probe_protocols(table: pd.DataFrame, csv: Path, requested: str | None = None) -> list[str]:
+    """The linear-probe protocols whose mIoU the SDD, τ and selection tables read: the one asked for
+    (which must have records), else every protocol of kind `linear` in the table."""
+    protocols = sorted(set(table["protocol"].dropna().astype(str))) if "protocol" in table.columns else []
+    if requested is not None:
+        if requested not in protocols:
+            import difflib
+
+            close = difflib.get_close_matches(requested, protocols, n=1)
+            raise TablesError(f"--protocol {requested!r} has no record in {csv}"
+                              + (f"; did you mean {close[0]!r}?" if close else "")
+                              + f" Protocols there: {', '.join(protocols) or '(none)'}")
+        return [requested]
+    kind = table["kind"] if "kind" in table.columns and table["kind"].notna().any() else table.get("protocol")
+    if kind is None:
+        return []
+    return sorted(set(table.loc[kind == "linear", "protocol"].dropna().astype(str)))
+
+
+def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path = PAPER, include_stale: bool = False):
+    """Every table computed first, then written: a failure leaves the previous files in place. With no
+    `protocol`, the suite's own linear-probe protocols (by kind) give the mIoU; several give one set of
+    tables each (`<table>__<protocol>`). Returns (table, tables, files); each table that reads an mIoU
+    says from which protocol (`Table.protocol`)."""
+    csv = suite_dir / "results.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"{csv} does not exist; run `sdd collect --suite {suite_dir.name}` first")
+    protocols = probe_protocols(pd.read_csv(csv), csv, protocol)
+    table, _ = load_collected(suite_dir, protocols[0] if len(protocols) == 1 else "linear")
     table, stale_notes = drop_stale(table, include_stale)
-    tables = all_tables(table, load_papers(paper_dir), protocol)
+    papers = load_papers(paper_dir)
+    tables = []
+    for p in protocols or [None]:
+        for t in all_tables(table, papers, p or "linear"):
+            reads_miou = t.name in MIOU_TABLES
+            if not reads_miou and any(t.name == seen.name for seen in tables):  # the others: once
+                continue
+            if reads_miou:
+                t.protocol = p
+                if p is None:
+                    t.notes.insert(0, "no linear-probe records in results.csv: this table is empty")
+                elif len(protocols) > 1:
+                    t.name, t.title = f"{t.name}__{p}", f"{t.title} — {p}"
+            tables.append(t)
     for t in tables:
         t.notes[:0] = stale_notes
     files = []
@@ -85,19 +124,22 @@ def build_figures(suite_dir: Path, tables, protocol: str = "linear", include_sta
 
     table, spec = load_collected(suite_dir, protocol)
     table, _ = drop_stale(table, include_stale)
-    mean = next(t.frame for t in tables if t.name == "kendall_tau")
+    mean = next(t.frame for t in tables if t.name.split("__")[0] == "kendall_tau")
     return all_figures(table, spec, mean, suite_dir / "figures", protocol)
 
 
-def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Path], protocol: str = "linear") -> Path:
+def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Path]) -> Path:
+    protocols = sorted({t.protocol for t in tables if t.protocol})
     csv = suite_dir / "results.csv"
     digest = hashlib.sha256(csv.read_bytes()).hexdigest()[:16]
     ok = int((table["status"] == "ok").sum()) if len(table) else 0
     lines = [f"# {suite_dir.name}: report", "",
              f"Generated from `results.csv` (sha256 {digest}): {len(table)} records, {ok} ok, {len(table) - ok} "
              f"failed. Regenerate with `sdd tables --suite {suite_dir.name}`.", "", "## Settings", "",
-             f"- Segmentation metric: mIoU of the `{protocol}` protocol; label-free metrics from the `metrics` "
-             "protocol, joined on epoch.",
+             "- Segmentation metric: mIoU of the "
+             + (", ".join(f"`{p}`" for p in protocols) + " protocol" + ("s" if len(protocols) > 1 else "")
+                if protocols else "(no linear-probe protocol has records)")
+             + "; label-free metrics from the `metrics` protocol, joined on epoch.",
              "- Kendall τ: `scipy.stats.kendalltau` (τ-b), per method over its checkpoints, then the mean over "
              "methods; Avg. = mean over datasets; metrics in their goodness orientation (raw τ in the per-method "
              "table).",

@@ -60,6 +60,11 @@ class Table:
     title: str
     frame: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    protocol: str | None = None  # the linear-probe protocol whose mIoU it reads, if any
+
+
+# the tables that read a linear probe's mIoU (one set per probe protocol of a suite)
+MIOU_TABLES = ("sdd", "kendall_tau", "kendall_tau_per_method", "kendall_tau_vs_paper", "model_selection", "efficiency")
 
 
 def _ok(df: pd.DataFrame) -> pd.DataFrame:

@@ -82,9 +82,9 @@ def run(suite: str = "mini", cluster: str = "local", results: Path | None = None
     c = write_collected(reg, suite, results, skip_corrupt=True)
     print(f"[demo] collected {c.records} records ({c.ok} ok) -> {c.csv}")
     suite_dir = results / suite
-    table, tables, _ = build_tables(suite_dir, protocol="linear_mini")
+    table, tables, _ = build_tables(suite_dir)  # the suite's own linear-probe protocol (linear_mini)
     figures = build_figures(suite_dir, tables, protocol="linear_mini")
-    report = write_report(suite_dir, table, tables, figures, protocol="linear_mini")
+    report = write_report(suite_dir, table, tables, figures)
     by = {t.name: t for t in tables}
     print()
     print(markdown(by["kendall_tau"].frame, by["kendall_tau"].title, by["kendall_tau"].notes))
