@@ -48,6 +48,13 @@ def _epochs_text(eps: tuple[int, ...]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 def cmd_ls(reg: Registry, args) -> int:
+    if args.what is None:  # everything, kind by kind
+        for i, kind in enumerate(KINDS):
+            print(("\n" if i else "") + f"{kind}:")
+            args.what = kind
+            cmd_ls(reg, args)
+        args.what = None
+        return 0
     what = args.what
     if what == "methods":
         rows = [{"name": m.name, "title": m.title, "family": m.family, "arch": m.arch,
@@ -71,6 +78,14 @@ def cmd_ls(reg: Registry, args) -> int:
 def cmd_validate(reg: Registry, args) -> int:
     counts = ", ".join(f"{len(getattr(reg, k))} {k}" for k in KINDS)
     print(f"registry {reg.root}: OK ({counts})")
+    if args.suite:  # (implies --paths) the suite's own checkpoints and data, every file, the first and last loaded
+        problems = preflight(reg, args.suite, load=True)
+        if problems:
+            _print_problems("validate", problems)
+            return 1
+        print(f"suite {args.suite}: every dataset split and checkpoint file is in place; the first and last checkpoint "
+              f"of each method load through their state-dict rules")
+        return 0
     if not args.paths:
         unset = sorted({v for m in reg.methods.values() for v in env_vars(m.checkpoint.dir)}
                        | {v for d in reg.datasets.values() for v in env_vars(d.root)})
@@ -87,9 +102,12 @@ def cmd_validate(reg: Registry, args) -> int:
             try:
                 path = resolve_path(raw, source=s.source, key=attr)
                 state = "ok" if Path(path).is_dir() else "missing"
+                if kind == "method" and state == "ok":  # a folder is not enough: do its files match?
+                    n = sum((Path(path) / s.checkpoint.file_name(e)).is_file() for e in s.epochs())
+                    state = f"ok ({n} of {len(s.epochs())} files)" if n else f"no file matches '{s.checkpoint.file}'"
             except RegistryError:
                 path, state = raw, "env var unset: " + ", ".join(v for v in env_vars(raw) if v not in os.environ)
-            missing += state != "ok"
+            missing += not state.startswith("ok")
             rows.append({"kind": kind, "name": s.name, "path": path, "state": state})
     print(table(rows, ["kind", "name", "path", "state"]))
     print(f"{missing} of {len(rows)} paths missing")
@@ -290,7 +308,7 @@ def cmd_status(reg: Registry, args) -> int:
         tot = {k: sum(a[k] for a in agg) for k in ("cells", *STATES)}
         if args.watch:
             print("\033[2J\033[H", end="")
-        shown = [k for k in STATES if k not in ("unknown", "corrupt") or tot[k]]
+        shown = [k for k in STATES if k not in ("unknown", "corrupt", "stale") or tot[k]]
         print(table(agg + [{"protocol": "total", "method": "", **tot}], ["protocol", "method", "cells", *shown]))
         if ref.warning:
             print(f"\nwarning: {ref.warning}; their ledger entries were left as they were", file=sys.stderr)
@@ -316,8 +334,11 @@ def cmd_status(reg: Registry, args) -> int:
         time.sleep(args.watch)
 
 
-def preflight(reg: Registry, suite: str) -> list[str]:
-    """Everything a suite needs that is not on disk: dataset roots and layouts, checkpoint files."""
+def preflight(reg: Registry, suite: str, load: bool = False) -> list[str]:
+    """Everything a suite needs that is not right on disk, all at once: dataset roots and layouts (every
+    split any of its protocols reads), checkpoint files; with `load`, also the first and the last
+    checkpoint of each method read through its state-dict rule into its architecture (no forward pass:
+    wrong keys, prefixes, shapes, epochs or non-finite weights show here, not in a job)."""
     from harness.datasets import DatasetError, check_layout
     from harness.kinds import PROTOCOL_KINDS
     from harness.models.checkpoints import checkpoint_path
@@ -342,23 +363,39 @@ def preflight(reg: Registry, suite: str) -> list[str]:
             problems.append(str(e))
             continue
         if missing:
-            first = checkpoint_path(reg.method(method), missing[0])
+            from harness.models.checkpoints import _missing_hint
+
+            spec = reg.method(method)
+            first = checkpoint_path(spec, missing[0])
             problems.append(f"method '{method}': {len(missing)} of {len(epochs)} checkpoints missing "
-                            f"(first: {first})")
+                            f"(first: {first}{_missing_hint(spec, first, missing[0])})")
+        if load:
+            from harness.models.checkpoints import CheckpointError, load_backbone
+
+            for e in sorted({epochs[0], epochs[-1]} - set(missing)):
+                try:
+                    load_backbone(method, e, registry=reg)
+                except CheckpointError as err:
+                    problems.append(f"method '{method}', epoch {e}: {err}")
     return problems
 
 
+def _print_problems(command: str, problems: list[str]) -> None:
+    print(f"sdd {command}: {len(problems)} problem(s):", file=sys.stderr)
+    for p in problems:
+        print("  - " + p.replace("\n", "\n    "), file=sys.stderr)
+    print("fix the paths (SDD_DATA_ROOT, SDD_CKPT_ROOT) or the registry files and run again", file=sys.stderr)
+
+
 def cmd_reproduce(reg: Registry, args) -> int:
-    problems = preflight(reg, args.suite)
+    problems = preflight(reg, args.suite, load=True)
     if problems:
-        print(f"sdd reproduce: {len(problems)} problem(s) before anything is submitted:", file=sys.stderr)
-        for p in problems:
-            print("  - " + p.replace("\n", "\n    "), file=sys.stderr)
-        print("fix the paths (SDD_DATA_ROOT, SDD_CKPT_ROOT, or the registry files) and run again", file=sys.stderr)
+        _print_problems("reproduce", problems + ["nothing was submitted"])
         return 1
-    print(f"preflight: every dataset and checkpoint of suite {args.suite} is in place")
+    print(f"preflight: every dataset and checkpoint of suite {args.suite} is in place (first and last checkpoint "
+          f"of each method loaded)")
     args.protocol = args.method = None
-    args.dry_run = args.retry_failed = args.no_wait = False
+    args.retry_failed = args.no_wait = False
     args.max_attempts = 3
     return cmd_submit(reg, args)
 
@@ -377,10 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sdd", description="SDD benchmark-reproduction harness")
     ap.add_argument("--registry", help="registry directory (default: benchmarks/ or $SDD_BENCHMARKS)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("ls", help="list registry entries")
-    p.add_argument("what", nargs="?", default="methods", choices=list(KINDS))
+    p = sub.add_parser("ls", help="list registry entries (every kind, or one)")
+    p.add_argument("what", nargs="?", choices=list(KINDS))
     p = sub.add_parser("validate", help="validate every registry file")
     p.add_argument("--paths", action="store_true", help="also check checkpoint directories and dataset roots")
+    p.add_argument("--suite", help="with --paths: check every checkpoint file and dataset split of this suite, "
+                                   "and load the first and last checkpoint of each method")
     p.add_argument("--strict", action="store_true", help="with --paths: exit 1 when a path is missing")
     p = sub.add_parser("plan", help="dry run: the cells of a suite, their state and GPU·h")
     p.add_argument("--suite", required=True)
@@ -421,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           "the workers")
     p = sub.add_parser("reproduce", help="check every dataset and checkpoint of a suite, then submit it")
     p.add_argument("--suite", default="sdd")
+    p.add_argument("--dry-run", action="store_true", help="check, and say what would be submitted")
     p.add_argument("--cluster", required=True)
     p.add_argument("--results", default=str(results_root()))
     p.add_argument("--guided", action="store_true")

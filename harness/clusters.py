@@ -55,13 +55,20 @@ class ClusterProfile(Spec):
     protocols: dict[str, ProtocolOverride] = Field(default_factory=dict, description="per-protocol overrides")
     sbatch: dict[str, Any] = Field(default_factory=dict, description="extra #SBATCH options, e.g. {exclusive: true}")
     setup: tuple[str, ...] = Field(default=(), description="shell lines run before each job (module load ...)")
-    log_folder: str = Field(default="${SDD_SUBMITIT:-results/.submitit}", description="submitit logs; ${VAR} expanded")
+    log_folder: str | None = Field(default=None, description="submitit logs; ${VAR} expanded; default: "
+                                                            "$SDD_SUBMITIT, else <results root>/.submitit")
     source: str = Field(default="", exclude=True)
 
     def __hash__(self):
         return hash(self.model_dump_json())
 
     def logs(self) -> Path:
+        if self.log_folder is None:  # with the records, unless SDD_SUBMITIT says otherwise
+            import os
+
+            from harness.records import results_root
+
+            return Path(os.environ.get("SDD_SUBMITIT") or results_root() / ".submitit")
         path = Path(expand_env(self.log_folder, source=self.source, key="log_folder"))
         return path if path.is_absolute() else ROOT / path
 

@@ -223,7 +223,7 @@ def submit_local(groups: dict, cluster: ClusterProfile, suite: str, results: Pat
     - one-process GPU cells: one worker per visible GPU, that GPU only;
     - multi-process cells (a gloo world on the CPU, or several GPUs): one local job each with one task
       per process (GPU cells capped to the GPUs there are, with gradient accumulation)."""
-    arrays = []
+    job_of: dict[str, str] = {}  # cell id -> the local job that runs it
     by_protocol = sorted(groups.items(), key=lambda kv: kv[0].protocol)
     single_cpu = [c for p, cs in by_protocol if p.world_size == 1 and not p.gpus for c in cs]
     single_gpu = [c for p, cs in by_protocol if p.world_size == 1 and p.gpus for c in cs]
@@ -231,20 +231,19 @@ def submit_local(groups: dict, cluster: ClusterProfile, suite: str, results: Pat
     n_gpus = visible_gpus() if single_gpu or any(p.gpus for p, _ in multi) else 0
     if (single_gpu or any(p.gpus for p, _ in multi)) and not n_gpus:
         n_gpus = 1  # no GPU here: the cells run, and each ends as a failed record saying so
-    time_min = max(p.time_min for p in groups) * max(1, sum(len(cs) for cs in groups.values()))
-    protocols = "+".join(sorted({p.protocol for p in groups}))
+    # a worker's time limit covers its whole share, one cell after another
+    time_min = sum(p.time_min * len(cs) for p, cs in groups.items())
     for cells, workers, gpu in ((single_cpu, cluster.array_parallelism, False), (single_gpu, n_gpus, True)):
         if not cells:
             continue
         workers = max(1, min(workers, len(cells)))
         shares = [cells[i::workers] for i in range(workers)]
-        prof = Profile(protocols, int(gpu), 1, 4.0, time_min, None, workers)
-        jobs = []
+        worker = Profile("local-worker", int(gpu), 1, 4.0, time_min, None, workers)
         for i, share in enumerate(shares):
-            ex = _local_executor(cluster, prof, suite, [i % n_gpus] if gpu else [])
-            jobs.append(ex.submit(CellBatchJob(), share, str(results), 0 if gpu else max(1, (os.cpu_count() or 1) // workers)))
-            ledger.record_submission(results, suite, cluster.executor, cluster.name, share, [jobs[-1]] * len(share))
-        arrays.append(_array_summary(prof, len(cells), [str(j.job_id) for j in jobs]))
+            ex = _local_executor(cluster, worker, suite, [i % n_gpus] if gpu else [])
+            job = ex.submit(CellBatchJob(), share, str(results), 0 if gpu else max(1, (os.cpu_count() or 1) // workers))
+            ledger.record_submission(results, suite, cluster.executor, cluster.name, share, [job] * len(share))
+            job_of.update((c.id, str(job.job_id)) for c in share)
     for prof, c in multi:
         tasks = min(prof.world_size, n_gpus) if prof.gpus else prof.world_size
         local = Profile(prof.protocol, tasks if prof.gpus else 0, 1, prof.mem_gb, prof.time_min, None, 1, tasks=tasks,
@@ -252,8 +251,9 @@ def submit_local(groups: dict, cluster: ClusterProfile, suite: str, results: Pat
         ex = _local_executor(cluster, local, suite, list(range(tasks)) if prof.gpus else [])
         job = ex.submit(CellJob(), c, str(results))
         ledger.record_submission(results, suite, cluster.executor, cluster.name, [c], [job])
-        arrays.append(_array_summary(local, 1, [str(job.job_id)]))
-    return arrays
+        job_of[c.id] = str(job.job_id)
+    # one line per protocol profile, as the dry run shows them, with the local jobs that run its cells
+    return [_array_summary(prof, len(cs), sorted({job_of[c.id] for c in cs})) for prof, cs in by_protocol]
 
 
 def submit_slurm(groups: dict, cluster: ClusterProfile, suite: str, results: Path, progress: bool) -> list[dict]:
@@ -301,13 +301,13 @@ def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *,
 # ---------------------------------------------------------------------------------------------
 # status
 
-STATES = ("done", "running", "pending", "unknown", "failed", "corrupt", "todo")
+STATES = ("done", "running", "pending", "unknown", "failed", "corrupt", "stale", "todo")
 
 
 def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, methods=None,
                   refresh: "ledger.Refresh | None" = None) -> list[dict]:
-    """One row per cell: state (done | running | pending | unknown | failed | corrupt | todo), reason and
-    log path. `unknown`: queued, but the scheduler could not be asked (the reason is in the row)."""
+    """One row per cell: state (done | running | pending | unknown | failed | corrupt | stale | todo), reason
+    and log path. `unknown`: queued, but the scheduler could not be asked (the reason is in the row)."""
     results = Path(results)
     ref = refresh or ledger.refresh(results, suite)
     led = ref.ledger["cells"]
@@ -325,6 +325,8 @@ def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, m
             state = "running" if slurm_state in ("RUNNING", "COMPLETING") else "pending"
         elif rec_state == "corrupt":
             state, reason = "corrupt", f"record {c.record_path(results)}: {why}"
+        elif rec_state == "stale":  # a record of another recipe or checkpoint: to run again, as `plan` says
+            state, reason = "stale", why
         elif rec_state == "failed" or (slurm_state in TERMINAL_FAILED and rec_state == "todo"):
             state = "failed"
             rec = {}
@@ -334,7 +336,7 @@ def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, m
                 rec = read_record(c.record_path(results), results) or {}
             reason = (rec.get("error") or "").splitlines()[0] if rec.get("error") else \
                 f"job {e.get('job_id')} ended {slurm_state} without a record"
-            log = e.get("log_err")
+            log = rec.get("log") or e.get("log_err")
         else:
             state = "todo"
         rows.append({"cell": c.id, "protocol": c.protocol, "method": c.method, "state": state, "reason": reason,

@@ -88,10 +88,15 @@ def _entry_epochs(entry: SuiteEntry, method_epochs: tuple[int, ...], where: str)
 def build_plan(reg: Registry, suite: str, *, protocols: list[str] | None = None,
                methods: list[str] | None = None) -> list[Cell]:
     s = reg.suite(suite)
+    in_suite = [e.protocol for e in s.grid]
     for p in protocols or ():
         reg.protocol(p)
+        if p not in in_suite:  # a filter that matches nothing is a mistake, not an empty plan
+            raise RegistryError(f"suite '{suite}' runs no protocol '{p}' (its protocols: {', '.join(dict.fromkeys(in_suite))})")
     for m in methods or ():
         reg.method(m)
+        if m not in s.methods:
+            raise RegistryError(f"suite '{suite}' has no method '{m}' (its methods: {', '.join(s.methods)})")
     cells = []
     for entry in s.grid:
         if protocols and entry.protocol not in protocols:

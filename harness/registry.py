@@ -492,6 +492,16 @@ def _check_suite(reg: Registry, s: SuiteSpec) -> list[str]:
                 errs.append(f"{s.source}:{lines.get(('grid', gi, 'datasets', di))}: grid.{gi}.datasets: "
                             f"protocol '{p.name}' does not accept dataset '{d}'; expected one of: "
                             f"{', '.join(p.datasets)}")
+        if not isinstance(entry.epochs, str):  # an explicit list: every method must have those checkpoints
+            for m in (s.methods if entry.methods == "all" else entry.methods):
+                spec = reg.methods.get(m)
+                absent = sorted(set(entry.epochs) - set(spec.epochs())) if spec else []
+                if absent:
+                    eps = spec.epochs()
+                    errs.append(f"{s.source}:{lines.get(('grid', gi, 'epochs')) or lines.get(('grid', gi))}: "
+                                f"grid.{gi}.epochs: method '{m}' has no checkpoint for epochs {absent} (its epochs: "
+                                f"{eps[0]}..{eps[-1]}, {len(eps)} in all, in {spec.source}); use `epochs: all`, "
+                                f"`last`, or epochs it has")
         if entry.methods != "all":
             for mi, m in enumerate(entry.methods):
                 ref("methods", m, ("grid", gi, "methods", mi))

@@ -4,6 +4,7 @@
 versions and timings, peak memory, the ok/failed epilogue) and stores the one record of the cell."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import time
@@ -82,6 +83,23 @@ def watch_termination() -> None:
     signal.signal(signal.SIGTERM, note)
 
 
+def log_path(cell, results: Path | str, rank: int = 0) -> Path:
+    """The cell's own log: everything its job prints or warns (mmengine, mmseg, pycocotools ...)."""
+    name = f"ep{cell.epoch:04d}" + (f".rank{rank}" if rank else "") + ".log"
+    return Path(results) / cell.suite / "logs" / cell.protocol / cell.dataset / cell.method / name
+
+
+@contextlib.contextmanager
+def cell_log(path: Path):
+    """Send this process's Python-level output (print, warnings, logging handlers made meanwhile) to the
+    cell's log file, so that a terminal shows progress and failures, not the libraries' chatter."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", buffering=1) as f:
+        f.write(f"==== {now()} ====\n")
+        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            yield
+
+
 def job_for(kind: str):
     if kind not in PROTOCOL_KINDS:
         raise NotImplementedError(f"no job for protocol kind '{kind}' (registered: {', '.join(PROTOCOL_KINDS)})")
@@ -156,7 +174,10 @@ def execute(cell, results: Path | str, *, registry: Registry | None = None, prog
         identity = {"cell": cell.id, "config_hash": cell.config_hash, "checkpoint": (checkpoint or {}).get("id")}
         params = PROTOCOL_KINDS[cell.config["protocol"]["kind"]].params.model_validate(cell.config["protocol"]["params"])
         ctx = JobContext(reg, work_dir(cell, results, checkpoint), identity, placement, resources, params, progress)
-        out = job.run(cell, ctx)
+        log = log_path(cell, results, placement.rank)
+        record["log"] = str(log)
+        with cell_log(log):
+            out = job.run(cell, ctx)
         if placement.is_main:  # the other ranks' results are rank 0's; they write nothing
             record = ok_record(record, out, time.perf_counter() - t0)
     except Exception as e:  # a job's failure is data: it ends as a failed record with the reason

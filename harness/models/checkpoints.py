@@ -163,18 +163,52 @@ def checkpoint_path(spec: MethodSpec, epoch: int) -> Path:
     return spec.checkpoint_file(epoch)
 
 
-def _missing_hint(spec: MethodSpec, path: Path) -> str:
-    """Say which numbers do exist, so an off-by-one file numbering is obvious."""
+def _missing_hint(spec: MethodSpec, path: Path, epoch: int) -> str:
+    """Say which files do exist: an off-by-one numbering, or another zero padding, is then obvious."""
     if not path.parent.is_dir():
         return f"; the directory {path.parent} does not exist"
-    pattern = re.escape(spec.checkpoint.file).replace(r"\{epoch", "{epoch")
-    regex = re.compile("^" + re.sub(r"\{epoch(:[^}]*)?\}", r"(\\d+)", pattern) + "$")
-    found = sorted(int(m.group(1)) for f in os.listdir(path.parent) if (m := regex.match(f)))
+    tmpl = spec.checkpoint.file
+    slot = re.search(r"\{epoch(:[^}]*)?\}", tmpl)
+    regex = re.compile("^" + re.escape(tmpl[:slot.start()]) + r"(\d+)" + re.escape(tmpl[slot.end():]) + "$")
+    found = sorted(((int(m.group(1)), m.group(1)) for f in os.listdir(path.parent) if (m := regex.match(f))))
     if not found:
-        return f"; no file in {path.parent} matches '{spec.checkpoint.file}'"
-    shown = ", ".join(map(str, found[:8])) + (" ..." if len(found) > 8 else "")
+        return f"; no file in {path.parent} matches '{tmpl}'"
+    want = epoch + spec.checkpoint.file_offset
+    same = [raw for n, raw in found if n == want]
+    if same:  # the number is there, written differently: the padding of the template is wrong
+        fixed = tmpl[:slot.start()] + ("{epoch:0%dd}" % len(same[0]) if same[0].startswith("0") else "{epoch}") \
+            + tmpl[slot.end():]
+        return (f"; {path.parent} has '{tmpl[:slot.start()]}{same[0]}{tmpl[slot.end():]}': the number is written "
+                f"with another zero padding than '{tmpl}' gives. Set checkpoint.file: '{fixed}'")
+    shown = ", ".join(raw for _, raw in found[:8]) + (" ..." if len(found) > 8 else "")
     return (f"; files in {path.parent} are numbered {shown} (number = epoch + checkpoint.file_offset, "
             f"now {spec.checkpoint.file_offset})")
+
+
+def key_prefixes(keys, depth: int = 2, top: int = 6) -> str:
+    """The most common dotted prefixes of a state dict's keys, e.g. 'module.base_encoder. (150 keys)'."""
+    from collections import Counter
+
+    counts = Counter(".".join(k.split(".")[:depth]) + "." if k.count(".") >= depth else k for k in keys)
+    return ", ".join(f"{p} ({n} keys)" for p, n in counts.most_common(top))
+
+
+def fitting_archs(keys: set[str], current: str) -> list[str]:
+    """Registry architectures whose every backbone key is among `keys` (built on the meta device)."""
+    from harness.models.archs import ARCHS
+
+    out = []
+    for name in ARCHS:
+        if name == current:
+            continue
+        try:
+            with torch.device("meta"):
+                required = build_backbone(name).required_keys()
+        except Exception:  # an architecture that cannot be built on the meta device is not suggested
+            continue
+        if required and required <= keys:
+            out.append(name)
+    return out
 
 
 @dataclass
@@ -193,17 +227,46 @@ class LoadedBackbone:
                 "unexpected_keys": self.unexpected_keys}
 
 
-def load_state_into(backbone: Backbone, sd: dict[str, torch.Tensor], *, path: Path | str = "?") -> list[str]:
-    """Load `sd` into the backbone; every required key must be present with the right shape."""
+def _rule_source(obj, rule: StateDictRule):
+    """The part of the file the state-dict rule reads (its `key`, when there is one)."""
+    for k in ((rule.key,) if isinstance(rule.key, str) else tuple(rule.key or ())):
+        try:
+            return _dig(obj, k)
+        except KeyError:
+            continue
+    return obj
+
+
+def _tensor_keys(obj, prefix: str = "", limit: int = 100000) -> list[str]:
+    """Every tensor's dotted key in a loaded checkpoint (nested dicts flattened)."""
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, torch.Tensor):
+                out.append(f"{prefix}{k}")
+            elif isinstance(v, dict) and len(out) < limit:
+                out += _tensor_keys(v, f"{prefix}{k}.", limit)
+    return out
+
+
+def load_state_into(backbone: Backbone, sd: dict[str, torch.Tensor], *, path: Path | str = "?",
+                    raw_keys=None) -> list[str]:
+    """Load `sd` into the backbone; every required key must be present with the right shape. `raw_keys`
+    (the file's keys before the state-dict rule) let an error show what the file actually holds."""
     required = backbone.required_keys()
     missing = sorted(required - sd.keys())
     if missing:
         shown = ", ".join(missing[:8]) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
         have = ", ".join(sorted(sd)[:5]) or "(no tensors left after the rule)"
-        raise CheckpointError(
-            f"{path}: {len(missing)} of {len(required)} backbone keys are missing after the state-dict rule: "
-            f"{shown}. The rule produced keys such as: {have}. Fix checkpoint.state_dict in the method file "
-            f"(key / keep_prefix / strip_prefixes); partial loads are never accepted.")
+        msg = (f"{path}: {len(missing)} of {len(required)} backbone keys are missing after the state-dict rule: "
+               f"{shown}. The rule produced keys such as: {have}.")
+        if raw_keys:
+            msg += f" The file's tensors sit under: {key_prefixes(raw_keys)}."
+        others = fitting_archs(set(sd), backbone.arch) if len(missing) > len(required) // 2 and sd else []
+        if others:
+            msg += f" The keys the rule produced fit architecture {', '.join(others)}: is `arch` right?"
+        raise CheckpointError(msg + " Fix checkpoint.state_dict in the method file (key / keep_prefix / "
+                                    "strip_prefixes); partial loads are never accepted.")
     own = backbone.net.state_dict()
     bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(required)
            if tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -226,7 +289,7 @@ def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | 
     path = checkpoint_path(spec, epoch)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (method '{spec.name}', epoch {epoch})"
-                              + _missing_hint(spec, path))
+                              + _missing_hint(spec, path, epoch))
     obj = safe_load(path)
     got = stored_epoch(obj, spec)
     if got is not None and abs(got - epoch) > spec.checkpoint.epoch_tolerance:
@@ -237,7 +300,7 @@ def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | 
     backbone = build_backbone(spec.arch, **{**spec.arch_kwargs, **(arch_overrides or {})})
     sd = _convert(extract_state_dict(obj, spec.checkpoint.state_dict, path=path), spec.checkpoint.state_dict.convert,
                   backbone)
-    unexpected = load_state_into(backbone, sd, path=path)  # every key present, every shape right
+    unexpected = load_state_into(backbone, sd, path=path, raw_keys=_tensor_keys(_rule_source(obj, spec.checkpoint.state_dict)))
     nonfinite = sorted(k for k in backbone.required_keys() if sd[k].is_floating_point() and not torch.isfinite(sd[k]).all())
     if nonfinite:  # every protocol would give a number from broken weights (a NaN probe is not a result)
         shown = "; ".join(f"{k} ({int((~torch.isfinite(sd[k])).sum())} of {sd[k].numel()} values)" for k in nonfinite[:5])
