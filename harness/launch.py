@@ -292,7 +292,8 @@ def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *,
                "skipped": d.skipped, "to_submit": len(d.submit), "arrays": [], "waiting": waiting,
                "warning": d.warning, "submitted": [c.id for c in d.submit]}
     if dry_run or not d.submit:
-        summary["arrays"] = [_array_summary(p, len(cs), []) for p, cs in groups.items()]
+        summary["arrays"] = [_array_summary(p, len(cs), [])
+                             for p, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol)]
         return summary
     summary["arrays"] = EXECUTORS[cluster.executor](groups, cluster, suite, results, progress)
     return summary
