@@ -321,7 +321,9 @@ def cmd_status(reg: Registry, args) -> int:
         if failed:
             print(f"\n{len(failed)} failed cell(s):")
             for r in failed[: None if args.all else 20]:
-                print(f"  {r['cell']}  (attempts {r['attempts']})  {r['reason']}" + (f"\n      log: {r['log']}" if r["log"] else ""))
+                print(f"  {r['cell']}  (attempts {r['attempts']})  {r['reason']}"
+                      + (f"\n      log: {r['log']}" if r["log"] else "")
+                      + (f"\n      cell log: {r['cell_log']}" if r.get("cell_log") and r["cell_log"] != r["log"] else ""))
             if len(failed) > 20 and not args.all:
                 print(f"  ... {len(failed) - 20} more (--all)")
             print(f"retry: sdd submit --suite {args.suite} --cluster <profile> --retry-failed")
@@ -380,8 +382,8 @@ def preflight(reg: Registry, suite: str, load: bool = False) -> list[str]:
     return problems
 
 
-def _print_problems(command: str, problems: list[str]) -> None:
-    print(f"sdd {command}: {len(problems)} problem(s):", file=sys.stderr)
+def _print_problems(command: str, problems: list[str], when: str = "") -> None:
+    print(f"sdd {command}: {len(problems)} problem(s){when}:", file=sys.stderr)
     for p in problems:
         print("  - " + p.replace("\n", "\n    "), file=sys.stderr)
     print("fix the paths (SDD_DATA_ROOT, SDD_CKPT_ROOT) or the registry files and run again", file=sys.stderr)
@@ -390,7 +392,7 @@ def _print_problems(command: str, problems: list[str]) -> None:
 def cmd_reproduce(reg: Registry, args) -> int:
     problems = preflight(reg, args.suite, load=True)
     if problems:
-        _print_problems("reproduce", problems + ["nothing was submitted"])
+        _print_problems("reproduce", problems, " before anything is submitted (nothing was)")
         return 1
     print(f"preflight: every dataset and checkpoint of suite {args.suite} is in place (first and last checkpoint "
           f"of each method loaded)")

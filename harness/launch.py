@@ -23,6 +23,7 @@ from harness import ledger
 from harness.clusters import ClusterProfile
 from harness.ledger import ACTIVE_STATES, TERMINAL_FAILED
 from harness.plan import Cell, build_plan
+from harness.records import log_path
 from harness.registry import Registry, RegistryError
 
 
@@ -337,11 +338,12 @@ def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, m
                 rec = read_record(c.record_path(results), results) or {}
             reason = (rec.get("error") or "").splitlines()[0] if rec.get("error") else \
                 f"job {e.get('job_id')} ended {slurm_state} without a record"
-            log = rec.get("log") or e.get("log_err")
+            log = e.get("log_err") or rec.get("log")  # the scheduler's log (the traceback), else the cell's own
         else:
             state = "todo"
         rows.append({"cell": c.id, "protocol": c.protocol, "method": c.method, "state": state, "reason": reason,
-                     "log": log, "job_id": e.get("job_id"), "attempts": e.get("attempts", 0)})
+                     "log": log, "cell_log": str(log_path(c, results)) if state == "failed" else None,
+                     "job_id": e.get("job_id"), "attempts": e.get("attempts", 0)})
     return rows
 
 

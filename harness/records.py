@@ -42,6 +42,12 @@ def record_path(results: Path, suite: str, protocol: str, dataset: str, method: 
     return Path(results) / suite / "runs" / protocol / dataset / method / f"ep{epoch:04d}.json"
 
 
+def log_path(cell, results: Path, rank: int = 0) -> Path:
+    """A cell's own log: everything its job prints or warns (mmengine, mmseg, pycocotools ...)."""
+    name = f"ep{cell.epoch:04d}" + (f".rank{rank}" if rank else "") + ".log"
+    return Path(results) / cell.suite / "logs" / cell.protocol / cell.dataset / cell.method / name
+
+
 def identity_of(path: Path, results: Path) -> dict | None:
     """(suite, protocol, dataset, method, epoch) that a record at `path` must hold, from its location."""
     try:

@@ -25,6 +25,7 @@ from harness.device import (
 from harness.fingerprint import file_fingerprint
 from harness.jobs.common import base_record, failed_record, now, peak_memory_mb
 from harness.kinds import PROTOCOL_KINDS
+from harness.records import log_path
 from harness.registry import Registry, RegistryError, Resources, load_registry
 
 
@@ -81,12 +82,6 @@ def watch_termination() -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, note)
-
-
-def log_path(cell, results: Path | str, rank: int = 0) -> Path:
-    """The cell's own log: everything its job prints or warns (mmengine, mmseg, pycocotools ...)."""
-    name = f"ep{cell.epoch:04d}" + (f".rank{rank}" if rank else "") + ".log"
-    return Path(results) / cell.suite / "logs" / cell.protocol / cell.dataset / cell.method / name
 
 
 @contextlib.contextmanager

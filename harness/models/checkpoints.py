@@ -180,7 +180,7 @@ def _missing_hint(spec: MethodSpec, path: Path, epoch: int) -> str:
             + tmpl[slot.end():]
         return (f"; {path.parent} has '{tmpl[:slot.start()]}{same[0]}{tmpl[slot.end():]}': the number is written "
                 f"with another zero padding than '{tmpl}' gives. Set checkpoint.file: '{fixed}'")
-    shown = ", ".join(raw for _, raw in found[:8]) + (" ..." if len(found) > 8 else "")
+    shown = ", ".join(str(n) for n, _ in found[:8]) + (" ..." if len(found) > 8 else "")
     return (f"; files in {path.parent} are numbered {shown} (number = epoch + checkpoint.file_offset, "
             f"now {spec.checkpoint.file_offset})")
 
