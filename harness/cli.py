@@ -133,14 +133,17 @@ def cmd_plan(reg: Registry, args) -> int:
     print(f"suite {suite.name}: {suite.title}")
     rows = summarize(cells, states)
     total = {"protocol": "total", **{k: sum(r[k] for r in rows) for k in
-             ("cells", "done", "failed", "stale", "corrupt", "todo", "gpu_h_all", "gpu_h_left")}}
+             ("cells", "done", "failed", "stale", "corrupt", "imported", "todo", "gpu_h_all", "gpu_h_left")}}
     cols = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "corrupt", "todo", "gpu_h_cell",
             "gpu_h_all", "gpu_h_left"]
     heads = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "corrupt", "todo", "GPU·h/cell",
              "GPU·h all", "GPU·h left"]
-    if not total["corrupt"]:  # shown only when there is something to show
-        cols.remove("corrupt")
-        heads.remove("corrupt")
+    cols.insert(cols.index("todo"), "imported")
+    heads.insert(heads.index("todo"), "imported")
+    for rare in ("corrupt", "imported"):  # shown only when there is something to show
+        if not total[rare]:
+            cols.remove(rare)
+            heads.remove(rare)
     print(table(rows + [total], cols, heads))
     _print_corrupt(cells, results)
     # per method: the checkpoints each protocol × dataset runs over
@@ -208,12 +211,13 @@ def cmd_tables(reg: Registry, args) -> int:
     t = time.perf_counter()
     suite_dir = Path(args.results) / args.suite
     try:
-        table, tables, files = build_tables(suite_dir, args.protocol, include_stale=args.include_stale)
+        table, tables, files = build_tables(suite_dir, args.protocol, include_stale=args.include_stale,
+                                            prefer=args.prefer)
     except TablesError as e:
         print(f"sdd tables: {e}", file=sys.stderr)
         return 1
     probe = next((t.protocol for t in tables if t.protocol), "linear")
-    figures = build_figures(suite_dir, tables, probe, args.include_stale) if args.figures else \
+    figures = build_figures(suite_dir, tables, probe, args.include_stale, args.prefer) if args.figures else \
         sorted((suite_dir / "figures").glob("*.png")) if (suite_dir / "figures").is_dir() else []
     report = write_report(suite_dir, table, tables, figures)
     print(f"wrote {len(files)} table files under {suite_dir / 'tables'}"
@@ -308,7 +312,7 @@ def cmd_status(reg: Registry, args) -> int:
         tot = {k: sum(a[k] for a in agg) for k in ("cells", *STATES)}
         if args.watch:
             print("\033[2J\033[H", end="")
-        shown = [k for k in STATES if k not in ("unknown", "corrupt", "stale") or tot[k]]
+        shown = [k for k in STATES if k not in ("imported", "unknown", "corrupt", "stale") or tot[k]]
         print(table(agg + [{"protocol": "total", "method": "", **tot}], ["protocol", "method", "cells", *shown]))
         if ref.warning:
             print(f"\nwarning: {ref.warning}; their ledger entries were left as they were", file=sys.stderr)
@@ -402,6 +406,36 @@ def cmd_reproduce(reg: Registry, args) -> int:
     return cmd_submit(reg, args)
 
 
+def cmd_import(reg: Registry, args) -> int:
+    from harness.importer import ImportError_, plan_import, write_import
+
+    results = Path(args.results)
+    try:
+        plan = plan_import(reg, args.suite, Path(args.path), results, fmt=args.format, method=args.method,
+                           epoch=args.epoch, dataset=args.dataset, protocol=args.protocol, layer=args.layer,
+                           replace=args.replace)
+    except ImportError_ as e:
+        print(f"sdd import: {e}\nnothing was imported", file=sys.stderr)
+        return 1
+    for n in plan.notes:
+        print(f"note: {n}")
+    by: dict[tuple, list[int]] = {}
+    for it in plan.items:
+        by.setdefault((it.protocol, it.dataset, it.method), []).append(it.epoch)
+    verb = "would import" if args.dry_run else "imported"
+    print(f"{verb} {len(plan.items)} record(s) ({plan.format}) into suite {args.suite}:")
+    for (proto, ds, method), eps in sorted(by.items()):
+        metrics = sorted({k for it in plan.items if (it.protocol, it.dataset, it.method) == (proto, ds, method)
+                          for k in it.metrics})
+        print(f"  {proto}/{ds}/{method}: epochs {_epochs_text(tuple(sorted(eps)))}; {', '.join(metrics)}")
+    if args.dry_run:
+        return 0
+    write_import(plan, reg, args.suite, results)
+    print(f"records under {results / args.suite / 'imported'}; next: sdd collect --suite {args.suite} && "
+          f"sdd tables --suite {args.suite}")
+    return 0
+
+
 def cmd_demo(reg: Registry, args) -> int:
     from harness.mini.demo import run
 
@@ -445,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "kind linear in results.csv)")
         p.add_argument("--include-stale", action="store_true", help="keep records of an older recipe (left out and "
                                                                      "named by default)")
+        p.add_argument("--prefer", choices=["computed", "imported"], default="computed",
+                       help="a cell with both a computed and an imported record uses this one")
         if name == "tables":
             p.add_argument("--figures", action="store_true", help="also draw the figures")
             p.add_argument("--show", nargs="*", default=[], help="print these tables (e.g. kendall_tau sdd)")
@@ -475,6 +511,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="list every failed cell")
     p.add_argument("--repair-ledger", action="store_true", help="move an unreadable ledger aside and rebuild it from "
                                                                   "the records")
+    p = sub.add_parser("import", help="numbers you already have (official DSE files, spreadsheets, CSV, mmseg "
+                                      "or detectron2 logs) -> records of a suite")
+    p.add_argument("path", help="a file or a folder")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--format", default="auto", help="auto (default), dse-official, spreadsheet, csv, mmseg, detectron2")
+    p.add_argument("--method", help="the method the file is of (when the file does not say)")
+    p.add_argument("--epoch", type=int, help="mmseg / detectron2 runs: the checkpoint they evaluated")
+    p.add_argument("--dataset", help="mmseg / detectron2 runs: the dataset they evaluated on")
+    p.add_argument("--protocol", help="the suite's protocol the numbers belong to (default: by kind)")
+    p.add_argument("--layer", type=int, help="DSE files: the layer to take (default: the method's last)")
+    p.add_argument("--replace", action="store_true", help="overwrite records imported before")
+    p.add_argument("--dry-run", action="store_true", help="show what would be written")
+    p.add_argument("--results", default=str(results_root()))
     p = sub.add_parser("demo", help="the whole pipeline in miniature (CPU): mini world, tiny pre-training, suite, tables")
     p.add_argument("--suite", default="mini")
     p.add_argument("--cluster", default="local", help="local (default), inline, or a Slurm profile")
@@ -484,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         reg = load_registry(args.registry)
         return {"ls": cmd_ls, "validate": cmd_validate, "plan": cmd_plan, "collect": cmd_collect,
                 "tables": cmd_tables, "figures": cmd_figures, "submit": cmd_submit, "status": cmd_status, "reproduce": cmd_reproduce,
-                "demo": cmd_demo}[args.cmd](reg, args)
+                "demo": cmd_demo, "import": cmd_import}[args.cmd](reg, args)
     except FileNotFoundError as e:
         print(f"sdd: {e}", file=sys.stderr)
         return 2

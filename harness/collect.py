@@ -16,7 +16,7 @@ from harness import records
 # protocol asked for: every cost in the tables is computed from them.
 META_COLUMNS = ["suite", "protocol", "kind", "dataset", "method", "family", "arch", "epoch", "status", "error",
                 "config_hash", "current", "device", "device_name", "gpus", "world_size", "wall_s", "dse_s", "load_s",
-                "features_s", "metrics_s", "peak_memory_mb", "git_sha", "host", "slurm_job_id", "torch"]
+                "features_s", "metrics_s", "peak_memory_mb", "git_sha", "host", "slurm_job_id", "torch", "source"]
 
 
 def _number(v):
@@ -46,7 +46,7 @@ def record_row(rec: dict, methods: dict | None = None) -> dict:
         "features_s": timings.get("features_s"),
         "metrics_s": timings.get("metrics_s"), "peak_memory_mb": rec.get("peak_memory_mb"),
         "git_sha": rec.get("git_sha"), "host": rec.get("host"), "slurm_job_id": rec.get("slurm_job_id"),
-        "torch": (rec.get("versions") or {}).get("torch"),
+        "torch": (rec.get("versions") or {}).get("torch"), "source": rec.get("source", "computed"),
     }
     for name, value in sorted((rec.get("metrics") or {}).items()):
         col = name if name not in row else f"metric_{name}"
@@ -73,7 +73,8 @@ def collect(results: Path, suite: str, *, methods: dict | None = None) -> Collec
 
     rows, spectra, corrupt = [], [], []
     results = Path(results)
-    for path in records.iter_record_files(results, suite):
+    paths = records.iter_record_files(results, suite) + records.iter_record_files(results, suite, "imported")
+    for path in paths:
         try:
             rec = records.read_record(path, results)
         except records.CorruptRecord as e:
@@ -130,7 +131,8 @@ def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = Fals
     if cells and len(table):  # `current`: is the record of the recipe the plan has now? (tables keep these)
         now = {(c.protocol, c.dataset, c.method, c.epoch): c.config_hash for c in cells}
         keys = list(zip(table["protocol"], table["dataset"], table["method"], table["epoch"]))
-        table["current"] = [None if k not in now else now[k] == h for k, h in zip(keys, table["config_hash"])]
+        table["current"] = [None if k not in now or src == "imported" else now[k] == h
+                            for k, h, src in zip(keys, table["config_hash"], table["source"])]
     out = results / suite
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "results.csv", index=False, float_format="%.10g", lineterminator="\n")

@@ -160,8 +160,8 @@ def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, 
     for c in cells:
         state, _ = c.state(results)
         entry = led.get(c.id, {})
-        if state == "done":
-            skipped["done"] += 1
+        if state in ("done", "imported"):  # an imported record is never run again
+            skipped[state] += 1
             continue
         if entry.get("state") in ACTIVE_STATES and entry.get("config_hash") == c.config_hash:
             # also when sacct could not tell: never submit a cell twice on a guess
@@ -303,7 +303,7 @@ def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *,
 # ---------------------------------------------------------------------------------------------
 # status
 
-STATES = ("done", "running", "pending", "unknown", "failed", "corrupt", "stale", "todo")
+STATES = ("done", "imported", "running", "pending", "unknown", "failed", "corrupt", "stale", "todo")
 
 
 def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, methods=None,
@@ -319,8 +319,8 @@ def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, m
         e = led.get(c.id, {}) if led.get(c.id, {}).get("config_hash") == c.config_hash else {}
         slurm_state = e.get("state")
         reason = log = None
-        if rec_state == "done":
-            state = "done"
+        if rec_state in ("done", "imported"):
+            state = rec_state
         elif slurm_state in ACTIVE_STATES and c.id in ref.unknown:
             state, reason = "unknown", ref.warning
         elif slurm_state in ACTIVE_STATES:

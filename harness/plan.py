@@ -40,11 +40,21 @@ class Cell:
         return file_fingerprint(self.checkpoint_file) if self.checkpoint_file else None
 
     def state(self, results: Path) -> tuple[str, str | None]:
-        """(done | failed | stale | corrupt | todo, why) from this cell's record. A record of another
-        checkpoint file (overwritten since) is stale; where the checkpoint cannot be seen (a login node
-        without SDD_CKPT_ROOT), the record's config hash decides alone."""
-        return records.cell_state(self.record_path(results), self.config_hash, Path(results),
-                                  checkpoint=self.checkpoint_fingerprint())
+        """(done | failed | stale | corrupt | imported | todo, why) from this cell's record. A record of
+        another checkpoint file (overwritten since) is stale; where the checkpoint cannot be seen (a login
+        node without SDD_CKPT_ROOT), the record's config hash decides alone. A cell without a computed
+        record but with an imported one (`sdd import`) is `imported`: never run again."""
+        state, why = records.cell_state(self.record_path(results), self.config_hash, Path(results),
+                                        checkpoint=self.checkpoint_fingerprint())
+        if state == "todo":
+            imported = records.record_path(results, self.suite, self.protocol, self.dataset, self.method, self.epoch,
+                                           tree="imported")
+            try:
+                if records.read_record(imported, Path(results)) is not None:
+                    return "imported", None
+            except records.CorruptRecord as e:
+                return "corrupt", e.why
+        return state, why
 
 
 def resolved_config(reg: Registry, protocol: str, dataset: str, method: str, epoch: int) -> dict:
@@ -126,7 +136,8 @@ def cell_states(cells: list[Cell], results: Path) -> dict[str, str]:
 def summarize(cells: list[Cell], states: dict[str, str]) -> list[dict]:
     """One row per protocol: datasets, methods, cells, done/failed/stale/corrupt/todo, GPU·h."""
     rows: dict[str, dict] = defaultdict(lambda: {"datasets": set(), "methods": set(), "cells": 0, "done": 0,
-                                                 "failed": 0, "stale": 0, "corrupt": 0, "todo": 0, "gpu_h_cell": 0.0,
+                                                 "failed": 0, "stale": 0, "corrupt": 0, "imported": 0, "todo": 0,
+                                                 "gpu_h_cell": 0.0,
                                                  "gpu_h_all": 0.0, "gpu_h_left": 0.0})
     for c in cells:
         r = rows[c.protocol]
@@ -136,7 +147,7 @@ def summarize(cells: list[Cell], states: dict[str, str]) -> list[dict]:
         r[states[c.id]] += 1
         r["gpu_h_cell"] = c.gpu_hours
         r["gpu_h_all"] += c.gpu_hours
-        if states[c.id] != "done":
+        if states[c.id] not in ("done", "imported"):
             r["gpu_h_left"] += c.gpu_hours
     return [{"protocol": p, **{k: (len(v) if isinstance(v, set) else v) for k, v in r.items()}}
             for p, r in rows.items()]

@@ -24,7 +24,7 @@ from harness.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY = ("suite", "protocol", "dataset", "method", "epoch")
-_REL = re.compile(r"^(?P<suite>[^/]+)/runs/(?P<protocol>[^/]+)/(?P<dataset>[^/]+)/(?P<method>[^/]+)/"
+_REL = re.compile(r"^(?P<suite>[^/]+)/(?:runs|imported)/(?P<protocol>[^/]+)/(?P<dataset>[^/]+)/(?P<method>[^/]+)/"
                   r"ep(?P<epoch>\d+)\.json$")
 
 
@@ -38,8 +38,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("SDD_CACHE") or results_root() / ".cache")
 
 
-def record_path(results: Path, suite: str, protocol: str, dataset: str, method: str, epoch: int) -> Path:
-    return Path(results) / suite / "runs" / protocol / dataset / method / f"ep{epoch:04d}.json"
+def record_path(results: Path, suite: str, protocol: str, dataset: str, method: str, epoch: int,
+                tree: str = "runs") -> Path:
+    """A cell's record: `runs/` holds computed ones, `imported/` the ones `sdd import` wrote."""
+    return Path(results) / suite / tree / protocol / dataset / method / f"ep{epoch:04d}.json"
 
 
 def log_path(cell, results: Path, rank: int = 0) -> Path:
@@ -138,10 +140,10 @@ def cell_state(path: Path, config_hash: str, results: Path | None = None,
     return ("done", None) if rec["status"] == "ok" else ("failed", None)
 
 
-def iter_record_files(results: Path, suite: str) -> list[Path]:
-    """Every record file of a suite, in a stable order. A folder that cannot be listed raises OSError
-    (a partial listing must never pass for the whole suite)."""
-    runs = Path(results) / suite / "runs"
+def iter_record_files(results: Path, suite: str, tree: str = "runs") -> list[Path]:
+    """Every record file of a suite (`tree`: runs = computed, imported = `sdd import`), in a stable
+    order. A folder that cannot be listed raises OSError (a partial listing never passes for the whole)."""
+    runs = Path(results) / suite / tree
     if not runs.exists():
         return []
     out = []

@@ -15,7 +15,7 @@ FLOORS = {
     "harness.features": 3,
     "harness.jobs": 4,
     "harness.launch": 5,
-    "harness.collect": 6,
+    "harness.collect": 6, "harness.importer": 6,
     "harness.analysis": 7,
     "harness.mini": 8,
     "harness.cli": 9, "harness.__main__": 9,

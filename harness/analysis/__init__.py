@@ -86,7 +86,25 @@ def probe_protocols(table: pd.DataFrame, csv: Path, requested: str | None = None
     return sorted(set(table.loc[kind == "linear", "protocol"].dropna().astype(str)))
 
 
-def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path = PAPER, include_stale: bool = False):
+def prefer_source(table: pd.DataFrame, prefer: str = "computed") -> tuple[pd.DataFrame, list[str]]:
+    """One row per cell: where a computed and an imported record both exist, `prefer` decides (named)."""
+    if "source" not in table.columns or table.empty:
+        return table, []
+    key = ["protocol", "dataset", "method", "epoch"]
+    src = table["source"].fillna("computed")
+    both = table[table.duplicated(key, keep=False) & src.isin(["computed", "imported"])]
+    if both.empty:
+        return table, []
+    order = table.assign(_p=(src != prefer).astype(int)).sort_values(key + ["_p"], kind="stable")
+    kept = order.drop_duplicates(key, keep="first").drop(columns="_p").sort_index()
+    n = both[key].drop_duplicates().shape[0]
+    other = "imported" if prefer == "computed" else "computed"
+    return kept, [f"{n} cell(s) have both a computed and an imported record: the {prefer} one is used "
+                  f"(--prefer {other} for the other)"]
+
+
+def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path = PAPER, include_stale: bool = False,
+                 prefer: str = "computed"):
     """Every table computed first, then written: a failure leaves the previous files in place. With no
     `protocol`, the suite's own linear-probe protocols (by kind) give the mIoU; several give one set of
     tables each (`<table>__<protocol>`). Returns (table, tables, files); each table that reads an mIoU
@@ -97,6 +115,8 @@ def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path =
     protocols = probe_protocols(pd.read_csv(csv), csv, protocol)
     table, _ = load_collected(suite_dir, protocols[0] if len(protocols) == 1 else "linear")
     table, stale_notes = drop_stale(table, include_stale)
+    table, source_notes = prefer_source(table, prefer)
+    stale_notes += source_notes
     papers = load_papers(paper_dir)
     tables = []
     for p in protocols or [None]:
@@ -119,11 +139,13 @@ def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path =
     return table, tables, files
 
 
-def build_figures(suite_dir: Path, tables, protocol: str = "linear", include_stale: bool = False) -> list[Path]:
+def build_figures(suite_dir: Path, tables, protocol: str = "linear", include_stale: bool = False,
+                  prefer: str = "computed") -> list[Path]:
     from harness.analysis.figures import all_figures
 
     table, spec = load_collected(suite_dir, protocol)
     table, _ = drop_stale(table, include_stale)
+    table, _ = prefer_source(table, prefer)
     mean = next(t.frame for t in tables if t.name.split("__")[0] == "kendall_tau")
     return all_figures(table, spec, mean, suite_dir / "figures", protocol)
 

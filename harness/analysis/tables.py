@@ -217,6 +217,11 @@ def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
     datasets = datasets_of(table, protocol)
     grid_of = grid_kind(table)
     long_rows, notes = [], []
+    if not mf.empty and {"dse", "dse_lambda"} <= set(mf.columns):
+        raw_only = sorted(set(mf.loc[mf["dse"].notna() & mf["dse_lambda"].isna(), "method"]))
+        if raw_only:  # e.g. imported scores without the estimator's components
+            notes.append(f"{', '.join(raw_only)}: only the raw DSE is known (no separability / dimensionality): "
+                         f"their τ is in the DSE (λ=1) row; the DSE row needs the components for λ")
     for md in TAU_METRICS:
         if mf.empty or md.column not in mf.columns:
             notes.append(f"{md.label}: no '{md.column}' values in the records; row left empty")
