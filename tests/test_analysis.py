@@ -125,7 +125,7 @@ def test_edge_cases_never_crash(tmp_path):
     table, tables, _ = build_tables(d)
     by = {t.name: t for t in tables}
     assert by["sdd"].frame.empty and by["model_selection"].frame.empty
-    assert list(by["kendall_tau"].frame.columns) == ["metric", "orientation", "Avg."]  # no dataset to score
+    assert list(by["kendall_tau"].frame.columns) == ["metric", "orientation", "Avg.", "Avg. 95% CI"]  # no dataset
     # a table without the columns the tables are computed from: refused, never empty tables that read as "no data"
     pd.DataFrame(columns=["protocol"]).to_csv(d / "results.csv", index=False)
     from harness.analysis import TablesError

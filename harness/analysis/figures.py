@@ -92,7 +92,8 @@ def tau_heatmap(mean: pd.DataFrame, out: Path) -> list[Path]:
     plt = _plt()
     if mean.empty:
         return []
-    cols = [c for c in mean.columns if c not in ("metric", "orientation") and not c.startswith("n_")]
+    cols = [c for c in mean.columns if c not in ("metric", "orientation") and not c.startswith("n_")
+            and not c.endswith("95% CI")]
     data = mean[cols].to_numpy(float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 0.5 + 0.35 * len(mean)))
     im = ax.imshow(np.nan_to_num(data, nan=0.0), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
+from harness.analysis.uncertainty import bootstrap_mean_tau, interval_text, permutation_p
 from harness.selection import dse_normalised, select_checkpoints
 
 DATASET_ORDER = ["coco_stuff164k", "voc12_aug", "ade20k", "cityscapes"]
@@ -216,7 +217,7 @@ def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
     mf, mi = metric_frame(table), miou_frame(table, protocol)
     datasets = datasets_of(table, protocol)
     grid_of = grid_kind(table)
-    long_rows, notes = [], []
+    long_rows, notes, series = [], [], {}
     if not mf.empty and {"dse", "dse_lambda"} <= set(mf.columns):
         raw_only = sorted(set(mf.loc[mf["dse"].notna() & mf["dse_lambda"].isna(), "method"]))
         if raw_only:  # e.g. imported scores without the estimator's components
@@ -231,13 +232,17 @@ def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
             joined = joined[np.isfinite(joined[md.column].astype(float))]
             for method, g in joined.groupby("method", sort=True):
                 raw, y = g[md.column].to_numpy(float), g["miou"].to_numpy(float)
+                good = md.goodness(g[md.column]).to_numpy(float)
                 t_raw, why = _tau(raw, y)
-                t_good, _ = _tau(md.goodness(g[md.column]).to_numpy(float), y)
+                t_good, _ = _tau(good, y)
+                series[(md.label, dataset, method)] = (good, y)
                 long_rows.append({"metric": md.label, "orientation": md.orientation, "method": method,
                                   "dataset": dataset, "checkpoints": len(g), "grid": grid_of(method, len(g)),
-                                  "tau_raw": t_raw, "tau": t_good, "undefined_because": why or None})
+                                  "tau_raw": t_raw, "tau": t_good,
+                                  "p_value": permutation_p(good, y) if not why else math.nan,
+                                  "undefined_because": why or None})
     long = pd.DataFrame(long_rows, columns=["metric", "orientation", "method", "dataset", "checkpoints", "grid",
-                                            "tau_raw", "tau", "undefined_because"])
+                                            "tau_raw", "tau", "p_value", "undefined_because"])
     partial = long[long["grid"] == "partial"]
     if len(partial):  # τ over a DSE-guided subset is not comparable with τ over every checkpoint
         notes.append(f"{partial[['method', 'dataset']].drop_duplicates().shape[0]} method × dataset pair(s) evaluated on "
@@ -249,13 +254,21 @@ def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
         row = {"metric": md.label, "orientation": md.orientation}
         sub = full[full["metric"] == md.label]
         vals = []
+        methods = sorted(set(sub.loc[sub["tau"].notna(), "method"]))
+        groups = []
         for dataset in datasets:
+            label = DATASET_LABEL.get(dataset, dataset)
             t = sub.loc[sub["dataset"] == dataset, "tau"].dropna()
-            row[DATASET_LABEL.get(dataset, dataset)] = t.mean() if len(t) else math.nan
-            row[f"n_{DATASET_LABEL.get(dataset, dataset)}"] = len(t)
+            row[label] = t.mean() if len(t) else math.nan
+            row[f"n_{label}"] = len(t)
+            defined = set(sub.loc[(sub["dataset"] == dataset) & sub["tau"].notna(), "method"])
+            group = [series.get((md.label, dataset, m)) if m in defined else None for m in methods]
+            row[f"{label} 95% CI"] = interval_text(*bootstrap_mean_tau([group]))
+            groups.append(group)
             if len(t):
                 vals.append(t.mean())
         row["Avg."] = float(np.mean(vals)) if vals else math.nan
+        row["Avg. 95% CI"] = interval_text(*bootstrap_mean_tau(groups))
         rows.append(row)
     mean = pd.DataFrame(rows)
     if datasets:
@@ -280,6 +293,10 @@ def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
         side = Table("kendall_tau_vs_paper", "Average Kendall τ: paper vs ours", side_df,
                      ["paper: arXiv 2510.17299 as transcribed (results/paper/kendall_tau.csv); the paper's "
                       "α-ReQ, RankMe and LiDAR rows are raw τ: compare them with ours_raw"])
+    if rows and len(datasets):
+        notes.append("95% CI: percentile interval of the mean τ when methods and each method's checkpoints are "
+                     "resampled with replacement (1,000 draws, seed 0); p-values per method in the long table "
+                     "(two-sided permutation test of τ, 9,999 pairings, seed 0)")
     t_mean = Table("kendall_tau", "Average Kendall τ between each metric and mIoU (goodness orientation; "
                                   "mean over methods; n = methods with a defined τ)", mean, notes)
     t_long = Table("kendall_tau_per_method", "Kendall τ per method (raw and goodness orientation)", long)

@@ -1,0 +1,36 @@
+"""The uncertainty of Kendall τ (issue 16): p-values and intervals against hand-computed values."""
+import numpy as np
+import pytest
+from scipy.stats import kendalltau
+
+from harness.analysis.uncertainty import bootstrap_mean_tau, interval_text, permutation_p, tau_b
+
+
+def test_tau_b_equals_scipys_with_ties():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        x, y = rng.integers(0, 4, 9).astype(float), rng.integers(0, 5, 9).astype(float)
+        want = kendalltau(x, y).statistic
+        got = float(tau_b(x, y))
+        assert (np.isnan(want) and np.isnan(got)) or got == pytest.approx(want)
+    batch = rng.normal(size=(3, 7))
+    assert tau_b(batch, batch[::-1]).shape == (3,)
+
+
+def test_permutation_p_values_by_hand():
+    # n = 5: inversion counts k = 0..10 occur 1, 4, 9, 15, 20, 22, 20, 15, 9, 4, 1 times in the 120 orders;
+    # τ = (10 - 2k) / 10. τ = -1: P(|τ| >= 1) = 2/120. τ = 0.2: |τ| >= 0.2 unless k = 5, so 98/120.
+    x = np.arange(5.0)
+    assert permutation_p(x, x[::-1]) == pytest.approx(2 / 120)
+    assert permutation_p(x, np.array([10, 20, 30, 25, 15.0])) == pytest.approx(98 / 120)
+    assert np.isnan(permutation_p(x, np.ones(5)))  # τ undefined
+
+
+def test_bootstrap_interval_is_seeded_and_exact_where_nothing_varies():
+    up = (np.arange(6.0), np.arange(6.0) * 2)  # any resample of a monotone pair keeps τ-b = 1 (ties drop out)
+    assert bootstrap_mean_tau([[up, up]]) == (1.0, 1.0)
+    rng = np.random.default_rng(0)
+    noisy = [(rng.normal(size=8), rng.normal(size=8)) for _ in range(4)]
+    a, b = bootstrap_mean_tau([noisy]), bootstrap_mean_tau([noisy])
+    assert a == b and a[0] < np.mean([tau_b(x, y) for x, y in noisy]) < a[1]
+    assert interval_text(*a).startswith("[") and interval_text(float("nan"), float("nan")) == "—"
