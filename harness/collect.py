@@ -16,7 +16,8 @@ from harness import records
 # protocol asked for: every cost in the tables is computed from them.
 META_COLUMNS = ["suite", "protocol", "kind", "dataset", "method", "family", "arch", "epoch", "status", "error",
                 "config_hash", "current", "device", "device_name", "gpus", "world_size", "wall_s", "dse_s", "load_s",
-                "features_s", "metrics_s", "peak_memory_mb", "git_sha", "host", "slurm_job_id", "torch", "source"]
+                "features_s", "metrics_s", "peak_memory_mb", "git_sha", "host", "slurm_job_id", "torch", "source",
+                "images"]
 
 
 def _number(v):
@@ -47,6 +48,7 @@ def record_row(rec: dict, methods: dict | None = None) -> dict:
         "metrics_s": timings.get("metrics_s"), "peak_memory_mb": rec.get("peak_memory_mb"),
         "git_sha": rec.get("git_sha"), "host": rec.get("host"), "slurm_job_id": rec.get("slurm_job_id"),
         "torch": (rec.get("versions") or {}).get("torch"), "source": rec.get("source", "computed"),
+        "images": (rec.get("image_list") or {}).get("count"),
     }
     for name, value in sorted((rec.get("metrics") or {}).items()):
         col = name if name not in row else f"metric_{name}"

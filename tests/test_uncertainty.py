@@ -34,3 +34,35 @@ def test_bootstrap_interval_is_seeded_and_exact_where_nothing_varies():
     a, b = bootstrap_mean_tau([noisy]), bootstrap_mean_tau([noisy])
     assert a == b and a[0] < np.mean([tau_b(x, y) for x, y in noisy]) < a[1]
     assert interval_text(*a).startswith("[") and interval_text(float("nan"), float("nan")) == "—"
+
+
+def test_the_plain_sentence_follows_the_intervals():
+    import pandas as pd
+
+    from harness.analysis.tables import tracking_sentence
+
+    mean = pd.DataFrame({"metric": ["DSE", "RankMe", "W2"],
+                         "Avg. 95% CI": ["[+0.10, +0.60]", "[-0.30, +0.20]", "[-0.80, -0.10]"]})
+    assert tracking_sentence(mean).startswith("DSE tracks mIoU here") and "(W2)" in tracking_sentence(mean)
+    mean["Avg. 95% CI"] = ["[-0.10, +0.60]", "[-0.30, +0.20]", "—"]
+    assert tracking_sentence(mean).startswith("No metric tracks mIoU here")
+
+
+def test_the_report_states_the_size_of_the_world_and_the_caution(tmp_path):
+    import pandas as pd
+
+    from harness.analysis import build_tables, write_report
+    from tests.worlds import synthetic_suite
+
+    synthetic_suite(tmp_path, "syn", methods=3, epochs=6)
+    from harness.collect import collect
+
+    t = collect(tmp_path, "syn").table
+    t["method"] = "mini_" + t["method"]
+    t.to_csv(tmp_path / "syn" / "results.csv", index=False)
+    table, tables, _ = build_tables(tmp_path / "syn")
+    text = write_report(tmp_path / "syn", table, tables, []).read_text()
+    assert "World: 3 method(s)" in text and "6–6 checkpoints each" in text
+    assert "not the paper's" in text and "95% interval" in text
+    assert "track mIoU here" in text or "No metric tracks mIoU here" in text
+    pd.read_csv(tmp_path / "syn" / "tables" / "kendall_tau.csv")  # written

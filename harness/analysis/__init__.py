@@ -150,6 +150,28 @@ def build_figures(suite_dir: Path, tables, protocol: str = "linear", include_sta
     return all_figures(table, spec, mean, suite_dir / "figures", protocol)
 
 
+def world_lines(table: pd.DataFrame, tables) -> list[str]:
+    """The size of the world the tables come from, and one plain sentence from the τ intervals."""
+    from harness.analysis.tables import tracking_sentence
+
+    ok = table[table["status"] == "ok"] if "status" in table.columns else table
+    methods = sorted(set(ok["method"].dropna())) if "method" in ok.columns else []
+    per = ok.groupby("method")["epoch"].nunique() if methods else pd.Series(dtype=int)
+    images = sorted({int(v) for v in ok.get("images", pd.Series(dtype=float)).dropna()})
+    out = [f"- World: {len(methods)} method(s) ({', '.join(methods[:8])}{' ...' if len(methods) > 8 else ''}), "
+           + (f"{per.min()}–{per.max()} checkpoints each" if len(per) else "no checkpoints")
+           + (f", label-free metrics on {', '.join(map(str, images))} images" if images else "") + "."]
+    if methods and all(m.startswith("mini_") for m in methods):
+        out.append("- This is the mini world: tiny networks pre-trained for a few epochs on generated images. Its τ "
+                   "values are not the paper's and say nothing about real SSL methods; it shows that every code path "
+                   "runs and how the tables read.")
+    out.append("- τ over a few methods and checkpoints is uncertain: read each average with its 95% interval.")
+    mean = next((t.frame for t in tables if t.name.split("__")[0] == "kendall_tau"), None)
+    if mean is not None:
+        out.append(f"- {tracking_sentence(mean)}")
+    return out
+
+
 def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Path]) -> Path:
     protocols = sorted({t.protocol for t in tables if t.protocol})
     csv = suite_dir / "results.csv"
@@ -169,7 +191,9 @@ def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Pat
              "DSE (λ=1) is the estimator's raw output.",
              "- Model selection: local maxima of DSE within ±2 checkpoints, top 3 by DSE; reported as the max, "
              "mean and top-1 of their mIoU.",
-             "- Best checkpoint: highest mIoU, ties to the earliest epoch.", "", "## Tables", ""]
+             "- Best checkpoint: highest mIoU, ties to the earliest epoch.", "", "## What these numbers can say", ""]
+    lines += world_lines(table, tables)
+    lines += ["", "## Tables", ""]
     for t in tables:
         lines.append(f"- [{t.title}](tables/{t.name}.md) ([LaTeX](tables/{t.name}.tex), [CSV](tables/{t.name}.csv))")
         lines += [f"  - {n}" for n in t.notes]

@@ -15,6 +15,7 @@ Conventions (also written into REPORT.md):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -422,6 +423,23 @@ def dense_table(table: pd.DataFrame) -> Table:
     cols = ["method", "checkpoint"] + [label for _, _, label in DENSE_COLUMNS]
     frame = pd.DataFrame(rows).reindex(columns=cols + sorted({c for r in rows for c in r if c.startswith("epoch_")}))
     return Table("dense", "Dense protocols (UDI style): final and DSE-selected checkpoint", frame, notes)
+
+
+def tracking_sentence(mean: pd.DataFrame) -> str:
+    """One plain sentence on which metrics track mIoU, read from the averaged τ's 95% intervals."""
+    if mean.empty or "Avg. 95% CI" not in mean.columns:
+        return "No τ could be computed: the tables need metrics and linear-probe records on the same checkpoints."
+    up, down = [], []
+    for metric, ci in zip(mean["metric"], mean["Avg. 95% CI"]):
+        m = re.match(r"\[([-+0-9.]+), ([-+0-9.]+)\]", str(ci))
+        if m:
+            lo, hi = float(m.group(1)), float(m.group(2))
+            (up if lo > 0 else down if hi < 0 else []).append(metric)
+    if not up:
+        return ("No metric tracks mIoU here: every metric's 95% interval of the average τ includes zero"
+                + (f" or lies below it ({', '.join(down)})" if down else "") + ".")
+    return (f"{', '.join(up)} track{'s' if len(up) == 1 else ''} mIoU here (95% interval of the average τ above zero); "
+            f"the others' intervals include zero" + (f" or lie below it ({', '.join(down)})" if down else "") + ".")
 
 
 IMAGE_TAU_METRICS = [MetricDef("DSE", "dse_lambda", "higher"), MetricDef("RankMe", "rankme", "higher")]

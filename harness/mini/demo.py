@@ -91,6 +91,10 @@ def run(suite: str = "mini", cluster: str = "local", results: Path | None = None
     print(markdown(by["sdd"].frame.drop(columns=[c for c in ("paper_diff", "delta_diff") if c in by["sdd"].frame]),
                    by["sdd"].title, by["sdd"].notes))
     print(guided_summary(reg, suite, results))
+    from harness.analysis.tables import tracking_sentence
+
+    print(f"[demo] {tracking_sentence(by['kendall_tau'].frame)} (the mini world's τ are not the paper's: see "
+          f"{report.name})")
     print(f"[demo] pipeline {t1 - t0:.0f} s preparing, {t2 - t1:.0f} s running cells, {time.time() - t2:.0f} s "
           f"for tables and figures; report: {report}")
     return 1 if failed else 0
