@@ -115,7 +115,7 @@ def cmd_validate(reg: Registry, args) -> int:
 
 
 def cmd_plan(reg: Registry, args) -> int:
-    from harness.plan import build_plan, cell_states, summarize
+    from harness.plan import build_plan, cell_states, measured_prices, summarize
 
     cells = build_plan(reg, args.suite, protocols=args.protocol, methods=args.method)
     results = Path(args.results)
@@ -131,13 +131,13 @@ def cmd_plan(reg: Registry, args) -> int:
             print(f"{states[c.id]:6s} {c.id}  {c.config_hash}")
         return 0
     print(f"suite {suite.name}: {suite.title}")
-    rows = summarize(cells, states)
+    rows = summarize(cells, states, measured_prices(reg, cells, states, results))
     total = {"protocol": "total", **{k: sum(r[k] for r in rows) for k in
              ("cells", "done", "failed", "stale", "corrupt", "imported", "todo", "gpu_h_all", "gpu_h_left")}}
     cols = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "corrupt", "todo", "gpu_h_cell",
-            "gpu_h_all", "gpu_h_left"]
+            "gpu_h_all", "gpu_h_left", "priced_from"]
     heads = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "corrupt", "todo", "GPU·h/cell",
-             "GPU·h all", "GPU·h left"]
+             "GPU·h all", "GPU·h left", "priced from"]
     cols.insert(cols.index("todo"), "imported")
     heads.insert(heads.index("todo"), "imported")
     for rare in ("corrupt", "imported"):  # shown only when there is something to show

@@ -133,24 +133,58 @@ def cell_states(cells: list[Cell], results: Path) -> dict[str, str]:
     return {c.id: c.state(results)[0] for c in cells}
 
 
-def summarize(cells: list[Cell], states: dict[str, str]) -> list[dict]:
-    """One row per protocol: datasets, methods, cells, done/failed/stale/corrupt/todo, GPU·h."""
+def measured_prices(reg: Registry, cells: list[Cell], states: dict[str, str],
+                    results: Path) -> dict[tuple, tuple[float, int]]:
+    """(protocol, arch) -> (median device·h of its finished cells, how many): what a cell of that protocol
+    and architecture cost when it ran, from the records (wall time × GPUs used; × processes on the CPU).
+    Only runs on the protocol's own kind of device count: a CPU run never prices a GPU cell."""
+    import statistics
+
+    hours: dict[tuple, list[float]] = defaultdict(list)
+    for c in cells:
+        if states.get(c.id) != "done":
+            continue
+        rec = records.read_record(c.record_path(results), Path(results)) or {}
+        placed, wall = rec.get("placement") or {}, (rec.get("timings") or {}).get("total_s")
+        wants_gpu = reg.protocol(c.protocol).resources.gpus > 0
+        if not placed or wall is None or (placed.get("accelerator") == "cuda") != wants_gpu:
+            continue  # no placement stated, or a run on another kind of device than the protocol's
+        count = placed.get("gpus") or placed.get("world_size") or 1
+        hours[(c.protocol, c.config["method"]["arch"])].append(wall * count / 3600)
+    return {k: (statistics.median(v), len(v)) for k, v in hours.items()}
+
+
+def summarize(cells: list[Cell], states: dict[str, str],
+              measured: dict[tuple, tuple[float, int]] | None = None) -> list[dict]:
+    """One row per protocol: datasets, methods, cells, done/failed/stale/corrupt/todo, GPU·h. A cell is
+    priced from `measured` (finished cells of its protocol and architecture) when there are any, else
+    from the protocol file; `priced_from` says which."""
+    measured = measured or {}
     rows: dict[str, dict] = defaultdict(lambda: {"datasets": set(), "methods": set(), "cells": 0, "done": 0,
                                                  "failed": 0, "stale": 0, "corrupt": 0, "imported": 0, "todo": 0,
-                                                 "gpu_h_cell": 0.0,
-                                                 "gpu_h_all": 0.0, "gpu_h_left": 0.0})
+                                                 "gpu_h_all": 0.0, "gpu_h_left": 0.0, "sources": set(), "runs": 0})
     for c in cells:
         r = rows[c.protocol]
         r["datasets"].add(c.dataset)
         r["methods"].add(c.method)
         r["cells"] += 1
         r[states[c.id]] += 1
-        r["gpu_h_cell"] = c.gpu_hours
-        r["gpu_h_all"] += c.gpu_hours
+        m = measured.get((c.protocol, c.config["method"]["arch"]))
+        price = m[0] if m else c.gpu_hours
+        r["sources"].add("measured" if m else "protocol file")
+        r["runs"] = max(r["runs"], m[1] if m else 0)
+        r["gpu_h_all"] += price
         if states[c.id] not in ("done", "imported"):
-            r["gpu_h_left"] += c.gpu_hours
-    return [{"protocol": p, **{k: (len(v) if isinstance(v, set) else v) for k, v in r.items()}}
-            for p, r in rows.items()]
+            r["gpu_h_left"] += price
+    out = []
+    for p, r in rows.items():
+        sources = r.pop("sources")
+        runs = r.pop("runs")
+        r["gpu_h_cell"] = r["gpu_h_all"] / r["cells"] if r["cells"] else 0.0
+        r["priced_from"] = (f"measured (median of up to {runs} runs)" if sources == {"measured"} else
+                            "protocol file" if sources == {"protocol file"} else "measured + protocol file")
+        out.append({"protocol": p, **{k: (len(v) if isinstance(v, set) else v) for k, v in r.items()}})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
