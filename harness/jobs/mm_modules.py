@@ -32,7 +32,7 @@ from mmseg.registry import HOOKS, METRICS, MODELS  # noqa: E402
 @MODELS.register_module(force=True)
 class SDDBackbone(BaseModule):
     def __init__(self, method: str, epoch: int, registry_root: str = "", mode: str = "last", frozen: bool = True,
-                 arch_overrides: dict | None = None, init_cfg=None):
+                 arch_overrides: dict | None = None, autocast: str | None = None, init_cfg=None):
         super().__init__(init_cfg)
         from harness.models.checkpoints import load_backbone
         from harness.registry import load_registry
@@ -42,6 +42,8 @@ class SDDBackbone(BaseModule):
         self.loaded = loaded.summary()
         self.backbone = loaded.backbone
         self.mode, self.frozen = mode, frozen
+        # a frozen probe's backbone may run in bfloat16 (autocast) while its head trains in float32
+        self.autocast = getattr(torch, autocast) if autocast else None
         if frozen:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -56,11 +58,13 @@ class SDDBackbone(BaseModule):
         return self
 
     def forward(self, x):
+        import contextlib
+
         ctx = torch.no_grad() if self.frozen else torch.enable_grad()
-        with ctx:
-            if self.mode == "last":
-                return (self.backbone.dense_map(x),)
-            return tuple(self.backbone.levels(x))
+        cast = torch.autocast(device_type=x.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        with ctx, cast:
+            out = (self.backbone.dense_map(x),) if self.mode == "last" else tuple(self.backbone.levels(x))
+        return tuple(o.float() for o in out) if self.autocast else out
 
 
 @MODELS.register_module(force=True)

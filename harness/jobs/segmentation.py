@@ -122,7 +122,11 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
     optim = dict(type="OptimWrapper", accumulative_counts=k,
                  optimizer=dict(type="AdamW", lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas)))
     precision = p.precision or ("bfloat16" if cuda and _bf16() else "float16" if cuda else "float32")
-    if precision != "float32":  # mmengine's AMP: autocast forward, (scaled) float32 master weights
+    if kind == "linear":  # the frozen backbone alone runs in low precision (no_grad + autocast); the head in float32
+        if precision != "float32":
+            backbone["autocast"] = precision
+        precision = {"backbone": precision, "head": "float32"}
+    elif precision != "float32":  # fine-tuning: mmengine's AMP, autocast forward, (scaled) float32 master weights
         optim.update(type="AmpOptimWrapper", dtype=precision, **({"loss_scale": "dynamic"} if precision == "float16" else {}))
     if paramwise:
         optim["paramwise_cfg"] = paramwise
