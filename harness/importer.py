@@ -255,6 +255,24 @@ def _downstream_cols(cols) -> bool:
     return any(k.lower() in DOWNSTREAM_COLUMNS for k in cols)
 
 
+def last_json_line(f: Path, wanted, missing: str) -> tuple[dict, int]:
+    """(entry, line number) of the last line of a JSON-lines log that `wanted` accepts (mmseg's and
+    detectron2's logs both write one JSON object per line)."""
+    last, line_no = None, None
+    for n, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            raise ImportError_(f"{f}:{n}: not a JSON line") from None
+        if isinstance(entry, dict) and wanted(entry):
+            last, line_no = entry, n
+    if last is None:
+        raise ImportError_(f"{f}: {missing}")
+    return last, line_no
+
+
 def read_mmseg(root: Path, method: str | None, epoch: int | None, dataset: str | None, protocol: str) -> list[Item]:
     """The final validation mIoU of an mmseg run: 1.x vis_data/scalars.json (percent) or 0.x
     <stamp>.log.json (fractions, as UDI's and iBOT's logs)."""
@@ -266,18 +284,8 @@ def read_mmseg(root: Path, method: str | None, epoch: int | None, dataset: str |
         raise ImportError_(f"{root}: neither <timestamp>/vis_data/scalars.json (mmseg 1.x) nor <timestamp>.log.json "
                            f"(0.x) under it")
     f = found[-1]  # the last run in the folder
-    last, line_no = None, None
-    for n, line in enumerate(f.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            raise ImportError_(f"{f}:{n}: not a JSON line") from None
-        if "mIoU" in entry and entry.get("mode", "val") == "val":
-            last, line_no = entry, n
-    if last is None:
-        raise ImportError_(f"{f}: no validation entry with mIoU")
+    last, line_no = last_json_line(f, lambda e: "mIoU" in e and e.get("mode", "val") == "val",
+                                   "no validation entry with mIoU")
     scale = 100.0 if f.name.endswith(".log.json") and last["mIoU"] <= 1.0 else 1.0  # 0.x logs fractions
     where = f"{f}:{line_no}"
     values = {"mIoU": _number(last["mIoU"], where) * scale}
@@ -296,18 +304,8 @@ def read_detectron2(path: Path, method: str | None, epoch: int | None, dataset: 
         raise ImportError_(f"{path}: a detectron2 metrics.json does not say which checkpoint it evaluated: give "
                            f"--method, --epoch and --dataset")
     f = path / "metrics.json" if path.is_dir() else path
-    last, line_no = None, None
-    for n, line in enumerate(f.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            raise ImportError_(f"{f}:{n}: not a JSON line") from None
-        if "bbox/AP" in entry or "segm/AP" in entry:
-            last, line_no = entry, n
-    if last is None:
-        raise ImportError_(f"{f}: no evaluation line (bbox/AP, segm/AP)")
+    last, line_no = last_json_line(f, lambda e: "bbox/AP" in e or "segm/AP" in e,
+                                   "no evaluation line (bbox/AP, segm/AP)")
     where = f"{f}:{line_no}"
     values = {f"{kind}_{name}": _number(last[f"{kind}/{name}"], where)
               for kind in ("bbox", "segm") for name in ("AP", "AP50", "AP75") if f"{kind}/{name}" in last}
