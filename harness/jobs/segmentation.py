@@ -15,6 +15,7 @@ from harness.datasets import check_layout, imagenet_norm, verify_segmentation
 from harness.device import data_workers
 
 MEAN, STD = imagenet_norm(255)  # mmseg's data preprocessor works on 0-255 pixels
+WINDOW_BATCH = 16  # slide inference: windows per forward pass (speed only; the windows are mmseg's)
 
 
 def _scales(ds, p) -> tuple[tuple, tuple, tuple]:
@@ -27,12 +28,19 @@ def _scales(ds, p) -> tuple[tuple, tuple, tuple]:
     return tuple(crop), tuple(scale), tuple(test or scale)
 
 
-def _pipelines(ds, p):
+def photometric_where(p, cuda: bool) -> str:
+    """Where PhotoMetricDistortion runs: "device" (SDDSegDataPreProcessor), "pipeline" or "off"."""
+    if not p.photometric:
+        return "off"
+    return p.photometric_on if p.photometric_on != "auto" else "device" if cuda else "pipeline"
+
+
+def _pipelines(ds, p, photometric: str):
     crop, scale, test_scale = _scales(ds, p)
     train = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
              dict(type="RandomResize", scale=scale, ratio_range=tuple(p.ratio_range), keep_ratio=True),
-             dict(type="RandomCrop", crop_size=crop, cat_max_ratio=0.75), dict(type="RandomFlip", prob=0.5)]
-    if p.photometric:
+             dict(type="SDDRandomCrop", crop_size=crop, cat_max_ratio=0.75), dict(type="RandomFlip", prob=0.5)]
+    if photometric == "pipeline":
         train.append(dict(type="PhotoMetricDistortion"))
     train.append(dict(type="PackSegInputs"))
     test = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=test_scale, keep_ratio=True),
@@ -65,7 +73,8 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
     from harness.models.archs import ARCHS
 
     info = ARCHS[spec.arch]
-    train_pipe, test_pipe, crop = _pipelines(ds, p)
+    photometric = photometric_where(p, cuda)
+    train_pipe, test_pipe, crop = _pipelines(ds, p, photometric)
     num_classes = ds.num_classes
     norm = dict(type="SyncBN" if p.sync_bn else "BN", requires_grad=True)
     backbone = dict(type="SDDBackbone", method=cell.method, epoch=cell.epoch, registry_root=str(reg.root))
@@ -105,9 +114,10 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
         win = crop if ds.kind == "cityscapes" else tuple(p.test.crop_size or crop)
         stride = tuple(round(c * 2 / 3) for c in win) if ds.kind == "cityscapes" or not p.test.stride else tuple(p.test.stride)
         test_cfg = dict(mode="slide", crop_size=win, stride=stride)
-    model = dict(type="EncoderDecoder",
-                 data_preprocessor=dict(type="SegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0,
-                                        seg_pad_val=255, size=crop),
+    model = dict(type="SDDEncoderDecoder", window_batch=WINDOW_BATCH,
+                 data_preprocessor=dict(type="SDDSegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0,
+                                        seg_pad_val=255, size=crop, seed=p.seed,
+                                        photometric=photometric == "device"),
                  backbone=backbone, train_cfg=dict(), test_cfg=test_cfg, **model_parts)
     opt, sch = p.optimizer, p.schedule
     plan = ctx.batch(p.batch_size)
@@ -130,6 +140,8 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
         optim.update(type="AmpOptimWrapper", dtype=precision, **({"loss_scale": "dynamic"} if precision == "float16" else {}))
     if paramwise:
         optim["paramwise_cfg"] = paramwise
+    if p.test.precision != "float32":  # evaluation: the backbone under autocast, the heads in float32
+        backbone["eval_autocast"] = p.test.precision
     workers = data_workers(placement, p.num_workers)
     loader = lambda split, pipe, bs, shuffle: dict(
         batch_size=bs, num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda,
@@ -149,7 +161,9 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
             extra["find_unused_parameters"] = unused
     return dict(
         default_scope="mmseg", work_dir=str(work_dir), model=model, **extra,
-        sdd_run=dict(batch=plan, precision=precision, data_workers=workers, pin_memory=cuda),
+        sdd_run=dict(batch=plan, precision=precision, data_workers=workers, pin_memory=cuda,
+                     photometric=photometric,
+                     evaluation_precision=p.test.precision),
         train_dataloader=loader("train", train_pipe, plan["per_device"], True),
         val_dataloader=loader("val", test_pipe, p.val_batch_size, False),
         val_evaluator=dict(type="SDDIoUMetric", iou_metrics=["mIoU"]),
@@ -230,6 +244,7 @@ def run(cell, ctx) -> dict:
     summary = {k: float(v) for k, v in metrics.items() if not k.startswith("IoU.")}
     per_class = {k[4:]: float(v) for k, v in metrics.items() if k.startswith("IoU.")}
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    data_share = _data_share(runner.message_hub)
     lrs = sorted({round(g.get("initial_lr", g["lr"]), 12) for g in runner.optim_wrapper.optimizer.param_groups})
     return {"metrics": {**summary, "IoU": per_class}, "data_check": data_check,
             "checkpoint": backbone.loaded, "backbone_frozen": backbone.frozen, "trainable_params": trainable,
@@ -238,7 +253,18 @@ def run(cell, ctx) -> dict:
             "mmseg_config": _jsonable(cfg),
             "timings": {"data_check_s": t_check - t0, "build_s": t_build - t_check, "train_s": t_train - t_build, "val_s": t_val - t_train,
                         "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from) / k
-                        / max(t_train - t_build, 1e-9)}}
+                        / max(t_train - t_build, 1e-9),
+                        "data_wait_share": data_share, "val_images": len(runner.val_dataloader.dataset)}}
+
+
+def _data_share(hub) -> float | None:
+    """The share of training iterations' time spent waiting for data (mmengine's IterTimerHook: data_time
+    over time, averaged over the iterations this run trained)."""
+    try:
+        data, total = hub.get_scalar("train/data_time").mean(), hub.get_scalar("train/time").mean()
+    except KeyError:
+        return None
+    return float(data / total) if total > 0 else None
 
 
 def _jsonable(x):
