@@ -25,12 +25,17 @@ from harness.datasets import write_indexed_png
 
 
 class Painter:
-    """Draws scenes: class c has a colour and a stripe direction; background is low-contrast noise."""
+    """Draws scenes: class c has a colour and a stripe direction; background is low-contrast noise.
+    `paired`: classes 2k-1 and 2k share a colour and differ only by a stripe direction 90° apart, so
+    telling them apart takes an oriented-texture feature, not the mean colour a random network sees."""
 
-    def __init__(self, n_classes: int, seed: int = 0):
+    def __init__(self, n_classes: int, seed: int = 0, paired: bool = False):
         rng = np.random.default_rng(seed)
         self.colours = rng.uniform(30, 225, (n_classes + 1, 3))
         self.angles = rng.uniform(0, np.pi, n_classes + 1)
+        if paired:
+            for c in range(2, n_classes + 1, 2):
+                self.colours[c], self.angles[c] = self.colours[c - 1], self.angles[c - 1] + np.pi / 2
         self.rng = np.random.default_rng(seed + 1)
 
     def texture(self, c: int, h: int, w: int) -> np.ndarray:
@@ -68,8 +73,9 @@ def _save(img: np.ndarray, path: Path, **kw) -> None:
     Image.fromarray(img).save(path, **kw)
 
 
-def imagenet(root: Path, classes: int = 4, train: int = 12, val: int = 4, size: int = 64, seed: int = 0) -> Path:
-    p = Painter(classes, seed)
+def imagenet(root: Path, classes: int = 4, train: int = 12, val: int = 4, size: int = 64, seed: int = 0,
+             paired: bool = False) -> Path:
+    p = Painter(classes, seed, paired)
     for split, n in (("train", train), ("val", val)):
         for c in range(1, classes + 1):
             for i in range(n):
@@ -78,8 +84,11 @@ def imagenet(root: Path, classes: int = 4, train: int = 12, val: int = 4, size: 
     return root
 
 
-def ade20k(root: Path, train: int = 16, val: int = 6, size: int = 64, classes=(1, 2, 3, 4), seed: int = 0) -> Path:
-    p = Painter(max(classes), seed)
+def ade20k(root: Path, train: int = 16, val: int = 6, size: int = 64, classes=(1, 2, 3, 4), seed: int = 0,
+           paired: bool = False, palette: int | None = None) -> Path:
+    """`palette`: the painter's number of classes (default: the largest class); the mini world paints ADE's
+    classes 1-4 as the mini ImageNet's classes 1-4 by sharing its painter (16 classes, same seed)."""
+    p = Painter(palette or max(classes), seed, paired)
     for split, sub, n in (("train", "training", train), ("val", "validation", val)):
         for i in range(n):
             img, lab, _ = p.scene(size, size, list(classes), bg=0)  # 0 = "other", ignored (reduce_zero_label)
@@ -210,8 +219,9 @@ def generate_all(root: Path, seed: int = 0) -> dict[str, Path]:
     """Every dataset under `root` in the directory names the registry expects below SDD_DATA_ROOT."""
     root = Path(root)
     return {
-        "imagenet": imagenet(root / "imagenet-1k", classes=8, train=32, val=8, seed=seed),
-        "ade20k": ade20k(root / "ade" / "ADEChallengeData2016", seed=seed),
+        # docs/demo.md: 16 classes in 8 same-colour pairs; ADE's 4 classes are two of those pairs
+        "imagenet": imagenet(root / "imagenet-1k", classes=16, train=24, val=16, seed=seed, paired=True),
+        "ade20k": ade20k(root / "ade" / "ADEChallengeData2016", train=48, val=24, seed=seed, paired=True, palette=16),
         "voc12_aug": voc12_aug(root / "VOCdevkit" / "VOC2012", seed=seed + 1),
         "coco_stuff164k": coco_stuff164k(root / "coco_stuff164k", seed=seed + 2),
         "cityscapes": cityscapes(root / "cityscapes", seed=seed + 3),

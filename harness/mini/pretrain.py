@@ -12,6 +12,11 @@ entries use the same adapter rules as the real DINO, MoCo v3 and MAE.
         normalised pixels of the masked ones; `checkpoint-{epoch}.pth` with `model` (encoder keys at top
         level + decoder_*), `epoch` = 0-based loop index, `args`.
 `--dse-beta` adds the DSE regulariser (loss - beta * DSE of the student's dense tokens).
+The learning rate warms up over the first epoch and then stays constant (`--schedule constant`, the
+mini world's default): late checkpoints keep moving, as in the long schedules the paper studies, where
+a cosine decay to zero over a few epochs would freeze them (docs/demo.md). The teacher / momentum
+encoder follows at `--momentum` (0.99: a 0.996 teacher barely leaves its initialisation in a few
+hundred steps, and mini DINO's head stayed collapsed at loss ≈ log 64).
 Training is cached: an existing final checkpoint with the same settings is not retrained.
 """
 from __future__ import annotations
@@ -258,7 +263,10 @@ def train(args) -> Path:
     step = 0
     for epoch in range(1, args.epochs + 1):
         for (v1, v2), _ in loader:
-            lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            if args.schedule == "constant":
+                lr = args.lr * min(1.0, (step + 1) / len(loader))
+            else:
+                lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = model.loss(v1, v2)
@@ -267,7 +275,7 @@ def train(args) -> Path:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            model.after_step(0.996 if args.objective == "dino" else 0.99)
+            model.after_step(args.momentum)
             step += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
@@ -289,6 +297,9 @@ def parser():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dse-beta", type=float, default=0.0, help="train with loss - beta * DSE")
+    ap.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                    help="lr after a one-epoch warm-up: constant, or cosine decay to zero at the last epoch")
+    ap.add_argument("--momentum", type=float, default=0.99, help="EMA of the teacher / momentum encoder")
     ap.add_argument("--quiet", action="store_true")
     return ap
 
