@@ -35,7 +35,12 @@ def test_bfloat16_backbone_features_agree_with_float32(data, tmp_path, monkeypat
     b16 = [recs[("linear_bf16", e)]["metrics"]["mIoU"] for e in epochs]
     assert recs[("linear_bf16", 1)]["precision"] == {"backbone": "bfloat16", "head": "float32"}
     assert max(abs(a - b) for a, b in zip(f32, b16)) <= 0.5, (f32, b16)
-    assert kendalltau(f32, b16).statistic >= 0.95, (f32, b16)
+    # the same ranking: every pair of checkpoints that float32 separates by more than the agreement
+    # tolerance keeps its order (Kendall τ over those pairs is 1); pairs float32 itself puts within 0.5
+    # points (here three checkpoints within 0.25) are ties a bfloat16 rounding may swap
+    pairs = [(i, j) for i in range(len(f32)) for j in range(i + 1, len(f32)) if abs(f32[i] - f32[j]) > 0.5]
+    assert len(pairs) >= 10 and all((f32[i] - f32[j]) * (b16[i] - b16[j]) > 0 for i, j in pairs), (f32, b16)
+    assert kendalltau(f32, b16).statistic >= 0.8, (f32, b16)
 
 
 def test_the_probe_backbone_really_runs_in_bfloat16(data, tmp_path, monkeypatch):

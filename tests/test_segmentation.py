@@ -64,7 +64,7 @@ def test_random_features_do_not_reach_a_high_miou(reg, tmp_path):
         bad = execute(cell_of(reg, "linear_tiny", "ade20k"), tmp_path / "b")["metrics"]["mIoU"]
     finally:
         mm.SDDBackbone.forward = orig
-    assert good > 40 and bad < good / 2, (good, bad)
+    assert good > 25 and bad < good / 2, (good, bad)  # paired classes: harder than colour-coded ones
 
 
 def test_frozen_backbone_stays_in_eval_mode_without_gradients(reg):

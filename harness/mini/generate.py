@@ -33,9 +33,10 @@ class Painter:
         rng = np.random.default_rng(seed)
         self.colours = rng.uniform(30, 225, (n_classes + 1, 3))
         self.angles = rng.uniform(0, np.pi, n_classes + 1)
-        if paired:
+        if paired:  # stripes at 0° and 90°: a horizontal flip (a pre-training augmentation) keeps each class
             for c in range(2, n_classes + 1, 2):
-                self.colours[c], self.angles[c] = self.colours[c - 1], self.angles[c - 1] + np.pi / 2
+                self.colours[c] = self.colours[c - 1]
+                self.angles[c - 1], self.angles[c] = 0.0, np.pi / 2
         self.rng = np.random.default_rng(seed + 1)
 
     def texture(self, c: int, h: int, w: int) -> np.ndarray:
