@@ -26,7 +26,7 @@ from harness.datasets import write_indexed_png
 
 class Painter:
     """Draws scenes: class c has a colour and a stripe direction; background is low-contrast noise.
-    `paired`: classes 2k-1 and 2k share a colour and differ only by a stripe direction 90° apart, so
+    `paired`: classes 2k-1 and 2k share a colour and differ only by their stripes, at 0° and 90°, so
     telling them apart takes an oriented-texture feature, not the mean colour a random network sees."""
 
     def __init__(self, n_classes: int, seed: int = 0, paired: bool = False):

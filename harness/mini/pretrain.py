@@ -298,7 +298,7 @@ def parser():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dse-beta", type=float, default=0.0, help="train with loss - beta * DSE")
     ap.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
-                    help="lr after a one-epoch warm-up: constant, or cosine decay to zero at the last epoch")
+                    help="constant after a one-epoch warm-up, or cosine decay from the first step to zero at the end")
     ap.add_argument("--momentum", type=float, default=0.99, help="EMA of the teacher / momentum encoder")
     ap.add_argument("--quiet", action="store_true")
     return ap
