@@ -278,7 +278,10 @@ def test_ctrl_c_stops_cleanly_without_a_partial_record_and_a_rerun_resumes(tmp_p
     cmd = [sys.executable, "-m", "harness", "--registry", str(bench), "submit", "--suite", "probe", "--cluster",
            "inline", "--results", str(results)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Ctrl-C as at a terminal: a test run started in the background (`make test &`) ignores SIGINT, and
+    # a child would inherit that and never see the interrupt
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t = time.time()
     while not list(state.glob("*/probe_state.json")) and time.time() - t < 60:
         time.sleep(0.1)
