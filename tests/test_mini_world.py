@@ -34,3 +34,21 @@ def test_the_mini_world_degrades_by_the_stated_size(tmp_path, monkeypatch):
     assert (deg["checkpoints"] == 16).all()
     for r in deg.itertuples():  # a peak before the end, and a fall of at least the stated size after it
         assert r.best_epoch < r.last_epoch and -r.diff >= STATED_DROP, r
+
+
+def test_a_mini_world_of_another_version_is_regenerated_with_its_checkpoints(tmp_path, monkeypatch, capsys):
+    from harness.mini import generate
+
+    root = tmp_path / "mini"
+    (root / "data" / "imagenet-1k").mkdir(parents=True)
+    (root / "data" / "GENERATED").write_text("ok\n")  # what the first mini world wrote
+    (root / "data" / "imagenet-1k" / "old.JPEG").write_text("x")
+    (root / "checkpoints" / "mini_dino").mkdir(parents=True)
+    (root / "checkpoints" / "mini_dino" / "TRAINED.json").write_text("{}")
+    monkeypatch.setenv("SDD_MINI_ROOT", str(root))
+    monkeypatch.setenv("SDD_DATA_ROOT", str(root / "data"))
+    prepare(load_registry(), quiet=True, epochs=1)
+    assert "another version of the mini world" in capsys.readouterr().out
+    assert (root / "data" / "GENERATED").read_text().strip() == generate.WORLD
+    assert not (root / "data" / "imagenet-1k" / "old.JPEG").exists()
+    assert (root / "checkpoints" / "mini_dino" / "checkpoint0001.pth").is_file()  # retrained on the new data

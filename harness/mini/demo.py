@@ -43,10 +43,16 @@ def prepare(reg=None, quiet: bool = False, epochs: int | None = None) -> Path:
     os.environ["SDD_MINI_ROOT"] = str(root)
     data = root / "data"
     marker = data / "GENERATED"
-    if not marker.is_file():
+    if not marker.is_file() or marker.read_text().strip() != generate.WORLD:
+        import shutil
+
+        if data.exists():  # another version's world: its data and the checkpoints trained on it go
+            print(f"[demo] {data} holds another version of the mini world; generating {generate.WORLD!r}")
+            shutil.rmtree(data)
+            shutil.rmtree(root / "checkpoints", ignore_errors=True)
         t = time.time()
         generate.generate_all(data)
-        marker.write_text("ok\n")
+        marker.write_text(generate.WORLD + "\n")
         print(f"[demo] generated the mini world under {data} in {time.time() - t:.1f} s")
     os.environ["SDD_DATA_ROOT"] = str(data)
     for name, objective in METHODS.items():

@@ -212,6 +212,9 @@ def davis2017(root: Path, sequences: int = 2, frames: int = 8, size=(128, 192), 
     return root
 
 
+# The mini world's version: `sdd demo` regenerates data (and retrains) made by another version
+WORLD = "mini world 2: 16 classes in same-colour pairs, stripes at 0 and 90 degrees (docs/demo.md)"
+
 GENERATORS = {"imagenet": imagenet, "ade20k": ade20k, "voc12_aug": voc12_aug, "coco_stuff164k": coco_stuff164k,
               "cityscapes": cityscapes, "coco_instances": coco_instances, "davis2017": davis2017}
 
