@@ -124,11 +124,13 @@ def cmd_plan(reg: Registry, args) -> int:
         from harness.plan import guided
 
         cells, waiting, selected = guided(reg, cells, results)
-    states = cell_states(cells, results)
+    why: dict[str, str] = {}
+    states = cell_states(cells, results, why)
     suite = reg.suite(args.suite)
     if args.cells:
-        for c in cells:
-            print(f"{states[c.id]:6s} {c.id}  {c.config_hash}")
+        rows = [{"state": str(states[c.id]), "cell": c.id, "config": c.config_hash, "why": why.get(c.id, "")}
+                for c in cells]
+        print(table(rows, ["state", "cell", "config", "why"]))
         return 0
     print(f"suite {suite.name}: {suite.title}")
     rows = summarize(cells, states, measured_prices(reg, cells, states, results))
@@ -145,7 +147,14 @@ def cmd_plan(reg: Registry, args) -> int:
             cols.remove(rare)
             heads.remove(rare)
     print(table(rows + [total], cols, heads))
+    _print_stale(cells, states, why, args.suite)
     _print_corrupt(cells, results)
+    from harness.records import stray_files
+
+    stray = stray_files(results, suite.name)
+    if stray:
+        print()
+        _print_stray(stray)
     # per method: the checkpoints each protocol × dataset runs over
     by_method: dict[str, dict] = {}
     for c in cells:
@@ -170,6 +179,25 @@ def cmd_plan(reg: Registry, args) -> int:
             print(f"  {m}: downstream cells wait ({why})")
     print(f"\nrecords under {results / suite.name / 'runs'}; `sdd plan --suite {suite.name} --cells` lists every cell")
     return 0
+
+
+def _print_stale(cells, states: dict, why: dict[str, str], suite: str) -> None:
+    """Why stale cells are to run again, grouped (the full reason of each: `--cells`)."""
+    from harness.plan import reason_groups
+
+    stale = {c.id: why.get(c.id, "?") for c in cells if states[c.id] == "stale"}
+    if stale:
+        print(f"\n{len(stale)} stale cell(s) will run again:")
+        for kind, n, example in reason_groups(stale):
+            print(f"  {n:6d}  {kind}  (e.g. {example}: {stale[example]})")
+        print(f"  every cell's reason: sdd plan --suite {suite} --cells")
+
+
+def _print_stray(stray: list, limit: int = 10) -> None:
+    if stray:
+        print(f"{len(stray)} stray file(s) in the record folders are not records and were not read (only "
+              f"ep<NNNN>.json is; move them out of results/):\n  " + "\n  ".join(map(str, stray[:limit]))
+              + (f"\n  ... {len(stray) - limit} more" if len(stray) > limit else ""))
 
 
 def _print_corrupt(cells, results: Path, limit: int = 20) -> None:
@@ -197,6 +225,7 @@ def cmd_collect(reg: Registry, args) -> int:
           f"{' and results.parquet' if s.parquet else ''} in {time.perf_counter() - t:.1f} s")
     if s.corrupt:
         print(f"left out {len(s.corrupt)} corrupt record(s) (--skip-corrupt):\n  " + "\n  ".join(s.corrupt[:20]))
+    _print_stray(s.stray)
     if s.missing:
         print(f"missing {sum(s.missing.values())} of the plan's cells (no usable record yet): "
               + ", ".join(f"{p} {n}" for p, n in sorted(s.missing.items())))
@@ -212,23 +241,34 @@ def cmd_tables(reg: Registry, args) -> int:
     suite_dir = Path(args.results) / args.suite
     try:
         table, tables, files = build_tables(suite_dir, args.protocol, include_stale=args.include_stale,
-                                            prefer=args.prefer)
+                                            prefer=args.prefer, include_outside_grid=args.include_outside_grid)
     except TablesError as e:
         print(f"sdd tables: {e}", file=sys.stderr)
         return 1
+    names = {tb.name for tb in tables}
+    unknown = [n for n in args.show if n not in names]
+    if unknown:  # checked before anything is drawn: a typo is not an empty table
+        import difflib
+
+        hint = "".join(f" (did you mean {close[0]!r}?)" for n in unknown[:1]
+                       for close in [difflib.get_close_matches(n, sorted(names), n=1)] if close)
+        print(f"sdd tables: --show {', '.join(unknown)}: no such table{hint}; the tables are: "
+              f"{', '.join(sorted(names))}", file=sys.stderr)
+        return 2
     probe = next((t.protocol for t in tables if t.protocol), "linear")
-    figures = build_figures(suite_dir, tables, probe, args.include_stale, args.prefer) if args.figures else \
-        sorted((suite_dir / "figures").glob("*.png")) if (suite_dir / "figures").is_dir() else []
+    figures = build_figures(suite_dir, tables, probe, args.include_stale, args.prefer, args.include_outside_grid) \
+        if args.figures else sorted((suite_dir / "figures").glob("*.png")) if (suite_dir / "figures").is_dir() else []
     report = write_report(suite_dir, table, tables, figures)
     print(f"wrote {len(files)} table files under {suite_dir / 'tables'}"
           + (f", {len(figures)} figures under {suite_dir / 'figures'}" if args.figures else "")
           + f" and {report} in {time.perf_counter() - t:.1f} s")
     if args.show:
+        from harness.analysis.render import markdown
+
         for tb in tables:
             if tb.name in args.show:
-                from harness.analysis.render import markdown
                 print()
-                print(markdown(tb.frame, tb.title, tb.notes))
+                print(markdown(tb.frame, tb.title, tb.notes, tb.marks, tb.context))
     return 0
 
 
@@ -252,6 +292,12 @@ def cmd_submit(reg: Registry, args) -> int:
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(s["skipped"].items())) or "none"
     verb = "would submit" if args.dry_run else "submitted"
     print(f"suite {s['suite']} on {s['cluster']}: {s['cells']} cells; skipped: {skipped}; {verb} {s['to_submit']}")
+    if s.get("stale"):
+        from harness.plan import reason_groups
+
+        print(f"  of which {len(s['stale'])} stale (their records no longer count):")
+        for kind, n, example in reason_groups(s["stale"]):
+            print(f"    {n:6d}  {kind}  (e.g. {example}: {s['stale'][example]})")
     for a in s["arrays"]:
         p = a["profile"]
         procs = p.get("tasks", 1) * p.get("nodes", 1)
@@ -321,6 +367,13 @@ def cmd_status(reg: Registry, args) -> int:
             print(f"\n{len(corrupt)} corrupt record(s) (to do again; a re-run replaces them):")
             for r in corrupt[: None if args.all else 20]:
                 print(f"  {r['reason']}")
+        stale = {r["cell"]: r["reason"] or "?" for r in rows if r["state"] == "stale"}
+        if stale:
+            from harness.plan import reason_groups
+
+            print(f"\n{len(stale)} stale cell(s) (their records no longer count; the next submit runs them):")
+            for kind, n, example in reason_groups(stale):
+                print(f"  {n:6d}  {kind}  (e.g. {example}: {stale[example]})")
         failed = [r for r in rows if r["state"] == "failed"]
         if failed:
             print(f"\n{len(failed)} failed cell(s):")
@@ -413,21 +466,33 @@ def cmd_import(reg: Registry, args) -> int:
     try:
         plan = plan_import(reg, args.suite, Path(args.path), results, fmt=args.format, method=args.method,
                            epoch=args.epoch, dataset=args.dataset, protocol=args.protocol, layer=args.layer,
-                           replace=args.replace)
+                           replace=args.replace, take=args.take, allow_outside_grid=args.allow_outside_grid)
     except ImportError_ as e:
         print(f"sdd import: {e}\nnothing was imported", file=sys.stderr)
         return 1
     for n in plan.notes:
         print(f"note: {n}")
-    by: dict[tuple, list[int]] = {}
+    by: dict[tuple, list] = {}
     for it in plan.items:
-        by.setdefault((it.protocol, it.dataset, it.method), []).append(it.epoch)
+        by.setdefault((it.protocol, it.dataset, it.method), []).append(it)
     verb = "would import" if args.dry_run else "imported"
     print(f"{verb} {len(plan.items)} record(s) ({plan.format}) into suite {args.suite}:")
-    for (proto, ds, method), eps in sorted(by.items()):
-        metrics = sorted({k for it in plan.items if (it.protocol, it.dataset, it.method) == (proto, ds, method)
-                          for k in it.metrics})
-        print(f"  {proto}/{ds}/{method}: epochs {_epochs_text(tuple(sorted(eps)))}; {', '.join(metrics)}")
+    for (proto, ds, method), items in sorted(by.items()):
+        eps = tuple(sorted(it.epoch for it in items))
+        metrics = sorted({k for it in items for k in it.metrics})
+        files = sorted({o["file"] for it in items for o in it.origins.values()})
+        print(f"  {proto}/{ds}/{method}: epochs {_epochs_text(eps)}; {', '.join(metrics)}"
+              + (f"; from {files[0]}" if len(files) == 1 else f"; from {len(files)} files"))
+        outside = [it.epoch for it in items if it.outside_grid]
+        if outside:
+            print(f"      outside the suite's grid (kept out of the tables unless --include-outside-grid): "
+                  f"epochs {_epochs_text(tuple(sorted(outside)))}")
+        kept = sorted({m for it in items for m in plan.merges.get(it.key, [])})
+        if kept:
+            print(f"      merged into earlier imports, which keep: {', '.join(kept)}")
+        replaced = sorted({m for it in items for m in plan.replaces.get(it.key, [])})
+        if replaced:
+            print(f"      replaces the earlier import of: {', '.join(replaced)}")
     if args.dry_run:
         return 0
     write_import(plan, reg, args.suite, results)
@@ -481,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                      "named by default)")
         p.add_argument("--prefer", choices=["computed", "imported"], default="computed",
                        help="a cell with both a computed and an imported record uses this one")
+        p.add_argument("--include-outside-grid", action="store_true",
+                       help="keep imported records of epochs outside the suite's grid (left out and named by default)")
         if name == "tables":
             p.add_argument("--figures", action="store_true", help="also draw the figures")
             p.add_argument("--show", nargs="*", default=[], help="print these tables (e.g. kendall_tau sdd)")
@@ -521,7 +588,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", help="mmseg / detectron2 runs: the dataset they evaluated on")
     p.add_argument("--protocol", help="the suite's protocol the numbers belong to (default: by kind)")
     p.add_argument("--layer", type=int, help="DSE files: the layer to take (default: the method's last)")
-    p.add_argument("--replace", action="store_true", help="overwrite records imported before")
+    p.add_argument("--replace", action="store_true", help="replace the metrics imported before that this file "
+                                                           "gives again (the record's other metrics are kept)")
+    p.add_argument("--take", help="mmseg / detectron2 logs with several evaluations: which one (last, best, "
+                                  "or 'iter N')")
+    p.add_argument("--allow-outside-grid", action="store_true", help="record epochs the suite's grid does not hold "
+                                                                       "(kept out of the tables unless asked)")
     p.add_argument("--dry-run", action="store_true", help="show what would be written")
     p.add_argument("--results", default=str(results_root()))
     p = sub.add_parser("demo", help="the whole pipeline in miniature (CPU): mini world, tiny pre-training, suite, tables")

@@ -17,7 +17,7 @@ from harness import records
 META_COLUMNS = ["suite", "protocol", "kind", "dataset", "method", "family", "arch", "epoch", "status", "error",
                 "config_hash", "current", "device", "device_name", "gpus", "world_size", "wall_s", "dse_s", "load_s",
                 "features_s", "metrics_s", "peak_memory_mb", "git_sha", "host", "slurm_job_id", "torch", "source",
-                "images"]
+                "import_files", "outside_grid", "last_epoch", "images"]
 
 
 def _number(v):
@@ -26,6 +26,16 @@ def _number(v):
     if isinstance(v, (int, float)):
         return float(v)
     return None
+
+
+def _import_files(rec: dict) -> str | None:
+    """The files an imported record's numbers came from ("; "-joined), for the tables' notes."""
+    imp = rec.get("imported")
+    if not imp:
+        return None
+    sources = imp.get("sources") or {"": imp}
+    files = sorted({str(o.get("file")) for o in sources.values() if isinstance(o, dict) and o.get("file")})
+    return "; ".join(files) or None
 
 
 def record_row(rec: dict, methods: dict | None = None) -> dict:
@@ -49,6 +59,7 @@ def record_row(rec: dict, methods: dict | None = None) -> dict:
         "git_sha": rec.get("git_sha"), "host": rec.get("host"), "slurm_job_id": rec.get("slurm_job_id"),
         "torch": (rec.get("versions") or {}).get("torch"), "source": rec.get("source", "computed"),
         "images": (rec.get("image_list") or {}).get("count"),
+        "import_files": _import_files(rec), "outside_grid": bool((rec.get("imported") or {}).get("outside_grid")),
     }
     for name, value in sorted((rec.get("metrics") or {}).items()):
         col = name if name not in row else f"metric_{name}"
@@ -66,6 +77,7 @@ class Collected:
     table: "object"                       # pandas DataFrame, one row per sound record
     spectra: "object"                     # pandas DataFrame (method, epoch, kind, index, log_sv)
     corrupt: list[str] = field(default_factory=list)  # "path: why" for every record left out
+    stray: list[str] = field(default_factory=list)    # files in the record trees that are not records
 
 
 def collect(results: Path, suite: str, *, methods: dict | None = None) -> Collected:
@@ -94,7 +106,7 @@ def collect(results: Path, suite: str, *, methods: dict | None = None) -> Collec
         table = table.reindex(columns=META_COLUMNS + metric_cols)
         table = table.sort_values(["protocol", "dataset", "method", "epoch"], kind="stable").reset_index(drop=True)
     spec_df = pd.DataFrame(spectra, columns=["method", "epoch", "kind", "index", "log_sv"])
-    return Collected(table, spec_df, corrupt)
+    return Collected(table, spec_df, corrupt, [str(p) for p in records.stray_files(results, suite)])
 
 
 class CollectError(Exception):
@@ -109,6 +121,7 @@ class CollectSummary:
     parquet: bool
     corrupt: list[str]
     missing: dict[str, int]  # protocol -> cells of the plan with no record
+    stray: list[str] = field(default_factory=list)
 
 
 def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = False) -> CollectSummary:
@@ -135,6 +148,12 @@ def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = Fals
         keys = list(zip(table["protocol"], table["dataset"], table["method"], table["epoch"]))
         table["current"] = [None if k not in now or src == "imported" else now[k] == h
                             for k, h, src in zip(keys, table["config_hash"], table["source"])]
+        # each method's last checkpoint in the grid (per protocol and dataset): "last" in the tables is this
+        # one, whichever records exist (an import of epochs 1..9 of a 16-epoch grid has no last)
+        last: dict[tuple, int] = {}
+        for c in cells:
+            last[(c.protocol, c.dataset, c.method)] = max(c.epoch, last.get((c.protocol, c.dataset, c.method), 0))
+        table["last_epoch"] = [last.get(k[:3]) for k in keys]
     out = results / suite
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "results.csv", index=False, float_format="%.10g", lineterminator="\n")
@@ -151,4 +170,4 @@ def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = Fals
     for c in cells:
         if (c.protocol, c.dataset, c.method, c.epoch) not in have:
             missing[c.protocol] = missing.get(c.protocol, 0) + 1
-    return CollectSummary(out / "results.csv", len(table), ok, parquet, got.corrupt, missing)
+    return CollectSummary(out / "results.csv", len(table), ok, parquet, got.corrupt, missing, got.stray)

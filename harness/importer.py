@@ -6,16 +6,29 @@ Formats (detected when not given):
   epoch_<N>/metrics_epoch_<N>.txt`, one `Layer <L> <quantity>: <value>` line per layer and quantity;
 - spreadsheet: the `.xlsx` (or `.csv`) the official README asks users to compile: `Layer <L> <quantity>`
   columns, one row per checkpoint, an `epoch` column or the official convention row i -> epoch (i+1)*10;
-- csv / parquet: wide or long tables with `method`, `epoch` and the harness's metric names, or
-  downstream columns (`protocol`, `dataset`, `mIoU`, `AP`, `J&F`, `top1`);
-- mmseg: a work directory of an mmseg run (1.x `vis_data/scalars.json`, 0.x `<stamp>.log.json`), the
-  final validation mIoU (per-class IoU when logged);
-- detectron2: a run's `metrics.json`, bbox / segm AP of the last evaluation.
+- csv / parquet: wide or long (`metric`, `value`) tables with `method`, `epoch` and metric columns: the
+  names (or import aliases) of the metrics each protocol kind declares in `harness.kinds`, e.g. `dse`,
+  `w2`, `mIoU`, `segm_AP`, `J&F`, `top1`; downstream rows also need `dataset`;
+- mmseg: one run's work directory (1.x `vis_data/scalars.json`, 0.x `<stamp>.log.json`): a validation
+  mIoU (per-class IoU when logged, which must cover the dataset's classes);
+- detectron2: a run's `metrics.json`: bbox / segm AP of one evaluation.
 
-An imported record sits apart from computed ones (`results/<suite>/imported/...`) and says where it came
-from (file, sha256, format, line or row). It is never run again: `plan` and `submit` count its cell as
-done; the tables prefer a computed record of the same cell and say so. Importing is all or nothing: any
-bad line, row or column stops the command with one message naming it and nothing is written.
+What is refused, with the file and line or row, nothing written: a value that is not a finite number in
+its metric's domain (a fraction where a percentage belongs, a NaN), a fractional epoch, a metric the
+target protocol's kind does not produce (an mIoU under a metrics protocol), the same metric twice for one
+cell, two columns that differ only in case, a per-class log of another class count than the dataset's,
+an epoch the suite's grid does not hold (unless `--allow-outside-grid`: recorded as such, and the
+tables keep it out of "best"), a log with several evaluations unless `--take last|best|iter N` says
+which, and an ambiguous protocol (the suite runs several protocols that report that metric: give
+`--protocol`). Empty cells of a wide table are not values: they are left out and listed.
+
+Imports merge per metric: DSE from the official tree and W2 from a CSV for the same checkpoints become
+one imported record per cell, each metric keeping its own source (file, sha256, line or row). Only the
+same metric twice needs `--replace`, which replaces that metric alone.
+
+An imported record sits apart from computed ones (`results/<suite>/imported/...`). It is never run again:
+`plan` and `submit` count its cell as imported; the tables prefer a computed record of the same cell,
+mark every number that came from an import and name its cells and files.
 """
 from __future__ import annotations
 
@@ -23,26 +36,23 @@ import hashlib
 import json
 import math
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import records
-from harness.kinds import METRICS_KIND
+from harness.kinds import METRICS_KIND, PROTOCOL_KINDS, Metric
 from harness.registry import Registry
 
 FORMATS = ("dse-official", "spreadsheet", "csv", "mmseg", "detectron2")
+TAKE_HELP = "last, best, or iter N"
 
-# the official estimator's quantities -> the harness's metric names
+# the official estimator's quantities (file lines and spreadsheet columns) -> the harness's metric names
 DSE_QUANTITIES = {"dse metric (original)": "dse", "dse metric": "dse", "inter-class distance": "dse_inter",
                   "intra-class radius (image)": "dse_intra_image", "effective dimensionality": "dse_dim",
                   "intra-class radius (batch)": "dse_intra_batch"}
-METRIC_COLUMNS = {"dse", "dse_separability", "dse_dim", "dse_inter", "dse_intra_image", "dse_intra_batch", "w2",
-                  "neg_w2", "neg_lu", "rankme", "effective_rank", "alpha_req", "lidar", "dense_rankme"}
-DOWNSTREAM_COLUMNS = {"miou": ("linear", "mIoU"), "aacc": ("linear", "aAcc"), "macc": ("linear", "mAcc"),
-                      "ap": ("maskrcnn", "segm_AP"), "segm_ap": ("maskrcnn", "segm_AP"),
-                      "bbox_ap": ("maskrcnn", "bbox_AP"), "j&f": ("davis", "JF_mean"), "jf_mean": ("davis", "JF_mean"),
-                      "top1": ("knn", "top1"), "top5": ("knn", "top5")}
-ID_COLUMNS = {"method", "epoch", "protocol", "dataset", "suite"}
+SEPARABILITY_PARTS = ("dse_inter", "dse_intra_image", "dse_intra_batch")
+ID_COLUMNS = ("method", "epoch", "protocol", "dataset", "suite")
 
 
 class ImportError_(Exception):
@@ -51,22 +61,40 @@ class ImportError_(Exception):
 
 @dataclass
 class Item:
-    """One record to write: a cell and its metrics, and where they came from."""
+    """The values one file gives one cell, each metric with where it came from."""
     protocol: str
     dataset: str
     method: str
     epoch: int
     metrics: dict
-    origin: dict                  # file, line/row
+    origins: dict                 # metric -> {"file", "line" | "row" [, "column"]}
     details: dict = field(default_factory=dict)
+    outside_grid: bool = False
+
+    @property
+    def key(self) -> tuple:
+        return self.protocol, self.dataset, self.method, self.epoch
+
+    def where(self, metric: str | None = None) -> str:
+        o = self.origins[metric] if metric else next(iter(self.origins.values()))
+        return _where(o)
+
+
+def _where(origin: dict) -> str:
+    text = origin.get("file", "?")
+    if "line" in origin:
+        text += f":{origin['line']}"
+    if "row" in origin:
+        text += f": row {origin['row']}"
+    if "column" in origin:
+        text += f", column {origin['column']!r}"
+    return text
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from harness.fingerprint import sha256_of
+
+    return sha256_of(path)
 
 
 def imported_path(results: Path, suite: str, protocol: str, dataset: str, method: str, epoch: int) -> Path:
@@ -94,6 +122,8 @@ def detect(path: Path) -> str:
 
 
 def _number(value, where: str) -> float:
+    if isinstance(value, str) and not value.strip():
+        raise ImportError_(f"{where}: empty; give a value or remove the row")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -103,11 +133,17 @@ def _number(value, where: str) -> float:
     return v
 
 
-def _separability(m: dict) -> dict:
-    """The estimator's components also give separability (inter − mean intra radius), as computed ones do."""
-    if {"dse_inter", "dse_intra_image", "dse_intra_batch"} <= m.keys():
-        m["dse_separability"] = m["dse_inter"] - (m["dse_intra_image"] + m["dse_intra_batch"]) / 2
-    return m
+def _epoch(value, where: str) -> int:
+    v = _number(value, f"{where}, epoch")
+    if v != int(v) or v < 0:
+        raise ImportError_(f"{where}: epoch {value!r} is not a whole number of epochs; checkpoints are numbered by "
+                           f"completed epochs (a fractional epoch would be truncated to another checkpoint)")
+    return int(v)
+
+
+def _empty(value) -> bool:
+    """An empty cell of a table read as text (not a value; "nan" is a value, and refused)."""
+    return value is None or not str(value).strip()
 
 
 # --------------------------------------------------------------------------------------------- readers
@@ -133,7 +169,7 @@ def read_dse_official(root: Path, method: str | None, layer: int, metrics_protoc
         epoch_dir = re.match(r"^epoch_(\d+)$", f.parent.name)
         if not epoch_dir or int(epoch_dir.group(1)) != int(re.search(r"(\d+)", f.stem).group(1)):
             raise ImportError_(f"{f}: expected epoch_<N>/metrics_epoch_<N>.txt")
-        values = {}
+        values, origins = {}, {}
         for n, line in enumerate(f.read_text().splitlines(), 1):
             if not line.strip():
                 continue
@@ -144,13 +180,18 @@ def read_dse_official(root: Path, method: str | None, layer: int, metrics_protoc
             if q not in DSE_QUANTITIES:
                 raise ImportError_(f"{f}:{n}: unknown quantity {lm.group('quantity')!r}; expected one of "
                                    f"{', '.join(sorted(set(DSE_QUANTITIES)))}")
-            if int(lm.group("layer")) == layer:
-                values[DSE_QUANTITIES[q]] = _number(lm.group("value"), f"{f}:{n}")
+            if int(lm.group("layer")) != layer:
+                continue
+            name = DSE_QUANTITIES[q]
+            if name in values:
+                raise ImportError_(f"{f}:{n}: a second {lm.group('quantity')!r} of layer {layer} (first at line "
+                                   f"{origins[name]['line']}); keep one")
+            values[name] = _number(lm.group("value"), f"{f}:{n}")
+            origins[name] = {"file": str(f), "line": n}
         if not values:
             raise ImportError_(f"{f}: no line of layer {layer} (the method's last; --layer picks another)")
-        items.append(Item(metrics_protocol, dataset, method, int(epoch_dir.group(1)), _separability(values),
-                          {"file": str(f)}, {"official_settings": settings, "layer": layer,
-                                             "dse_dataset_folder": settings_dir.parent.name}))
+        items.append(Item(metrics_protocol, dataset, method, int(epoch_dir.group(1)), values, origins,
+                          {"official_settings": settings, "layer": layer, "dse_dataset_folder": settings_dir.parent.name}))
     if not items:
         raise ImportError_(f"{root}: no metrics_epoch_<N>.txt under it")
     return items
@@ -159,10 +200,30 @@ def read_dse_official(root: Path, method: str | None, layer: int, metrics_protoc
 SHEET_COLUMN = re.compile(r"^Layer (?P<layer>\d+) (?P<quantity>.+)$")
 
 
-def read_spreadsheet(path: Path, method: str | None, layer: int, metrics_protocol: str, dataset: str) -> tuple[list[Item], list[str]]:
+def _read_frame(path: Path):
+    """Every cell as the text the file holds (no NaN guessing: an empty cell is "", a "nan" is "nan"),
+    refusing column names that differ only in case or surrounding spaces."""
     import pandas as pd
 
-    frame = pd.read_excel(path) if path.suffix in (".xlsx", ".xls") else pd.read_csv(path)
+    if path.suffix in (".xlsx", ".xls"):
+        frame = pd.read_excel(path, dtype=str, keep_default_na=False)
+    elif path.suffix == ".parquet":
+        frame = pd.read_parquet(path).astype(object).map(lambda v: "" if v is None else str(v))
+    else:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    seen: dict[str, str] = {}
+    for col in frame.columns:
+        key = str(col).strip().lower()
+        if key in seen:
+            raise ImportError_(f"{path}: columns {seen[key]!r} and {str(col)!r} differ only in case or spaces: which "
+                               f"one holds the numbers is not clear; rename or remove one")
+        seen[key] = str(col)
+    return frame
+
+
+def read_spreadsheet(path: Path, method: str | None, layer: int, metrics_protocol: str,
+                     dataset: str) -> tuple[list[Item], list[str]]:
+    frame = _read_frame(path)
     notes, columns = [], {}
     for col in frame.columns:
         name = str(col).strip()
@@ -173,7 +234,11 @@ def read_spreadsheet(path: Path, method: str | None, layer: int, metrics_protoco
             raise ImportError_(f"{path}: unknown column {name!r}; expected 'epoch', 'method' or 'Layer <L> <quantity>' "
                                f"with a quantity among {', '.join(sorted(set(DSE_QUANTITIES)))}")
         if int(m.group("layer")) == layer:
-            columns[name] = DSE_QUANTITIES[m.group("quantity").strip().lower()]
+            metric = DSE_QUANTITIES[m.group("quantity").strip().lower()]
+            if metric in columns.values():
+                other = next(c for c, v in columns.items() if v == metric)
+                raise ImportError_(f"{path}: columns {other!r} and {name!r} both give {metric}; keep one")
+            columns[col] = metric
     if not columns:
         raise ImportError_(f"{path}: no 'Layer {layer} ...' column (the method's last layer; --layer picks another)")
     epoch_col = next((c for c in frame.columns if str(c).strip().lower() == "epoch"), None)
@@ -183,82 +248,97 @@ def read_spreadsheet(path: Path, method: str | None, layer: int, metrics_protoco
     items = []
     for i, row in frame.iterrows():
         where = f"{path}: row {i + 2}"  # the spreadsheet's own row number (header = row 1)
-        who = str(row[method_col]) if method_col is not None else method
-        if not who or who == "nan":
+        who = str(row[method_col]).strip() if method_col is not None else method
+        if not who:
             raise ImportError_(f"{where}: no method (no 'method' column, and no --method)")
-        epoch = int(_number(row[epoch_col], where)) if epoch_col is not None else (i + 1) * 10
-        values = {metric: _number(row[col], f"{where}, column {col!r}") for col, metric in columns.items()}
-        items.append(Item(metrics_protocol, dataset, who, epoch, _separability(values), {"file": str(path), "row": i + 2},
-                          {"layer": layer}))
+        epoch = _epoch(row[epoch_col], where) if epoch_col is not None else (i + 1) * 10
+        values = {metric: _number(row[col], f"{where}, column {str(col)!r}") for col, metric in columns.items()}
+        origins = {metric: {"file": str(path), "row": i + 2, "column": str(col)} for col, metric in columns.items()}
+        items.append(Item(metrics_protocol, dataset, who, epoch, values, origins, {"layer": layer}))
     return items, notes
 
 
-def read_table(path: Path, method: str | None, suite_protocols: dict[str, str], metrics_dataset: str,
-               protocol: str | None) -> list[Item]:
-    """Wide (one column per metric) or long (`metric`, `value`) tables."""
-    import pandas as pd
+@dataclass
+class Target:
+    """Which protocols of the suite a metric column can go to."""
+    suite: str
+    protocols: dict[str, str]          # protocol -> kind (the suite's)
+    metrics_dataset: str
+    explicit: str | None               # --protocol
 
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    cols = {str(c).strip(): c for c in frame.columns}
-    long = {"metric", "value"} <= {c.lower() for c in cols}
-    if long:
-        frame = frame.pivot_table(index=[c for c in frame.columns if str(c).lower() not in ("metric", "value")],
-                                  columns=next(c for c in frame.columns if str(c).lower() == "metric"),
-                                  values=next(c for c in frame.columns if str(c).lower() == "value"),
-                                  aggfunc="first").reset_index()
-        cols = {str(c).strip(): c for c in frame.columns}
-    unknown = [c for c in cols if c.lower() not in ID_COLUMNS and c not in METRIC_COLUMNS
-               and c.lower() not in DOWNSTREAM_COLUMNS]
-    if unknown:
-        raise ImportError_(f"{path}: unknown column(s) {unknown}; expected method, epoch, protocol, dataset, the "
-                           f"harness's metric names ({', '.join(sorted(METRIC_COLUMNS))}) or downstream columns "
-                           f"({', '.join(sorted(DOWNSTREAM_COLUMNS))})")
-    if "epoch" not in {c.lower() for c in cols}:
+    def resolve(self, column: str, row_protocol: str | None, where: str) -> tuple[str, Metric]:
+        """(protocol, metric) of a column, or a refusal saying why."""
+        chosen = row_protocol or self.explicit
+        if chosen is not None:
+            if chosen not in self.protocols:
+                raise ImportError_(f"{where}: protocol '{chosen}' is not run by suite '{self.suite}' (its protocols: "
+                                   f"{', '.join(self.protocols)})")
+            kind = PROTOCOL_KINDS[self.protocols[chosen]]
+            metric = kind.metric_for_column(column)
+            if metric is None:
+                raise ImportError_(f"{where}: column {column!r} is not a metric of protocol '{chosen}' (kind "
+                                   f"{self.protocols[chosen]}: {', '.join(m.name for m in kind.metrics)})")
+            return chosen, metric
+        fits = [(p, PROTOCOL_KINDS[k].metric_for_column(column)) for p, k in self.protocols.items()]
+        fits = [(p, m) for p, m in fits if m is not None]
+        if not fits:
+            return None, None  # not a metric of any protocol of the suite: the caller names it
+        if len(fits) > 1:
+            raise ImportError_(f"{where}: column {column!r} could belong to {len(fits)} protocols of suite "
+                               f"'{self.suite}' ({', '.join(p for p, _ in fits)}); give --protocol or a 'protocol' "
+                               f"column")
+        return fits[0]
+
+
+def read_table(path: Path, method: str | None, target: Target, dataset: str | None) -> tuple[list[Item], list[str]]:
+    """Wide (one column per metric) or long (`metric`, `value`) tables."""
+    frame = _read_frame(path)
+    cols = {str(c).strip().lower(): c for c in frame.columns}
+    long = {"metric", "value"} <= set(cols)
+    if "epoch" not in cols:
         raise ImportError_(f"{path}: no 'epoch' column")
-    items = []
+    if not long:
+        kinds = set(PROTOCOL_KINDS) if "protocol" in cols else set(target.protocols.values())
+        unknown = [str(c) for k, c in cols.items()
+                   if k not in ID_COLUMNS and not any(PROTOCOL_KINDS[kd].metric_for_column(k) for kd in kinds)]
+        if unknown:
+            known = sorted({m.name for kd in kinds for m in PROTOCOL_KINDS[kd].metrics})
+            raise ImportError_(f"{path}: unknown column(s) {unknown}; expected {', '.join(ID_COLUMNS)} or a metric of "
+                               f"the suite's protocols ({', '.join(known)})")
+    items, empty = [], []
     for i, row in frame.iterrows():
         where = f"{path}: row {i + 2}"
-        get = lambda name: row[next(c for k, c in cols.items() if k.lower() == name)] \
-            if name in {k.lower() for k in cols} else None
-        who = get("method") if get("method") is not None else method
-        if who is None or (isinstance(who, float) and math.isnan(who)):
+        get = lambda name: str(row[cols[name]]).strip() if name in cols and str(row[cols[name]]).strip() else None
+        who = get("method") or method
+        if who is None:
             raise ImportError_(f"{where}: no method (no 'method' column, and no --method)")
-        epoch = int(_number(get("epoch"), f"{where}, column 'epoch'"))
-        metric_values = {k: _number(row[c], f"{where}, column {k!r}") for k, c in cols.items()
-                         if k in METRIC_COLUMNS and not _missing(row[c])}
-        if metric_values:
-            items.append(Item(protocol if protocol and not _downstream_cols(cols) else suite_protocols[METRICS_KIND],
-                              metrics_dataset, str(who), epoch, _separability(metric_values),
-                              {"file": str(path), "row": i + 2}))
-        down = {}
-        for k, c in cols.items():
-            if k.lower() in DOWNSTREAM_COLUMNS and not _missing(row[c]):
-                kind, name = DOWNSTREAM_COLUMNS[k.lower()]
-                down.setdefault(kind, {})[name] = _number(row[c], f"{where}, column {k!r}")
-        for kind, values in down.items():
-            proto = get("protocol") if get("protocol") is not None else protocol or suite_protocols.get(kind)
-            dataset = get("dataset")
+        epoch = _epoch(get("epoch") or "", where)
+        pairs = [(get("metric") or "", row[cols["value"]], "value")] if long else \
+            [(str(c).strip(), row[c], str(c)) for k, c in cols.items() if k not in ID_COLUMNS]
+        for name, raw, column in pairs:
+            if not name:
+                raise ImportError_(f"{where}: no metric name in column 'metric'")
+            if _empty(raw):
+                empty.append(f"row {i + 2} {name}")
+                continue
+            proto, metric = target.resolve(name, get("protocol"), f"{where}, column {column!r}")
             if proto is None:
-                raise ImportError_(f"{where}: {kind} values but no 'protocol' column, no --protocol, and the suite "
-                                   f"runs no protocol of kind {kind}")
-            if dataset is None:
-                raise ImportError_(f"{where}: downstream values need a 'dataset' column")
-            items.append(Item(str(proto), str(dataset), str(who), epoch, values, {"file": str(path), "row": i + 2}))
-    return items
+                raise ImportError_(f"{where}: {name!r} is not a metric of any protocol of suite '{target.suite}'")
+            is_label_free = target.protocols[proto] == METRICS_KIND
+            ds = target.metrics_dataset if is_label_free else (get("dataset") or dataset)
+            if ds is None:
+                raise ImportError_(f"{where}: {name} is a result of protocol '{proto}': give a 'dataset' column or "
+                                   f"--dataset")
+            value = _number(raw, f"{where}, column {column!r}")
+            items.append(Item(proto, ds, who, epoch, {metric.name: value},
+                              {metric.name: {"file": str(path), "row": i + 2, "column": column}}))
+    notes = [f"{path.name}: {len(empty)} empty cell(s) are not values and were left out: "
+             + ", ".join(empty[:8]) + (" ..." if len(empty) > 8 else "")] if empty else []
+    return items, notes
 
 
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _downstream_cols(cols) -> bool:
-    return any(k.lower() in DOWNSTREAM_COLUMNS for k in cols)
-
-
-def last_json_line(f: Path, wanted, missing: str) -> tuple[dict, int]:
-    """(entry, line number) of the last line of a JSON-lines log that `wanted` accepts (mmseg's and
-    detectron2's logs both write one JSON object per line)."""
-    last, line_no = None, None
+def _json_lines(f: Path) -> list[tuple[int, dict]]:
+    out = []
     for n, line in enumerate(f.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -266,16 +346,38 @@ def last_json_line(f: Path, wanted, missing: str) -> tuple[dict, int]:
             entry = json.loads(line)
         except ValueError:
             raise ImportError_(f"{f}:{n}: not a JSON line") from None
-        if isinstance(entry, dict) and wanted(entry):
-            last, line_no = entry, n
-    if last is None:
-        raise ImportError_(f"{f}: {missing}")
-    return last, line_no
+        if isinstance(entry, dict):
+            out.append((n, entry))
+    return out
 
 
-def read_mmseg(root: Path, method: str | None, epoch: int | None, dataset: str | None, protocol: str) -> list[Item]:
-    """The final validation mIoU of an mmseg run: 1.x vis_data/scalars.json (percent) or 0.x
-    <stamp>.log.json (fractions, as UDI's and iBOT's logs)."""
+def pick_evaluation(f: Path, found: list[tuple[int, dict]], take: str | None, step_of, score_of, what: str):
+    """(line, entry) of the evaluation `take` names among `found` (line, entry) in file order; a file with
+    several evaluations needs `take` (never a silent choice)."""
+    if not found:
+        raise ImportError_(f"{f}: {what}")
+    if len(found) > 1 and take is None:
+        steps = ", ".join(str(step_of(e)) for _, e in found[:8]) + (" ..." if len(found) > 8 else "")
+        raise ImportError_(f"{f}: {len(found)} evaluations (at iterations {steps}); say which with --take "
+                           f"{TAKE_HELP}")
+    if take in (None, "last"):
+        return found[-1]
+    if take == "best":
+        return max(found, key=lambda le: (score_of(le[1]), -le[0]))  # the first of equal bests
+    m = re.fullmatch(r"iter\s*(\d+)", take or "")
+    if not m:
+        raise ImportError_(f"--take {take!r}: expected {TAKE_HELP}")
+    hit = [le for le in found if step_of(le[1]) == int(m.group(1))]
+    if not hit:
+        raise ImportError_(f"{f}: no evaluation at iteration {m.group(1)} (there are: "
+                           f"{', '.join(str(step_of(e)) for _, e in found)})")
+    return hit[-1]
+
+
+def read_mmseg(root: Path, method: str | None, epoch: int | None, dataset: str | None, protocol: str,
+               num_classes: int | None, take: str | None) -> list[Item]:
+    """A validation mIoU of one mmseg run: 1.x vis_data/scalars.json (percent) or 0.x <stamp>.log.json
+    (fractions, as UDI's and iBOT's logs)."""
     if method is None or epoch is None or dataset is None:
         raise ImportError_(f"{root}: an mmseg work directory does not say which checkpoint it evaluated: give "
                            f"--method, --epoch and --dataset")
@@ -283,10 +385,14 @@ def read_mmseg(root: Path, method: str | None, epoch: int | None, dataset: str |
     if not found:
         raise ImportError_(f"{root}: neither <timestamp>/vis_data/scalars.json (mmseg 1.x) nor <timestamp>.log.json "
                            f"(0.x) under it")
-    f = found[-1]  # the last run in the folder
-    last, line_no = last_json_line(f, lambda e: "mIoU" in e and e.get("mode", "val") == "val",
-                                   "no validation entry with mIoU")
-    scale = 100.0 if f.name.endswith(".log.json") and last["mIoU"] <= 1.0 else 1.0  # 0.x logs fractions
+    if len(found) > 1:
+        raise ImportError_(f"{root}: {len(found)} runs' logs under it ({', '.join(str(p) for p in found[:4])}); "
+                           f"import one run's folder at a time")
+    f = found[0]
+    evals = [(n, e) for n, e in _json_lines(f) if "mIoU" in e and e.get("mode", "val") == "val"]
+    line_no, last = pick_evaluation(f, evals, take, lambda e: e.get("step", e.get("iter")),
+                                    lambda e: float(e["mIoU"]), "no validation entry with mIoU")
+    scale = 100.0 if f.name.endswith(".log.json") and float(last["mIoU"]) <= 1.0 else 1.0  # 0.x logs fractions
     where = f"{f}:{line_no}"
     values = {"mIoU": _number(last["mIoU"], where) * scale}
     for k in ("aAcc", "mAcc"):
@@ -294,22 +400,32 @@ def read_mmseg(root: Path, method: str | None, epoch: int | None, dataset: str |
             values[k] = _number(last[k], where) * scale
     per_class = {k[4:]: _number(v, where) * scale for k, v in last.items() if k.startswith("IoU.")}
     if per_class:
+        if num_classes and len(per_class) != num_classes:
+            raise ImportError_(f"{where}: the log holds per-class IoU of {len(per_class)} classes but dataset "
+                               f"'{dataset}' has {num_classes}: a run on another dataset or class set")
         values["IoU"] = per_class
-    return [Item(protocol, dataset, method, int(epoch), values, {"file": str(f), "line": line_no},
-                 {"mmseg_log": "1.x" if f.name == "scalars.json" else "0.x"})]
+    origin = {"file": str(f), "line": line_no}
+    return [Item(protocol, dataset, method, int(epoch), values, {k: origin for k in values},
+                 {"mmseg_log": "1.x" if f.name == "scalars.json" else "0.x",
+                  "iteration": last.get("step", last.get("iter"))})]
 
 
-def read_detectron2(path: Path, method: str | None, epoch: int | None, dataset: str | None, protocol: str) -> list[Item]:
+def read_detectron2(path: Path, method: str | None, epoch: int | None, dataset: str | None, protocol: str,
+                    take: str | None) -> list[Item]:
     if method is None or epoch is None or dataset is None:
         raise ImportError_(f"{path}: a detectron2 metrics.json does not say which checkpoint it evaluated: give "
                            f"--method, --epoch and --dataset")
     f = path / "metrics.json" if path.is_dir() else path
-    last, line_no = last_json_line(f, lambda e: "bbox/AP" in e or "segm/AP" in e,
-                                   "no evaluation line (bbox/AP, segm/AP)")
+    evals = [(n, e) for n, e in _json_lines(f) if "bbox/AP" in e or "segm/AP" in e]
+    line_no, last = pick_evaluation(f, evals, take, lambda e: e.get("iteration"),
+                                    lambda e: float(e.get("segm/AP", e.get("bbox/AP"))),
+                                    "no evaluation line (bbox/AP, segm/AP)")
     where = f"{f}:{line_no}"
     values = {f"{kind}_{name}": _number(last[f"{kind}/{name}"], where)
-              for kind in ("bbox", "segm") for name in ("AP", "AP50", "AP75") if f"{kind}/{name}" in last}
-    return [Item(protocol, dataset, method, int(epoch), values, {"file": str(f), "line": line_no},
+              for kind in ("bbox", "segm") for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+              if f"{kind}/{name}" in last}
+    origin = {"file": str(f), "line": line_no}
+    return [Item(protocol, dataset, method, int(epoch), values, {k: origin for k in values},
                  {"iteration": last.get("iteration")})]
 
 
@@ -318,8 +434,10 @@ def read_detectron2(path: Path, method: str | None, epoch: int | None, dataset: 
 @dataclass
 class ImportPlan:
     format: str
-    items: list[Item]
+    items: list[Item]             # one per cell, merged over the file's rows
     notes: list[str]
+    merges: dict = field(default_factory=dict)   # cell key -> metrics an earlier import holds and keeps
+    replaces: dict = field(default_factory=dict)  # cell key -> metrics this import replaces
     written: list[Path] = field(default_factory=list)
 
 
@@ -332,16 +450,34 @@ def last_layer(reg: Registry, method: str) -> int:
 
 
 def suite_protocols(reg: Registry, suite: str) -> dict[str, str]:
-    """Protocol kind -> the suite's protocol of that kind (the first, when several)."""
-    out: dict[str, str] = {}
-    for e in reg.suite(suite).grid:
-        out.setdefault(reg.protocol(e.protocol).kind, e.protocol)
-    return out
+    """The suite's protocols -> their kinds, in grid order."""
+    return {e.protocol: reg.protocol(e.protocol).kind for e in reg.suite(suite).grid}
+
+
+def one_protocol_of(protos: dict[str, str], kinds: tuple[str, ...], suite: str, explicit: str | None, what: str) -> str:
+    """The suite's one protocol of these kinds (or `--protocol`); several -> the user must say which."""
+    if explicit is not None:
+        if explicit not in protos:
+            raise ImportError_(f"--protocol {explicit}: suite '{suite}' runs no such protocol (its protocols: "
+                               f"{', '.join(protos)})")
+        if protos[explicit] not in kinds:
+            raise ImportError_(f"--protocol {explicit} is of kind {protos[explicit]}; {what} belong to a protocol of "
+                               f"kind {' or '.join(kinds)}")
+        return explicit
+    fit = [p for p, k in protos.items() if k in kinds]
+    if not fit:
+        raise ImportError_(f"suite '{suite}' runs no protocol of kind {' or '.join(kinds)}: {what} have no cell to go "
+                           f"into; give --protocol or add one to the suite")
+    if len(fit) > 1:
+        raise ImportError_(f"suite '{suite}' runs {len(fit)} protocols {what} could belong to ({', '.join(fit)}); "
+                           f"give --protocol")
+    return fit[0]
 
 
 def plan_import(reg: Registry, suite: str, path: Path, results: Path, *, fmt: str = "auto", method: str | None = None,
                 epoch: int | None = None, dataset: str | None = None, protocol: str | None = None,
-                layer: int | None = None, replace: bool = False) -> ImportPlan:
+                layer: int | None = None, replace: bool = False, take: str | None = None,
+                allow_outside_grid: bool = False) -> ImportPlan:
     """Read and check everything; raise ImportError_ on the first problem (nothing is written here)."""
     path = Path(path)
     if not path.exists():
@@ -349,45 +485,85 @@ def plan_import(reg: Registry, suite: str, path: Path, results: Path, *, fmt: st
     s = reg.suite(suite)
     fmt = detect(path) if fmt == "auto" else fmt
     protos = suite_protocols(reg, suite)
-    metrics_protocol = protos.get(METRICS_KIND)
-    metrics_dataset = next((d for e in s.grid if e.protocol == metrics_protocol for d in e.datasets), "imagenet")
     notes: list[str] = []
     if method is not None:
         reg.method(method)
+    if take is not None and fmt not in ("mmseg", "detectron2"):
+        raise ImportError_(f"--take applies to mmseg and detectron2 logs, not to a {fmt} file")
     if fmt in ("dse-official", "spreadsheet"):
-        if metrics_protocol is None:
-            raise ImportError_(f"suite '{suite}' runs no metrics protocol: DSE scores have no cell to go into")
+        metrics_protocol = one_protocol_of(protos, (METRICS_KIND,), suite, protocol, "DSE scores")
+        ds = next(d for e in s.grid if e.protocol == metrics_protocol for d in e.datasets)
         lay = layer if layer is not None else (last_layer(reg, method) if method else None)
         if lay is None:
             raise ImportError_(f"{path}: give --method (its architecture gives the layer) or --layer")
         if fmt == "dse-official":
-            items = read_dse_official(path, method, lay, metrics_protocol, metrics_dataset)
+            items = read_dse_official(path, method, lay, metrics_protocol, ds)
         else:
-            items, notes = read_spreadsheet(path, method, lay, metrics_protocol, metrics_dataset)
+            items, notes = read_spreadsheet(path, method, lay, metrics_protocol, ds)
     elif fmt == "csv":
-        items = read_table(path, method, protos, metrics_dataset, protocol)
+        metrics_protos = [p for p, k in protos.items() if k == METRICS_KIND]
+        metrics_dataset = next((d for e in s.grid if e.protocol in metrics_protos[:1] for d in e.datasets), "imagenet")
+        items, notes = read_table(path, method, Target(suite, protos, metrics_dataset, protocol), dataset)
     elif fmt == "mmseg":
-        proto = protocol or protos.get("linear") or protos.get("upernet")
-        if proto is None:
-            raise ImportError_(f"suite '{suite}' runs no segmentation protocol; give --protocol")
-        items = read_mmseg(path, method, epoch, dataset, proto)
+        proto = one_protocol_of(protos, tuple(k for k, v in PROTOCOL_KINDS.items() if v.metric("mIoU")), suite,
+                                protocol, "an mmseg run's mIoU")
+        num_classes = reg.dataset(dataset).num_classes if dataset in reg.datasets else None
+        items = read_mmseg(path, method, epoch, dataset, proto, num_classes, take)
     elif fmt == "detectron2":
-        proto = protocol or protos.get("maskrcnn")
-        if proto is None:
-            raise ImportError_(f"suite '{suite}' runs no maskrcnn protocol; give --protocol")
-        items = read_detectron2(path, method, epoch, dataset, proto)
+        proto = one_protocol_of(protos, tuple(k for k, v in PROTOCOL_KINDS.items() if v.metric("bbox_AP")), suite,
+                                protocol, "a detectron2 run's AP")
+        items = read_detectron2(path, method, epoch, dataset, proto, take)
     else:
         raise ImportError_(f"--format {fmt!r}: expected auto or one of {', '.join(FORMATS)}")
-    _check_items(reg, suite, items, results, replace)
-    return ImportPlan(fmt, items, notes)
+    merged = merge_items(items)
+    plan = ImportPlan(fmt, merged, notes)
+    _check_items(reg, suite, plan, results, replace, allow_outside_grid)
+    return plan
 
 
-def _check_items(reg: Registry, suite: str, items: list[Item], results: Path, replace: bool) -> None:
-    s = reg.suite(suite)
-    seen = {}
+def merge_items(items: list[Item]) -> list[Item]:
+    """One item per cell: the metrics of every row or line that names it. The same metric twice is an
+    error naming both places (never the first or the last value silently)."""
+    out: dict[tuple, Item] = {}
     for it in items:
-        where = f"{it.origin['file']}" + (f": row {it.origin['row']}" if "row" in it.origin else "") \
-            + (f":{it.origin['line']}" if "line" in it.origin else "")
+        have = out.get(it.key)
+        if have is None:
+            out[it.key] = Item(*it.key, dict(it.metrics), dict(it.origins), dict(it.details), it.outside_grid)
+            continue
+        for name, value in it.metrics.items():
+            if name in have.metrics:
+                raise ImportError_(f"{it.where(name)}: {name} of '{it.method}' epoch {it.epoch} ({it.protocol}/"
+                                   f"{it.dataset}) appears twice (also at {have.where(name)}); keep one")
+            have.metrics[name] = value
+            have.origins[name] = it.origins[name]
+        have.details.update(it.details)
+    return list(out.values())
+
+
+def _check_value(it: Item, metric: Metric | None, name: str, value, kind: str, num_classes: int | None) -> None:
+    where = it.where(name)
+    if metric is None:
+        raise ImportError_(f"{where}: {name} is not a metric of protocol '{it.protocol}' (kind {kind}: "
+                           f"{', '.join(m.name for m in PROTOCOL_KINDS[kind].metrics)})")
+    values = value.values() if isinstance(value, dict) else [value]
+    if metric.per_class != isinstance(value, dict):
+        raise ImportError_(f"{where}: {name} should be {'a per-class mapping' if metric.per_class else 'one number'}")
+    for v in values:
+        if not metric.in_domain(v):
+            hint = " (a fraction where a percentage belongs?)" if metric.high == 100 and 0 < v <= 1 else \
+                " (a percentage where a fraction belongs?)" if metric.high == 1 and v > 1 else ""
+            raise ImportError_(f"{where}: {name} = {v!r} is outside its domain, {metric.domain_text()}{hint}")
+
+
+def _check_items(reg: Registry, suite: str, plan: ImportPlan, results: Path, replace: bool,
+                 allow_outside_grid: bool) -> None:
+    from harness.plan import build_plan
+
+    s = reg.suite(suite)
+    grid = {(c.protocol, c.dataset, c.method, c.epoch) for c in build_plan(reg, suite)}
+    pairs = {(e.protocol, d) for e in s.grid for d in e.datasets}
+    for it in plan.items:
+        where = it.where()
         if it.method not in s.methods:
             raise ImportError_(f"{where}: method '{it.method}' is not in suite '{suite}' (its methods: "
                                f"{', '.join(s.methods)}); add it to the suite or give --method")
@@ -395,37 +571,96 @@ def _check_items(reg: Registry, suite: str, items: list[Item], results: Path, re
             raise ImportError_(f"{where}: protocol '{it.protocol}' is not run by suite '{suite}'")
         if it.dataset not in reg.datasets:
             raise ImportError_(f"{where}: unknown dataset '{it.dataset}'")
-        if it.epoch not in reg.method(it.method).epochs():
-            eps = reg.method(it.method).epochs()
+        if (it.protocol, it.dataset) not in pairs:
+            raise ImportError_(f"{where}: suite '{suite}' runs protocol '{it.protocol}' on "
+                               f"{', '.join(d for p, d in sorted(pairs) if p == it.protocol)}, not on '{it.dataset}'")
+        eps = reg.method(it.method).epochs()
+        if it.epoch not in eps:
             raise ImportError_(f"{where}: epoch {it.epoch} is not a checkpoint of '{it.method}' ({eps[0]}..{eps[-1]} "
                                f"in {reg.method(it.method).source}); fix the epoch or the method file")
-        key = (it.protocol, it.dataset, it.method, it.epoch)
-        if key in seen:
-            raise ImportError_(f"{where}: epoch {it.epoch} of '{it.method}' ({it.protocol}/{it.dataset}) appears twice "
-                               f"(also at {seen[key]}); keep one")
-        seen[key] = where
-        target = imported_path(results, suite, *key)
-        if target.exists() and not replace:
-            raise ImportError_(f"{where}: {target} was imported before; --replace overwrites it")
+        if it.key not in grid:
+            if not allow_outside_grid:
+                held = sorted(c[3] for c in grid if c[:3] == it.key[:3])
+                raise ImportError_(f"{where}: epoch {it.epoch} of '{it.method}' is not in suite '{suite}''s grid for "
+                                   f"{it.protocol}/{it.dataset} (it holds epochs {_eps(held)}); --allow-outside-grid "
+                                   f"records it as outside the grid (kept out of the tables' best)")
+            it.outside_grid = True
+        kind = reg.protocol(it.protocol).kind
+        num_classes = reg.dataset(it.dataset).num_classes
+        for name, value in it.metrics.items():
+            _check_value(it, PROTOCOL_KINDS[kind].metric(name), name, value, kind, num_classes)
+        target = imported_path(results, suite, *it.key)
+        try:
+            old = records.read_record(target, Path(results))
+        except records.CorruptRecord as e:
+            raise ImportError_(f"{e}; it was not touched: move it away (or delete it) and import again") from None
+        if old is None:
+            continue
+        earlier = set(old.get("metrics") or {}) - {"dse_separability"} if _derived(old) else set(old.get("metrics") or {})
+        again = sorted(earlier & set(it.metrics))
+        if again and not replace:
+            src = _sources(old)
+            files = sorted({(src.get(m) or {}).get("file", "?") for m in again})
+            raise ImportError_(f"{where}: {', '.join(again)} of {it.protocol}/{it.dataset}/{it.method}/ep{it.epoch} "
+                               f"were imported before (from {', '.join(files)}); --replace replaces those metrics "
+                               f"(the record's other metrics are kept)")
+        if again:
+            plan.replaces[it.key] = again
+        kept = sorted(earlier - set(it.metrics))
+        if kept:
+            plan.merges[it.key] = kept
+
+
+def _eps(epochs: list[int]) -> str:
+    if not epochs:
+        return "none"
+    return ", ".join(map(str, epochs[:6])) + (f" ... {epochs[-1]}" if len(epochs) > 6 else "")
+
+
+def _sources(rec: dict) -> dict:
+    """metric -> origin of an imported record (records written before per-metric sources: one for all)."""
+    imp = rec.get("imported") or {}
+    if "sources" in imp:
+        return imp["sources"]
+    return {m: imp for m in rec.get("metrics") or {}}
+
+
+def _derived(rec: dict) -> bool:
+    return "derived_from" in (_sources(rec).get("dse_separability") or {})
+
+
+def _with_separability(metrics: dict, sources: dict) -> None:
+    """The estimator's components also give separability (inter − mean intra radius), as computed records
+    have it; derived again whenever the components are all there and separability was not given."""
+    given = "dse_separability" in sources and "derived_from" not in sources["dse_separability"]
+    if set(SEPARABILITY_PARTS) <= metrics.keys() and not given:
+        metrics["dse_separability"] = metrics["dse_inter"] - (metrics["dse_intra_image"] + metrics["dse_intra_batch"]) / 2
+        sources["dse_separability"] = {"derived_from": list(SEPARABILITY_PARTS)}
 
 
 def write_import(plan: ImportPlan, reg: Registry, suite: str, results: Path) -> list[Path]:
-    """Every record of the plan, written atomically (after everything was checked)."""
-    from harness.jobs.common import now
-
+    """Every record of the plan, merged into what earlier imports wrote, written atomically (after
+    everything was checked)."""
     shas: dict[str, str] = {}
     written = []
+    at = records.now()
     for it in plan.items:
-        f = it.origin["file"]
-        shas.setdefault(f, sha256(Path(f)))
+        target = imported_path(results, suite, *it.key)
+        old = records.read_record(target, Path(results)) or {}
+        metrics, sources = dict(old.get("metrics") or {}), dict(_sources(old)) if old else {}
+        for name, value in it.metrics.items():
+            f = it.origins[name]["file"]
+            shas.setdefault(f, sha256(Path(f)))
+            metrics[name] = value
+            sources[name] = {"format": plan.format, **it.origins[name], "sha256": shas[f], "at": at}
+        _with_separability(metrics, sources)
         rec = {"suite": suite, "protocol": it.protocol, "dataset": it.dataset, "method": it.method, "epoch": it.epoch,
-               "cell": f"{it.protocol}/{it.dataset}/{it.method}/ep{it.epoch:04d}", "status": "ok",
+               "cell": records.cell_id(it.protocol, it.dataset, it.method, it.epoch), "status": "ok",
                "config_hash": "imported", "source": "imported",
                "config": {"protocol": {"name": it.protocol, "kind": reg.protocol(it.protocol).kind}},
-               "imported": {"format": plan.format, "file": f, "sha256": shas[f],
-                            **{k: v for k, v in it.origin.items() if k != "file"}, "at": now()},
-               "metrics": it.metrics, "details": it.details}
-        target = imported_path(results, suite, it.protocol, it.dataset, it.method, it.epoch)
+               "imported": {"sources": sources, "outside_grid": bool(it.outside_grid or (old.get("imported") or {})
+                                                                      .get("outside_grid"))},
+               "metrics": metrics, "details": {**(old.get("details") or {}), **it.details}}
         records.write_record(target, rec)
         written.append(target)
     plan.written = written

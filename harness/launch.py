@@ -150,15 +150,18 @@ class Decision:
     submit: list[Cell]
     skipped: dict[str, int]  # reason -> count
     warning: str | None = None
+    stale: dict[str, str] | None = None  # cell id -> why its record no longer counts (to run again)
 
 
 def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, max_attempts: int,
            write: bool = True) -> Decision:
     ref = ledger.refresh(results, suite, write=write)
     led = ref.ledger["cells"]
-    todo, skipped = [], defaultdict(int)
+    todo, skipped, stale = [], defaultdict(int), {}
     for c in cells:
-        state, _ = c.state(results)
+        state, why = c.state(results)
+        if state == "stale":
+            stale[c.id] = why or "?"
         entry = led.get(c.id, {})
         if state in ("done", "imported"):  # an imported record is never run again
             skipped[state] += 1
@@ -178,7 +181,7 @@ def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, 
             skipped[f"failed {max_attempts} times (--max-attempts)"] += 1
             continue
         todo.append(c)
-    return Decision(todo, dict(skipped), ref.warning)
+    return Decision(todo, dict(skipped), ref.warning, stale)
 
 
 def _array_summary(prof: "Profile", cells: int, job_ids: list[str]) -> dict:
@@ -291,7 +294,7 @@ def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *,
         groups[profile_for(reg, cluster, c.protocol)].append(c)
     summary = {"suite": suite, "cluster": cluster.name, "executor": cluster.executor, "cells": len(cells),
                "skipped": d.skipped, "to_submit": len(d.submit), "arrays": [], "waiting": waiting,
-               "warning": d.warning, "submitted": [c.id for c in d.submit]}
+               "warning": d.warning, "submitted": [c.id for c in d.submit], "stale": d.stale or {}}
     if dry_run or not d.submit:
         summary["arrays"] = [_array_summary(p, len(cs), [])
                              for p, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol)]

@@ -81,7 +81,7 @@ def repair(results: Path, suite: str) -> tuple[Path | None, int]:
                 rec = records.read_record(f, results)
             except records.CorruptRecord:
                 continue
-            cid = rec.get("cell") or f"{rec['protocol']}/{rec['dataset']}/{rec['method']}/ep{int(rec['epoch']):04d}"
+            cid = rec.get("cell") or records.cell_id(rec["protocol"], rec["dataset"], rec["method"], rec["epoch"])
             jid = str(rec.get("slurm_job_id") or "unknown")
             cells[cid] = {"job_id": jid, "array_job_id": jid, "array_task_id": rec.get("slurm_array_task_id"),
                           "executor": "slurm" if rec.get("slurm_job_id") else "unknown", "cluster": None,

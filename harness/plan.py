@@ -10,7 +10,8 @@ from pathlib import Path
 
 from harness import records
 from harness.fingerprint import file_fingerprint
-from harness.kinds import METRICS_KIND
+from harness.records import CellState
+from harness.kinds import METRICS_KIND, PROTOCOL_KINDS
 from harness.registry import Registry, RegistryError, SuiteEntry
 from harness.selection import dse_normalised, select_checkpoints
 
@@ -30,30 +31,31 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return f"{self.protocol}/{self.dataset}/{self.method}/ep{self.epoch:04d}"
+        return records.cell_id(self.protocol, self.dataset, self.method, self.epoch)
 
     def record_path(self, results: Path) -> Path:
         return records.record_path(results, self.suite, self.protocol, self.dataset, self.method, self.epoch)
 
     def checkpoint_fingerprint(self) -> dict | None:
-        """The checkpoint file's fingerprint now; None where it is not reachable from here."""
+        """The checkpoint file's content identity now (read once, then cached); None where it is not
+        reachable from here."""
         return file_fingerprint(self.checkpoint_file) if self.checkpoint_file else None
 
-    def state(self, results: Path) -> tuple[str, str | None]:
-        """(done | failed | stale | corrupt | imported | todo, why) from this cell's record. A record of
-        another checkpoint file (overwritten since) is stale; where the checkpoint cannot be seen (a login
-        node without SDD_CKPT_ROOT), the record's config hash decides alone. A cell without a computed
-        record but with an imported one (`sdd import`) is `imported`: never run again."""
+    def state(self, results: Path) -> tuple[CellState, str | None]:
+        """(state, why) from this cell's record (`records.cell_state`): a record of another recipe, code
+        version or checkpoint content is stale and `why` says which. Where the checkpoint cannot be seen
+        (a login node without SDD_CKPT_ROOT), the record's config hash decides alone. A cell without a
+        computed record but with an imported one (`sdd import`) is `imported`: never run again."""
         state, why = records.cell_state(self.record_path(results), self.config_hash, Path(results),
-                                        checkpoint=self.checkpoint_fingerprint())
-        if state == "todo":
+                                        config=self.config, checkpoint_file=self.checkpoint_file or None)
+        if state == CellState.TODO:
             imported = records.record_path(results, self.suite, self.protocol, self.dataset, self.method, self.epoch,
                                            tree="imported")
             try:
                 if records.read_record(imported, Path(results)) is not None:
-                    return "imported", None
+                    return CellState.IMPORTED, None
             except records.CorruptRecord as e:
-                return "corrupt", e.why
+                return CellState.CORRUPT, e.why
         return state, why
 
 
@@ -61,8 +63,11 @@ def resolved_config(reg: Registry, protocol: str, dataset: str, method: str, epo
     """Everything that determines a cell's result (documentation fields such as `paper` left out)."""
     p, d, m = reg.protocol(protocol), reg.dataset(dataset), reg.method(method)
     proto = p.model_dump(include={"name", "kind", "params"}, mode="json")  # params resolved: defaults filled in
-    if p.kind == "maskrcnn" and proto["params"]["backend"] == "auto":  # one backend per table, in the hash
-        proto["params"] = {**proto["params"], "backend": detectron2_backend()}
+    kind = PROTOCOL_KINDS[p.kind]
+    proto["version"] = kind.version  # a code change of the kind's job makes exactly its cells stale
+    for param, resolver in kind.plan_time:  # `auto` resolved where the plan is made: one value per table, hashed
+        if proto["params"].get(param) == "auto":
+            proto["params"] = {**proto["params"], param: PLAN_TIME_RESOLVERS[resolver]()}
     return {
         "protocol": proto,
         "dataset": d.model_dump(exclude={"title", "notes", "source"}, mode="json"),
@@ -77,6 +82,10 @@ def detectron2_backend() -> str:
     import importlib.util
 
     return "detectron2" if importlib.util.find_spec("detectron2") is not None else "torchvision"
+
+
+# what a kind's `plan_time` parameters name (harness.kinds): resolved once, when the plan is made
+PLAN_TIME_RESOLVERS = {"maskrcnn_backend": detectron2_backend}
 
 
 def config_hash(config: dict) -> str:
@@ -129,8 +138,24 @@ def build_plan(reg: Registry, suite: str, *, protocols: list[str] | None = None,
     return cells
 
 
-def cell_states(cells: list[Cell], results: Path) -> dict[str, str]:
-    return {c.id: c.state(results)[0] for c in cells}
+def cell_states(cells: list[Cell], results: Path, why: dict[str, str] | None = None) -> dict[str, CellState]:
+    """Cell id -> state; `why` (when given) is filled with the reason of every stale, corrupt or failed one."""
+    out = {}
+    for c in cells:
+        state, reason = c.state(results)
+        out[c.id] = state
+        if why is not None and reason:
+            why[c.id] = reason
+    return out
+
+
+def reason_groups(reasons: dict[str, str]) -> list[tuple[str, int, str]]:
+    """(kind of reason, how many cells, one example cell) for a summary: the reasons without their
+    per-cell details (digests, values), most common first."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for cell_id, why in reasons.items():
+        groups[why.split(" (")[0].split(":")[0]].append(cell_id)
+    return sorted(((k, len(v), v[0]) for k, v in groups.items()), key=lambda g: (-g[1], g[0]))
 
 
 def measured_prices(reg: Registry, cells: list[Cell], states: dict[str, str],

@@ -17,25 +17,28 @@ from __future__ import annotations
 import json
 import os
 import re
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from harness.atomic import write_json
+from harness.paths import REPO, cache_root, results_root  # noqa: F401 (re-exported)
 
-REPO = Path(__file__).resolve().parents[1]
 IDENTITY = ("suite", "protocol", "dataset", "method", "epoch")
 _REL = re.compile(r"^(?P<suite>[^/]+)/(?:runs|imported)/(?P<protocol>[^/]+)/(?P<dataset>[^/]+)/(?P<method>[^/]+)/"
                   r"ep(?P<epoch>\d+)\.json$")
 
 
-def results_root() -> Path:
-    """The results folder: $SDD_RESULTS, else the repository's results/ (read at call time)."""
-    return Path(os.environ.get("SDD_RESULTS") or REPO / "results")
+def now() -> str:
+    """A record's timestamps: UTC, ISO 8601, to the second."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def cache_root() -> Path:
-    """Caches (features, dataset checks): $SDD_CACHE, else <results>/.cache (read at call time)."""
-    return Path(os.environ.get("SDD_CACHE") or results_root() / ".cache")
+def cell_id(protocol: str, dataset: str, method: str, epoch: int) -> str:
+    """A cell's name everywhere it is shown or keyed: `<protocol>/<dataset>/<method>/ep<NNNN>`."""
+    return f"{protocol}/{dataset}/{method}/ep{int(epoch):04d}"
 
 
 def record_path(results: Path, suite: str, protocol: str, dataset: str, method: str, epoch: int,
@@ -122,40 +125,115 @@ def read_record(path: Path, results: Path | None = None) -> dict[str, Any] | Non
     return rec
 
 
-def cell_state(path: Path, config_hash: str, results: Path | None = None,
-               checkpoint: dict | None = None) -> tuple[str, str | None]:
-    """(state, why): done | failed | stale (a record of another config, or of another checkpoint file
-    than `checkpoint`, the fingerprint it has now) | corrupt | todo (no record)."""
+class CellState(StrEnum):
+    """Where a cell stands. The first six come from its record; `launch` adds what the scheduler says."""
+    DONE = "done"            # an ok record of the current recipe, checkpoint and code version
+    IMPORTED = "imported"    # no computed record, an imported one (`sdd import`): never run again
+    FAILED = "failed"        # a failed record of the current recipe
+    STALE = "stale"          # a record of another recipe, code version or checkpoint content: to run again
+    CORRUPT = "corrupt"      # a record that cannot be trusted: to run again
+    TODO = "todo"            # no record
+    RUNNING = "running"
+    PENDING = "pending"
+    UNKNOWN = "unknown"      # queued, but the scheduler could not be asked
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, sort_keys=True, default=str) if not isinstance(v, str) else v
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys where two resolved configs differ, each with its old and new value."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old:
+                out.append(f"{key} added ({_short(new[k])})")
+            elif k not in new:
+                out.append(f"{key} removed (was {_short(old[k])})")
+            else:
+                out += config_changes(old[k], new[k], key)
+        return out
+    return [] if old == new else [f"{prefix} {_short(old)} -> {_short(new)}"]
+
+
+def stale_recipe_reason(old_config: Any, new_config: dict | None) -> str:
+    """Why a record of another config hash is stale, in words: the code version or the recipe's keys."""
+    if not isinstance(old_config, dict) or new_config is None:
+        return "recipe changed (config hash; the record holds no config to compare)"
+    changes = config_changes(old_config, new_config)
+    version = [c for c in changes if c.startswith("protocol.version")]
+    recipe = [c for c in changes if not c.startswith("protocol.version")]
+    kind = (new_config.get("protocol") or {}).get("kind", "?")
+    parts = []
+    if version:
+        old_v = (old_config.get("protocol") or {}).get("version", "none")
+        parts.append(f"code version changed (kind {kind}: {old_v} -> {new_config['protocol'].get('version')})")
+    if recipe:
+        parts.append("recipe changed: " + "; ".join(recipe[:4]) + (f"; +{len(recipe) - 4} more" if len(recipe) > 4 else ""))
+    return ", ".join(parts) or "recipe changed (config hash)"
+
+
+def cell_state(path: Path, config_hash: str, results: Path | None = None, *, config: dict | None = None,
+               checkpoint_file: Path | str | None = None) -> tuple[CellState, str | None]:
+    """(state, why) of a cell from its computed record: done | failed | stale (a record of another config
+    hash -- recipe or code version --, or of other checkpoint content than `checkpoint_file` holds now) |
+    corrupt | todo (no record). `why` says what changed (the config's keys, the checkpoint's digest)."""
     try:
         rec = read_record(path, results)
     except CorruptRecord as e:
-        return "corrupt", e.why
+        return CellState.CORRUPT, e.why
     if rec is None:
-        return "todo", None
+        return CellState.TODO, None
     if rec.get("config_hash") != config_hash:
-        return "stale", "the recipe changed since (config hash)"
-    used = ((rec.get("inputs") or {}).get("checkpoint") or {}).get("id")
-    if checkpoint and used and used != checkpoint["id"]:
-        return "stale", "the checkpoint file changed since (size or modification time)"
-    return ("done", None) if rec["status"] == "ok" else ("failed", None)
+        return CellState.STALE, stale_recipe_reason(rec.get("config"), config)
+    if checkpoint_file:
+        from harness.fingerprint import same_content
+
+        recorded = (rec.get("inputs") or {}).get("checkpoint") or {}
+        if recorded.get("size") is not None or recorded.get("sha256"):
+            same, why = same_content(recorded, checkpoint_file)
+            if same is False:
+                return CellState.STALE, why
+        elif rec["status"] == "failed" and Path(checkpoint_file).is_file():
+            return CellState.STALE, "the checkpoint was not there when the cell ran; it is now"
+    return (CellState.DONE, None) if rec["status"] == "ok" else (CellState.FAILED, None)
 
 
-def iter_record_files(results: Path, suite: str, tree: str = "runs") -> list[Path]:
-    """Every record file of a suite (`tree`: runs = computed, imported = `sdd import`), in a stable
-    order. A folder that cannot be listed raises OSError (a partial listing never passes for the whole)."""
+_CANONICAL = re.compile(r"^ep(\d{4,})\.json$")
+
+
+def _walk_cells(results: Path, suite: str, tree: str):
+    """(path, is_canonical) of every file in the cell folders of a suite's tree, in a stable order. A
+    folder that cannot be listed raises OSError (a partial listing never passes for the whole)."""
     runs = Path(results) / suite / tree
     if not runs.exists():
-        return []
-    out = []
+        return
 
     def walk(d: Path, depth: int):
         for entry in sorted(os.scandir(d), key=lambda e: e.name):  # raises PermissionError, unlike glob
             if entry.is_symlink() and not os.path.exists(entry.path):  # e.g. a folder on an unmounted disk
                 raise OSError(f"{entry.path} is a link to {os.readlink(entry.path)}, which is not there")
             if depth < 3 and entry.is_dir():
-                walk(Path(entry.path), depth + 1)
-            elif depth == 3 and entry.is_file() and entry.name.startswith("ep") and entry.name.endswith(".json"):
-                out.append(Path(entry.path))
+                yield from walk(Path(entry.path), depth + 1)
+            elif depth == 3 and entry.is_file() and not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                m = _CANONICAL.match(entry.name)  # ep0001.json is a record; ep01.json, ep0001-old.json are not
+                yield Path(entry.path), bool(m) and entry.name == f"ep{int(m.group(1)):04d}.json"
+            elif depth < 3 and entry.is_file():
+                yield Path(entry.path), False
 
-    walk(runs, 0)
-    return out
+    yield from walk(runs, 0)
+
+
+def iter_record_files(results: Path, suite: str, tree: str = "runs") -> list[Path]:
+    """Every record file of a suite (`tree`: runs = computed, imported = `sdd import`): only files with the
+    canonical name `ep<NNNN>.json` inside a cell folder; anything else there is a stray file."""
+    return [p for p, canonical in _walk_cells(results, suite, tree) if canonical]
+
+
+def stray_files(results: Path, suite: str) -> list[Path]:
+    """Files in a suite's record trees that are not records (a backup `ep0001-old.json`, a hand-made
+    `ep01.json`, a file outside a cell folder): never read as results, named by `collect` and `plan`."""
+    return [p for tree in ("runs", "imported") for p, canonical in _walk_cells(results, suite, tree) if not canonical]

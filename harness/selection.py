@@ -9,19 +9,28 @@ DSE-guided planner (before any mIoU exists) and by the tables (after). Pure Pyth
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
 
 
+def _finite(v) -> bool:
+    return isinstance(v, numbers.Real) and math.isfinite(v)
+
+
 def dse_lambda(separability: list[float], dim: list[float]) -> float:
-    if len(dim) < 2:
+    """λ over the checkpoints where both components are finite numbers (a checkpoint that lacks one, e.g.
+    an import of the raw DSE only, does not take part)."""
+    pairs = [(float(s), float(m)) for s, m in zip(separability, dim) if _finite(s) and _finite(m)]
+    if len(pairs) < 2:
         return 1.0
-    sd = statistics.pstdev(dim)
-    return statistics.pstdev(separability) / sd if sd > 0 else 1.0
+    sd = statistics.pstdev([m for _, m in pairs])
+    return statistics.pstdev([s for s, _ in pairs]) / sd if sd > 0 else 1.0
 
 
 def dse_normalised(separability: list[float], dim: list[float]) -> list[float]:
+    """DSE with λ per checkpoint; NaN where a component is missing."""
     lam = dse_lambda(separability, dim)
-    return [s + lam * m for s, m in zip(separability, dim)]
+    return [float(s) + lam * float(m) if _finite(s) and _finite(m) else math.nan for s, m in zip(separability, dim)]
 
 
 def local_maxima(values: list[float], window: int = 2) -> list[int]:

@@ -64,11 +64,15 @@ def mmseg_1x(root: Path, miou: float) -> Path:
     return root
 
 
-def mmseg_0x(root: Path, miou: float) -> Path:
+VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+
+
+def mmseg_0x(root: Path, miou: float, classes=VOC_CLASSES) -> Path:
     root.mkdir(parents=True)
+    per_class = {f"IoU.{c}": (miou if c == "aeroplane" else 0.9) for c in classes}
     lines = [{"env_info": "..."}, {"mode": "train", "iter": 50, "lr": 0.001, "loss": 1.1},
-             {"mode": "val", "iter": 40000, "aAcc": 0.8, "mIoU": miou, "mAcc": 0.5, "IoU.background": 0.9,
-              "IoU.aeroplane": miou}]
+             {"mode": "val", "iter": 40000, "aAcc": 0.8, "mIoU": miou, "mAcc": 0.5, **per_class}]
     (root / "20220101_000000.log.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return root
 
@@ -102,7 +106,8 @@ def test_upstream_files_give_the_tables_computed_by_hand(bench, tmp_path, capsys
     import_everything(bench, tmp_path, capsys)
     results = tmp_path / "results"
     rec = json.loads((results / "imp/imported/metrics/imagenet/dino/ep0030.json").read_text())
-    assert rec["source"] == "imported" and rec["imported"]["format"] == "dse-official" and len(rec["imported"]["sha256"]) == 64
+    src = rec["imported"]["sources"]["dse"]
+    assert rec["source"] == "imported" and src["format"] == "dse-official" and len(src["sha256"]) == 64
     assert rec["metrics"]["dse"] == pytest.approx(3.5)  # layer 11, not the decoy layer 10
     assert rec["details"]["official_settings"] == {"local_clusters": "3", "global_clusters": "24", "layers": "1",
                                                    "data_percent": "0.001", "normalized": True, "batch_size": "1024"}
@@ -139,11 +144,12 @@ def test_imported_cells_are_never_rerun_and_a_computed_record_wins_unless_asked(
     sdd_t = pd.read_csv(results / "imp/tables/sdd.csv").set_index("method")
     assert sdd_t.loc["dino", "last"] == 99.0  # the computed record
     assert "the computed one is used" in (results / "imp/tables/sdd.md").read_text()
+    assert "linear/voc12_aug/dino/ep0050" in (results / "imp/REPORT.md").read_text()  # the cell is named
     assert sdd(bench, "tables", "--suite", "imp", "--prefer", "imported") == 0
     assert pd.read_csv(results / "imp/tables/sdd.csv").set_index("method").loc["dino", "last"] == 15.0
     capsys.readouterr()
     assert sdd(bench, "import", str(tmp_path / "dse_dino"), "--suite", "imp", "--method", "dino") == 1
-    assert "was imported before; --replace overwrites it" in capsys.readouterr().err
+    assert "were imported before" in capsys.readouterr().err
     assert sdd(bench, "import", str(tmp_path / "dse_dino"), "--suite", "imp", "--method", "dino", "--replace") == 0
 
 
@@ -178,10 +184,12 @@ def test_bad_tables_never_half_import(bench, tmp_path, capsys):
     assert "unknown column(s) ['colour']" in capsys.readouterr().err
     f.write_text("method,epoch,dse\ndino,10,1.0\ndino,20,2.0\ndino,10,3.0\n")
     assert sdd(bench, "import", str(f), "--suite", "imp") == 1
-    assert "row 4: epoch 10 of 'dino' (metrics/imagenet) appears twice (also at" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "row 4, column 'dse': dse of 'dino' epoch 10 (metrics/imagenet) appears twice (also at" in err
+    assert "row 2, column 'dse')" in err
     f.write_text("method,epoch,dse\ndino,10,1.0\nbyol,20,2.0\n")
     assert sdd(bench, "import", str(f), "--suite", "imp") == 1
-    assert "row 3: method 'byol' is not in suite 'imp'" in capsys.readouterr().err
+    assert "row 3, column 'dse': method 'byol' is not in suite 'imp'" in capsys.readouterr().err
     assert not (tmp_path / "results" / "imp" / "imported").exists()
     f.write_text("method,epoch,dse\ndino,10,1.0\ndino,20,2.0\n")
     assert sdd(bench, "import", str(f), "--suite", "imp", "--dry-run") == 0
@@ -199,7 +207,7 @@ def test_long_csv_with_raw_dse_only_and_downstream_rows(bench, tmp_path, capsys)
     assert sdd(bench, "import", str(wide), "--suite", "imp") == 0
     assert sdd(bench, "collect", "--suite", "imp") == 0 and sdd(bench, "tables", "--suite", "imp") == 0
     md = (tmp_path / "results/imp/tables/kendall_tau.md").read_text()
-    assert "dino: only the raw DSE is known" in md
+    assert "DSE: left out for dino: no separability / dimensionality (only the raw DSE is known" in md
     mean = pd.read_csv(tmp_path / "results/imp/tables/kendall_tau.csv").set_index("metric")
     assert mean.loc["DSE (λ=1)", "VOC"] == pytest.approx(0.2) and math.isnan(mean.loc["DSE", "VOC"])
 
@@ -212,7 +220,14 @@ def test_a_detectron2_metrics_json_gives_the_last_evaluation(bench, tmp_path, ca
              {"iteration": 89999, "bbox/AP": 40.5, "bbox/AP50": 61.0, "bbox/AP75": 44.0, "segm/AP": 36.2,
               "segm/AP50": 58.0, "segm/AP75": 38.5}, {"iteration": 90000, "total_loss": 0.4}]
     (run / "metrics.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    assert sdd(bench, "import", str(run), "--suite", "imp", "--method", "dino", "--epoch", "50",
-               "--dataset", "coco_instances") == 0
+    args = ["--suite", "imp", "--method", "dino", "--epoch", "50", "--dataset", "coco_instances"]
+    assert sdd(bench, "import", str(run), *args) == 1  # two evaluations: which one is not a silent choice
+    assert "2 evaluations (at iterations 44999, 89999); say which with --take" in capsys.readouterr().err
+    assert sdd(bench, "import", str(run), *args, "--take", "last") == 0
     rec = json.loads((tmp_path / "results/imp/imported/maskrcnn/coco_instances/dino/ep0050.json").read_text())
-    assert rec["metrics"]["bbox_AP"] == 40.5 and rec["metrics"]["segm_AP"] == 36.2 and rec["imported"]["line"] == 3
+    assert rec["metrics"]["bbox_AP"] == 40.5 and rec["metrics"]["segm_AP"] == 36.2
+    assert rec["imported"]["sources"]["segm_AP"]["line"] == 3
+    assert sdd(bench, "import", str(run), *args, "--take", "best", "--replace") == 0  # best by segm AP: the same line
+    assert sdd(bench, "import", str(run), *args, "--take", "iter 44999", "--replace") == 0
+    rec = json.loads((tmp_path / "results/imp/imported/maskrcnn/coco_instances/dino/ep0050.json").read_text())
+    assert rec["metrics"]["segm_AP"] == 27.0 and rec["imported"]["sources"]["segm_AP"]["line"] == 2

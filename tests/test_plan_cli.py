@@ -51,7 +51,8 @@ def test_plan_filters_and_cell_listing(tmp_path):
     out = run_cli("plan", "--suite", "sdd", "--protocol", "metrics", "--method", "vicregl", "--cells",
                   "--results", str(tmp_path))
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 30 and lines[0].startswith("todo   metrics/imagenet/vicregl/ep0010")
+    assert len(lines) == 32 and lines[0].split() == ["state", "cell", "config", "why"]
+    assert lines[2].startswith("todo   metrics/imagenet/vicregl/ep0010")
     bad = run_cli("plan", "--suite", "sdd", "--method", "vicreg1")
     assert bad.returncode == 2 and "unknown method 'vicreg1'" in bad.stderr and "Did you mean" in bad.stderr
 

@@ -41,11 +41,27 @@ def test_the_plain_sentence_follows_the_intervals():
 
     from harness.analysis.tables import tracking_sentence
 
-    mean = pd.DataFrame({"metric": ["DSE", "RankMe", "W2"],
+    mean = pd.DataFrame({"metric": ["DSE", "RankMe", "W2"], "n_VOC": [4, 4, 4],
                          "Avg. 95% CI": ["[+0.10, +0.60]", "[-0.30, +0.20]", "[-0.80, -0.10]"]})
-    assert tracking_sentence(mean).startswith("DSE tracks mIoU here") and "(W2)" in tracking_sentence(mean)
+    long = pd.DataFrame({"grid": ["full"] * 4, "tau": [0.5] * 4, "checkpoints": [16, 16, 8, 16]})
+    assert tracking_sentence(mean, long).startswith("DSE tracks mIoU here") and "(W2)" in tracking_sentence(mean, long)
     mean["Avg. 95% CI"] = ["[-0.10, +0.60]", "[-0.30, +0.20]", "—"]
-    assert tracking_sentence(mean).startswith("No metric tracks mIoU here")
+    assert tracking_sentence(mean, long).startswith("No metric tracks mIoU here")
+
+
+@pytest.mark.parametrize("methods, checkpoints", [(1, 16), (2, 16), (4, 3)])
+def test_too_little_data_is_no_finding_whatever_the_interval(methods, checkpoints):
+    """One method gives the interval [+1.00, +1.00] while its p-value is 0.083: the sentence must not say
+    "tracks" from that (issue 23, class 7); nor from two methods, or from methods with 3 checkpoints."""
+    import pandas as pd
+
+    from harness.analysis.tables import tracking_sentence
+
+    mean = pd.DataFrame({"metric": ["DSE"], "n_VOC": [methods], "Avg. 95% CI": ["[+1.00, +1.00]"]})
+    long = pd.DataFrame({"grid": ["full"] * methods, "tau": [1.0] * methods, "checkpoints": [checkpoints] * methods})
+    text = tracking_sentence(mean, long)
+    assert text.startswith("Too little data for a finding") and "tracks" not in text
+    assert f"{methods} method(s) with at least {checkpoints} checkpoint(s)" in text
 
 
 def test_the_report_states_the_size_of_the_world_and_the_caution(tmp_path):
@@ -62,7 +78,7 @@ def test_the_report_states_the_size_of_the_world_and_the_caution(tmp_path):
     t.to_csv(tmp_path / "syn" / "results.csv", index=False)
     table, tables, _ = build_tables(tmp_path / "syn")
     text = write_report(tmp_path / "syn", table, tables, []).read_text()
-    assert "World: 3 method(s)" in text and "6–6 checkpoints each" in text
+    assert "World: 3 method(s)" in text and "6 checkpoints each" in text and "6–6" not in text
     assert "not the paper's" in text and "95% interval" in text
     assert "track mIoU here" in text or "No metric tracks mIoU here" in text
     pd.read_csv(tmp_path / "syn" / "tables" / "kendall_tau.csv")  # written

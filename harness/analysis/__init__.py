@@ -10,6 +10,8 @@ import pandas as pd
 from harness.analysis.render import write_table
 from harness.analysis.tables import MIOU_TABLES, all_tables
 from harness.collect import META_COLUMNS
+from harness.kinds import LABEL_FREE, PROBE, kinds_with
+from harness.records import cell_id
 
 PAPER = Path(__file__).resolve().parents[2] / "results" / "paper"
 
@@ -25,24 +27,36 @@ class TablesError(Exception):
 REQUIRED = ["protocol", "dataset", "method", "epoch", "status"]
 
 
-def check_columns(table: pd.DataFrame, csv: Path, protocol: str) -> None:
+def check_columns(table: pd.DataFrame, csv: Path, protocols: list[str] = ()) -> None:
     """A results.csv without the columns the tables are computed from would give empty tables that read
-    as "no data": refuse it instead, naming what is missing."""
+    as "no data": refuse it instead, naming what is missing -- or, when a probe protocol has rows but no
+    mIoU column because every one of its cells failed, saying that."""
     missing = [c for c in REQUIRED if c not in table.columns]
-    if "protocol" in table.columns and (table["protocol"] == protocol).any() and "mIoU" not in table.columns:
-        missing.append("mIoU")
     if missing:
         raise TablesError(f"{csv} lacks the column(s) {', '.join(missing)} that the tables are computed from; "
                           f"the previous tables were left in place. Rebuild it with `sdd collect --suite "
                           f"{csv.parent.name}`, or add the columns to a hand-made table.")
+    if "mIoU" in table.columns:
+        return
+    for p in protocols:
+        rows = table[table["protocol"] == p]
+        failed = rows[rows["status"] != "ok"]
+        if len(rows) and len(failed) == len(rows):
+            first = str(failed["error"].dropna().iloc[0]) if "error" in failed and failed["error"].notna().any() else "?"
+            raise TablesError(f"every {p} cell failed ({len(rows)} of {len(rows)}), so there is no mIoU to tabulate; "
+                              f"the first error: {first[:300]}. `sdd status --suite {csv.parent.name}` lists them; "
+                              f"fix the cause and `sdd submit --retry-failed`.")
+        if len(rows):
+            raise TablesError(f"{csv} has {p} rows but no mIoU column; rebuild it with `sdd collect --suite "
+                              f"{csv.parent.name}`; the previous tables were left in place.")
 
 
-def load_collected(suite_dir: Path, protocol: str = "linear") -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     csv = suite_dir / "results.csv"
     if not csv.is_file():
         raise FileNotFoundError(f"{csv} does not exist; run `sdd collect --suite {suite_dir.name}` first")
-    table = pd.read_csv(csv)
-    check_columns(table, csv, protocol)
+    table = pd.read_csv(csv, low_memory=False)
+    check_columns(table, csv)
     for col in META_COLUMNS:  # a hand-made or partial table may lack some: defined as empty
         if col not in table.columns:
             table[col] = pd.Series([None] * len(table), dtype=object)
@@ -60,16 +74,50 @@ def drop_stale(table: pd.DataFrame, include_stale: bool = False) -> tuple[pd.Dat
     stale = table[table["current"].astype(str).str.lower() == "false"]
     if stale.empty:
         return table, []
-    cells = ", ".join(f"{r.protocol}/{r.dataset}/{r.method}/ep{int(r.epoch)}" for r in stale.itertuples())
+    cells = _names(stale)
     if include_stale:
-        return table, [f"{len(stale)} stale record(s) (recipe changed since) kept by --include-stale: {cells[:300]}"]
+        return table, [f"{len(stale)} stale record(s) (recipe changed since) kept by --include-stale: {cells}"]
     return table.drop(index=stale.index), [f"{len(stale)} stale record(s) (recipe changed since) left out; "
-                                           f"--include-stale keeps them: {cells[:300]}"]
+                                           f"--include-stale keeps them: {cells}"]
+
+
+def _names(rows: pd.DataFrame, limit: int = 8) -> str:
+    names = [cell_id(r.protocol, r.dataset, r.method, r.epoch) for r in rows.itertuples()]
+    return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit})" if len(names) > limit else "")
+
+
+def drop_outside_grid(table: pd.DataFrame, include: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Imported records of epochs the suite's grid does not hold (`sdd import --allow-outside-grid`) are
+    left out of every table, and named; `include` keeps them."""
+    if "outside_grid" not in table.columns:
+        return table, []
+    out = table[table["outside_grid"].astype(str).str.lower() == "true"]
+    if out.empty:
+        return table, []
+    if include:
+        return table, [f"{len(out)} imported record(s) outside the suite's grid kept by --include-outside-grid: "
+                       f"{_names(out)}"]
+    return table.drop(index=out.index), [f"{len(out)} imported record(s) outside the suite's grid left out (they "
+                                         f"would change best and τ); --include-outside-grid keeps them: {_names(out)}"]
+
+
+KEY = ["protocol", "dataset", "method", "epoch"]
+
+
+def check_duplicates(table: pd.DataFrame, csv: Path) -> None:
+    """One cell, one row per source (computed, imported): a duplicated row is a damaged or hand-edited table,
+    never a silent choice of one of its numbers."""
+    key = KEY + (["source"] if "source" in table.columns else [])
+    dup = table[table.duplicated(key, keep=False)]
+    if len(dup):
+        raise TablesError(f"{csv} has {len(dup)} rows for {dup[key].drop_duplicates().shape[0]} cell(s) that should have "
+                          f"one each ({_names(dup.drop_duplicates(key))}); the previous tables were left in place. "
+                          f"Rebuild it with `sdd collect --suite {csv.parent.name}`.")
 
 
 def probe_protocols(table: pd.DataFrame, csv: Path, requested: str | None = None) -> list[str]:
     """The linear-probe protocols whose mIoU the SDD, τ and selection tables read: the one asked for
-    (which must have records), else every protocol of kind `linear` in the table."""
+    (which must have records), else every protocol of a probe kind in the table."""
     protocols = sorted(set(table["protocol"].dropna().astype(str))) if "protocol" in table.columns else []
     if requested is not None:
         if requested not in protocols:
@@ -83,40 +131,44 @@ def probe_protocols(table: pd.DataFrame, csv: Path, requested: str | None = None
     kind = table["kind"] if "kind" in table.columns and table["kind"].notna().any() else table.get("protocol")
     if kind is None:
         return []
-    return sorted(set(table.loc[kind == "linear", "protocol"].dropna().astype(str)))
+    return sorted(set(table.loc[kind.isin(kinds_with(PROBE)), "protocol"].dropna().astype(str)))
 
 
 def prefer_source(table: pd.DataFrame, prefer: str = "computed") -> tuple[pd.DataFrame, list[str]]:
     """One row per cell: where a computed and an imported record both exist, `prefer` decides (named)."""
     if "source" not in table.columns or table.empty:
         return table, []
-    key = ["protocol", "dataset", "method", "epoch"]
     src = table["source"].fillna("computed")
-    both = table[table.duplicated(key, keep=False) & src.isin(["computed", "imported"])]
+    both = table[table.duplicated(KEY, keep=False) & src.isin(["computed", "imported"])]
     if both.empty:
         return table, []
-    order = table.assign(_p=(src != prefer).astype(int)).sort_values(key + ["_p"], kind="stable")
-    kept = order.drop_duplicates(key, keep="first").drop(columns="_p").sort_index()
-    n = both[key].drop_duplicates().shape[0]
+    order = table.assign(_p=(src != prefer).astype(int)).sort_values(KEY + ["_p"], kind="stable")
+    kept = order.drop_duplicates(KEY, keep="first").drop(columns="_p").sort_index()
+    cells = both.drop_duplicates(KEY)
     other = "imported" if prefer == "computed" else "computed"
-    return kept, [f"{n} cell(s) have both a computed and an imported record: the {prefer} one is used "
-                  f"(--prefer {other} for the other)"]
+    return kept, [f"{len(cells)} cell(s) have both a computed and an imported record; the {prefer} one is used "
+                  f"(--prefer {other} for the other): {_names(cells)}"]
 
 
 def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path = PAPER, include_stale: bool = False,
-                 prefer: str = "computed"):
+                 prefer: str = "computed", include_outside_grid: bool = False):
     """Every table computed first, then written: a failure leaves the previous files in place. With no
     `protocol`, the suite's own linear-probe protocols (by kind) give the mIoU; several give one set of
     tables each (`<table>__<protocol>`). Returns (table, tables, files); each table that reads an mIoU
-    says from which protocol (`Table.protocol`)."""
+    says from which protocol (`Table.protocol`); what the build left out or chose is each table's
+    `context` (written once in REPORT.md)."""
     csv = suite_dir / "results.csv"
     if not csv.is_file():
         raise FileNotFoundError(f"{csv} does not exist; run `sdd collect --suite {suite_dir.name}` first")
-    protocols = probe_protocols(pd.read_csv(csv), csv, protocol)
-    table, _ = load_collected(suite_dir, protocols[0] if len(protocols) == 1 else "linear")
-    table, stale_notes = drop_stale(table, include_stale)
-    table, source_notes = prefer_source(table, prefer)
-    stale_notes += source_notes
+    table, _ = load_collected(suite_dir)
+    check_duplicates(table, csv)
+    protocols = probe_protocols(table, csv, protocol)
+    check_columns(table, csv, protocols)
+    table, context = drop_stale(table, include_stale)
+    table, more = drop_outside_grid(table, include_outside_grid)
+    context += more
+    table, more = prefer_source(table, prefer)
+    context += more
     papers = load_papers(paper_dir)
     tables = []
     for p in protocols or [None]:
@@ -132,7 +184,7 @@ def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path =
                     t.name, t.title = f"{t.name}__{p}", f"{t.title} — {p}"
             tables.append(t)
     for t in tables:
-        t.notes[:0] = stale_notes
+        t.context = list(context)
     files = []
     for t in tables:
         files += write_table(t, suite_dir / "tables")
@@ -140,11 +192,12 @@ def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path =
 
 
 def build_figures(suite_dir: Path, tables, protocol: str = "linear", include_stale: bool = False,
-                  prefer: str = "computed") -> list[Path]:
+                  prefer: str = "computed", include_outside_grid: bool = False) -> list[Path]:
     from harness.analysis.figures import all_figures
 
-    table, spec = load_collected(suite_dir, protocol)
+    table, spec = load_collected(suite_dir)
     table, _ = drop_stale(table, include_stale)
+    table, _ = drop_outside_grid(table, include_outside_grid)
     table, _ = prefer_source(table, prefer)
     mean = next(t.frame for t in tables if t.name.split("__")[0] == "kendall_tau")
     return all_figures(table, spec, mean, suite_dir / "figures", protocol)
@@ -158,8 +211,10 @@ def world_lines(table: pd.DataFrame, tables) -> list[str]:
     methods = sorted(set(ok["method"].dropna())) if "method" in ok.columns else []
     per = ok.groupby("method")["epoch"].nunique() if methods else pd.Series(dtype=int)
     images = sorted({int(v) for v in ok.get("images", pd.Series(dtype=float)).dropna()})
+    span = (f"{per.min()} checkpoints each" if per.min() == per.max() else f"{per.min()}–{per.max()} checkpoints each") \
+        if len(per) else "no checkpoints"
     out = [f"- World: {len(methods)} method(s) ({', '.join(methods[:8])}{' ...' if len(methods) > 8 else ''}), "
-           + (f"{per.min()}–{per.max()} checkpoints each" if len(per) else "no checkpoints")
+           + span
            + (f", label-free metrics on {', '.join(map(str, images))} images" if images else "") + "."]
     if methods and all(m.startswith("mini_") for m in methods):
         out.append("- This is the mini world: tiny networks pre-trained for a few epochs on generated images. Its τ "
@@ -167,13 +222,16 @@ def world_lines(table: pd.DataFrame, tables) -> list[str]:
                    "runs and how the tables read.")
     out.append("- τ over a few methods and checkpoints is uncertain: read each average with its 95% interval.")
     mean = next((t.frame for t in tables if t.name.split("__")[0] == "kendall_tau"), None)
+    long = next((t.frame for t in tables if t.name.split("__")[0] == "kendall_tau_per_method"), None)
     if mean is not None:
-        out.append(f"- {tracking_sentence(mean)}")
+        out.append(f"- {tracking_sentence(mean, long)}")
     return out
 
 
 def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Path]) -> Path:
     protocols = sorted({t.protocol for t in tables if t.protocol})
+    kind = table["kind"].fillna(table["protocol"]) if "kind" in table.columns else table["protocol"]
+    label_free = sorted(set(table.loc[kind.isin(kinds_with(LABEL_FREE)) & (table["status"] == "ok"), "protocol"]))
     csv = suite_dir / "results.csv"
     digest = hashlib.sha256(csv.read_bytes()).hexdigest()[:16]
     ok = int((table["status"] == "ok").sum()) if len(table) else 0
@@ -183,16 +241,21 @@ def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Pat
              "- Segmentation metric: mIoU of the "
              + (", ".join(f"`{p}`" for p in protocols) + " protocol" + ("s" if len(protocols) > 1 else "")
                 if protocols else "(no linear-probe protocol has records)")
-             + "; label-free metrics from the `metrics` protocol, joined on epoch.",
+             + "; label-free metrics from the "
+             + (", ".join(f"`{p}`" for p in label_free) + " protocol" + ("s" if len(label_free) > 1 else "")
+                if label_free else "(no label-free protocol has records)") + ", joined on epoch.",
              "- Kendall τ: `scipy.stats.kendalltau` (τ-b), per method over its checkpoints, then the mean over "
              "methods; Avg. = mean over datasets; metrics in their goodness orientation (raw τ in the per-method "
              "table).",
              "- DSE = separability + λ·dim with λ = Std(separability)/Std(dim) across one method's checkpoints; "
              "DSE (λ=1) is the estimator's raw output.",
-             "- Model selection: local maxima of DSE within ±2 checkpoints, top 3 by DSE; reported as the max, "
-             "mean and top-1 of their mIoU.",
+             "- Model selection: local maxima of DSE within ±2 checkpoints, the (up to) 3 highest by DSE; reported "
+             "as the max, mean and top-1 of their mIoU.",
              "- Best checkpoint: highest mIoU, ties to the earliest epoch.", "", "## What these numbers can say", ""]
     lines += world_lines(table, tables)
+    context = tables[0].context if tables else []
+    if context:
+        lines += ["", "## Records used", ""] + [f"- {n}" for n in context]
     lines += ["", "## Tables", ""]
     for t in tables:
         lines.append(f"- [{t.title}](tables/{t.name}.md) ([LaTeX](tables/{t.name}.tex), [CSV](tables/{t.name}.csv))")

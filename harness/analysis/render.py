@@ -23,7 +23,17 @@ def _fmt(col: str, v, missing: str) -> str:
     return str(v)
 
 
-def markdown(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
+MARK = "ⁱ"  # a number that came from an import (harness.analysis.tables marks them)
+
+
+def _cells(frame: pd.DataFrame, missing: str, marks: set) -> list[list[str]]:
+    cols = list(frame.columns)
+    return [[_fmt(c, v, missing) + (MARK if (i, c) in marks and _fmt(c, v, missing) != missing else "")
+             for c, v in zip(cols, row)] for i, row in enumerate(frame.itertuples(index=False))]
+
+
+def markdown(frame: pd.DataFrame, title: str, notes: list[str], marks: set | None = None,
+             context: list[str] | None = None) -> str:
     lines = [f"### {title}", ""]
     if frame.empty:
         lines.append("_No data._")
@@ -31,9 +41,9 @@ def markdown(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
         cols = list(frame.columns)
         lines.append("| " + " | ".join(cols) + " |")
         lines.append("|" + "|".join("---" for _ in cols) + "|")
-        for row in frame.itertuples(index=False):
-            lines.append("| " + " | ".join(_fmt(c, v, "—").replace("|", "\\|") for c, v in zip(cols, row)) + " |")
-    lines += [""] + [f"- {n}" for n in notes]
+        for row in _cells(frame, "—", marks or set()):
+            lines.append("| " + " | ".join(v.replace("|", "\\|") for v in row) + " |")
+    lines += [""] + [f"- {n}" for n in notes] + [f"- {n}" for n in context or []]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -45,13 +55,13 @@ def _tex(s: str) -> str:
     return s
 
 
-def latex(frame: pd.DataFrame, title: str) -> str:
+def latex(frame: pd.DataFrame, title: str, marks: set | None = None) -> str:
     cols = list(frame.columns)
     align = "".join("r" if pd.api.types.is_numeric_dtype(frame[c]) else "l" for c in cols) or "l"
     out = [f"% {title}", r"\begin{tabular}{" + align + "}", r"\toprule",
            " & ".join(_tex(str(c)) for c in cols) + r" \\", r"\midrule"]
-    for row in frame.itertuples(index=False):
-        out.append(" & ".join(_tex(_fmt(c, v, "--")) for c, v in zip(cols, row)) + r" \\")
+    for row in _cells(frame, "--", marks or set()):
+        out.append(" & ".join(_tex(v).replace(MARK, r"$^{i}$") for v in row) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(out) + "\n"
 
@@ -59,7 +69,12 @@ def latex(frame: pd.DataFrame, title: str) -> str:
 def write_table(table, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{table.name}.md", out_dir / f"{table.name}.tex", out_dir / f"{table.name}.csv"]
-    paths[0].write_text(markdown(table.frame, table.title, table.notes))
-    paths[1].write_text(latex(table.frame, table.title))
-    table.frame.to_csv(paths[2], index=False, float_format="%.6g", lineterminator="\n")
+    marks = getattr(table, "marks", set())
+    paths[0].write_text(markdown(table.frame, table.title, table.notes, marks, getattr(table, "context", [])))
+    paths[1].write_text(latex(table.frame, table.title, marks))
+    frame = table.frame
+    if marks:  # which numbers of a row came from an import, for a reader of the CSV alone
+        frame = frame.assign(imported=[",".join(c for c in frame.columns if (i, c) in marks) or None
+                                       for i in range(len(frame))])
+    frame.to_csv(paths[2], index=False, float_format="%.6g", lineterminator="\n")
     return paths

@@ -1,15 +1,20 @@
 """The paper's tables as pure functions of the collected table (`results.csv`), never of a model.
 
 Conventions (also written into REPORT.md):
-- mIoU series per (method, dataset) come from the segmentation protocol's rows (default `linear`),
-  metric series per method from the `metrics` rows; they are joined on epoch. Failed or missing
-  values are left out of a series, and the table says what was left out.
-- Best checkpoint: the highest mIoU; a tie goes to the earliest epoch.
+- mIoU series per (method, dataset) come from a linear-probe protocol's rows, metric series per method
+  from the label-free protocol's rows (the kinds' roles in `harness.kinds`); they are joined on epoch.
+- A failed cell, or one whose value is not a finite number, is left out of its series and named in the
+  notes; its method stays in the means. A grid is "guided" only when its downstream checkpoints are the
+  DSE-guided grid's (the DSE top-3 and the last): such τ are shown per method and kept out of the means.
+- Best checkpoint: the highest mIoU among the grid's checkpoints (an import recorded outside the grid is
+  left out unless asked); a tie goes to the earliest epoch. Last: the method's last checkpoint of the
+  grid, whatever records exist; if it has no mIoU, last and diff are empty (never another epoch instead).
 - Kendall τ: `scipy.stats.kendalltau` (τ-b, ties corrected), per method between a metric's series and
-  the mIoU series over the checkpoints both have; mean over methods (methods with an undefined τ are
-  left out and counted); "Avg." is the mean over datasets. τ is reported in the metric's goodness
-  orientation (W2: lower is better, so −W2; α-ReQ: closer to 1 is better, so −|α − 1|), and raw in
-  the long table.
+  the mIoU series over the checkpoints both have; mean over methods; "Avg." is the mean over datasets.
+  τ is in the metric's goodness orientation, as its kind declares it (W2: lower is better, so −W2;
+  α-ReQ: closer to 1 is better, so −|α − 1|), and raw in the long table.
+- A number that came from an import is marked ⁱ (a τ or a mean when any of its inputs did); the notes
+  name those cells and their files.
 - DSE with λ and the model selection: `harness.selection` (the same code the guided planner uses).
 """
 from __future__ import annotations
@@ -22,38 +27,18 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
+from harness.analysis.render import MARK as IMPORTED_MARK
 from harness.analysis.uncertainty import bootstrap_mean_tau, interval_text, permutation_p
+from harness.kinds import DENSE, IMAGE, LABEL_FREE, PROTOCOL_KINDS, TAU_ROWS, Metric, kinds_with
 from harness.selection import dse_normalised, select_checkpoints
 
 DATASET_ORDER = ["coco_stuff164k", "voc12_aug", "ade20k", "cityscapes"]
 DATASET_LABEL = {"coco_stuff164k": "COCO", "voc12_aug": "VOC", "ade20k": "ADE20k", "cityscapes": "City"}
-
-
-@dataclass(frozen=True)
-class MetricDef:
-    label: str
-    column: str
-    orientation: str  # "higher", "lower", "closer to 1"
-
-    def goodness(self, raw: pd.Series) -> pd.Series:
-        if self.orientation == "lower":
-            return -raw
-        if self.orientation == "closer to 1":
-            return -(raw - 1).abs()
-        return raw
-
-
-TAU_METRICS = [
-    MetricDef("DSE", "dse_lambda", "higher"),
-    MetricDef("DSE (λ=1)", "dse", "higher"),
-    MetricDef("Separability only", "dse_separability", "higher"),
-    MetricDef("Dimensionality only (RankMe†)", "dse_dim", "higher"),
-    MetricDef("RankMe", "rankme", "higher"),
-    MetricDef("α-ReQ", "alpha_req", "closer to 1"),
-    MetricDef("LiDAR", "lidar", "higher"),
-    MetricDef("W2", "w2", "lower"),
-    MetricDef("−L_U", "neg_lu", "higher"),
-]
+# A finding needs enough data: fewer methods than this (or checkpoints per method) give an interval
+# that says little, whatever its bounds.
+MIN_METHODS_FOR_A_FINDING = 3
+MIN_CHECKPOINTS_FOR_A_FINDING = 5
+TAU_METRICS: tuple[Metric, ...] = TAU_ROWS
 
 
 @dataclass
@@ -63,6 +48,8 @@ class Table:
     frame: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     protocol: str | None = None  # the linear-probe protocol whose mIoU it reads, if any
+    marks: set = field(default_factory=set)  # (row position, column) of numbers that came from an import
+    context: list[str] = field(default_factory=list)  # what every table of the build shares (records used)
 
 
 # the tables that read a linear probe's mIoU (one set per probe protocol of a suite)
@@ -73,20 +60,35 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "ok"] if "status" in df.columns else df
 
 
+def _kind(table: pd.DataFrame) -> pd.Series:
+    """Each row's protocol kind (recorded by collect; the protocol's name where a hand-made table lacks it)."""
+    if "kind" in table.columns and table["kind"].notna().any():
+        return table["kind"].fillna(table["protocol"])
+    return table["protocol"]
+
+
+def _imported(df: pd.DataFrame) -> pd.Series:
+    return df["source"].fillna("computed").eq("imported") if "source" in df.columns else \
+        pd.Series(False, index=df.index)
+
+
+def _cell(method, dataset, epoch, protocol=None) -> str:
+    return "/".join(str(x) for x in (protocol, dataset, method) if x is not None) + f"/ep{int(epoch):04d}"
+
+
 def datasets_of(table: pd.DataFrame, protocol: str) -> list[str]:
     present = sorted(set(table.loc[table["protocol"] == protocol, "dataset"].dropna()))
     return [d for d in DATASET_ORDER if d in present] + [d for d in present if d not in DATASET_ORDER]
 
 
 def _is_metrics(table: pd.DataFrame) -> pd.Series:
-    """Rows of the label-free metrics protocol (by kind when recorded, else by the name `metrics`)."""
-    if "kind" in table.columns and table["kind"].notna().any():
-        return table["kind"] == "metrics"
-    return table["protocol"] == "metrics"
+    """Rows of the label-free metrics protocol."""
+    return _kind(table).isin(kinds_with(LABEL_FREE))
 
 
 def metric_frame(table: pd.DataFrame) -> pd.DataFrame:
-    """Metrics rows, one per (method, epoch), with the λ-normalised DSE added per method."""
+    """Metrics rows, one per (method, epoch), with the λ-normalised DSE added per method (NaN where a
+    checkpoint lacks separability or dimensionality)."""
     m = _ok(table[_is_metrics(table)]).copy()
     if m.empty:
         return m
@@ -94,68 +96,128 @@ def metric_frame(table: pd.DataFrame) -> pd.DataFrame:
     m["dse_lambda"] = np.nan
     if {"dse_separability", "dse_dim"} <= set(m.columns):
         for method, g in m.groupby("method"):
-            m.loc[g.index, "dse_lambda"] = dse_normalised(g["dse_separability"].astype(float).tolist(),
-                                                          g["dse_dim"].astype(float).tolist())
+            m.loc[g.index, "dse_lambda"] = dse_normalised(pd.to_numeric(g["dse_separability"], errors="coerce").tolist(),
+                                                          pd.to_numeric(g["dse_dim"], errors="coerce").tolist())
     return m
 
 
 def miou_frame(table: pd.DataFrame, protocol: str = "linear", column: str = "mIoU") -> pd.DataFrame:
+    """(method, dataset, epoch, miou, imported) of the protocol's ok rows with a finite value."""
     s = _ok(table[table["protocol"] == protocol])
     if column not in s.columns:
-        return pd.DataFrame(columns=["method", "dataset", "epoch", "miou"])
-    s = s[["method", "dataset", "epoch", column]].rename(columns={column: "miou"})
-    return s[np.isfinite(s["miou"].astype(float))].sort_values(["method", "dataset", "epoch"])
+        return pd.DataFrame(columns=["method", "dataset", "epoch", "miou", "imported"])
+    s = s.assign(imported=_imported(s))[["method", "dataset", "epoch", column, "imported"]]
+    s = s.rename(columns={column: "miou"})
+    s = s[np.isfinite(pd.to_numeric(s["miou"], errors="coerce").astype(float))]
+    return s.sort_values(["method", "dataset", "epoch"])
+
+
+def left_out(table: pd.DataFrame, protocol: str, column: str = "mIoU") -> dict[tuple, list[str]]:
+    """(method, dataset) -> "ep N failed" / "ep N mIoU not a number" for the protocol's rows left out of a series."""
+    out: dict[tuple, list[str]] = {}
+    rows = table[table["protocol"] == protocol]
+    for r in rows.itertuples(index=False):
+        d = r._asdict()
+        if d.get("status") != "ok":
+            why = "failed" + (f" ({str(d.get('error'))[:60]})" if isinstance(d.get("error"), str) else "")
+        else:
+            v = pd.to_numeric(pd.Series([d.get(column)]), errors="coerce").iloc[0]
+            if math.isfinite(v):
+                continue
+            why = f"{column} not a number"
+        out.setdefault((d["method"], d["dataset"]), []).append(f"ep {int(d['epoch'])} {why}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
-def last_epochs(table: pd.DataFrame) -> dict[str, int]:
-    """Each method's last checkpoint: the largest epoch any of its records has."""
-    return {m: int(g["epoch"].max()) for m, g in table.dropna(subset=["epoch"]).groupby("method")}
+def last_epochs(table: pd.DataFrame, protocol: str | None = None) -> dict[tuple, int]:
+    """(method, dataset) -> the method's last checkpoint of the grid for that protocol and dataset (from
+    `last_epoch`, which collect writes from the plan); else the largest epoch any of its records has."""
+    rows = table if protocol is None else table[table["protocol"] == protocol]
+    out = {}
+    fallback = {m: int(g["epoch"].max()) for m, g in table.dropna(subset=["epoch"]).groupby("method")}
+    for (method, dataset), g in rows.groupby(["method", "dataset"]):
+        planned = pd.to_numeric(g["last_epoch"], errors="coerce").dropna() if "last_epoch" in g.columns else []
+        out[(method, dataset)] = int(planned.max()) if len(planned) else fallback.get(method, int(g["epoch"].max()))
+    return out
 
 
-def grid_kind(table: pd.DataFrame):
-    """method, downstream checkpoints -> "full" | "partial" (fewer than the metrics cover)."""
+def grid_kind(table: pd.DataFrame, protocol: str):
+    """(method, dataset) -> "guided" (the downstream checkpoints with a record are the DSE top-3 and the
+    last, fewer than the metrics cover: the DSE-guided grid) | "full"."""
     mf = metric_frame(table)
-    n_metric = mf.groupby("method")["epoch"].nunique().to_dict() if not mf.empty else {}
-    return lambda method, n: "partial" if n < n_metric.get(method, 0) else "full"
+    metric_epochs = mf.groupby("method")["epoch"].apply(lambda e: set(e.astype(int))).to_dict() if not mf.empty else {}
+    sel = selections(table)
+    last = last_epochs(table, protocol)
+    rows = table[table["protocol"] == protocol]
+    evaluated = rows.groupby(["method", "dataset"])["epoch"].apply(lambda e: set(e.astype(int))).to_dict()
+
+    def kind(method, dataset) -> str:
+        have, want = evaluated.get((method, dataset), set()), metric_epochs.get(method, set())
+        chosen = set(sel.get(method, [])) | {last.get((method, dataset))}
+        return "guided" if want and have < want and have <= chosen and len(have) < len(want) else "full"
+    return kind
+
+
+def _imported_note(table: pd.DataFrame, cells: set[tuple], what: str) -> list[str]:
+    """One note naming the imported cells whose numbers a table shows, and their files."""
+    if not cells:
+        return []
+    files = set()
+    rows = table[_imported(table)] if "source" in table.columns else table.iloc[0:0]
+    for r in rows.itertuples(index=False):
+        d = r._asdict()
+        if (d["protocol"], d["dataset"], d["method"], int(d["epoch"])) in cells and isinstance(d.get("import_files"), str):
+            files.update(d["import_files"].split("; "))
+    names = sorted(_cell(m, ds, e, p) for p, ds, m, e in cells)
+    return [f"{IMPORTED_MARK} {what} from {len(names)} imported cell(s): {', '.join(names[:8])}"
+            + (f" ... (+{len(names) - 8})" if len(names) > 8 else "")
+            + (f"; files: {', '.join(sorted(files)[:4])}" + (" ..." if len(files) > 4 else "") if files else "")]
 
 
 def sdd_table(table: pd.DataFrame, protocol: str = "linear", paper: pd.DataFrame | None = None) -> Table:
     mi = miou_frame(table, protocol)
-    last_epochs_ = last_epochs(table)
-    grid_of = grid_kind(table)
-    rows, notes = [], []
+    last_of = last_epochs(table, protocol)
+    grid_of = grid_kind(table, protocol)
+    rows, notes, marks, imported_cells = [], [], set(), set()
     for (method, dataset), g in mi.groupby(["method", "dataset"], sort=True):
         g = g.sort_values("epoch")
-        best_i = g["miou"].to_numpy().argmax()  # first maximum = earliest epoch on ties
+        best_i = g["miou"].astype(float).to_numpy().argmax()  # first maximum = earliest epoch on ties
         best = g.iloc[best_i]
-        last_epoch = last_epochs_.get(method, int(g["epoch"].max()))  # the method's last checkpoint, always
+        last_epoch = last_of.get((method, dataset), int(g["epoch"].max()))
         hit = g[g["epoch"] == last_epoch]
         last = float(hit["miou"].iloc[0]) if len(hit) else math.nan
         if not len(hit):
             notes.append(f"{method} / {dataset}: the last checkpoint (ep {last_epoch}) has no mIoU: last and diff "
                          f"are left empty (never the last evaluated one instead)")
-        rows.append({"method": method, "dataset": dataset, "checkpoints": len(g), "grid": grid_of(method, len(g)),
-                     "best": best["miou"], "best_epoch": int(best["epoch"]), "last": last, "last_epoch": last_epoch,
-                     "diff": last - best["miou"]})
+        i = len(rows)
+        rows.append({"method": method, "dataset": dataset, "checkpoints": len(g), "grid": grid_of(method, dataset),
+                     "best": float(best["miou"]), "best_epoch": int(best["epoch"]), "last": last,
+                     "last_epoch": last_epoch, "diff": last - float(best["miou"])})
+        if best["imported"]:
+            marks.add((i, "best"))
+            imported_cells.add((protocol, dataset, method, int(best["epoch"])))
+        if len(hit) and bool(hit["imported"].iloc[0]):
+            marks.update({(i, "last"), (i, "diff")})
+            imported_cells.add((protocol, dataset, method, last_epoch))
+        if best["imported"]:
+            marks.add((i, "diff"))
         if len(g) == 1:
             notes.append(f"{method} / {dataset}: one checkpoint only, so best = last")
-    if any(r["grid"] == "partial" for r in rows):
-        notes.append("grid partial: fewer downstream checkpoints than metric checkpoints (the notes below say why); "
-                     "its best is over the evaluated ones only")
+    if any(r["grid"] == "guided" for r in rows):
+        notes.append("grid guided: the DSE-guided grid evaluated only the DSE top-3 and the last checkpoint; its best "
+                     "is over those")
     frame = pd.DataFrame(rows, columns=["method", "dataset", "checkpoints", "grid", "best", "best_epoch", "last",
                                         "last_epoch", "diff"])
-    frame = _order(frame)
+    frame, order = _order(frame)
+    marks = {(order[i], c) for i, c in marks}
     if paper is not None and not frame.empty:
         frame = frame.merge(paper.rename(columns={"last_minus_best": "paper_diff"}), on=["method", "dataset"],
                             how="left")
         frame["delta_diff"] = frame["diff"] - frame["paper_diff"]
     notes += missing_notes(table, mi, protocol)
-    failed = table[(table["protocol"] == protocol) & (table["status"] != "ok")]
-    if len(failed):
-        notes.append(f"{len(failed)} {protocol} cell(s) failed and are left out: "
-                     + ", ".join(f"{r.method}/{r.dataset}/ep{int(r.epoch)}" for r in failed.itertuples())[:500])
-    return Table("sdd", "SDD: best vs last checkpoint (mIoU; diff = last − best)", frame, notes)
+    notes += _imported_note(table, imported_cells, "best / last values")
+    return Table("sdd", "SDD: best vs last checkpoint (mIoU; diff = last − best)", frame, notes, marks=marks)
 
 
 def _eps(epochs) -> str:
@@ -164,43 +226,39 @@ def _eps(epochs) -> str:
 
 
 def missing_notes(table: pd.DataFrame, mi: pd.DataFrame, protocol: str) -> list[str]:
-    """For each method × dataset evaluated on fewer checkpoints than the metrics cover: how many, and
-    why the others are missing (failed, no record; the DSE-guided grid only when that explains it)."""
+    """For each method × dataset: the checkpoints left out of its series (failed, not a number) and the
+    ones without a record (the DSE-guided grid when that explains it)."""
     mf = metric_frame(table)
-    if mf.empty or mi.empty:
-        return []
-    metric_epochs = mf.groupby("method")["epoch"].apply(lambda e: set(e.astype(int)))
-    sel = selections(table)
+    metric_epochs = mf.groupby("method")["epoch"].apply(lambda e: set(e.astype(int))) if not mf.empty else {}
+    gone = left_out(table, protocol)
+    grid_of = grid_kind(table, protocol)
     rows = table[table["protocol"] == protocol]
     notes = []
-    for (method, dataset), g in mi.groupby(["method", "dataset"], sort=True):
-        if method not in metric_epochs:
-            continue
-        want, have = metric_epochs[method], set(g["epoch"].astype(int))
-        if not want - have:
-            continue
-        mine = rows[(rows["method"] == method) & (rows["dataset"] == dataset)]
-        failed = set(mine.loc[mine["status"] != "ok", "epoch"].astype(int)) & want
-        absent = want - have - failed
-        why = []
-        if failed:
-            why.append(f"{len(failed)} failed (ep {_eps(failed)})")
+    for (method, dataset), g in rows.groupby(["method", "dataset"], sort=True):
+        why = list(gone.get((method, dataset), []))
+        want = metric_epochs.get(method, set()) if len(metric_epochs) else set()
+        absent = set(want) - set(g["epoch"].astype(int))
         if absent:
-            guided = not failed and have <= set(sel.get(method, [])) | {max(want)}
+            guided = grid_of(method, dataset) == "guided"
             why.append(f"{len(absent)} without a record (ep {_eps(absent)})"
                        + (": not run by the DSE-guided grid, which evaluates the DSE top-3 and the last checkpoint"
                           if guided else ""))
-        notes.append(f"{method} / {dataset}: {len(have)} of {len(want)} checkpoints evaluated; {'; '.join(why)}; "
-                     f"best is over those {len(have)}")
+        if why:
+            n = len(mi[(mi["method"] == method) & (mi["dataset"] == dataset)])
+            notes.append(f"{method} / {dataset}: {n} checkpoint(s) in its series; left out: {'; '.join(why[:6])}"
+                         + (" ..." if len(why) > 6 else "") + " (the method stays in the means)")
     return notes
 
 
-def _order(frame: pd.DataFrame) -> pd.DataFrame:
+def _order(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, int]]:
+    """The frame sorted by method and dataset order; and old row position -> new row position."""
     if frame.empty:
-        return frame
+        return frame, {}
     rank = {d: i for i, d in enumerate(DATASET_ORDER)}
     key = frame["dataset"].map(lambda d: (rank.get(d, len(rank)), d))
-    return frame.assign(_k=key).sort_values(["method", "_k"]).drop(columns="_k").reset_index(drop=True)
+    ordered = frame.assign(_k=key, _i=range(len(frame))).sort_values(["method", "_k"], kind="stable")
+    order = {int(old): new for new, old in enumerate(ordered["_i"])}
+    return ordered.drop(columns=["_k", "_i"]).reset_index(drop=True), order
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,96 +270,140 @@ def _tau(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
     return float(kendalltau(x, y).statistic), ""
 
 
+def _goodness(md: Metric, raw: pd.Series) -> pd.Series:
+    return raw.astype(float).map(md.goodness)
+
+
+def _metric_notes(mf: pd.DataFrame, mi: pd.DataFrame) -> list[str]:
+    """Which metric cannot be computed for which method, and why."""
+    notes = []
+    if mf.empty:
+        return notes
+    probed = sorted(set(mi["method"]))
+    for md in TAU_METRICS:
+        if md.name not in mf.columns:
+            continue
+        have = mf.groupby("method")[md.name].apply(lambda v: int(np.isfinite(pd.to_numeric(v, errors="coerce")).sum()))
+        lacking = [m for m in probed if m in have.index and have[m] == 0]
+        if lacking:
+            why = "no separability / dimensionality (only the raw DSE is known: its τ is in the DSE (λ=1) row)" \
+                if md.name == "dse_lambda" else f"its records have no '{md.name}'"
+            notes.append(f"{md.label}: left out for {', '.join(lacking)}: {why}")
+    return notes
+
+
 def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
                    paper: pd.DataFrame | None = None) -> tuple[Table, Table, Table | None]:
     """(mean τ per metric × dataset, per-method long table, paper side by side)."""
     mf, mi = metric_frame(table), miou_frame(table, protocol)
     datasets = datasets_of(table, protocol)
-    grid_of = grid_kind(table)
-    long_rows, notes, series = [], [], {}
-    if not mf.empty and {"dse", "dse_lambda"} <= set(mf.columns):
-        raw_only = sorted(set(mf.loc[mf["dse"].notna() & mf["dse_lambda"].isna(), "method"]))
-        if raw_only:  # e.g. imported scores without the estimator's components
-            notes.append(f"{', '.join(raw_only)}: only the raw DSE is known (no separability / dimensionality): "
-                         f"their τ is in the DSE (λ=1) row; the DSE row needs the components for λ")
+    grid_of = grid_kind(table, protocol)
+    long_rows, notes, series, long_marks = [], _metric_notes(mf, mi), {}, set()
+    imported_cells: set[tuple] = set()
+    if not mf.empty:
+        mf = mf.assign(_imp=_imported(mf))
     for md in TAU_METRICS:
-        if mf.empty or md.column not in mf.columns:
-            notes.append(f"{md.label}: no '{md.column}' values in the records; row left empty")
+        if mf.empty or md.name not in mf.columns:
+            notes.append(f"{md.label}: no '{md.name}' values in the records; row left empty")
             continue
         for dataset in datasets:
-            joined = mf[["method", "epoch", md.column]].merge(mi[mi["dataset"] == dataset], on=["method", "epoch"])
-            joined = joined[np.isfinite(joined[md.column].astype(float))]
+            joined = mf[["method", "epoch", md.name, "_imp", "protocol", "dataset"]].rename(
+                columns={"protocol": "_mp", "dataset": "_md"}).merge(mi[mi["dataset"] == dataset], on=["method", "epoch"])
+            joined = joined[np.isfinite(pd.to_numeric(joined[md.name], errors="coerce").astype(float))]
             for method, g in joined.groupby("method", sort=True):
-                raw, y = g[md.column].to_numpy(float), g["miou"].to_numpy(float)
-                good = md.goodness(g[md.column]).to_numpy(float)
+                raw, y = g[md.name].to_numpy(float), g["miou"].to_numpy(float)
+                good = _goodness(md, g[md.name]).to_numpy(float)
                 t_raw, why = _tau(raw, y)
                 t_good, _ = _tau(good, y)
                 series[(md.label, dataset, method)] = (good, y)
-                long_rows.append({"metric": md.label, "orientation": md.orientation, "method": method,
-                                  "dataset": dataset, "checkpoints": len(g), "grid": grid_of(method, len(g)),
+                if g["_imp"].any() or g["imported"].any():
+                    long_marks.update({(len(long_rows), "tau"), (len(long_rows), "tau_raw")})
+                    imported_cells |= {(p, d, method, int(e)) for p, d, e in g.loc[g["_imp"], ["_mp", "_md", "epoch"]]
+                                       .itertuples(index=False)}
+                    imported_cells |= {(protocol, dataset, method, int(e)) for e in g.loc[g["imported"], "epoch"]}
+                long_rows.append({"metric": md.label, "orientation": md.direction, "method": method,
+                                  "dataset": dataset, "checkpoints": len(g), "grid": grid_of(method, dataset),
                                   "tau_raw": t_raw, "tau": t_good,
                                   "p_value": permutation_p(good, y) if not why else math.nan,
                                   "undefined_because": why or None})
     long = pd.DataFrame(long_rows, columns=["metric", "orientation", "method", "dataset", "checkpoints", "grid",
                                             "tau_raw", "tau", "p_value", "undefined_because"])
-    partial = long[long["grid"] == "partial"]
-    if len(partial):  # τ over a DSE-guided subset is not comparable with τ over every checkpoint
-        notes.append(f"{partial[['method', 'dataset']].drop_duplicates().shape[0]} method × dataset pair(s) evaluated on "
-                     f"a partial grid (fewer downstream than metric checkpoints): their τ is in the per-method table, "
-                     f"marked, and left out of these means")
-    full = long[long["grid"] == "full"]
-    rows = []
-    for md in TAU_METRICS:
-        row = {"metric": md.label, "orientation": md.orientation}
-        sub = full[full["metric"] == md.label]
-        vals = []
-        methods = sorted(set(sub.loc[sub["tau"].notna(), "method"]))
-        groups = []
-        for dataset in datasets:
-            label = DATASET_LABEL.get(dataset, dataset)
-            t = sub.loc[sub["dataset"] == dataset, "tau"].dropna()
-            row[label] = t.mean() if len(t) else math.nan
-            row[f"n_{label}"] = len(t)
-            defined = set(sub.loc[(sub["dataset"] == dataset) & sub["tau"].notna(), "method"])
-            group = [series.get((md.label, dataset, m)) if m in defined else None for m in methods]
-            row[f"{label} 95% CI"] = interval_text(*bootstrap_mean_tau([group]))
-            groups.append(group)
-            if len(t):
-                vals.append(t.mean())
-        row["Avg."] = float(np.mean(vals)) if vals else math.nan
-        row["Avg. 95% CI"] = interval_text(*bootstrap_mean_tau(groups))
-        rows.append(row)
-    mean = pd.DataFrame(rows)
+    guided = long[long["grid"] == "guided"]
+    if len(guided):  # τ over a DSE-guided subset is not comparable with τ over every checkpoint
+        notes.append(f"{guided[['method', 'dataset']].drop_duplicates().shape[0]} method × dataset pair(s) evaluated on "
+                     f"the DSE-guided grid (the DSE top-3 and the last checkpoint only): their τ is in the per-method "
+                     f"table, marked, and left out of these means")
+    mean, mean_marks = _mean_rows(long, series, datasets, long_marks)
     if datasets:
         notes.append("Avg. = the mean of the per-dataset columns: "
                      + ", ".join(DATASET_LABEL.get(d, d) for d in datasets))
+    full = long[long["grid"] == "full"]
     undefined = full[full["tau"].isna()]
     if len(undefined):
         notes.append(f"{len(undefined)} method × dataset × metric τ undefined and left out of the means "
                      f"({'; '.join(sorted(set(undefined['undefined_because'].dropna())))})")
-    side = None
-    if paper is not None and not mean.empty:
-        ours = mean.melt(id_vars=["metric"], value_vars=[DATASET_LABEL.get(d, d) for d in datasets] + ["Avg."],
-                         var_name="dataset", value_name="ours")
-        raw = long.groupby(["metric", "dataset"])["tau_raw"].mean().reset_index()
-        raw["dataset"] = raw["dataset"].map(lambda d: DATASET_LABEL.get(d, d))
-        raw_avg = raw.groupby("metric")["tau_raw"].mean().reset_index().assign(dataset="Avg.")
-        raw = pd.concat([raw, raw_avg]).rename(columns={"tau_raw": "ours_raw"})
-        side_df = paper.merge(ours, on=["metric", "dataset"], how="left").merge(raw, on=["metric", "dataset"],
-                                                                                 how="left")
-        side_df = side_df.rename(columns={"tau": "paper"})
-        side_df["delta"] = side_df["ours"] - side_df["paper"]
-        side = Table("kendall_tau_vs_paper", "Average Kendall τ: paper vs ours", side_df,
-                     ["paper: arXiv 2510.17299 as transcribed (results/paper/kendall_tau.csv); the paper's "
-                      "α-ReQ, RankMe and LiDAR rows are raw τ: compare them with ours_raw"])
-    if rows and len(datasets):
+    notes += missing_notes(table, mi, protocol)
+    side = _paper_side(paper, mean, long, datasets)
+    if len(mean) and len(datasets):
         notes.append("95% CI: percentile interval of the mean τ when methods and each method's checkpoints are "
                      "resampled with replacement (1,000 draws, seed 0); p-values per method in the long table "
                      "(two-sided permutation test of τ, 9,999 pairings, seed 0)")
+    imp_note = _imported_note(table, imported_cells, "τ computed with values")
     t_mean = Table("kendall_tau", "Average Kendall τ between each metric and mIoU (goodness orientation; "
-                                  "mean over methods; n = methods with a defined τ)", mean, notes)
-    t_long = Table("kendall_tau_per_method", "Kendall τ per method (raw and goodness orientation)", long)
+                                  "mean over methods; n = methods with a defined τ)", mean, notes + imp_note,
+                   marks=mean_marks)
+    t_long = Table("kendall_tau_per_method", "Kendall τ per method (raw and goodness orientation)", long, imp_note,
+                   marks=long_marks)
     return t_mean, t_long, side
+
+
+def _mean_rows(long: pd.DataFrame, series: dict, datasets: list[str], long_marks: set) -> tuple[pd.DataFrame, set]:
+    full = long[long["grid"] == "full"]
+    marked = {i for i, _ in long_marks}
+    rows, marks = [], set()
+    for md in TAU_METRICS:
+        row = {"metric": md.label, "orientation": md.direction}
+        sub = full[full["metric"] == md.label]
+        vals, groups = [], []
+        methods = sorted(set(sub.loc[sub["tau"].notna(), "method"]))
+        any_imported = False
+        for dataset in datasets:
+            label = DATASET_LABEL.get(dataset, dataset)
+            here = sub[(sub["dataset"] == dataset) & sub["tau"].notna()]
+            row[label] = here["tau"].mean() if len(here) else math.nan
+            row[f"n_{label}"] = len(here)
+            if any(i in marked for i in here.index):
+                marks.add((len(rows), label))
+                any_imported = True
+            defined = set(here["method"])
+            group = [series.get((md.label, dataset, m)) if m in defined else None for m in methods]
+            row[f"{label} 95% CI"] = interval_text(*bootstrap_mean_tau([group]))
+            groups.append(group)
+            if len(here):
+                vals.append(here["tau"].mean())
+        row["Avg."] = float(np.mean(vals)) if vals else math.nan
+        row["Avg. 95% CI"] = interval_text(*bootstrap_mean_tau(groups))
+        if any_imported:
+            marks.add((len(rows), "Avg."))
+        rows.append(row)
+    return pd.DataFrame(rows), marks
+
+
+def _paper_side(paper, mean: pd.DataFrame, long: pd.DataFrame, datasets: list[str]) -> Table | None:
+    if paper is None or mean.empty:
+        return None
+    ours = mean.melt(id_vars=["metric"], value_vars=[DATASET_LABEL.get(d, d) for d in datasets] + ["Avg."],
+                     var_name="dataset", value_name="ours")
+    raw = long.groupby(["metric", "dataset"])["tau_raw"].mean().reset_index()
+    raw["dataset"] = raw["dataset"].map(lambda d: DATASET_LABEL.get(d, d))
+    raw_avg = raw.groupby("metric")["tau_raw"].mean().reset_index().assign(dataset="Avg.")
+    raw = pd.concat([raw, raw_avg]).rename(columns={"tau_raw": "ours_raw"})
+    side_df = paper.merge(ours, on=["metric", "dataset"], how="left").merge(raw, on=["metric", "dataset"], how="left")
+    side_df = side_df.rename(columns={"tau": "paper"})
+    side_df["delta"] = side_df["ours"] - side_df["paper"]
+    return Table("kendall_tau_vs_paper", "Average Kendall τ: paper vs ours", side_df,
+                 ["paper: arXiv 2510.17299 as transcribed (results/paper/kendall_tau.csv); the paper's "
+                  "α-ReQ, RankMe and LiDAR rows are raw τ: compare them with ours_raw"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,29 +421,44 @@ def selections(table: pd.DataFrame) -> dict[str, list[int]]:
 
 def selection_table(table: pd.DataFrame, protocol: str = "linear", paper: pd.DataFrame | None = None) -> Table:
     sel, mi = selections(table), miou_frame(table, protocol)
-    rows, notes = [], []
+    last_of = last_epochs(table, protocol)
+    rows, notes, marks, imported_cells = [], [], set(), set()
     for method, epochs in sorted(sel.items()):
         for dataset, g in mi[mi["method"] == method].groupby("dataset", sort=True):
             g = g.sort_values("epoch")
-            by_epoch = dict(zip(g["epoch"].astype(int), g["miou"]))
+            by_epoch = dict(zip(g["epoch"].astype(int), g["miou"].astype(float)))
+            imp = dict(zip(g["epoch"].astype(int), g["imported"]))
             have = [by_epoch[e] for e in epochs if e in by_epoch]
             if not have:
                 notes.append(f"{method} / {dataset}: no mIoU at the selected epochs {epochs}")
                 continue
-            last = g["miou"].iloc[-1]
+            last_epoch = last_of.get((method, dataset), int(g["epoch"].max()))
+            last = by_epoch.get(last_epoch, math.nan)
+            if last_epoch not in by_epoch:
+                notes.append(f"{method} / {dataset}: the last checkpoint (ep {last_epoch}) has no mIoU: no gain")
             top1 = by_epoch.get(epochs[0], math.nan)
+            i = len(rows)
             rows.append({"method": method, "dataset": dataset, "selected_epochs": " ".join(map(str, epochs)),
                          "last": last, "selected_max": max(have), "selected_mean": float(np.mean(have)),
                          "selected_top1": top1, "gain": max(have) - last})
-    frame = _order(pd.DataFrame(rows, columns=["method", "dataset", "selected_epochs", "last", "selected_max",
-                                               "selected_mean", "selected_top1", "gain"]))
+            used = [e for e in epochs if e in by_epoch] + ([last_epoch] if last_epoch in by_epoch else [])
+            if any(imp.get(e) for e in used):
+                marks.update((i, c) for c in ("last", "selected_max", "selected_mean", "selected_top1", "gain"))
+                imported_cells |= {(protocol, dataset, method, e) for e in used if imp.get(e)}
+    frame, order = _order(pd.DataFrame(rows, columns=["method", "dataset", "selected_epochs", "last", "selected_max",
+                                                      "selected_mean", "selected_top1", "gain"]))
+    marks = {(order[i], c) for i, c in marks}
     if paper is not None and not frame.empty:
         frame = frame.merge(paper.rename(columns={"last": "paper_last", "selected": "paper_selected"}),
                             on=["method", "dataset"], how="left")
     if not frame.empty:
-        notes.insert(0, f"average gain (max of the 3 candidates − last): {frame['gain'].mean():+.2f} mIoU over "
-                        f"{len(frame)} method × dataset pairs")
-    return Table("model_selection", "DSE model selection: top-3 local maxima of DSE (±2 checkpoints)", frame, notes)
+        notes.insert(0, f"average gain (max of the selected candidates − last): {frame['gain'].mean():+.2f} mIoU over "
+                        f"{frame['gain'].notna().sum()} method × dataset pairs")
+    notes += _imported_note(table, imported_cells, "mIoU")
+    top = max((len(e) for e in sel.values()), default=0)
+    title = "DSE model selection: " + (f"top-{top} local maxima" if top > 1 else "the highest local maximum") + \
+        " of DSE (±2 checkpoints)"
+    return Table("model_selection", title, frame, notes, marks=marks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,11 +466,11 @@ def device_hours(table: pd.DataFrame, seconds: str = "wall_s") -> pd.DataFrame:
     """gpu_h and cpu_h of each row from what ran: GPU·h = seconds × GPUs used on CUDA, CPU·h = seconds ×
     processes on the CPU. A row that states no device (no `gpus` / `device`) gets neither."""
     t = table.copy()
-    wall = t[seconds].astype(float) if seconds in t.columns else pd.Series(np.nan, index=t.index)
-    gpus = t["gpus"].astype(float) if "gpus" in t.columns else pd.Series(np.nan, index=t.index)
+    wall = pd.to_numeric(t[seconds], errors="coerce") if seconds in t.columns else pd.Series(np.nan, index=t.index)
+    gpus = pd.to_numeric(t["gpus"], errors="coerce") if "gpus" in t.columns else pd.Series(np.nan, index=t.index)
     device = t["device"] if "device" in t.columns else pd.Series(None, index=t.index, dtype=object)
     device = device.where(device.notna(), np.where(gpus > 0, "cuda", np.where(gpus == 0, "cpu", None)))
-    world = t["world_size"].astype(float).fillna(1) if "world_size" in t.columns else 1.0
+    world = pd.to_numeric(t["world_size"], errors="coerce").fillna(1) if "world_size" in t.columns else 1.0
     t["gpu_h"] = np.where(device == "cuda", wall * gpus / 3600, np.nan)
     t["cpu_h"] = np.where(device == "cpu", wall * world / 3600, np.nan)
     t["device_stated"] = device.notna() & wall.notna()
@@ -362,12 +479,14 @@ def device_hours(table: pd.DataFrame, seconds: str = "wall_s") -> pd.DataFrame:
 
 def efficiency_table(table: pd.DataFrame, protocol: str = "linear") -> Table:
     ok = _ok(table)
+    ok = ok[~_imported(ok)]  # an import says nothing of what it cost
     # DSE's cost is its own (checkpoint + dense features + the estimator, `dse_s`), not the metrics job's
     # other metrics (LiDAR's 50 views each): the paper's 0.025 GPU·h is of DSE alone
     metrics_rows = ok[_is_metrics(ok)].copy()
-    dse_s = metrics_rows["dse_s"].astype(float) if "dse_s" in metrics_rows.columns else pd.Series(np.nan, index=metrics_rows.index)
+    dse_s = pd.to_numeric(metrics_rows["dse_s"], errors="coerce") if "dse_s" in metrics_rows.columns else \
+        pd.Series(np.nan, index=metrics_rows.index)
     whole = int(dse_s.isna().sum())
-    metrics_rows["dse_cost_s"] = dse_s.fillna(metrics_rows["wall_s"].astype(float))
+    metrics_rows["dse_cost_s"] = dse_s.fillna(pd.to_numeric(metrics_rows["wall_s"], errors="coerce"))
     t = pd.concat([device_hours(metrics_rows, "dse_cost_s"), device_hours(ok[~_is_metrics(ok)])])
     rows, notes = [], []
     if whole:
@@ -385,6 +504,9 @@ def efficiency_table(table: pd.DataFrame, protocol: str = "linear") -> Table:
     unstated = int((~t["device_stated"]).sum()) if len(t) else 0
     if unstated:
         notes.append(f"{unstated} record(s) state no device or wall time and are left out of the cost")
+    n_imported = int(_imported(_ok(table)).sum())
+    if n_imported:
+        notes.append(f"{n_imported} imported record(s) are left out: an import says nothing of what it cost")
     frame = pd.DataFrame(rows, columns=["method", "dse_gpu_h", "supervised_gpu_h", "dse_cpu_h", "supervised_cpu_h",
                                         "ratio", "ratio_of"])
     notes.append("paper: DSE 0.025 GPU·h vs supervised selection 2.43 GPU·h (~97×)")
@@ -392,43 +514,60 @@ def efficiency_table(table: pd.DataFrame, protocol: str = "linear") -> Table:
                                "GPUs used; CPU·h = wall time × processes of a run on the CPU)", frame, notes)
 
 
-DENSE_COLUMNS = [("maskrcnn", "bbox_AP", "AP^bb"), ("maskrcnn", "segm_AP", "AP^mk"), ("upernet", "mIoU", "UperNet mIoU"),
-                 ("upernet", "aAcc", "UperNet aAcc"), ("upernet", "mAcc", "UperNet mAcc"), ("davis", "JF_mean", "J&F")]
+def dense_columns() -> list[tuple[str, str, str]]:
+    """(kind, metric, label) of the dense table's columns, as the dense kinds declare them."""
+    return [(k, m.name, m.label) for k in kinds_with(DENSE) for m in PROTOCOL_KINDS[k].metrics if m.dense_table]
 
 
 def dense_table(table: pd.DataFrame) -> Table:
     sel = selections(table)
     ok = _ok(table)
-    rows, notes = [], []
-    kind = ok["kind"] if "kind" in ok.columns and ok["kind"].notna().any() else ok["protocol"]
-    methods = sorted(set(ok.loc[kind.isin({p for p, _, _ in DENSE_COLUMNS}), "method"]))
+    cols_spec = dense_columns()
+    rows, notes, marks, imported_cells = [], [], set(), set()
+    kind = _kind(ok)
+    methods = sorted(set(ok.loc[kind.isin({k for k, _, _ in cols_spec}), "method"]))
     for method in methods:
         for which in ("final", "DSE-selected"):
             row = {"method": method, "checkpoint": which}
-            for protocol, col, label in DENSE_COLUMNS:
-                g = ok[(ok["method"] == method) & (kind == protocol)]
+            for k, col, label in cols_spec:
+                g = ok[(ok["method"] == method) & (kind == k)]
                 if g.empty or col not in g.columns:
                     row[label] = math.nan
                     continue
                 if which == "final":
-                    epoch = g["epoch"].max()
+                    planned = pd.to_numeric(g["last_epoch"], errors="coerce").dropna() if "last_epoch" in g.columns else []
+                    epoch = int(planned.max()) if len(planned) else g["epoch"].max()
                 else:
                     epoch = (sel.get(method) or [None])[0]
                 hit = g[g["epoch"] == epoch]
                 row[label] = float(hit[col].iloc[0]) if len(hit) else math.nan
-                row[f"epoch_{protocol}"] = int(epoch) if epoch is not None and len(hit) else None
+                row[f"epoch_{k}"] = int(epoch) if epoch is not None and len(hit) else None
+                if len(hit) and bool(_imported(hit).iloc[0]):
+                    marks.add((len(rows), label))
+                    imported_cells.add((hit["protocol"].iloc[0], hit["dataset"].iloc[0], method, int(epoch)))
             rows.append(row)
     if not rows:
-        notes.append("no Mask R-CNN, UperNet or DAVIS records in this suite")
-    cols = ["method", "checkpoint"] + [label for _, _, label in DENSE_COLUMNS]
+        notes.append("no records of a dense protocol (" + ", ".join(kinds_with(DENSE)) + ") in this suite")
+    cols = ["method", "checkpoint"] + [label for _, _, label in cols_spec]
     frame = pd.DataFrame(rows).reindex(columns=cols + sorted({c for r in rows for c in r if c.startswith("epoch_")}))
-    return Table("dense", "Dense protocols (UDI style): final and DSE-selected checkpoint", frame, notes)
+    notes += _imported_note(table, imported_cells, "values")
+    return Table("dense", "Dense protocols (UDI style): final and DSE-selected checkpoint", frame, notes, marks=marks)
 
 
-def tracking_sentence(mean: pd.DataFrame) -> str:
-    """One plain sentence on which metrics track mIoU, read from the averaged τ's 95% intervals."""
+def tracking_sentence(mean: pd.DataFrame, long: pd.DataFrame | None = None) -> str:
+    """One plain sentence on which metrics track mIoU, read from the averaged τ's 95% intervals, and only
+    when there is enough data for an interval to mean something (methods with a defined τ, and the
+    checkpoints behind each, from the per-method table `long`)."""
     if mean.empty or "Avg. 95% CI" not in mean.columns:
         return "No τ could be computed: the tables need metrics and linear-probe records on the same checkpoints."
+    n_cols = [c for c in mean.columns if c.startswith("n_")]
+    methods = int(mean[n_cols].max(axis=1).max()) if n_cols else 0
+    full = long[(long["grid"] == "full") & long["tau"].notna()] if long is not None and len(long) else None
+    checkpoints = int(full["checkpoints"].min()) if full is not None and len(full) else 0
+    if methods < MIN_METHODS_FOR_A_FINDING or checkpoints < MIN_CHECKPOINTS_FOR_A_FINDING:
+        return (f"Too little data for a finding: the averages rest on {methods} method(s) with at least "
+                f"{checkpoints} checkpoint(s) each (a finding needs {MIN_METHODS_FOR_A_FINDING} methods with "
+                f"{MIN_CHECKPOINTS_FOR_A_FINDING} checkpoints); read the per-method τ and their p-values instead.")
     up, down = [], []
     for metric, ci in zip(mean["metric"], mean["Avg. 95% CI"]):
         m = re.match(r"\[([-+0-9.]+), ([-+0-9.]+)\]", str(ci))
@@ -442,28 +581,28 @@ def tracking_sentence(mean: pd.DataFrame) -> str:
             f"the others' intervals include zero" + (f" or lie below it ({', '.join(down)})" if down else "") + ".")
 
 
-IMAGE_TAU_METRICS = [MetricDef("DSE", "dse_lambda", "higher"), MetricDef("RankMe", "rankme", "higher")]
+IMAGE_TAU_METRICS = [m for m in TAU_ROWS if m.name in ("dse_lambda", "rankme")]
 PAPER_IMAGE_TAU = {"DSE": 0.86, "RankMe": 0.79}  # arXiv 2510.17299: Kendall τ against k-NN top-1
 
 
 def image_level_tau_table(table: pd.DataFrame) -> Table:
     """The paper's image-level comparison: Kendall τ of DSE and RankMe against ImageNet k-NN top-1 over
-    every checkpoint, per method, then the mean over methods (from `knn` records on every checkpoint)."""
+    every checkpoint, per method, then the mean over methods (from the image-level kind's records)."""
     mf = metric_frame(table)
-    kind = table["kind"] if "kind" in table.columns and table["kind"].notna().any() else table["protocol"]
-    knn = _ok(table[kind == "knn"])
+    knn = _ok(table[_kind(table).isin(kinds_with(IMAGE))])
     rows, notes = [], []
     if mf.empty or knn.empty or "top1" not in knn.columns:
-        notes.append("needs metrics and k-NN (`knn` protocol) records on the same checkpoints")
+        notes.append("needs metrics and k-NN records on the same checkpoints")
         return Table("image_level_tau", "Kendall τ against k-NN top-1 (image level)", pd.DataFrame(
             columns=["metric", "tau", "methods", "paper"]), notes)
     k = knn[["method", "epoch", "top1"]].dropna()
     for md in IMAGE_TAU_METRICS:
         taus = []
-        if md.column in mf.columns:
-            joined = mf[["method", "epoch", md.column]].merge(k, on=["method", "epoch"])
+        if md.name in mf.columns:
+            joined = mf[["method", "epoch", md.name]].merge(k, on=["method", "epoch"])
+            joined = joined[np.isfinite(pd.to_numeric(joined[md.name], errors="coerce").astype(float))]
             for method, g in joined.groupby("method", sort=True):
-                t, why = _tau(md.goodness(g[md.column]).to_numpy(float), g["top1"].to_numpy(float))
+                t, why = _tau(_goodness(md, g[md.name]).to_numpy(float), g["top1"].to_numpy(float))
                 if math.isnan(t):
                     notes.append(f"{md.label} / {method}: τ undefined ({why})")
                 else:

@@ -2,7 +2,6 @@
 job id, timings, peak memory; on failure the error and the traceback tail. Used by `execute` only."""
 from __future__ import annotations
 
-import datetime as dt
 import os
 import platform
 import resource
@@ -10,6 +9,8 @@ import subprocess
 import traceback
 from functools import lru_cache
 from pathlib import Path
+
+from harness.records import now  # noqa: F401 (the jobs' timestamps)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,10 +42,6 @@ def versions() -> dict:
 def peak_memory_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def base_record(cell) -> dict:

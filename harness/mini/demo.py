@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from harness.records import cell_id
 from harness.registry import ROOT
 
 METHODS = {"mini_dino": "dino", "mini_mocov3": "mocov3", "mini_mae": "mae"}
@@ -176,7 +177,7 @@ def _measured_hours(results: Path, suite: str, guided_ids: set, full_ids: set) -
     g = f = 0.0
     for r in table.itertuples():
         h = (0.0 if pd.isna(r.wall_s) else float(r.wall_s)) / 3600
-        cid = f"{r.protocol}/{r.dataset}/{r.method}/ep{int(r.epoch):04d}"
+        cid = cell_id(r.protocol, r.dataset, r.method, r.epoch)
         if cid in full_ids:
             f += h
         if cid in guided_ids:
