@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -87,8 +88,8 @@ def cmd_validate(reg: Registry, args) -> int:
               f"of each method load through their state-dict rules")
         return 0
     if not args.paths:
-        unset = sorted({v for m in reg.methods.values() for v in env_vars(m.checkpoint.dir)}
-                       | {v for d in reg.datasets.values() for v in env_vars(d.root)})
+        unset = sorted({v for m in reg.methods.values() for v in env_vars(m.checkpoint.dir, required_only=True)}
+                       | {v for d in reg.datasets.values() for v in env_vars(d.root, required_only=True)})
         unset = [v for v in unset if v not in os.environ]
         if unset:
             print(f"note: environment variables not set: {', '.join(unset)} "
@@ -106,7 +107,7 @@ def cmd_validate(reg: Registry, args) -> int:
                     n = sum((Path(path) / s.checkpoint.file_name(e)).is_file() for e in s.epochs())
                     state = f"ok ({n} of {len(s.epochs())} files)" if n else f"no file matches '{s.checkpoint.file}'"
             except RegistryError:
-                path, state = raw, "env var unset: " + ", ".join(v for v in env_vars(raw) if v not in os.environ)
+                path, state = raw, "env var unset: " + ", ".join(v for v in env_vars(raw, required_only=True) if v not in os.environ)
             missing += not state.startswith("ok")
             rows.append({"kind": kind, "name": s.name, "path": path, "state": state})
     print(table(rows, ["kind", "name", "path", "state"]))
@@ -282,6 +283,7 @@ def cmd_submit(reg: Registry, args) -> int:
     from harness.launch import submit
 
     cluster = load_cluster(args.cluster)
+    _note_unset(reg, args.suite)
     s = submit(reg, args.suite, cluster, Path(args.results), protocols=args.protocol, methods=args.method,
                dry_run=args.dry_run, retry_failed=args.retry_failed, max_attempts=args.max_attempts,
                guided=args.guided)
@@ -298,15 +300,7 @@ def cmd_submit(reg: Registry, args) -> int:
         print(f"  of which {len(s['stale'])} stale (their records no longer count):")
         for kind, n, example in reason_groups(s["stale"]):
             print(f"    {n:6d}  {kind}  (e.g. {example}: {s['stale'][example]})")
-    for a in s["arrays"]:
-        p = a["profile"]
-        procs = p.get("tasks", 1) * p.get("nodes", 1)
-        print(f"  {p['protocol']:9s} {a['cells']:6d} cells  gpus={p['gpus']} processes={procs}"
-              + (f" nodes={p['nodes']}" if p.get("nodes", 1) > 1 else "")
-              + f" cpus/process={p['cpus']} mem={p['mem_gb']:g}G time={p['time_min']}min %{p['array_parallelism']}  "
-              + (" ".join(a["job_ids"]) or "(dry run)"))
-        if a.get("note"):
-            print(f"      {a['note']}")
+    _print_arrays(s["arrays"], cluster)
     if not s["to_submit"] or args.dry_run:
         return 0
     if cluster.executor == "slurm" or (cluster.executor == "local" and args.no_wait):
@@ -318,6 +312,45 @@ def cmd_submit(reg: Registry, args) -> int:
 
         wait(reg, args.suite, Path(args.results), cells=set(s["submitted"]))
     return _report_outcome(reg, args, s["submitted"])
+
+
+def _note_unset(reg: Registry, suite: str) -> None:
+    """Once: the variables the suite's checkpoint and data paths need that are not set here (a login node
+    without SDD_CKPT_ROOT can still plan: records decide by their config hash alone)."""
+    s = reg.suite(suite)
+    need: dict[str, set] = {}
+    for m in s.methods:
+        for v in env_vars(reg.method(m).checkpoint.dir, required_only=True):
+            need.setdefault(v, set()).add(f"method {m}")
+    for d in {d for e in s.grid for d in e.datasets}:
+        for v in env_vars(reg.dataset(d, suite).root, required_only=True):
+            need.setdefault(v, set()).add(f"dataset {d}")
+    for v, users in sorted(need.items()):
+        if v not in os.environ:
+            print(f"note: {v} is not set here ({len(users)} path(s) use it): checkpoint files are not checked; done "
+                  f"and stale cells are judged by their records' config hash alone")
+
+
+def _print_arrays(arrays: list[dict], cluster) -> None:
+    """One aligned row per resource profile: what each job array asks for, where, and how it is split."""
+    rows = []
+    for a in arrays:
+        p = a["profile"]
+        procs = p.get("tasks", 1) * p.get("nodes", 1)
+        n = a["cells"]
+        split = "" if cluster.executor != "slurm" else (
+            f"{-(-n // cluster.array_limit)} arrays of <= {cluster.array_limit:,}" if n > cluster.array_limit else "1 array")
+        rows.append({"protocol": p["protocol"], "cells": n, "gpus": p["gpus"], "processes": procs, "nodes": p.get("nodes", 1),
+                     "cpus/proc": p["cpus"], "mem": f"{p['mem_gb']:g}G", "time": f"{p['time_min']}min",
+                     "partition": p.get("partition") or "(default)", "parallel": p["array_parallelism"],
+                     "arrays": split, "jobs": " ".join(a["job_ids"]) or "(dry run)"})
+    if rows:
+        cols = [c for c in ("protocol", "cells", "gpus", "processes", "nodes", "cpus/proc", "mem", "time", "partition",
+                            "parallel", "arrays", "jobs") if c != "arrays" or any(r["arrays"] for r in rows)]
+        print("  " + table(rows, cols).replace("\n", "\n  "))
+    for a in arrays:
+        if a.get("note"):
+            print(f"  {a['profile']['protocol']}: {a['note']}")
 
 
 def _report_outcome(reg: Registry, args, submitted: list[str]) -> int:
@@ -411,15 +444,20 @@ def preflight(reg: Registry, suite: str, load: bool = False) -> list[str]:
         if not splits:
             continue
         try:
-            check_layout(reg.dataset(name), splits=splits)
+            check_layout(reg.dataset(name, suite), splits=splits)
         except (DatasetError, RegistryError) as e:
             problems.append(str(e))
+    unset: dict[str, list[str]] = {}  # variable -> methods that need it: said once, not once per method
     for method in sorted({c.method for c in cells}):
         epochs = sorted({c.epoch for c in cells if c.method == method})
         try:
             missing = [e for e in epochs if not checkpoint_path(reg.method(method), e).is_file()]
         except RegistryError as e:
-            problems.append(str(e))
+            var = re.search(r"environment variable (\w+) is not set", str(e))
+            if var:
+                unset.setdefault(var.group(1), []).append(method)
+            else:
+                problems.append(str(e))
             continue
         if missing:
             from harness.models.checkpoints import _missing_hint
@@ -436,6 +474,10 @@ def preflight(reg: Registry, suite: str, load: bool = False) -> list[str]:
                     load_backbone(method, e, registry=reg)
                 except CheckpointError as err:
                     problems.append(f"method '{method}', epoch {e}: {err}")
+    for var, methods in sorted(unset.items()):
+        problems.append(f"environment variable {var} is not set: the checkpoints of {len(methods)} method(s) are "
+                        f"found through it ({', '.join(methods[:6])}{' ...' if len(methods) > 6 else ''}); "
+                        f"export {var}=/path/to/checkpoints")
     return problems
 
 
@@ -450,6 +492,12 @@ def cmd_reproduce(reg: Registry, args) -> int:
     problems = preflight(reg, args.suite, load=True)
     if problems:
         _print_problems("reproduce", problems, " before anything is submitted (nothing was)")
+        if args.dry_run:  # still show what would run once they are fixed
+            print("what would be submitted once these are fixed:")
+            args.protocol = args.method = None
+            args.retry_failed = args.no_wait = False
+            args.max_attempts = 3
+            cmd_submit(reg, args)
         return 1
     print(f"preflight: every dataset and checkpoint of suite {args.suite} is in place (first and last checkpoint "
           f"of each method loaded)")

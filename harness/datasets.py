@@ -61,6 +61,19 @@ def root_of(ds: DatasetSpec) -> Path:
     return resolve_path(ds.root, source=ds.source, key="root")
 
 
+def _variables_text(value: str) -> str:
+    """What the variables of a path are here: their values, or that a default was used."""
+    import os
+
+    from harness.registry import env_vars
+
+    names = list(dict.fromkeys(env_vars(value)))
+    if not names:
+        return "no variable in it"
+    return ", ".join(f"{n}={os.environ[n]}" if n in os.environ else f"{n} not set (its default was used)"
+                     for n in names)
+
+
 def _has(path: Path, suffix: str, recursive: bool) -> bool:
     pattern = f"**/*{suffix}" if recursive else f"*{suffix}"
     return next(iter(path.glob(pattern)), None) is not None
@@ -71,7 +84,7 @@ def check_layout(ds: DatasetSpec, splits=("train", "val")) -> Path:
     root = root_of(ds)
     if not root.is_dir():
         raise DatasetError(f"dataset '{ds.name}': root {root} does not exist (from {ds.source}: root = {ds.root}; "
-                           f"set SDD_DATA_ROOT or edit the file)")
+                           f"{_variables_text(ds.root)}; set them or edit the file)")
     missing = []
     nested = DATASET_KINDS[ds.kind].nested
     for split in splits:

@@ -87,7 +87,10 @@ class _Images(torch.utils.data.Dataset):
 def _progress(it, total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(it, total=total, desc=desc, unit="batch", disable=not enabled, leave=False)
+    import sys
+
+    # a bar only on a terminal: in a cell's log file its frames would be noise
+    return tqdm(it, total=total, desc=desc, unit="batch", disable=not (enabled and sys.stderr.isatty()), leave=False)
 
 
 def maybe_autocast(device: str, dtype: torch.dtype | None):

@@ -190,6 +190,8 @@ def _array_summary(prof: "Profile", cells: int, job_ids: list[str]) -> dict:
 
 def submit_inline(groups: dict, cluster: ClusterProfile, suite: str, results: Path, progress: bool) -> list[dict]:
     """Every cell in this process, one after another."""
+    import sys
+
     from tqdm.auto import tqdm
 
     from harness.jobs import execute
@@ -197,7 +199,7 @@ def submit_inline(groups: dict, cluster: ClusterProfile, suite: str, results: Pa
     arrays = []
     for prof, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol):
         failed = 0
-        for c in tqdm(cs, desc=f"{prof.protocol} (inline)", disable=not progress):
+        for c in tqdm(cs, desc=f"{prof.protocol} (inline)", disable=not (progress and sys.stderr.isatty())):
             failed += execute(c, results, progress=progress)["status"] != "ok"
         arrays.append({**_array_summary(prof, len(cs), ["inline"]), "failed": failed})
     return arrays
@@ -350,10 +352,25 @@ def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, m
     return rows
 
 
+def _waiting_for(rows: dict) -> str:
+    """What is still to finish, by protocol: 'linear_mini 3 running, 9 queued'."""
+    by: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows.values():
+        if r["state"] == "running":
+            by[r["protocol"]][0] += 1
+        elif r["state"] in ("pending", "unknown"):
+            by[r["protocol"]][1] += 1
+    return "; ".join(f"{p} " + ", ".join(x for x in (f"{run} running" if run else "", f"{q} queued" if q else "") if x)
+                     for p, (run, q) in sorted(by.items()))
+
+
 def wait(reg: Registry, suite: str, results: Path, *, cells: set[str] | None = None, poll: float = 2.0,
          progress: bool = True) -> dict[str, dict]:
-    """Block until none of `cells` (default: the suite's) is queued or running; a progress bar counts
-    the finished ones. Returns cell id -> status row."""
+    """Block until none of `cells` (default: the suite's) is queued or running. On a terminal a progress
+    bar counts the finished ones and says what it waits for; redirected to a file, one plain line each
+    time the counts change (at most every `quiet_s` seconds), never the bar's frames."""
+    import sys
+
     from tqdm.auto import tqdm
 
     def rows():
@@ -361,12 +378,24 @@ def wait(reg: Registry, suite: str, results: Path, *, cells: set[str] | None = N
         return {k: v for k, v in out.items() if cells is None or k in cells}
 
     now = rows()
-    bar = tqdm(total=len(now), desc=f"suite {suite}", unit="cell", disable=not progress)
+    tty = progress and sys.stderr.isatty()
+    bar = tqdm(total=len(now), desc=f"suite {suite}", unit="cell", disable=not tty)
+    last_line, last_t, quiet_s = None, 0.0, 30.0
     while True:
-        bar.n = sum(r["state"] not in ("running", "pending", "unknown") for r in now.values())
-        bar.set_postfix(failed=sum(r["state"] in ("failed", "corrupt") for r in now.values()))
-        bar.refresh()
-        if not any(r["state"] in ("running", "pending", "unknown") for r in now.values()):
+        done = sum(r["state"] not in ("running", "pending", "unknown") for r in now.values())
+        failed = sum(r["state"] in ("failed", "corrupt") for r in now.values())
+        waiting = _waiting_for(now)
+        if tty:
+            bar.n = done
+            bar.set_postfix_str(f"failed {failed}" + (f"; waiting for {waiting}" if waiting else ""), refresh=False)
+            bar.refresh()
+        elif progress:
+            line = f"suite {suite}: {done} of {len(now)} cells finished, {failed} failed" + \
+                   (f"; waiting for {waiting}" if waiting else "")
+            if line != last_line and (time.monotonic() - last_t >= quiet_s or last_line is None or not waiting):
+                print(line, file=sys.stderr, flush=True)
+                last_line, last_t = line, time.monotonic()
+        if not waiting:
             break
         time.sleep(poll)
         now = rows()

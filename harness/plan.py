@@ -59,9 +59,11 @@ class Cell:
         return state, why
 
 
-def resolved_config(reg: Registry, protocol: str, dataset: str, method: str, epoch: int) -> dict:
-    """Everything that determines a cell's result (documentation fields such as `paper` left out)."""
-    p, d, m = reg.protocol(protocol), reg.dataset(dataset), reg.method(method)
+def resolved_config(reg: Registry, protocol: str, dataset: str, method: str, epoch: int,
+                    suite: str | None = None) -> dict:
+    """Everything that determines a cell's result (documentation fields such as `paper` left out); the
+    dataset as the suite reads it (its `data_root`)."""
+    p, d, m = reg.protocol(protocol), reg.dataset(dataset, suite), reg.method(method)
     proto = p.model_dump(include={"name", "kind", "params"}, mode="json")  # params resolved: defaults filled in
     kind = PROTOCOL_KINDS[p.kind]
     proto["version"] = kind.version  # a code change of the kind's job makes exactly its cells stale
@@ -128,7 +130,7 @@ def build_plan(reg: Registry, suite: str, *, protocols: list[str] | None = None,
                     continue
                 spec = reg.method(method)
                 for epoch in _entry_epochs(entry, spec.epochs(), f"{s.source}: {entry.protocol}/{method}"):
-                    cfg = resolved_config(reg, entry.protocol, dataset, method, epoch)
+                    cfg = resolved_config(reg, entry.protocol, dataset, method, epoch, suite)
                     try:
                         ckpt = str(spec.checkpoint_file(epoch))
                     except RegistryError:  # e.g. SDD_CKPT_ROOT unset where only planning happens

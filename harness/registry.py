@@ -255,6 +255,9 @@ class SuiteSpec(Spec):
     title: str
     methods: tuple[str, ...]
     grid: tuple[SuiteEntry, ...] = Field(min_length=1)
+    # Where this suite's datasets live, in place of $SDD_DATA_ROOT in the dataset files' roots (e.g. the
+    # mini world's generated data); unset: $SDD_DATA_ROOT as usual.
+    data_root: str | None = None
     notes: str = ""
     source: str = Field(default="", exclude=True)
 
@@ -409,21 +412,62 @@ def load_spec_model(path: Path, model: type[BaseModel]):
 # --------------------------------------------------------------------------------------------
 # Environment-variable expansion, deferred until a path is actually used.
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DATA_ROOT_VAR = "SDD_DATA_ROOT"
+
+
+def _parse_var(value: str, start: int) -> tuple[str, str | None, int]:
+    """At value[start] == "${": (name, default or None, index after the closing brace). The default may
+    itself hold ${...} (nested defaults, e.g. ${SDD_MINI_ROOT:-${SDD_RESULTS:-results}/.mini})."""
+    m = _NAME.match(value, start + 2)
+    if not m:
+        raise ValueError(f"'${{' at position {start} is not followed by a variable name")
+    i = m.end()
+    if value.startswith("}", i):
+        return m.group(0), None, i + 1
+    if not value.startswith(":-", i):
+        raise ValueError(f"${{{m.group(0)} at position {start}: expected '}}' or ':-default}}'")
+    depth, j = 0, i + 2
+    while j < len(value):
+        if value.startswith("${", j):
+            depth, j = depth + 1, j + 2
+            continue
+        if value[j] == "}":
+            if depth == 0:
+                return m.group(0), value[i + 2:j], j + 1
+            depth -= 1
+        j += 1
+    raise ValueError(f"${{{m.group(0)}:-... at position {start} has no closing '}}'")
 
 
 def expand_env(value: str, *, source: str = "", key: str = "") -> str:
-    def sub(m):
-        name, default = m.group(1), m.group(3)
-        if name in os.environ:
-            return os.environ[name]
-        if m.group(2) is not None:
-            return default
+    """${VAR} and ${VAR:-default} (defaults may nest) expanded from the environment."""
+    try:
+        return _expand_flat(value, lambda name: os.environ.get(name))
+    except KeyError as e:
+        name = e.args[0]
         raise RegistryError(
             f"{source}: {key}: environment variable {name} is not set (used in '{value}'); "
-            f"export {name}=/path/to/... or write a default as ${{{name}:-/path}}")
+            f"export {name}=/path/to/... or write a default as ${{{name}:-/path}}") from None
+    except ValueError as e:
+        raise RegistryError(f"{source}: {key}: '{value}': {e}") from None
 
-    return _VAR.sub(sub, value)
+
+def _expand_flat(value: str, lookup) -> str:
+    parts, i = [], 0
+    while True:
+        j = value.find("${", i)
+        if j < 0:
+            parts.append(value[i:])
+            return "".join(parts)
+        parts.append(value[i:j])
+        name, default, i = _parse_var(value, j)
+        got = lookup(name)
+        if got is None:
+            if default is None:
+                raise KeyError(name)
+            got = _expand_flat(default, lookup)
+        parts.append(got)
 
 
 def resolve_path(value: str, *, source: str = "", key: str = "") -> "Path":
@@ -432,8 +476,33 @@ def resolve_path(value: str, *, source: str = "", key: str = "") -> "Path":
     return path if path.is_absolute() else ROOT / path
 
 
-def env_vars(value: str) -> list[str]:
-    return [m.group(1) for m in _VAR.finditer(value)]
+def env_vars(value: str, *, required_only: bool = False) -> list[str]:
+    """The variables a value uses (nested defaults included); `required_only`: those without a default."""
+    out, i = [], 0
+    while True:
+        j = value.find("${", i)
+        if j < 0:
+            return out
+        try:
+            name, default, i = _parse_var(value, j)
+        except ValueError:
+            return out
+        if default is None or not required_only:
+            out.append(name)
+        if default is not None and not required_only:
+            out += env_vars(default)
+
+
+def rebase_data_root(root: str, data_root: str) -> str:
+    """A dataset root written under ${SDD_DATA_ROOT...} moved under `data_root` (a suite's own data);
+    any other root (an absolute path, another variable) is left as it is."""
+    if not root.startswith("${" + DATA_ROOT_VAR):
+        return root
+    try:
+        name, _, end = _parse_var(root, 0)
+    except ValueError:
+        return root
+    return data_root + root[end:] if name == DATA_ROOT_VAR else root
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,8 +529,13 @@ class Registry:
     def method(self, name: str) -> MethodSpec:
         return self.get("methods", name)
 
-    def dataset(self, name: str) -> DatasetSpec:
-        return self.get("datasets", name)
+    def dataset(self, name: str, suite: str | None = None) -> DatasetSpec:
+        """A dataset as a suite reads it: under the suite's `data_root` when it declares one."""
+        spec = self.get("datasets", name)
+        data_root = self.suites[suite].data_root if suite in self.suites else None
+        if data_root:
+            spec = spec.model_copy(update={"root": rebase_data_root(spec.root, data_root)})
+        return spec
 
     def protocol(self, name: str) -> ProtocolSpec:
         return self.get("protocols", name)

@@ -21,7 +21,7 @@ def mini(tmp_path_factory):
         mp.setenv("SDD_CACHE", str(root / "cache"))
         from harness.mini.demo import prepare
 
-        prepare(epochs=4, quiet=True)  # sets SDD_DATA_ROOT; cached for the module
+        prepare(epochs=4, quiet=True)  # cached for the module; the micro suite reads its data_root
         yield root
 
 
@@ -113,9 +113,10 @@ def test_reproduce_micro_on_the_real_local_slurm(slurm_cluster, mini, tmp_path, 
 
 
 def test_preflight_lists_what_is_missing_and_submits_nothing(mini, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("SDD_DATA_ROOT", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("SDD_MINI_ROOT", str(tmp_path / "nowhere"))  # the micro suite's data_root and checkpoints
     results = tmp_path / "results"
     assert main(["reproduce", "--suite", "micro", "--cluster", "local", "--results", str(results)]) == 1
     err = capsys.readouterr().err
     assert "problem(s) before anything is submitted" in err and "does not exist" in err
+    assert f"SDD_MINI_ROOT={tmp_path / 'nowhere'}" in err  # the value the path came from is shown
     assert not (results / "micro").exists()

@@ -17,9 +17,8 @@ from harness.registry import load_registry
 def test_the_mini_world_degrades_by_the_stated_size(tmp_path, monkeypatch):
     monkeypatch.setenv("SDD_MINI_ROOT", str(tmp_path / "mini"))
     monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SDD_DATA_ROOT", str(tmp_path / "mini" / "data"))  # prepare() sets it; restored after
     reg = load_registry()
-    prepare(reg, quiet=True)  # the registry's 16 epochs, as `make demo` trains them; sets SDD_DATA_ROOT
+    prepare(reg, quiet=True)  # the registry's 16 epochs, as `make demo` trains them
     cells = [c for c in build_plan(reg, "mini", protocols=["linear_mini"])
              if c.method in DEGRADING and c.dataset in DEGRADING_ON]
     assert len(cells) == len(DEGRADING) * len(DEGRADING_ON) * len(reg.method(DEGRADING[0]).epochs())

@@ -132,27 +132,40 @@ def test_tables_leave_out_stale_records_unless_asked(tmp_path):
     pd.DataFrame(rows).to_csv(d / "results.csv", index=False)
     _, tables, _ = build_tables(d)
     sdd = next(t for t in tables if t.name == "sdd")
-    assert sdd.frame.iloc[0]["best"] == 40.0 and any("1 stale record(s)" in n and "ep50" in n for n in sdd.notes)
+    assert sdd.frame.iloc[0]["best"] == 40.0 and any("1 stale record(s)" in n and "ep0050" in n for n in sdd.context)
     assert pd.isna(sdd.frame.iloc[0]["last"])  # the last checkpoint's mIoU is gone: no silent shift to ep 40
     assert any("the last checkpoint (ep 50) has no mIoU" in n for n in sdd.notes)
     _, tables, _ = build_tables(d, include_stale=True)
     assert next(t for t in tables if t.name == "sdd").frame.iloc[0]["best"] == 99.0
 
 
-def test_tau_over_a_partial_grid_is_marked_and_not_averaged_with_full_grids():
+def test_a_full_grid_with_missing_cells_stays_full_and_the_guided_grid_is_marked_and_not_averaged():
+    """Issue 22: only the grid the plan did not ask for (the DSE-guided one) is kept out of the means; a full
+    grid with cells not run (or failed) keeps its method in the means and the notes name what is missing."""
     import pandas as pd
 
-    from harness.analysis.tables import kendall_tables, sdd_table
+    from harness.analysis.tables import kendall_tables, sdd_table, selections
 
     table = pd.DataFrame(hand_rows(method="A") + hand_rows(method="B", miou_epochs=(10, 30, 50)))
     mean, long, _ = kendall_tables(table)
     long = long.frame
-    assert set(long.loc[long["method"] == "B", "grid"]) == {"partial"} and set(long.loc[long["method"] == "A", "grid"]) == {"full"}
+    assert set(long["grid"]) == {"full"}
+    row = mean.frame.set_index("metric").loc["DSE (λ=1)"]
+    assert row["n_VOC"] == 2  # B stays in the mean
+    assert any(n.startswith("B / voc12_aug: 3 of 5 checkpoints evaluated; 2 without a record (ep 20, 40)")
+               for n in mean.notes)
+    # B's downstream checkpoints are exactly its DSE selection and its last one: the DSE-guided grid
+    sel = selections(table)["B"]
+    guided = sorted(set(sel) | {50})
+    table = pd.DataFrame(hand_rows(method="A") + hand_rows(method="B", miou_epochs=tuple(guided)))
+    mean, long, _ = kendall_tables(table)
+    long = long.frame
+    assert set(long.loc[long["method"] == "B", "grid"]) == {"guided"} and set(long.loc[long["method"] == "A", "grid"]) == {"full"}
     row = mean.frame.set_index("metric").loc["DSE (λ=1)"]
     assert row["n_VOC"] == 1 and row["VOC"] == pytest.approx(1.0)  # A alone
-    assert any("partial grid" in n for n in mean.notes) and any("Avg. = the mean of the per-dataset columns: VOC" in n
-                                                                 for n in mean.notes)
-    assert sdd_table(table).frame.set_index("method").loc["B", "grid"] == "partial"
+    assert any("DSE-guided grid" in n for n in mean.notes) and any("Avg. = the mean of the per-dataset columns: VOC" in n
+                                                                    for n in mean.notes)
+    assert sdd_table(table).frame.set_index("method").loc["B", "grid"] == "guided"
 
 
 def test_image_level_metrics_read_the_class_token_and_the_dense_ones_float32_patch_tokens(tmp_path, monkeypatch):

@@ -194,8 +194,11 @@ def run_cells(bench: Path, results: Path, only: list[str] | None) -> list[dict]:
             if ips:  # one GPU's speed at the recipe's per-GPU batch; the recipe's GPUs run in parallel
                 # plus the evaluation, scaled to ADE20K's 2,000 validation images, where the stage evaluated
                 val_s = timings.get("val_s", 0.0) * 2000 / timings["val_images"] if timings.get("val_images") else 0.0
+                hours = round((steps / ips + val_s) * recipe_gpus / 3600, 3)
+                on_gpu = (rec.get("placement") or {}).get("accelerator") == "cuda"
+                # a figure extrapolated from a CPU run is a CPU figure: never printed as GPU·h
+                row.update({"extrapolated_gpu_h" if on_gpu else "extrapolated_cpu_h": hours})
                 row.update(iters_per_s=round(ips, 2),
-                           extrapolated_gpu_h=round((steps / ips + val_s) * recipe_gpus / 3600, 3),
                            data_wait_share=None if timings.get("data_wait_share") is None else round(timings["data_wait_share"], 3), photometric=rec.get("photometric"),
                            val_s_per_image=round(timings["val_s"] / timings["val_images"], 4) if timings.get("val_images") else None,
                            protocol_gpu_h={"linear": 2.43, "upernet": 80.0, "maskrcnn": 96.0}[kind])
@@ -274,7 +277,13 @@ def knn_scale(smoke: bool) -> dict:
 def markdown(rows: list[dict], env: dict) -> str:
     cols = ["stage", "status", "wall_s", "images_per_s", "iters_per_s", "gpu_util_pct", "peak_alloc_mib",
             "extrapolated_gpu_h", "protocol_gpu_h", "data_wait_share", "precision"]
-    lines = [f"GPU check, {env['date']}, {env['device']} (torch {env['torch']}, CUDA {env['cuda']})", "",
+    if not env.get("cuda_available"):
+        cols[cols.index("extrapolated_gpu_h")] = "extrapolated_cpu_h"
+    head = f"GPU check, {env['date']}, {env['device']} (torch {env['torch']}, CUDA {env['cuda']})"
+    if not env.get("cuda_available"):
+        head += ("\n\nNo GPU ran this: every figure below is from the CPU (a smoke run checks the script, its "
+                 "speeds are not GPU figures and no GPU·h is extrapolated from them).")
+    lines = [head, "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
@@ -298,7 +307,8 @@ def main(argv=None) -> int:
         print("gpu-check: no CUDA device visible; use --smoke to check the script on the CPU", file=sys.stderr)
         return 2
     env = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke)"}
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke)",
+           "cuda_available": torch.cuda.is_available()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="sdd-gpucheck-"))

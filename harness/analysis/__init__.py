@@ -47,8 +47,9 @@ def check_columns(table: pd.DataFrame, csv: Path, protocols: list[str] = ()) -> 
                               f"the first error: {first[:300]}. `sdd status --suite {csv.parent.name}` lists them; "
                               f"fix the cause and `sdd submit --retry-failed`.")
         if len(rows):
-            raise TablesError(f"{csv} has {p} rows but no mIoU column; rebuild it with `sdd collect --suite "
-                              f"{csv.parent.name}`; the previous tables were left in place.")
+            raise TablesError(f"{csv} lacks the column(s) mIoU that the tables are computed from ({p} has rows); "
+                              f"the previous tables were left in place. Rebuild it with `sdd collect --suite "
+                              f"{csv.parent.name}`, or add the column to a hand-made table.")
 
 
 def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -112,20 +112,15 @@ def miou_frame(table: pd.DataFrame, protocol: str = "linear", column: str = "mIo
     return s.sort_values(["method", "dataset", "epoch"])
 
 
-def left_out(table: pd.DataFrame, protocol: str, column: str = "mIoU") -> dict[tuple, list[str]]:
-    """(method, dataset) -> "ep N failed" / "ep N mIoU not a number" for the protocol's rows left out of a series."""
-    out: dict[tuple, list[str]] = {}
+def left_out(table: pd.DataFrame, protocol: str, column: str = "mIoU") -> dict[tuple, dict[str, list[int]]]:
+    """(method, dataset) -> {"failed": epochs, "not a number": epochs}: the protocol's rows left out of a series."""
+    out: dict[tuple, dict[str, list[int]]] = {}
     rows = table[table["protocol"] == protocol]
-    for r in rows.itertuples(index=False):
-        d = r._asdict()
-        if d.get("status") != "ok":
-            why = "failed" + (f" ({str(d.get('error'))[:60]})" if isinstance(d.get("error"), str) else "")
-        else:
-            v = pd.to_numeric(pd.Series([d.get(column)]), errors="coerce").iloc[0]
-            if math.isfinite(v):
-                continue
-            why = f"{column} not a number"
-        out.setdefault((d["method"], d["dataset"]), []).append(f"ep {int(d['epoch'])} {why}")
+    values = pd.to_numeric(rows[column], errors="coerce") if column in rows.columns else pd.Series(np.nan, index=rows.index)
+    for (i, r), v in zip(rows.iterrows(), values):
+        why = "failed" if r.get("status") != "ok" else None if math.isfinite(v) else f"{column} not a number"
+        if why:
+            out.setdefault((r["method"], r["dataset"]), {}).setdefault(why, []).append(int(r["epoch"]))
     return out
 
 
@@ -229,14 +224,14 @@ def missing_notes(table: pd.DataFrame, mi: pd.DataFrame, protocol: str) -> list[
     """For each method × dataset: the checkpoints left out of its series (failed, not a number) and the
     ones without a record (the DSE-guided grid when that explains it)."""
     mf = metric_frame(table)
-    metric_epochs = mf.groupby("method")["epoch"].apply(lambda e: set(e.astype(int))) if not mf.empty else {}
+    metric_epochs = mf.groupby("method")["epoch"].apply(lambda e: set(e.astype(int))).to_dict() if not mf.empty else {}
     gone = left_out(table, protocol)
     grid_of = grid_kind(table, protocol)
     rows = table[table["protocol"] == protocol]
     notes = []
     for (method, dataset), g in rows.groupby(["method", "dataset"], sort=True):
-        why = list(gone.get((method, dataset), []))
-        want = metric_epochs.get(method, set()) if len(metric_epochs) else set()
+        why = [f"{len(eps)} {reason} (ep {_eps(eps)})" for reason, eps in sorted(gone.get((method, dataset), {}).items())]
+        want = metric_epochs.get(method, set())
         absent = set(want) - set(g["epoch"].astype(int))
         if absent:
             guided = grid_of(method, dataset) == "guided"
@@ -245,8 +240,10 @@ def missing_notes(table: pd.DataFrame, mi: pd.DataFrame, protocol: str) -> list[
                           if guided else ""))
         if why:
             n = len(mi[(mi["method"] == method) & (mi["dataset"] == dataset)])
-            notes.append(f"{method} / {dataset}: {n} checkpoint(s) in its series; left out: {'; '.join(why[:6])}"
-                         + (" ..." if len(why) > 6 else "") + " (the method stays in the means)")
+            total = len(set(want) | set(g["epoch"].astype(int)))
+            notes.append(f"{method} / {dataset}: {n} of {total} checkpoints evaluated; {'; '.join(why)}; best and τ "
+                         f"are over those {n}" + ("" if grid_of(method, dataset) == "guided" else
+                                                  " (the method stays in the means)"))
     return notes
 
 

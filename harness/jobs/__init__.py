@@ -125,6 +125,17 @@ def claim_work_dir(work: Path, identity: dict) -> None:
                            f"from it: delete it to start this cell afresh")
 
 
+def _summary_line(out) -> str:
+    """The cell log's last line: the job's metrics and where a library kept its own log."""
+    if not isinstance(out, dict):
+        return "job finished"
+    scalars = {k: v for k, v in (out.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    text = "job finished: " + (", ".join(f"{k}={v:.4g}" for k, v in list(scalars.items())[:12]) or "no scalar metrics")
+    for path in out.get("library_logs") or []:
+        text += f"\nlibrary log: {path}"
+    return text
+
+
 def ok_record(record: dict, results: dict, wall_s: float) -> dict:
     """A job's results folded into its record. A job that returns no metrics has a bug: that is a failure."""
     if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict) or not results["metrics"]:
@@ -152,7 +163,9 @@ def execute(cell, results: Path | str, *, registry: Registry | None = None, prog
         rank = 0
     own_group = False
     try:
-        job = job_for(cell.config["protocol"]["kind"])
+        kind = cell.config["protocol"]["kind"]
+        if kind not in PROTOCOL_KINDS:
+            raise NotImplementedError(f"no job for protocol kind '{kind}' (registered: {', '.join(PROTOCOL_KINDS)})")
         reg = registry or load_registry(cell.registry_root or None)
         resources = reg.protocol(cell.protocol).resources
         placement = resolve(resources.gpus, cpus=resources.cpus)
@@ -171,8 +184,9 @@ def execute(cell, results: Path | str, *, registry: Registry | None = None, prog
         ctx = JobContext(reg, work_dir(cell, results, checkpoint), identity, placement, resources, params, progress)
         log = log_path(cell, results, placement.rank)
         record["log"] = str(log)
-        with cell_log(log):
-            out = job.run(cell, ctx)
+        with cell_log(log):  # the job's module too: its libraries' import-time warnings go to the log
+            out = job_for(kind).run(cell, ctx)
+            print(_summary_line(out))
         if placement.is_main:  # the other ranks' results are rank 0's; they write nothing
             record = ok_record(record, out, time.perf_counter() - t0)
     except Exception as e:  # a job's failure is data: it ends as a failed record with the reason

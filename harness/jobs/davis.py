@@ -111,7 +111,7 @@ def run(cell, ctx) -> dict:
 
     reg = ctx.registry
     p = ctx.params
-    ds = reg.dataset(cell.dataset)
+    ds = reg.dataset(cell.dataset, cell.suite)
     split = p.split
     root = check_layout(ds, splits=(split,))
     sequences = davis_sequences(ds, root, split)  # frames paired with annotations by name, checked

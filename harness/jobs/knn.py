@@ -60,7 +60,7 @@ def run(cell, ctx) -> dict:
 
     reg = ctx.registry
     p = ctx.params
-    ds = reg.dataset(cell.dataset)
+    ds = reg.dataset(cell.dataset, cell.suite)
     root = check_layout(ds, splits=("train", "val"))
     t0 = time.perf_counter()
     bb = load_backbone(cell.method, cell.epoch, registry=reg)

@@ -327,7 +327,7 @@ def run(cell, ctx) -> dict:
 
     reg = ctx.registry
     p = ctx.params
-    ds_spec = reg.dataset(cell.dataset)
+    ds_spec = reg.dataset(cell.dataset, cell.suite)
     root = check_layout(ds_spec)
     for split in ("train", "val"):  # before any training
         verify_coco(ds_spec, root, split)

@@ -79,7 +79,7 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
     loaded = load_backbone(cell.method, cell.epoch, registry=reg)
     _register()
     _CONTEXT.update(backbone=loaded.backbone, params=p)
-    ds = reg.dataset(cell.dataset)
+    ds = reg.dataset(cell.dataset, cell.suite)
     names = {}
     for split in ("train", "val"):
         s = ds.splits[split]

@@ -57,7 +57,7 @@ def run(cell, ctx) -> dict:
         raise ValueError(f"params.precision: {precision!r}; the metrics job takes one of {', '.join(PRECISIONS)}")
     workers = data_workers(placement, params.num_workers)
     t0 = time.perf_counter()
-    ds = reg.dataset(cell.dataset)
+    ds = reg.dataset(cell.dataset, cell.suite)
     split = params.split
     root = root_of(ds) / ds.splits[split].img_dir
     images = image_list(root, params.num_images, params.image_list_seed)

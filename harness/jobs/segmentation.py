@@ -67,7 +67,7 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
     cuda = placement.accelerator == "cuda"
     p = ctx.params
     kind = cell.config["protocol"]["kind"]
-    ds = reg.dataset(cell.dataset)
+    ds = reg.dataset(cell.dataset, cell.suite)
     root = check_layout(ds)
     spec = reg.method(cell.method)
     from harness.models.archs import ARCHS
@@ -179,7 +179,9 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
                            interval=p.checkpoint_interval * k, skip_prefixes=skip)],
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                      dist_cfg=dict(backend=placement.backend or "nccl")),
-        log_processor=dict(by_epoch=False), log_level="WARNING", randomness=dict(seed=p.seed),
+        # INFO: the loss, lr and iteration lines and the final mIoU go to the cell's own log (a file, never the
+        # terminal); mmengine also keeps its own copy under the work folder (the record's `library_logs`)
+        log_processor=dict(by_epoch=False), log_level="INFO", randomness=dict(seed=p.seed),
         visualizer=dict(type="SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
     )
 
@@ -224,7 +226,7 @@ def run(cell, ctx) -> dict:
     work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    ds = reg.dataset(cell.dataset)
+    ds = reg.dataset(cell.dataset, cell.suite)
     root = check_layout(ds)
     data_check = {split: verify_segmentation(ds, root, split) for split in ("train", "val")}  # before any training
     t_check = time.perf_counter()
@@ -251,6 +253,7 @@ def run(cell, ctx) -> dict:
             "resumed_from_iter": resume.resumed_from // k, "initial_lrs": lrs, "iters": cfg["train_cfg"]["max_iters"] // k,
             "forward_iters": cfg["train_cfg"]["max_iters"], **run_info,
             "mmseg_config": _jsonable(cfg),
+            "library_logs": [str(Path(runner.log_dir) / f"{runner.timestamp}.log")],
             "timings": {"data_check_s": t_check - t0, "build_s": t_build - t_check, "train_s": t_train - t_build, "val_s": t_val - t_train,
                         "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from) / k
                         / max(t_train - t_build, 1e-9),

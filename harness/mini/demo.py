@@ -30,7 +30,8 @@ def mini_root() -> Path:
 
 
 def prepare(reg=None, quiet: bool = False, epochs: int | None = None) -> Path:
-    """Generate the mini world and pre-train the mini methods (both cached); sets SDD_DATA_ROOT.
+    """Generate the mini world and pre-train the mini methods (both cached) under the mini root (the `mini`
+    and `micro` suites read their data there: their `data_root`).
     Each method trains up to the last epoch its registry file lists, so every cell of the `mini`
     suite has its checkpoint; `epochs` trains fewer (for suites that use only the first ones)."""
     if reg is None:
@@ -55,7 +56,6 @@ def prepare(reg=None, quiet: bool = False, epochs: int | None = None) -> Path:
         generate.generate_all(data)
         marker.write_text(generate.WORLD + "\n")
         print(f"[demo] generated the mini world under {data} in {time.time() - t:.1f} s")
-    os.environ["SDD_DATA_ROOT"] = str(data)
     for name, objective in METHODS.items():
         n = epochs or max(reg.method(name).epochs())
         t = time.time()

@@ -22,6 +22,7 @@ Training is cached: an existing final checkpoint with the same settings is not r
 from __future__ import annotations
 
 import argparse
+import sys
 import copy
 import hashlib
 import json
@@ -259,7 +260,8 @@ def train(args) -> Path:
         reg = DSELoss(seed=args.seed)
     t0 = time.time()
     steps = args.epochs * len(loader)
-    bar = tqdm(total=steps, desc=f"pretrain {args.name or args.objective}", disable=args.quiet, leave=False)
+    bar = tqdm(total=steps, desc=f"pretrain {args.name or args.objective}", disable=args.quiet or not sys.stderr.isatty(),
+               leave=False)
     step = 0
     for epoch in range(1, args.epochs + 1):
         for (v1, v2), _ in loader:

@@ -159,6 +159,23 @@ def stored_epoch(obj: Any, spec: MethodSpec) -> int | None:
     return int(v) + spec.checkpoint.epoch_key_offset
 
 
+def _epoch_mismatch(spec: MethodSpec, path: Path, epoch: int, got: int) -> str:
+    """The registry and the file disagree on the epoch: name the key and the value that fix each reading."""
+    ck = spec.checkpoint
+    raw = got - ck.epoch_key_offset  # what the file stores
+    key_fix = ck.epoch_key_offset + (epoch - got)
+    file_fix = ck.file_offset + (epoch - got)
+    zero_based = epoch - got == 1
+    first = (f"set `checkpoint.epoch_key_offset: {key_fix}` in {spec.source}: the file's '{ck.epoch_key}' field "
+             f"counts from 0 (it stores the index of the last completed epoch, {raw}, as DINO's and MoCo's loops do)")
+    second = (f"set `checkpoint.file_offset: {file_fix}` if instead the file names are shifted (file number = epoch + "
+              f"file_offset)")
+    return (f"{path}: its '{ck.epoch_key}' field says {raw} (= {got} completed epochs with epoch_key_offset "
+            f"{ck.epoch_key_offset}), but the registry maps this file to epoch {epoch}. "
+            + (f"Likely fix: {first}; or {second}." if zero_based else
+               f"Fix: {second}; or, if the field counts differently, {first[4:]}."))
+
+
 def checkpoint_path(spec: MethodSpec, epoch: int) -> Path:
     return spec.checkpoint_file(epoch)
 
@@ -292,21 +309,29 @@ def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | 
                               + _missing_hint(spec, path, epoch))
     obj = safe_load(path)
     got = stored_epoch(obj, spec)
+    problems = []  # every problem of this file, reported together (a wrong epoch must not hide a wrong rule)
     if got is not None and abs(got - epoch) > spec.checkpoint.epoch_tolerance:
-        raise CheckpointError(
-            f"{path}: holds {got} completed epochs by its '{spec.checkpoint.epoch_key}' field, but the registry "
-            f"maps this file to epoch {epoch}. Set checkpoint.file_offset (file number = epoch + offset) or "
-            f"checkpoint.epoch_key_offset in {spec.source}.")
+        problems.append(_epoch_mismatch(spec, path, epoch, got))
     backbone = build_backbone(spec.arch, **{**spec.arch_kwargs, **(arch_overrides or {})})
-    sd = _convert(extract_state_dict(obj, spec.checkpoint.state_dict, path=path), spec.checkpoint.state_dict.convert,
-                  backbone)
-    unexpected = load_state_into(backbone, sd, path=path, raw_keys=_tensor_keys(_rule_source(obj, spec.checkpoint.state_dict)))
-    nonfinite = sorted(k for k in backbone.required_keys() if sd[k].is_floating_point() and not torch.isfinite(sd[k]).all())
+    unexpected: list[str] = []
+    try:
+        sd = _convert(extract_state_dict(obj, spec.checkpoint.state_dict, path=path), spec.checkpoint.state_dict.convert,
+                      backbone)
+        unexpected = load_state_into(backbone, sd, path=path,
+                                     raw_keys=_tensor_keys(_rule_source(obj, spec.checkpoint.state_dict)))
+    except CheckpointError as e:
+        problems.append(str(e))
+        sd = None
+    nonfinite = sorted(k for k in backbone.required_keys() if sd is not None and sd[k].is_floating_point()
+                       and not torch.isfinite(sd[k]).all())
     if nonfinite:  # every protocol would give a number from broken weights (a NaN probe is not a result)
         shown = "; ".join(f"{k} ({int((~torch.isfinite(sd[k])).sum())} of {sd[k].numel()} values)" for k in nonfinite[:5])
-        raise CheckpointError(
+        problems.append(
             f"{path}: non-finite (NaN/inf) values in {len(nonfinite)} backbone tensor(s): {shown}"
             + (f" ... ({len(nonfinite)} in all)" if len(nonfinite) > 5 else "")
             + ". The checkpoint is broken (a diverged run, or a damaged file); use another epoch or re-save it.")
+    if problems:
+        raise CheckpointError(problems[0] if len(problems) == 1 else
+                              f"{len(problems)} problems:\n" + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(problems)))
     backbone.eval()
     return LoadedBackbone(backbone, spec.name, epoch, path, got, len(backbone.required_keys()), unexpected)
