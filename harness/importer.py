@@ -601,8 +601,7 @@ def _check_items(reg: Registry, suite: str, plan: ImportPlan, results: Path, rep
         if again and not replace:
             src = _sources(old)
             files = sorted({(src.get(m) or {}).get("file", "?") for m in again})
-            raise ImportError_(f"{where}: {', '.join(again)} of {it.protocol}/{it.dataset}/{it.method}/ep{it.epoch} "
-                               f"were imported before (from {', '.join(files)}); --replace replaces those metrics "
+            raise ImportError_(f"{where}: {', '.join(again)} of {records.cell_id(*it.key)} were imported before (from {', '.join(files)}); --replace replaces those metrics "
                                f"(the record's other metrics are kept)")
         if again:
             plan.replaces[it.key] = again

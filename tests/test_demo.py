@@ -14,7 +14,7 @@ from harness.registry import load_registry
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mini")
+    root = tmp_path_factory.mktemp("world") / "results" / ".mini"  # where `make demo` puts it under a results root
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SDD_MINI_ROOT", str(root))
         mp.setenv("SDD_SUBMITIT", str(root / "submitit"))
@@ -53,12 +53,18 @@ def check_suite(reg, results, capsys):
     assert len(tau) and ((tau >= -1) & (tau <= 1)).all()
     davis = table[table["kind"] == "davis"]
     assert ((davis["JF_mean"] >= 0) & (davis["JF_mean"] <= 1)).all()
+    from harness.analysis import write_report
+
+    report = write_report(results / "micro", table, tables, figures).read_text()
+    assert "label-free metrics from the `metrics_mini` protocol" in report  # the protocol that ran, by name
 
 
 def test_micro_suite_on_the_local_executor(mini, tmp_path, capsys):
     results = tmp_path / "results"
     reg = load_registry()
     assert main(["submit", "--suite", "micro", "--cluster", "local", "--results", str(results)]) == 0
+    err = capsys.readouterr().err  # not a terminal: plain lines saying what it waits for, no bar frames
+    assert "suite micro: 18 of 18 cells finished, 0 failed" in err and "\r" not in err, err[-2000:]
     check_suite(reg, results, capsys)
     capsys.readouterr()
     # everything done: a second submit submits nothing
@@ -110,6 +116,31 @@ def test_reproduce_micro_on_the_real_local_slurm(slurm_cluster, mini, tmp_path, 
     check_suite(load_registry(), results, capsys)
     led = json.loads((results / "micro" / "ledger.json").read_text())["cells"]
     assert all(e["executor"] == "slurm" for e in led.values())
+
+
+def test_the_mini_world_is_a_world_of_its_own_without_any_variable(mini, tmp_path, capsys, monkeypatch):
+    """After the demo made it, the mini world validates and plans with no variable set (its suites' data_root,
+    the mini methods under <results>/.mini), and a user's own suite on its datasets works the same way."""
+    import shutil
+
+    from harness.registry import ROOT
+
+    for var in ("SDD_MINI_ROOT", "SDD_DATA_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SDD_RESULTS", str(mini.parent))  # the results root the demo wrote under
+    assert main(["validate", "--suite", "micro"]) == 0
+    assert "every dataset split and checkpoint file is in place" in capsys.readouterr().out
+    assert main(["plan", "--suite", "micro"]) == 0
+    bench = tmp_path / "bench"
+    shutil.copytree(ROOT / "benchmarks", bench)
+    (bench / "suites" / "own.yaml").write_text(
+        "name: own\ntitle: my suite on the mini datasets\nmethods: [mini_dino]\n"
+        "data_root: ${SDD_MINI_ROOT:-${SDD_RESULTS:-results}/.mini}/data\n"
+        "grid:\n  - {protocol: metrics_mini, datasets: [imagenet], epochs: [1, 2]}\n"
+        "  - {protocol: linear_mini, datasets: [ade20k], epochs: [2]}\n")
+    assert main(["--registry", str(bench), "validate", "--suite", "own"]) == 0
+    monkeypatch.setenv("SDD_DATA_ROOT", str(tmp_path / "my_real_data"))  # a user's own data root: no matter
+    assert main(["--registry", str(bench), "validate", "--suite", "own"]) == 0
 
 
 def test_preflight_lists_what_is_missing_and_submits_nothing(mini, tmp_path, capsys, monkeypatch):

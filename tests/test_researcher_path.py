@@ -86,6 +86,10 @@ def test_from_a_method_file_to_non_empty_tables(world, capsys):
     results = tmp / "results"
     logs = list((results / "mine" / "logs" / "linear_mini").rglob("*.log"))
     assert len(logs) == 3 and any("mmengine" in f.read_text() for f in logs)
+    for f in logs:  # each cell's log holds the job's own progress, its final metrics and the library's log
+        text = f.read_text()
+        assert "Iter(train)" in text and "loss:" in text and "lr:" in text, text[-2000:]
+        assert "job finished: " in text and "mIoU=" in text.split("job finished: ")[-1] and "library log: " in text
     assert (results / ".submitit").is_dir() and not (ROOT / "results" / ".submitit" / "mine").exists()
     assert sdd(bench, "collect", "--suite", "mine") == 0
     assert sdd(bench, "tables", "--suite", "mine") == 0  # no --protocol: the suite's own linear_mini
@@ -110,6 +114,25 @@ def test_validate_reports_every_problem_of_a_suite_at_once(world, capsys):
     s.write_text(SUITE.replace("datasets: [ade20k]", "datasets: [ade20k]\n    epochs: [1, 5]"))
     assert sdd(bench, "validate") == 2
     assert "method 'mymethod' has no checkpoint for epochs [5]" in capsys.readouterr().err
+
+
+def test_a_0_based_epoch_and_a_wrong_prefix_are_reported_together_with_their_fixes(world, capsys):
+    """A wrong epoch used to hide a wrong keep_prefix until the next run, and the hint named file_offset
+    where `epoch_key_offset: 1` is the fix for a file that stores the 0-based epoch index."""
+    write, ckpts, _ = world
+    bench = write(prefix="module.encoder.")
+    m = bench / "methods" / "mymethod.yaml"
+    m.write_text(m.read_text().replace("  epochs: [1, 2, 3]", "  epochs: [1, 2, 3]\n  epoch_tolerance: 0"))
+    for epoch in (1, 2, 3):  # as DINO's and MoCo's loops store it: the index of the last completed epoch
+        f = ckpts / f"run7_ep{epoch}.ckpt"
+        obj = torch.load(f, weights_only=True)
+        obj["epoch"] = epoch - 1
+        torch.save(obj, f)
+    assert sdd(bench, "validate", "--suite", "mine") == 1
+    err = capsys.readouterr().err
+    one = err[err.index("method 'mymethod', epoch 1:"):err.index("method 'mymethod', epoch 3:")]
+    assert "2 problems" in one and "Likely fix: set `checkpoint.epoch_key_offset: 1`" in one
+    assert "backbone keys are missing after the state-dict rule" in one and "module.momentum_encoder." in one
 
 
 def test_loader_errors_point_the_right_way(world, tmp_path):
@@ -141,9 +164,11 @@ def test_launch_output_tells_the_truth(world, capsys):
     assert sdd(bench, "submit", "--suite", "mine", "--cluster", "local", "--method", "dino", "--dry-run") == 2
     assert "suite 'mine' has no method 'dino'" in capsys.readouterr().err
     assert sdd(bench, "submit", "--suite", "mine", "--cluster", "local", "--dry-run") == 0
-    dry = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    rows = lambda out: [line.split()[0] for line in out.splitlines()
+                        if line.startswith("  ") and line.split()[0] not in ("protocol",) and not line.strip().startswith("-")]
+    dry = rows(capsys.readouterr().out)
     assert sdd(bench, "submit", "--suite", "mine", "--cluster", "local", "--protocol", "metrics_mini") == 0
-    ran = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    ran = rows(capsys.readouterr().out)
     assert dry == ["linear_mini", "metrics_mini"] and ran == ["metrics_mini"]  # the dry run's groups
     p = bench / "protocols" / "metrics_mini.yaml"
     p.write_text(p.read_text().replace("tokens_per_image: 8", "tokens_per_image: 4"))

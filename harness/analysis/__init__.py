@@ -58,9 +58,10 @@ def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise FileNotFoundError(f"{csv} does not exist; run `sdd collect --suite {suite_dir.name}` first")
     table = pd.read_csv(csv, low_memory=False)
     check_columns(table, csv)
-    for col in META_COLUMNS:  # a hand-made or partial table may lack some: defined as empty
-        if col not in table.columns:
-            table[col] = pd.Series([None] * len(table), dtype=object)
+    absent = [c for c in META_COLUMNS if c not in table.columns]  # a hand-made or partial table: defined as empty
+    if absent:  # at once (column by column fragments the frame: pandas' PerformanceWarning)
+        table = pd.concat([table, pd.DataFrame({c: pd.Series([None] * len(table), dtype=object) for c in absent},
+                                               index=table.index)], axis=1)
     spec_csv = suite_dir / "spectra.csv"
     spec = pd.read_csv(spec_csv) if spec_csv.is_file() else pd.DataFrame(columns=["method", "epoch", "kind",
                                                                                    "index", "log_sv"])
@@ -170,6 +171,7 @@ def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path =
     context += more
     table, more = prefer_source(table, prefer)
     context += more
+    table = table.copy()  # one consolidated frame: the tables add columns to slices of it
     papers = load_papers(paper_dir)
     tables = []
     for p in protocols or [None]:

@@ -106,8 +106,7 @@ def miou_frame(table: pd.DataFrame, protocol: str = "linear", column: str = "mIo
     s = _ok(table[table["protocol"] == protocol])
     if column not in s.columns:
         return pd.DataFrame(columns=["method", "dataset", "epoch", "miou", "imported"])
-    s = s.assign(imported=_imported(s))[["method", "dataset", "epoch", column, "imported"]]
-    s = s.rename(columns={column: "miou"})
+    s = s[["method", "dataset", "epoch", column]].assign(imported=_imported(s)).rename(columns={column: "miou"})
     s = s[np.isfinite(pd.to_numeric(s["miou"], errors="coerce").astype(float))]
     return s.sort_values(["method", "dataset", "epoch"])
 
@@ -210,6 +209,7 @@ def sdd_table(table: pd.DataFrame, protocol: str = "linear", paper: pd.DataFrame
         frame = frame.merge(paper.rename(columns={"last_minus_best": "paper_diff"}), on=["method", "dataset"],
                             how="left")
         frame["delta_diff"] = frame["diff"] - frame["paper_diff"]
+        marks |= {(i, "delta_diff") for i, c in marks if c == "diff"}
     notes += missing_notes(table, mi, protocol)
     notes += _imported_note(table, imported_cells, "best / last values")
     return Table("sdd", "SDD: best vs last checkpoint (mIoU; diff = last − best)", frame, notes, marks=marks)
