@@ -460,12 +460,12 @@ def preflight(reg: Registry, suite: str, load: bool = False) -> list[str]:
                 problems.append(str(e))
             continue
         if missing:
-            from harness.models.checkpoints import _missing_hint
+            from harness.models.checkpoints import _missing_hint, broken_link
 
             spec = reg.method(method)
             first = checkpoint_path(spec, missing[0])
             problems.append(f"method '{method}': {len(missing)} of {len(epochs)} checkpoints missing "
-                            f"(first: {first}{_missing_hint(spec, first, missing[0])})")
+                            f"(first: {first}{broken_link(first) or _missing_hint(spec, first, missing[0])})")
         if load:
             from harness.models.checkpoints import CheckpointError, load_backbone
 

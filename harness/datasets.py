@@ -129,6 +129,9 @@ def _image_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     try:
         with Image.open(path) as im:
             size, fmt = im.size, im.format
+            why = _mode_problem(im)
+            if why:
+                return None, f"{path}: {why}"
             with open(path, "rb") as f:
                 f.seek(max(0, os.path.getsize(path) - 4096))
                 tail = f.read()
@@ -142,12 +145,35 @@ def _image_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     return size, None
 
 
+# Image modes a job can meet and how each becomes 8-bit RGB. 16-bit greyscale is scaled down by 256 (as
+# OpenCV does when mmseg's pipeline reads it); PIL's convert("RGB") would clip it to white. Alpha is
+# dropped (the colour channels kept), a palette is looked up, CMYK and YCbCr are converted by PIL.
+DECODABLE_MODES = {"RGB", "L", "P", "1", "RGBA", "RGBa", "RGBX", "LA", "La", "PA", "CMYK", "YCbCr",
+                   "I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def _mode_problem(im) -> str | None:
+    if im.mode not in DECODABLE_MODES:
+        return f"image mode {im.mode} cannot be read as 8-bit RGB"
+    return None
+
+
 def open_rgb(path: Path):
-    """An image as RGB (PIL); a file that cannot be decoded raises DatasetError naming it."""
+    """An image as 8-bit RGB (PIL), from any mode in DECODABLE_MODES (16-bit scaled, not clipped); a file
+    that cannot be decoded, or a mode that cannot be made RGB, raises DatasetError naming it."""
+    import numpy as np
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            why = _mode_problem(im)
+            if why:
+                raise DatasetError(f"image {path}: {why}; convert it to RGB")
+            if im.mode.startswith("I"):  # 16-bit (or 32-bit integer holding 16-bit values) greyscale
+                a = np.asarray(im, dtype=np.int64)
+                if a.size and (a.min() < 0 or a.max() > 65535):
+                    raise DatasetError(f"image {path}: integer values {a.min()}..{a.max()} are not 16-bit greyscale")
+                return Image.fromarray((a >> 8).astype(np.uint8), mode="L").convert("RGB")
             return im.convert("RGB")
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"image {path} cannot be decoded ({e}); replace or remove the file") from None
@@ -170,8 +196,8 @@ def _label_problems(ds: DatasetSpec, img: Path, ann: Path) -> list[str]:
         out.append(f"{ann}: label map is {lab.shape[1]}x{lab.shape[0]} but its image {img.name} is {size[0]}x{size[1]}")
     if ds.num_classes:
         lab = lab.astype(np.int64)
-        if ds.reduce_zero_label:  # mmseg: 0 -> ignore, k -> k - 1
-            lab = np.where(lab == 0, ds.ignore_index, lab - 1)
+        if ds.reduce_zero_label:  # mmseg's LoadAnnotations: 0 -> 255 (ignored), k -> k - 1, and 255 stays 255
+            lab = np.where((lab == 0) | (lab == 255), ds.ignore_index, lab - 1)
         bad = np.unique(lab[(lab != ds.ignore_index) & ((lab < 0) | (lab >= ds.num_classes))])
         if len(bad):
             out.append(f"{ann}: label values {bad[:10].tolist()} are outside the class range 0..{ds.num_classes - 1} "
@@ -188,11 +214,25 @@ def segmentation_pairs(ds: DatasetSpec, root: Path, split: str) -> list[tuple[Pa
         names = [line.strip() for line in (root / s.split_file).read_text().splitlines() if line.strip()]
         if not names:
             raise DatasetError(f"dataset '{ds.name}': the split file {root / s.split_file} lists no images")
+        _no_duplicates(names, root / s.split_file, "image")
         return [(img_dir / f"{n}{ds.img_suffix}", ann_dir / f"{n}{ds.seg_map_suffix}") for n in names]
     imgs = sorted(img_dir.rglob(f"*{ds.img_suffix}"))
     if not imgs:
         raise DatasetError(f"dataset '{ds.name}': no images {img_dir}/**/*{ds.img_suffix} in split '{split}'")
     return [(p, ann_dir / (str(p.relative_to(img_dir))[:-len(ds.img_suffix)] + ds.seg_map_suffix)) for p in imgs]
+
+
+def _no_duplicates(names: list[str], listing: Path, what: str) -> None:
+    """A split list naming an entry twice would evaluate (or train on) it twice: refused, naming the lines."""
+    seen: dict[str, int] = {}
+    twice = []
+    for i, n in enumerate(names, 1):
+        if n in seen:
+            twice.append(f"'{n}' (lines {seen[n]} and {i})")
+        seen.setdefault(n, i)
+    if twice:
+        raise DatasetError(f"{listing}: {len(twice)} {what}(s) listed twice: {', '.join(twice[:5])}"
+                           + (" ..." if len(twice) > 5 else "") + "; each must appear once")
 
 
 def _listing_key(ds: DatasetSpec, split: str, files: list[Path]) -> str:
@@ -254,6 +294,7 @@ def davis_sequences(ds: DatasetSpec, root: Path, split: str) -> dict[str, list[t
     seqs = [line.strip() for line in (root / s.split_file).read_text().splitlines() if line.strip()]
     if not seqs:
         raise DatasetError(f"dataset '{ds.name}': the split file {root / s.split_file} lists no sequences")
+    _no_duplicates(seqs, root / s.split_file, "sequence")
     out, problems = {}, []
     for seq in seqs:
         frames = {p.stem: p for p in (root / s.img_dir / seq).glob(f"*{ds.img_suffix}")}
@@ -262,6 +303,13 @@ def davis_sequences(ds: DatasetSpec, root: Path, split: str) -> dict[str, list[t
             problems.append(f"{root / s.img_dir / seq}/: no frames *{ds.img_suffix} for sequence '{seq}'")
             continue
         order = sorted(frames)
+        if all(n.isdigit() for n in order):  # numbered frames: a missing one (and its annotation) is a gap
+            have = {int(n) for n in order}
+            gaps = sorted(set(range(min(have), max(have) + 1)) - have)
+            if gaps:
+                problems.append(f"{root / s.img_dir / seq}/: frame(s) {', '.join(str(g) for g in gaps[:5])}"
+                                + (" ..." if len(gaps) > 5 else "") + f" missing between {order[0]} and {order[-1]}: "
+                                "propagation would jump the gap")
         if order[0] not in anns:
             problems.append(f"{root / s.ann_dir / seq / (order[0] + ds.seg_map_suffix)}: the first frame's annotation "
                             f"is missing: propagation starts from it")
@@ -298,3 +346,71 @@ def verify_coco(ds: DatasetSpec, root: Path, split: str) -> None:
         return []
 
     _raise_problems(ds, split, _run_checks([(im,) for im in images], check), len(images))
+
+
+# ---------------------------------------------------------------------------------------------
+# What a cell read: a split's files by relative path and size. A record keeps this fingerprint; when the
+# split's files change (fixed, added, removed) its cells become stale, with the reason. It does not
+# depend on where the data sits (a copied dataset keeps it) nor on modification times.
+
+DATA_NOT_FOUND = "its data is not found here"
+# per process, for a minute: a plan of thousands of cells lists each split once; `status --watch` sees a
+# change at its next refresh after that
+_FINGERPRINTS: dict[tuple, tuple[float, dict]] = {}
+FINGERPRINT_TTL_S = 60.0
+
+
+def forget_fingerprints() -> None:
+    _FINGERPRINTS.clear()
+
+
+def _split_files(ds: DatasetSpec, root: Path, split: str) -> list[Path]:
+    s = ds.splits[split]
+    out = []
+    for folder, suffix in ((s.img_dir, ds.img_suffix), (s.ann_dir, ds.seg_map_suffix)):
+        if folder and (root / folder).is_dir():
+            out += [p for p in (root / folder).rglob(f"*{suffix}") if p.is_file()]
+    out += [root / f for f in (s.split_file, s.ann_file) if f and (root / f).is_file()]
+    return sorted(out)
+
+
+def split_fingerprint(ds: DatasetSpec, split: str) -> dict:
+    """{"root", "files", "digest"} of a split: the SHA-256 (16 hex digits) of its files' relative paths and
+    sizes (images, annotations, split and annotation files). Raises DatasetError when the root is not
+    there. Computed once per process and split."""
+    import hashlib
+
+    root = root_of(ds)
+    if not root.is_dir():
+        raise DatasetError(f"dataset '{ds.name}': root {root} does not exist ({_variables_text(ds.root)})")
+    import time
+
+    key = (str(root.resolve()), split, ds.model_dump_json())
+    held = _FINGERPRINTS.get(key)
+    if held is None or time.monotonic() - held[0] > FINGERPRINT_TTL_S:
+        h, n = hashlib.sha256(), 0
+        for f in _split_files(ds, root, split):
+            try:
+                size = f.stat().st_size
+            except OSError:
+                continue
+            h.update(f"{f.relative_to(root).as_posix()}\t{size}\n".encode())
+            n += 1
+        _FINGERPRINTS[key] = (time.monotonic(), {"root": str(root), "files": n, "digest": h.hexdigest()[:16]})
+    return _FINGERPRINTS[key][1]
+
+
+def data_change(ds: DatasetSpec, recorded: dict) -> str | None:
+    """Why the splits a record read (`inputs.data`: split -> fingerprint) are not what is on disk now, or
+    None when they are the same."""
+    for split, fp in sorted((recorded or {}).items()):
+        if not isinstance(fp, dict) or "digest" not in fp or split not in ds.splits:
+            continue
+        try:
+            now = split_fingerprint(ds, split)
+        except DatasetError as e:
+            return f"{DATA_NOT_FOUND} ({e})"
+        if now["digest"] != fp["digest"]:
+            return (f"the data it read changed: dataset '{ds.name}' split '{split}' ({fp.get('files')} -> "
+                    f"{now['files']} files, digest {fp['digest']} -> {now['digest']})")
+    return None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from harness import ledger
 from harness.clusters import ClusterProfile
+from harness.datasets import DATA_NOT_FOUND
 from harness.ledger import ACTIVE_STATES, TERMINAL_FAILED
 from harness.plan import Cell, build_plan
 from harness.records import log_path
@@ -160,6 +161,10 @@ def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, 
     todo, skipped, stale = [], defaultdict(int), {}
     for c in cells:
         state, why = c.state(results)
+        if state == "stale" and (why or "").startswith(DATA_NOT_FOUND):  # a wrong data root: fix it, never re-run
+            skipped[f"stale, {DATA_NOT_FOUND} (fix SDD_DATA_ROOT or the suite's data_root)"] += 1
+            stale[c.id] = why
+            continue
         if state == "stale":
             stale[c.id] = why or "?"
         entry = led.get(c.id, {})

@@ -43,10 +43,14 @@ def read_ledger(results: Path, suite: str) -> dict:
                           f"from the records") from None
     if data is None:
         return {"cells": {}}
+    fix = f"nothing was changed. `sdd status --suite {suite} --repair-ledger` moves it aside and rebuilds it from " \
+          f"the records"
     if not isinstance(data.get("cells"), dict):
-        raise LedgerError(f"the ledger {path} has no 'cells' mapping; nothing was changed. "
-                          f"`sdd status --suite {suite} --repair-ledger` moves it aside and rebuilds it "
-                          f"from the records")
+        raise LedgerError(f"the ledger {path} has no 'cells' mapping; {fix}")
+    bad = [cid for cid, e in data["cells"].items() if not isinstance(e, dict)]
+    if bad:
+        raise LedgerError(f"the ledger {path} holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} that are not "
+                          f"objects (e.g. '{bad[0]}': {str(data['cells'][bad[0]])[:60]!r}); {fix}")
     return data
 
 
@@ -131,13 +135,27 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def _pid_alive(pid: str) -> bool:
-    """A local worker is alive while its process exists and is not a zombie (reaped here if it is ours)."""
+def process_identity(pid) -> str | None:
+    """What tells a process from a later one given the same PID: the boot and the process's start time
+    (clock ticks after boot, /proc/<pid>/stat field 22). None when there is no such process."""
+    try:
+        fields = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{fields[19]}"
+    except (ValueError, OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: str, identity: str | None = None) -> bool:
+    """A local worker is alive while its process exists, is the process that was started (not another one
+    that was given its PID since: `identity`), and is not a zombie (reaped here if it is ours)."""
     try:
         n = int(pid)
         state = Path(f"/proc/{n}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (ValueError, OSError, IndexError):
         return False
+    if identity is not None and process_identity(n) != identity:
+        return False  # the PID was reused: the worker is gone
     if state == "Z":
         try:
             os.waitpid(n, os.WNOHANG)
@@ -161,7 +179,7 @@ def _refresh(led: dict) -> Refresh:
         if e.get("executor") == "slurm" and states is not None:
             e["state"] = states.get(e["job_id"], e["state"])
         elif e.get("executor") == "local":
-            e["state"] = "RUNNING" if _pid_alive(e["job_id"]) else "COMPLETED"
+            e["state"] = "RUNNING" if _pid_alive(e["job_id"], e.get("process")) else "COMPLETED"
     return out
 
 
@@ -188,3 +206,5 @@ def record_submission(results: Path, suite: str, executor: str, cluster: str, ce
                 "config_hash": c.config_hash, "submitted": when, "last_error": prev.get("last_error"),
                 "log_out": str(j.paths.stdout).replace("%j", jid), "log_err": str(j.paths.stderr).replace("%j", jid),
             }
+            if executor == "local":  # a PID alone may be given to another process later
+                led["cells"][c.id]["process"] = process_identity(jid)

@@ -7,11 +7,25 @@ covers what actually runs. Data only: pydantic, no torch.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Pair = tuple[int, int]
+# Every numeric parameter has a domain (issue 23): a value outside it is a registry error naming the file,
+# the line, the key and the domain, before anything runs (`temperature: 0` divides by zero in k-NN).
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+NonNeg = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]            # a probability or a share
+OpenFraction = Annotated[float, Field(ge=0, lt=1)]        # a dropout rate, a momentum (1 would freeze it)
+Rate = Annotated[float, Field(gt=0, le=1)]                # a multiplicative factor of at most 1
+Pair = tuple[PosInt, PosInt]
+
+
+def _ordered(lo, hi, what: str) -> None:
+    if lo > hi:
+        raise ValueError(f"{what}: the first value ({lo}) must not exceed the second ({hi})")
 
 
 class P(BaseModel):
@@ -41,7 +55,7 @@ class DSEParams(P):
 
 
 class UniformityParams(P):
-    t: float = 2.0
+    t: Positive = 2.0
     max_vectors: int = Field(default=10000, ge=2)
 
 
@@ -49,20 +63,31 @@ class AlphaReqParams(P):
     fit_min_rank: int = Field(default=11, ge=1, description="reptrix's α-ReQ fits ranks 11..100")
     fit_max_rank: int = Field(default=100, ge=2)
 
+    @model_validator(mode="after")
+    def _range(self):
+        if self.fit_min_rank >= self.fit_max_rank:
+            raise ValueError(f"fit_min_rank ({self.fit_min_rank}) must be below fit_max_rank ({self.fit_max_rank})")
+        return self
+
 
 class ViewAugment(P):
-    crop: int = 224
-    scale: tuple[float, float] = (0.2, 1.0)
-    flip: float = 0.5
-    color_jitter: float = 0.4
-    grayscale: float = 0.2
+    crop: PosInt = 224
+    scale: tuple[Rate, Rate] = (0.2, 1.0)
+    flip: Fraction = 0.5
+    color_jitter: NonNeg = 0.4
+    grayscale: Fraction = 0.2
+
+    @model_validator(mode="after")
+    def _range(self):
+        _ordered(*self.scale, "scale")
+        return self
 
 
 class LidarParams(P):
     num_images: int = Field(default=1000, ge=0, description="0 turns LiDAR off")
     views: int = Field(default=50, ge=2)
-    delta: float = 1e-6
-    eps: float = 1e-7
+    delta: Positive = 1e-6
+    eps: Positive = 1e-7
     augment: ViewAugment = Field(default_factory=ViewAugment)
 
 
@@ -71,8 +96,8 @@ class MetricsParams(Loading):
     split: str = "train"
     batch_size: int = Field(default=1024, ge=1, description="DSE batch (images)")
     image_list_seed: int = 0
-    resize: int = 256
-    crop: int = 224
+    resize: PosInt = 256
+    crop: PosInt = 224
     forward_batch: int = Field(default=64, ge=1, description="images per forward pass")
     cache: bool = Field(default=False, description="keep the float32 features on disk (re-runs skip the forward "
                                                      "pass; ~0.6-0.8 GB per checkpoint at 2,048 images)")
@@ -82,21 +107,33 @@ class MetricsParams(Loading):
     alpha_req: AlphaReqParams = Field(default_factory=AlphaReqParams)
     lidar: LidarParams = Field(default_factory=LidarParams)
 
+    @model_validator(mode="after")
+    def _crop(self):
+        if self.crop > self.resize:
+            raise ValueError(f"crop ({self.crop}) is larger than resize ({self.resize}): the center crop would pad")
+        return self
+
 
 # --------------------------------------------------------------------------------------------- segmentation
 
 class Schedule(P):
     iters: int = Field(default=40000, ge=1, description="optimizer steps")
     warmup_iters: int = Field(default=1500, ge=0)
-    warmup_ratio: float = 1e-6
-    min_lr: float = 0.0
-    power: float = 1.0
+    warmup_ratio: Rate = 1e-6
+    min_lr: NonNeg = 0.0
+    power: Positive = 1.0
+
+    @model_validator(mode="after")
+    def _warmup(self):
+        if self.warmup_iters > self.iters:
+            raise ValueError(f"warmup_iters ({self.warmup_iters}) exceeds iters ({self.iters})")
+        return self
 
 
 class SegOptimizer(P):
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: Positive = 1e-3
+    weight_decay: NonNeg = 1e-4
+    betas: tuple[OpenFraction, OpenFraction] = (0.9, 0.999)
 
 
 class TestMode(P):
@@ -118,7 +155,7 @@ class SegmentationParams(Loading):
     crop_size_cityscapes: Pair = (512, 1024)
     train_scale_cityscapes: Pair = (2048, 1024)
     test_scale_cityscapes: Pair | None = None
-    ratio_range: tuple[float, float] = (0.5, 2.0)
+    ratio_range: tuple[Positive, Positive] = (0.5, 2.0)
     photometric: bool = True
     photometric_on: Literal["auto", "device", "pipeline"] = Field(
         default="auto", description="where PhotoMetricDistortion runs: 'device' (batched on the cell's device, same "
@@ -131,9 +168,14 @@ class SegmentationParams(Loading):
     log_interval: int = Field(default=50, ge=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _ratio(self):
+        _ordered(*self.ratio_range, "ratio_range")
+        return self
+
 
 class LinearHead(P):
-    dropout: float = 0.0
+    dropout: OpenFraction = 0.0
 
 
 class LinearParams(SegmentationParams):
@@ -142,30 +184,30 @@ class LinearParams(SegmentationParams):
 
 
 class UperNetOptimizer(SegOptimizer):
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    layer_decay_rate: float = 0.9
+    lr: Positive = 1e-4
+    weight_decay: NonNeg = 0.05
+    layer_decay_rate: Rate = 0.9
 
 
 class DecodeHead(P):
-    channels: int = 384
-    pool_scales: tuple[int, ...] = (1, 2, 3, 6)
-    dropout: float = 0.1
+    channels: PosInt = 384
+    pool_scales: tuple[PosInt, ...] = (1, 2, 3, 6)
+    dropout: OpenFraction = 0.1
 
 
 class AuxiliaryHead(P):
-    in_index: int = 2
-    channels: int = 256
-    num_convs: int = 1
-    loss_weight: float = 0.4
+    in_index: NonNegInt = 2
+    channels: PosInt = 256
+    num_convs: PosInt = 1
+    loss_weight: NonNeg = 0.4
 
 
 class UperNetParams(SegmentationParams):
     optimizer: UperNetOptimizer = Field(default_factory=UperNetOptimizer)
     decode_head: DecodeHead = Field(default_factory=DecodeHead)
     auxiliary_head: AuxiliaryHead = Field(default_factory=AuxiliaryHead)
-    neck_rescales: tuple[float, ...] = (4, 2, 1, 0.5)
-    drop_path: float = 0.1
+    neck_rescales: tuple[Positive, ...] = (4, 2, 1, 0.5)
+    drop_path: OpenFraction = 0.1
 
 
 # --------------------------------------------------------------------------------------------- others
@@ -173,9 +215,9 @@ class UperNetParams(SegmentationParams):
 class DetOptimizer(P):
     """AdamW as ViTDet: no weight decay on norms, biases, position and class tokens; layer-wise lr decay
     for ViT backbones (block i of L: rate^(L - i), embeddings rate^(L + 1))."""
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: Positive = 1e-4
+    weight_decay: NonNeg = 0.05
+    betas: tuple[OpenFraction, OpenFraction] = (0.9, 0.999)
     layer_decay_rate: float = Field(default=0.7, gt=0, le=1, description="ViTDet's 0.7 for ViT-S/B; 1 turns it off")
 
 
@@ -185,49 +227,59 @@ class MaskRCNNParams(P):
     backend: Literal["auto", "detectron2", "torchvision"] = Field(
         default="auto", description="auto: detectron2 where it can be imported when the plan is made (recorded "
                                     "in the cell's config: one backend per table)")
-    vit_scale_factors: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
-    out_channels: int = 256
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
-    min_size: int = 800
-    max_size: int = 1333
+    vit_scale_factors: tuple[Positive, ...] = (4.0, 2.0, 1.0, 0.5)
+    out_channels: PosInt = 256
+    anchor_sizes: tuple[PosInt, ...] = (32, 64, 128, 256, 512)
+    min_size: PosInt = 800
+    max_size: PosInt = 1333
     optimizer: DetOptimizer = Field(default_factory=DetOptimizer)
     iters: int = Field(default=1000, ge=1)
-    steps: tuple[int, ...] = Field(default=(), description="lr x gamma at each of these optimizer steps")
-    gamma: float = 0.1
+    steps: tuple[PosInt, ...] = Field(default=(), description="lr x gamma at each of these optimizer steps")
+    gamma: Rate = 0.1
     warmup_iters: int = Field(default=0, ge=0, description="linear warm-up from warmup_factor x lr")
-    warmup_factor: float = 0.001
+    warmup_factor: Rate = 0.001
     batch_size: int = Field(default=16, ge=1, description="global batch")
     checkpoint_interval: int = Field(default=500, ge=1)
-    detections_per_img: int = 100
-    score_thresh: float = 0.0
+    detections_per_img: PosInt = 100
+    score_thresh: OpenFraction = 0.0
     amp: bool = Field(default=True, description="mixed precision on GPUs (torchvision: bfloat16 autocast; "
                                                 "detectron2: its AMP)")
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _schedule(self):
+        _ordered(self.min_size, self.max_size, "min_size, max_size")
+        late = [s for s in self.steps if s > self.iters]
+        if late or list(self.steps) != sorted(self.steps):
+            raise ValueError(f"steps {list(self.steps)} must be increasing and within iters ({self.iters})")
+        if self.warmup_iters > self.iters:
+            raise ValueError(f"warmup_iters ({self.warmup_iters}) exceeds iters ({self.iters})")
+        return self
+
 
 class DavisParams(P):
     split: str = "val"
-    short_side: int = 480
-    size_multiple: int = 64
-    n_last_frames: int = 7
-    size_mask_neighborhood: int = 12
-    topk: int = 5
-    temperature: float = 0.1
-    bound_th: float = 0.008
-    resnet_layer: int = 3
+    short_side: PosInt = 480
+    size_multiple: PosInt = 64
+    n_last_frames: PosInt = 7
+    size_mask_neighborhood: NonNegInt = 12
+    topk: PosInt = 5
+    temperature: Positive = 0.1
+    bound_th: Annotated[float, Field(gt=0, lt=1)] = 0.008
+    resnet_layer: Annotated[int, Field(ge=1, le=4)] = 3
 
 
 class KnnParams(Loading):
     k: int = Field(default=20, ge=1)
-    temperature: float = 0.07
-    resize: int = 256
-    crop: int = 224
+    temperature: Positive = 0.07
+    resize: PosInt = 256
+    crop: PosInt = 224
     batch_size: int = Field(default=64, ge=1)
 
 
 class ProbeParams(P):
     steps: int = Field(default=3, ge=0)
-    sleep_s: float = 0.1
+    sleep_s: NonNeg = 0.1
     fail_methods: tuple[str, ...] = ()
     fail_epochs: tuple[int, ...] = ()
-    fail_first_runs: int = 0
+    fail_first_runs: NonNegInt = 0

@@ -12,7 +12,7 @@ from harness import records
 from harness.fingerprint import file_fingerprint
 from harness.records import CellState
 from harness.kinds import METRICS_KIND, PROTOCOL_KINDS
-from harness.registry import Registry, RegistryError, SuiteEntry
+from harness.registry import DatasetSpec, Registry, RegistryError, SuiteEntry
 from harness.selection import dse_normalised, select_checkpoints
 
 
@@ -47,7 +47,8 @@ class Cell:
         (a login node without SDD_CKPT_ROOT), the record's config hash decides alone. A cell without a
         computed record but with an imported one (`sdd import`) is `imported`: never run again."""
         state, why = records.cell_state(self.record_path(results), self.config_hash, Path(results),
-                                        config=self.config, checkpoint_file=self.checkpoint_file or None)
+                                        config=self.config, checkpoint_file=self.checkpoint_file or None,
+                                        data_check=self._data_check)
         if state == CellState.TODO:
             imported = records.record_path(results, self.suite, self.protocol, self.dataset, self.method, self.epoch,
                                            tree="imported")
@@ -57,6 +58,13 @@ class Cell:
             except records.CorruptRecord as e:
                 return CellState.CORRUPT, e.why
         return state, why
+
+
+    def _data_check(self, recorded: dict) -> str | None:
+        """Why the dataset splits a record read are not the ones on disk now (None: the same)."""
+        from harness.datasets import data_change
+
+        return data_change(DatasetSpec.model_validate({"title": "", **self.config["dataset"]}), recorded)
 
 
 def resolved_config(reg: Registry, protocol: str, dataset: str, method: str, epoch: int,

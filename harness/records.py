@@ -177,10 +177,11 @@ def stale_recipe_reason(old_config: Any, new_config: dict | None) -> str:
 
 
 def cell_state(path: Path, config_hash: str, results: Path | None = None, *, config: dict | None = None,
-               checkpoint_file: Path | str | None = None) -> tuple[CellState, str | None]:
+               checkpoint_file: Path | str | None = None, data_check=None) -> tuple[CellState, str | None]:
     """(state, why) of a cell from its computed record: done | failed | stale (a record of another config
     hash -- recipe or code version --, or of other checkpoint content than `checkpoint_file` holds now) |
-    corrupt | todo (no record). `why` says what changed (the config's keys, the checkpoint's digest)."""
+    corrupt | todo (no record). `why` says what changed (the config's keys, the checkpoint's digest, the
+    data: `data_check(record's inputs.data)` gives the reason the data it read is not what is there now)."""
     try:
         rec = read_record(path, results)
     except CorruptRecord as e:
@@ -199,6 +200,11 @@ def cell_state(path: Path, config_hash: str, results: Path | None = None, *, con
                 return CellState.STALE, why
         elif rec["status"] == "failed" and Path(checkpoint_file).is_file():
             return CellState.STALE, "the checkpoint was not there when the cell ran; it is now"
+    data = (rec.get("inputs") or {}).get("data")
+    if data_check is not None and data:
+        why = data_check(data)
+        if why:
+            return CellState.STALE, why
     return (CellState.DONE, None) if rec["status"] == "ok" else (CellState.FAILED, None)
 
 

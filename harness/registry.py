@@ -376,13 +376,37 @@ def load_spec(path: Path, kind: str):
     return load_spec_model(path, KINDS[kind])
 
 
+# A name is a folder of the results tree (results/<suite>/runs/<protocol>/<dataset>/<method>/): one path
+# segment, never "." or "..", which would write outside the results root or merge two cells' records.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_REGISTRY_FILE = 1 << 20  # bytes: a registry file is a page of YAML
+
+
+def _check_bounded(text: str, path: Path) -> None:
+    """Registry files are small and spell every value out: YAML anchors and aliases (whose nesting makes a
+    few hundred bytes expand exponentially) are refused before anything walks the document."""
+    if len(text) > MAX_REGISTRY_FILE:
+        raise RegistryError(f"{path}: {len(text):,} bytes; a registry file is at most {MAX_REGISTRY_FILE:,}")
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise RegistryError(f"{path}:{event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) are "
+                                    f"not allowed in registry files; write the values out")
+    except yaml.YAMLError:
+        return  # safe_load below reports the syntax error with its line
+
+
 def load_spec_model(path: Path, model: type[BaseModel]):
     """Parse one YAML file into `model`, with file:line errors."""
     path = Path(path)
+    if not NAME.match(path.stem) or path.stem in (".", ".."):
+        raise RegistryError(f"{path}: '{path.stem}' cannot be a name (it becomes a folder of the results tree): use "
+                            f"letters, digits, '_', '-' and '.', starting with a letter or digit")
     try:
         text = path.read_text()
     except OSError as e:
         raise RegistryError(f"{path}: cannot read registry file: {e.strerror}") from None
+    _check_bounded(text, path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -544,19 +568,44 @@ class Registry:
         return self.get("suites", name)
 
 
-def _check_suite(reg: Registry, s: SuiteSpec) -> list[str]:
+def _check_suite(reg: Registry, s: SuiteSpec, broken: dict[str, set] | None = None) -> list[str]:
     errs = []
     lines = _line_map(Path(s.source).read_text()) if s.source else {}
+    broken = broken or {}
 
     def ref(kind, name, loc):
         table = getattr(reg, kind)
+        if name in broken.get(kind, set()):
+            return  # its own file's error is reported above; "unknown" would be wrong
         if name not in table:
             line = lines.get(loc) or lines.get(loc[:-1])
             errs.append(f"{s.source}:{line}: {'.'.join(map(str, loc))}: unknown {kind[:-1]} '{name}'; "
                         f"expected one of the files in {reg.root / kind}.{did_you_mean(name, table)}")
 
+    def once(values, loc, what):
+        seen = {}
+        for i, v in enumerate(values):
+            if v in seen:
+                errs.append(f"{s.source}:{lines.get(loc + (i,)) or lines.get(loc)}: {'.'.join(map(str, loc))}.{i}: "
+                            f"{what} '{v}' is listed twice (also at {seen[v]}); each would run the same cells again")
+            seen.setdefault(v, i)
+
+    once(s.methods, ("methods",), "method")
     for i, m in enumerate(s.methods):
         ref("methods", m, ("methods", i))
+    claimed: dict[tuple, int] = {}  # (protocol, dataset, method) -> the grid entry that runs it
+    for gi, entry in enumerate(s.grid):
+        once(entry.datasets, ("grid", gi, "datasets"), "dataset")
+        if entry.methods != "all":
+            once(entry.methods, ("grid", gi, "methods"), "method")
+        for d in entry.datasets:
+            for m in (s.methods if entry.methods == "all" else entry.methods):
+                other = claimed.setdefault((entry.protocol, d, m), gi)
+                if other != gi:
+                    errs.append(f"{s.source}:{lines.get(('grid', gi)) or lines.get(('grid', gi, 'protocol'))}: grid.{gi}: "
+                                f"{entry.protocol} on {d} for {m} is already in grid.{other}; one entry per protocol, "
+                                f"dataset and method (merge their epochs)")
+                    break
     for gi, entry in enumerate(s.grid):
         ref("protocols", entry.protocol, ("grid", gi, "protocol"))
         for di, d in enumerate(entry.datasets):
@@ -599,19 +648,21 @@ def load_registry(root: Path | str | None = None) -> Registry:
         raise RegistryError(f"registry directory {root} does not exist (set SDD_BENCHMARKS or pass --registry)")
     tables: dict[str, dict] = {k: {} for k in KINDS}
     errors: list[str] = []
+    broken: dict[str, set] = {k: set() for k in KINDS}  # files that did not load, by their file name
     for kind in KINDS:
         for path in sorted((root / kind).glob("*.yaml")):
             try:
                 spec = load_spec(path, kind)
             except RegistryError as e:
                 errors.append(str(e))
+                broken[kind].add(path.stem)
                 continue
             tables[kind][spec.name] = spec
     reg = Registry(root=root, **tables)
     for p in reg.protocols.values():
         errors += _check_protocol(reg, p)
     for s in reg.suites.values():
-        errors += _check_suite(reg, s)
+        errors += _check_suite(reg, s, broken)
     if errors:
         raise RegistryError("\n".join(errors))
     return reg

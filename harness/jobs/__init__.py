@@ -57,6 +57,26 @@ class JobContext:
         return self.work
 
 
+def data_inputs(reg: Registry, cell, params) -> dict:
+    """The fingerprints of the dataset splits the cell's job reads (`harness.datasets.split_fingerprint`):
+    when they change later, the record is stale. A split that cannot be listed here is left to the job,
+    which fails saying why."""
+    from harness.datasets import DatasetError, split_fingerprint
+
+    kind = PROTOCOL_KINDS[cell.config["protocol"]["kind"]]
+    if not kind.splits:
+        return {}
+    splits = (params.split,) if isinstance(getattr(params, "split", None), str) else kind.splits
+    ds = reg.dataset(cell.dataset, cell.suite)
+    out = {}
+    for split in splits:
+        try:
+            out[split] = split_fingerprint(ds, split)
+        except (DatasetError, KeyError, RegistryError):
+            pass
+    return out
+
+
 def _checkpoint_file(reg: Registry, cell) -> Path | None:
     try:
         return reg.method(cell.method).checkpoint_file(cell.epoch)
@@ -136,10 +156,48 @@ def _summary_line(out) -> str:
     return text
 
 
+class OutputCheckError(RuntimeError):
+    """A job computed something its kind says cannot be a result (a NaN, a value outside its domain)."""
+
+
+def check_outputs(kind: str, results: dict) -> None:
+    """Every metric a job returns is one its kind declares (harness.kinds), a finite number in the
+    metric's domain -- or NaN with the reason in `undefined_metrics` (COCOeval's -1), or, per class, NaN
+    for a class absent from the ground truth and the predictions. Anything else fails the cell, naming
+    the metric and the value: an ok record never holds a number that cannot be one."""
+    import math
+
+    declared = PROTOCOL_KINDS[kind]
+    undefined = results.get("undefined_metrics") or {}
+    bad = []
+    for name, value in results["metrics"].items():
+        m = declared.metric(name)
+        if m is None:
+            bad.append(f"{name} is not a metric of kind {kind} (harness/kinds.py declares "
+                       f"{', '.join(x.name for x in declared.metrics)})")
+            continue
+        if m.per_class:
+            wrong = {c: v for c, v in (value or {}).items() if not (isinstance(v, (int, float)) and (
+                math.isnan(v) or m.in_domain(v)))} if isinstance(value, dict) else {"(all)": value}
+            if wrong:
+                bad.append(f"{name} of {len(wrong)} class(es) outside {m.domain_text()}: "
+                           + ", ".join(f"{c}={v!r}" for c, v in list(wrong.items())[:4]))
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            bad.append(f"{name} = {value!r} is not a number")
+        elif math.isnan(value) and name in undefined:
+            continue  # undefined, with the reason recorded beside it
+        elif not m.in_domain(value):
+            bad.append(f"{name} = {value!r} is outside its domain, {m.domain_text()}")
+    if bad:
+        raise OutputCheckError("the job's results fail their checks (nothing is recorded as ok): " + "; ".join(bad))
+
+
 def ok_record(record: dict, results: dict, wall_s: float) -> dict:
     """A job's results folded into its record. A job that returns no metrics has a bug: that is a failure."""
     if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict) or not results["metrics"]:
         raise RuntimeError("the job returned no metrics (a bug in the job; nothing is recorded as ok)")
+    check_outputs(record["config"]["protocol"]["kind"], results)
     reserved = set(record) & set(results)
     if reserved:
         raise RuntimeError(f"the job returned reserved record fields {sorted(reserved)} (a bug in the job)")
@@ -180,7 +238,8 @@ def execute(cell, results: Path | str, *, registry: Registry | None = None, prog
         checkpoint = file_fingerprint(path) if path else None
         record["inputs"] = {"checkpoint": {"path": str(path) if path else None, **(checkpoint or {})}}
         identity = {"cell": cell.id, "config_hash": cell.config_hash, "checkpoint": (checkpoint or {}).get("id")}
-        params = PROTOCOL_KINDS[cell.config["protocol"]["kind"]].params.model_validate(cell.config["protocol"]["params"])
+        params = PROTOCOL_KINDS[kind].params.model_validate(cell.config["protocol"]["params"])
+        record["inputs"]["data"] = data_inputs(reg, cell, params)
         ctx = JobContext(reg, work_dir(cell, results, checkpoint), identity, placement, resources, params, progress)
         log = log_path(cell, results, placement.rank)
         record["log"] = str(log)

@@ -59,3 +59,13 @@ def failed_record(record: dict, error: BaseException, wall_s: float) -> dict:
     return {**record, "status": "failed", "error": f"{type(error).__name__}: {error}",
             "traceback": "".join(tb)[-4000:], "timings": {"total_s": wall_s}, "finished": now(),
             "peak_memory_mb": peak_memory_mb()}
+
+
+def require_finite(t, what: str) -> None:
+    """Raise naming `what` (and how many values) when a tensor a job computed holds NaN or inf: a number
+    computed from it would be an ok record with a wrong value."""
+    import torch
+
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise FloatingPointError(f"{what}: {bad} of {t.numel()} values are NaN or inf")

@@ -28,6 +28,7 @@ from harness.datasets import (
     write_indexed_png,
 )
 from harness.jobs import jandf
+from harness.jobs.common import require_finite
 
 # DINO's DAVIS evaluation normalises with std 0.228 (not ImageNet's 0.229) for red; kept for parity with
 # its published J&F.
@@ -56,10 +57,13 @@ def neighbourhood(h: int, w: int, size: int, device="cpu") -> torch.Tensor:
 def propagate(feat_tar, ctx_feats, ctx_segs, h, w, *, topk: int, temperature: float, mask: torch.Tensor | None):
     """Soft labels [C, h, w] of the target from the context frames' features [N, d] and labels [C, h, w]."""
     src = torch.stack(ctx_feats)  # [K, N, d]
-    aff = torch.exp(torch.einsum("nd,kmd->kmn", feat_tar, src) / temperature)  # [K, src N, tar N]
+    logits = torch.einsum("nd,kmd->kmn", feat_tar, src) / temperature  # [K, src N, tar N]
     if mask is not None:
-        aff = aff * mask[None]
-    aff = aff.reshape(-1, h * w)  # (context x source) x target
+        logits = logits.masked_fill(mask[None] == 0, -torch.inf)
+    # DINO's exp(sim / T), less each target's largest logit: the same weights after the normalisation
+    # below (and the same top-k), without the overflow a small temperature gives exp(sim / T)
+    logits = logits.reshape(-1, h * w)  # (context x source) x target
+    aff = torch.exp(logits - logits.max(dim=0, keepdim=True).values)
     kth = torch.topk(aff, k=min(topk, aff.shape[0]), dim=0).values.min(dim=0).values
     aff = torch.where(aff < kth, torch.zeros_like(aff), aff)
     aff = aff / aff.sum(dim=0, keepdim=True).clamp_min(1e-20)
@@ -69,8 +73,9 @@ def propagate(feat_tar, ctx_feats, ctx_segs, h, w, *, topk: int, temperature: fl
     return (segs @ aff).reshape(c, h, w)
 
 
-def _features(backbone, x, layer):
+def _features(backbone, x, layer, frame: Path | None = None):
     t = backbone.dense(x, layer)[0]
+    require_finite(t, f"the features of frame {frame}")
     return F.normalize(t, dim=1)
 
 
@@ -81,7 +86,7 @@ def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Pa
     exponentials and top-k are sensitive to rounding); predictions written as indexed PNGs."""
     short, mult = p.short_side, p.size_multiple
     x0, (oh, ow) = read_frame(frames[0], short, mult)
-    f0 = _features(backbone, x0.to(device), layer)
+    f0 = _features(backbone, x0.to(device), layer, frames[0])
     h, w = x0.shape[2] // stride, x0.shape[3] // stride
     lab = read_label_png(first_mask)
     small = np.array(Image.fromarray(lab).resize((w, h), Image.NEAREST)).astype(np.int64)
@@ -93,9 +98,10 @@ def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Pa
     write_indexed_png(lab, out_dir / f"{frames[0].stem}.png")
     for frame in frames[1:]:
         x, _ = read_frame(frame, short, mult)
-        ft = _features(backbone, x.to(device), layer)
+        ft = _features(backbone, x.to(device), layer, frame)
         soft = propagate(ft, [f0] + [q[0] for q in queue], [seg0] + [q[1] for q in queue], h, w,
                          topk=p.topk, temperature=p.temperature, mask=mask)
+        require_finite(soft, f"the propagated labels of frame {frame}")
         queue.append((ft, soft))
         up = F.interpolate(soft[None], scale_factor=stride, mode="bilinear", align_corners=False)[0]
         lo = up.flatten(1).min(dim=1).values[:, None, None]

@@ -6,12 +6,14 @@ and class-token-free ViTs (recorded)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from harness.datasets import DatasetError, check_layout, open_rgb
 from harness.device import data_workers
+from harness.jobs.common import require_finite
 
 
 def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, classes: int, k: int = 20,
@@ -31,7 +33,9 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
             best_sim, pick = cat_s.topk(k, dim=1)
             best_idx = cat_i.gather(1, pick)
         votes = torch.zeros(len(q), classes, device=q.device, dtype=torch.float32)
-        votes.scatter_add_(1, train_labels[best_idx], (best_sim.float() / temperature).exp())
+        # DINO's exp(sim / T), each query's weights divided by its top neighbour's: the same vote ranking,
+        # without the overflow a small T gives
+        votes.scatter_add_(1, train_labels[best_idx], ((best_sim.float() - best_sim[:, :1].float()) / temperature).exp())
         out.append(votes.cpu())
     return torch.cat(out)
 
@@ -42,7 +46,13 @@ def _embed(backbone, folder, resize, crop, batch, device: str, workers: int, aut
 
     from harness.features import maybe_autocast, eval_transform
 
-    ds = ImageFolder(str(folder), transform=eval_transform(resize, crop), loader=open_rgb)
+    try:
+        ds = ImageFolder(str(folder), transform=eval_transform(resize, crop), loader=open_rgb)
+    except FileNotFoundError as e:  # torchvision's message names the classes but not the folder
+        empty = sorted(d.name for d in Path(folder).iterdir() if d.is_dir() and not any(d.iterdir())) \
+            if Path(folder).is_dir() else []
+        raise DatasetError(f"{folder}: {e}" + (f"; empty class folder(s): {', '.join(empty[:5])}" if empty else "")
+                           + "; every class folder must hold images") from None
     if not len(ds):
         raise DatasetError(f"no images under {folder}/<class>/")
     cuda = torch.device(device).type == "cuda"
@@ -52,7 +62,9 @@ def _embed(backbone, folder, resize, crop, batch, device: str, workers: int, aut
         for x, _ in loader:  # embeddings stay on the device (1.28 M x 384 float16 = 1 GB)
             feats.append(F.normalize(backbone.embed(x.to(device, non_blocking=cuda)).float(), dim=1)
                          .to(torch.float16 if cuda else torch.float32))
-    return torch.cat(feats), torch.tensor(ds.targets, device=device), ds.classes
+    out = torch.cat(feats)
+    require_finite(out, f"the embeddings of {folder}")
+    return out, torch.tensor(ds.targets, device=device), ds.classes
 
 
 def run(cell, ctx) -> dict:
@@ -76,7 +88,11 @@ def run(cell, ctx) -> dict:
     if te_classes != classes:
         raise ValueError(f"val classes differ from train classes under {root}")
     t1 = time.perf_counter()
+    if p.k > len(tr):  # never a silent clamp: the record would say k=20 of a vote over fewer
+        raise ValueError(f"k = {p.k} neighbours, but the training split has {len(tr)} images "
+                         f"({root / ds.splits['train'].img_dir}); lower k in the protocol file")
     votes = knn_classify(tr, tr_y, te, len(classes), p.k, p.temperature)
+    require_finite(votes, "the k-NN votes (exp(similarity / temperature) overflowed?)")
     top = votes.topk(min(5, len(classes)), dim=1).indices
     te_y = te_y.cpu()
     top1 = (top[:, 0] == te_y).float().mean().item() * 100
@@ -84,4 +100,4 @@ def run(cell, ctx) -> dict:
     return {"metrics": {"top1": top1, "top5": top5}, "checkpoint": bb.summary(),
             "embedding": f"{bb.backbone.embedding_kind}, L2-normalised", "train_images": len(tr), "precision": precision,
             "data_loading": {"workers": workers, "pin_memory": cuda},
-            "val_images": len(te), "timings": {"features_s": t1 - t0, "knn_s": time.perf_counter() - t1}}
+            "top5_over": min(5, len(classes)), "val_images": len(te), "timings": {"features_s": t1 - t0, "knn_s": time.perf_counter() - t1}}

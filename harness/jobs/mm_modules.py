@@ -10,7 +10,9 @@
   batches (mmseg runs one window at a time).
 - SDDRandomCrop: mmseg's RandomCrop (same draws, same crops) counting the labels of a candidate crop
   with a bincount instead of np.unique's sort, the pipeline's costliest step after decoding.
-- SDDIoUMetric: mmseg's IoUMetric, also returning per-class IoU.
+- SDDIoUMetric: mmseg's IoUMetric, also returning per-class IoU and how the predictions spread over the
+  classes (a probe that predicts one class everywhere is named in the record).
+- SDDFiniteLossHook: stops training at the first iteration whose loss is not finite, naming it.
 - SDDResumeHook: saves the trainable state (model part that trains, optimizer, schedulers, iteration)
   as plain tensors every N iterations, and restores it at start, so a preempted job resumes. The file
   is read with weights_only=True; mmengine's own checkpoints are never reloaded.
@@ -217,11 +219,32 @@ class SDDIoUMetric(IoUMetric):
     def compute_metrics(self, results: list) -> dict:
         out = super().compute_metrics(results)
         results = tuple(zip(*results))
-        inter, union = sum(results[0]), sum(results[1])
+        inter, union, pred = sum(results[0]), sum(results[1]), sum(results[2])
         iou = (inter / union).numpy() * 100
         for name, v in zip(self.dataset_meta["classes"], iou):
             out[f"IoU.{name}"] = float(v)
+        total = float(pred.sum())
+        top = int(pred.argmax())
+        # not metrics: the job moves them into the record's `prediction`
+        out["_pred.classes"] = int((pred > 0).sum())
+        out["_pred.dominant_class"] = self.dataset_meta["classes"][top]
+        out["_pred.dominant_share"] = float(pred[top]) / total if total else float("nan")
         return out
+
+
+@HOOKS.register_module(force=True)
+class SDDFiniteLossHook(Hook):
+    """A loss that is NaN or inf at any iteration ends the run there, naming the iteration, the loss terms
+    and the learning rate: a probe trained on through NaNs would score as a constant predictor."""
+    priority = "VERY_HIGH"
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        terms = {k: float(v.detach()) for k, v in (outputs or {}).items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+        bad = {k: v for k, v in terms.items() if not torch.isfinite(torch.tensor(v))}
+        if bad:
+            lr = runner.optim_wrapper.get_lr()
+            raise FloatingPointError(f"the training loss is not finite at iteration {runner.iter + 1}: {bad} "
+                                     f"(lr {lr}); the recipe diverges here (lower the lr?)")
 
 
 @HOOKS.register_module(force=True)

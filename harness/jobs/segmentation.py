@@ -175,7 +175,8 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
                                        log_metric_by_epoch=False),
                            param_scheduler=dict(type="ParamSchedulerHook"), checkpoint=None,
                            sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[dict(type="SDDResumeHook", path=str(work_dir / "resume.pth"),
+        custom_hooks=[dict(type="SDDFiniteLossHook"),
+                      dict(type="SDDResumeHook", path=str(work_dir / "resume.pth"),
                            interval=p.checkpoint_interval * k, skip_prefixes=skip)],
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                      dist_cfg=dict(backend=placement.backend or "nccl")),
@@ -243,12 +244,18 @@ def run(cell, ctx) -> dict:
     k = run_info["batch"]["accumulation"]
     net = runner.model.module if hasattr(runner.model, "module") else runner.model  # DDP-wrapped or not
     backbone = net.backbone
+    prediction = {k[len("_pred."):]: v for k, v in metrics.items() if k.startswith("_pred.")}
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("_pred.")}
+    if prediction.get("dominant_share", 0) >= DEGENERATE_SHARE:  # named in the record, and in the cell log
+        prediction["degenerate"] = (f"predicts '{prediction['dominant_class']}' on "
+                                    f"{100 * prediction['dominant_share']:.1f}% of the validation pixels")
+        print(f"warning: the probe {prediction['degenerate']}")
     summary = {k: float(v) for k, v in metrics.items() if not k.startswith("IoU.")}
     per_class = {k[4:]: float(v) for k, v in metrics.items() if k.startswith("IoU.")}
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     data_share = _data_share(runner.message_hub)
     lrs = sorted({round(g.get("initial_lr", g["lr"]), 12) for g in runner.optim_wrapper.optimizer.param_groups})
-    return {"metrics": {**summary, "IoU": per_class}, "data_check": data_check,
+    return {"metrics": {**summary, "IoU": per_class}, "data_check": data_check, "prediction": prediction,
             "checkpoint": backbone.loaded, "backbone_frozen": backbone.frozen, "trainable_params": trainable,
             "resumed_from_iter": resume.resumed_from // k, "initial_lrs": lrs, "iters": cfg["train_cfg"]["max_iters"] // k,
             "forward_iters": cfg["train_cfg"]["max_iters"], **run_info,
@@ -258,6 +265,10 @@ def run(cell, ctx) -> dict:
                         "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from) / k
                         / max(t_train - t_build, 1e-9),
                         "data_wait_share": data_share, "val_images": len(runner.val_dataloader.dataset)}}
+
+
+# a probe whose predictions are this share of one class is a (near-)constant predictor
+DEGENERATE_SHARE = 0.99
 
 
 def _data_share(hub) -> float | None:

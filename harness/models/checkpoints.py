@@ -180,6 +180,18 @@ def checkpoint_path(spec: MethodSpec, epoch: int) -> Path:
     return spec.checkpoint_file(epoch)
 
 
+def broken_link(path: Path) -> str | None:
+    """The hint for a name that is there but leads nowhere: a symbolic link in a loop or to a missing file."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as e:
+        why = "a loop of links" if e.errno == 40 else "a target that is not there"
+        return f"; it is a symbolic link to {os.readlink(path)!r} that cannot be followed ({why}): fix or replace the link"
+    return None
+
+
 def _missing_hint(spec: MethodSpec, path: Path, epoch: int) -> str:
     """Say which files do exist: an off-by-one numbering, or another zero padding, is then obvious."""
     if not path.parent.is_dir():
@@ -306,7 +318,7 @@ def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | 
     path = checkpoint_path(spec, epoch)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (method '{spec.name}', epoch {epoch})"
-                              + _missing_hint(spec, path, epoch))
+                              + (broken_link(path) or _missing_hint(spec, path, epoch)))
     obj = safe_load(path)
     got = stored_epoch(obj, spec)
     problems = []  # every problem of this file, reported together (a wrong epoch must not hide a wrong rule)
