@@ -22,6 +22,7 @@ test-fast: install  ## the test suite without the slow (full-size architecture) 
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install  ## benchmarks under tests/perf/ (print their figures; not timed tests)
+	$(PY) tests/perf/bench_checks.py
 	$(PY) tests/perf/bench_dse.py
 	$(PY) tests/perf/bench_analysis.py
 	$(PY) tests/perf/bench_jobs.py

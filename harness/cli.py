@@ -256,7 +256,7 @@ def cmd_tables(reg: Registry, args) -> int:
         print(f"sdd tables: --show {', '.join(unknown)}: no such table{hint}; the tables are: "
               f"{', '.join(sorted(names))}", file=sys.stderr)
         return 2
-    probe = next((t.protocol for t in tables if t.protocol), "linear")
+    probe = next((t.protocol for t in tables if t.protocol), None)
     figures = build_figures(suite_dir, tables, probe, args.include_stale, args.prefer, args.include_outside_grid) \
         if args.figures else sorted((suite_dir / "figures").glob("*.png")) if (suite_dir / "figures").is_dir() else []
     report = write_report(suite_dir, table, tables, figures)

@@ -382,18 +382,17 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_REGISTRY_FILE = 1 << 20  # bytes: a registry file is a page of YAML
 
 
-def _check_bounded(text: str, path: Path) -> None:
-    """Registry files are small and spell every value out: YAML anchors and aliases (whose nesting makes a
-    few hundred bytes expand exponentially) are refused before anything walks the document."""
-    if len(text) > MAX_REGISTRY_FILE:
-        raise RegistryError(f"{path}: {len(text):,} bytes; a registry file is at most {MAX_REGISTRY_FILE:,}")
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise RegistryError(f"{path}:{event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) are "
-                                    f"not allowed in registry files; write the values out")
-    except yaml.YAMLError:
-        return  # safe_load below reports the syntax error with its line
+class _BoundedLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: registry files are small and spell every value out, and nested
+    aliases make a few hundred bytes expand exponentially. Refused in the same pass that parses."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML anchors and aliases (&name, *name) are not allowed in registry files; write the "
+                            "values out", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def load_spec_model(path: Path, model: type[BaseModel]):
@@ -406,9 +405,10 @@ def load_spec_model(path: Path, model: type[BaseModel]):
         text = path.read_text()
     except OSError as e:
         raise RegistryError(f"{path}: cannot read registry file: {e.strerror}") from None
-    _check_bounded(text, path)
+    if len(text) > MAX_REGISTRY_FILE:
+        raise RegistryError(f"{path}: {len(text):,} bytes; a registry file is at most {MAX_REGISTRY_FILE:,}")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_BoundedLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -641,11 +641,41 @@ def _check_protocol(reg: Registry, p: ProtocolSpec) -> list[str]:
             for i, d in enumerate(p.datasets) if d not in reg.datasets]
 
 
+_LOADED: dict[str, tuple[tuple, "Registry"]] = {}  # root -> (its files' stat, the registry), per process
+
+
+def _files_signature(root: Path) -> tuple:
+    """Every registry file's name and the digest of its bytes (reading 50 small files costs far less than
+    parsing their YAML; a modification time could miss an edit made within the same clock tick)."""
+    import hashlib
+
+    out = []
+    for kind in KINDS:
+        for path in sorted((root / kind).glob("*.yaml")):
+            try:
+                out.append((str(path), hashlib.sha256(path.read_bytes()).hexdigest()))
+            except OSError:
+                out.append((str(path), None))
+    return tuple(out)
+
+
 def load_registry(root: Path | str | None = None) -> Registry:
-    """Load and cross-check every registry file; raise one RegistryError listing every problem."""
+    """Load and cross-check every registry file; raise one RegistryError listing every problem. A process
+    that loads the same, unchanged registry again (each cell of a worker, each mmseg backbone) gets the
+    one it loaded: the files' bytes are compared, their YAML is not parsed again."""
     root = Path(root or os.environ.get("SDD_BENCHMARKS") or DEFAULT_BENCHMARKS)
     if not root.is_dir():
         raise RegistryError(f"registry directory {root} does not exist (set SDD_BENCHMARKS or pass --registry)")
+    signature = _files_signature(root)
+    held = _LOADED.get(str(root.resolve()))
+    if held is not None and held[0] == signature:
+        return held[1]
+    reg = _load_registry(root)
+    _LOADED[str(root.resolve())] = (signature, reg)
+    return reg
+
+
+def _load_registry(root: Path) -> Registry:
     tables: dict[str, dict] = {k: {} for k in KINDS}
     errors: list[str] = []
     broken: dict[str, set] = {k: set() for k in KINDS}  # files that did not load, by their file name

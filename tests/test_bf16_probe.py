@@ -66,15 +66,14 @@ def test_batched_slide_inference_predicts_as_mmsegs_loop(data, tmp_path, monkeyp
     import copy
 
     import torch
-    from mmengine.config import Config
-    from mmengine.runner import Runner
 
     import harness.jobs.mm_modules  # noqa: F401  (the mmcv shim first, then mmseg)
     from mmseg.models.segmentors import EncoderDecoder
 
     from harness.device import resolve
     from harness.jobs import JobContext
-    from harness.jobs.segmentation import build_config, mmengine_device
+    from harness.jobs.mm_adapter import on_device, runner_from_config
+    from harness.jobs.segmentation import build_config
 
     monkeypatch.setenv("SDD_DATA_ROOT", str(data))
     ck = tmp_path / "ck"
@@ -94,8 +93,8 @@ def test_batched_slide_inference_predicts_as_mmsegs_loop(data, tmp_path, monkeyp
     cfg.pop("sdd_run")
     assert cfg["model"]["type"] == "SDDEncoderDecoder" and cfg["model"]["test_cfg"]["mode"] == "slide"
     assert cfg["model"]["backbone"]["autocast"] == "bfloat16" and "eval_autocast" not in cfg["model"]["backbone"]
-    with mmengine_device("cpu"):
-        runner = Runner.from_cfg(Config(cfg))
+    with on_device("cpu"):
+        runner = runner_from_config(cfg)
         runner.train()
     model = runner.model.eval()
     model.window_batch = 4  # 9 windows per image: batches of 4, 4 and 1

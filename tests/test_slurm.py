@@ -105,8 +105,9 @@ def test_arrays_land_every_record_and_resubmit_is_a_noop(slurm_cluster, env, cap
     assert sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results)) == 0
     out = capsys.readouterr().out
     assert "submitted 12" in out
-    lines = [l for l in out.splitlines() if l.strip().startswith("probe")]
-    assert len(lines) == 2 and "9 cells" in lines[0] + lines[1] and "mem=2G" in lines[0] + lines[1]  # two profiles
+    rows = {l.split()[0]: l.split() for l in out.splitlines() if l.strip().startswith("probe")}
+    assert set(rows) == {"probe", "probe_big"}  # two profiles, one row each
+    assert rows["probe"][1] == "9" and rows["probe_big"][1] == "3" and rows["probe_big"][6] == "2G"
     led = ledger.read_ledger(results, "probe")["cells"]
     assert len({e["array_job_id"] for e in led.values()}) == 2  # one array per resource profile
     wait_for(lambda: all(r["state"] == "done" for r in states(bench, results).values()), what="all records")

@@ -175,7 +175,7 @@ def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path =
     papers = load_papers(paper_dir)
     tables = []
     for p in protocols or [None]:
-        for t in all_tables(table, papers, p or "linear"):
+        for t in all_tables(table, papers, p):
             reads_miou = t.name in MIOU_TABLES
             if not reads_miou and any(t.name == seen.name for seen in tables):  # the others: once
                 continue
@@ -194,7 +194,7 @@ def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path =
     return table, tables, files
 
 
-def build_figures(suite_dir: Path, tables, protocol: str = "linear", include_stale: bool = False,
+def build_figures(suite_dir: Path, tables, protocol: str | None = None, include_stale: bool = False,
                   prefer: str = "computed", include_outside_grid: bool = False) -> list[Path]:
     from harness.analysis.figures import all_figures
 

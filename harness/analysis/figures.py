@@ -33,7 +33,7 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def trajectories(table: pd.DataFrame, out: Path, protocol: str = "linear") -> list[Path]:
+def trajectories(table: pd.DataFrame, out: Path, protocol: str | None = None) -> list[Path]:
     """Per method: min-max normalised metrics and mIoU over epochs (as the paper's figure)."""
     plt = _plt()
     mf, mi = metric_frame(table), miou_frame(table, protocol)
@@ -109,7 +109,7 @@ def tau_heatmap(mean: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def all_figures(table: pd.DataFrame, spec: pd.DataFrame, mean_tau: pd.DataFrame, out: Path,
-                protocol: str = "linear") -> list[Path]:
+                protocol: str | None = None) -> list[Path]:
     return (trajectories(table, out, protocol) + dse_components(table, out) + spectra(spec, out)
             + tau_heatmap(mean_tau, out))
 

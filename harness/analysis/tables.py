@@ -29,7 +29,7 @@ from scipy.stats import kendalltau
 
 from harness.analysis.render import MARK as IMPORTED_MARK
 from harness.analysis.uncertainty import bootstrap_mean_tau, interval_text, permutation_p
-from harness.kinds import DENSE, IMAGE, LABEL_FREE, PROTOCOL_KINDS, TAU_ROWS, Metric, kinds_with
+from harness.kinds import DENSE, IMAGE, LABEL_FREE, PROBE, PROTOCOL_KINDS, TAU_ROWS, Metric, kinds_with
 from harness.selection import dse_normalised, select_checkpoints
 
 DATASET_ORDER = ["coco_stuff164k", "voc12_aug", "ade20k", "cityscapes"]
@@ -76,6 +76,13 @@ def _cell(method, dataset, epoch, protocol=None) -> str:
     return "/".join(str(x) for x in (protocol, dataset, method) if x is not None) + f"/ep{int(epoch):04d}"
 
 
+def probe_protocol_of(table: pd.DataFrame) -> str:
+    """The first protocol of a linear-probe kind with rows in the table (the mIoU the tables read when
+    none is named); "" when there is none."""
+    rows = table[_kind(table).isin(kinds_with(PROBE))] if len(table) else table
+    return min(rows["protocol"].dropna().astype(str), default="") if len(rows) else ""
+
+
 def datasets_of(table: pd.DataFrame, protocol: str) -> list[str]:
     present = sorted(set(table.loc[table["protocol"] == protocol, "dataset"].dropna()))
     return [d for d in DATASET_ORDER if d in present] + [d for d in present if d not in DATASET_ORDER]
@@ -101,8 +108,9 @@ def metric_frame(table: pd.DataFrame) -> pd.DataFrame:
     return m
 
 
-def miou_frame(table: pd.DataFrame, protocol: str = "linear", column: str = "mIoU") -> pd.DataFrame:
+def miou_frame(table: pd.DataFrame, protocol: str | None = None, column: str = "mIoU") -> pd.DataFrame:
     """(method, dataset, epoch, miou, imported) of the protocol's ok rows with a finite value."""
+    protocol = protocol or probe_protocol_of(table)
     s = _ok(table[table["protocol"] == protocol])
     if column not in s.columns:
         return pd.DataFrame(columns=["method", "dataset", "epoch", "miou", "imported"])
@@ -169,7 +177,8 @@ def _imported_note(table: pd.DataFrame, cells: set[tuple], what: str) -> list[st
             + (f"; files: {', '.join(sorted(files)[:4])}" + (" ..." if len(files) > 4 else "") if files else "")]
 
 
-def sdd_table(table: pd.DataFrame, protocol: str = "linear", paper: pd.DataFrame | None = None) -> Table:
+def sdd_table(table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFrame | None = None) -> Table:
+    protocol = protocol or probe_protocol_of(table)
     mi = miou_frame(table, protocol)
     last_of = last_epochs(table, protocol)
     grid_of = grid_kind(table, protocol)
@@ -289,9 +298,10 @@ def _metric_notes(mf: pd.DataFrame, mi: pd.DataFrame) -> list[str]:
     return notes
 
 
-def kendall_tables(table: pd.DataFrame, protocol: str = "linear",
+def kendall_tables(table: pd.DataFrame, protocol: str | None = None,
                    paper: pd.DataFrame | None = None) -> tuple[Table, Table, Table | None]:
     """(mean τ per metric × dataset, per-method long table, paper side by side)."""
+    protocol = protocol or probe_protocol_of(table)
     mf, mi = metric_frame(table), miou_frame(table, protocol)
     datasets = datasets_of(table, protocol)
     grid_of = grid_kind(table, protocol)
@@ -416,7 +426,8 @@ def selections(table: pd.DataFrame) -> dict[str, list[int]]:
     return out
 
 
-def selection_table(table: pd.DataFrame, protocol: str = "linear", paper: pd.DataFrame | None = None) -> Table:
+def selection_table(table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFrame | None = None) -> Table:
+    protocol = protocol or probe_protocol_of(table)
     sel, mi = selections(table), miou_frame(table, protocol)
     last_of = last_epochs(table, protocol)
     rows, notes, marks, imported_cells = [], [], set(), set()
@@ -474,7 +485,8 @@ def device_hours(table: pd.DataFrame, seconds: str = "wall_s") -> pd.DataFrame:
     return t
 
 
-def efficiency_table(table: pd.DataFrame, protocol: str = "linear") -> Table:
+def efficiency_table(table: pd.DataFrame, protocol: str | None = None) -> Table:
+    protocol = protocol or probe_protocol_of(table)
     ok = _ok(table)
     ok = ok[~_imported(ok)]  # an import says nothing of what it cost
     # DSE's cost is its own (checkpoint + dense features + the estimator, `dse_s`), not the metrics job's
@@ -613,7 +625,8 @@ def image_level_tau_table(table: pd.DataFrame) -> Table:
 
 
 def all_tables(table: pd.DataFrame, papers: dict[str, pd.DataFrame] | None = None,
-               protocol: str = "linear") -> list[Table]:
+               protocol: str | None = None) -> list[Table]:
+    protocol = protocol or probe_protocol_of(table)
     papers = papers or {}
     mean, long, side = kendall_tables(table, protocol, papers.get("kendall_tau"))
     out = [sdd_table(table, protocol, papers.get("sdd_table")), mean, long,

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from harness.atomic import save_tensors
+from harness.jobs.mm_adapter import set_start_iteration, unwrap
 from harness.mmcv_shim import import_mmseg
 
 import_mmseg()
@@ -259,12 +260,11 @@ class SDDResumeHook(Hook):
         if not self.path.is_file():
             return
         state = torch.load(self.path, map_location="cpu", weights_only=True)
-        net = runner.model.module if hasattr(runner.model, "module") else runner.model
-        net.load_state_dict(state["model"], strict=False)
+        unwrap(runner.model).load_state_dict(state["model"], strict=False)
         runner.optim_wrapper.load_state_dict(state["optim"])
         for sched, s in zip(runner.param_schedulers, state["schedulers"]):
             sched.load_state_dict(s)
-        runner.train_loop._iter = int(state["iter"])
+        set_start_iteration(runner, state["iter"])
         self.resumed_from = int(state["iter"])
         runner.logger.info(f"resumed from {self.path} at iteration {self.resumed_from}")
 
@@ -274,8 +274,7 @@ class SDDResumeHook(Hook):
         it = runner.iter + 1
         if (it % self.interval and it != runner.max_iters) or not is_main_process():  # rank 0 saves, all resume
             return
-        net = runner.model.module if hasattr(runner.model, "module") else runner.model  # DDP-wrapped or not
-        model = {k: v for k, v in net.state_dict().items() if not k.startswith(self.skip)}
+        model = {k: v for k, v in unwrap(runner.model).state_dict().items() if not k.startswith(self.skip)}
         state = {"iter": it, "model": model, "optim": runner.optim_wrapper.state_dict(),
                  "schedulers": [s.state_dict() for s in runner.param_schedulers]}
         save_tensors(state, self.path)
