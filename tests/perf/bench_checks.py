@@ -56,7 +56,7 @@ def main() -> None:
     t = time.perf_counter()
     for _ in range(1000):
         check_outputs("linear", results)
-    print(f"output check of a linear probe's results (150 classes): {(time.perf_counter() - t) * 1e3:.3f} ms per cell")
+    print(f"output check of a linear probe's results (150 classes): {(time.perf_counter() - t) * 1e3:.3f} µs per cell")
     emb = torch.randn(50_000, 384)
     t = time.perf_counter()
     require_finite(emb, "embeddings")
