@@ -16,7 +16,7 @@ install-detectron2: install  ## optional Mask R-CNN backend (pinned commit, or D
 	@bash tools/install-detectron2.sh
 
 test: install  ## run the whole test suite (CPU)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)
 
 test-fast: install  ## the test suite without the slow (full-size architecture) tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

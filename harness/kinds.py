@@ -130,7 +130,8 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
                    aliases=((f"{task}/{name}".lower(),) + (("ap",) if (task, name) == ("segm", "AP") else ())),
                    dense_table=name == "AP")
             for task, label in (("bbox", "AP^bb"), ("segm", "AP^mk"))
-            for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"))),
+            for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+        + (Metric(name="detections", label="detections on val", low=0.0),)),
     "davis": ProtocolKind(job="harness.jobs.davis", params=P.DavisParams, splits=("val",), role=DENSE, metrics=(
         Metric(name="JF_mean", label="J&F", **FRACTION, aliases=("j&f", "jf_mean", "j&f-mean"), dense_table=True),
         Metric(name="J_mean", label="J", **FRACTION), Metric(name="J_recall", label="J recall", **FRACTION),

@@ -65,3 +65,18 @@ def _two_threads():
     import torch
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def mini_world(tmp_path_factory):
+    """The demo's mini world -- generated datasets and the three mini methods pre-trained for the registry's
+    16 epochs -- made once for the whole session (about 45 s) under `<results>/.mini` of a temporary
+    results root. Tests set SDD_MINI_ROOT (or SDD_RESULTS) to it themselves; nothing here stays set."""
+    from harness.mini.demo import prepare
+
+    root = tmp_path_factory.mktemp("world") / "results" / ".mini"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDD_MINI_ROOT", str(root))
+        mp.setenv("SDD_CACHE", str(root.parent / ".cache"))
+        prepare(quiet=True)
+    return root

@@ -13,16 +13,14 @@ from harness.registry import load_registry
 
 
 @pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world") / "results" / ".mini"  # where `make demo` puts it under a results root
+def mini(mini_world, tmp_path_factory):
+    """The session's mini world (tests/conftest.py), with this module's own submitit logs and cache."""
+    own = tmp_path_factory.mktemp("demo")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SDD_MINI_ROOT", str(root))
-        mp.setenv("SDD_SUBMITIT", str(root / "submitit"))
-        mp.setenv("SDD_CACHE", str(root / "cache"))
-        from harness.mini.demo import prepare
-
-        prepare(epochs=4, quiet=True)  # cached for the module; the micro suite reads its data_root
-        yield root
+        mp.setenv("SDD_MINI_ROOT", str(mini_world))
+        mp.setenv("SDD_SUBMITIT", str(own / "submitit"))
+        mp.setenv("SDD_CACHE", str(own / "cache"))
+        yield mini_world
 
 
 def wait_done(reg, suite, results, timeout=600):

@@ -14,11 +14,10 @@ from harness.registry import load_registry
 
 
 @pytest.mark.slow
-def test_the_mini_world_degrades_by_the_stated_size(tmp_path, monkeypatch):
-    monkeypatch.setenv("SDD_MINI_ROOT", str(tmp_path / "mini"))
+def test_the_mini_world_degrades_by_the_stated_size(mini_world, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDD_MINI_ROOT", str(mini_world))  # pre-trained for the registry's 16 epochs, as `make demo`
     monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))
     reg = load_registry()
-    prepare(reg, quiet=True)  # the registry's 16 epochs, as `make demo` trains them
     cells = [c for c in build_plan(reg, "mini", protocols=["linear_mini"])
              if c.method in DEGRADING and c.dataset in DEGRADING_ON]
     assert len(cells) == len(DEGRADING) * len(DEGRADING_ON) * len(reg.method(DEGRADING[0]).epochs())
