@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from harness.ledger import LedgerError
+from harness.errors import HarnessError
 from harness.records import results_root
 from harness.registry import (
     KINDS,
@@ -555,11 +555,28 @@ def cmd_demo(reg: Registry, args) -> int:
     return run(suite=args.suite, cluster=args.cluster, results=Path(args.results))
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # as a command: `sdd ... | head` ends quietly instead of a BrokenPipeError
-        import signal
+def _tables_flags(p) -> None:
+    p.add_argument("--suite", required=True)
+    p.add_argument("--protocol", help="the linear-probe protocol giving the mIoU (default: every protocol of "
+                                      "kind linear in results.csv)")
+    p.add_argument("--include-stale", action="store_true", help="keep records of an older recipe (left out and "
+                                                                 "named by default)")
+    p.add_argument("--prefer", choices=["computed", "imported"], default="computed",
+                   help="a cell with both a computed and an imported record uses this one")
+    p.add_argument("--include-outside-grid", action="store_true",
+                   help="keep imported records of epochs outside the suite's grid (left out and named by default)")
 
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+def _selection_flags(p, suite_required: bool = True) -> None:
+    p.add_argument("--suite", required=suite_required)
+    p.add_argument("--protocol", action="append", help="only this protocol (repeatable)")
+    p.add_argument("--method", action="append", help="only this method (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    results = argparse.ArgumentParser(add_help=False)  # every command that reads or writes results
+    results.add_argument("--results", default=str(results_root()), help="results root (default: $SDD_RESULTS, "
+                                                                         "else results/)")
     ap = argparse.ArgumentParser(prog="sdd", description="SDD benchmark-reproduction harness")
     ap.add_argument("--registry", help="registry directory (default: benchmarks/ or $SDD_BENCHMARKS)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -567,67 +584,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", nargs="?", choices=list(KINDS))
     p = sub.add_parser("validate", help="validate every registry file")
     p.add_argument("--paths", action="store_true", help="also check checkpoint directories and dataset roots")
-    p.add_argument("--suite", help="with --paths: check every checkpoint file and dataset split of this suite, "
-                                   "and load the first and last checkpoint of each method")
+    p.add_argument("--suite", help="check every checkpoint file and dataset split of this suite, and load the first "
+                                   "and last checkpoint of each method")
     p.add_argument("--strict", action="store_true", help="with --paths: exit 1 when a path is missing")
-    p = sub.add_parser("plan", help="dry run: the cells of a suite, their state and GPU·h")
-    p.add_argument("--suite", required=True)
-    p.add_argument("--protocol", action="append", help="only this protocol (repeatable)")
-    p.add_argument("--method", action="append", help="only this method (repeatable)")
-    p.add_argument("--results", default=str(results_root()), help="results root (default: results/)")
-    p.add_argument("--cells", action="store_true", help="list every cell with its state and config hash")
+    p = sub.add_parser("plan", parents=[results], help="dry run: the cells of a suite, their state and GPU·h")
+    _selection_flags(p)
+    p.add_argument("--cells", action="store_true", help="list every cell with its state, config hash and reason")
     p.add_argument("--guided", action="store_true", help="DSE-guided grid: metrics everywhere, downstream only on "
                                                           "the DSE top-3 and the last checkpoint")
-    p = sub.add_parser("collect", help="records -> results/<suite>/results.csv (one row per cell)")
+    p = sub.add_parser("collect", parents=[results], help="records -> results/<suite>/results.csv (one row per cell)")
     p.add_argument("--suite", required=True)
-    p.add_argument("--results", default=str(results_root()))
     p.add_argument("--skip-corrupt", action="store_true", help="write the table without the corrupt records "
                                                                 "(listed) instead of refusing")
-    for name, helptext in (("tables", "results.csv -> tables (Markdown, LaTeX, CSV) and REPORT.md"),
-                           ("figures", "results.csv -> figures (PNG, PDF), tables and REPORT.md")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--suite", required=True)
-        p.add_argument("--results", default=str(results_root()))
-        p.add_argument("--protocol", help="the linear-probe protocol giving the mIoU (default: every protocol of "
-                                          "kind linear in results.csv)")
-        p.add_argument("--include-stale", action="store_true", help="keep records of an older recipe (left out and "
-                                                                     "named by default)")
-        p.add_argument("--prefer", choices=["computed", "imported"], default="computed",
-                       help="a cell with both a computed and an imported record uses this one")
-        p.add_argument("--include-outside-grid", action="store_true",
-                       help="keep imported records of epochs outside the suite's grid (left out and named by default)")
-        if name == "tables":
-            p.add_argument("--figures", action="store_true", help="also draw the figures")
-            p.add_argument("--show", nargs="*", default=[], help="print these tables (e.g. kendall_tau sdd)")
-    p = sub.add_parser("submit", help="submit the suite's cells that need running (one job array per profile)")
-    p.add_argument("--suite", required=True)
+    p = sub.add_parser("tables", parents=[results], help="results.csv -> tables (Markdown, LaTeX, CSV) and REPORT.md")
+    _tables_flags(p)
+    p.add_argument("--figures", action="store_true", help="also draw the figures")
+    p.add_argument("--show", nargs="*", default=[], help="print these tables (e.g. kendall_tau sdd)")
+    _tables_flags(sub.add_parser("figures", parents=[results], help="results.csv -> figures (PNG, PDF), tables and "
+                                                                      "REPORT.md"))
+    p = sub.add_parser("submit", parents=[results], help="submit the suite's cells that need running (one job array "
+                                                          "per profile)")
+    _selection_flags(p)
     p.add_argument("--cluster", required=True, help="profile in slurm/clusters/, or local / inline")
-    p.add_argument("--protocol", action="append")
-    p.add_argument("--method", action="append")
-    p.add_argument("--results", default=str(results_root()))
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted")
     p.add_argument("--retry-failed", action="store_true", help="also resubmit failed cells")
     p.add_argument("--max-attempts", type=int, default=3, help="give up on a cell after this many attempts")
     p.add_argument("--guided", action="store_true", help="DSE-guided grid (see `sdd plan --guided`)")
     p.add_argument("--no-wait", action="store_true", help="local executor: return at once instead of waiting for "
                                                           "the workers")
-    p = sub.add_parser("reproduce", help="check every dataset and checkpoint of a suite, then submit it")
+    p = sub.add_parser("reproduce", parents=[results], help="check every dataset and checkpoint of a suite, then "
+                                                             "submit it")
     p.add_argument("--suite", default="sdd")
     p.add_argument("--dry-run", action="store_true", help="check, and say what would be submitted")
     p.add_argument("--cluster", required=True)
-    p.add_argument("--results", default=str(results_root()))
     p.add_argument("--guided", action="store_true")
-    p = sub.add_parser("status", help="cells done / running / pending / failed per protocol and method")
-    p.add_argument("--suite", required=True)
-    p.add_argument("--protocol", action="append")
-    p.add_argument("--method", action="append")
-    p.add_argument("--results", default=str(results_root()))
+    p = sub.add_parser("status", parents=[results], help="cells done / running / pending / failed per protocol and "
+                                                          "method")
+    _selection_flags(p)
     p.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh until nothing is queued")
     p.add_argument("--all", action="store_true", help="list every failed cell")
     p.add_argument("--repair-ledger", action="store_true", help="move an unreadable ledger aside and rebuild it from "
                                                                   "the records")
-    p = sub.add_parser("import", help="numbers you already have (official DSE files, spreadsheets, CSV, mmseg "
-                                      "or detectron2 logs) -> records of a suite")
+    p = sub.add_parser("import", parents=[results], help="numbers you already have (official DSE files, "
+                                                          "spreadsheets, CSV, mmseg or detectron2 logs) -> records")
     p.add_argument("path", help="a file or a folder")
     p.add_argument("--suite", required=True)
     p.add_argument("--format", default="auto", help="auto (default), dse-official, spreadsheet, csv, mmseg, detectron2")
@@ -643,24 +642,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-outside-grid", action="store_true", help="record epochs the suite's grid does not hold "
                                                                        "(kept out of the tables unless asked)")
     p.add_argument("--dry-run", action="store_true", help="show what would be written")
-    p.add_argument("--results", default=str(results_root()))
-    p = sub.add_parser("demo", help="the whole pipeline in miniature (CPU): mini world, tiny pre-training, suite, tables")
+    p = sub.add_parser("demo", parents=[results], help="the whole pipeline in miniature (CPU): mini world, tiny "
+                                                        "pre-training, suite, tables")
     p.add_argument("--suite", default="mini")
     p.add_argument("--cluster", default="local", help="local (default), inline, or a Slurm profile")
-    p.add_argument("--results", default=str(results_root()))
-    args = ap.parse_args(argv)
+    return ap
+
+
+COMMANDS = {"ls": cmd_ls, "validate": cmd_validate, "plan": cmd_plan, "collect": cmd_collect, "tables": cmd_tables,
+            "figures": cmd_figures, "submit": cmd_submit, "status": cmd_status, "reproduce": cmd_reproduce,
+            "demo": cmd_demo, "import": cmd_import}
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # as a command: `sdd ... | head` ends quietly instead of a BrokenPipeError
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = _parser().parse_args(argv)
     try:
         reg = load_registry(args.registry)
-        return {"ls": cmd_ls, "validate": cmd_validate, "plan": cmd_plan, "collect": cmd_collect,
-                "tables": cmd_tables, "figures": cmd_figures, "submit": cmd_submit, "status": cmd_status, "reproduce": cmd_reproduce,
-                "demo": cmd_demo, "import": cmd_import}[args.cmd](reg, args)
+        return COMMANDS[args.cmd](reg, args)
     except FileNotFoundError as e:
         print(f"sdd: {e}", file=sys.stderr)
         return 2
     except RegistryError as e:
         print(f"sdd: registry error:\n{e}", file=sys.stderr)
         return 2
-    except LedgerError as e:
+    except HarnessError as e:  # every other error of the harness names the input and the way out
         print(f"sdd: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

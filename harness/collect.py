@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness import records
 
 # `device`, `gpus` and `world_size` say what actually ran (the record's placement), never what the
@@ -109,7 +110,7 @@ def collect(results: Path, suite: str, *, methods: dict | None = None) -> Collec
     return Collected(table, spec_df, corrupt, [str(p) for p in records.stray_files(results, suite)])
 
 
-class CollectError(Exception):
+class CollectError(HarnessError):
     """Nothing was written; the message says which input is wrong and what to do."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness.kinds import DATASET_KINDS
 from harness.registry import DatasetSpec, resolve_path
 
@@ -53,7 +54,7 @@ def read_label_png(path: Path):
         return np.array(im)
 
 
-class DatasetError(Exception):
+class DatasetError(HarnessError):
     """A dataset is missing or laid out differently from what its loader reads."""
 
 

@@ -16,8 +16,10 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 
+from harness.errors import HarnessError
 
-class DeviceError(Exception):
+
+class DeviceError(HarnessError):
     """The cell cannot run where it is; the message says why and what to do."""
 
 

@@ -40,6 +40,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness import records
 from harness.kinds import METRICS_KIND, PROTOCOL_KINDS, Metric
 from harness.registry import Registry
@@ -55,7 +56,7 @@ SEPARABILITY_PARTS = ("dse_inter", "dse_intra_image", "dse_intra_batch")
 ID_COLUMNS = ("method", "epoch", "protocol", "dataset", "suite")
 
 
-class ImportError_(Exception):
+class ImportError_(HarnessError):
     """Nothing was imported; the message names the file, the line or row, and the fix."""
 
 

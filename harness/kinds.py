@@ -120,8 +120,9 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         )),
     "linear": ProtocolKind(job="harness.jobs.segmentation", params=P.LinearParams, splits=("train", "val"),
                            role=PROBE, metrics=SEGMENTATION_METRICS),
+    # version 2: the optimiser's one rule (no weight decay on any 1-D parameter, as BEiT and iBOT)
     "upernet": ProtocolKind(job="harness.jobs.segmentation", params=P.UperNetParams, splits=("train", "val"),
-                            role=DENSE, metrics=tuple(
+                            role=DENSE, version=2, metrics=tuple(
                                 Metric(**{**m.__dict__, "label": f"UperNet {m.label}"}) for m in SEGMENTATION_METRICS)),
     "maskrcnn": ProtocolKind(
         job="harness.jobs.maskrcnn", params=P.MaskRCNNParams, splits=("train", "val"), role=DENSE,

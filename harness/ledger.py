@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness import records
 from harness.atomic import write_json
 
@@ -25,7 +26,7 @@ TERMINAL_FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY
                    "PREEMPTED", "REVOKED", "LOST"}
 
 
-class LedgerError(Exception):
+class LedgerError(HarnessError):
     """The ledger file exists but cannot be used; the message names it and the way out."""
 
 

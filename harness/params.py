@@ -138,8 +138,9 @@ class SegOptimizer(P):
 
 class TestMode(P):
     mode: Literal["whole", "slide"] = "whole"
-    crop_size: Pair | None = None
-    stride: Pair | None = None
+    crop_size: Pair | None = Field(default=None, description="the slide window; default: the dataset's "
+                                                              "(its segmentation.slide_crop, else its crop)")
+    stride: Pair | None = Field(default=None, description="default: the dataset's, else 2/3 of the window")
     precision: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="the backbone's precision at evaluation (heads in float32): float32 costs "
                                        "~1% of a probe's forward passes; bfloat16 agreed with it on 99.2-99.9% of "
@@ -149,12 +150,12 @@ class TestMode(P):
 class SegmentationParams(Loading):
     batch_size: int = Field(default=16, ge=1, description="global batch (over every GPU of the recipe)")
     val_batch_size: int = Field(default=1, ge=1)
-    crop_size: Pair = (512, 512)
-    train_scale: Pair = (2048, 512)
+    # crop and scale belong to the dataset (its `segmentation:` block, as mmseg's dataset configs): these
+    # override them for every dataset of the protocol (the mini world's tiny crops)
+    crop_size: Pair | None = Field(default=None, description="default: the dataset's (512x512; Cityscapes 512x1024)")
+    train_scale: Pair | None = Field(default=None, description="default: the dataset's ((2048, 512); Cityscapes "
+                                                                "(2048, 1024))")
     test_scale: Pair | None = Field(default=None, description="default: train_scale")
-    crop_size_cityscapes: Pair = (512, 1024)
-    train_scale_cityscapes: Pair = (2048, 1024)
-    test_scale_cityscapes: Pair | None = None
     ratio_range: tuple[Positive, Positive] = (0.5, 2.0)
     photometric: bool = True
     photometric_on: Literal["auto", "device", "pipeline"] = Field(

@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
 from harness.atomic import write_json
 from harness.paths import REPO, cache_root, results_root  # noqa: F401 (re-exported)
 
@@ -65,7 +66,7 @@ def identity_of(path: Path, results: Path) -> dict | None:
     return {**m.groupdict(), "epoch": int(m.group("epoch"))}
 
 
-class CorruptRecord(Exception):
+class CorruptRecord(HarnessError):
     """A record file that exists but cannot be trusted; the message names the file and why."""
 
     def __init__(self, path: Path, why: str):

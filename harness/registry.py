@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from harness.errors import HarnessError
 from harness import kinds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ DATASET_KINDS = tuple(kinds.DATASET_KINDS)
 STATE_DICT_CONVERTERS = ("timm_swin", "split_cls_tokens")
 
 
-class RegistryError(Exception):
+class RegistryError(HarnessError):
     """A registry file is wrong; the message says where, what and how to fix it."""
 
 
@@ -187,6 +188,17 @@ class SplitSpec(Spec):
     ann_file: str | None = None
 
 
+class SegmentationLayout(Spec):
+    """How the segmentation protocols read a dataset, as mmseg's own dataset config for it does
+    (`configs/_base_/datasets/<dataset>.py`): the training crop, the scale images are resized to (then
+    jittered by the protocol's ratio range), and the sliding window of a slide evaluation. A protocol
+    may override crop and scale (the mini world's tiny crops)."""
+    crop_size: tuple[int, int] = (512, 512)
+    train_scale: tuple[int, int] = (2048, 512)
+    slide_crop: tuple[int, int] | None = Field(default=None, description="default: crop_size")
+    slide_stride: tuple[int, int] | None = Field(default=None, description="default: 2/3 of the window (341 of 512)")
+
+
 class DatasetSpec(Spec):
     name: str
     title: str
@@ -200,6 +212,7 @@ class DatasetSpec(Spec):
     seg_map_suffix: str = ".png"
     splits: dict[str, SplitSpec]
     mmseg_dataset: str | None = None
+    segmentation: SegmentationLayout = Field(default_factory=SegmentationLayout)
     notes: str = ""
     source: str = Field(default="", exclude=True)
 

@@ -9,8 +9,8 @@ from tests import worlds
 TINY_SEG = """name: {name}
 kind: {kind}
 title: tiny {kind}
-params: {{batch_size: 4, crop_size: [64, 64], train_scale: [64, 64], crop_size_cityscapes: [64, 64],
-  train_scale_cityscapes: [128, 64], ratio_range: [1.0, 1.0], photometric: false, checkpoint_interval: 10,
+params: {{batch_size: 4, crop_size: [64, 64], train_scale: [128, 64],
+  ratio_range: [1.0, 1.0], photometric: false, checkpoint_interval: 10,
   log_interval: 10, schedule: {{iters: {iters}, warmup_iters: 5}}, {extra}}}
 resources: {{gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}}
 """

@@ -9,7 +9,7 @@ PKG = ROOT / "harness"
 
 # module (or package) prefix -> floor; the longest matching prefix wins
 FLOORS = {
-    "harness.atomic": 0, "harness.paths": 0, "harness.params": 0, "harness.device": 0, "harness.fingerprint": 0, "harness.kinds": 0, "harness.selection": 0, "harness.metrics": 0, "harness.mmcv_shim": 0,
+    "harness.atomic": 0, "harness.errors": 0, "harness.paths": 0, "harness.params": 0, "harness.device": 0, "harness.fingerprint": 0, "harness.kinds": 0, "harness.selection": 0, "harness.metrics": 0, "harness.mmcv_shim": 0,
     "harness.registry": 1, "harness.records": 1,
     "harness.clusters": 2, "harness.datasets": 2, "harness.models": 2, "harness.ledger": 2, "harness.plan": 2,
     "harness.features": 3,

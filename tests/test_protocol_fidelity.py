@@ -38,7 +38,7 @@ def test_every_shipped_protocol_key_is_read_and_defaults_live_in_the_schema(regi
         schema = PROTOCOL_KINDS[p.kind].params
         assert set(p.params) == set(schema.model_fields), p.name
     lin = registry.protocol("linear").params
-    assert lin["schedule"]["iters"] == 40000 and lin["num_workers"] is None and lin["train_scale_cityscapes"] == [2048, 1024]
+    assert lin["schedule"]["iters"] == 40000 and lin["num_workers"] is None and lin["train_scale"] is None  # the dataset's
 
 
 def test_the_config_hash_covers_resolved_parameters_and_the_backend_that_will_run(tmp_path):
@@ -65,6 +65,13 @@ def test_cityscapes_probes_run_at_cityscapes_scale(registry):
     crop, scale, test = _scales(registry.dataset("cityscapes"), p)
     assert crop == (512, 1024) and scale == (2048, 1024) and test == (2048, 1024)
     assert _scales(registry.dataset("ade20k"), p) == ((512, 512), (2048, 512), (2048, 512))
+    # the sliding window is the dataset's too: Cityscapes' 512x1024 window strided 341x683, ADE20K's 512 by 341
+    from harness.jobs.segmentation import _test_mode
+
+    assert _test_mode(registry.dataset("cityscapes"), p, crop) == dict(mode="slide", crop_size=(512, 1024),
+                                                                       stride=(341, 683))
+    assert _test_mode(registry.dataset("ade20k"), p, (512, 512)) == dict(mode="slide", crop_size=(512, 512),
+                                                                         stride=(341, 341))
 
 
 MASKRCNN = """name: maskrcnn_tiny

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.errors import HarnessError
 from harness.analysis.render import write_table
 from harness.analysis.tables import MIOU_TABLES, all_tables
 from harness.collect import META_COLUMNS
@@ -20,7 +21,7 @@ def load_papers(paper_dir: Path = PAPER) -> dict[str, pd.DataFrame]:
     return {p.stem: pd.read_csv(p) for p in sorted(Path(paper_dir).glob("*.csv"))}
 
 
-class TablesError(Exception):
+class TablesError(HarnessError):
     """The collected table cannot give the tables; nothing was written."""
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
 from harness import records
 from harness.atomic import write_json
 from harness.device import (
@@ -156,7 +157,7 @@ def _summary_line(out) -> str:
     return text
 
 
-class OutputCheckError(RuntimeError):
+class OutputCheckError(HarnessError):
     """A job computed something its kind says cannot be a result (a NaN, a value outside its domain)."""
 
 

@@ -30,6 +30,7 @@ from harness.datasets import (
 )
 from harness.device import data_workers
 from harness.features import maybe_autocast
+from harness.jobs.optim import describe_optimizer, param_groups
 
 
 def detectron2_available() -> tuple[bool, str]:
@@ -139,45 +140,13 @@ def build_torchvision_model(backbone, num_classes: int, p):
 
 
 # ---------------------------------------------------------------------------------------------
-# The published optimizer and schedule, shared by both backends (ViTDet's recipe)
-
-NO_DECAY_TOKENS = ("pos_embed", "cls_token", "reg_token")
+# The schedule and the record of the optimizer, shared by both backends (the groups: harness.jobs.optim)
 
 
-def vit_depth(model) -> int | None:
-    """Blocks of the ViT inside `model` (None for CNN backbones)."""
-    depths = [len(m.blocks) for m in model.modules() if hasattr(m, "blocks") and hasattr(m, "patch_embed")]
-    return depths[0] if depths else None
-
-
-def _layer_id(name: str, depth: int) -> int:
-    """ViTDet's get_vit_lr_decay_rate: embeddings 0, block i -> i + 1, anything after the blocks depth + 1."""
-    if ".blocks." in name:
-        return int(name.split(".blocks.")[1].split(".")[0]) + 1
-    if any(f".{t}" in name for t in ("pos_embed", "patch_embed", "cls_token", "reg_token")):
-        return 0
-    return depth + 1
-
-
-def param_groups(model, opt, backbone_prefix: str) -> list[dict]:
-    """AdamW parameter groups: no weight decay on norms and biases (1-D tensors), position and class
-    tokens; for a ViT backbone, layer-wise lr decay rate^(depth + 1 - layer) on the parameters under
-    `backbone_prefix`. One group per (lr multiplier, decay)."""
-    depth = vit_depth(model)
-    groups: dict[tuple, dict] = {}
-    for name, q in model.named_parameters():
-        if not q.requires_grad:
-            continue
-        no_decay = q.ndim <= 1 or any(name.endswith(t) for t in NO_DECAY_TOKENS)
-        scale = 1.0
-        if depth is not None and name.startswith(backbone_prefix):
-            scale = opt.layer_decay_rate ** (depth + 1 - _layer_id(name, depth))
-        key = (round(scale, 12), no_decay)
-        g = groups.setdefault(key, {"params": [], "names": [], "lr": opt.lr * scale, "lr_scale": scale,
-                                    "weight_decay": 0.0 if no_decay else opt.weight_decay})
-        g["params"].append(q)
-        g["names"].append(name)
-    return [groups[k] for k in sorted(groups)]
+def recipe_groups(model, p) -> list[dict]:
+    """The AdamW groups of the protocol's optimizer (harness.jobs.optim's rule) for a detection model."""
+    return param_groups(model, lr=p.optimizer.lr, weight_decay=p.optimizer.weight_decay,
+                        layer_decay_rate=p.optimizer.layer_decay_rate, backbone_prefix="backbone.")
 
 
 def lr_factor(step: int, p) -> float:
@@ -187,19 +156,6 @@ def lr_factor(step: int, p) -> float:
         alpha = step / p.warmup_iters
         f *= p.warmup_factor * (1 - alpha) + alpha
     return f
-
-
-def describe_optimizer(optimizer, p) -> dict:
-    """What the record says about the optimizer that ran: type, hyper-parameters, every group's lr and
-    decay and size (and a few of its parameter names), and the schedule."""
-    groups = [{"lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"], "params": len(g["params"]),
-               "numel": sum(q.numel() for q in g["params"]), "examples": list(g.get("names", []))[:3]}
-              for g in optimizer.param_groups]
-    return {"optimizer": {"type": type(optimizer).__name__, "lr": p.optimizer.lr, "weight_decay": p.optimizer.weight_decay,
-                          "betas": list(p.optimizer.betas), "layer_decay_rate": p.optimizer.layer_decay_rate},
-            "param_groups": groups,
-            "schedule": {"iters": p.iters, "warmup_iters": p.warmup_iters, "warmup_factor": p.warmup_factor,
-                         "steps": list(p.steps), "gamma": p.gamma}}
 
 
 @torch.no_grad()
@@ -276,8 +232,7 @@ def _train_torchvision(model, ds, p, work: Path, ctx) -> tuple[int, int, dict, s
     precision = "bfloat16" if cuda and p.amp and torch.cuda.is_bf16_supported() else "float32"
     amp = {"float32": None, "bfloat16": torch.bfloat16}[precision]
     model.to(dev)
-    opt = torch.optim.AdamW(param_groups(model, p.optimizer, "backbone."), lr=p.optimizer.lr,
-                            betas=tuple(p.optimizer.betas))
+    opt = torch.optim.AdamW(recipe_groups(model, p), lr=p.optimizer.lr, betas=tuple(p.optimizer.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, p))
     state_file = work / "maskrcnn_state.pth"
     start = 0

@@ -1,85 +1,28 @@
 """The detectron2 backend of the Mask R-CNN protocol (used only where detectron2 is installed).
 
-The harness's backbone (loaded safely by the harness, never through MODEL.WEIGHTS) is registered
-as a detectron2 backbone. ViTs get detectron2's ViTDet `SimpleFeaturePyramid` on the last block;
-ResNets and Swin get detectron2's `FPN` over their four stages. Heads, losses, training loop and
-`COCOEvaluator` (which scores with pycocotools' COCOeval) are detectron2's, from its R50-FPN Mask
-R-CNN config, with the schedule of the protocol file.
+The harness's backbone (loaded safely by the harness, never through MODEL.WEIGHTS) goes into detectron2's
+own Mask R-CNN through its extension point (`harness.jobs.d2_adapter`): ViTs under ViTDet's
+`SimpleFeaturePyramid`, ResNets and Swin under `FPN`. Heads, losses, the training loop and
+`COCOEvaluator` (pycocotools' COCOeval) are detectron2's, from its R50-FPN Mask R-CNN config, with the
+schedule of the protocol file and the optimiser rule of `harness.jobs.optim`.
 """
 from __future__ import annotations
 
+import json
+import math
 import time
 from pathlib import Path
 
 from harness.datasets import imagenet_norm
-
-_CONTEXT: dict = {}
-
-
-def _register():
-    from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
-    from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
-    from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
-
-    class HarnessBottomUp(Backbone):
-        def __init__(self, backbone):
-            super().__init__()
-            self.body = backbone
-            if backbone.info.family == "vit":
-                self._out_features = ["last_feat"]
-                self._out_feature_channels = {"last_feat": backbone.dim}
-                self._out_feature_strides = {"last_feat": backbone.stride}
-            else:
-                self._out_features = ["res2", "res3", "res4", "res5"]
-                self._out_feature_channels = dict(zip(self._out_features, backbone.level_channels))
-                self._out_feature_strides = dict(zip(self._out_features, (4, 8, 16, 32)))
-
-        def forward(self, x):
-            maps = self.body.levels(x)
-            if self.body.info.family == "vit":
-                return {"last_feat": maps[-1]}
-            return dict(zip(self._out_features, maps))
-
-        def output_shape(self):
-            return {n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
-                    for n in self._out_features}
-
-    if "build_sdd_backbone" in BACKBONE_REGISTRY:
-        return
-
-    @BACKBONE_REGISTRY.register()
-    def build_sdd_backbone(cfg, input_shape):
-        ctx = _CONTEXT
-        bottom_up = HarnessBottomUp(ctx["backbone"])
-        out = ctx["params"].out_channels
-        if ctx["backbone"].info.family == "vit":
-            return SimpleFeaturePyramid(net=bottom_up, in_feature="last_feat", out_channels=out,
-                                        scale_factors=tuple(ctx["params"].vit_scale_factors),
-                                        top_block=LastLevelMaxPool(), norm="LN",
-                                        square_pad=ctx["params"].max_size)
-        return FPN(bottom_up=bottom_up, in_features=bottom_up._out_features, out_channels=out, norm="",
-                   top_block=LastLevelMaxPool())
+from harness.jobs import d2_adapter
+from harness.jobs.optim import describe_optimizer, param_groups
 
 
-def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
-    """detectron2's DefaultTrainer on the cell's device(s). A multi-process cell uses detectron2's own
-    DDP path: the process group is already up (harness.device), detectron2's local group is made here.
-    detectron2 has no gradient accumulation: IMS_PER_BATCH is the recipe's global batch, split over
-    the processes there are (recorded)."""
-    from detectron2 import model_zoo
-    from detectron2.config import get_cfg
-    from detectron2.data import DatasetCatalog, build_detection_test_loader
+def _datasets(cell, ds, root: Path) -> dict[str, str]:
+    """The cell's train and val splits registered with detectron2's catalog (once per process)."""
+    from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_instances
-    from detectron2.engine import DefaultTrainer
-    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 
-    from harness.models.checkpoints import load_backbone
-
-    t0 = time.perf_counter()
-    loaded = load_backbone(cell.method, cell.epoch, registry=reg)
-    _register()
-    _CONTEXT.update(backbone=loaded.backbone, params=p)
-    ds = reg.dataset(cell.dataset, cell.suite)
     names = {}
     for split in ("train", "val"):
         s = ds.splits[split]
@@ -87,21 +30,19 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
         if name not in DatasetCatalog.list():
             register_coco_instances(name, {}, str(root / s.ann_file), str(root / s.img_dir))
         names[split] = name
-    import json
+    return names
 
-    num_classes = len(json.loads((root / ds.splits["train"].ann_file).read_text())["categories"])
+
+def build_config(p, placement, names: dict, num_classes: int, work: Path):
+    """detectron2's R50-FPN Mask R-CNN config with the protocol's inputs, batch and schedule."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    from harness.device import data_workers
+
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
-    cfg.MODEL.BACKBONE.NAME = "build_sdd_backbone"
-    placement = ctx.placement
     cfg.MODEL.DEVICE = placement.device
-    if placement.distributed:
-        import os
-
-        from detectron2.utils import comm
-
-        if comm._LOCAL_PROCESS_GROUP is None:
-            comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", placement.world_size)))
     cfg.MODEL.WEIGHTS = ""  # the backbone comes from the harness's safe loader
     cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = imagenet_norm(255)  # detectron2 normalises 0-255 pixels
     cfg.INPUT.FORMAT = "RGB"
@@ -113,14 +54,12 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
     cfg.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MAX_SIZE_TEST = p.max_size
     cfg.INPUT.MIN_SIZE_TEST = p.min_size
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (names["train"],), (names["val"],)
-    from harness.device import data_workers
-
     cfg.DATALOADER.NUM_WORKERS = data_workers(placement, p.num_workers)
     cfg.SOLVER.IMS_PER_BATCH = p.batch_size  # global: detectron2 divides it by the world size
     if cfg.SOLVER.IMS_PER_BATCH % placement.world_size:
         raise ValueError(f"batch_size {cfg.SOLVER.IMS_PER_BATCH} does not split over {placement.world_size} processes")
     cfg.SOLVER.AMP.ENABLED = placement.accelerator == "cuda" and p.amp
-    # the published schedule: linear warm-up, then x gamma at the steps (AdamW is built by Trainer below)
+    # the published schedule: linear warm-up, then x gamma at the steps (AdamW is built by the trainer)
     cfg.SOLVER.BASE_LR = p.optimizer.lr
     cfg.SOLVER.WEIGHT_DECAY = p.optimizer.weight_decay
     cfg.SOLVER.MAX_ITER = p.iters
@@ -134,19 +73,64 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
     cfg.TEST.EVAL_PERIOD = 0
     cfg.OUTPUT_DIR = str(work / "detectron2")
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
-    import torch
+    return cfg
 
-    from harness.jobs.maskrcnn import describe_optimizer, param_groups
+
+def trainer_class(backbone, p):
+    """detectron2's DefaultTrainer with its two documented hooks: the model is built around the harness's
+    backbone, the optimizer is AdamW with the harness's parameter groups (DefaultTrainer's is SGD)."""
+    import torch
+    from detectron2.engine import DefaultTrainer
 
     class Trainer(DefaultTrainer):
-        """DefaultTrainer builds SGD; the recipe is AdamW with ViTDet's groups (harness.jobs.maskrcnn)."""
+        @classmethod
+        def build_model(cls, cfg):
+            return d2_adapter.build_model(cfg, d2_adapter.feature_pyramid(backbone, p))
 
         @classmethod
         def build_optimizer(cls, cfg, model):
-            return torch.optim.AdamW(param_groups(model, p.optimizer, "backbone."), lr=p.optimizer.lr,
-                                     betas=tuple(p.optimizer.betas))
+            groups = param_groups(model, lr=p.optimizer.lr, weight_decay=p.optimizer.weight_decay,
+                                  layer_decay_rate=p.optimizer.layer_decay_rate, backbone_prefix="backbone.")
+            return torch.optim.AdamW(groups, lr=p.optimizer.lr, betas=tuple(p.optimizer.betas))
 
-    trainer = Trainer(cfg)
+    return Trainer
+
+
+def _scores(res: dict) -> tuple[dict, dict]:
+    """(metrics, {metric: why it is NaN}) from COCOEvaluator's results (NaN where COCOeval gave -1)."""
+    metrics, undefined = {}, {}
+    for kind in ("bbox", "segm"):
+        r = res.get(kind, {})
+        for name, key in ((f"{kind}_AP", "AP"), (f"{kind}_AP50", "AP50"), (f"{kind}_AP75", "AP75")):
+            metrics[name] = float(r.get(key, float("nan")))
+            if math.isnan(metrics[name]):  # detectron2 turns COCOeval's -1 (undefined) into NaN
+                undefined[name] = ("COCOeval: undefined (-1), no ground-truth instances to score against"
+                                   if kind in res else f"COCOEvaluator returned no {kind} results")
+    return metrics, undefined
+
+
+def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
+    """detectron2's trainer on the cell's device(s). A multi-process cell uses detectron2's own DDP path:
+    the process group is already up (harness.device), detectron2's local group is made here. detectron2
+    has no gradient accumulation: IMS_PER_BATCH is the recipe's global batch, split over the processes
+    there are (recorded)."""
+    import os
+
+    from detectron2.data import build_detection_test_loader
+    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+
+    from harness.models.checkpoints import load_backbone
+
+    t0 = time.perf_counter()
+    loaded = load_backbone(cell.method, cell.epoch, registry=reg)
+    ds = reg.dataset(cell.dataset, cell.suite)
+    names = _datasets(cell, ds, root)
+    num_classes = len(json.loads((root / ds.splits["train"].ann_file).read_text())["categories"])
+    placement = ctx.placement
+    if placement.distributed:
+        d2_adapter.ensure_local_group(int(os.environ.get("LOCAL_WORLD_SIZE", placement.world_size)))
+    cfg = build_config(p, placement, names, num_classes, work)
+    trainer = trainer_class(loaded.backbone, p)(cfg)
     trainer.resume_or_load(resume=True)  # detectron2's own checkpoints of this cell, if any
     start = trainer.start_iter
     t1 = time.perf_counter()
@@ -157,16 +141,7 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
     t3 = time.perf_counter()
     if not placement.is_main:  # detectron2 gathers the results on rank 0, which writes the record
         return {"metrics": {}, "rank": placement.rank}
-    import math
-
-    metrics, undefined = {}, {}
-    for kind in ("bbox", "segm"):
-        r = res.get(kind, {})
-        for name, key in ((f"{kind}_AP", "AP"), (f"{kind}_AP50", "AP50"), (f"{kind}_AP75", "AP75")):
-            metrics[name] = float(r.get(key, float("nan")))
-            if math.isnan(metrics[name]):  # detectron2 turns COCOeval's -1 (undefined) into NaN
-                undefined[name] = ("COCOeval: undefined (-1), no ground-truth instances to score against"
-                                   if kind in res else f"COCOEvaluator returned no {kind} results")
+    metrics, undefined = _scores(res)
     return {"backend": "detectron2", "metrics": metrics, "undefined_metrics": undefined, "checkpoint": loaded.summary(),
             "resumed_from_iter": start, "iters": cfg.SOLVER.MAX_ITER, "detectron2_config": cfg.dump(),
             **describe_optimizer(trainer.optimizer, p), "final_lrs": sorted({g["lr"] for g in trainer.optimizer.param_groups}),

@@ -38,7 +38,8 @@ from mmseg.models.segmentors import EncoderDecoder  # noqa: E402
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
 from mmseg.models.utils import resize  # noqa: E402
 from mmseg.datasets.transforms import RandomCrop  # noqa: E402
-from mmseg.registry import HOOKS, METRICS, MODELS, TRANSFORMS  # noqa: E402
+from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
+from mmseg.registry import HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS  # noqa: E402
 from mmcv.transforms.utils import cache_randomness  # noqa: E402
 
 
@@ -231,6 +232,20 @@ class SDDIoUMetric(IoUMetric):
         out["_pred.dominant_class"] = self.dataset_meta["classes"][top]
         out["_pred.dominant_share"] = float(pred[top]) / total if total else float("nan")
         return out
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+class SDDParamGroupsConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's optimizer built on the harness's one rule (harness.jobs.optim.param_groups): no weight
+    decay on 1-D parameters and tokens, ViT layer-wise lr decay under `paramwise_cfg.backbone_prefix`."""
+
+    def add_params(self, params: list, module, **kwargs) -> None:
+        from harness.jobs.optim import param_groups
+
+        cfg = self.paramwise_cfg
+        params.extend(param_groups(module, lr=self.base_lr, weight_decay=self.base_wd or 0.0,
+                                   layer_decay_rate=cfg.get("layer_decay_rate", 1.0),
+                                   backbone_prefix=cfg.get("backbone_prefix", "backbone.")))
 
 
 @HOOKS.register_module(force=True)

@@ -67,3 +67,14 @@ def describe_groups(optimizer) -> list[dict]:
     return [{"lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"], "params": len(g["params"]),
              "numel": sum(q.numel() for q in g["params"]), "examples": list(g.get("names", []))[:3]}
             for g in optimizer.param_groups]
+
+
+def describe_optimizer(optimizer, p) -> dict:
+    """What the record says about the optimizer that ran: type, hyper-parameters, every group's lr and
+    decay and size (and a few of its parameter names), and the schedule."""
+    groups = describe_groups(optimizer)
+    return {"optimizer": {"type": type(optimizer).__name__, "lr": p.optimizer.lr, "weight_decay": p.optimizer.weight_decay,
+                          "betas": list(p.optimizer.betas), "layer_decay_rate": p.optimizer.layer_decay_rate},
+            "param_groups": groups,
+            "schedule": {"iters": p.iters, "warmup_iters": p.warmup_iters, "warmup_factor": p.warmup_factor,
+                         "steps": list(p.steps), "gamma": p.gamma}}

@@ -18,13 +18,11 @@ WINDOW_BATCH = 16  # slide inference: windows per forward pass (speed only; the 
 
 
 def _scales(ds, p) -> tuple[tuple, tuple, tuple]:
-    """(crop, train scale, test scale): Cityscapes at its own scale, as mmseg's Cityscapes configs
-    ((2048, 1024), 512x1024 crops), the other datasets at (2048, 512) with 512x512 crops."""
-    if ds.kind == "cityscapes":
-        crop, scale, test = p.crop_size_cityscapes, p.train_scale_cityscapes, p.test_scale_cityscapes
-    else:
-        crop, scale, test = p.crop_size, p.train_scale, p.test_scale
-    return tuple(crop), tuple(scale), tuple(test or scale)
+    """(crop, train scale, test scale): the dataset's own (its `segmentation:` block, as mmseg's dataset
+    configs: 512x512 at (2048, 512); Cityscapes 512x1024 at (2048, 1024)), unless the protocol overrides."""
+    lay = ds.segmentation
+    crop, scale = tuple(p.crop_size or lay.crop_size), tuple(p.train_scale or lay.train_scale)
+    return crop, scale, tuple(p.test_scale or scale)
 
 
 def photometric_where(p, cuda: bool) -> str:
@@ -61,125 +59,158 @@ def _dataset(ds, root: Path, split: str, pipeline):
 
 
 def build_config(cell, reg, work_dir: Path, ctx) -> dict:
-    """The mmseg config of a cell as it runs here: the recipe's global batch as per-device batches and
-    gradient accumulation over the cell's processes (`ctx.batch`), mixed precision on GPUs, a launcher
-    for multi-process cells. Iterations count optimizer steps as in the recipe: with accumulation k,
-    mmengine runs k forward passes per step, so its iteration counts are the recipe's times k."""
-    placement = ctx.placement
-    cuda = placement.accelerator == "cuda"
-    p = ctx.params
+    """The mmseg config of a cell as it runs here, composed of parts (as detectron2's configs/common):
+    the model (backbone + the kind's heads), the optimiser and schedule, the data, the runtime. The
+    recipe's global batch runs as per-device batches and gradient accumulation over the cell's processes
+    (`ctx.batch`); iterations count optimizer steps as in the recipe: with accumulation k, mmengine runs k
+    forward passes per step, so its iteration counts are the recipe's times k."""
     kind = cell.config["protocol"]["kind"]
     ds = reg.dataset(cell.dataset, cell.suite)
     root = check_layout(ds)
-    spec = reg.method(cell.method)
     from harness.models.archs import ARCHS
 
-    info = ARCHS[spec.arch]
+    info = ARCHS[reg.method(cell.method).arch]
+    p, cuda = ctx.params, ctx.placement.accelerator == "cuda"
     photometric = photometric_where(p, cuda)
     train_pipe, test_pipe, crop = _pipelines(ds, p, photometric)
-    num_classes = ds.num_classes
+    plan = ctx.batch(p.batch_size)
+    model, backbone = _model(cell, reg, kind, info, ds, p, crop, photometric)
+    optim, schedulers, precision = _optimiser(kind, p, plan["accumulation"], cuda, backbone)
+    workers = data_workers(ctx.placement, p.num_workers)
+    return dict(
+        default_scope="mmseg", work_dir=str(work_dir), model=model, **_launch(kind, ctx.placement),
+        sdd_run=dict(batch=plan, precision=precision, data_workers=workers, pin_memory=cuda, photometric=photometric,
+                     evaluation_precision=p.test.precision),
+        **_data(ds, root, p, train_pipe, test_pipe, plan["per_device"], workers, cuda),
+        optim_wrapper=optim, param_scheduler=schedulers,
+        **_runtime(kind, p, work_dir, plan["accumulation"], ctx.placement))
+
+
+def _model(cell, reg, kind: str, info, ds, p, crop, photometric: str) -> tuple[dict, dict]:
+    """(the segmentor, its backbone part): SDDBackbone, and the heads of the protocol kind."""
     norm = dict(type="SyncBN" if p.sync_bn else "BN", requires_grad=True)
     backbone = dict(type="SDDBackbone", method=cell.method, epoch=cell.epoch, registry_root=str(reg.root))
-    if kind == "linear":
-        backbone.update(mode="last", frozen=True)
-        d = info.dim
-        model_parts = dict(decode_head=dict(type="BNHead", in_channels=[d], in_index=[0], input_transform="resize_concat",
-                                            channels=d, dropout_ratio=p.head.dropout,
-                                            num_classes=num_classes, norm_cfg=norm, align_corners=False,
-                                            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)))
-        paramwise = None
-    else:
-        over = {"drop_path_rate": p.drop_path} if info.family in ("vit", "swin") else None
-        backbone.update(mode="levels", frozen=False, arch_overrides=over)
-        chans = list(info.level_channels)
-        neck = None
-        if info.family == "vit":
-            neck = dict(type="Feature2Pyramid", embed_dim=info.dim, rescales=list(p.neck_rescales),
-                        norm_cfg=norm)
-        dh, ah = p.decode_head, p.auxiliary_head
-        model_parts = dict(
-            decode_head=dict(type="UPerHead", in_channels=chans, in_index=[0, 1, 2, 3],
-                             pool_scales=tuple(dh.pool_scales), channels=dh.channels,
-                             dropout_ratio=dh.dropout, num_classes=num_classes, norm_cfg=norm,
-                             align_corners=False,
-                             loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)),
-            auxiliary_head=dict(type="FCNHead", in_channels=chans[ah.in_index], in_index=ah.in_index,
-                                channels=ah.channels, num_convs=ah.num_convs, concat_input=False,
-                                dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm, align_corners=False,
-                                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False,
-                                                 loss_weight=ah.loss_weight)))
-        if neck:
-            model_parts["neck"] = neck
-        paramwise = _layer_decay(info, p.optimizer.layer_decay_rate)
-    test_cfg = dict(mode="whole")
-    if p.test.mode == "slide":  # Cityscapes: a window of its own crop, strided by 2/3 (mmseg's 512x1024 / 341x683)
-        win = crop if ds.kind == "cityscapes" else tuple(p.test.crop_size or crop)
-        stride = tuple(round(c * 2 / 3) for c in win) if ds.kind == "cityscapes" or not p.test.stride else tuple(p.test.stride)
-        test_cfg = dict(mode="slide", crop_size=win, stride=stride)
+    parts = HEADS[kind](info, p, ds.num_classes, norm, backbone)
+    if p.test.precision != "float32":  # evaluation: the backbone under autocast, the heads in float32
+        backbone["eval_autocast"] = p.test.precision
     model = dict(type="SDDEncoderDecoder", window_batch=WINDOW_BATCH,
                  data_preprocessor=dict(type="SDDSegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0,
-                                        seg_pad_val=255, size=crop, seed=p.seed,
-                                        photometric=photometric == "device"),
-                 backbone=backbone, train_cfg=dict(), test_cfg=test_cfg, **model_parts)
+                                        seg_pad_val=255, size=crop, seed=p.seed, photometric=photometric == "device"),
+                 backbone=backbone, train_cfg=dict(), test_cfg=_test_mode(ds, p, crop), **parts)
+    return model, backbone
+
+
+def _ce(weight: float = 1.0) -> dict:
+    return dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=weight)
+
+
+def _linear_heads(info, p, num_classes: int, norm: dict, backbone: dict) -> dict:
+    """DINOv2's linear probe: a frozen backbone's last layer, BatchNorm + 1x1 conv."""
+    backbone.update(mode="last", frozen=True)
+    d = info.dim
+    return dict(decode_head=dict(type="BNHead", in_channels=[d], in_index=[0], input_transform="resize_concat",
+                                 channels=d, dropout_ratio=p.head.dropout, num_classes=num_classes, norm_cfg=norm,
+                                 align_corners=False, loss_decode=_ce()))
+
+
+def _upernet_heads(info, p, num_classes: int, norm: dict, backbone: dict) -> dict:
+    """iBOT's UperNet: a fine-tuned backbone's four levels (ViT: Feature2Pyramid), UPerHead + FCN auxiliary."""
+    over = {"drop_path_rate": p.drop_path} if info.family in ("vit", "swin") else None
+    backbone.update(mode="levels", frozen=False, arch_overrides=over)
+    chans = list(info.level_channels)
+    dh, ah = p.decode_head, p.auxiliary_head
+    parts = dict(
+        decode_head=dict(type="UPerHead", in_channels=chans, in_index=[0, 1, 2, 3], pool_scales=tuple(dh.pool_scales),
+                         channels=dh.channels, dropout_ratio=dh.dropout, num_classes=num_classes, norm_cfg=norm,
+                         align_corners=False, loss_decode=_ce()),
+        auxiliary_head=dict(type="FCNHead", in_channels=chans[ah.in_index], in_index=ah.in_index, channels=ah.channels,
+                            num_convs=ah.num_convs, concat_input=False, dropout_ratio=0.1, num_classes=num_classes,
+                            norm_cfg=norm, align_corners=False, loss_decode=_ce(ah.loss_weight)))
+    if info.family == "vit":
+        parts["neck"] = dict(type="Feature2Pyramid", embed_dim=info.dim, rescales=list(p.neck_rescales), norm_cfg=norm)
+    return parts
+
+
+HEADS = {"linear": _linear_heads, "upernet": _upernet_heads}
+
+
+def _test_mode(ds, p, crop) -> dict:
+    """Whole-image or sliding-window evaluation; the window is the dataset's (its segmentation.slide_crop,
+    else its crop), strided by 2/3 unless the dataset or the protocol says otherwise."""
+    if p.test.mode != "slide":
+        return dict(mode="whole")
+    lay = ds.segmentation
+    win = tuple(p.test.crop_size or lay.slide_crop or crop)
+    stride = tuple(p.test.stride or lay.slide_stride or (round(c * 2 / 3) for c in win))
+    return dict(mode="slide", crop_size=win, stride=stride)
+
+
+def _optimiser(kind: str, p, k: int, cuda: bool, backbone: dict) -> tuple[dict, list, object]:
+    """(optim wrapper, schedulers, precision): AdamW; a fine-tuned backbone's groups by the harness's one
+    rule (harness.jobs.optim: no decay on 1-D parameters and tokens, ViT layer decay); linear warm-up,
+    then poly decay; the linear probe's frozen backbone in low precision, fine-tuning under mmengine's AMP."""
     opt, sch = p.optimizer, p.schedule
-    plan = ctx.batch(p.batch_size)
-    k = plan["accumulation"]
     iters, warm = sch.iters * k, sch.warmup_iters * k
     schedulers = []
     if warm:
         schedulers.append(dict(type="LinearLR", start_factor=sch.warmup_ratio, by_epoch=False, begin=0,
                                end=min(warm, iters)))
-    schedulers.append(dict(type="PolyLR", eta_min=sch.min_lr, power=sch.power,
-                           begin=min(warm, iters), end=iters, by_epoch=False))
+    schedulers.append(dict(type="PolyLR", eta_min=sch.min_lr, power=sch.power, begin=min(warm, iters), end=iters,
+                           by_epoch=False))
     optim = dict(type="OptimWrapper", accumulative_counts=k,
                  optimizer=dict(type="AdamW", lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas)))
+    if not backbone["frozen"]:
+        optim.update(constructor="SDDParamGroupsConstructor",
+                     paramwise_cfg=dict(layer_decay_rate=getattr(opt, "layer_decay_rate", 1.0),
+                                        backbone_prefix="backbone."))
     precision = p.precision or ("bfloat16" if cuda and _bf16() else "float16" if cuda else "float32")
-    if kind == "linear":  # the frozen backbone alone runs in low precision (no_grad + autocast); the head in float32
+    if backbone["frozen"]:  # the frozen backbone alone runs in low precision (no_grad + autocast); the head in float32
         if precision != "float32":
             backbone["autocast"] = precision
         precision = {"backbone": precision, "head": "float32"}
     elif precision != "float32":  # fine-tuning: mmengine's AMP, autocast forward, (scaled) float32 master weights
         optim.update(type="AmpOptimWrapper", dtype=precision, **({"loss_scale": "dynamic"} if precision == "float16" else {}))
-    if paramwise:
-        optim["paramwise_cfg"] = paramwise
-    if p.test.precision != "float32":  # evaluation: the backbone under autocast, the heads in float32
-        backbone["eval_autocast"] = p.test.precision
-    workers = data_workers(placement, p.num_workers)
-    loader = lambda split, pipe, bs, shuffle: dict(
-        batch_size=bs, num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda,
-        sampler=dict(type="InfiniteSampler" if shuffle else "DefaultSampler", shuffle=shuffle),
-        dataset=_dataset(ds, root, split, pipe))
-    skip = ("backbone.",) if kind == "linear" else ()
-    extra = {}
-    if placement.distributed:
-        extra["launcher"] = "pytorch"  # the process group is already up (harness.device.init_distributed)
-        # a fine-tuned backbone has parameters no loss reaches (e.g. a ViT's final norm when UperNet reads
-        # intermediate blocks): DDP must not wait for their gradients
-        unused = kind != "linear"
-        if not cuda:  # DDP of a CPU module takes no device ids (mmengine's default passes LOCAL_RANK)
-            extra["model_wrapper_cfg"] = dict(type="MMDistributedDataParallel", device_ids=None,
-                                              find_unused_parameters=unused)
-        else:
-            extra["find_unused_parameters"] = unused
+    return optim, schedulers, precision
+
+
+def _data(ds, root: Path, p, train_pipe, test_pipe, per_device: int, workers: int, cuda: bool) -> dict:
+    def loader(split, pipe, bs, shuffle):
+        return dict(batch_size=bs, num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda,
+                    sampler=dict(type="InfiniteSampler" if shuffle else "DefaultSampler", shuffle=shuffle),
+                    dataset=_dataset(ds, root, split, pipe))
+
+    return dict(train_dataloader=loader("train", train_pipe, per_device, True),
+                val_dataloader=loader("val", test_pipe, p.val_batch_size, False),
+                val_evaluator=dict(type="SDDIoUMetric", iou_metrics=["mIoU"]))
+
+
+def _launch(kind: str, placement) -> dict:
+    """A multi-process cell: mmengine's `pytorch` launcher (the process group is already up:
+    harness.device.init_distributed)."""
+    if not placement.distributed:
+        return {}
+    # a fine-tuned backbone has parameters no loss reaches (e.g. a ViT's final norm when UperNet reads
+    # intermediate blocks): DDP must not wait for their gradients
+    unused = kind != "linear"
+    if placement.accelerator != "cuda":  # DDP of a CPU module takes no device ids (mmengine's default passes LOCAL_RANK)
+        return dict(launcher="pytorch", model_wrapper_cfg=dict(type="MMDistributedDataParallel", device_ids=None,
+                                                               find_unused_parameters=unused))
+    return dict(launcher="pytorch", find_unused_parameters=unused)
+
+
+def _runtime(kind: str, p, work_dir: Path, k: int, placement) -> dict:
+    iters = p.schedule.iters * k
+    skip = ("backbone.",) if kind == "linear" else ()  # the frozen backbone is not part of the resume state
     return dict(
-        default_scope="mmseg", work_dir=str(work_dir), model=model, **extra,
-        sdd_run=dict(batch=plan, precision=precision, data_workers=workers, pin_memory=cuda,
-                     photometric=photometric,
-                     evaluation_precision=p.test.precision),
-        train_dataloader=loader("train", train_pipe, plan["per_device"], True),
-        val_dataloader=loader("val", test_pipe, p.val_batch_size, False),
-        val_evaluator=dict(type="SDDIoUMetric", iou_metrics=["mIoU"]),
-        optim_wrapper=optim, param_scheduler=schedulers,
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
         val_cfg=dict(type="ValLoop"),
         default_hooks=dict(timer=dict(type="IterTimerHook"),
-                           logger=dict(type="LoggerHook", interval=p.log_interval * k,
-                                       log_metric_by_epoch=False),
+                           logger=dict(type="LoggerHook", interval=p.log_interval * k, log_metric_by_epoch=False),
                            param_scheduler=dict(type="ParamSchedulerHook"), checkpoint=None,
                            sampler_seed=dict(type="DistSamplerSeedHook")),
         custom_hooks=[dict(type="SDDFiniteLossHook"),
-                      dict(type="SDDResumeHook", path=str(work_dir / "resume.pth"),
-                           interval=p.checkpoint_interval * k, skip_prefixes=skip)],
+                      dict(type="SDDResumeHook", path=str(work_dir / "resume.pth"), interval=p.checkpoint_interval * k,
+                           skip_prefixes=skip)],
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                      dist_cfg=dict(backend=placement.backend or "nccl")),
         # INFO: the loss, lr and iteration lines and the final mIoU go to the cell's own log (a file, never the
@@ -187,17 +218,6 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
         log_processor=dict(by_epoch=False), log_level="INFO", randomness=dict(seed=p.seed),
         visualizer=dict(type="SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
     )
-
-
-def _layer_decay(info, rate: float) -> dict | None:
-    """Layer-wise lr decay as mmengine custom keys: block i of L gets rate^(L - i), embeddings rate^(L + 1)."""
-    if info.family != "vit":
-        return None
-    depth = max(info.level_indices) + 1
-    keys = {f"backbone.backbone.net.blocks.{i}.": dict(lr_mult=rate ** (depth - i)) for i in range(depth)}
-    for name in ("patch_embed", "cls_token", "pos_embed", "reg_token"):
-        keys[f"backbone.backbone.net.{name}"] = dict(lr_mult=rate ** (depth + 1), decay_mult=0.0 if name != "patch_embed" else 1.0)
-    return dict(custom_keys=keys)
 
 
 def _bf16() -> bool:
@@ -231,12 +251,7 @@ def run(cell, ctx) -> dict:
     k = run_info["batch"]["accumulation"]
     net = mm_adapter.unwrap(runner.model)
     backbone = net.backbone
-    prediction = {k[len("_pred."):]: v for k, v in metrics.items() if k.startswith("_pred.")}
-    metrics = {k: v for k, v in metrics.items() if not k.startswith("_pred.")}
-    if prediction.get("dominant_share", 0) >= DEGENERATE_SHARE:  # named in the record, and in the cell log
-        prediction["degenerate"] = (f"predicts '{prediction['dominant_class']}' on "
-                                    f"{100 * prediction['dominant_share']:.1f}% of the validation pixels")
-        print(f"warning: the probe {prediction['degenerate']}")
+    metrics, prediction = _prediction(metrics)
     summary = {k: float(v) for k, v in metrics.items() if not k.startswith("IoU.")}
     per_class = {k[4:]: float(v) for k, v in metrics.items() if k.startswith("IoU.")}
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -252,6 +267,18 @@ def run(cell, ctx) -> dict:
                         "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from) / k
                         / max(t_train - t_build, 1e-9),
                         "data_wait_share": data_share, "val_images": len(runner.val_dataloader.dataset)}}
+
+
+def _prediction(metrics: dict) -> tuple[dict, dict]:
+    """(the metrics, how the predictions spread over the classes): a probe that predicts one class almost
+    everywhere is named in the record and in the cell log."""
+    prediction = {k[len("_pred."):]: v for k, v in metrics.items() if k.startswith("_pred.")}
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("_pred.")}
+    if prediction.get("dominant_share", 0) >= DEGENERATE_SHARE:
+        prediction["degenerate"] = (f"predicts '{prediction['dominant_class']}' on "
+                                    f"{100 * prediction['dominant_share']:.1f}% of the validation pixels")
+        print(f"warning: the probe {prediction['degenerate']}")
+    return metrics, prediction
 
 
 # a probe whose predictions are this share of one class is a (near-)constant predictor

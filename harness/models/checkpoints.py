@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from harness.errors import HarnessError
 from harness.models.archs import Backbone, build_backbone
 from harness.registry import (
     MethodSpec,
@@ -30,7 +31,7 @@ from harness.registry import (
 )
 
 
-class CheckpointError(Exception):
+class CheckpointError(HarnessError):
     """A checkpoint cannot be used; the message names the file and the reason."""
 
 
