@@ -23,7 +23,7 @@ class DeviceError(HarnessError):
     """The cell cannot run where it is; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Placement:
     device: str            # torch device of this process: "cpu" or "cuda:<local rank>"
     accelerator: str       # "cpu" | "cuda"
@@ -86,8 +86,9 @@ def resolve(gpus: int, *, cpus: int | None = None, env=None) -> Placement:
     world, rank, local = dist_env(env)
     own_cpus = min(available_cpus(), cpus) if cpus else available_cpus()
     if gpus == 0:
-        return Placement("cpu", "cpu", cpu_name(), 0, world, rank, local, "gloo" if world > 1 else None,
-                         own_cpus, torch.__version__, None)
+        return Placement(device="cpu", accelerator="cpu", name=cpu_name(), gpus=0, world_size=world, rank=rank,
+                         local_rank=local, backend="gloo" if world > 1 else None, cpus=own_cpus, torch=torch.__version__,
+                         cuda=None)
     if not torch.cuda.is_available():
         raise DeviceError(
             f"the protocol asks for {gpus} GPU(s), but this process sees none (host {platform.node()}, "
@@ -98,11 +99,27 @@ def resolve(gpus: int, *, cpus: int | None = None, env=None) -> Placement:
     if local >= visible:
         raise DeviceError(f"rank {rank} (local rank {local}) has no GPU of its own: {visible} visible on "
                           f"{platform.node()} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '(unset)')!r})")
-    return Placement(f"cuda:{local}", "cuda", torch.cuda.get_device_name(local), world, world, rank, local,
-                     "nccl" if world > 1 else None, own_cpus, torch.__version__, torch.version.cuda)
+    return Placement(device=f"cuda:{local}", accelerator="cuda", name=torch.cuda.get_device_name(local), gpus=world,
+                     world_size=world, rank=rank, local_rank=local, backend="nccl" if world > 1 else None,
+                     cpus=own_cpus, torch=torch.__version__, cuda=torch.version.cuda)
 
 
-def batch_plan(global_batch: int, recipe_devices: int, world_size: int) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class BatchPlan:
+    """How a recipe's global batch runs here: `per_device` samples a forward pass on each of `world_size`
+    processes, gradients accumulated over `accumulation` passes per optimizer step."""
+    global_batch: int
+    per_device: int
+    accumulation: int
+    world_size: int
+    recipe_devices: int
+
+    def record(self) -> dict:
+        return {"global": self.global_batch, "per_device": self.per_device, "accumulation": self.accumulation,
+                "world_size": self.world_size, "recipe_devices": self.recipe_devices}
+
+
+def batch_plan(global_batch: int, recipe_devices: int, world_size: int) -> BatchPlan:
     """Per-device batch and gradient accumulation that keep the recipe's global batch on `world_size`
     processes. The per-device batch is the recipe's (global / recipe devices), so memory per device is
     the recipe's; fewer devices accumulate gradients, more devices split the batch further."""
@@ -117,8 +134,8 @@ def batch_plan(global_batch: int, recipe_devices: int, world_size: int) -> dict:
         if global_batch % world_size:
             raise DeviceError(f"the global batch {global_batch} does not split over {world_size} processes")
         per, accum = global_batch // world_size, 1
-    return {"global": global_batch, "per_device": per, "accumulation": accum, "world_size": world_size,
-            "recipe_devices": recipe_devices}
+    return BatchPlan(global_batch=global_batch, per_device=per, accumulation=accum, world_size=world_size,
+                     recipe_devices=recipe_devices)
 
 
 def data_workers(placement: Placement, requested: int | None = None) -> int:

@@ -24,11 +24,11 @@ from harness.clusters import ClusterProfile
 from harness.datasets import DATA_NOT_FOUND
 from harness.ledger import ACTIVE_STATES, TERMINAL_FAILED
 from harness.plan import Cell, build_plan
-from harness.records import log_path
+from harness.records import CellState, log_path
 from harness.registry import Registry, RegistryError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Profile:
     """What one job array asks for, per cell: `gpus` in all (one process each), spread over `nodes`
     nodes of `tasks` processes; `cpus` per process, `mem_gb` per node."""
@@ -80,9 +80,9 @@ def profile_for(reg: Registry, cluster: ClusterProfile, protocol: str) -> Profil
     mem = mem / nodes
     if cluster.mem_gb is not None:
         mem = min(mem, cluster.mem_gb)
-    return Profile(protocol, gpus, cpus, mem, time_min,
-                   (over.partition if over and over.partition else cluster.partition),
-                   (over.array_parallelism if over and over.array_parallelism else cluster.array_parallelism),
+    return Profile(protocol=protocol, gpus=gpus, cpus=cpus, mem_gb=mem, time_min=time_min,
+                   partition=over.partition if over and over.partition else cluster.partition,
+                   array_parallelism=over.array_parallelism if over and over.array_parallelism else cluster.array_parallelism,
                    tasks=world // nodes, nodes=nodes, recipe_gpus=recipe)
 
 
@@ -161,14 +161,14 @@ def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, 
     todo, skipped, stale = [], defaultdict(int), {}
     for c in cells:
         state, why = c.state(results)
-        if state == "stale" and (why or "").startswith(DATA_NOT_FOUND):  # a wrong data root: fix it, never re-run
+        if state == CellState.STALE and (why or "").startswith(DATA_NOT_FOUND):  # a wrong data root: fix it, never re-run
             skipped[f"stale, {DATA_NOT_FOUND} (fix SDD_DATA_ROOT or the suite's data_root)"] += 1
             stale[c.id] = why
             continue
-        if state == "stale":
+        if state == CellState.STALE:
             stale[c.id] = why or "?"
         entry = led.get(c.id, {})
-        if state in ("done", "imported"):  # an imported record is never run again
+        if state in (CellState.DONE, CellState.IMPORTED):  # an imported record is never run again
             skipped[state] += 1
             continue
         if entry.get("state") in ACTIVE_STATES and entry.get("config_hash") == c.config_hash:
@@ -177,7 +177,7 @@ def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, 
             continue
         # a job Slurm ended badly without a record is a failure; a completed job whose record is gone
         # (deleted by hand) or corrupt is simply to do again
-        ended_badly = state == "failed" or (entry.get("state") in TERMINAL_FAILED and state == "todo"
+        ended_badly = state == CellState.FAILED or (entry.get("state") in TERMINAL_FAILED and state == CellState.TODO
                                             and entry.get("config_hash") == c.config_hash)
         if ended_badly and not retry_failed:
             skipped["failed (use --retry-failed)"] += 1
@@ -249,7 +249,8 @@ def submit_local(groups: dict, cluster: ClusterProfile, suite: str, results: Pat
             continue
         workers = max(1, min(workers, len(cells)))
         shares = [cells[i::workers] for i in range(workers)]
-        worker = Profile("local-worker", int(gpu), 1, 4.0, time_min, None, workers)
+        worker = Profile(protocol="local-worker", gpus=int(gpu), cpus=1, mem_gb=4.0, time_min=time_min, partition=None,
+                         array_parallelism=workers)
         for i, share in enumerate(shares):
             ex = _local_executor(cluster, worker, suite, [i % n_gpus] if gpu else [])
             job = ex.submit(CellBatchJob(), share, str(results), 0 if gpu else max(1, (os.cpu_count() or 1) // workers))
@@ -257,7 +258,8 @@ def submit_local(groups: dict, cluster: ClusterProfile, suite: str, results: Pat
             job_of.update((c.id, str(job.job_id)) for c in share)
     for prof, c in multi:
         tasks = min(prof.world_size, n_gpus) if prof.gpus else prof.world_size
-        local = Profile(prof.protocol, tasks if prof.gpus else 0, 1, prof.mem_gb, prof.time_min, None, 1, tasks=tasks,
+        local = Profile(protocol=prof.protocol, gpus=tasks if prof.gpus else 0, cpus=1, mem_gb=prof.mem_gb,
+                        time_min=prof.time_min, partition=None, array_parallelism=1, tasks=tasks,
                         recipe_gpus=prof.recipe_gpus)
         ex = _local_executor(cluster, local, suite, list(range(tasks)) if prof.gpus else [])
         job = ex.submit(CellJob(), c, str(results))
@@ -313,7 +315,7 @@ def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *,
 # ---------------------------------------------------------------------------------------------
 # status
 
-STATES = ("done", "imported", "running", "pending", "unknown", "failed", "corrupt", "stale", "todo")
+STATES = tuple(CellState)  # the columns of `sdd status`, in this order
 
 
 def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, methods=None,
@@ -329,20 +331,20 @@ def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, m
         e = led.get(c.id, {}) if led.get(c.id, {}).get("config_hash") == c.config_hash else {}
         slurm_state = e.get("state")
         reason = log = None
-        if rec_state in ("done", "imported"):
+        if rec_state in (CellState.DONE, CellState.IMPORTED):
             state = rec_state
         elif slurm_state in ACTIVE_STATES and c.id in ref.unknown:
-            state, reason = "unknown", ref.warning
+            state, reason = CellState.UNKNOWN, ref.warning
         elif slurm_state in ACTIVE_STATES:
-            state = "running" if slurm_state in ("RUNNING", "COMPLETING") else "pending"
-        elif rec_state == "corrupt":
-            state, reason = "corrupt", f"record {c.record_path(results)}: {why}"
-        elif rec_state == "stale":  # a record of another recipe or checkpoint: to run again, as `plan` says
-            state, reason = "stale", why
-        elif rec_state == "failed" or (slurm_state in TERMINAL_FAILED and rec_state == "todo"):
-            state = "failed"
+            state = CellState.RUNNING if slurm_state in ("RUNNING", "COMPLETING") else CellState.PENDING
+        elif rec_state == CellState.CORRUPT:
+            state, reason = CellState.CORRUPT, f"record {c.record_path(results)}: {why}"
+        elif rec_state == CellState.STALE:  # a record of another recipe or checkpoint: to run again, as `plan` says
+            state, reason = CellState.STALE, why
+        elif rec_state == CellState.FAILED or (slurm_state in TERMINAL_FAILED and rec_state == CellState.TODO):
+            state = CellState.FAILED
             rec = {}
-            if rec_state == "failed":
+            if rec_state == CellState.FAILED:
                 from harness.records import read_record
 
                 rec = read_record(c.record_path(results), results) or {}
@@ -350,20 +352,23 @@ def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, m
                 f"job {e.get('job_id')} ended {slurm_state} without a record"
             log = e.get("log_err") or rec.get("log")  # the scheduler's log (the traceback), else the cell's own
         else:
-            state = "todo"
+            state = CellState.TODO
         rows.append({"cell": c.id, "protocol": c.protocol, "method": c.method, "state": state, "reason": reason,
-                     "log": log, "cell_log": str(log_path(c, results)) if state == "failed" else None,
+                     "log": log, "cell_log": str(log_path(c, results)) if state == CellState.FAILED else None,
                      "job_id": e.get("job_id"), "attempts": e.get("attempts", 0)})
     return rows
+
+
+QUEUED = (CellState.RUNNING, CellState.PENDING, CellState.UNKNOWN)
 
 
 def _waiting_for(rows: dict) -> str:
     """What is still to finish, by protocol: 'linear_mini 3 running, 9 queued'."""
     by: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for r in rows.values():
-        if r["state"] == "running":
+        if r["state"] == CellState.RUNNING:
             by[r["protocol"]][0] += 1
-        elif r["state"] in ("pending", "unknown"):
+        elif r["state"] in (CellState.PENDING, CellState.UNKNOWN):
             by[r["protocol"]][1] += 1
     return "; ".join(f"{p} " + ", ".join(x for x in (f"{run} running" if run else "", f"{q} queued" if q else "") if x)
                      for p, (run, q) in sorted(by.items()))
@@ -387,8 +392,8 @@ def wait(reg: Registry, suite: str, results: Path, *, cells: set[str] | None = N
     bar = tqdm(total=len(now), desc=f"suite {suite}", unit="cell", disable=not tty)
     last_line, last_t, quiet_s = None, 0.0, 30.0
     while True:
-        done = sum(r["state"] not in ("running", "pending", "unknown") for r in now.values())
-        failed = sum(r["state"] in ("failed", "corrupt") for r in now.values())
+        done = sum(r["state"] not in QUEUED for r in now.values())
+        failed = sum(r["state"] in (CellState.FAILED, CellState.CORRUPT) for r in now.values())
         waiting = _waiting_for(now)
         if tty:
             bar.n = done

@@ -127,16 +127,17 @@ def read_record(path: Path, results: Path | None = None) -> dict[str, Any] | Non
 
 
 class CellState(StrEnum):
-    """Where a cell stands. The first six come from its record; `launch` adds what the scheduler says."""
-    DONE = "done"            # an ok record of the current recipe, checkpoint and code version
+    """Where a cell stands (in the order `sdd status` shows them). `done`, `imported`, `failed`, `corrupt`,
+    `stale` and `todo` come from its record; `launch` adds what the scheduler says."""
+    DONE = "done"            # an ok record of the current recipe, code version, checkpoint and data
     IMPORTED = "imported"    # no computed record, an imported one (`sdd import`): never run again
-    FAILED = "failed"        # a failed record of the current recipe
-    STALE = "stale"          # a record of another recipe, code version or checkpoint content: to run again
-    CORRUPT = "corrupt"      # a record that cannot be trusted: to run again
-    TODO = "todo"            # no record
     RUNNING = "running"
     PENDING = "pending"
     UNKNOWN = "unknown"      # queued, but the scheduler could not be asked
+    FAILED = "failed"        # a failed record of the current recipe
+    CORRUPT = "corrupt"      # a record that cannot be trusted: to run again
+    STALE = "stale"          # a record of another recipe, code version, checkpoint content or data: to run again
+    TODO = "todo"            # no record
 
 
 def _short(v: Any) -> str:

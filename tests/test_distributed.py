@@ -21,11 +21,12 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the be
 
 
 def test_batch_plan_keeps_the_recipes_global_batch():
-    assert batch_plan(16, 8, 8) == {"global": 16, "per_device": 2, "accumulation": 1, "world_size": 8, "recipe_devices": 8}
-    assert batch_plan(16, 8, 4)["per_device"] == 2 and batch_plan(16, 8, 4)["accumulation"] == 2  # a capped cell
-    assert batch_plan(16, 8, 1)["accumulation"] == 8
-    assert batch_plan(16, 1, 1)["per_device"] == 16
-    assert batch_plan(16, 1, 2)["per_device"] == 8  # more processes than the recipe: the batch splits further
+    assert batch_plan(16, 8, 8).record() == {"global": 16, "per_device": 2, "accumulation": 1, "world_size": 8,
+                                             "recipe_devices": 8}
+    assert batch_plan(16, 8, 4).per_device == 2 and batch_plan(16, 8, 4).accumulation == 2  # a capped cell
+    assert batch_plan(16, 8, 1).accumulation == 8
+    assert batch_plan(16, 1, 1).per_device == 16
+    assert batch_plan(16, 1, 2).per_device == 8  # more processes than the recipe: the batch splits further
     with pytest.raises(DeviceError, match="multiple of 3"):
         batch_plan(16, 8, 3)
 

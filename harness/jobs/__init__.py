@@ -16,6 +16,7 @@ from harness.errors import HarnessError
 from harness import records
 from harness.atomic import write_json
 from harness.device import (
+    BatchPlan,
     DeviceError,
     Placement,
     batch_plan,
@@ -24,7 +25,7 @@ from harness.device import (
     resolve,
 )
 from harness.fingerprint import file_fingerprint
-from harness.jobs.common import base_record, failed_record, now, peak_memory_mb
+from harness.jobs.common import JobResult, base_record, failed_record, now, peak_memory_mb
 from harness.kinds import PROTOCOL_KINDS
 from harness.records import log_path
 from harness.registry import Registry, RegistryError, Resources, load_registry
@@ -45,7 +46,7 @@ class JobContext:
     progress: bool = True
     _claimed: bool = False
 
-    def batch(self, global_batch: int) -> dict:
+    def batch(self, global_batch: int) -> BatchPlan:
         """Per-device batch and gradient accumulation keeping the recipe's global batch here."""
         return batch_plan(global_batch, self.resources.world_size, self.placement.world_size)
 
@@ -245,7 +246,10 @@ def execute(cell, results: Path | str, *, registry: Registry | None = None, prog
         log = log_path(cell, results, placement.rank)
         record["log"] = str(log)
         with cell_log(log):  # the job's module too: its libraries' import-time warnings go to the log
-            out = job_for(kind).run(cell, ctx)
+            result = job_for(kind).run(cell, ctx)
+            if not isinstance(result, JobResult):
+                raise TypeError(f"the {kind} job returned {type(result).__name__}, not a JobResult (a bug in the job)")
+            out = result.record_fields()
             print(_summary_line(out))
         if placement.is_main:  # the other ranks' results are rank 0's; they write nothing
             record = ok_record(record, out, time.perf_counter() - t0)

@@ -8,6 +8,7 @@ import resource
 import subprocess
 import traceback
 from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.records import now  # noqa: F401 (the jobs' timestamps)
@@ -69,3 +70,25 @@ def require_finite(t, what: str) -> None:
     if t.is_floating_point() and not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise FloatingPointError(f"{what}: {bad} of {t.numel()} values are NaN or inf")
+
+
+@dataclass(kw_only=True)
+class JobResult:
+    """What every job returns: its metrics (the names its kind declares in harness/kinds.py), and what the
+    record says besides. `undefined_metrics` gives the reason of each NaN metric; `library_logs` the paths of
+    logs a library kept on its own; `info` the job's own fields (checkpoint summary, batch, precision, ...).
+    A rank other than 0 of a multi-process cell returns empty metrics: rank 0 writes the record."""
+    metrics: dict
+    timings: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    undefined_metrics: dict = field(default_factory=dict)
+    library_logs: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def record_fields(self) -> dict:
+        """The fields it adds to the record (the job's own `info` at the top level, as records always had)."""
+        out = {**self.info, "metrics": self.metrics, "timings": self.timings}
+        for name in ("details", "undefined_metrics", "library_logs"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        return out

@@ -28,7 +28,7 @@ from harness.datasets import (
     write_indexed_png,
 )
 from harness.jobs import jandf
-from harness.jobs.common import require_finite
+from harness.jobs.common import JobResult, require_finite
 
 # DINO's DAVIS evaluation normalises with std 0.228 (not ImageNet's 0.229) for red; kept for parity with
 # its published J&F.
@@ -140,7 +140,4 @@ def run(cell, ctx) -> dict:
     t1 = time.perf_counter()
     scores = jandf.summarize(per_seq)
     per_object = scores.pop("per_object")
-    return {"metrics": scores, "details": {"per_object": per_object},
-            "checkpoint": loaded.summary(), "feature": feature, "sequences": len(sequences), "predictions": str(out),
-            "precision": "float32",
-            "timings": {"propagation_s": t1 - t0}}
+    return JobResult(metrics=scores, details={"per_object": per_object}, timings={"propagation_s": t1 - t0}, info={"checkpoint": loaded.summary(), "feature": feature, "sequences": len(sequences), "predictions": str(out), "precision": "float32"})

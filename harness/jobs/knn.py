@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from harness.datasets import DatasetError, check_layout, open_rgb
 from harness.device import data_workers
-from harness.jobs.common import require_finite
+from harness.jobs.common import JobResult, require_finite
 
 
 def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, classes: int, k: int = 20,
@@ -97,7 +97,4 @@ def run(cell, ctx) -> dict:
     te_y = te_y.cpu()
     top1 = (top[:, 0] == te_y).float().mean().item() * 100
     top5 = (top == te_y[:, None]).any(dim=1).float().mean().item() * 100
-    return {"metrics": {"top1": top1, "top5": top5}, "checkpoint": bb.summary(),
-            "embedding": f"{bb.backbone.embedding_kind}, L2-normalised", "train_images": len(tr), "precision": precision,
-            "data_loading": {"workers": workers, "pin_memory": cuda},
-            "top5_over": min(5, len(classes)), "val_images": len(te), "timings": {"features_s": t1 - t0, "knn_s": time.perf_counter() - t1}}
+    return JobResult(metrics={"top1": top1, "top5": top5}, timings={"features_s": t1 - t0, "knn_s": time.perf_counter() - t1}, info={"checkpoint": bb.summary(), "embedding": f"{bb.backbone.embedding_kind}, L2-normalised", "train_images": len(tr), "precision": precision, "data_loading": {"workers": workers, "pin_memory": cuda}, "top5_over": min(5, len(classes)), "val_images": len(te)})

@@ -31,6 +31,7 @@ from harness.datasets import (
 from harness.device import data_workers
 from harness.features import maybe_autocast
 from harness.jobs.optim import describe_optimizer, param_groups
+from harness.jobs.common import JobResult
 
 
 def detectron2_available() -> tuple[bool, str]:
@@ -208,12 +209,12 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, n: int, plan: dict, rank: int, seed: int, start: int, steps: int):
         self.n, self.plan, self.rank, self.seed, self.start, self.steps = n, plan, rank, seed, start, steps
-        self.mine = plan["per_device"] * plan["accumulation"]
+        self.mine = plan.per_device * plan.accumulation
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed)
         for step in range(self.steps):
-            idx = torch.randint(self.n, (self.plan["global"],), generator=g)
+            idx = torch.randint(self.n, (self.plan.global_batch,), generator=g)
             if step >= self.start:
                 yield from idx[self.rank * self.mine:(self.rank + 1) * self.mine].tolist()
 
@@ -250,31 +251,31 @@ def _train_torchvision(model, ds, p, work: Path, ctx) -> tuple[int, int, dict, s
                                       find_unused_parameters=True)
     sampler = GlobalBatchSampler(len(ds), plan, placement.rank, p.seed, start, iters)
     workers = data_workers(placement, p.num_workers)
-    loader = iter(torch.utils.data.DataLoader(ds, batch_size=plan["per_device"], sampler=sampler, collate_fn=_collate,
+    loader = iter(torch.utils.data.DataLoader(ds, batch_size=plan.per_device, sampler=sampler, collate_fn=_collate,
                                               num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0))
     interval = p.checkpoint_interval
     model.train()
     for it in range(start, iters):
         opt.zero_grad()
-        for micro in range(plan["accumulation"]):
+        for micro in range(plan.accumulation):
             images, targets = next(loader)
             images = [im.to(dev, non_blocking=cuda) for im in images]
             targets = [{k: v.to(dev) for k, v in t.items() if k != "image_id"} for t in targets]
-            sync = micro + 1 == plan["accumulation"] or not placement.distributed
+            sync = micro + 1 == plan.accumulation or not placement.distributed
             with (contextlib.nullcontext() if sync else net.no_sync()), maybe_autocast(dev, amp):
                 losses = net(images, targets)
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"Mask R-CNN loss is {loss.item()} at iteration {it}: "
                                              f"{dict((k, float(v)) for k, v in losses.items())}")
-                (loss / plan["accumulation"]).backward()
+                (loss / plan.accumulation).backward()
         opt.step()
         sched.step()
         if placement.is_main and ((it + 1) % interval == 0 or it + 1 == iters):
             save_tensors({"iter": it + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict()}, state_file)
     run = {**describe_optimizer(opt, p), "final_lrs": sorted({g["lr"] for g in opt.param_groups})}
-    return start, iters, {**plan, "data_workers": workers, "pin_memory": cuda}, precision, run
+    return start, iters, {**plan.record(), "data_workers": workers, "pin_memory": cuda}, precision, run
 
 
 def run(cell, ctx) -> dict:
@@ -310,13 +311,9 @@ def run(cell, ctx) -> dict:
     start, iters, batch, precision, optim = _train_torchvision(model, train_ds, p, work, ctx)
     t2 = time.perf_counter()
     if not ctx.placement.is_main:  # rank 0 scores and writes the record
-        return {"metrics": {}, "rank": ctx.placement.rank}
+        return JobResult(metrics={}, info={"rank": ctx.placement.rank})
     metrics, undefined = coco_evaluate(model, val_ds, device=ctx.placement.device)
     t3 = time.perf_counter()
-    return {"backend": "torchvision", "detectron2_unavailable_because": why or None,
-            "metrics": metrics, "undefined_metrics": undefined, "checkpoint": loaded.summary(), "resumed_from_iter": start, "iters": iters,
-            "batch": batch, "precision": precision, **optim,
-            "resolved": {"params": p.model_dump(mode="json"), "pyramid": "simple feature pyramid" if loaded.backbone.info.family == "vit"
-                         else "FPN", "num_classes": len(train_ds.cat_ids)},
-            "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
-                        "iters_per_s": (iters - start) / max(t2 - t1, 1e-9)}}
+    return JobResult(metrics=metrics, undefined_metrics=undefined, timings={"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
+                        "iters_per_s": (iters - start) / max(t2 - t1, 1e-9)}, info={"backend": "torchvision", "detectron2_unavailable_because": why or None, "checkpoint": loaded.summary(), "resumed_from_iter": start, "iters": iters, "batch": batch, "precision": precision, **optim, "resolved": {"params": p.model_dump(mode="json"), "pyramid": "simple feature pyramid" if loaded.backbone.info.family == "vit"
+                         else "FPN", "num_classes": len(train_ds.cat_ids)}})

@@ -16,6 +16,7 @@ from pathlib import Path
 from harness.datasets import imagenet_norm
 from harness.jobs import d2_adapter
 from harness.jobs.optim import describe_optimizer, param_groups
+from harness.jobs.common import JobResult
 
 
 def _datasets(cell, ds, root: Path) -> dict[str, str]:
@@ -140,14 +141,8 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
     res = inference_on_dataset(trainer.model, build_detection_test_loader(cfg, names["val"]), evaluator)
     t3 = time.perf_counter()
     if not placement.is_main:  # detectron2 gathers the results on rank 0, which writes the record
-        return {"metrics": {}, "rank": placement.rank}
+        return JobResult(metrics={}, info={"rank": placement.rank})
     metrics, undefined = _scores(res)
-    return {"backend": "detectron2", "metrics": metrics, "undefined_metrics": undefined, "checkpoint": loaded.summary(),
-            "resumed_from_iter": start, "iters": cfg.SOLVER.MAX_ITER, "detectron2_config": cfg.dump(),
-            **describe_optimizer(trainer.optimizer, p), "final_lrs": sorted({g["lr"] for g in trainer.optimizer.param_groups}),
-            "batch": {"global": cfg.SOLVER.IMS_PER_BATCH, "per_device": cfg.SOLVER.IMS_PER_BATCH // placement.world_size,
-                      "accumulation": 1, "world_size": placement.world_size, "data_workers": cfg.DATALOADER.NUM_WORKERS},
-            "precision": "float16 (detectron2 AMP)" if cfg.SOLVER.AMP.ENABLED else "float32",
-            "pyramid": "detectron2 " + ("SimpleFeaturePyramid" if loaded.backbone.info.family == "vit" else "FPN"),
-            "timings": {"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
-                        "iters_per_s": (cfg.SOLVER.MAX_ITER - start) / max(t2 - t1, 1e-9)}}
+    return JobResult(metrics=metrics, undefined_metrics=undefined, timings={"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
+                        "iters_per_s": (cfg.SOLVER.MAX_ITER - start) / max(t2 - t1, 1e-9)}, info={"backend": "detectron2", "checkpoint": loaded.summary(), "resumed_from_iter": start, "iters": cfg.SOLVER.MAX_ITER, "detectron2_config": cfg.dump(), **describe_optimizer(trainer.optimizer, p), "final_lrs": sorted({g["lr"] for g in trainer.optimizer.param_groups}), "batch": {"global": cfg.SOLVER.IMS_PER_BATCH, "per_device": cfg.SOLVER.IMS_PER_BATCH // placement.world_size,
+                      "accumulation": 1, "world_size": placement.world_size, "data_workers": cfg.DATALOADER.NUM_WORKERS}, "precision": "float16 (detectron2 AMP)" if cfg.SOLVER.AMP.ENABLED else "float32", "pyramid": "detectron2 " + ("SimpleFeaturePyramid" if loaded.backbone.info.family == "vit" else "FPN")})

@@ -18,6 +18,7 @@ from harness.features import extract_dense, extract_views, image_list
 from harness.fingerprint import file_fingerprint
 from harness.metrics import compute_all
 from harness.models.checkpoints import load_backbone
+from harness.jobs.common import JobResult
 
 
 def feature_cache_key(cell, checkpoint: Path) -> str:
@@ -87,21 +88,13 @@ def run(cell, ctx) -> dict:
     if cuda:
         torch.cuda.synchronize(dev)
     t_metrics = time.perf_counter()
-    return {"metrics": metrics, "details": details,
-            "checkpoint": loaded.summary(), "image_list": {"root": str(root), "count": len(images),
-                                                           "hash": images.hash, "seed": images.seed},
-            "features": {"shape": list(dense.shape), "dtype": "float32", "cache": cache["cache"], "layer": "last"},
-            "embeddings": {"image_level": loaded.backbone.embedding_kind,
+    return JobResult(metrics=metrics, details=details, timings={"load_s": t_load - t0, "features_s": t_dense - t_load, "views_s": t_feat - t_dense,
+                        "metrics_s": t_metrics - t_feat, "per_metric_s": per_metric,
+                        # DSE's own cost (the paper's 0.025 GPU·h): checkpoint, dense features, the estimator
+                        "dse_s": (t_dense - t0) + per_metric["dse"]}, info={"checkpoint": loaded.summary(), "image_list": {"root": str(root), "count": len(images),
+                                                           "hash": images.hash, "seed": images.seed}, "features": {"shape": list(dense.shape), "dtype": "float32", "cache": cache["cache"], "layer": "last"}, "embeddings": {"image_level": loaded.backbone.embedding_kind,
                            "dense": "last-layer patch tokens after the final norm (class and register tokens dropped)",
                            "used_by": {"image_level": ["rankme", "effective_rank", "alpha_req", "collapsed_dims",
                                                        "log_sv", "lidar"],
                                        "dense": ["dse*", "dense_rankme", "w2", "neg_lu", "collapsed_dims_dense",
-                                                 "log_sv_dense"]}},
-            "mode": params.dse.mode, "seeds": {"image_list": images.seed, "dse": params.dse.seed},
-            "precision": {"features": precision, "metrics": "float32" + (" (TF32 off)" if cuda else "")},
-            "data_loading": {"workers": workers, "pin_memory": cuda},
-            "peak_device_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
-            "timings": {"load_s": t_load - t0, "features_s": t_dense - t_load, "views_s": t_feat - t_dense,
-                        "metrics_s": t_metrics - t_feat, "per_metric_s": per_metric,
-                        # DSE's own cost (the paper's 0.025 GPU·h): checkpoint, dense features, the estimator
-                        "dse_s": (t_dense - t0) + per_metric["dse"]}}
+                                                 "log_sv_dense"]}}, "mode": params.dse.mode, "seeds": {"image_list": images.seed, "dse": params.dse.seed}, "precision": {"features": precision, "metrics": "float32" + (" (TF32 off)" if cuda else "")}, "data_loading": {"workers": workers, "pin_memory": cuda}, "peak_device_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None})

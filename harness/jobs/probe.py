@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from harness.atomic import write_json
+from harness.jobs.common import JobResult
 
 
 def expected_value(method: str, epoch: int, steps: int) -> str:
@@ -45,5 +46,4 @@ def run(cell, ctx) -> dict:
         h.update(str(i).encode())
         state["step"] = i + 1
         write_json(state_file, state)
-    return {"metrics": {"steps": steps}, "value": h.hexdigest()[:16], "runs": state["runs"],
-            "resumed_from_step": start_step, "timings": {"steps_s": time.perf_counter() - t0}}
+    return JobResult(metrics={"steps": steps}, timings={"steps_s": time.perf_counter() - t0}, info={"value": h.hexdigest()[:16], "runs": state["runs"], "resumed_from_step": start_step})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness.datasets import check_layout, imagenet_norm, verify_segmentation
 from harness.device import data_workers
+from harness.jobs.common import JobResult
 
 MEAN, STD = imagenet_norm(255)  # mmseg's data preprocessor works on 0-255 pixels
 WINDOW_BATCH = 16  # slide inference: windows per forward pass (speed only; the windows are mmseg's)
@@ -75,15 +76,15 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
     train_pipe, test_pipe, crop = _pipelines(ds, p, photometric)
     plan = ctx.batch(p.batch_size)
     model, backbone = _model(cell, reg, kind, info, ds, p, crop, photometric)
-    optim, schedulers, precision = _optimiser(kind, p, plan["accumulation"], cuda, backbone)
+    optim, schedulers, precision = _optimiser(kind, p, plan.accumulation, cuda, backbone)
     workers = data_workers(ctx.placement, p.num_workers)
     return dict(
         default_scope="mmseg", work_dir=str(work_dir), model=model, **_launch(kind, ctx.placement),
-        sdd_run=dict(batch=plan, precision=precision, data_workers=workers, pin_memory=cuda, photometric=photometric,
+        sdd_run=dict(batch=plan.record(), precision=precision, data_workers=workers, pin_memory=cuda, photometric=photometric,
                      evaluation_precision=p.test.precision),
-        **_data(ds, root, p, train_pipe, test_pipe, plan["per_device"], workers, cuda),
+        **_data(ds, root, p, train_pipe, test_pipe, plan.per_device, workers, cuda),
         optim_wrapper=optim, param_scheduler=schedulers,
-        **_runtime(kind, p, work_dir, plan["accumulation"], ctx.placement))
+        **_runtime(kind, p, work_dir, plan.accumulation, ctx.placement))
 
 
 def _model(cell, reg, kind: str, info, ds, p, crop, photometric: str) -> tuple[dict, dict]:
@@ -257,16 +258,10 @@ def run(cell, ctx) -> dict:
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     data_share = _data_share(runner.message_hub)
     lrs = sorted({round(g.get("initial_lr", g["lr"]), 12) for g in runner.optim_wrapper.optimizer.param_groups})
-    return {"metrics": {**summary, "IoU": per_class}, "data_check": data_check, "prediction": prediction,
-            "checkpoint": backbone.loaded, "backbone_frozen": backbone.frozen, "trainable_params": trainable,
-            "resumed_from_iter": resume.resumed_from // k, "initial_lrs": lrs, "iters": cfg["train_cfg"]["max_iters"] // k,
-            "forward_iters": cfg["train_cfg"]["max_iters"], **run_info,
-            "mmseg_config": _jsonable(cfg),
-            "library_logs": [str(mm_adapter.library_log(runner))],
-            "timings": {"data_check_s": t_check - t0, "build_s": t_build - t_check, "train_s": t_train - t_build, "val_s": t_val - t_train,
+    return JobResult(metrics={**summary, "IoU": per_class}, library_logs=[str(mm_adapter.library_log(runner))], timings={"data_check_s": t_check - t0, "build_s": t_build - t_check, "train_s": t_train - t_build, "val_s": t_val - t_train,
                         "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from) / k
                         / max(t_train - t_build, 1e-9),
-                        "data_wait_share": data_share, "val_images": len(runner.val_dataloader.dataset)}}
+                        "data_wait_share": data_share, "val_images": len(runner.val_dataloader.dataset)}, info={"data_check": data_check, "prediction": prediction, "checkpoint": backbone.loaded, "backbone_frozen": backbone.frozen, "trainable_params": trainable, "resumed_from_iter": resume.resumed_from // k, "initial_lrs": lrs, "iters": cfg["train_cfg"]["max_iters"] // k, "forward_iters": cfg["train_cfg"]["max_iters"], **run_info, "mmseg_config": _jsonable(cfg)})
 
 
 def _prediction(metrics: dict) -> tuple[dict, dict]:
