@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 SDD    := $(VENV)/bin/sdd
 PYTEST_ARGS ?=
 
-.PHONY: help install install-detectron2 test test-fast bench gpu-check demo reproduce-sdd validate plan tables slurm-up slurm-down clean
+.PHONY: help install install-detectron2 lint test test-fast bench gpu-check demo reproduce-sdd validate plan tables slurm-up slurm-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -14,6 +14,11 @@ install:  ## create .venv and install the pinned lock (no-op when lock.txt is un
 
 install-detectron2: install  ## optional Mask R-CNN backend (pinned commit, or D2_SRC=<local checkout>)
 	@bash tools/install-detectron2.sh
+
+lint: install  ## ruff (lint + format check, line length 120) and mypy on the lowest floors (CI runs it first)
+	$(VENV)/bin/ruff check harness tests tools
+	$(VENV)/bin/ruff format --check harness tests tools
+	$(VENV)/bin/mypy
 
 test: install  ## run the whole test suite (CPU)
 	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)

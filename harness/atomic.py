@@ -1,5 +1,6 @@
 """Files written atomically (temp file + rename in the same directory): a reader sees the previous
 file or the new one, never a partial one, and a killed writer leaves no torn file behind."""
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 
 Imports stay light (no torch) so registry and planning commands start fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,20 +59,47 @@ def cmd_ls(reg: Registry, args) -> int:
         return 0
     what = args.what
     if what == "methods":
-        rows = [{"name": m.name, "title": m.title, "family": m.family, "arch": m.arch,
-                 "epochs": _epochs_text(m.epochs()), "file": m.checkpoint.file} for m in reg.methods.values()]
+        rows = [
+            {
+                "name": m.name,
+                "title": m.title,
+                "family": m.family,
+                "arch": m.arch,
+                "epochs": _epochs_text(m.epochs()),
+                "file": m.checkpoint.file,
+            }
+            for m in reg.methods.values()
+        ]
         print(table(rows, ["name", "title", "family", "arch", "epochs", "file"]))
     elif what == "datasets":
-        rows = [{"name": d.name, "title": d.title, "task": d.task, "classes": d.num_classes or "-",
-                 "root": d.root} for d in reg.datasets.values()]
+        rows = [
+            {"name": d.name, "title": d.title, "task": d.task, "classes": d.num_classes or "-", "root": d.root}
+            for d in reg.datasets.values()
+        ]
         print(table(rows, ["name", "title", "task", "classes", "root"]))
     elif what == "protocols":
-        rows = [{"name": p.name, "kind": p.kind, "title": p.title, "datasets": ", ".join(p.datasets) or "any",
-                 "gpus": p.resources.gpus, "GPU·h/cell": p.resources.gpu_hours} for p in reg.protocols.values()]
+        rows = [
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "title": p.title,
+                "datasets": ", ".join(p.datasets) or "any",
+                "gpus": p.resources.gpus,
+                "GPU·h/cell": p.resources.gpu_hours,
+            }
+            for p in reg.protocols.values()
+        ]
         print(table(rows, ["name", "kind", "title", "datasets", "gpus", "GPU·h/cell"]))
     else:
-        rows = [{"name": s.name, "title": s.title, "methods": len(s.methods),
-                 "protocols": ", ".join(dict.fromkeys(e.protocol for e in s.grid))} for s in reg.suites.values()]
+        rows = [
+            {
+                "name": s.name,
+                "title": s.title,
+                "methods": len(s.methods),
+                "protocols": ", ".join(dict.fromkeys(e.protocol for e in s.grid)),
+            }
+            for s in reg.suites.values()
+        ]
         print(table(rows, ["name", "title", "methods", "protocols"]))
     return 0
 
@@ -84,20 +112,29 @@ def cmd_validate(reg: Registry, args) -> int:
         if problems:
             _print_problems("validate", problems)
             return 1
-        print(f"suite {args.suite}: every dataset split and checkpoint file is in place; the first and last checkpoint "
-              f"of each method load through their state-dict rules")
+        print(
+            f"suite {args.suite}: every dataset split and checkpoint file is in place; the first and last checkpoint "
+            f"of each method load through their state-dict rules"
+        )
         return 0
     if not args.paths:
-        unset = sorted({v for m in reg.methods.values() for v in env_vars(m.checkpoint.dir, required_only=True)}
-                       | {v for d in reg.datasets.values() for v in env_vars(d.root, required_only=True)})
+        unset = sorted(
+            {v for m in reg.methods.values() for v in env_vars(m.checkpoint.dir, required_only=True)}
+            | {v for d in reg.datasets.values() for v in env_vars(d.root, required_only=True)}
+        )
         unset = [v for v in unset if v not in os.environ]
         if unset:
-            print(f"note: environment variables not set: {', '.join(unset)} "
-                  f"(needed to locate checkpoints and data; `sdd validate --paths` checks them)")
+            print(
+                f"note: environment variables not set: {', '.join(unset)} "
+                f"(needed to locate checkpoints and data; `sdd validate --paths` checks them)"
+            )
         return 0
     missing = 0
     rows = []
-    for kind, specs, attr in (("method", reg.methods.values(), "checkpoint.dir"), ("dataset", reg.datasets.values(), "root")):
+    for kind, specs, attr in (
+        ("method", reg.methods.values(), "checkpoint.dir"),
+        ("dataset", reg.datasets.values(), "root"),
+    ):
         for s in specs:
             raw = s.checkpoint.dir if kind == "method" else s.root
             try:
@@ -107,7 +144,10 @@ def cmd_validate(reg: Registry, args) -> int:
                     n = sum((Path(path) / s.checkpoint.file_name(e)).is_file() for e in s.epochs())
                     state = f"ok ({n} of {len(s.epochs())} files)" if n else f"no file matches '{s.checkpoint.file}'"
             except RegistryError:
-                path, state = raw, "env var unset: " + ", ".join(v for v in env_vars(raw, required_only=True) if v not in os.environ)
+                path, state = (
+                    raw,
+                    "env var unset: " + ", ".join(v for v in env_vars(raw, required_only=True) if v not in os.environ),
+                )
             missing += not state.startswith("ok")
             rows.append({"kind": kind, "name": s.name, "path": path, "state": state})
     print(table(rows, ["kind", "name", "path", "state"]))
@@ -129,18 +169,50 @@ def cmd_plan(reg: Registry, args) -> int:
     states = cell_states(cells, results, why)
     suite = reg.suite(args.suite)
     if args.cells:
-        rows = [{"state": str(states[c.id]), "cell": c.id, "config": c.config_hash, "why": why.get(c.id, "")}
-                for c in cells]
+        rows = [
+            {"state": str(states[c.id]), "cell": c.id, "config": c.config_hash, "why": why.get(c.id, "")} for c in cells
+        ]
         print(table(rows, ["state", "cell", "config", "why"]))
         return 0
     print(f"suite {suite.name}: {suite.title}")
     rows = summarize(cells, states, measured_prices(reg, cells, states, results))
-    total = {"protocol": "total", **{k: sum(r[k] for r in rows) for k in
-             ("cells", "done", "failed", "stale", "corrupt", "imported", "todo", "gpu_h_all", "gpu_h_left")}}
-    cols = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "corrupt", "todo", "gpu_h_cell",
-            "gpu_h_all", "gpu_h_left", "priced_from"]
-    heads = ["protocol", "datasets", "methods", "cells", "done", "failed", "stale", "corrupt", "todo", "GPU·h/cell",
-             "GPU·h all", "GPU·h left", "priced from"]
+    total = {
+        "protocol": "total",
+        **{
+            k: sum(r[k] for r in rows)
+            for k in ("cells", "done", "failed", "stale", "corrupt", "imported", "todo", "gpu_h_all", "gpu_h_left")
+        },
+    }
+    cols = [
+        "protocol",
+        "datasets",
+        "methods",
+        "cells",
+        "done",
+        "failed",
+        "stale",
+        "corrupt",
+        "todo",
+        "gpu_h_cell",
+        "gpu_h_all",
+        "gpu_h_left",
+        "priced_from",
+    ]
+    heads = [
+        "protocol",
+        "datasets",
+        "methods",
+        "cells",
+        "done",
+        "failed",
+        "stale",
+        "corrupt",
+        "todo",
+        "GPU·h/cell",
+        "GPU·h all",
+        "GPU·h left",
+        "priced from",
+    ]
     cols.insert(cols.index("todo"), "imported")
     heads.insert(heads.index("todo"), "imported")
     for rare in ("corrupt", "imported"):  # shown only when there is something to show
@@ -171,9 +243,11 @@ def cmd_plan(reg: Registry, args) -> int:
 
         full_h = sum(c.gpu_hours for c in full)
         n_proj, proj_h = guided_projection(reg, full, cells, waiting)
-        print(f"\nguided grid: {len(cells)} cells now; at most {n_proj} of the full grid's {len(full)} cells in all, "
-              f"{proj_h:,.3f} of {full_h:,.3f} GPU·h: {full_h - proj_h:,.3f} GPU·h "
-              f"({100 * (1 - proj_h / full_h) if full_h else 0:.0f}%) saved")
+        print(
+            f"\nguided grid: {len(cells)} cells now; at most {n_proj} of the full grid's {len(full)} cells in all, "
+            f"{proj_h:,.3f} of {full_h:,.3f} GPU·h: {full_h - proj_h:,.3f} GPU·h "
+            f"({100 * (1 - proj_h / full_h) if full_h else 0:.0f}%) saved"
+        )
         for m, sel in sorted(selected.items()):
             print(f"  {m}: DSE top-3 epochs {sel} + last checkpoint")
         for m, why in sorted(waiting.items()):
@@ -196,9 +270,12 @@ def _print_stale(cells, states: dict, why: dict[str, str], suite: str) -> None:
 
 def _print_stray(stray: list, limit: int = 10) -> None:
     if stray:
-        print(f"{len(stray)} stray file(s) in the record folders are not records and were not read (only "
-              f"ep<NNNN>.json is; move them out of results/):\n  " + "\n  ".join(map(str, stray[:limit]))
-              + (f"\n  ... {len(stray) - limit} more" if len(stray) > limit else ""))
+        print(
+            f"{len(stray)} stray file(s) in the record folders are not records and were not read (only "
+            f"ep<NNNN>.json is; move them out of results/):\n  "
+            + "\n  ".join(map(str, stray[:limit]))
+            + (f"\n  ... {len(stray) - limit} more" if len(stray) > limit else "")
+        )
 
 
 def _print_corrupt(cells, results: Path, limit: int = 20) -> None:
@@ -222,14 +299,18 @@ def cmd_collect(reg: Registry, args) -> int:
     except CollectError as e:
         print(f"sdd collect: {e}", file=sys.stderr)
         return 1
-    print(f"collected {s.records} records ({s.ok} ok, {s.records - s.ok} failed) -> {s.csv}"
-          f"{' and results.parquet' if s.parquet else ''} in {time.perf_counter() - t:.1f} s")
+    print(
+        f"collected {s.records} records ({s.ok} ok, {s.records - s.ok} failed) -> {s.csv}"
+        f"{' and results.parquet' if s.parquet else ''} in {time.perf_counter() - t:.1f} s"
+    )
     if s.corrupt:
         print(f"left out {len(s.corrupt)} corrupt record(s) (--skip-corrupt):\n  " + "\n  ".join(s.corrupt[:20]))
     _print_stray(s.stray)
     if s.missing:
-        print(f"missing {sum(s.missing.values())} of the plan's cells (no usable record yet): "
-              + ", ".join(f"{p} {n}" for p, n in sorted(s.missing.items())))
+        print(
+            f"missing {sum(s.missing.values())} of the plan's cells (no usable record yet): "
+            + ", ".join(f"{p} {n}" for p, n in sorted(s.missing.items()))
+        )
     return 0
 
 
@@ -241,8 +322,13 @@ def cmd_tables(reg: Registry, args) -> int:
     t = time.perf_counter()
     suite_dir = Path(args.results) / args.suite
     try:
-        table, tables, files = build_tables(suite_dir, args.protocol, include_stale=args.include_stale,
-                                            prefer=args.prefer, include_outside_grid=args.include_outside_grid)
+        table, tables, files = build_tables(
+            suite_dir,
+            args.protocol,
+            include_stale=args.include_stale,
+            prefer=args.prefer,
+            include_outside_grid=args.include_outside_grid,
+        )
     except TablesError as e:
         print(f"sdd tables: {e}", file=sys.stderr)
         return 1
@@ -251,18 +337,31 @@ def cmd_tables(reg: Registry, args) -> int:
     if unknown:  # checked before anything is drawn: a typo is not an empty table
         import difflib
 
-        hint = "".join(f" (did you mean {close[0]!r}?)" for n in unknown[:1]
-                       for close in [difflib.get_close_matches(n, sorted(names), n=1)] if close)
-        print(f"sdd tables: --show {', '.join(unknown)}: no such table{hint}; the tables are: "
-              f"{', '.join(sorted(names))}", file=sys.stderr)
+        hint = "".join(
+            f" (did you mean {close[0]!r}?)"
+            for n in unknown[:1]
+            for close in [difflib.get_close_matches(n, sorted(names), n=1)]
+            if close
+        )
+        print(
+            f"sdd tables: --show {', '.join(unknown)}: no such table{hint}; the tables are: {', '.join(sorted(names))}",
+            file=sys.stderr,
+        )
         return 2
     probe = next((t.protocol for t in tables if t.protocol), None)
-    figures = build_figures(suite_dir, tables, probe, args.include_stale, args.prefer, args.include_outside_grid) \
-        if args.figures else sorted((suite_dir / "figures").glob("*.png")) if (suite_dir / "figures").is_dir() else []
+    figures = (
+        build_figures(suite_dir, tables, probe, args.include_stale, args.prefer, args.include_outside_grid)
+        if args.figures
+        else sorted((suite_dir / "figures").glob("*.png"))
+        if (suite_dir / "figures").is_dir()
+        else []
+    )
     report = write_report(suite_dir, table, tables, figures)
-    print(f"wrote {len(files)} table files under {suite_dir / 'tables'}"
-          + (f", {len(figures)} figures under {suite_dir / 'figures'}" if args.figures else "")
-          + f" and {report} in {time.perf_counter() - t:.1f} s")
+    print(
+        f"wrote {len(files)} table files under {suite_dir / 'tables'}"
+        + (f", {len(figures)} figures under {suite_dir / 'figures'}" if args.figures else "")
+        + f" and {report} in {time.perf_counter() - t:.1f} s"
+    )
     if args.show:
         from harness.analysis.render import markdown
 
@@ -284,9 +383,18 @@ def cmd_submit(reg: Registry, args) -> int:
 
     cluster = load_cluster(args.cluster)
     _note_unset(reg, args.suite)
-    s = submit(reg, args.suite, cluster, Path(args.results), protocols=args.protocol, methods=args.method,
-               dry_run=args.dry_run, retry_failed=args.retry_failed, max_attempts=args.max_attempts,
-               guided=args.guided)
+    s = submit(
+        reg,
+        args.suite,
+        cluster,
+        Path(args.results),
+        protocols=args.protocol,
+        methods=args.method,
+        dry_run=args.dry_run,
+        retry_failed=args.retry_failed,
+        max_attempts=args.max_attempts,
+        guided=args.guided,
+    )
     for m, why in sorted(s.get("waiting", {}).items()):
         print(f"guided: {m}'s downstream cells wait ({why}); run `sdd submit --guided` again when the metrics are done")
     if s.get("warning"):
@@ -304,8 +412,10 @@ def cmd_submit(reg: Registry, args) -> int:
     if not s["to_submit"] or args.dry_run:
         return 0
     if cluster.executor == "slurm" or (cluster.executor == "local" and args.no_wait):
-        print(f"watch: sdd status --suite {args.suite} --watch 30   |   when done: sdd collect --suite {args.suite} "
-              f"&& sdd tables --suite {args.suite} --figures")
+        print(
+            f"watch: sdd status --suite {args.suite} --watch 30   |   when done: sdd collect --suite {args.suite} "
+            f"&& sdd tables --suite {args.suite} --figures"
+        )
         return 0
     if cluster.executor == "local":  # this machine's workers: wait for them, as inline does
         from harness.launch import wait
@@ -327,8 +437,10 @@ def _note_unset(reg: Registry, suite: str) -> None:
             need.setdefault(v, set()).add(f"dataset {d}")
     for v, users in sorted(need.items()):
         if v not in os.environ:
-            print(f"note: {v} is not set here ({len(users)} path(s) use it): checkpoint files are not checked; done "
-                  f"and stale cells are judged by their records' config hash alone")
+            print(
+                f"note: {v} is not set here ({len(users)} path(s) use it): checkpoint files are not checked; done "
+                f"and stale cells are judged by their records' config hash alone"
+            )
 
 
 def _print_arrays(arrays: list[dict], cluster) -> None:
@@ -338,15 +450,50 @@ def _print_arrays(arrays: list[dict], cluster) -> None:
         p = a["profile"]
         procs = p.get("tasks", 1) * p.get("nodes", 1)
         n = a["cells"]
-        split = "" if cluster.executor != "slurm" else (
-            f"{-(-n // cluster.array_limit)} arrays of <= {cluster.array_limit:,}" if n > cluster.array_limit else "1 array")
-        rows.append({"protocol": p["protocol"], "cells": n, "gpus": p["gpus"], "processes": procs, "nodes": p.get("nodes", 1),
-                     "cpus/proc": p["cpus"], "mem": f"{p['mem_gb']:g}G", "time": f"{p['time_min']}min",
-                     "partition": p.get("partition") or "(default)", "parallel": p["array_parallelism"],
-                     "arrays": split, "jobs": " ".join(a["job_ids"]) or "(dry run)"})
+        split = (
+            ""
+            if cluster.executor != "slurm"
+            else (
+                f"{-(-n // cluster.array_limit)} arrays of <= {cluster.array_limit:,}"
+                if n > cluster.array_limit
+                else "1 array"
+            )
+        )
+        rows.append(
+            {
+                "protocol": p["protocol"],
+                "cells": n,
+                "gpus": p["gpus"],
+                "processes": procs,
+                "nodes": p.get("nodes", 1),
+                "cpus/proc": p["cpus"],
+                "mem": f"{p['mem_gb']:g}G",
+                "time": f"{p['time_min']}min",
+                "partition": p.get("partition") or "(default)",
+                "parallel": p["array_parallelism"],
+                "arrays": split,
+                "jobs": " ".join(a["job_ids"]) or "(dry run)",
+            }
+        )
     if rows:
-        cols = [c for c in ("protocol", "cells", "gpus", "processes", "nodes", "cpus/proc", "mem", "time", "partition",
-                            "parallel", "arrays", "jobs") if c != "arrays" or any(r["arrays"] for r in rows)]
+        cols = [
+            c
+            for c in (
+                "protocol",
+                "cells",
+                "gpus",
+                "processes",
+                "nodes",
+                "cpus/proc",
+                "mem",
+                "time",
+                "partition",
+                "parallel",
+                "arrays",
+                "jobs",
+            )
+            if c != "arrays" or any(r["arrays"] for r in rows)
+        ]
         print("  " + table(rows, cols).replace("\n", "\n  "))
     for a in arrays:
         if a.get("note"):
@@ -380,9 +527,11 @@ def cmd_status(reg: Registry, args) -> int:
     results = Path(args.results)
     if args.repair_ledger:
         moved, n = ledger.repair(results, args.suite)
-        print(f"ledger {ledger.ledger_path(results, args.suite)} rebuilt from {n} record(s)"
-              + (f"; the old file is kept as {moved}" if moved else "")
-              + ". Jobs still queued have no record yet and are not in it: check `squeue` before resubmitting.")
+        print(
+            f"ledger {ledger.ledger_path(results, args.suite)} rebuilt from {n} record(s)"
+            + (f"; the old file is kept as {moved}" if moved else "")
+            + ". Jobs still queued have no record yet and are not in it: check `squeue` before resubmitting."
+        )
     failing = 0  # consecutive refreshes in which the scheduler could not be asked
     while True:
         ref = ledger.refresh(results, args.suite)
@@ -411,9 +560,11 @@ def cmd_status(reg: Registry, args) -> int:
         if failed:
             print(f"\n{len(failed)} failed cell(s):")
             for r in failed[: None if args.all else 20]:
-                print(f"  {r['cell']}  (attempts {r['attempts']})  {r['reason']}"
-                      + (f"\n      log: {r['log']}" if r["log"] else "")
-                      + (f"\n      cell log: {r['cell_log']}" if r.get("cell_log") and r["cell_log"] != r["log"] else ""))
+                print(
+                    f"  {r['cell']}  (attempts {r['attempts']})  {r['reason']}"
+                    + (f"\n      log: {r['log']}" if r["log"] else "")
+                    + (f"\n      cell log: {r['cell_log']}" if r.get("cell_log") and r["cell_log"] != r["log"] else "")
+                )
             if len(failed) > 20 and not args.all:
                 print(f"  ... {len(failed) - 20} more (--all)")
             print(f"retry: sdd submit --suite {args.suite} --cluster <profile> --retry-failed")
@@ -464,8 +615,10 @@ def preflight(reg: Registry, suite: str, load: bool = False) -> list[str]:
 
             spec = reg.method(method)
             first = checkpoint_path(spec, missing[0])
-            problems.append(f"method '{method}': {len(missing)} of {len(epochs)} checkpoints missing "
-                            f"(first: {first}{broken_link(first) or _missing_hint(spec, first, missing[0])})")
+            problems.append(
+                f"method '{method}': {len(missing)} of {len(epochs)} checkpoints missing "
+                f"(first: {first}{broken_link(first) or _missing_hint(spec, first, missing[0])})"
+            )
         if load:
             from harness.models.checkpoints import CheckpointError, load_backbone
 
@@ -475,9 +628,11 @@ def preflight(reg: Registry, suite: str, load: bool = False) -> list[str]:
                 except CheckpointError as err:
                     problems.append(f"method '{method}', epoch {e}: {err}")
     for var, methods in sorted(unset.items()):
-        problems.append(f"environment variable {var} is not set: the checkpoints of {len(methods)} method(s) are "
-                        f"found through it ({', '.join(methods[:6])}{' ...' if len(methods) > 6 else ''}); "
-                        f"export {var}=/path/to/checkpoints")
+        problems.append(
+            f"environment variable {var} is not set: the checkpoints of {len(methods)} method(s) are "
+            f"found through it ({', '.join(methods[:6])}{' ...' if len(methods) > 6 else ''}); "
+            f"export {var}=/path/to/checkpoints"
+        )
     return problems
 
 
@@ -499,8 +654,10 @@ def cmd_reproduce(reg: Registry, args) -> int:
             args.max_attempts = 3
             cmd_submit(reg, args)
         return 1
-    print(f"preflight: every dataset and checkpoint of suite {args.suite} is in place (first and last checkpoint "
-          f"of each method loaded)")
+    print(
+        f"preflight: every dataset and checkpoint of suite {args.suite} is in place (first and last checkpoint "
+        f"of each method loaded)"
+    )
     args.protocol = args.method = None
     args.retry_failed = args.no_wait = False
     args.max_attempts = 3
@@ -512,9 +669,21 @@ def cmd_import(reg: Registry, args) -> int:
 
     results = Path(args.results)
     try:
-        plan = plan_import(reg, args.suite, Path(args.path), results, fmt=args.format, method=args.method,
-                           epoch=args.epoch, dataset=args.dataset, protocol=args.protocol, layer=args.layer,
-                           replace=args.replace, take=args.take, allow_outside_grid=args.allow_outside_grid)
+        plan = plan_import(
+            reg,
+            args.suite,
+            Path(args.path),
+            results,
+            fmt=args.format,
+            method=args.method,
+            epoch=args.epoch,
+            dataset=args.dataset,
+            protocol=args.protocol,
+            layer=args.layer,
+            replace=args.replace,
+            take=args.take,
+            allow_outside_grid=args.allow_outside_grid,
+        )
     except ImportError_ as e:
         print(f"sdd import: {e}\nnothing was imported", file=sys.stderr)
         return 1
@@ -529,12 +698,16 @@ def cmd_import(reg: Registry, args) -> int:
         eps = tuple(sorted(it.epoch for it in items))
         metrics = sorted({k for it in items for k in it.metrics})
         files = sorted({o["file"] for it in items for o in it.origins.values()})
-        print(f"  {proto}/{ds}/{method}: epochs {_epochs_text(eps)}; {', '.join(metrics)}"
-              + (f"; from {files[0]}" if len(files) == 1 else f"; from {len(files)} files"))
+        print(
+            f"  {proto}/{ds}/{method}: epochs {_epochs_text(eps)}; {', '.join(metrics)}"
+            + (f"; from {files[0]}" if len(files) == 1 else f"; from {len(files)} files")
+        )
         outside = [it.epoch for it in items if it.outside_grid]
         if outside:
-            print(f"      outside the suite's grid (kept out of the tables unless --include-outside-grid): "
-                  f"epochs {_epochs_text(tuple(sorted(outside)))}")
+            print(
+                f"      outside the suite's grid (kept out of the tables unless --include-outside-grid): "
+                f"epochs {_epochs_text(tuple(sorted(outside)))}"
+            )
         kept = sorted({m for it in items for m in plan.merges.get(it.key, [])})
         if kept:
             print(f"      merged into earlier imports, which keep: {', '.join(kept)}")
@@ -544,8 +717,10 @@ def cmd_import(reg: Registry, args) -> int:
     if args.dry_run:
         return 0
     write_import(plan, reg, args.suite, results)
-    print(f"records under {results / args.suite / 'imported'}; next: sdd collect --suite {args.suite} && "
-          f"sdd tables --suite {args.suite}")
+    print(
+        f"records under {results / args.suite / 'imported'}; next: sdd collect --suite {args.suite} && "
+        f"sdd tables --suite {args.suite}"
+    )
     return 0
 
 
@@ -557,14 +732,24 @@ def cmd_demo(reg: Registry, args) -> int:
 
 def _tables_flags(p) -> None:
     p.add_argument("--suite", required=True)
-    p.add_argument("--protocol", help="the linear-probe protocol giving the mIoU (default: every protocol of "
-                                      "kind linear in results.csv)")
-    p.add_argument("--include-stale", action="store_true", help="keep records of an older recipe (left out and "
-                                                                 "named by default)")
-    p.add_argument("--prefer", choices=["computed", "imported"], default="computed",
-                   help="a cell with both a computed and an imported record uses this one")
-    p.add_argument("--include-outside-grid", action="store_true",
-                   help="keep imported records of epochs outside the suite's grid (left out and named by default)")
+    p.add_argument(
+        "--protocol",
+        help="the linear-probe protocol giving the mIoU (default: every protocol of kind linear in results.csv)",
+    )
+    p.add_argument(
+        "--include-stale", action="store_true", help="keep records of an older recipe (left out and named by default)"
+    )
+    p.add_argument(
+        "--prefer",
+        choices=["computed", "imported"],
+        default="computed",
+        help="a cell with both a computed and an imported record uses this one",
+    )
+    p.add_argument(
+        "--include-outside-grid",
+        action="store_true",
+        help="keep imported records of epochs outside the suite's grid (left out and named by default)",
+    )
 
 
 def _selection_flags(p, suite_required: bool = True) -> None:
@@ -575,8 +760,9 @@ def _selection_flags(p, suite_required: bool = True) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     results = argparse.ArgumentParser(add_help=False)  # every command that reads or writes results
-    results.add_argument("--results", default=str(results_root()), help="results root (default: $SDD_RESULTS, "
-                                                                         "else results/)")
+    results.add_argument(
+        "--results", default=str(results_root()), help="results root (default: $SDD_RESULTS, else results/)"
+    )
     ap = argparse.ArgumentParser(prog="sdd", description="SDD benchmark-reproduction harness")
     ap.add_argument("--registry", help="registry directory (default: benchmarks/ or $SDD_BENCHMARKS)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -584,49 +770,67 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", choices=list(KINDS))
     p = sub.add_parser("validate", help="validate every registry file")
     p.add_argument("--paths", action="store_true", help="also check checkpoint directories and dataset roots")
-    p.add_argument("--suite", help="check every checkpoint file and dataset split of this suite, and load the first "
-                                   "and last checkpoint of each method")
+    p.add_argument(
+        "--suite",
+        help="check every checkpoint file and dataset split of this suite, and load the first "
+        "and last checkpoint of each method",
+    )
     p.add_argument("--strict", action="store_true", help="with --paths: exit 1 when a path is missing")
     p = sub.add_parser("plan", parents=[results], help="dry run: the cells of a suite, their state and GPU·h")
     _selection_flags(p)
     p.add_argument("--cells", action="store_true", help="list every cell with its state, config hash and reason")
-    p.add_argument("--guided", action="store_true", help="DSE-guided grid: metrics everywhere, downstream only on "
-                                                          "the DSE top-3 and the last checkpoint")
+    p.add_argument(
+        "--guided",
+        action="store_true",
+        help="DSE-guided grid: metrics everywhere, downstream only on the DSE top-3 and the last checkpoint",
+    )
     p = sub.add_parser("collect", parents=[results], help="records -> results/<suite>/results.csv (one row per cell)")
     p.add_argument("--suite", required=True)
-    p.add_argument("--skip-corrupt", action="store_true", help="write the table without the corrupt records "
-                                                                "(listed) instead of refusing")
+    p.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="write the table without the corrupt records (listed) instead of refusing",
+    )
     p = sub.add_parser("tables", parents=[results], help="results.csv -> tables (Markdown, LaTeX, CSV) and REPORT.md")
     _tables_flags(p)
     p.add_argument("--figures", action="store_true", help="also draw the figures")
     p.add_argument("--show", nargs="*", default=[], help="print these tables (e.g. kendall_tau sdd)")
-    _tables_flags(sub.add_parser("figures", parents=[results], help="results.csv -> figures (PNG, PDF), tables and "
-                                                                      "REPORT.md"))
-    p = sub.add_parser("submit", parents=[results], help="submit the suite's cells that need running (one job array "
-                                                          "per profile)")
+    _tables_flags(
+        sub.add_parser("figures", parents=[results], help="results.csv -> figures (PNG, PDF), tables and REPORT.md")
+    )
+    p = sub.add_parser(
+        "submit", parents=[results], help="submit the suite's cells that need running (one job array per profile)"
+    )
     _selection_flags(p)
     p.add_argument("--cluster", required=True, help="profile in slurm/clusters/, or local / inline")
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted")
     p.add_argument("--retry-failed", action="store_true", help="also resubmit failed cells")
     p.add_argument("--max-attempts", type=int, default=3, help="give up on a cell after this many attempts")
     p.add_argument("--guided", action="store_true", help="DSE-guided grid (see `sdd plan --guided`)")
-    p.add_argument("--no-wait", action="store_true", help="local executor: return at once instead of waiting for "
-                                                          "the workers")
-    p = sub.add_parser("reproduce", parents=[results], help="check every dataset and checkpoint of a suite, then "
-                                                             "submit it")
+    p.add_argument(
+        "--no-wait", action="store_true", help="local executor: return at once instead of waiting for the workers"
+    )
+    p = sub.add_parser(
+        "reproduce", parents=[results], help="check every dataset and checkpoint of a suite, then submit it"
+    )
     p.add_argument("--suite", default="sdd")
     p.add_argument("--dry-run", action="store_true", help="check, and say what would be submitted")
     p.add_argument("--cluster", required=True)
     p.add_argument("--guided", action="store_true")
-    p = sub.add_parser("status", parents=[results], help="cells done / running / pending / failed per protocol and "
-                                                          "method")
+    p = sub.add_parser(
+        "status", parents=[results], help="cells done / running / pending / failed per protocol and method"
+    )
     _selection_flags(p)
     p.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh until nothing is queued")
     p.add_argument("--all", action="store_true", help="list every failed cell")
-    p.add_argument("--repair-ledger", action="store_true", help="move an unreadable ledger aside and rebuild it from "
-                                                                  "the records")
-    p = sub.add_parser("import", parents=[results], help="numbers you already have (official DSE files, "
-                                                          "spreadsheets, CSV, mmseg or detectron2 logs) -> records")
+    p.add_argument(
+        "--repair-ledger", action="store_true", help="move an unreadable ledger aside and rebuild it from the records"
+    )
+    p = sub.add_parser(
+        "import",
+        parents=[results],
+        help="numbers you already have (official DSE files, spreadsheets, CSV, mmseg or detectron2 logs) -> records",
+    )
     p.add_argument("path", help="a file or a folder")
     p.add_argument("--suite", required=True)
     p.add_argument("--format", default="auto", help="auto (default), dse-official, spreadsheet, csv, mmseg, detectron2")
@@ -635,23 +839,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="mmseg / detectron2 runs: the dataset they evaluated on")
     p.add_argument("--protocol", help="the suite's protocol the numbers belong to (default: by kind)")
     p.add_argument("--layer", type=int, help="DSE files: the layer to take (default: the method's last)")
-    p.add_argument("--replace", action="store_true", help="replace the metrics imported before that this file "
-                                                           "gives again (the record's other metrics are kept)")
-    p.add_argument("--take", help="mmseg / detectron2 logs with several evaluations: which one (last, best, "
-                                  "or 'iter N')")
-    p.add_argument("--allow-outside-grid", action="store_true", help="record epochs the suite's grid does not hold "
-                                                                       "(kept out of the tables unless asked)")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the metrics imported before that this file gives again (the record's other metrics are kept)",
+    )
+    p.add_argument(
+        "--take", help="mmseg / detectron2 logs with several evaluations: which one (last, best, or 'iter N')"
+    )
+    p.add_argument(
+        "--allow-outside-grid",
+        action="store_true",
+        help="record epochs the suite's grid does not hold (kept out of the tables unless asked)",
+    )
     p.add_argument("--dry-run", action="store_true", help="show what would be written")
-    p = sub.add_parser("demo", parents=[results], help="the whole pipeline in miniature (CPU): mini world, tiny "
-                                                        "pre-training, suite, tables")
+    p = sub.add_parser(
+        "demo",
+        parents=[results],
+        help="the whole pipeline in miniature (CPU): mini world, tiny pre-training, suite, tables",
+    )
     p.add_argument("--suite", default="mini")
     p.add_argument("--cluster", default="local", help="local (default), inline, or a Slurm profile")
     return ap
 
 
-COMMANDS = {"ls": cmd_ls, "validate": cmd_validate, "plan": cmd_plan, "collect": cmd_collect, "tables": cmd_tables,
-            "figures": cmd_figures, "submit": cmd_submit, "status": cmd_status, "reproduce": cmd_reproduce,
-            "demo": cmd_demo, "import": cmd_import}
+COMMANDS = {
+    "ls": cmd_ls,
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "collect": cmd_collect,
+    "tables": cmd_tables,
+    "figures": cmd_figures,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "reproduce": cmd_reproduce,
+    "demo": cmd_demo,
+    "import": cmd_import,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -673,9 +897,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdd: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nsdd: interrupted. Nothing is half-written: finished cells have their records, a cell that was "
-              "running has none (its saved progress is kept). Run the same command again to resume.",
-              file=sys.stderr)
+        print(
+            "\nsdd: interrupted. Nothing is half-written: finished cells have their records, a cell that was "
+            "running has none (its saved progress is kept). Run the same command again to resume.",
+            file=sys.stderr,
+        )
         return 130
 
 

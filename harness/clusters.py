@@ -5,6 +5,7 @@ this machine, each running a share of the cells one after another) and `inline` 
 one cell after another; for debugging). Any other name is a file;
 `slurm/clusters/example.yaml` documents every field.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,12 +41,18 @@ class ClusterProfile(Spec):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    gpus_per_node: int | None = Field(default=None, ge=1, description="GPUs in one node: a cell asking for more "
-                                                                      "spans several nodes")
-    max_gpus_per_cell: int | None = Field(default=None, ge=1, description="cap on GPUs per cell: a recipe asking for "
-                                          "more runs on this many with gradient accumulation (same global batch)")
-    gres: str | None = Field(default=None, description="e.g. 'gpu:a100:1': a literal --gres per node instead of "
-                                                       "--gpus-per-node")
+    gpus_per_node: int | None = Field(
+        default=None, ge=1, description="GPUs in one node: a cell asking for more spans several nodes"
+    )
+    max_gpus_per_cell: int | None = Field(
+        default=None,
+        ge=1,
+        description="cap on GPUs per cell: a recipe asking for "
+        "more runs on this many with gradient accumulation (same global batch)",
+    )
+    gres: str | None = Field(
+        default=None, description="e.g. 'gpu:a100:1': a literal --gres per node instead of --gpus-per-node"
+    )
     cpus_per_task: int | None = Field(default=None, ge=1, description="cap on CPUs per process (task)")
     mem_gb: float | None = Field(default=None, gt=0, description="cap on memory per node")
     array_limit: int = Field(default=1000, ge=1, description="largest array the cluster accepts (MaxArraySize)")
@@ -55,8 +62,10 @@ class ClusterProfile(Spec):
     protocols: dict[str, ProtocolOverride] = Field(default_factory=dict, description="per-protocol overrides")
     sbatch: dict[str, Any] = Field(default_factory=dict, description="extra #SBATCH options, e.g. {exclusive: true}")
     setup: tuple[str, ...] = Field(default=(), description="shell lines run before each job (module load ...)")
-    log_folder: str | None = Field(default=None, description="submitit logs; ${VAR} expanded; default: "
-                                                            "$SDD_SUBMITIT, else <results root>/.submitit")
+    log_folder: str | None = Field(
+        default=None,
+        description="submitit logs; ${VAR} expanded; default: $SDD_SUBMITIT, else <results root>/.submitit",
+    )
     source: str = Field(default="", exclude=True)
 
     def __hash__(self):
@@ -86,6 +95,8 @@ def load_cluster(name: str, directory: Path = CLUSTERS) -> ClusterProfile:
     path = Path(directory) / f"{name}.yaml"
     if not path.is_file():
         known = sorted([p.stem for p in Path(directory).glob("*.yaml")] + list(BUILTIN))
-        raise RegistryError(f"unknown cluster profile '{name}'.{did_you_mean(name, known)} "
-                            f"Known: {', '.join(known)} (files under {directory})")
+        raise RegistryError(
+            f"unknown cluster profile '{name}'.{did_you_mean(name, known)} "
+            f"Known: {', '.join(known)} (files under {directory})"
+        )
     return load_spec_model(path, ClusterProfile)

@@ -5,20 +5,50 @@ The CLI's `sdd collect` and the demo both call `write_collected`. It never repla
 a partial read: a records folder that cannot be listed, or a record that cannot be trusted, stops it
 before anything is written (unless `skip_corrupt`, which writes the sound records and names the rest).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError
 from harness import records
+from harness.errors import HarnessError
 
 # `device`, `gpus` and `world_size` say what actually ran (the record's placement), never what the
 # protocol asked for: every cost in the tables is computed from them.
-META_COLUMNS = ["suite", "protocol", "kind", "dataset", "method", "family", "arch", "epoch", "status", "error",
-                "config_hash", "current", "device", "device_name", "gpus", "world_size", "wall_s", "dse_s", "load_s",
-                "features_s", "metrics_s", "peak_memory_mb", "git_sha", "host", "slurm_job_id", "torch", "source",
-                "import_files", "outside_grid", "last_epoch", "images"]
+META_COLUMNS = [
+    "suite",
+    "protocol",
+    "kind",
+    "dataset",
+    "method",
+    "family",
+    "arch",
+    "epoch",
+    "status",
+    "error",
+    "config_hash",
+    "current",
+    "device",
+    "device_name",
+    "gpus",
+    "world_size",
+    "wall_s",
+    "dse_s",
+    "load_s",
+    "features_s",
+    "metrics_s",
+    "peak_memory_mb",
+    "git_sha",
+    "host",
+    "slurm_job_id",
+    "torch",
+    "source",
+    "import_files",
+    "outside_grid",
+    "last_epoch",
+    "images",
+]
 
 
 def _number(v):
@@ -46,21 +76,35 @@ def record_row(rec: dict, methods: dict | None = None) -> dict:
     timings = rec.get("timings") or {}
     placed = rec.get("placement") or {}
     row = {
-        "suite": rec.get("suite"), "protocol": rec.get("protocol"),
+        "suite": rec.get("suite"),
+        "protocol": rec.get("protocol"),
         "kind": ((rec.get("config") or {}).get("protocol") or {}).get("kind") or rec.get("protocol"),
         "dataset": rec.get("dataset"),
-        "method": rec.get("method"), "family": getattr(spec, "family", None),
-        "arch": getattr(spec, "arch", None) or cfg_method.get("arch"), "epoch": rec.get("epoch"),
-        "status": rec.get("status"), "error": ((rec.get("error") or "").splitlines() or [None])[0],
-        "config_hash": rec.get("config_hash"), "device": placed.get("accelerator"), "device_name": placed.get("name"),
-        "gpus": placed.get("gpus"), "world_size": placed.get("world_size"),
-        "wall_s": timings.get("total_s"), "dse_s": timings.get("dse_s"), "load_s": timings.get("load_s"),
+        "method": rec.get("method"),
+        "family": getattr(spec, "family", None),
+        "arch": getattr(spec, "arch", None) or cfg_method.get("arch"),
+        "epoch": rec.get("epoch"),
+        "status": rec.get("status"),
+        "error": ((rec.get("error") or "").splitlines() or [None])[0],
+        "config_hash": rec.get("config_hash"),
+        "device": placed.get("accelerator"),
+        "device_name": placed.get("name"),
+        "gpus": placed.get("gpus"),
+        "world_size": placed.get("world_size"),
+        "wall_s": timings.get("total_s"),
+        "dse_s": timings.get("dse_s"),
+        "load_s": timings.get("load_s"),
         "features_s": timings.get("features_s"),
-        "metrics_s": timings.get("metrics_s"), "peak_memory_mb": rec.get("peak_memory_mb"),
-        "git_sha": rec.get("git_sha"), "host": rec.get("host"), "slurm_job_id": rec.get("slurm_job_id"),
-        "torch": (rec.get("versions") or {}).get("torch"), "source": rec.get("source", "computed"),
+        "metrics_s": timings.get("metrics_s"),
+        "peak_memory_mb": rec.get("peak_memory_mb"),
+        "git_sha": rec.get("git_sha"),
+        "host": rec.get("host"),
+        "slurm_job_id": rec.get("slurm_job_id"),
+        "torch": (rec.get("versions") or {}).get("torch"),
+        "source": rec.get("source", "computed"),
         "images": (rec.get("image_list") or {}).get("count"),
-        "import_files": _import_files(rec), "outside_grid": bool((rec.get("imported") or {}).get("outside_grid")),
+        "import_files": _import_files(rec),
+        "outside_grid": bool((rec.get("imported") or {}).get("outside_grid")),
     }
     for name, value in sorted((rec.get("metrics") or {}).items()):
         col = name if name not in row else f"metric_{name}"
@@ -75,10 +119,10 @@ def record_row(rec: dict, methods: dict | None = None) -> dict:
 
 @dataclass
 class Collected:
-    table: "object"                       # pandas DataFrame, one row per sound record
-    spectra: "object"                     # pandas DataFrame (method, epoch, kind, index, log_sv)
+    table: "object"  # pandas DataFrame, one row per sound record
+    spectra: "object"  # pandas DataFrame (method, epoch, kind, index, log_sv)
     corrupt: list[str] = field(default_factory=list)  # "path: why" for every record left out
-    stray: list[str] = field(default_factory=list)    # files in the record trees that are not records
+    stray: list[str] = field(default_factory=list)  # files in the record trees that are not records
 
 
 def collect(results: Path, suite: str, *, methods: dict | None = None) -> Collected:
@@ -99,8 +143,9 @@ def collect(results: Path, suite: str, *, methods: dict | None = None) -> Collec
         details = rec.get("details") or {}
         for kind in ("log_sv", "log_sv_dense"):
             for i, v in enumerate(details.get(kind) or []):
-                spectra.append({"method": rec.get("method"), "epoch": rec.get("epoch"), "kind": kind, "index": i,
-                                "log_sv": v})
+                spectra.append(
+                    {"method": rec.get("method"), "epoch": rec.get("epoch"), "kind": kind, "index": i, "log_sv": v}
+                )
     table = pd.DataFrame(rows)
     if not table.empty:
         metric_cols = sorted(c for c in table.columns if c not in META_COLUMNS)
@@ -137,9 +182,11 @@ def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = Fals
     if got.corrupt and not skip_corrupt:
         raise CollectError(
             f"{len(got.corrupt)} record(s) of suite '{suite}' are corrupt; results.csv was left as it was:\n  "
-            + "\n  ".join(got.corrupt[:20]) + ("\n  ..." if len(got.corrupt) > 20 else "")
+            + "\n  ".join(got.corrupt[:20])
+            + ("\n  ..." if len(got.corrupt) > 20 else "")
             + f"\nre-run them (`sdd submit --suite {suite} ...` treats them as to do), or pass --skip-corrupt "
-              "to write a table without them")
+            "to write a table without them"
+        )
     from harness.plan import build_plan
 
     table = got.table
@@ -147,8 +194,10 @@ def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = Fals
     if cells and len(table):  # `current`: is the record of the recipe the plan has now? (tables keep these)
         now = {(c.protocol, c.dataset, c.method, c.epoch): c.config_hash for c in cells}
         keys = list(zip(table["protocol"], table["dataset"], table["method"], table["epoch"]))
-        table["current"] = [None if k not in now or src == "imported" else now[k] == h
-                            for k, h, src in zip(keys, table["config_hash"], table["source"])]
+        table["current"] = [
+            None if k not in now or src == "imported" else now[k] == h
+            for k, h, src in zip(keys, table["config_hash"], table["source"])
+        ]
         # each method's last checkpoint in the grid (per protocol and dataset): "last" in the tables is this
         # one, whichever records exist (an import of epochs 1..9 of a 16-epoch grid has no last)
         last: dict[tuple, int] = {}
@@ -166,8 +215,9 @@ def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = Fals
         parquet = False
     ok = int((table["status"] == "ok").sum()) if len(table) else 0
     missing: dict[str, int] = {}
-    have = set(zip(table.get("protocol", []), table.get("dataset", []), table.get("method", []),
-                   table.get("epoch", [])))
+    have = set(
+        zip(table.get("protocol", []), table.get("dataset", []), table.get("method", []), table.get("epoch", []))
+    )
     for c in cells:
         if (c.protocol, c.dataset, c.method, c.epoch) not in have:
             missing[c.protocol] = missing.get(c.protocol, 0) + 1

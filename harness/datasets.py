@@ -3,6 +3,7 @@ I/O the jobs and the mini world's generator share (indexed-PNG label maps, Image
 
 A missing root or a wrong layout gives one message that names every expected path that is absent.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,10 @@ def read_label_png(path: Path):
 
     with Image.open(path) as im:
         if im.mode not in ("P", "L", "I", "I;16"):
-            raise DatasetError(f"{path}: label map in mode {im.mode}; expected an indexed (P) or single-channel "
-                               f"(L) PNG of label ids. Colour labels must be converted to ids first.")
+            raise DatasetError(
+                f"{path}: label map in mode {im.mode}; expected an indexed (P) or single-channel "
+                f"(L) PNG of label ids. Colour labels must be converted to ids first."
+            )
         return np.array(im)
 
 
@@ -71,8 +74,9 @@ def _variables_text(value: str) -> str:
     names = list(dict.fromkeys(env_vars(value)))
     if not names:
         return "no variable in it"
-    return ", ".join(f"{n}={os.environ[n]}" if n in os.environ else f"{n} not set (its default was used)"
-                     for n in names)
+    return ", ".join(
+        f"{n}={os.environ[n]}" if n in os.environ else f"{n} not set (its default was used)" for n in names
+    )
 
 
 def _has(path: Path, suffix: str, recursive: bool) -> bool:
@@ -84,8 +88,10 @@ def check_layout(ds: DatasetSpec, splits=("train", "val")) -> Path:
     """Return the dataset root if every split is where the loader will look; else raise DatasetError."""
     root = root_of(ds)
     if not root.is_dir():
-        raise DatasetError(f"dataset '{ds.name}': root {root} does not exist (from {ds.source}: root = {ds.root}; "
-                           f"{_variables_text(ds.root)}; set them or edit the file)")
+        raise DatasetError(
+            f"dataset '{ds.name}': root {root} does not exist (from {ds.source}: root = {ds.root}; "
+            f"{_variables_text(ds.root)}; set them or edit the file)"
+        )
     missing = []
     nested = DATASET_KINDS[ds.kind].nested
     for split in splits:
@@ -108,8 +114,10 @@ def check_layout(ds: DatasetSpec, splits=("train", "val")) -> Path:
             if f and not (root / f).is_file():
                 missing.append(f"{root / f}")
     if missing:
-        raise DatasetError(f"dataset '{ds.name}' ({ds.kind}) under {root} is not in the expected layout; missing:\n  "
-                           + "\n  ".join(missing))
+        raise DatasetError(
+            f"dataset '{ds.name}' ({ds.kind}) under {root} is not in the expected layout; missing:\n  "
+            + "\n  ".join(missing)
+        )
     return root
 
 
@@ -149,8 +157,25 @@ def _image_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
 # Image modes a job can meet and how each becomes 8-bit RGB. 16-bit greyscale is scaled down by 256 (as
 # OpenCV does when mmseg's pipeline reads it); PIL's convert("RGB") would clip it to white. Alpha is
 # dropped (the colour channels kept), a palette is looked up, CMYK and YCbCr are converted by PIL.
-DECODABLE_MODES = {"RGB", "L", "P", "1", "RGBA", "RGBa", "RGBX", "LA", "La", "PA", "CMYK", "YCbCr",
-                   "I;16", "I;16L", "I;16B", "I;16N", "I"}
+DECODABLE_MODES = {
+    "RGB",
+    "L",
+    "P",
+    "1",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "LA",
+    "La",
+    "PA",
+    "CMYK",
+    "YCbCr",
+    "I;16",
+    "I;16L",
+    "I;16B",
+    "I;16N",
+    "I",
+}
 
 
 def _mode_problem(im) -> str | None:
@@ -201,8 +226,10 @@ def _label_problems(ds: DatasetSpec, img: Path, ann: Path) -> list[str]:
             lab = np.where((lab == 0) | (lab == 255), ds.ignore_index, lab - 1)
         bad = np.unique(lab[(lab != ds.ignore_index) & ((lab < 0) | (lab >= ds.num_classes))])
         if len(bad):
-            out.append(f"{ann}: label values {bad[:10].tolist()} are outside the class range 0..{ds.num_classes - 1} "
-                       f"(ignore index {ds.ignore_index}{', after reduce_zero_label' if ds.reduce_zero_label else ''})")
+            out.append(
+                f"{ann}: label values {bad[:10].tolist()} are outside the class range 0..{ds.num_classes - 1} "
+                f"(ignore index {ds.ignore_index}{', after reduce_zero_label' if ds.reduce_zero_label else ''})"
+            )
     return out
 
 
@@ -220,7 +247,7 @@ def segmentation_pairs(ds: DatasetSpec, root: Path, split: str) -> list[tuple[Pa
     imgs = sorted(img_dir.rglob(f"*{ds.img_suffix}"))
     if not imgs:
         raise DatasetError(f"dataset '{ds.name}': no images {img_dir}/**/*{ds.img_suffix} in split '{split}'")
-    return [(p, ann_dir / (str(p.relative_to(img_dir))[:-len(ds.img_suffix)] + ds.seg_map_suffix)) for p in imgs]
+    return [(p, ann_dir / (str(p.relative_to(img_dir))[: -len(ds.img_suffix)] + ds.seg_map_suffix)) for p in imgs]
 
 
 def _no_duplicates(names: list[str], listing: Path, what: str) -> None:
@@ -232,8 +259,11 @@ def _no_duplicates(names: list[str], listing: Path, what: str) -> None:
             twice.append(f"'{n}' (lines {seen[n]} and {i})")
         seen.setdefault(n, i)
     if twice:
-        raise DatasetError(f"{listing}: {len(twice)} {what}(s) listed twice: {', '.join(twice[:5])}"
-                           + (" ..." if len(twice) > 5 else "") + "; each must appear once")
+        raise DatasetError(
+            f"{listing}: {len(twice)} {what}(s) listed twice: {', '.join(twice[:5])}"
+            + (" ..." if len(twice) > 5 else "")
+            + "; each must appear once"
+        )
 
 
 def _listing_key(ds: DatasetSpec, split: str, files: list[Path]) -> str:
@@ -258,9 +288,12 @@ def _run_checks(items, check, workers: int | None = None) -> list[str]:
 
 def _raise_problems(ds: DatasetSpec, split: str, problems: list[str], checked: int) -> None:
     if problems:
-        raise DatasetError(f"dataset '{ds.name}' split '{split}': {len(problems)} problem(s) in {checked} files; "
-                           f"fix or remove them:\n  " + "\n  ".join(problems[:_PROBLEMS_SHOWN])
-                           + (f"\n  ... {len(problems) - _PROBLEMS_SHOWN} more" if len(problems) > _PROBLEMS_SHOWN else ""))
+        raise DatasetError(
+            f"dataset '{ds.name}' split '{split}': {len(problems)} problem(s) in {checked} files; "
+            f"fix or remove them:\n  "
+            + "\n  ".join(problems[:_PROBLEMS_SHOWN])
+            + (f"\n  ... {len(problems) - _PROBLEMS_SHOWN} more" if len(problems) > _PROBLEMS_SHOWN else "")
+        )
 
 
 def verify_segmentation(ds: DatasetSpec, root: Path, split: str) -> dict:
@@ -283,8 +316,9 @@ def verify_images(ds: DatasetSpec, split: str, images: list[Path]) -> None:
     """Every listed image readable and complete (e.g. the metrics job's fixed image list)."""
     if not images:
         raise DatasetError(f"dataset '{ds.name}' split '{split}': no images")
-    _raise_problems(ds, split, _run_checks([(p,) for p in images], lambda p: [w for w in [_image_size(p)[1]] if w]),
-                    len(images))
+    _raise_problems(
+        ds, split, _run_checks([(p,) for p in images], lambda p: [w for w in [_image_size(p)[1]] if w]), len(images)
+    )
 
 
 def davis_sequences(ds: DatasetSpec, root: Path, split: str) -> dict[str, list[tuple[Path, Path]]]:
@@ -308,15 +342,25 @@ def davis_sequences(ds: DatasetSpec, root: Path, split: str) -> dict[str, list[t
             have = {int(n) for n in order}
             gaps = sorted(set(range(min(have), max(have) + 1)) - have)
             if gaps:
-                problems.append(f"{root / s.img_dir / seq}/: frame(s) {', '.join(str(g) for g in gaps[:5])}"
-                                + (" ..." if len(gaps) > 5 else "") + f" missing between {order[0]} and {order[-1]}: "
-                                "propagation would jump the gap")
+                problems.append(
+                    f"{root / s.img_dir / seq}/: frame(s) {', '.join(str(g) for g in gaps[:5])}"
+                    + (" ..." if len(gaps) > 5 else "")
+                    + f" missing between {order[0]} and {order[-1]}: "
+                    "propagation would jump the gap"
+                )
         if order[0] not in anns:
-            problems.append(f"{root / s.ann_dir / seq / (order[0] + ds.seg_map_suffix)}: the first frame's annotation "
-                            f"is missing: propagation starts from it")
-        problems += [f"{root / s.ann_dir / seq / (n + ds.seg_map_suffix)}: annotation missing for frame {frames[n].name}"
-                     for n in order[1:] if n not in anns]
-        problems += [f"{anns[n]}: annotation without a frame {n}{ds.img_suffix}" for n in sorted(set(anns) - set(frames))]
+            problems.append(
+                f"{root / s.ann_dir / seq / (order[0] + ds.seg_map_suffix)}: the first frame's annotation "
+                f"is missing: propagation starts from it"
+            )
+        problems += [
+            f"{root / s.ann_dir / seq / (n + ds.seg_map_suffix)}: annotation missing for frame {frames[n].name}"
+            for n in order[1:]
+            if n not in anns
+        ]
+        problems += [
+            f"{anns[n]}: annotation without a frame {n}{ds.img_suffix}" for n in sorted(set(anns) - set(frames))
+        ]
         out[seq] = [(frames[n], anns[n]) for n in order if n in anns]
     _raise_problems(ds, split, problems, sum(len(v) for v in out.values()))
     pairs = [pair for v in out.values() for pair in v]
@@ -337,13 +381,17 @@ def verify_coco(ds: DatasetSpec, root: Path, split: str) -> None:
     images = data.get("images") if isinstance(data, dict) else None
     if not images:
         raise DatasetError(f"dataset '{ds.name}': {ann_file} lists no images")
+
     def check(im: dict) -> list[str]:
         path = root / s.img_dir / im["file_name"]
         size, why = _image_size(path)
         if why:
             return [why]
         if size != (im.get("width"), im.get("height")):
-            return [f"{path}: the image is {size[0]}x{size[1]} but {ann_file.name} says {im.get('width')}x{im.get('height')}"]
+            return [
+                f"{path}: the image is {size[0]}x{size[1]} but {ann_file.name} says "
+                f"{im.get('width')}x{im.get('height')}"
+            ]
         return []
 
     _raise_problems(ds, split, _run_checks([(im,) for im in images], check), len(images))
@@ -412,6 +460,8 @@ def data_change(ds: DatasetSpec, recorded: dict) -> str | None:
         except DatasetError as e:
             return f"{DATA_NOT_FOUND} ({e})"
         if now["digest"] != fp["digest"]:
-            return (f"the data it read changed: dataset '{ds.name}' split '{split}' ({fp.get('files')} -> "
-                    f"{now['files']} files, digest {fp['digest']} -> {now['digest']})")
+            return (
+                f"the data it read changed: dataset '{ds.name}' split '{split}' ({fp.get('files')} -> "
+                f"{now['files']} files, digest {fp['digest']} -> {now['digest']})"
+            )
     return None

@@ -10,6 +10,7 @@ even where GPUs exist.
 The recipe's global batch is kept whatever the world size (`batch_plan`): per-device batch = the
 recipe's, and gradient accumulation makes up for devices a cluster profile took away.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,17 +26,17 @@ class DeviceError(HarnessError):
 
 @dataclass(frozen=True, kw_only=True)
 class Placement:
-    device: str            # torch device of this process: "cpu" or "cuda:<local rank>"
-    accelerator: str       # "cpu" | "cuda"
-    name: str              # the GPU's name, or the CPU's
-    gpus: int              # GPUs the cell uses in all (one per process on CUDA; 0 on the CPU)
-    world_size: int        # processes of the cell
+    device: str  # torch device of this process: "cpu" or "cuda:<local rank>"
+    accelerator: str  # "cpu" | "cuda"
+    name: str  # the GPU's name, or the CPU's
+    gpus: int  # GPUs the cell uses in all (one per process on CUDA; 0 on the CPU)
+    world_size: int  # processes of the cell
     rank: int
     local_rank: int
-    backend: str | None    # torch.distributed backend when world_size > 1 (nccl on CUDA, gloo on the CPU)
-    cpus: int              # CPU cores this process may use (data-loading workers come from these)
+    backend: str | None  # torch.distributed backend when world_size > 1 (nccl on CUDA, gloo on the CPU)
+    cpus: int  # CPU cores this process may use (data-loading workers come from these)
     torch: str
-    cuda: str | None       # CUDA version torch was built with, where it runs on CUDA
+    cuda: str | None  # CUDA version torch was built with, where it runs on CUDA
 
     @property
     def is_main(self) -> bool:
@@ -86,28 +87,52 @@ def resolve(gpus: int, *, cpus: int | None = None, env=None) -> Placement:
     world, rank, local = dist_env(env)
     own_cpus = min(available_cpus(), cpus) if cpus else available_cpus()
     if gpus == 0:
-        return Placement(device="cpu", accelerator="cpu", name=cpu_name(), gpus=0, world_size=world, rank=rank,
-                         local_rank=local, backend="gloo" if world > 1 else None, cpus=own_cpus, torch=torch.__version__,
-                         cuda=None)
+        return Placement(
+            device="cpu",
+            accelerator="cpu",
+            name=cpu_name(),
+            gpus=0,
+            world_size=world,
+            rank=rank,
+            local_rank=local,
+            backend="gloo" if world > 1 else None,
+            cpus=own_cpus,
+            torch=torch.__version__,
+            cuda=None,
+        )
     if not torch.cuda.is_available():
         raise DeviceError(
             f"the protocol asks for {gpus} GPU(s), but this process sees none (host {platform.node()}, "
             f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '(unset)')!r}, torch {torch.__version__} "
             f"built for CUDA {torch.version.cuda or 'none'}); nothing was run on the CPU instead. Submit it to a "
-            f"GPU partition (cluster profile), or use a protocol with `gpus: 0`.")
+            f"GPU partition (cluster profile), or use a protocol with `gpus: 0`."
+        )
     visible = torch.cuda.device_count()
     if local >= visible:
-        raise DeviceError(f"rank {rank} (local rank {local}) has no GPU of its own: {visible} visible on "
-                          f"{platform.node()} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '(unset)')!r})")
-    return Placement(device=f"cuda:{local}", accelerator="cuda", name=torch.cuda.get_device_name(local), gpus=world,
-                     world_size=world, rank=rank, local_rank=local, backend="nccl" if world > 1 else None,
-                     cpus=own_cpus, torch=torch.__version__, cuda=torch.version.cuda)
+        raise DeviceError(
+            f"rank {rank} (local rank {local}) has no GPU of its own: {visible} visible on "
+            f"{platform.node()} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '(unset)')!r})"
+        )
+    return Placement(
+        device=f"cuda:{local}",
+        accelerator="cuda",
+        name=torch.cuda.get_device_name(local),
+        gpus=world,
+        world_size=world,
+        rank=rank,
+        local_rank=local,
+        backend="nccl" if world > 1 else None,
+        cpus=own_cpus,
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class BatchPlan:
     """How a recipe's global batch runs here: `per_device` samples a forward pass on each of `world_size`
     processes, gradients accumulated over `accumulation` passes per optimizer step."""
+
     global_batch: int
     per_device: int
     accumulation: int
@@ -115,8 +140,13 @@ class BatchPlan:
     recipe_devices: int
 
     def record(self) -> dict:
-        return {"global": self.global_batch, "per_device": self.per_device, "accumulation": self.accumulation,
-                "world_size": self.world_size, "recipe_devices": self.recipe_devices}
+        return {
+            "global": self.global_batch,
+            "per_device": self.per_device,
+            "accumulation": self.accumulation,
+            "world_size": self.world_size,
+            "recipe_devices": self.recipe_devices,
+        }
 
 
 def batch_plan(global_batch: int, recipe_devices: int, world_size: int) -> BatchPlan:
@@ -126,16 +156,23 @@ def batch_plan(global_batch: int, recipe_devices: int, world_size: int) -> Batch
     recipe_devices = max(1, recipe_devices)
     if world_size <= recipe_devices:
         if global_batch % recipe_devices or recipe_devices % world_size:
-            raise DeviceError(f"the recipe's global batch {global_batch} over {recipe_devices} device(s) cannot run "
-                              f"on {world_size}: {recipe_devices} must be a multiple of {world_size} and divide the "
-                              f"batch")
+            raise DeviceError(
+                f"the recipe's global batch {global_batch} over {recipe_devices} device(s) cannot run "
+                f"on {world_size}: {recipe_devices} must be a multiple of {world_size} and divide the "
+                f"batch"
+            )
         per, accum = global_batch // recipe_devices, recipe_devices // world_size
     else:
         if global_batch % world_size:
             raise DeviceError(f"the global batch {global_batch} does not split over {world_size} processes")
         per, accum = global_batch // world_size, 1
-    return BatchPlan(global_batch=global_batch, per_device=per, accumulation=accum, world_size=world_size,
-                     recipe_devices=recipe_devices)
+    return BatchPlan(
+        global_batch=global_batch,
+        per_device=per,
+        accumulation=accum,
+        world_size=world_size,
+        recipe_devices=recipe_devices,
+    )
 
 
 def data_workers(placement: Placement, requested: int | None = None) -> int:

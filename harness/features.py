@@ -10,6 +10,7 @@
   and a cache hit gives bit-identical metrics.
 - `extract_views`: image-level embeddings of q augmented views per image, for LiDAR.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,21 +57,32 @@ def image_list(root: str | Path, num_images: int, seed: int = 0) -> ImageList:
 def eval_transform(resize: int = 256, crop: int = 224):
     from torchvision import transforms as T
 
-    return T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(crop),
-                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose(
+        [
+            T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(crop),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
-def view_transform(crop: int = 224, scale=(0.2, 1.0), flip: float = 0.5, color_jitter: float = 0.4,
-                   grayscale: float = 0.2):
+def view_transform(
+    crop: int = 224, scale=(0.2, 1.0), flip: float = 0.5, color_jitter: float = 0.4, grayscale: float = 0.2
+):
     """The SSL-style augmentation LiDAR's views are drawn with (settings from the protocol file)."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.RandomResizedCrop(crop, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(flip),
-        T.RandomApply([T.ColorJitter(color_jitter, color_jitter, color_jitter / 2, color_jitter / 4)], p=0.8),
-        T.RandomGrayscale(grayscale),
-        T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(crop, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(flip),
+            T.RandomApply([T.ColorJitter(color_jitter, color_jitter, color_jitter / 2, color_jitter / 4)], p=0.8),
+            T.RandomGrayscale(grayscale),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 class _Images(torch.utils.data.Dataset):
@@ -85,9 +97,9 @@ class _Images(torch.utils.data.Dataset):
 
 
 def _progress(it, total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     import sys
+
+    from tqdm.auto import tqdm
 
     # a bar only on a terminal: in a cell's log file its frames would be noise
     return tqdm(it, total=total, desc=desc, unit="batch", disable=not (enabled and sys.stderr.isatty()), leave=False)
@@ -102,10 +114,20 @@ def maybe_autocast(device: str, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int = 224, batch_size: int = 64,
-                  num_workers: int = 0, cache_key: str | None = None, cache_dir: Path | None = None,
-                  progress: bool = True, device: str = "cpu",
-                  autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def extract_dense(
+    backbone,
+    images: ImageList,
+    *,
+    resize: int = 256,
+    crop: int = 224,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    cache_key: str | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(dense [images, tokens, d], embeddings [images, d], how they were obtained), float32 on the CPU.
     The backbone runs on `device` (under autocast to `autocast` when given); `num_workers` processes
     decode and crop, into pinned memory when the device is a GPU. The cache key must cover everything
@@ -123,9 +145,14 @@ def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int =
                 path.unlink(missing_ok=True)
     backbone.eval()
     cuda = torch.device(device).type == "cuda"
-    loader = torch.utils.data.DataLoader(_Images(images, eval_transform(resize, crop)), batch_size=batch_size,
-                                         num_workers=num_workers, shuffle=False, pin_memory=cuda,
-                                         persistent_workers=False)
+    loader = torch.utils.data.DataLoader(
+        _Images(images, eval_transform(resize, crop)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=False,
+        pin_memory=cuda,
+        persistent_workers=False,
+    )
     dense, emb = [], []
     with maybe_autocast(device, autocast):
         for x in _progress(loader, len(loader), "features", progress):
@@ -141,11 +168,21 @@ def extract_dense(backbone, images: ImageList, *, resize: int = 256, crop: int =
 
 
 @torch.no_grad()
-def extract_views(backbone, images: ImageList, views: int, *, seed: int = 0, batch_size: int = 64,
-                  augment: dict | None = None, progress: bool = True, device: str = "cpu",
-                  autocast: torch.dtype | None = None) -> torch.Tensor:
-    """[images, views, d] image-level embeddings (`Backbone.embed`) of augmented views, on the CPU. The augmentations draw from torch's global RNG in this process (no workers), so they are the
-    same on every device."""
+def extract_views(
+    backbone,
+    images: ImageList,
+    views: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 64,
+    augment: dict | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> torch.Tensor:
+    """[images, views, d] image-level embeddings (`Backbone.embed`) of augmented views, on the CPU. The
+    augmentations draw from torch's global RNG in this process (no workers), so they are the same on every
+    device."""
     tf = view_transform(**(augment or {}))
     ds = _Images(images, lambda im: torch.stack([tf(im) for _ in range(views)]))
     torch_state = torch.random.get_rng_state()

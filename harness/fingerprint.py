@@ -7,6 +7,7 @@ and cached against what `stat` says of it (device, inode, size, modification tim
 `<cache>/digests/`; a record also keeps that `stat` so that an unchanged file is recognised without
 reading it. Nothing is hashed for a cell that has no record yet.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,7 +43,11 @@ def _digest(path: Path, st: os.stat_result) -> str:
     want = {"path": real, **_stat_key(st)}
     try:
         held = json.loads(stamp.read_text())
-        if isinstance(held, dict) and all(held.get(k) == v for k, v in want.items()) and isinstance(held.get("sha256"), str):
+        if (
+            isinstance(held, dict)
+            and all(held.get(k) == v for k, v in want.items())
+            and isinstance(held.get("sha256"), str)
+        ):
             _MEMO[key] = held["sha256"]
             return held["sha256"]
     except (OSError, ValueError):
@@ -82,8 +87,10 @@ def same_content(recorded: dict | None, path: Path | str) -> tuple[bool | None, 
         return None, f"{path} is not there"
     if "sha256" not in recorded:  # an older record: identity by size and modification time
         same = recorded.get("size") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns
-        return same, None if same else ("the checkpoint's size or modification time changed (a record from before "
-                                        "content identity: re-run it once to record the content)")
+        return same, None if same else (
+            "the checkpoint's size or modification time changed (a record from before "
+            "content identity: re-run it once to record the content)"
+        )
     if recorded.get("size") != st.st_size:
         return False, f"the checkpoint's content changed (size {recorded.get('size')} -> {st.st_size} bytes)"
     if all(recorded.get(k) == v for k, v in _stat_key(st).items()):

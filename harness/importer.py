@@ -30,18 +30,17 @@ An imported record sits apart from computed ones (`results/<suite>/imported/...`
 `plan` and `submit` count its cell as imported; the tables prefer a computed record of the same cell,
 mark every number that came from an import and name its cells and files.
 """
+
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError
 from harness import records
+from harness.errors import HarnessError
 from harness.kinds import METRICS_KIND, PROTOCOL_KINDS, Metric
 from harness.registry import Registry
 
@@ -49,9 +48,14 @@ FORMATS = ("dse-official", "spreadsheet", "csv", "mmseg", "detectron2")
 TAKE_HELP = "last, best, or iter N"
 
 # the official estimator's quantities (file lines and spreadsheet columns) -> the harness's metric names
-DSE_QUANTITIES = {"dse metric (original)": "dse", "dse metric": "dse", "inter-class distance": "dse_inter",
-                  "intra-class radius (image)": "dse_intra_image", "effective dimensionality": "dse_dim",
-                  "intra-class radius (batch)": "dse_intra_batch"}
+DSE_QUANTITIES = {
+    "dse metric (original)": "dse",
+    "dse metric": "dse",
+    "inter-class distance": "dse_inter",
+    "intra-class radius (image)": "dse_intra_image",
+    "effective dimensionality": "dse_dim",
+    "intra-class radius (batch)": "dse_intra_batch",
+}
 SEPARABILITY_PARTS = ("dse_inter", "dse_intra_image", "dse_intra_batch")
 ID_COLUMNS = ("method", "epoch", "protocol", "dataset", "suite")
 
@@ -63,12 +67,13 @@ class ImportError_(HarnessError):
 @dataclass
 class Item:
     """The values one file gives one cell, each metric with where it came from."""
+
     protocol: str
     dataset: str
     method: str
     epoch: int
     metrics: dict
-    origins: dict                 # metric -> {"file", "line" | "row" [, "column"]}
+    origins: dict  # metric -> {"file", "line" | "row" [, "column"]}
     details: dict = field(default_factory=dict)
     outside_grid: bool = False
 
@@ -118,8 +123,10 @@ def detect(path: Path) -> str:
     elif path.suffix in (".csv", ".parquet"):
         head = path.read_text(errors="replace").splitlines()[0] if path.suffix == ".csv" else ""
         return "spreadsheet" if re.search(r"Layer \d+ ", head) else "csv"
-    raise ImportError_(f"{path}: cannot tell its format (a dse-official tree, a .xlsx/.csv, an mmseg work "
-                       f"directory or a detectron2 metrics.json); give --format one of {', '.join(FORMATS)}")
+    raise ImportError_(
+        f"{path}: cannot tell its format (a dse-official tree, a .xlsx/.csv, an mmseg work "
+        f"directory or a detectron2 metrics.json); give --format one of {', '.join(FORMATS)}"
+    )
 
 
 def _number(value, where: str) -> float:
@@ -137,8 +144,10 @@ def _number(value, where: str) -> float:
 def _epoch(value, where: str) -> int:
     v = _number(value, f"{where}, epoch")
     if v != int(v) or v < 0:
-        raise ImportError_(f"{where}: epoch {value!r} is not a whole number of epochs; checkpoints are numbered by "
-                           f"completed epochs (a fractional epoch would be truncated to another checkpoint)")
+        raise ImportError_(
+            f"{where}: epoch {value!r} is not a whole number of epochs; checkpoints are numbered by "
+            f"completed epochs (a fractional epoch would be truncated to another checkpoint)"
+        )
     return int(v)
 
 
@@ -149,9 +158,11 @@ def _empty(value) -> bool:
 
 # --------------------------------------------------------------------------------------------- readers
 
-SETTINGS = re.compile(r"^_?(?P<local_clusters>\d+)local_clusters_(?P<global_clusters>\d+)global_clusters_"
-                      r"(?P<layers>\d+)th_layer_datapercent_(?P<data_percent>[0-9.eE-]+)(?P<normalized>_normalized)?"
-                      r"_bs_(?P<batch_size>\d+)$")
+SETTINGS = re.compile(
+    r"^_?(?P<local_clusters>\d+)local_clusters_(?P<global_clusters>\d+)global_clusters_"
+    r"(?P<layers>\d+)th_layer_datapercent_(?P<data_percent>[0-9.eE-]+)(?P<normalized>_normalized)?"
+    r"_bs_(?P<batch_size>\d+)$"
+)
 LINE = re.compile(r"^Layer (?P<layer>\d+) (?P<quantity>.+?):\s*(?P<value>\S+)\s*$")
 
 
@@ -163,8 +174,10 @@ def read_dse_official(root: Path, method: str | None, layer: int, metrics_protoc
         settings_dir = f.parent.parent
         m = SETTINGS.match(settings_dir.name)
         if not m:
-            raise ImportError_(f"{settings_dir}: folder name not in get_DSE.py's form "
-                               f"'_<kl>local_clusters_<kg>global_clusters_<n>th_layer_datapercent_<p>[_normalized]_bs_<b>'")
+            raise ImportError_(
+                f"{settings_dir}: folder name not in get_DSE.py's form "
+                f"'_<kl>local_clusters_<kg>global_clusters_<n>th_layer_datapercent_<p>[_normalized]_bs_<b>'"
+            )
         settings = {k: v for k, v in m.groupdict().items()}
         settings["normalized"] = bool(settings["normalized"])
         epoch_dir = re.match(r"^epoch_(\d+)$", f.parent.name)
@@ -179,20 +192,33 @@ def read_dse_official(root: Path, method: str | None, layer: int, metrics_protoc
                 raise ImportError_(f"{f}:{n}: {line!r} is not 'Layer <L> <quantity>: <value>'")
             q = lm.group("quantity").strip().lower()
             if q not in DSE_QUANTITIES:
-                raise ImportError_(f"{f}:{n}: unknown quantity {lm.group('quantity')!r}; expected one of "
-                                   f"{', '.join(sorted(set(DSE_QUANTITIES)))}")
+                raise ImportError_(
+                    f"{f}:{n}: unknown quantity {lm.group('quantity')!r}; expected one of "
+                    f"{', '.join(sorted(set(DSE_QUANTITIES)))}"
+                )
             if int(lm.group("layer")) != layer:
                 continue
             name = DSE_QUANTITIES[q]
             if name in values:
-                raise ImportError_(f"{f}:{n}: a second {lm.group('quantity')!r} of layer {layer} (first at line "
-                                   f"{origins[name]['line']}); keep one")
+                raise ImportError_(
+                    f"{f}:{n}: a second {lm.group('quantity')!r} of layer {layer} (first at line "
+                    f"{origins[name]['line']}); keep one"
+                )
             values[name] = _number(lm.group("value"), f"{f}:{n}")
             origins[name] = {"file": str(f), "line": n}
         if not values:
             raise ImportError_(f"{f}: no line of layer {layer} (the method's last; --layer picks another)")
-        items.append(Item(metrics_protocol, dataset, method, int(epoch_dir.group(1)), values, origins,
-                          {"official_settings": settings, "layer": layer, "dse_dataset_folder": settings_dir.parent.name}))
+        items.append(
+            Item(
+                metrics_protocol,
+                dataset,
+                method,
+                int(epoch_dir.group(1)),
+                values,
+                origins,
+                {"official_settings": settings, "layer": layer, "dse_dataset_folder": settings_dir.parent.name},
+            )
+        )
     if not items:
         raise ImportError_(f"{root}: no metrics_epoch_<N>.txt under it")
     return items
@@ -216,14 +242,17 @@ def _read_frame(path: Path):
     for col in frame.columns:
         key = str(col).strip().lower()
         if key in seen:
-            raise ImportError_(f"{path}: columns {seen[key]!r} and {str(col)!r} differ only in case or spaces: which "
-                               f"one holds the numbers is not clear; rename or remove one")
+            raise ImportError_(
+                f"{path}: columns {seen[key]!r} and {str(col)!r} differ only in case or spaces: which "
+                f"one holds the numbers is not clear; rename or remove one"
+            )
         seen[key] = str(col)
     return frame
 
 
-def read_spreadsheet(path: Path, method: str | None, layer: int, metrics_protocol: str,
-                     dataset: str) -> tuple[list[Item], list[str]]:
+def read_spreadsheet(
+    path: Path, method: str | None, layer: int, metrics_protocol: str, dataset: str
+) -> tuple[list[Item], list[str]]:
     frame = _read_frame(path)
     notes, columns = [], {}
     for col in frame.columns:
@@ -232,8 +261,10 @@ def read_spreadsheet(path: Path, method: str | None, layer: int, metrics_protoco
             continue
         m = SHEET_COLUMN.match(name)
         if not m or m.group("quantity").strip().lower() not in DSE_QUANTITIES:
-            raise ImportError_(f"{path}: unknown column {name!r}; expected 'epoch', 'method' or 'Layer <L> <quantity>' "
-                               f"with a quantity among {', '.join(sorted(set(DSE_QUANTITIES)))}")
+            raise ImportError_(
+                f"{path}: unknown column {name!r}; expected 'epoch', 'method' or 'Layer <L> <quantity>' "
+                f"with a quantity among {', '.join(sorted(set(DSE_QUANTITIES)))}"
+            )
         if int(m.group("layer")) == layer:
             metric = DSE_QUANTITIES[m.group("quantity").strip().lower()]
             if metric in columns.values():
@@ -262,32 +293,39 @@ def read_spreadsheet(path: Path, method: str | None, layer: int, metrics_protoco
 @dataclass
 class Target:
     """Which protocols of the suite a metric column can go to."""
+
     suite: str
-    protocols: dict[str, str]          # protocol -> kind (the suite's)
+    protocols: dict[str, str]  # protocol -> kind (the suite's)
     metrics_dataset: str
-    explicit: str | None               # --protocol
+    explicit: str | None  # --protocol
 
     def resolve(self, column: str, row_protocol: str | None, where: str) -> tuple[str, Metric]:
         """(protocol, metric) of a column, or a refusal saying why."""
         chosen = row_protocol or self.explicit
         if chosen is not None:
             if chosen not in self.protocols:
-                raise ImportError_(f"{where}: protocol '{chosen}' is not run by suite '{self.suite}' (its protocols: "
-                                   f"{', '.join(self.protocols)})")
+                raise ImportError_(
+                    f"{where}: protocol '{chosen}' is not run by suite '{self.suite}' (its protocols: "
+                    f"{', '.join(self.protocols)})"
+                )
             kind = PROTOCOL_KINDS[self.protocols[chosen]]
             metric = kind.metric_for_column(column)
             if metric is None:
-                raise ImportError_(f"{where}: column {column!r} is not a metric of protocol '{chosen}' (kind "
-                                   f"{self.protocols[chosen]}: {', '.join(m.name for m in kind.metrics)})")
+                raise ImportError_(
+                    f"{where}: column {column!r} is not a metric of protocol '{chosen}' (kind "
+                    f"{self.protocols[chosen]}: {', '.join(m.name for m in kind.metrics)})"
+                )
             return chosen, metric
         fits = [(p, PROTOCOL_KINDS[k].metric_for_column(column)) for p, k in self.protocols.items()]
         fits = [(p, m) for p, m in fits if m is not None]
         if not fits:
             return None, None  # not a metric of any protocol of the suite: the caller names it
         if len(fits) > 1:
-            raise ImportError_(f"{where}: column {column!r} could belong to {len(fits)} protocols of suite "
-                               f"'{self.suite}' ({', '.join(p for p, _ in fits)}); give --protocol or a 'protocol' "
-                               f"column")
+            raise ImportError_(
+                f"{where}: column {column!r} could belong to {len(fits)} protocols of suite "
+                f"'{self.suite}' ({', '.join(p for p, _ in fits)}); give --protocol or a 'protocol' "
+                f"column"
+            )
         return fits[0]
 
 
@@ -300,12 +338,17 @@ def read_table(path: Path, method: str | None, target: Target, dataset: str | No
         raise ImportError_(f"{path}: no 'epoch' column")
     if not long:
         kinds = set(PROTOCOL_KINDS) if "protocol" in cols else set(target.protocols.values())
-        unknown = [str(c) for k, c in cols.items()
-                   if k not in ID_COLUMNS and not any(PROTOCOL_KINDS[kd].metric_for_column(k) for kd in kinds)]
+        unknown = [
+            str(c)
+            for k, c in cols.items()
+            if k not in ID_COLUMNS and not any(PROTOCOL_KINDS[kd].metric_for_column(k) for kd in kinds)
+        ]
         if unknown:
             known = sorted({m.name for kd in kinds for m in PROTOCOL_KINDS[kd].metrics})
-            raise ImportError_(f"{path}: unknown column(s) {unknown}; expected {', '.join(ID_COLUMNS)} or a metric of "
-                               f"the suite's protocols ({', '.join(known)})")
+            raise ImportError_(
+                f"{path}: unknown column(s) {unknown}; expected {', '.join(ID_COLUMNS)} or a metric of "
+                f"the suite's protocols ({', '.join(known)})"
+            )
     items, empty = [], []
     for i, row in frame.iterrows():
         where = f"{path}: row {i + 2}"
@@ -314,8 +357,11 @@ def read_table(path: Path, method: str | None, target: Target, dataset: str | No
         if who is None:
             raise ImportError_(f"{where}: no method (no 'method' column, and no --method)")
         epoch = _epoch(get("epoch") or "", where)
-        pairs = [(get("metric") or "", row[cols["value"]], "value")] if long else \
-            [(str(c).strip(), row[c], str(c)) for k, c in cols.items() if k not in ID_COLUMNS]
+        pairs = (
+            [(get("metric") or "", row[cols["value"]], "value")]
+            if long
+            else [(str(c).strip(), row[c], str(c)) for k, c in cols.items() if k not in ID_COLUMNS]
+        )
         for name, raw, column in pairs:
             if not name:
                 raise ImportError_(f"{where}: no metric name in column 'metric'")
@@ -328,13 +374,29 @@ def read_table(path: Path, method: str | None, target: Target, dataset: str | No
             is_label_free = target.protocols[proto] == METRICS_KIND
             ds = target.metrics_dataset if is_label_free else (get("dataset") or dataset)
             if ds is None:
-                raise ImportError_(f"{where}: {name} is a result of protocol '{proto}': give a 'dataset' column or "
-                                   f"--dataset")
+                raise ImportError_(
+                    f"{where}: {name} is a result of protocol '{proto}': give a 'dataset' column or --dataset"
+                )
             value = _number(raw, f"{where}, column {column!r}")
-            items.append(Item(proto, ds, who, epoch, {metric.name: value},
-                              {metric.name: {"file": str(path), "row": i + 2, "column": column}}))
-    notes = [f"{path.name}: {len(empty)} empty cell(s) are not values and were left out: "
-             + ", ".join(empty[:8]) + (" ..." if len(empty) > 8 else "")] if empty else []
+            items.append(
+                Item(
+                    proto,
+                    ds,
+                    who,
+                    epoch,
+                    {metric.name: value},
+                    {metric.name: {"file": str(path), "row": i + 2, "column": column}},
+                )
+            )
+    notes = (
+        [
+            f"{path.name}: {len(empty)} empty cell(s) are not values and were left out: "
+            + ", ".join(empty[:8])
+            + (" ..." if len(empty) > 8 else "")
+        ]
+        if empty
+        else []
+    )
     return items, notes
 
 
@@ -359,8 +421,7 @@ def pick_evaluation(f: Path, found: list[tuple[int, dict]], take: str | None, st
         raise ImportError_(f"{f}: {what}")
     if len(found) > 1 and take is None:
         steps = ", ".join(str(step_of(e)) for _, e in found[:8]) + (" ..." if len(found) > 8 else "")
-        raise ImportError_(f"{f}: {len(found)} evaluations (at iterations {steps}); say which with --take "
-                           f"{TAKE_HELP}")
+        raise ImportError_(f"{f}: {len(found)} evaluations (at iterations {steps}); say which with --take {TAKE_HELP}")
     if take in (None, "last"):
         return found[-1]
     if take == "best":
@@ -370,29 +431,48 @@ def pick_evaluation(f: Path, found: list[tuple[int, dict]], take: str | None, st
         raise ImportError_(f"--take {take!r}: expected {TAKE_HELP}")
     hit = [le for le in found if step_of(le[1]) == int(m.group(1))]
     if not hit:
-        raise ImportError_(f"{f}: no evaluation at iteration {m.group(1)} (there are: "
-                           f"{', '.join(str(step_of(e)) for _, e in found)})")
+        raise ImportError_(
+            f"{f}: no evaluation at iteration {m.group(1)} (there are: {', '.join(str(step_of(e)) for _, e in found)})"
+        )
     return hit[-1]
 
 
-def read_mmseg(root: Path, method: str | None, epoch: int | None, dataset: str | None, protocol: str,
-               num_classes: int | None, take: str | None) -> list[Item]:
+def read_mmseg(
+    root: Path,
+    method: str | None,
+    epoch: int | None,
+    dataset: str | None,
+    protocol: str,
+    num_classes: int | None,
+    take: str | None,
+) -> list[Item]:
     """A validation mIoU of one mmseg run: 1.x vis_data/scalars.json (percent) or 0.x <stamp>.log.json
     (fractions, as UDI's and iBOT's logs)."""
     if method is None or epoch is None or dataset is None:
-        raise ImportError_(f"{root}: an mmseg work directory does not say which checkpoint it evaluated: give "
-                           f"--method, --epoch and --dataset")
+        raise ImportError_(
+            f"{root}: an mmseg work directory does not say which checkpoint it evaluated: give "
+            f"--method, --epoch and --dataset"
+        )
     found = sorted(Path(root).rglob("vis_data/scalars.json")) or sorted(Path(root).rglob("*.log.json"))
     if not found:
-        raise ImportError_(f"{root}: neither <timestamp>/vis_data/scalars.json (mmseg 1.x) nor <timestamp>.log.json "
-                           f"(0.x) under it")
+        raise ImportError_(
+            f"{root}: neither <timestamp>/vis_data/scalars.json (mmseg 1.x) nor <timestamp>.log.json (0.x) under it"
+        )
     if len(found) > 1:
-        raise ImportError_(f"{root}: {len(found)} runs' logs under it ({', '.join(str(p) for p in found[:4])}); "
-                           f"import one run's folder at a time")
+        raise ImportError_(
+            f"{root}: {len(found)} runs' logs under it ({', '.join(str(p) for p in found[:4])}); "
+            f"import one run's folder at a time"
+        )
     f = found[0]
     evals = [(n, e) for n, e in _json_lines(f) if "mIoU" in e and e.get("mode", "val") == "val"]
-    line_no, last = pick_evaluation(f, evals, take, lambda e: e.get("step", e.get("iter")),
-                                    lambda e: float(e["mIoU"]), "no validation entry with mIoU")
+    line_no, last = pick_evaluation(
+        f,
+        evals,
+        take,
+        lambda e: e.get("step", e.get("iter")),
+        lambda e: float(e["mIoU"]),
+        "no validation entry with mIoU",
+    )
     scale = 100.0 if f.name.endswith(".log.json") and float(last["mIoU"]) <= 1.0 else 1.0  # 0.x logs fractions
     where = f"{f}:{line_no}"
     values = {"mIoU": _number(last["mIoU"], where) * scale}
@@ -402,42 +482,76 @@ def read_mmseg(root: Path, method: str | None, epoch: int | None, dataset: str |
     per_class = {k[4:]: _number(v, where) * scale for k, v in last.items() if k.startswith("IoU.")}
     if per_class:
         if num_classes and len(per_class) != num_classes:
-            raise ImportError_(f"{where}: the log holds per-class IoU of {len(per_class)} classes but dataset "
-                               f"'{dataset}' has {num_classes}: a run on another dataset or class set")
+            raise ImportError_(
+                f"{where}: the log holds per-class IoU of {len(per_class)} classes but dataset "
+                f"'{dataset}' has {num_classes}: a run on another dataset or class set"
+            )
         values["IoU"] = per_class
     origin = {"file": str(f), "line": line_no}
-    return [Item(protocol, dataset, method, int(epoch), values, {k: origin for k in values},
-                 {"mmseg_log": "1.x" if f.name == "scalars.json" else "0.x",
-                  "iteration": last.get("step", last.get("iter"))})]
+    return [
+        Item(
+            protocol,
+            dataset,
+            method,
+            int(epoch),
+            values,
+            {k: origin for k in values},
+            {
+                "mmseg_log": "1.x" if f.name == "scalars.json" else "0.x",
+                "iteration": last.get("step", last.get("iter")),
+            },
+        )
+    ]
 
 
-def read_detectron2(path: Path, method: str | None, epoch: int | None, dataset: str | None, protocol: str,
-                    take: str | None) -> list[Item]:
+def read_detectron2(
+    path: Path, method: str | None, epoch: int | None, dataset: str | None, protocol: str, take: str | None
+) -> list[Item]:
     if method is None or epoch is None or dataset is None:
-        raise ImportError_(f"{path}: a detectron2 metrics.json does not say which checkpoint it evaluated: give "
-                           f"--method, --epoch and --dataset")
+        raise ImportError_(
+            f"{path}: a detectron2 metrics.json does not say which checkpoint it evaluated: give "
+            f"--method, --epoch and --dataset"
+        )
     f = path / "metrics.json" if path.is_dir() else path
     evals = [(n, e) for n, e in _json_lines(f) if "bbox/AP" in e or "segm/AP" in e]
-    line_no, last = pick_evaluation(f, evals, take, lambda e: e.get("iteration"),
-                                    lambda e: float(e.get("segm/AP", e.get("bbox/AP"))),
-                                    "no evaluation line (bbox/AP, segm/AP)")
+    line_no, last = pick_evaluation(
+        f,
+        evals,
+        take,
+        lambda e: e.get("iteration"),
+        lambda e: float(e.get("segm/AP", e.get("bbox/AP"))),
+        "no evaluation line (bbox/AP, segm/AP)",
+    )
     where = f"{f}:{line_no}"
-    values = {f"{kind}_{name}": _number(last[f"{kind}/{name}"], where)
-              for kind in ("bbox", "segm") for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
-              if f"{kind}/{name}" in last}
+    values = {
+        f"{kind}_{name}": _number(last[f"{kind}/{name}"], where)
+        for kind in ("bbox", "segm")
+        for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+        if f"{kind}/{name}" in last
+    }
     origin = {"file": str(f), "line": line_no}
-    return [Item(protocol, dataset, method, int(epoch), values, {k: origin for k in values},
-                 {"iteration": last.get("iteration")})]
+    return [
+        Item(
+            protocol,
+            dataset,
+            method,
+            int(epoch),
+            values,
+            {k: origin for k in values},
+            {"iteration": last.get("iteration")},
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------------- the command
 
+
 @dataclass
 class ImportPlan:
     format: str
-    items: list[Item]             # one per cell, merged over the file's rows
+    items: list[Item]  # one per cell, merged over the file's rows
     notes: list[str]
-    merges: dict = field(default_factory=dict)   # cell key -> metrics an earlier import holds and keeps
+    merges: dict = field(default_factory=dict)  # cell key -> metrics an earlier import holds and keeps
     replaces: dict = field(default_factory=dict)  # cell key -> metrics this import replaces
     written: list[Path] = field(default_factory=list)
 
@@ -459,26 +573,44 @@ def one_protocol_of(protos: dict[str, str], kinds: tuple[str, ...], suite: str, 
     """The suite's one protocol of these kinds (or `--protocol`); several -> the user must say which."""
     if explicit is not None:
         if explicit not in protos:
-            raise ImportError_(f"--protocol {explicit}: suite '{suite}' runs no such protocol (its protocols: "
-                               f"{', '.join(protos)})")
+            raise ImportError_(
+                f"--protocol {explicit}: suite '{suite}' runs no such protocol (its protocols: {', '.join(protos)})"
+            )
         if protos[explicit] not in kinds:
-            raise ImportError_(f"--protocol {explicit} is of kind {protos[explicit]}; {what} belong to a protocol of "
-                               f"kind {' or '.join(kinds)}")
+            raise ImportError_(
+                f"--protocol {explicit} is of kind {protos[explicit]}; {what} belong to a protocol of "
+                f"kind {' or '.join(kinds)}"
+            )
         return explicit
     fit = [p for p, k in protos.items() if k in kinds]
     if not fit:
-        raise ImportError_(f"suite '{suite}' runs no protocol of kind {' or '.join(kinds)}: {what} have no cell to go "
-                           f"into; give --protocol or add one to the suite")
+        raise ImportError_(
+            f"suite '{suite}' runs no protocol of kind {' or '.join(kinds)}: {what} have no cell to go "
+            f"into; give --protocol or add one to the suite"
+        )
     if len(fit) > 1:
-        raise ImportError_(f"suite '{suite}' runs {len(fit)} protocols {what} could belong to ({', '.join(fit)}); "
-                           f"give --protocol")
+        raise ImportError_(
+            f"suite '{suite}' runs {len(fit)} protocols {what} could belong to ({', '.join(fit)}); give --protocol"
+        )
     return fit[0]
 
 
-def plan_import(reg: Registry, suite: str, path: Path, results: Path, *, fmt: str = "auto", method: str | None = None,
-                epoch: int | None = None, dataset: str | None = None, protocol: str | None = None,
-                layer: int | None = None, replace: bool = False, take: str | None = None,
-                allow_outside_grid: bool = False) -> ImportPlan:
+def plan_import(
+    reg: Registry,
+    suite: str,
+    path: Path,
+    results: Path,
+    *,
+    fmt: str = "auto",
+    method: str | None = None,
+    epoch: int | None = None,
+    dataset: str | None = None,
+    protocol: str | None = None,
+    layer: int | None = None,
+    replace: bool = False,
+    take: str | None = None,
+    allow_outside_grid: bool = False,
+) -> ImportPlan:
     """Read and check everything; raise ImportError_ on the first problem (nothing is written here)."""
     path = Path(path)
     if not path.exists():
@@ -506,13 +638,23 @@ def plan_import(reg: Registry, suite: str, path: Path, results: Path, *, fmt: st
         metrics_dataset = next((d for e in s.grid if e.protocol in metrics_protos[:1] for d in e.datasets), "imagenet")
         items, notes = read_table(path, method, Target(suite, protos, metrics_dataset, protocol), dataset)
     elif fmt == "mmseg":
-        proto = one_protocol_of(protos, tuple(k for k, v in PROTOCOL_KINDS.items() if v.metric("mIoU")), suite,
-                                protocol, "an mmseg run's mIoU")
+        proto = one_protocol_of(
+            protos,
+            tuple(k for k, v in PROTOCOL_KINDS.items() if v.metric("mIoU")),
+            suite,
+            protocol,
+            "an mmseg run's mIoU",
+        )
         num_classes = reg.dataset(dataset).num_classes if dataset in reg.datasets else None
         items = read_mmseg(path, method, epoch, dataset, proto, num_classes, take)
     elif fmt == "detectron2":
-        proto = one_protocol_of(protos, tuple(k for k, v in PROTOCOL_KINDS.items() if v.metric("bbox_AP")), suite,
-                                protocol, "a detectron2 run's AP")
+        proto = one_protocol_of(
+            protos,
+            tuple(k for k, v in PROTOCOL_KINDS.items() if v.metric("bbox_AP")),
+            suite,
+            protocol,
+            "a detectron2 run's AP",
+        )
         items = read_detectron2(path, method, epoch, dataset, proto, take)
     else:
         raise ImportError_(f"--format {fmt!r}: expected auto or one of {', '.join(FORMATS)}")
@@ -533,8 +675,10 @@ def merge_items(items: list[Item]) -> list[Item]:
             continue
         for name, value in it.metrics.items():
             if name in have.metrics:
-                raise ImportError_(f"{it.where(name)}: {name} of '{it.method}' epoch {it.epoch} ({it.protocol}/"
-                                   f"{it.dataset}) appears twice (also at {have.where(name)}); keep one")
+                raise ImportError_(
+                    f"{it.where(name)}: {name} of '{it.method}' epoch {it.epoch} ({it.protocol}/"
+                    f"{it.dataset}) appears twice (also at {have.where(name)}); keep one"
+                )
             have.metrics[name] = value
             have.origins[name] = it.origins[name]
         have.details.update(it.details)
@@ -544,20 +688,28 @@ def merge_items(items: list[Item]) -> list[Item]:
 def _check_value(it: Item, metric: Metric | None, name: str, value, kind: str, num_classes: int | None) -> None:
     where = it.where(name)
     if metric is None:
-        raise ImportError_(f"{where}: {name} is not a metric of protocol '{it.protocol}' (kind {kind}: "
-                           f"{', '.join(m.name for m in PROTOCOL_KINDS[kind].metrics)})")
+        raise ImportError_(
+            f"{where}: {name} is not a metric of protocol '{it.protocol}' (kind {kind}: "
+            f"{', '.join(m.name for m in PROTOCOL_KINDS[kind].metrics)})"
+        )
     values = value.values() if isinstance(value, dict) else [value]
     if metric.per_class != isinstance(value, dict):
         raise ImportError_(f"{where}: {name} should be {'a per-class mapping' if metric.per_class else 'one number'}")
     for v in values:
         if not metric.in_domain(v):
-            hint = " (a fraction where a percentage belongs?)" if metric.high == 100 and 0 < v <= 1 else \
-                " (a percentage where a fraction belongs?)" if metric.high == 1 and v > 1 else ""
+            hint = (
+                " (a fraction where a percentage belongs?)"
+                if metric.high == 100 and 0 < v <= 1
+                else " (a percentage where a fraction belongs?)"
+                if metric.high == 1 and v > 1
+                else ""
+            )
             raise ImportError_(f"{where}: {name} = {v!r} is outside its domain, {metric.domain_text()}{hint}")
 
 
-def _check_items(reg: Registry, suite: str, plan: ImportPlan, results: Path, replace: bool,
-                 allow_outside_grid: bool) -> None:
+def _check_items(
+    reg: Registry, suite: str, plan: ImportPlan, results: Path, replace: bool, allow_outside_grid: bool
+) -> None:
     from harness.plan import build_plan
 
     s = reg.suite(suite)
@@ -566,25 +718,33 @@ def _check_items(reg: Registry, suite: str, plan: ImportPlan, results: Path, rep
     for it in plan.items:
         where = it.where()
         if it.method not in s.methods:
-            raise ImportError_(f"{where}: method '{it.method}' is not in suite '{suite}' (its methods: "
-                               f"{', '.join(s.methods)}); add it to the suite or give --method")
+            raise ImportError_(
+                f"{where}: method '{it.method}' is not in suite '{suite}' (its methods: "
+                f"{', '.join(s.methods)}); add it to the suite or give --method"
+            )
         if it.protocol not in reg.protocols or it.protocol not in {e.protocol for e in s.grid}:
             raise ImportError_(f"{where}: protocol '{it.protocol}' is not run by suite '{suite}'")
         if it.dataset not in reg.datasets:
             raise ImportError_(f"{where}: unknown dataset '{it.dataset}'")
         if (it.protocol, it.dataset) not in pairs:
-            raise ImportError_(f"{where}: suite '{suite}' runs protocol '{it.protocol}' on "
-                               f"{', '.join(d for p, d in sorted(pairs) if p == it.protocol)}, not on '{it.dataset}'")
+            raise ImportError_(
+                f"{where}: suite '{suite}' runs protocol '{it.protocol}' on "
+                f"{', '.join(d for p, d in sorted(pairs) if p == it.protocol)}, not on '{it.dataset}'"
+            )
         eps = reg.method(it.method).epochs()
         if it.epoch not in eps:
-            raise ImportError_(f"{where}: epoch {it.epoch} is not a checkpoint of '{it.method}' ({eps[0]}..{eps[-1]} "
-                               f"in {reg.method(it.method).source}); fix the epoch or the method file")
+            raise ImportError_(
+                f"{where}: epoch {it.epoch} is not a checkpoint of '{it.method}' ({eps[0]}..{eps[-1]} "
+                f"in {reg.method(it.method).source}); fix the epoch or the method file"
+            )
         if it.key not in grid:
             if not allow_outside_grid:
                 held = sorted(c[3] for c in grid if c[:3] == it.key[:3])
-                raise ImportError_(f"{where}: epoch {it.epoch} of '{it.method}' is not in suite '{suite}''s grid for "
-                                   f"{it.protocol}/{it.dataset} (it holds epochs {_eps(held)}); --allow-outside-grid "
-                                   f"records it as outside the grid (kept out of the tables' best)")
+                raise ImportError_(
+                    f"{where}: epoch {it.epoch} of '{it.method}' is not in suite '{suite}''s grid for "
+                    f"{it.protocol}/{it.dataset} (it holds epochs {_eps(held)}); --allow-outside-grid "
+                    f"records it as outside the grid (kept out of the tables' best)"
+                )
             it.outside_grid = True
         kind = reg.protocol(it.protocol).kind
         num_classes = reg.dataset(it.dataset).num_classes
@@ -597,13 +757,17 @@ def _check_items(reg: Registry, suite: str, plan: ImportPlan, results: Path, rep
             raise ImportError_(f"{e}; it was not touched: move it away (or delete it) and import again") from None
         if old is None:
             continue
-        earlier = set(old.get("metrics") or {}) - {"dse_separability"} if _derived(old) else set(old.get("metrics") or {})
+        earlier = (
+            set(old.get("metrics") or {}) - {"dse_separability"} if _derived(old) else set(old.get("metrics") or {})
+        )
         again = sorted(earlier & set(it.metrics))
         if again and not replace:
             src = _sources(old)
             files = sorted({(src.get(m) or {}).get("file", "?") for m in again})
-            raise ImportError_(f"{where}: {', '.join(again)} of {records.cell_id(*it.key)} were imported before (from {', '.join(files)}); --replace replaces those metrics "
-                               f"(the record's other metrics are kept)")
+            raise ImportError_(
+                f"{where}: {', '.join(again)} of {records.cell_id(*it.key)} were imported before (from "
+                f"{', '.join(files)}); --replace replaces those metrics (the record's other metrics are kept)"
+            )
         if again:
             plan.replaces[it.key] = again
         kept = sorted(earlier - set(it.metrics))
@@ -634,7 +798,9 @@ def _with_separability(metrics: dict, sources: dict) -> None:
     have it; derived again whenever the components are all there and separability was not given."""
     given = "dse_separability" in sources and "derived_from" not in sources["dse_separability"]
     if set(SEPARABILITY_PARTS) <= metrics.keys() and not given:
-        metrics["dse_separability"] = metrics["dse_inter"] - (metrics["dse_intra_image"] + metrics["dse_intra_batch"]) / 2
+        metrics["dse_separability"] = (
+            metrics["dse_inter"] - (metrics["dse_intra_image"] + metrics["dse_intra_batch"]) / 2
+        )
         sources["dse_separability"] = {"derived_from": list(SEPARABILITY_PARTS)}
 
 
@@ -654,13 +820,24 @@ def write_import(plan: ImportPlan, reg: Registry, suite: str, results: Path) -> 
             metrics[name] = value
             sources[name] = {"format": plan.format, **it.origins[name], "sha256": shas[f], "at": at}
         _with_separability(metrics, sources)
-        rec = {"suite": suite, "protocol": it.protocol, "dataset": it.dataset, "method": it.method, "epoch": it.epoch,
-               "cell": records.cell_id(it.protocol, it.dataset, it.method, it.epoch), "status": "ok",
-               "config_hash": "imported", "source": "imported",
-               "config": {"protocol": {"name": it.protocol, "kind": reg.protocol(it.protocol).kind}},
-               "imported": {"sources": sources, "outside_grid": bool(it.outside_grid or (old.get("imported") or {})
-                                                                      .get("outside_grid"))},
-               "metrics": metrics, "details": {**(old.get("details") or {}), **it.details}}
+        rec = {
+            "suite": suite,
+            "protocol": it.protocol,
+            "dataset": it.dataset,
+            "method": it.method,
+            "epoch": it.epoch,
+            "cell": records.cell_id(it.protocol, it.dataset, it.method, it.epoch),
+            "status": "ok",
+            "config_hash": "imported",
+            "source": "imported",
+            "config": {"protocol": {"name": it.protocol, "kind": reg.protocol(it.protocol).kind}},
+            "imported": {
+                "sources": sources,
+                "outside_grid": bool(it.outside_grid or (old.get("imported") or {}).get("outside_grid")),
+            },
+            "metrics": metrics,
+            "details": {**(old.get("details") or {}), **it.details},
+        }
         records.write_record(target, rec)
         written.append(target)
     plan.written = written

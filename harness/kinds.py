@@ -7,6 +7,7 @@ column names `sdd import` accepts for it, and whether the Kendall-τ tables use 
 planner, importer, output checks and tables read these tables; no kind name is written elsewhere except
 in the kind's own job module. Data only: no torch, no job imports.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,25 +16,26 @@ from dataclasses import dataclass
 from harness import params as P
 
 # What a kind's records are for in the tables.
-LABEL_FREE = "label-free"   # metrics computed without labels (DSE, RankMe, ...): the τ tables' x
-PROBE = "probe"             # a frozen linear probe's mIoU: the SDD, τ and selection tables' y
-DENSE = "dense"             # UDI-style dense protocols: the dense table
-IMAGE = "image"             # image-level accuracy (k-NN): the image-level τ table
+LABEL_FREE = "label-free"  # metrics computed without labels (DSE, RankMe, ...): the τ tables' x
+PROBE = "probe"  # a frozen linear probe's mIoU: the SDD, τ and selection tables' y
+DENSE = "dense"  # UDI-style dense protocols: the dense table
+IMAGE = "image"  # image-level accuracy (k-NN): the image-level τ table
 LAUNCH_TEST = "launch-test"  # reads no data, produces no paper number
 
 
 @dataclass(frozen=True, kw_only=True)
 class Metric:
     """A number a kind's job writes into `metrics` (or that `sdd import` may bring for it)."""
+
     name: str
     label: str
-    direction: str = "higher"          # "higher" | "lower" | "closer to <value>"
-    low: float = -math.inf             # the domain of a valid value: outside it, a job fails and an import
-    high: float = math.inf             # is refused (e.g. a fraction filed as a percentage)
-    aliases: tuple[str, ...] = ()      # further column names `sdd import` reads as this metric
-    per_class: bool = False            # a {class: value} mapping (each value in the domain)
-    tau: bool = False                  # a row of the Kendall-τ tables (label-free kinds)
-    dense_table: bool = False          # a column of the dense table (dense kinds)
+    direction: str = "higher"  # "higher" | "lower" | "closer to <value>"
+    low: float = -math.inf  # the domain of a valid value: outside it, a job fails and an import
+    high: float = math.inf  # is refused (e.g. a fraction filed as a percentage)
+    aliases: tuple[str, ...] = ()  # further column names `sdd import` reads as this metric
+    per_class: bool = False  # a {class: value} mapping (each value in the domain)
+    tau: bool = False  # a row of the Kendall-τ tables (label-free kinds)
+    dense_table: bool = False  # a column of the dense table (dense kinds)
 
     @property
     def target(self) -> float | None:
@@ -63,9 +65,9 @@ class Metric:
 
 @dataclass(frozen=True, kw_only=True)
 class ProtocolKind:
-    job: str                           # module with `run(cell, ctx) -> JobResult` (imported only when a cell runs)
-    params: type                       # the schema of its protocol files' `params` (harness.params)
-    splits: tuple[str, ...]            # the dataset splits the job reads (checked by the preflight)
+    job: str  # module with `run(cell, ctx) -> JobResult` (imported only when a cell runs)
+    params: type  # the schema of its protocol files' `params` (harness.params)
+    splits: tuple[str, ...]  # the dataset splits the job reads (checked by the preflight)
     role: str
     metrics: tuple[Metric, ...] = ()
     # Bumped by a code change that alters what the job computes (a bug fix, a new default that is not a
@@ -85,29 +87,45 @@ class ProtocolKind:
         return next((m for m in self.metrics if c == m.name.lower() or c in m.aliases), None)
 
 
-PERCENT = dict(low=0.0, high=100.0)
-FRACTION = dict(low=0.0, high=1.0)
 SEGMENTATION_METRICS = (
-    Metric(name="mIoU", label="mIoU", aliases=("miou",), **PERCENT, dense_table=True),
-    Metric(name="aAcc", label="aAcc", aliases=("aacc",), **PERCENT, dense_table=True),
-    Metric(name="mAcc", label="mAcc", aliases=("macc",), **PERCENT, dense_table=True),
-    Metric(name="IoU", label="IoU per class", per_class=True, **PERCENT),
+    Metric(name="mIoU", label="mIoU", aliases=("miou",), low=0.0, high=100.0, dense_table=True),
+    Metric(name="aAcc", label="aAcc", aliases=("aacc",), low=0.0, high=100.0, dense_table=True),
+    Metric(name="mAcc", label="mAcc", aliases=("macc",), low=0.0, high=100.0, dense_table=True),
+    Metric(name="IoU", label="IoU per class", per_class=True, low=0.0, high=100.0),
 )
 
 PROTOCOL_KINDS: dict[str, ProtocolKind] = {
     "metrics": ProtocolKind(
-        job="harness.jobs.metrics", params=P.MetricsParams, splits=("train",), role=LABEL_FREE, metrics=(
+        job="harness.jobs.metrics",
+        params=P.MetricsParams,
+        splits=("train",),
+        role=LABEL_FREE,
+        metrics=(
             # `dse_lambda` (DSE with the paper's λ) is computed by the tables from separability and dim
             Metric(name="dse", label="DSE (λ=1)", tau=True, aliases=("dse metric (original)", "dse metric")),
             Metric(name="dse_separability", label="Separability only", tau=True),
-            Metric(name="dse_dim", label="Dimensionality only (RankMe†)", **FRACTION, tau=True,
-                   aliases=("effective dimensionality",)),
+            Metric(
+                name="dse_dim",
+                label="Dimensionality only (RankMe†)",
+                low=0.0,
+                high=1.0,
+                tau=True,
+                aliases=("effective dimensionality",),
+            ),
             Metric(name="dse_inter", label="inter-class distance", low=0.0, aliases=("inter-class distance",)),
-            Metric(name="dse_intra_image", label="intra-class radius (image)", low=0.0,
-                   aliases=("intra-class radius (image)",)),
-            Metric(name="dse_intra_batch", label="intra-class radius (batch)", low=0.0,
-                   aliases=("intra-class radius (batch)",)),
-            Metric(name="dense_rankme", label="dense RankMe", **FRACTION),
+            Metric(
+                name="dse_intra_image",
+                label="intra-class radius (image)",
+                low=0.0,
+                aliases=("intra-class radius (image)",),
+            ),
+            Metric(
+                name="dse_intra_batch",
+                label="intra-class radius (batch)",
+                low=0.0,
+                aliases=("intra-class radius (batch)",),
+            ),
+            Metric(name="dense_rankme", label="dense RankMe", low=0.0, high=1.0),
             Metric(name="rankme", label="RankMe", low=0.0, tau=True),
             Metric(name="effective_rank", label="effective rank", low=0.0),
             Metric(name="alpha_req", label="α-ReQ", direction="closer to 1", low=0.0, tau=True),
@@ -117,33 +135,79 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
             Metric(name="neg_lu", label="−L_U", low=0.0, tau=True),
             Metric(name="collapsed_dims", label="collapsed dimensions", low=0.0),
             Metric(name="collapsed_dims_dense", label="collapsed dimensions (dense)", low=0.0),
-        )),
-    "linear": ProtocolKind(job="harness.jobs.segmentation", params=P.LinearParams, splits=("train", "val"),
-                           role=PROBE, metrics=SEGMENTATION_METRICS),
+        ),
+    ),
+    "linear": ProtocolKind(
+        job="harness.jobs.segmentation",
+        params=P.LinearParams,
+        splits=("train", "val"),
+        role=PROBE,
+        metrics=SEGMENTATION_METRICS,
+    ),
     # version 2: the optimiser's one rule (no weight decay on any 1-D parameter, as BEiT and iBOT)
-    "upernet": ProtocolKind(job="harness.jobs.segmentation", params=P.UperNetParams, splits=("train", "val"),
-                            role=DENSE, version=2, metrics=tuple(
-                                Metric(**{**m.__dict__, "label": f"UperNet {m.label}"}) for m in SEGMENTATION_METRICS)),
+    "upernet": ProtocolKind(
+        job="harness.jobs.segmentation",
+        params=P.UperNetParams,
+        splits=("train", "val"),
+        role=DENSE,
+        version=2,
+        metrics=tuple(Metric(**{**m.__dict__, "label": f"UperNet {m.label}"}) for m in SEGMENTATION_METRICS),
+    ),
     "maskrcnn": ProtocolKind(
-        job="harness.jobs.maskrcnn", params=P.MaskRCNNParams, splits=("train", "val"), role=DENSE,
-        plan_time=(("backend", "maskrcnn_backend"),), metrics=tuple(
-            Metric(name=f"{task}_{name}", label=f"{label}{'' if name == 'AP' else name[2:]}", **PERCENT,
-                   aliases=((f"{task}/{name}".lower(),) + (("ap",) if (task, name) == ("segm", "AP") else ())),
-                   dense_table=name == "AP")
+        job="harness.jobs.maskrcnn",
+        params=P.MaskRCNNParams,
+        splits=("train", "val"),
+        role=DENSE,
+        plan_time=(("backend", "maskrcnn_backend"),),
+        metrics=tuple(
+            Metric(
+                name=f"{task}_{name}",
+                label=f"{label}{'' if name == 'AP' else name[2:]}",
+                low=0.0,
+                high=100.0,
+                aliases=((f"{task}/{name}".lower(),) + (("ap",) if (task, name) == ("segm", "AP") else ())),
+                dense_table=name == "AP",
+            )
             for task, label in (("bbox", "AP^bb"), ("segm", "AP^mk"))
-            for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
-        + (Metric(name="detections", label="detections on val", low=0.0),)),
-    "davis": ProtocolKind(job="harness.jobs.davis", params=P.DavisParams, splits=("val",), role=DENSE, metrics=(
-        Metric(name="JF_mean", label="J&F", **FRACTION, aliases=("j&f", "jf_mean", "j&f-mean"), dense_table=True),
-        Metric(name="J_mean", label="J", **FRACTION), Metric(name="J_recall", label="J recall", **FRACTION),
-        Metric(name="J_decay", label="J decay", low=-1.0, high=1.0),
-        Metric(name="F_mean", label="F", **FRACTION), Metric(name="F_recall", label="F recall", **FRACTION),
-        Metric(name="F_decay", label="F decay", low=-1.0, high=1.0),
-        Metric(name="objects", label="objects", low=1.0))),
-    "knn": ProtocolKind(job="harness.jobs.knn", params=P.KnnParams, splits=("train", "val"), role=IMAGE, metrics=(
-        Metric(name="top1", label="k-NN top-1", **PERCENT), Metric(name="top5", label="k-NN top-5", **PERCENT))),
-    "probe": ProtocolKind(job="harness.jobs.probe", params=P.ProbeParams, splits=(), role=LAUNCH_TEST,
-                          metrics=(Metric(name="steps", label="steps", low=0.0),)),
+            for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+        )
+        + (Metric(name="detections", label="detections on val", low=0.0),),
+    ),
+    "davis": ProtocolKind(
+        job="harness.jobs.davis",
+        params=P.DavisParams,
+        splits=("val",),
+        role=DENSE,
+        metrics=(
+            Metric(
+                name="JF_mean", label="J&F", low=0.0, high=1.0, aliases=("j&f", "jf_mean", "j&f-mean"), dense_table=True
+            ),
+            Metric(name="J_mean", label="J", low=0.0, high=1.0),
+            Metric(name="J_recall", label="J recall", low=0.0, high=1.0),
+            Metric(name="J_decay", label="J decay", low=-1.0, high=1.0),
+            Metric(name="F_mean", label="F", low=0.0, high=1.0),
+            Metric(name="F_recall", label="F recall", low=0.0, high=1.0),
+            Metric(name="F_decay", label="F decay", low=-1.0, high=1.0),
+            Metric(name="objects", label="objects", low=1.0),
+        ),
+    ),
+    "knn": ProtocolKind(
+        job="harness.jobs.knn",
+        params=P.KnnParams,
+        splits=("train", "val"),
+        role=IMAGE,
+        metrics=(
+            Metric(name="top1", label="k-NN top-1", low=0.0, high=100.0),
+            Metric(name="top5", label="k-NN top-5", low=0.0, high=100.0),
+        ),
+    ),
+    "probe": ProtocolKind(
+        job="harness.jobs.probe",
+        params=P.ProbeParams,
+        splits=(),
+        role=LAUNCH_TEST,
+        metrics=(Metric(name="steps", label="steps", low=0.0),),
+    ),
 }
 
 
@@ -156,7 +220,8 @@ def kinds_with(role: str) -> tuple[str, ...]:
 METRICS_KIND = kinds_with(LABEL_FREE)[0]
 # The τ tables' rows, in order: DSE with the paper's λ first (derived by the tables), then the kind's own.
 TAU_ROWS: tuple[Metric, ...] = (Metric(name="dse_lambda", label="DSE", tau=True),) + tuple(
-    m for m in PROTOCOL_KINDS[METRICS_KIND].metrics if m.tau)
+    m for m in PROTOCOL_KINDS[METRICS_KIND].metrics if m.tau
+)
 
 
 @dataclass(frozen=True)

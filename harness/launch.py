@@ -11,6 +11,7 @@ to the cluster's executor, one small function each:
 Every submission goes into the suite's ledger (`harness.ledger`). Jobs know nothing of this: each
 runs `jobs.execute(cell)` and writes its record.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,6 +33,7 @@ from harness.registry import Registry, RegistryError
 class Profile:
     """What one job array asks for, per cell: `gpus` in all (one process each), spread over `nodes`
     nodes of `tasks` processes; `cpus` per process, `mem_gb` per node."""
+
     protocol: str
     gpus: int
     cpus: int
@@ -41,7 +43,7 @@ class Profile:
     array_parallelism: int
     tasks: int = 1
     nodes: int = 1
-    recipe_gpus: int = 0   # what the protocol asks for, before the cluster's cap
+    recipe_gpus: int = 0  # what the protocol asks for, before the cluster's cap
 
     @property
     def world_size(self) -> int:
@@ -51,8 +53,10 @@ class Profile:
         """What a cap does to the recipe: the same global batch by gradient accumulation, longer cells."""
         if self.recipe_gpus > self.gpus > 0:
             k = self.recipe_gpus / self.gpus
-            return (f"capped to {self.gpus} of the recipe's {self.recipe_gpus} GPUs per cell: the same global batch "
-                    f"by {k:g}x gradient accumulation, about {k:g}x the wall time per cell (time limit scaled)")
+            return (
+                f"capped to {self.gpus} of the recipe's {self.recipe_gpus} GPUs per cell: the same global batch "
+                f"by {k:g}x gradient accumulation, about {k:g}x the wall time per cell (time limit scaled)"
+            )
         return None
 
 
@@ -68,9 +72,11 @@ def profile_for(reg: Registry, cluster: ClusterProfile, protocol: str) -> Profil
     nodes = 1
     if gpus and cluster.gpus_per_node and gpus > cluster.gpus_per_node:
         if gpus % cluster.gpus_per_node:
-            raise RegistryError(f"protocol '{protocol}' asks for {gpus} GPUs, not a multiple of the {cluster.gpus_per_node} "
-                                f"GPUs per node of cluster profile '{cluster.name}' ({cluster.source}); set "
-                                f"max_gpus_per_cell or a per-protocol gpus override")
+            raise RegistryError(
+                f"protocol '{protocol}' asks for {gpus} GPUs, not a multiple of the {cluster.gpus_per_node} "
+                f"GPUs per node of cluster profile '{cluster.name}' ({cluster.source}); set "
+                f"max_gpus_per_cell or a per-protocol gpus override"
+            )
         nodes = gpus // cluster.gpus_per_node
     if gpus and recipe > gpus:
         time_min = int(time_min * recipe / gpus + 0.5)  # accumulation: more steps per device
@@ -80,10 +86,18 @@ def profile_for(reg: Registry, cluster: ClusterProfile, protocol: str) -> Profil
     mem = mem / nodes
     if cluster.mem_gb is not None:
         mem = min(mem, cluster.mem_gb)
-    return Profile(protocol=protocol, gpus=gpus, cpus=cpus, mem_gb=mem, time_min=time_min,
-                   partition=over.partition if over and over.partition else cluster.partition,
-                   array_parallelism=over.array_parallelism if over and over.array_parallelism else cluster.array_parallelism,
-                   tasks=world // nodes, nodes=nodes, recipe_gpus=recipe)
+    return Profile(
+        protocol=protocol,
+        gpus=gpus,
+        cpus=cpus,
+        mem_gb=mem,
+        time_min=time_min,
+        partition=over.partition if over and over.partition else cluster.partition,
+        array_parallelism=over.array_parallelism if over and over.array_parallelism else cluster.array_parallelism,
+        tasks=world // nodes,
+        nodes=nodes,
+        recipe_gpus=recipe,
+    )
 
 
 class CellJob:
@@ -124,15 +138,26 @@ def _executor(cluster: ClusterProfile, prof: Profile, suite: str):
 
     folder = cluster.logs() / suite / "%j"
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster.executor, slurm_max_num_timeout=cluster.max_num_timeout)
-    params = dict(timeout_min=prof.time_min, cpus_per_task=prof.cpus, mem_gb=prof.mem_gb, name=f"sdd-{suite}-{prof.protocol}",
-                  slurm_array_parallelism=prof.array_parallelism, slurm_signal_delay_s=cluster.signal_delay_s,
-                  tasks_per_node=prof.tasks, nodes=prof.nodes)
+    params = dict(
+        timeout_min=prof.time_min,
+        cpus_per_task=prof.cpus,
+        mem_gb=prof.mem_gb,
+        name=f"sdd-{suite}-{prof.protocol}",
+        slurm_array_parallelism=prof.array_parallelism,
+        slurm_signal_delay_s=cluster.signal_delay_s,
+        tasks_per_node=prof.tasks,
+        nodes=prof.nodes,
+    )
     if cluster.gres:
         params["slurm_gres"] = cluster.gres
     elif prof.gpus:
         params["gpus_per_node"] = prof.gpus // prof.nodes
-    for key, value in (("slurm_partition", prof.partition), ("slurm_account", cluster.account),
-                       ("slurm_qos", cluster.qos), ("slurm_constraint", cluster.constraint)):
+    for key, value in (
+        ("slurm_partition", prof.partition),
+        ("slurm_account", cluster.account),
+        ("slurm_qos", cluster.qos),
+        ("slurm_constraint", cluster.constraint),
+    ):
         if value:
             params[key] = value
     if cluster.setup:
@@ -154,14 +179,17 @@ class Decision:
     stale: dict[str, str] | None = None  # cell id -> why its record no longer counts (to run again)
 
 
-def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, max_attempts: int,
-           write: bool = True) -> Decision:
+def decide(
+    cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, max_attempts: int, write: bool = True
+) -> Decision:
     ref = ledger.refresh(results, suite, write=write)
     led = ref.ledger["cells"]
     todo, skipped, stale = [], defaultdict(int), {}
     for c in cells:
         state, why = c.state(results)
-        if state == CellState.STALE and (why or "").startswith(DATA_NOT_FOUND):  # a wrong data root: fix it, never re-run
+        if state == CellState.STALE and (why or "").startswith(
+            DATA_NOT_FOUND
+        ):  # a wrong data root: fix it, never re-run
             skipped[f"stale, {DATA_NOT_FOUND} (fix SDD_DATA_ROOT or the suite's data_root)"] += 1
             stale[c.id] = why
             continue
@@ -177,8 +205,11 @@ def decide(cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, 
             continue
         # a job Slurm ended badly without a record is a failure; a completed job whose record is gone
         # (deleted by hand) or corrupt is simply to do again
-        ended_badly = state == CellState.FAILED or (entry.get("state") in TERMINAL_FAILED and state == CellState.TODO
-                                            and entry.get("config_hash") == c.config_hash)
+        ended_badly = state == CellState.FAILED or (
+            entry.get("state") in TERMINAL_FAILED
+            and state == CellState.TODO
+            and entry.get("config_hash") == c.config_hash
+        )
         if ended_badly and not retry_failed:
             skipped["failed (use --retry-failed)"] += 1
             continue
@@ -216,8 +247,13 @@ def _local_executor(cluster: ClusterProfile, prof: Profile, suite: str, gpus: li
     import submitit
 
     ex = submitit.LocalExecutor(folder=cluster.logs() / suite / "%j")
-    ex.update_parameters(timeout_min=prof.time_min, tasks_per_node=prof.tasks, gpus_per_node=len(gpus),
-                         visible_gpus=gpus, name=f"sdd-{suite}-{prof.protocol}")
+    ex.update_parameters(
+        timeout_min=prof.time_min,
+        tasks_per_node=prof.tasks,
+        gpus_per_node=len(gpus),
+        visible_gpus=gpus,
+        name=f"sdd-{suite}-{prof.protocol}",
+    )
     return ex
 
 
@@ -249,8 +285,15 @@ def submit_local(groups: dict, cluster: ClusterProfile, suite: str, results: Pat
             continue
         workers = max(1, min(workers, len(cells)))
         shares = [cells[i::workers] for i in range(workers)]
-        worker = Profile(protocol="local-worker", gpus=int(gpu), cpus=1, mem_gb=4.0, time_min=time_min, partition=None,
-                         array_parallelism=workers)
+        worker = Profile(
+            protocol="local-worker",
+            gpus=int(gpu),
+            cpus=1,
+            mem_gb=4.0,
+            time_min=time_min,
+            partition=None,
+            array_parallelism=workers,
+        )
         for i, share in enumerate(shares):
             ex = _local_executor(cluster, worker, suite, [i % n_gpus] if gpu else [])
             job = ex.submit(CellBatchJob(), share, str(results), 0 if gpu else max(1, (os.cpu_count() or 1) // workers))
@@ -258,9 +301,17 @@ def submit_local(groups: dict, cluster: ClusterProfile, suite: str, results: Pat
             job_of.update((c.id, str(job.job_id)) for c in share)
     for prof, c in multi:
         tasks = min(prof.world_size, n_gpus) if prof.gpus else prof.world_size
-        local = Profile(protocol=prof.protocol, gpus=tasks if prof.gpus else 0, cpus=1, mem_gb=prof.mem_gb,
-                        time_min=prof.time_min, partition=None, array_parallelism=1, tasks=tasks,
-                        recipe_gpus=prof.recipe_gpus)
+        local = Profile(
+            protocol=prof.protocol,
+            gpus=tasks if prof.gpus else 0,
+            cpus=1,
+            mem_gb=prof.mem_gb,
+            time_min=prof.time_min,
+            partition=None,
+            array_parallelism=1,
+            tasks=tasks,
+            recipe_gpus=prof.recipe_gpus,
+        )
         ex = _local_executor(cluster, local, suite, list(range(tasks)) if prof.gpus else [])
         job = ex.submit(CellJob(), c, str(results))
         ledger.record_submission(results, suite, cluster.executor, cluster.name, [c], [job])
@@ -275,7 +326,7 @@ def submit_slurm(groups: dict, cluster: ClusterProfile, suite: str, results: Pat
     for prof, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol):
         ex = _executor(cluster, prof, suite)
         for start in range(0, len(cs), cluster.array_limit):
-            chunk = cs[start:start + cluster.array_limit]
+            chunk = cs[start : start + cluster.array_limit]
             with ex.batch():
                 jobs = [ex.submit(CellJob(), c, str(results)) for c in chunk]
             ledger.record_submission(results, suite, cluster.executor, cluster.name, chunk, jobs)
@@ -286,9 +337,20 @@ def submit_slurm(groups: dict, cluster: ClusterProfile, suite: str, results: Pat
 EXECUTORS = {"inline": submit_inline, "local": submit_local, "slurm": submit_slurm}
 
 
-def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *, protocols=None, methods=None,
-           dry_run: bool = False, retry_failed: bool = False, max_attempts: int = 3, progress: bool = True,
-           guided: bool = False) -> dict:
+def submit(
+    reg: Registry,
+    suite: str,
+    cluster: ClusterProfile,
+    results: Path,
+    *,
+    protocols=None,
+    methods=None,
+    dry_run: bool = False,
+    retry_failed: bool = False,
+    max_attempts: int = 3,
+    progress: bool = True,
+    guided: bool = False,
+) -> dict:
     """Submit the cells of `suite` that need running; returns a summary (what was submitted where)."""
     results = Path(results)
     cells = build_plan(reg, suite, protocols=protocols, methods=methods)
@@ -301,12 +363,23 @@ def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *,
     groups: dict[Profile, list[Cell]] = defaultdict(list)
     for c in d.submit:
         groups[profile_for(reg, cluster, c.protocol)].append(c)
-    summary = {"suite": suite, "cluster": cluster.name, "executor": cluster.executor, "cells": len(cells),
-               "skipped": d.skipped, "to_submit": len(d.submit), "arrays": [], "waiting": waiting,
-               "warning": d.warning, "submitted": [c.id for c in d.submit], "stale": d.stale or {}}
+    summary = {
+        "suite": suite,
+        "cluster": cluster.name,
+        "executor": cluster.executor,
+        "cells": len(cells),
+        "skipped": d.skipped,
+        "to_submit": len(d.submit),
+        "arrays": [],
+        "waiting": waiting,
+        "warning": d.warning,
+        "submitted": [c.id for c in d.submit],
+        "stale": d.stale or {},
+    }
     if dry_run or not d.submit:
-        summary["arrays"] = [_array_summary(p, len(cs), [])
-                             for p, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol)]
+        summary["arrays"] = [
+            _array_summary(p, len(cs), []) for p, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol)
+        ]
         return summary
     summary["arrays"] = EXECUTORS[cluster.executor](groups, cluster, suite, results, progress)
     return summary
@@ -318,8 +391,9 @@ def submit(reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *,
 STATES = tuple(CellState)  # the columns of `sdd status`, in this order
 
 
-def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, methods=None,
-                  refresh: "ledger.Refresh | None" = None) -> list[dict]:
+def cell_statuses(
+    reg: Registry, suite: str, results: Path, *, protocols=None, methods=None, refresh: "ledger.Refresh | None" = None
+) -> list[dict]:
     """One row per cell: state (done | running | pending | unknown | failed | corrupt | stale | todo), reason
     and log path. `unknown`: queued, but the scheduler could not be asked (the reason is in the row)."""
     results = Path(results)
@@ -348,14 +422,27 @@ def cell_statuses(reg: Registry, suite: str, results: Path, *, protocols=None, m
                 from harness.records import read_record
 
                 rec = read_record(c.record_path(results), results) or {}
-            reason = (rec.get("error") or "").splitlines()[0] if rec.get("error") else \
-                f"job {e.get('job_id')} ended {slurm_state} without a record"
+            reason = (
+                (rec.get("error") or "").splitlines()[0]
+                if rec.get("error")
+                else f"job {e.get('job_id')} ended {slurm_state} without a record"
+            )
             log = e.get("log_err") or rec.get("log")  # the scheduler's log (the traceback), else the cell's own
         else:
             state = CellState.TODO
-        rows.append({"cell": c.id, "protocol": c.protocol, "method": c.method, "state": state, "reason": reason,
-                     "log": log, "cell_log": str(log_path(c, results)) if state == CellState.FAILED else None,
-                     "job_id": e.get("job_id"), "attempts": e.get("attempts", 0)})
+        rows.append(
+            {
+                "cell": c.id,
+                "protocol": c.protocol,
+                "method": c.method,
+                "state": state,
+                "reason": reason,
+                "log": log,
+                "cell_log": str(log_path(c, results)) if state == CellState.FAILED else None,
+                "job_id": e.get("job_id"),
+                "attempts": e.get("attempts", 0),
+            }
+        )
     return rows
 
 
@@ -370,12 +457,15 @@ def _waiting_for(rows: dict) -> str:
             by[r["protocol"]][0] += 1
         elif r["state"] in (CellState.PENDING, CellState.UNKNOWN):
             by[r["protocol"]][1] += 1
-    return "; ".join(f"{p} " + ", ".join(x for x in (f"{run} running" if run else "", f"{q} queued" if q else "") if x)
-                     for p, (run, q) in sorted(by.items()))
+    return "; ".join(
+        f"{p} " + ", ".join(x for x in (f"{run} running" if run else "", f"{q} queued" if q else "") if x)
+        for p, (run, q) in sorted(by.items())
+    )
 
 
-def wait(reg: Registry, suite: str, results: Path, *, cells: set[str] | None = None, poll: float = 2.0,
-         progress: bool = True) -> dict[str, dict]:
+def wait(
+    reg: Registry, suite: str, results: Path, *, cells: set[str] | None = None, poll: float = 2.0, progress: bool = True
+) -> dict[str, dict]:
     """Block until none of `cells` (default: the suite's) is queued or running. On a terminal a progress
     bar counts the finished ones and says what it waits for; redirected to a file, one plain line each
     time the counts change (at most every `quiet_s` seconds), never the bar's frames."""
@@ -400,8 +490,9 @@ def wait(reg: Registry, suite: str, results: Path, *, cells: set[str] | None = N
             bar.set_postfix_str(f"failed {failed}" + (f"; waiting for {waiting}" if waiting else ""), refresh=False)
             bar.refresh()
         elif progress:
-            line = f"suite {suite}: {done} of {len(now)} cells finished, {failed} failed" + \
-                   (f"; waiting for {waiting}" if waiting else "")
+            line = f"suite {suite}: {done} of {len(now)} cells finished, {failed} failed" + (
+                f"; waiting for {waiting}" if waiting else ""
+            )
             if line != last_line and (time.monotonic() - last_t >= quiet_s or last_line is None or not waiting):
                 print(line, file=sys.stderr, flush=True)
                 last_line, last_t = line, time.monotonic()
@@ -416,8 +507,10 @@ def wait(reg: Registry, suite: str, results: Path, *, cells: set[str] | None = N
 def status_table(rows: list[dict]) -> list[dict]:
     agg: dict[tuple, dict] = {}
     for r in rows:
-        a = agg.setdefault((r["protocol"], r["method"]), {"protocol": r["protocol"], "method": r["method"], "cells": 0,
-                                                          **dict.fromkeys(STATES, 0)})
+        a = agg.setdefault(
+            (r["protocol"], r["method"]),
+            {"protocol": r["protocol"], "method": r["method"], "cells": 0, **dict.fromkeys(STATES, 0)},
+        )
         a["cells"] += 1
         a[r["state"]] += 1
     return [agg[k] for k in sorted(agg)]

@@ -6,6 +6,7 @@ Read-modify-write under an exclusive file lock, written atomically. An unreadabl
 that names the file, never an empty ledger that would then overwrite it; `repair` moves it aside and
 rebuilds what the records tell.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,14 +17,37 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError
 from harness import records
 from harness.atomic import write_json
+from harness.errors import HarnessError
 
-ACTIVE_STATES = {"SUBMITTED", "PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
-                 "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "UNKNOWN"}
-TERMINAL_FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-                   "PREEMPTED", "REVOKED", "LOST"}
+ACTIVE_STATES = {
+    "SUBMITTED",
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "RESIZING",
+    "SUSPENDED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "UNKNOWN",
+}
+TERMINAL_FAILED = {
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+    "REVOKED",
+    "LOST",
+}
 
 
 class LedgerError(HarnessError):
@@ -39,19 +63,25 @@ def read_ledger(results: Path, suite: str) -> dict:
     try:
         data = records.read_json(path)
     except records.CorruptRecord as e:
-        raise LedgerError(f"the ledger {path} is unreadable ({e.why}); nothing was changed. "
-                          f"`sdd status --suite {suite} --repair-ledger` moves it aside and rebuilds it "
-                          f"from the records") from None
+        raise LedgerError(
+            f"the ledger {path} is unreadable ({e.why}); nothing was changed. "
+            f"`sdd status --suite {suite} --repair-ledger` moves it aside and rebuilds it "
+            f"from the records"
+        ) from None
     if data is None:
         return {"cells": {}}
-    fix = f"nothing was changed. `sdd status --suite {suite} --repair-ledger` moves it aside and rebuilds it from " \
-          f"the records"
+    fix = (
+        f"nothing was changed. `sdd status --suite {suite} --repair-ledger` moves it aside and rebuilds it from "
+        f"the records"
+    )
     if not isinstance(data.get("cells"), dict):
         raise LedgerError(f"the ledger {path} has no 'cells' mapping; {fix}")
     bad = [cid for cid, e in data["cells"].items() if not isinstance(e, dict)]
     if bad:
-        raise LedgerError(f"the ledger {path} holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} that are not "
-                          f"objects (e.g. '{bad[0]}': {str(data['cells'][bad[0]])[:60]!r}); {fix}")
+        raise LedgerError(
+            f"the ledger {path} holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} that are not "
+            f"objects (e.g. '{bad[0]}': {str(data['cells'][bad[0]])[:60]!r}); {fix}"
+        )
     return data
 
 
@@ -88,11 +118,21 @@ def repair(results: Path, suite: str) -> tuple[Path | None, int]:
                 continue
             cid = rec.get("cell") or records.cell_id(rec["protocol"], rec["dataset"], rec["method"], rec["epoch"])
             jid = str(rec.get("slurm_job_id") or "unknown")
-            cells[cid] = {"job_id": jid, "array_job_id": jid, "array_task_id": rec.get("slurm_array_task_id"),
-                          "executor": "slurm" if rec.get("slurm_job_id") else "unknown", "cluster": None,
-                          "state": "COMPLETED" if rec["status"] == "ok" else "FAILED", "attempts": 1,
-                          "config_hash": rec.get("config_hash"), "submitted": rec.get("started"),
-                          "last_error": rec.get("error"), "log_out": None, "log_err": None, "rebuilt": True}
+            cells[cid] = {
+                "job_id": jid,
+                "array_job_id": jid,
+                "array_task_id": rec.get("slurm_array_task_id"),
+                "executor": "slurm" if rec.get("slurm_job_id") else "unknown",
+                "cluster": None,
+                "state": "COMPLETED" if rec["status"] == "ok" else "FAILED",
+                "attempts": 1,
+                "config_hash": rec.get("config_hash"),
+                "submitted": rec.get("started"),
+                "last_error": rec.get("error"),
+                "log_out": None,
+                "log_err": None,
+                "rebuilt": True,
+            }
         if cells or moved:
             write_json(path, {"cells": cells})
     return moved, len(cells)
@@ -106,6 +146,7 @@ def repair(results: Path, suite: str) -> tuple[Path | None, int]:
 class Refresh:
     """The outcome of asking the scheduler: `unknown` holds the cells whose state could not be
     learnt (their ledger entries are left as they were), with the reason in `warning`."""
+
     ledger: dict
     unknown: set[str] = field(default_factory=set)
     warning: str | None = None
@@ -202,10 +243,18 @@ def record_submission(results: Path, suite: str, executor: str, cluster: str, ce
             attempts = (prev.get("attempts", 0) if prev.get("config_hash") == c.config_hash else 0) + 1
             jid = str(j.job_id)
             led["cells"][c.id] = {
-                "job_id": jid, "array_job_id": jid.split("_")[0], "array_task_id": jid.split("_")[1] if "_" in jid else None,
-                "executor": executor, "cluster": cluster, "state": "SUBMITTED", "attempts": attempts,
-                "config_hash": c.config_hash, "submitted": when, "last_error": prev.get("last_error"),
-                "log_out": str(j.paths.stdout).replace("%j", jid), "log_err": str(j.paths.stderr).replace("%j", jid),
+                "job_id": jid,
+                "array_job_id": jid.split("_")[0],
+                "array_task_id": jid.split("_")[1] if "_" in jid else None,
+                "executor": executor,
+                "cluster": cluster,
+                "state": "SUBMITTED",
+                "attempts": attempts,
+                "config_hash": c.config_hash,
+                "submitted": when,
+                "last_error": prev.get("last_error"),
+                "log_out": str(j.paths.stdout).replace("%j", jid),
+                "log_err": str(j.paths.stderr).replace("%j", jid),
             }
             if executor == "local":  # a PID alone may be given to another process later
                 led["cells"][c.id]["process"] = process_identity(jid)

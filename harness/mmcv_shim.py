@@ -4,6 +4,7 @@ mmseg 1.2.2 imports `mmcv.ops` at module level, and mmcv-lite ships no compiled 
 makes the pure-Python ops usable; a compiled op raises a clear error when called. It is installed
 only when the real compiled extension is absent, and always before mmseg is imported.
 """
+
 from __future__ import annotations
 
 import importlib.machinery
@@ -28,8 +29,8 @@ def install() -> bool:
             raise AttributeError(name)
 
         def missing(*args, **kwargs):
-            raise NotImplementedError(
-                f"mmcv op {name!r} needs mmcv compiled with ops; only mmcv-lite is installed")
+            raise NotImplementedError(f"mmcv op {name!r} needs mmcv compiled with ops; only mmcv-lite is installed")
+
         return missing
 
     stub.__getattr__ = __getattr__

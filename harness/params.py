@@ -5,6 +5,7 @@ a misspelt key (`iterz`) is a registry error with the file, line and a "did you 
 default. The registry stores the resolved parameters (defaults filled in), so a cell's config hash
 covers what actually runs. Data only: pydantic, no torch.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -17,9 +18,9 @@ PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 NonNeg = Annotated[float, Field(ge=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]            # a probability or a share
-OpenFraction = Annotated[float, Field(ge=0, lt=1)]        # a dropout rate, a momentum (1 would freeze it)
-Rate = Annotated[float, Field(gt=0, le=1)]                # a multiplicative factor of at most 1
+Fraction = Annotated[float, Field(ge=0, le=1)]  # a probability or a share
+OpenFraction = Annotated[float, Field(ge=0, lt=1)]  # a dropout rate, a momentum (1 would freeze it)
+Rate = Annotated[float, Field(gt=0, le=1)]  # a multiplicative factor of at most 1
 Pair = tuple[PosInt, PosInt]
 
 
@@ -34,14 +35,18 @@ class P(BaseModel):
 
 class Loading(P):
     """Shared by the jobs that read images."""
-    num_workers: int | None = Field(default=None, ge=0, description="data-loading workers; default: the cell's CPUs "
-                                                                     "but one")
+
+    num_workers: int | None = Field(
+        default=None, ge=0, description="data-loading workers; default: the cell's CPUs but one"
+    )
     precision: Literal["float32", "bfloat16", "float16"] | None = Field(
-        default=None, description="forward precision; default: bfloat16 (mixed) on GPUs where the recipe allows, "
-                                  "float32 on the CPU")
+        default=None,
+        description="forward precision; default: bfloat16 (mixed) on GPUs where the recipe allows, float32 on the CPU",
+    )
 
 
 # --------------------------------------------------------------------------------------------- metrics
+
 
 class DSEParams(P):
     mode: Literal["parity", "fast"] = "parity"
@@ -99,8 +104,11 @@ class MetricsParams(Loading):
     resize: PosInt = 256
     crop: PosInt = 224
     forward_batch: int = Field(default=64, ge=1, description="images per forward pass")
-    cache: bool = Field(default=False, description="keep the float32 features on disk (re-runs skip the forward "
-                                                     "pass; ~0.6-0.8 GB per checkpoint at 2,048 images)")
+    cache: bool = Field(
+        default=False,
+        description="keep the float32 features on disk (re-runs skip the forward "
+        "pass; ~0.6-0.8 GB per checkpoint at 2,048 images)",
+    )
     tokens_per_image: int = Field(default=16, ge=1)
     dse: DSEParams = Field(default_factory=DSEParams)
     uniformity: UniformityParams = Field(default_factory=UniformityParams)
@@ -115,6 +123,7 @@ class MetricsParams(Loading):
 
 
 # --------------------------------------------------------------------------------------------- segmentation
+
 
 class Schedule(P):
     iters: int = Field(default=40000, ge=1, description="optimizer steps")
@@ -138,13 +147,17 @@ class SegOptimizer(P):
 
 class TestMode(P):
     mode: Literal["whole", "slide"] = "whole"
-    crop_size: Pair | None = Field(default=None, description="the slide window; default: the dataset's "
-                                                              "(its segmentation.slide_crop, else its crop)")
+    crop_size: Pair | None = Field(
+        default=None,
+        description="the slide window; default: the dataset's (its segmentation.slide_crop, else its crop)",
+    )
     stride: Pair | None = Field(default=None, description="default: the dataset's, else 2/3 of the window")
     precision: Literal["float32", "bfloat16", "float16"] = Field(
-        default="float32", description="the backbone's precision at evaluation (heads in float32): float32 costs "
-                                       "~1% of a probe's forward passes; bfloat16 agreed with it on 99.2-99.9% of "
-                                       "pixels in the mini world (docs/gpu.md)")
+        default="float32",
+        description="the backbone's precision at evaluation (heads in float32): float32 costs "
+        "~1% of a probe's forward passes; bfloat16 agreed with it on 99.2-99.9% of "
+        "pixels in the mini world (docs/gpu.md)",
+    )
 
 
 class SegmentationParams(Loading):
@@ -153,15 +166,18 @@ class SegmentationParams(Loading):
     # crop and scale belong to the dataset (its `segmentation:` block, as mmseg's dataset configs): these
     # override them for every dataset of the protocol (the mini world's tiny crops)
     crop_size: Pair | None = Field(default=None, description="default: the dataset's (512x512; Cityscapes 512x1024)")
-    train_scale: Pair | None = Field(default=None, description="default: the dataset's ((2048, 512); Cityscapes "
-                                                                "(2048, 1024))")
+    train_scale: Pair | None = Field(
+        default=None, description="default: the dataset's ((2048, 512); Cityscapes (2048, 1024))"
+    )
     test_scale: Pair | None = Field(default=None, description="default: train_scale")
     ratio_range: tuple[Positive, Positive] = (0.5, 2.0)
     photometric: bool = True
     photometric_on: Literal["auto", "device", "pipeline"] = Field(
-        default="auto", description="where PhotoMetricDistortion runs: 'device' (batched on the cell's device, same "
-                                    "distribution), 'pipeline' (mmseg's transform in the data workers), 'auto' (the "
-                                    "device on GPUs, the pipeline on CPUs, where OpenCV is faster: make bench)")
+        default="auto",
+        description="where PhotoMetricDistortion runs: 'device' (batched on the cell's device, same "
+        "distribution), 'pipeline' (mmseg's transform in the data workers), 'auto' (the "
+        "device on GPUs, the pipeline on CPUs, where OpenCV is faster: make bench)",
+    )
     schedule: Schedule = Field(default_factory=Schedule)
     test: TestMode = Field(default_factory=TestMode)
     sync_bn: bool = False
@@ -213,9 +229,11 @@ class UperNetParams(SegmentationParams):
 
 # --------------------------------------------------------------------------------------------- others
 
+
 class DetOptimizer(P):
     """AdamW as ViTDet: no weight decay on norms, biases, position and class tokens; layer-wise lr decay
     for ViT backbones (block i of L: rate^(L - i), embeddings rate^(L + 1))."""
+
     lr: Positive = 1e-4
     weight_decay: NonNeg = 0.05
     betas: tuple[OpenFraction, OpenFraction] = (0.9, 0.999)
@@ -223,11 +241,14 @@ class DetOptimizer(P):
 
 
 class MaskRCNNParams(P):
-    num_workers: int | None = Field(default=None, ge=0, description="data-loading workers; default: the cell's CPUs "
-                                                                     "but one")
+    num_workers: int | None = Field(
+        default=None, ge=0, description="data-loading workers; default: the cell's CPUs but one"
+    )
     backend: Literal["auto", "detectron2", "torchvision"] = Field(
-        default="auto", description="auto: detectron2 where it can be imported when the plan is made (recorded "
-                                    "in the cell's config: one backend per table)")
+        default="auto",
+        description="auto: detectron2 where it can be imported when the plan is made (recorded "
+        "in the cell's config: one backend per table)",
+    )
     vit_scale_factors: tuple[Positive, ...] = (4.0, 2.0, 1.0, 0.5)
     out_channels: PosInt = 256
     anchor_sizes: tuple[PosInt, ...] = (32, 64, 128, 256, 512)
@@ -243,8 +264,9 @@ class MaskRCNNParams(P):
     checkpoint_interval: int = Field(default=500, ge=1)
     detections_per_img: PosInt = 100
     score_thresh: OpenFraction = 0.0
-    amp: bool = Field(default=True, description="mixed precision on GPUs (torchvision: bfloat16 autocast; "
-                                                "detectron2: its AMP)")
+    amp: bool = Field(
+        default=True, description="mixed precision on GPUs (torchvision: bfloat16 autocast; detectron2: its AMP)"
+    )
     seed: int = 0
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 """Where the harness writes: the results root and the caches (read from the environment at call time,
 so tests and users can redirect them)."""
+
 from __future__ import annotations
 
 import os

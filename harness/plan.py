@@ -1,5 +1,6 @@
 """Suite -> cells. A cell is (suite, protocol, dataset, method, epoch) plus the hash of its resolved
 config; changing a hyper-parameter changes the hash of exactly the cells it touches."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from harness import records
 from harness.fingerprint import file_fingerprint
-from harness.records import CellState
 from harness.kinds import METRICS_KIND, PROTOCOL_KINDS
+from harness.records import CellState
 from harness.registry import DatasetSpec, Registry, RegistryError, SuiteEntry
 from harness.selection import dse_normalised, select_checkpoints
 
@@ -46,19 +47,24 @@ class Cell:
         version or checkpoint content is stale and `why` says which. Where the checkpoint cannot be seen
         (a login node without SDD_CKPT_ROOT), the record's config hash decides alone. A cell without a
         computed record but with an imported one (`sdd import`) is `imported`: never run again."""
-        state, why = records.cell_state(self.record_path(results), self.config_hash, Path(results),
-                                        config=self.config, checkpoint_file=self.checkpoint_file or None,
-                                        data_check=self._data_check)
+        state, why = records.cell_state(
+            self.record_path(results),
+            self.config_hash,
+            Path(results),
+            config=self.config,
+            checkpoint_file=self.checkpoint_file or None,
+            data_check=self._data_check,
+        )
         if state == CellState.TODO:
-            imported = records.record_path(results, self.suite, self.protocol, self.dataset, self.method, self.epoch,
-                                           tree="imported")
+            imported = records.record_path(
+                results, self.suite, self.protocol, self.dataset, self.method, self.epoch, tree="imported"
+            )
             try:
                 if records.read_record(imported, Path(results)) is not None:
                     return CellState.IMPORTED, None
             except records.CorruptRecord as e:
                 return CellState.CORRUPT, e.why
         return state, why
-
 
     def _data_check(self, recorded: dict) -> str | None:
         """Why the dataset splits a record read are not the ones on disk now (None: the same)."""
@@ -67,8 +73,9 @@ class Cell:
         return data_change(DatasetSpec.model_validate({"title": "", **self.config["dataset"]}), recorded)
 
 
-def resolved_config(reg: Registry, protocol: str, dataset: str, method: str, epoch: int,
-                    suite: str | None = None) -> dict:
+def resolved_config(
+    reg: Registry, protocol: str, dataset: str, method: str, epoch: int, suite: str | None = None
+) -> dict:
     """Everything that determines a cell's result (documentation fields such as `paper` left out); the
     dataset as the suite reads it (its `data_root`)."""
     p, d, m = reg.protocol(protocol), reg.dataset(dataset, suite), reg.method(method)
@@ -81,8 +88,12 @@ def resolved_config(reg: Registry, protocol: str, dataset: str, method: str, epo
     return {
         "protocol": proto,
         "dataset": d.model_dump(exclude={"title", "notes", "source"}, mode="json"),
-        "method": {"name": m.name, "arch": m.arch, "arch_kwargs": m.arch_kwargs,
-                   "checkpoint": m.checkpoint.model_dump(exclude={"epochs"}, mode="json")},
+        "method": {
+            "name": m.name,
+            "arch": m.arch,
+            "arch_kwargs": m.arch_kwargs,
+            "checkpoint": m.checkpoint.model_dump(exclude={"epochs"}, mode="json"),
+        },
         "epoch": epoch,
     }
 
@@ -109,19 +120,24 @@ def _entry_epochs(entry: SuiteEntry, method_epochs: tuple[int, ...], where: str)
         return method_epochs[-1:]
     unknown = sorted(set(entry.epochs) - set(method_epochs))
     if unknown:
-        raise RegistryError(f"{where}: epochs {unknown} are not checkpoints of this method "
-                            f"(it has {method_epochs[0]}..{method_epochs[-1]})")
+        raise RegistryError(
+            f"{where}: epochs {unknown} are not checkpoints of this method "
+            f"(it has {method_epochs[0]}..{method_epochs[-1]})"
+        )
     return tuple(entry.epochs)
 
 
-def build_plan(reg: Registry, suite: str, *, protocols: list[str] | None = None,
-               methods: list[str] | None = None) -> list[Cell]:
+def build_plan(
+    reg: Registry, suite: str, *, protocols: list[str] | None = None, methods: list[str] | None = None
+) -> list[Cell]:
     s = reg.suite(suite)
     in_suite = [e.protocol for e in s.grid]
     for p in protocols or ():
         reg.protocol(p)
         if p not in in_suite:  # a filter that matches nothing is a mistake, not an empty plan
-            raise RegistryError(f"suite '{suite}' runs no protocol '{p}' (its protocols: {', '.join(dict.fromkeys(in_suite))})")
+            raise RegistryError(
+                f"suite '{suite}' runs no protocol '{p}' (its protocols: {', '.join(dict.fromkeys(in_suite))})"
+            )
     for m in methods or ():
         reg.method(m)
         if m not in s.methods:
@@ -143,8 +159,20 @@ def build_plan(reg: Registry, suite: str, *, protocols: list[str] | None = None,
                         ckpt = str(spec.checkpoint_file(epoch))
                     except RegistryError:  # e.g. SDD_CKPT_ROOT unset where only planning happens
                         ckpt = ""
-                    cells.append(Cell(suite, entry.protocol, dataset, method, epoch, config_hash(cfg),
-                                      p.resources.gpu_hours, cfg, str(reg.root), ckpt))
+                    cells.append(
+                        Cell(
+                            suite,
+                            entry.protocol,
+                            dataset,
+                            method,
+                            epoch,
+                            config_hash(cfg),
+                            p.resources.gpu_hours,
+                            cfg,
+                            str(reg.root),
+                            ckpt,
+                        )
+                    )
     return cells
 
 
@@ -168,8 +196,9 @@ def reason_groups(reasons: dict[str, str]) -> list[tuple[str, int, str]]:
     return sorted(((k, len(v), v[0]) for k, v in groups.items()), key=lambda g: (-g[1], g[0]))
 
 
-def measured_prices(reg: Registry, cells: list[Cell], states: dict[str, str],
-                    results: Path) -> dict[tuple, tuple[float, int]]:
+def measured_prices(
+    reg: Registry, cells: list[Cell], states: dict[str, str], results: Path
+) -> dict[tuple, tuple[float, int]]:
     """(protocol, arch) -> (median device·h of its finished cells, how many): what a cell of that protocol
     and architecture cost when it ran, from the records (wall time × GPUs used; × processes on the CPU).
     Only runs on the protocol's own kind of device count: a CPU run never prices a GPU cell."""
@@ -189,15 +218,30 @@ def measured_prices(reg: Registry, cells: list[Cell], states: dict[str, str],
     return {k: (statistics.median(v), len(v)) for k, v in hours.items()}
 
 
-def summarize(cells: list[Cell], states: dict[str, str],
-              measured: dict[tuple, tuple[float, int]] | None = None) -> list[dict]:
+def summarize(
+    cells: list[Cell], states: dict[str, str], measured: dict[tuple, tuple[float, int]] | None = None
+) -> list[dict]:
     """One row per protocol: datasets, methods, cells, done/failed/stale/corrupt/todo, GPU·h. A cell is
     priced from `measured` (finished cells of its protocol and architecture) when there are any, else
     from the protocol file; `priced_from` says which."""
     measured = measured or {}
-    rows: dict[str, dict] = defaultdict(lambda: {"datasets": set(), "methods": set(), "cells": 0, "done": 0,
-                                                 "failed": 0, "stale": 0, "corrupt": 0, "imported": 0, "todo": 0,
-                                                 "gpu_h_all": 0.0, "gpu_h_left": 0.0, "sources": set(), "runs": 0})
+    rows: dict[str, dict] = defaultdict(
+        lambda: {
+            "datasets": set(),
+            "methods": set(),
+            "cells": 0,
+            "done": 0,
+            "failed": 0,
+            "stale": 0,
+            "corrupt": 0,
+            "imported": 0,
+            "todo": 0,
+            "gpu_h_all": 0.0,
+            "gpu_h_left": 0.0,
+            "sources": set(),
+            "runs": 0,
+        }
+    )
     for c in cells:
         r = rows[c.protocol]
         r["datasets"].add(c.dataset)
@@ -216,8 +260,13 @@ def summarize(cells: list[Cell], states: dict[str, str],
         sources = r.pop("sources")
         runs = r.pop("runs")
         r["gpu_h_cell"] = r["gpu_h_all"] / r["cells"] if r["cells"] else 0.0
-        r["priced_from"] = (f"measured (median of up to {runs} runs)" if sources == {"measured"} else
-                            "protocol file" if sources == {"protocol file"} else "measured + protocol file")
+        r["priced_from"] = (
+            f"measured (median of up to {runs} runs)"
+            if sources == {"measured"}
+            else "protocol file"
+            if sources == {"protocol file"}
+            else "measured + protocol file"
+        )
         out.append({"protocol": p, **{k: (len(v) if isinstance(v, set) else v) for k, v in r.items()}})
     return out
 
@@ -251,8 +300,10 @@ def guided(reg: Registry, cells: list[Cell], results: Path) -> tuple[list[Cell],
                 continue
             done.append((c.epoch, m))
         if lacking:
-            waiting[method] = (f"{len(lacking)} metrics record(s) lack dse_separability / dse_dim "
-                               f"({', '.join(lacking[:5])}); re-run them")
+            waiting[method] = (
+                f"{len(lacking)} metrics record(s) lack dse_separability / dse_dim "
+                f"({', '.join(lacking[:5])}); re-run them"
+            )
             continue
         if len(done) < len(mcells):
             waiting[method] = f"metrics done on {len(done)} of {len(mcells)} checkpoints"

@@ -12,6 +12,7 @@ Record schema (what `harness.jobs.execute` writes):
   details: {name: list | ...}               e.g. log_sv (spectra), fit ranges
   timings: {total_s, ...}, peak_memory_mb, versions, git_sha, host, slurm_job_id, started, finished
 """
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
 from harness.atomic import write_json
+from harness.errors import HarnessError
 from harness.paths import REPO, cache_root, results_root  # noqa: F401 (re-exported)
 
 IDENTITY = ("suite", "protocol", "dataset", "method", "epoch")
-_REL = re.compile(r"^(?P<suite>[^/]+)/(?:runs|imported)/(?P<protocol>[^/]+)/(?P<dataset>[^/]+)/(?P<method>[^/]+)/"
-                  r"ep(?P<epoch>\d+)\.json$")
+_REL = re.compile(
+    r"^(?P<suite>[^/]+)/(?:runs|imported)/(?P<protocol>[^/]+)/(?P<dataset>[^/]+)/(?P<method>[^/]+)/"
+    r"ep(?P<epoch>\d+)\.json$"
+)
 
 
 def now() -> str:
@@ -42,8 +45,9 @@ def cell_id(protocol: str, dataset: str, method: str, epoch: int) -> str:
     return f"{protocol}/{dataset}/{method}/ep{int(epoch):04d}"
 
 
-def record_path(results: Path, suite: str, protocol: str, dataset: str, method: str, epoch: int,
-                tree: str = "runs") -> Path:
+def record_path(
+    results: Path, suite: str, protocol: str, dataset: str, method: str, epoch: int, tree: str = "runs"
+) -> Path:
     """A cell's record: `runs/` holds computed ones, `imported/` the ones `sdd import` wrote."""
     return Path(results) / suite / tree / protocol / dataset / method / f"ep{epoch:04d}.json"
 
@@ -112,8 +116,9 @@ def check_record(rec: dict, path: Path, results: Path | None = None) -> None:
         if want is not None:
             got = {k: rec.get(k) for k in IDENTITY}
             if got != want:
-                diff = ", ".join(f"{k} {got[k]!r} (file location says {want[k]!r})" for k in IDENTITY
-                                 if got[k] != want[k])
+                diff = ", ".join(
+                    f"{k} {got[k]!r} (file location says {want[k]!r})" for k in IDENTITY if got[k] != want[k]
+                )
                 raise CorruptRecord(path, f"holds another cell: {diff}; a copied or moved record")
 
 
@@ -129,15 +134,16 @@ def read_record(path: Path, results: Path | None = None) -> dict[str, Any] | Non
 class CellState(StrEnum):
     """Where a cell stands (in the order `sdd status` shows them). `done`, `imported`, `failed`, `corrupt`,
     `stale` and `todo` come from its record; `launch` adds what the scheduler says."""
-    DONE = "done"            # an ok record of the current recipe, code version, checkpoint and data
-    IMPORTED = "imported"    # no computed record, an imported one (`sdd import`): never run again
+
+    DONE = "done"  # an ok record of the current recipe, code version, checkpoint and data
+    IMPORTED = "imported"  # no computed record, an imported one (`sdd import`): never run again
     RUNNING = "running"
     PENDING = "pending"
-    UNKNOWN = "unknown"      # queued, but the scheduler could not be asked
-    FAILED = "failed"        # a failed record of the current recipe
-    CORRUPT = "corrupt"      # a record that cannot be trusted: to run again
-    STALE = "stale"          # a record of another recipe, code version, checkpoint content or data: to run again
-    TODO = "todo"            # no record
+    UNKNOWN = "unknown"  # queued, but the scheduler could not be asked
+    FAILED = "failed"  # a failed record of the current recipe
+    CORRUPT = "corrupt"  # a record that cannot be trusted: to run again
+    STALE = "stale"  # a record of another recipe, code version, checkpoint content or data: to run again
+    TODO = "todo"  # no record
 
 
 def _short(v: Any) -> str:
@@ -174,12 +180,21 @@ def stale_recipe_reason(old_config: Any, new_config: dict | None) -> str:
         old_v = (old_config.get("protocol") or {}).get("version", "none")
         parts.append(f"code version changed (kind {kind}: {old_v} -> {new_config['protocol'].get('version')})")
     if recipe:
-        parts.append("recipe changed: " + "; ".join(recipe[:4]) + (f"; +{len(recipe) - 4} more" if len(recipe) > 4 else ""))
+        parts.append(
+            "recipe changed: " + "; ".join(recipe[:4]) + (f"; +{len(recipe) - 4} more" if len(recipe) > 4 else "")
+        )
     return ", ".join(parts) or "recipe changed (config hash)"
 
 
-def cell_state(path: Path, config_hash: str, results: Path | None = None, *, config: dict | None = None,
-               checkpoint_file: Path | str | None = None, data_check=None) -> tuple[CellState, str | None]:
+def cell_state(
+    path: Path,
+    config_hash: str,
+    results: Path | None = None,
+    *,
+    config: dict | None = None,
+    checkpoint_file: Path | str | None = None,
+    data_check=None,
+) -> tuple[CellState, str | None]:
     """(state, why) of a cell from its computed record: done | failed | stale (a record of another config
     hash -- recipe or code version --, or of other checkpoint content than `checkpoint_file` holds now) |
     corrupt | todo (no record). `why` says what changed (the config's keys, the checkpoint's digest, the
@@ -228,7 +243,7 @@ def _walk_cells(results: Path, suite: str, tree: str):
                 yield from walk(Path(entry.path), depth + 1)
             elif depth == 3 and entry.is_file() and not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
                 m = _CANONICAL.match(entry.name)  # ep0001.json is a record; ep01.json, ep0001-old.json are not
-                yield Path(entry.path), bool(m) and entry.name == f"ep{int(m.group(1)):04d}.json"
+                yield Path(entry.path), m is not None and entry.name == f"ep{int(m.group(1)):04d}.json"
             elif depth < 3 and entry.is_file():
                 yield Path(entry.path), False
 

@@ -4,6 +4,7 @@ Data only: this module imports neither torch nor any model code, so `sdd ls`, `s
 `sdd plan` start fast. Every error names the file, the line, the key, what was expected and, for
 misspelled names, the closest valid one.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -23,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from harness.errors import HarnessError
 from harness import kinds
+from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BENCHMARKS = ROOT / "benchmarks"
@@ -89,15 +90,18 @@ class StateDictRule(Spec):
     """How to turn a checkpoint file into the backbone's state dict (applied in this order)."""
 
     key: str | tuple[str, ...] | None = Field(
-        default=None, description="nested key holding the weights, dotted ('a.b'); a list = first one present")
+        default=None, description="nested key holding the weights, dotted ('a.b'); a list = first one present"
+    )
     key_optional: bool = Field(default=False, description="use the whole file when no `key` is present")
     keep_prefix: str | None = Field(default=None, description="keep only keys starting with this (then stripped)")
     drop_containing: tuple[str, ...] = Field(default=(), description="drop keys containing any of these")
     strip_prefixes: tuple[str, ...] = Field(default=(), description="prefixes removed (each once, in order)")
     rename_prefixes: dict[str, str] = Field(default_factory=dict, description="key prefix renames, applied last")
     convert: Literal[STATE_DICT_CONVERTERS] | None = Field(  # type: ignore[valid-type]
-        default=None, description="a converter to the model's layout: timm_swin (original Swin -> timm), "
-                                  "split_cls_tokens (UDI's [1,2,d] cls_token -> timm cls + register token)")
+        default=None,
+        description="a converter to the model's layout: timm_swin (original Swin -> timm), "
+        "split_cls_tokens (UDI's [1,2,d] cls_token -> timm cls + register token)",
+    )
 
     def __hash__(self):  # dict fields are not hashable by default
         return hash(self.model_dump_json())
@@ -134,8 +138,7 @@ class CheckpointSpec(Spec):
             if bad:
                 raise ValueError(f"epochs must be integers ({'; '.join(bad)})")
             return tuple(v)
-        raise ValueError("expected a list of epochs like [10, 20, 30] or a range like "
-                         "{start: 10, stop: 800, step: 10}")
+        raise ValueError("expected a list of epochs like [10, 20, 30] or a range like {start: 10, stop: 800, step: 10}")
 
     @field_validator("epochs")
     @classmethod
@@ -163,8 +166,10 @@ class MethodSpec(Spec):
     arch: Literal[ARCHS]  # type: ignore[valid-type]
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: CheckpointSpec
-    tokens: str = Field(default="last block + final norm, class tokens dropped",
-                        description="what the dense features are (documentation)")
+    tokens: str = Field(
+        default="last block + final norm, class tokens dropped",
+        description="what the dense features are (documentation)",
+    )
     paper: dict[str, Any] = Field(default_factory=dict, description="published numbers, references")
     notes: str = ""
     source: str = Field(default="", exclude=True)
@@ -193,6 +198,7 @@ class SegmentationLayout(Spec):
     (`configs/_base_/datasets/<dataset>.py`): the training crop, the scale images are resized to (then
     jittered by the protocol's ratio range), and the sliding window of a slide evaluation. A protocol
     may override crop and scale (the mini world's tiny crops)."""
+
     crop_size: tuple[int, int] = (512, 512)
     train_scale: tuple[int, int] = (2048, 512)
     slide_crop: tuple[int, int] | None = Field(default=None, description="default: crop_size")
@@ -222,8 +228,11 @@ class DatasetSpec(Spec):
 
 class Resources(Spec):
     gpus: int = Field(default=1, ge=0, description="GPUs per cell, one process each; 0 = the CPU")
-    processes: int | None = Field(default=None, ge=1, description="processes per cell on the CPU (gpus: 0), a "
-                                                                   "gloo world of this size; with GPUs, gpus decides")
+    processes: int | None = Field(
+        default=None,
+        ge=1,
+        description="processes per cell on the CPU (gpus: 0), a gloo world of this size; with GPUs, gpus decides",
+    )
     cpus: int = Field(default=8, ge=1, description="CPU cores per cell (shared by its processes)")
     mem_gb: int = Field(default=32, ge=1, description="memory per cell")
     time_min: int = Field(default=60, ge=1)
@@ -232,8 +241,10 @@ class Resources(Spec):
     @model_validator(mode="after")
     def _one_process_per_gpu(self):
         if self.gpus and self.processes not in (None, self.gpus):
-            raise ValueError(f"processes ({self.processes}) must equal gpus ({self.gpus}) or be left out: "
-                             f"a GPU cell runs one process per GPU")
+            raise ValueError(
+                f"processes ({self.processes}) must equal gpus ({self.gpus}) or be left out: "
+                f"a GPU cell runs one process per GPU"
+            )
         return self
 
     @property
@@ -336,8 +347,9 @@ def did_you_mean(word: str, choices) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def _format_validation(err: ValidationError, model: type[BaseModel], path: Path, lines: dict,
-                       prefix: tuple = ()) -> str:
+def _format_validation(
+    err: ValidationError, model: type[BaseModel], path: Path, lines: dict, prefix: tuple = ()
+) -> str:
     """One line per error: file:line: key: what is wrong (and the keys allowed there, "did you mean").
     `prefix` places a nested model's errors (a protocol's `params`) in the file."""
     out = []
@@ -351,7 +363,7 @@ def _format_validation(err: ValidationError, model: type[BaseModel], path: Path,
         where = f"{path}:{line}" if line else str(path)
         key = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model, loc[len(prefix):-1])
+            allowed = _allowed_fields(model, loc[len(prefix) : -1])
             msg = f"unknown key '{loc[-1]}'; expected one of: {', '.join(allowed)}.{did_you_mean(loc[-1], allowed)}"
         elif e["type"] == "missing":
             msg = "required key is missing"
@@ -379,9 +391,14 @@ def _is_union_tag(part) -> bool:
     """pydantic puts the union branch it tried into an error's loc ('EpochRange', 'list[str]')."""
     if not isinstance(part, str):
         return False
-    return ("[" in part or part.lower() in _TYPE_TAGS
-            or any(part == m.__name__ for m in (*KINDS.values(), EpochRange, StateDictRule, CheckpointSpec,
-                                                SplitSpec, Resources, SuiteEntry)))
+    return (
+        "[" in part
+        or part.lower() in _TYPE_TAGS
+        or any(
+            part == m.__name__
+            for m in (*KINDS.values(), EpochRange, StateDictRule, CheckpointSpec, SplitSpec, Resources, SuiteEntry)
+        )
+    )
 
 
 def load_spec(path: Path, kind: str):
@@ -403,8 +420,11 @@ class _BoundedLoader(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise yaml.constructor.ConstructorError(
-                None, None, "YAML anchors and aliases (&name, *name) are not allowed in registry files; write the "
-                            "values out", event.start_mark)
+                None,
+                None,
+                "YAML anchors and aliases (&name, *name) are not allowed in registry files; write the values out",
+                event.start_mark,
+            )
         return super().compose_node(parent, index)
 
 
@@ -412,8 +432,10 @@ def load_spec_model(path: Path, model: type[BaseModel]):
     """Parse one YAML file into `model`, with file:line errors."""
     path = Path(path)
     if not NAME.match(path.stem) or path.stem in (".", ".."):
-        raise RegistryError(f"{path}: '{path.stem}' cannot be a name (it becomes a folder of the results tree): use "
-                            f"letters, digits, '_', '-' and '.', starting with a letter or digit")
+        raise RegistryError(
+            f"{path}: '{path.stem}' cannot be a name (it becomes a folder of the results tree): use "
+            f"letters, digits, '_', '-' and '.', starting with a letter or digit"
+        )
     try:
         text = path.read_text()
     except OSError as e:
@@ -431,7 +453,8 @@ def load_spec_model(path: Path, model: type[BaseModel]):
     if data.get("name") is not None and data.get("name") != path.stem:
         raise RegistryError(
             f"{path}:{_line_map(text).get(('name',), 1)}: name: '{data.get('name')}' does not match the file "
-            f"name; rename the file to {data.get('name')}.yaml or set name: {path.stem}")
+            f"name; rename the file to {data.get('name')}.yaml or set name: {path.stem}"
+        )
     try:
         spec = model.model_validate({**data, "source": str(path)})
     except ValidationError as e:
@@ -471,7 +494,7 @@ def _parse_var(value: str, start: int) -> tuple[str, str | None, int]:
             continue
         if value[j] == "}":
             if depth == 0:
-                return m.group(0), value[i + 2:j], j + 1
+                return m.group(0), value[i + 2 : j], j + 1
             depth -= 1
         j += 1
     raise ValueError(f"${{{m.group(0)}:-... at position {start} has no closing '}}'")
@@ -485,7 +508,8 @@ def expand_env(value: str, *, source: str = "", key: str = "") -> str:
         name = e.args[0]
         raise RegistryError(
             f"{source}: {key}: environment variable {name} is not set (used in '{value}'); "
-            f"export {name}=/path/to/... or write a default as ${{{name}:-/path}}") from None
+            f"export {name}=/path/to/... or write a default as ${{{name}:-/path}}"
+        ) from None
     except ValueError as e:
         raise RegistryError(f"{source}: {key}: '{value}': {e}") from None
 
@@ -560,7 +584,8 @@ class Registry:
             singular = kind[:-1]
             raise RegistryError(
                 f"unknown {singular} '{name}'.{did_you_mean(name, table)} "
-                f"Known: {', '.join(sorted(table)) or '(none)'} (files under {self.root / kind})")
+                f"Known: {', '.join(sorted(table)) or '(none)'} (files under {self.root / kind})"
+            )
         return table[name]
 
     def method(self, name: str) -> MethodSpec:
@@ -592,15 +617,19 @@ def _check_suite(reg: Registry, s: SuiteSpec, broken: dict[str, set] | None = No
             return  # its own file's error is reported above; "unknown" would be wrong
         if name not in table:
             line = lines.get(loc) or lines.get(loc[:-1])
-            errs.append(f"{s.source}:{line}: {'.'.join(map(str, loc))}: unknown {kind[:-1]} '{name}'; "
-                        f"expected one of the files in {reg.root / kind}.{did_you_mean(name, table)}")
+            errs.append(
+                f"{s.source}:{line}: {'.'.join(map(str, loc))}: unknown {kind[:-1]} '{name}'; "
+                f"expected one of the files in {reg.root / kind}.{did_you_mean(name, table)}"
+            )
 
     def once(values, loc, what):
         seen = {}
         for i, v in enumerate(values):
             if v in seen:
-                errs.append(f"{s.source}:{lines.get(loc + (i,)) or lines.get(loc)}: {'.'.join(map(str, loc))}.{i}: "
-                            f"{what} '{v}' is listed twice (also at {seen[v]}); each would run the same cells again")
+                errs.append(
+                    f"{s.source}:{lines.get(loc + (i,)) or lines.get(loc)}: {'.'.join(map(str, loc))}.{i}: "
+                    f"{what} '{v}' is listed twice (also at {seen[v]}); each would run the same cells again"
+                )
             seen.setdefault(v, i)
 
     once(s.methods, ("methods",), "method")
@@ -612,12 +641,14 @@ def _check_suite(reg: Registry, s: SuiteSpec, broken: dict[str, set] | None = No
         if entry.methods != "all":
             once(entry.methods, ("grid", gi, "methods"), "method")
         for d in entry.datasets:
-            for m in (s.methods if entry.methods == "all" else entry.methods):
+            for m in s.methods if entry.methods == "all" else entry.methods:
                 other = claimed.setdefault((entry.protocol, d, m), gi)
                 if other != gi:
-                    errs.append(f"{s.source}:{lines.get(('grid', gi)) or lines.get(('grid', gi, 'protocol'))}: grid.{gi}: "
-                                f"{entry.protocol} on {d} for {m} is already in grid.{other}; one entry per protocol, "
-                                f"dataset and method (merge their epochs)")
+                    errs.append(
+                        f"{s.source}:{lines.get(('grid', gi)) or lines.get(('grid', gi, 'protocol'))}: grid.{gi}: "
+                        f"{entry.protocol} on {d} for {m} is already in grid.{other}; one entry per protocol, "
+                        f"dataset and method (merge their epochs)"
+                    )
                     break
     for gi, entry in enumerate(s.grid):
         ref("protocols", entry.protocol, ("grid", gi, "protocol"))
@@ -625,33 +656,41 @@ def _check_suite(reg: Registry, s: SuiteSpec, broken: dict[str, set] | None = No
             ref("datasets", d, ("grid", gi, "datasets", di))
             p = reg.protocols.get(entry.protocol)
             if p and p.datasets and d in reg.datasets and d not in p.datasets:
-                errs.append(f"{s.source}:{lines.get(('grid', gi, 'datasets', di))}: grid.{gi}.datasets: "
-                            f"protocol '{p.name}' does not accept dataset '{d}'; expected one of: "
-                            f"{', '.join(p.datasets)}")
+                errs.append(
+                    f"{s.source}:{lines.get(('grid', gi, 'datasets', di))}: grid.{gi}.datasets: "
+                    f"protocol '{p.name}' does not accept dataset '{d}'; expected one of: "
+                    f"{', '.join(p.datasets)}"
+                )
         if not isinstance(entry.epochs, str):  # an explicit list: every method must have those checkpoints
-            for m in (s.methods if entry.methods == "all" else entry.methods):
+            for m in s.methods if entry.methods == "all" else entry.methods:
                 spec = reg.methods.get(m)
                 absent = sorted(set(entry.epochs) - set(spec.epochs())) if spec else []
                 if absent:
                     eps = spec.epochs()
-                    errs.append(f"{s.source}:{lines.get(('grid', gi, 'epochs')) or lines.get(('grid', gi))}: "
-                                f"grid.{gi}.epochs: method '{m}' has no checkpoint for epochs {absent} (its epochs: "
-                                f"{eps[0]}..{eps[-1]}, {len(eps)} in all, in {spec.source}); use `epochs: all`, "
-                                f"`last`, or epochs it has")
+                    errs.append(
+                        f"{s.source}:{lines.get(('grid', gi, 'epochs')) or lines.get(('grid', gi))}: "
+                        f"grid.{gi}.epochs: method '{m}' has no checkpoint for epochs {absent} (its epochs: "
+                        f"{eps[0]}..{eps[-1]}, {len(eps)} in all, in {spec.source}); use `epochs: all`, "
+                        f"`last`, or epochs it has"
+                    )
         if entry.methods != "all":
             for mi, m in enumerate(entry.methods):
                 ref("methods", m, ("grid", gi, "methods", mi))
                 if m in reg.methods and m not in s.methods:
-                    errs.append(f"{s.source}:{lines.get(('grid', gi, 'methods', mi))}: grid.{gi}.methods: "
-                                f"'{m}' is not in the suite's methods list; add it there first")
+                    errs.append(
+                        f"{s.source}:{lines.get(('grid', gi, 'methods', mi))}: grid.{gi}.methods: "
+                        f"'{m}' is not in the suite's methods list; add it there first"
+                    )
     return errs
 
 
 def _check_protocol(reg: Registry, p: ProtocolSpec) -> list[str]:
     lines = _line_map(Path(p.source).read_text()) if p.source else {}
-    return [f"{p.source}:{lines.get(('datasets', i))}: datasets.{i}: unknown dataset '{d}'."
-            f"{did_you_mean(d, reg.datasets)}"
-            for i, d in enumerate(p.datasets) if d not in reg.datasets]
+    return [
+        f"{p.source}:{lines.get(('datasets', i))}: datasets.{i}: unknown dataset '{d}'.{did_you_mean(d, reg.datasets)}"
+        for i, d in enumerate(p.datasets)
+        if d not in reg.datasets
+    ]
 
 
 _LOADED: dict[str, tuple[tuple, "Registry"]] = {}  # root -> (its files' stat, the registry), per process
@@ -709,4 +748,3 @@ def _load_registry(root: Path) -> Registry:
     if errors:
         raise RegistryError("\n".join(errors))
     return reg
-

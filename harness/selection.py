@@ -6,6 +6,7 @@ DSE-guided planner (before any mIoU exists) and by the tables (after). Pure Pyth
 - Selection: local maxima of that DSE within ±2 checkpoints (ties and plateaus count), the top 3 by
   DSE (ties: earlier epoch first).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ def dse_normalised(separability: list[float], dim: list[float]) -> list[float]:
 def local_maxima(values: list[float], window: int = 2) -> list[int]:
     """Indices i with values[i] == max(values[i-window : i+window+1]) (edges truncated; ties count)."""
     n = len(values)
-    return [i for i in range(n) if values[i] == max(values[max(0, i - window):min(n, i + window + 1)])]
+    return [i for i in range(n) if values[i] == max(values[max(0, i - window) : min(n, i + window + 1)])]
 
 
 def select_checkpoints(epochs: list[int], dse: list[float], top: int = 3, window: int = 2) -> list[int]:

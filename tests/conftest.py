@@ -19,8 +19,12 @@ def _leave_no_trace(tmp_path_factory):
     before = _tree(ROOT / "results")
     scratch = tmp_path_factory.mktemp("sdd-defaults")
     saved = {k: os.environ.get(k) for k in ("SDD_RESULTS", "SDD_CACHE", "SDD_SUBMITIT", "SDD_MINI_ROOT")}
-    os.environ.update(SDD_RESULTS=str(scratch / "results"), SDD_CACHE=str(scratch / "cache"),
-                      SDD_SUBMITIT=str(scratch / "submitit"), SDD_MINI_ROOT=str(scratch / "mini"))
+    os.environ.update(
+        SDD_RESULTS=str(scratch / "results"),
+        SDD_CACHE=str(scratch / "cache"),
+        SDD_SUBMITIT=str(scratch / "submitit"),
+        SDD_MINI_ROOT=str(scratch / "mini"),
+    )
     yield
     for k, v in saved.items():
         if v is None:
@@ -36,8 +40,10 @@ def slurm_cluster():
     """The single-node loopback Slurm cluster (slurm/local/up.sh), started or reused. It needs root:
     elsewhere the Slurm tests skip saying so; as root (CI) a failure to start is a test failure."""
     if os.geteuid() != 0:
-        pytest.skip("the real-Slurm tests start slurmctld/slurmd with slurm/local/up.sh, which needs root; "
-                    "run the tests as root (CI does) to include them")
+        pytest.skip(
+            "the real-Slurm tests start slurmctld/slurmd with slurm/local/up.sh, which needs root; "
+            "run the tests as root (CI does) to include them"
+        )
     out = subprocess.run(["bash", str(ROOT / "slurm/local/up.sh")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f"slurm/local/up.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     yield

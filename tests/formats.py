@@ -6,6 +6,7 @@ independently of the registry rules that read them back: a registry rule that pi
 network (student instead of teacher, target instead of context encoder) or strips the wrong prefix
 fails the identity check, because every other network carries different tensors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,20 @@ def prefixed(prefix, sd):
 
 
 def optimizer_state():
-    return {"state": {0: {"step": torch.tensor(10.0), "exp_avg": rand(4)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]}
+    return {
+        "state": {0: {"step": torch.tensor(10.0), "exp_avg": rand(4)}},
+        "param_groups": [{"lr": 1e-3, "params": [0]}],
+    }
 
 
 def dino_head(prefix, d=384, out=256):
-    return {f"{prefix}mlp.0.weight": rand(64, d), f"{prefix}mlp.0.bias": rand(64), f"{prefix}mlp.2.weight": rand(64, 64),
-            f"{prefix}last_layer.weight_g": rand(out, 1), f"{prefix}last_layer.weight_v": rand(out, 32)}
+    return {
+        f"{prefix}mlp.0.weight": rand(64, d),
+        f"{prefix}mlp.0.bias": rand(64),
+        f"{prefix}mlp.2.weight": rand(64, 64),
+        f"{prefix}last_layer.weight_g": rand(out, 1),
+        f"{prefix}last_layer.weight_v": rand(out, 32),
+    }
 
 
 def args_ns(**kw):
@@ -44,66 +53,133 @@ def args_ns(**kw):
 
 
 def _resnet_fc(prefix):
-    return {f"{prefix}fc.0.weight": rand(64, 2048), f"{prefix}fc.1.running_mean": rand(64),
-            f"{prefix}fc.3.weight": rand(32, 64)}
+    return {
+        f"{prefix}fc.0.weight": rand(64, 2048),
+        f"{prefix}fc.1.running_mean": rand(64),
+        f"{prefix}fc.3.weight": rand(32, 64),
+    }
 
 
 # --- one writer per method: (net_sd, dir, epoch) -> path --------------------------------------------
 
+
 def dino(sd, d, epoch):
-    obj = {"student": {**prefixed("module.backbone.", other(sd)), **dino_head("module.head.")},
-           "teacher": {**prefixed("backbone.", sd), **dino_head("head.")},
-           "optimizer": optimizer_state(), "epoch": epoch, "args": args_ns(),
-           "dino_loss": {"center": rand(1, 256)}, "fp16_scaler": {"scale": 65536.0, "growth_factor": 2.0}}
+    obj = {
+        "student": {**prefixed("module.backbone.", other(sd)), **dino_head("module.head.")},
+        "teacher": {**prefixed("backbone.", sd), **dino_head("head.")},
+        "optimizer": optimizer_state(),
+        "epoch": epoch,
+        "args": args_ns(),
+        "dino_loss": {"center": rand(1, 256)},
+        "fp16_scaler": {"scale": 65536.0, "growth_factor": 2.0},
+    }
     return _save(obj, d / f"checkpoint{epoch:04d}.pth")
 
 
 def ibot(sd, d, epoch):
-    student = {**prefixed("module.backbone.", other(sd)), "module.backbone.masked_embed": rand(1, 384),
-               **dino_head("module.head.")}
+    student = {
+        **prefixed("module.backbone.", other(sd)),
+        "module.backbone.masked_embed": rand(1, 384),
+        **dino_head("module.head."),
+    }
     teacher = {**prefixed("backbone.", sd), **dino_head("head."), "head.last_layer2.weight_g": rand(256, 1)}
-    obj = {"student": student, "teacher": teacher, "optimizer": optimizer_state(), "epoch": epoch,
-           "args": args_ns(), "ibot_loss": {"center": rand(1, 256), "center2": rand(1, 256)}}
+    obj = {
+        "student": student,
+        "teacher": teacher,
+        "optimizer": optimizer_state(),
+        "epoch": epoch,
+        "args": args_ns(),
+        "ibot_loss": {"center": rand(1, 256), "center2": rand(1, 256)},
+    }
     return _save(obj, d / f"checkpoint{epoch:04d}.pth")
 
 
 def mugs(sd, d, epoch):
-    relation = {"backbone.relation_blocks.0.norm1.weight": rand(384), "backbone.relation_blocks.0.attn.qkv.weight": rand(1152, 384)}
-    heads = {"instance_head.projector.0.weight": rand(64, 384), "local_group_head.projector.0.weight": rand(64, 384),
-             "group_head.projector.0.weight": rand(64, 384), "group_head.last_layer.weight_g": rand(256, 1)}
-    obj = {"student": {**prefixed("module.", {**prefixed("backbone.", other(sd)), **heads})},
-           "teacher": {**prefixed("backbone.", sd), **relation, **heads},
-           "optimizer": optimizer_state(), "epoch": epoch, "args": args_ns(),
-           "student_mem": rand(16, 384), "teacher_mem": rand(16, 384), "instance_loss": {"center": rand(1, 256)}}
+    relation = {
+        "backbone.relation_blocks.0.norm1.weight": rand(384),
+        "backbone.relation_blocks.0.attn.qkv.weight": rand(1152, 384),
+    }
+    heads = {
+        "instance_head.projector.0.weight": rand(64, 384),
+        "local_group_head.projector.0.weight": rand(64, 384),
+        "group_head.projector.0.weight": rand(64, 384),
+        "group_head.last_layer.weight_g": rand(256, 1),
+    }
+    obj = {
+        "student": {**prefixed("module.", {**prefixed("backbone.", other(sd)), **heads})},
+        "teacher": {**prefixed("backbone.", sd), **relation, **heads},
+        "optimizer": optimizer_state(),
+        "epoch": epoch,
+        "args": args_ns(),
+        "student_mem": rand(16, 384),
+        "teacher_mem": rand(16, 384),
+        "instance_loss": {"center": rand(1, 256)},
+    }
     return _save(obj, d / f"checkpoint{epoch:04d}.pth")
 
 
 def mae(sd, d, epoch):
-    decoder = {"mask_token": rand(1, 1, 256), "decoder_embed.weight": rand(256, 384), "decoder_pos_embed": rand(1, 197, 256),
-               "decoder_blocks.0.norm1.weight": rand(256), "decoder_norm.weight": rand(256),
-               "decoder_pred.weight": rand(768, 256)}
+    decoder = {
+        "mask_token": rand(1, 1, 256),
+        "decoder_embed.weight": rand(256, 384),
+        "decoder_pos_embed": rand(1, 197, 256),
+        "decoder_blocks.0.norm1.weight": rand(256),
+        "decoder_norm.weight": rand(256),
+        "decoder_pred.weight": rand(768, 256),
+    }
     # main_pretrain.py: checkpoint-{epoch}.pth with the 0-based loop index, and 'epoch' = that index
-    obj = {"model": {**sd, **decoder}, "optimizer": optimizer_state(), "epoch": epoch - 1,
-           "scaler": {"scale": 65536.0}, "args": args_ns(mask_ratio=0.75)}
+    obj = {
+        "model": {**sd, **decoder},
+        "optimizer": optimizer_state(),
+        "epoch": epoch - 1,
+        "scaler": {"scale": 65536.0},
+        "args": args_ns(mask_ratio=0.75),
+    }
     return _save(obj, d / f"checkpoint-{epoch}.pth")
 
 
 def mocov3(sd, d, epoch):
-    head = lambda p: {f"{p}head.0.weight": rand(64, 384), f"{p}head.1.running_mean": rand(64), f"{p}head.3.weight": rand(32, 64)}
-    state = {**prefixed("module.base_encoder.", other(sd)), **head("module.base_encoder."),
-             **prefixed("module.momentum_encoder.", sd), **head("module.momentum_encoder."),
-             "module.predictor.0.weight": rand(64, 32)}
-    obj = {"epoch": epoch, "arch": "vit_small", "state_dict": state, "optimizer": optimizer_state(),
-           "scaler": {"scale": 65536.0}}
+    head = lambda p: {
+        f"{p}head.0.weight": rand(64, 384),
+        f"{p}head.1.running_mean": rand(64),
+        f"{p}head.3.weight": rand(32, 64),
+    }
+    state = {
+        **prefixed("module.base_encoder.", other(sd)),
+        **head("module.base_encoder."),
+        **prefixed("module.momentum_encoder.", sd),
+        **head("module.momentum_encoder."),
+        "module.predictor.0.weight": rand(64, 32),
+    }
+    obj = {
+        "epoch": epoch,
+        "arch": "vit_small",
+        "state_dict": state,
+        "optimizer": optimizer_state(),
+        "scaler": {"scale": 65536.0},
+    }
     return _save(obj, d / f"checkpoint_{epoch:04d}.pth.tar")
 
 
 def ijepa(sd, d, epoch):
-    predictor = {"module.predictor_embed.weight": rand(384, 768), "module.mask_token": rand(1, 1, 384),
-                 "module.predictor_blocks.0.norm1.weight": rand(384), "module.predictor_proj.weight": rand(768, 384)}
-    obj = {"encoder": prefixed("module.", sd), "predictor": predictor, "target_encoder": prefixed("module.", other(sd)),
-           "opt": optimizer_state(), "scaler": None, "epoch": epoch, "loss": 0.42, "batch_size": 128,
-           "world_size": 16, "lr": 1e-3}
+    predictor = {
+        "module.predictor_embed.weight": rand(384, 768),
+        "module.mask_token": rand(1, 1, 384),
+        "module.predictor_blocks.0.norm1.weight": rand(384),
+        "module.predictor_proj.weight": rand(768, 384),
+    }
+    obj = {
+        "encoder": prefixed("module.", sd),
+        "predictor": predictor,
+        "target_encoder": prefixed("module.", other(sd)),
+        "opt": optimizer_state(),
+        "scaler": None,
+        "epoch": epoch,
+        "loss": 0.42,
+        "batch_size": 128,
+        "world_size": 16,
+        "lr": 1e-3,
+    }
     return _save(obj, d / f"ijepa-ep{epoch}.pth.tar")
 
 
@@ -115,65 +191,109 @@ def to_original_swin(sd, n_stages=4):
         k = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
         out[k] = v
         if k.endswith("attn.relative_position_bias_table"):
-            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(49, 49, dtype=torch.long)
+            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(
+                49, 49, dtype=torch.long
+            )
     return out
 
 
 def esvit(sd, d, epoch):
     orig = to_original_swin(sd)
     heads = {**dino_head("head.", d=768), **dino_head("head_dense.", d=768)}
-    obj = {"student": prefixed("module.", {**other(orig), **heads}), "teacher": {**orig, **heads},
-           "optimizer": optimizer_state(), "epoch": epoch, "args": args_ns(), "dino_loss": {"center": rand(1, 256)}}
+    obj = {
+        "student": prefixed("module.", {**other(orig), **heads}),
+        "teacher": {**orig, **heads},
+        "optimizer": optimizer_state(),
+        "epoch": epoch,
+        "args": args_ns(),
+        "dino_loss": {"center": rand(1, 256)},
+    }
     return _save(obj, d / f"checkpoint{epoch:04d}.pth")
 
 
 def simsiam(sd, d, epoch):
-    state = {**prefixed("module.encoder.", sd), **_resnet_fc("module.encoder."),
-             "module.predictor.0.weight": rand(64, 32), "module.predictor.3.weight": rand(32, 64)}
-    return _save({"epoch": epoch, "arch": "resnet50", "state_dict": state, "optimizer": optimizer_state()},
-                 d / f"checkpoint_{epoch:04d}.pth.tar")
+    state = {
+        **prefixed("module.encoder.", sd),
+        **_resnet_fc("module.encoder."),
+        "module.predictor.0.weight": rand(64, 32),
+        "module.predictor.3.weight": rand(32, 64),
+    }
+    return _save(
+        {"epoch": epoch, "arch": "resnet50", "state_dict": state, "optimizer": optimizer_state()},
+        d / f"checkpoint_{epoch:04d}.pth.tar",
+    )
 
 
 def mec(sd, d, epoch):
-    state = {**prefixed("module.encoder.", sd), **_resnet_fc("module.encoder."),
-             **prefixed("module.teacher.", other(sd)), "module.predictor.0.weight": rand(64, 32)}
-    return _save({"epoch": epoch, "arch": "resnet50", "state_dict": state, "optimizer": optimizer_state()},
-                 d / f"checkpoint_{epoch:04d}.pth.tar")
+    state = {
+        **prefixed("module.encoder.", sd),
+        **_resnet_fc("module.encoder."),
+        **prefixed("module.teacher.", other(sd)),
+        "module.predictor.0.weight": rand(64, 32),
+    }
+    return _save(
+        {"epoch": epoch, "arch": "resnet50", "state_dict": state, "optimizer": optimizer_state()},
+        d / f"checkpoint_{epoch:04d}.pth.tar",
+    )
 
 
 def resa(sd, d, epoch):
-    state = {**prefixed("module.encoder.", sd), **_resnet_fc("module.encoder."),
-             **prefixed("module.momentum_encoder.", other(sd))}
-    return _save({"epoch": epoch, "arch": "resnet50", "state_dict": state, "optimizer": optimizer_state()},
-                 d / f"checkpoint_{epoch:04d}.pth.tar")
+    state = {
+        **prefixed("module.encoder.", sd),
+        **_resnet_fc("module.encoder."),
+        **prefixed("module.momentum_encoder.", other(sd)),
+    }
+    return _save(
+        {"epoch": epoch, "arch": "resnet50", "state_dict": state, "optimizer": optimizer_state()},
+        d / f"checkpoint_{epoch:04d}.pth.tar",
+    )
 
 
 def densecl(sd, d, epoch):
     # mmcv runner checkpoint: meta + state_dict; `backbone` aliases the query encoder's backbone
-    state = {**prefixed("encoder_q.0.", sd), "encoder_q.1.mlp.0.weight": rand(64, 2048),
-             **prefixed("encoder_k.0.", other(sd)), **prefixed("backbone.", sd),
-             "queue": rand(128, 64), "queue_ptr": torch.zeros(1, dtype=torch.long), "queue2": rand(128, 64)}
-    obj = {"meta": {"epoch": epoch, "iter": epoch * 100, "mmcv_version": "1.0.3", "time": "Tue Jan 5 2021"},
-           "state_dict": state, "optimizer": optimizer_state()}
+    state = {
+        **prefixed("encoder_q.0.", sd),
+        "encoder_q.1.mlp.0.weight": rand(64, 2048),
+        **prefixed("encoder_k.0.", other(sd)),
+        **prefixed("backbone.", sd),
+        "queue": rand(128, 64),
+        "queue_ptr": torch.zeros(1, dtype=torch.long),
+        "queue2": rand(128, 64),
+    }
+    obj = {
+        "meta": {"epoch": epoch, "iter": epoch * 100, "mmcv_version": "1.0.3", "time": "Tue Jan 5 2021"},
+        "state_dict": state,
+        "optimizer": optimizer_state(),
+    }
     return _save(obj, d / f"epoch_{epoch}.pth")
 
 
 def swav(sd, d, epoch, *, wrapped=True):
-    state = {**prefixed("module.", sd), "module.projection_head.0.weight": rand(64, 2048),
-             "module.prototypes.weight": rand(100, 32)}
+    state = {
+        **prefixed("module.", sd),
+        "module.projection_head.0.weight": rand(64, 2048),
+        "module.prototypes.weight": rand(100, 32),
+    }
     obj = {"epoch": epoch, "state_dict": state, "optimizer": optimizer_state()} if wrapped else state
     return _save(obj, d / f"ckp-{epoch}.pth")
 
 
 def vicreg(sd, d, epoch):
-    state = {**prefixed("module.backbone.", sd), "module.projector.0.weight": rand(64, 2048),
-             "module.projector.1.running_mean": rand(64)}
+    state = {
+        **prefixed("module.backbone.", sd),
+        "module.projector.0.weight": rand(64, 2048),
+        "module.projector.1.running_mean": rand(64),
+    }
     return _save({"epoch": epoch, "model": state, "optimizer": optimizer_state()}, d / f"model_{epoch}.pth")
 
 
 def vicregl(sd, d, epoch):
-    state = {**prefixed("module.backbone.", sd), "module.projector.0.weight": rand(64, 2048),
-             "module.maps_projector.0.weight": rand(64, 2048), "module.classifier.weight": rand(10, 2048)}
+    state = {
+        **prefixed("module.backbone.", sd),
+        "module.projector.0.weight": rand(64, 2048),
+        "module.maps_projector.0.weight": rand(64, 2048),
+        "module.classifier.weight": rand(10, 2048),
+    }
     return _save({"epoch": epoch, "model": state, "optimizer": optimizer_state()}, d / f"model_{epoch}.pth")
 
 
@@ -184,19 +304,36 @@ def byol(sd, d, epoch):
     r = torchvision.models.resnet50(weights=None)
     r.load_state_dict(sd, strict=False)
     enc = torch.nn.Sequential(*list(r.children())[:-1]).state_dict()
-    proj = lambda p: {f"{p}projetion.l1.weight": rand(64, 2048), f"{p}projetion.bn1.running_mean": rand(64),
-                      f"{p}projetion.l2.weight": rand(32, 64)}
-    model = {**prefixed("module.online_network.encoder.", other(enc)), **proj("module.online_network."),
-             **prefixed("module.target_network.encoder.", enc), **proj("module.target_network."),
-             "module.predictor.predictor.l1.weight": rand(64, 32)}
-    obj = {"config": {"model": {"backbone": {"type": "resnet50"}}}, "epoch": epoch, "steps": epoch * 10,
-           "model": model, "optimizer": optimizer_state(), "amp": None}
+    proj = lambda p: {
+        f"{p}projetion.l1.weight": rand(64, 2048),
+        f"{p}projetion.bn1.running_mean": rand(64),
+        f"{p}projetion.l2.weight": rand(32, 64),
+    }
+    model = {
+        **prefixed("module.online_network.encoder.", other(enc)),
+        **proj("module.online_network."),
+        **prefixed("module.target_network.encoder.", enc),
+        **proj("module.target_network."),
+        "module.predictor.predictor.l1.weight": rand(64, 32),
+    }
+    obj = {
+        "config": {"model": {"backbone": {"type": "resnet50"}}},
+        "epoch": epoch,
+        "steps": epoch * 10,
+        "model": model,
+        "optimizer": optimizer_state(),
+        "amp": None,
+    }
     return _save(obj, d / f"resnet50_{epoch}.pth.tar")
 
 
 def barlowtwins(sd, d, epoch):
-    state = {**prefixed("module.backbone.", sd), "module.projector.0.weight": rand(64, 2048),
-             "module.bn.running_mean": rand(32), "module.bn.running_var": rand(32)}
+    state = {
+        **prefixed("module.backbone.", sd),
+        "module.projector.0.weight": rand(64, 2048),
+        "module.bn.running_mean": rand(32),
+        "module.bn.running_var": rand(32),
+    }
     return _save({"epoch": epoch, "model": state, "optimizer": optimizer_state()}, d / f"checkpoint_{epoch}.pth")
 
 
@@ -204,13 +341,20 @@ def udi(sd, d, epoch):
     # UDI keeps both class tokens in one [1, 2, d] parameter; timm holds them as cls + register token
     vit = {k: v for k, v in sd.items() if k not in ("cls_token", "reg_token")}
     vit["cls_token"] = torch.cat([sd["cls_token"], sd["reg_token"]], dim=1)
-    srs = {"backbone.attn.qkv.weight": rand(1152, 384), "backbone.attn.proj.weight": rand(384, 384),
-           "backbone.norm1.weight": rand(384)}
+    srs = {
+        "backbone.attn.qkv.weight": rand(1152, 384),
+        "backbone.attn.proj.weight": rand(384, 384),
+        "backbone.norm1.weight": rand(384),
+    }
     heads = {**dino_head("head.0."), **dino_head("head.1."), **dino_head("head.2.")}
-    obj = {"student": prefixed("module.", {**prefixed("backbone.backbone.", other(vit)), **srs, **heads}),
-           "teacher": {**prefixed("backbone.backbone.", vit), **srs, **heads},
-           "optimizer": optimizer_state(), "epoch": epoch, "args": args_ns(number_cls_token=2),
-           "udi_loss": {"center": rand(1, 256)}}
+    obj = {
+        "student": prefixed("module.", {**prefixed("backbone.backbone.", other(vit)), **srs, **heads}),
+        "teacher": {**prefixed("backbone.backbone.", vit), **srs, **heads},
+        "optimizer": optimizer_state(),
+        "epoch": epoch,
+        "args": args_ns(number_cls_token=2),
+        "udi_loss": {"center": rand(1, 256)},
+    }
     return _save(obj, d / f"checkpoint{epoch:04d}.pth")
 
 
@@ -220,5 +364,25 @@ def _save(obj, path: Path) -> Path:
     return path
 
 
-WRITERS = {f.__name__: f for f in (dino, ibot, mugs, mae, mocov3, ijepa, esvit, simsiam, mec, resa, densecl, swav,
-                                   vicreg, vicregl, byol, barlowtwins, udi)}
+WRITERS = {
+    f.__name__: f
+    for f in (
+        dino,
+        ibot,
+        mugs,
+        mae,
+        mocov3,
+        ijepa,
+        esvit,
+        simsiam,
+        mec,
+        resa,
+        densecl,
+        swav,
+        vicreg,
+        vicregl,
+        byol,
+        barlowtwins,
+        udi,
+    )
+}

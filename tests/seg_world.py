@@ -1,4 +1,5 @@
 """A registry and generated data for the downstream job tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,9 +15,11 @@ params: {{batch_size: 4, crop_size: [64, 64], train_scale: [128, 64],
   log_interval: 10, schedule: {{iters: {iters}, warmup_iters: 5}}, {extra}}}
 resources: {{gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}}
 """
-EXTRA = {"linear": "optimizer: {{lr: {lr}}}",
-         "upernet": "optimizer: {{lr: {lr}, layer_decay_rate: 0.9}}, decode_head: {{channels: 32}}, "
-                    "auxiliary_head: {{channels: 16}}"}
+EXTRA = {
+    "linear": "optimizer: {{lr: {lr}}}",
+    "upernet": "optimizer: {{lr: {lr}, layer_decay_rate: 0.9}}, decode_head: {{channels: 32}}, "
+    "auxiliary_head: {{channels: 16}}",
+}
 
 
 def tiny_seg_protocol(name: str, kind: str, iters: int, lr: float) -> str:
@@ -30,7 +33,8 @@ def seg_registry(tmp: Path, data: Path, ck: Path, iters: int = 30) -> Path:
     (bench / "suites" / "seg.yaml").write_text(
         "name: seg\ntitle: seg\nmethods: [tinyvit, tinyres]\ngrid:\n"
         "  - protocol: linear_tiny\n    datasets: [ade20k, voc12_aug, coco_stuff164k, cityscapes]\n    epochs: [1]\n"
-        "  - protocol: upernet_tiny\n    datasets: [ade20k]\n    epochs: [1]\n")
+        "  - protocol: upernet_tiny\n    datasets: [ade20k]\n    epochs: [1]\n"
+    )
     return bench
 
 

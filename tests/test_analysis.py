@@ -1,5 +1,6 @@
 """Tables from a hand-made results.csv: every number checked against a hand computation, the
 rendered files against golden files, edge cases, determinism, and `sdd collect` on records."""
+
 import math
 import shutil
 from pathlib import Path
@@ -23,14 +24,40 @@ GOLDEN = Path(__file__).parent / "golden"
 #  W2 ("lower is better"): A w2 = 5..1 -> goodness -w2 = -5..-1 increasing -> τ 0.2 (raw -0.2);
 #                          B w2 = 1..5 -> goodness decreasing -> τ -1 (raw 1); mean -0.4
 ROWS = []
-for method, dse, miou, w2 in (("A", [1, 2, 3, 4, 5], [10, 20, 30, 25, 15], [5, 4, 3, 2, 1]),
-                              ("B", [5, 4, 3, 2, 1], [10, 20, 30, 40, 50], [1, 2, 3, 4, 5])):
+for method, dse, miou, w2 in (
+    ("A", [1, 2, 3, 4, 5], [10, 20, 30, 25, 15], [5, 4, 3, 2, 1]),
+    ("B", [5, 4, 3, 2, 1], [10, 20, 30, 40, 50], [1, 2, 3, 4, 5]),
+):
     for i, e in enumerate([10, 20, 30, 40, 50]):
-        ROWS.append({"suite": "hand", "protocol": "metrics", "dataset": "imagenet", "method": method, "epoch": e,
-                     "status": "ok", "gpus": 1, "wall_s": 90.0, "dse": float(dse[i]),
-                     "dse_separability": float(dse[i]), "dse_dim": 0.5, "w2": float(w2[i])})
-        ROWS.append({"suite": "hand", "protocol": "linear", "dataset": "voc12_aug", "method": method, "epoch": e,
-                     "status": "ok", "gpus": 1, "wall_s": 3600.0, "mIoU": float(miou[i])})
+        ROWS.append(
+            {
+                "suite": "hand",
+                "protocol": "metrics",
+                "dataset": "imagenet",
+                "method": method,
+                "epoch": e,
+                "status": "ok",
+                "gpus": 1,
+                "wall_s": 90.0,
+                "dse": float(dse[i]),
+                "dse_separability": float(dse[i]),
+                "dse_dim": 0.5,
+                "w2": float(w2[i]),
+            }
+        )
+        ROWS.append(
+            {
+                "suite": "hand",
+                "protocol": "linear",
+                "dataset": "voc12_aug",
+                "method": method,
+                "epoch": e,
+                "status": "ok",
+                "gpus": 1,
+                "wall_s": 3600.0,
+                "mIoU": float(miou[i]),
+            }
+        )
 
 
 @pytest.fixture
@@ -104,20 +131,51 @@ def test_tables_regenerate_identically(hand, tmp_path):
 def test_edge_cases_never_crash(tmp_path):
     rows = [dict(r) for r in ROWS]
     rows[0]["dse"] = float("nan")  # a NaN metric
-    rows.append({"suite": "hand", "protocol": "metrics", "dataset": "imagenet", "method": "C", "epoch": 10,
-                 "status": "ok", "dse": 1.0, "dse_separability": 1.0, "dse_dim": 0.5})
-    rows.append({"suite": "hand", "protocol": "linear", "dataset": "voc12_aug", "method": "C", "epoch": 10,
-                 "status": "ok", "mIoU": 33.0})  # one checkpoint only
-    rows.append({"suite": "hand", "protocol": "linear", "dataset": "voc12_aug", "method": "C", "epoch": 20,
-                 "status": "failed", "error": "boom"})
+    rows.append(
+        {
+            "suite": "hand",
+            "protocol": "metrics",
+            "dataset": "imagenet",
+            "method": "C",
+            "epoch": 10,
+            "status": "ok",
+            "dse": 1.0,
+            "dse_separability": 1.0,
+            "dse_dim": 0.5,
+        }
+    )
+    rows.append(
+        {
+            "suite": "hand",
+            "protocol": "linear",
+            "dataset": "voc12_aug",
+            "method": "C",
+            "epoch": 10,
+            "status": "ok",
+            "mIoU": 33.0,
+        }
+    )  # one checkpoint only
+    rows.append(
+        {
+            "suite": "hand",
+            "protocol": "linear",
+            "dataset": "voc12_aug",
+            "method": "C",
+            "epoch": 20,
+            "status": "failed",
+            "error": "boom",
+        }
+    )
     d = tmp_path / "edge"
     d.mkdir()
     pd.DataFrame(rows).to_csv(d / "results.csv", index=False)
     table, tables, _ = build_tables(d)
     by = {t.name: t for t in tables}
     assert any("one checkpoint only" in n for n in by["sdd"].notes)
-    assert any(n.startswith("C / voc12_aug: 1 of 2 checkpoints evaluated; 1 failed (ep 20)") and "stays in the means" in n
-               for n in by["sdd"].notes)
+    assert any(
+        n.startswith("C / voc12_aug: 1 of 2 checkpoints evaluated; 1 failed (ep 20)") and "stays in the means" in n
+        for n in by["sdd"].notes
+    )
     assert any("fewer than 2 checkpoints" in n for n in by["kendall_tau"].notes)
     long = by["kendall_tau_per_method"].frame.set_index(["metric", "method"])
     assert long.loc[("DSE (λ=1)", "A"), "checkpoints"] == 4  # the NaN checkpoint was left out
@@ -144,6 +202,7 @@ def test_collect_and_tables_cli_on_records(tmp_path, capsys):
     # a failed record and a torn file
     bad = tmp_path / "syn/runs/linear/voc12_aug/m000/ep0060.json"
     import json
+
     rec = json.loads(bad.read_text())
     rec.update(status="failed", error="RuntimeError: out of memory\nmore", metrics={})
     bad.write_text(json.dumps(rec))
@@ -155,7 +214,11 @@ def test_collect_and_tables_cli_on_records(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"collected {n} records ({n - 1} ok, 1 failed)" in out and "left out 1 corrupt record" in out
     table = pd.read_csv(tmp_path / "syn/results.csv")
-    assert len(table) == n and "IoU.a" in table.columns and table["error"].dropna().tolist() == ["RuntimeError: out of memory"]
+    assert (
+        len(table) == n
+        and "IoU.a" in table.columns
+        and table["error"].dropna().tolist() == ["RuntimeError: out of memory"]
+    )
     assert (tmp_path / "syn/spectra.csv").is_file()
     assert main(["tables", "--suite", "syn", "--results", str(tmp_path), "--figures"]) == 0
     figs = sorted(p.name for p in (tmp_path / "syn/figures").glob("*.png"))

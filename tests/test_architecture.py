@@ -1,5 +1,6 @@
 """The house's floors (docs/architecture.md): no module imports one on a higher floor, lazy imports
 inside functions included; and each concern has one owner."""
+
 import ast
 import re
 from pathlib import Path
@@ -9,16 +10,32 @@ PKG = ROOT / "harness"
 
 # module (or package) prefix -> floor; the longest matching prefix wins
 FLOORS = {
-    "harness.atomic": 0, "harness.errors": 0, "harness.paths": 0, "harness.params": 0, "harness.device": 0, "harness.fingerprint": 0, "harness.kinds": 0, "harness.selection": 0, "harness.metrics": 0, "harness.mmcv_shim": 0,
-    "harness.registry": 1, "harness.records": 1,
-    "harness.clusters": 2, "harness.datasets": 2, "harness.models": 2, "harness.ledger": 2, "harness.plan": 2,
+    "harness.atomic": 0,
+    "harness.errors": 0,
+    "harness.paths": 0,
+    "harness.params": 0,
+    "harness.device": 0,
+    "harness.fingerprint": 0,
+    "harness.kinds": 0,
+    "harness.selection": 0,
+    "harness.metrics": 0,
+    "harness.mmcv_shim": 0,
+    "harness.registry": 1,
+    "harness.records": 1,
+    "harness.clusters": 2,
+    "harness.datasets": 2,
+    "harness.models": 2,
+    "harness.ledger": 2,
+    "harness.plan": 2,
     "harness.features": 3,
     "harness.jobs": 4,
     "harness.launch": 5,
-    "harness.collect": 6, "harness.importer": 6,
+    "harness.collect": 6,
+    "harness.importer": 6,
     "harness.analysis": 7,
     "harness.mini": 8,
-    "harness.cli": 9, "harness.__main__": 9,
+    "harness.cli": 9,
+    "harness.__main__": 9,
 }
 
 
@@ -64,8 +81,9 @@ def test_every_module_has_a_floor_and_imports_only_its_floor_or_below():
         own = floor_of(name)
         for line, target in harness_imports(name, path):
             if floor_of(target) > own:
-                bad.append(f"{path.relative_to(ROOT)}:{line}: {name} (floor {own}) imports {target} "
-                           f"(floor {floor_of(target)})")
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{line}: {name} (floor {own}) imports {target} (floor {floor_of(target)})"
+                )
     assert not bad, "imports that run upwards:\n" + "\n".join(bad)
 
 
@@ -78,8 +96,13 @@ def test_the_floor_list_matches_the_architecture_doc():
 
 def test_one_owner_for_imagenet_normalisation_and_the_selection_rule():
     """The constants and the λ / top-3 rule are written once; everything else imports them."""
-    owners = {r"0\.485": "harness/datasets.py", r"123\.675": None, r"pstdev": "harness/selection.py",
-              r"def local_maxima": "harness/selection.py", r"def dse_lambda": "harness/selection.py"}
+    owners = {
+        r"0\.485": "harness/datasets.py",
+        r"123\.675": None,
+        r"pstdev": "harness/selection.py",
+        r"def local_maxima": "harness/selection.py",
+        r"def dse_lambda": "harness/selection.py",
+    }
     for pattern, owner in owners.items():
         hits = sorted(str(p.relative_to(ROOT)) for p in PKG.rglob("*.py") if re.search(pattern, p.read_text()))
         assert hits == ([owner] if owner else []), f"{pattern} written in {hits}, expected only in {owner}"
@@ -116,8 +139,13 @@ def test_no_protocol_kind_name_is_written_outside_kinds_and_its_own_job():
                 continue  # rec["metrics"]
             if isinstance(par, ast.Dict) and node in par.keys:
                 continue  # {"metrics": ...}
-            if isinstance(par, ast.Call) and isinstance(par.func, ast.Attribute) and par.func.attr in (
-                    "get", "pop", "setdefault") and par.args and par.args[0] is node:
+            if (
+                isinstance(par, ast.Call)
+                and isinstance(par.func, ast.Attribute)
+                and par.func.attr in ("get", "pop", "setdefault")
+                and par.args
+                and par.args[0] is node
+            ):
                 continue  # results.get("metrics")
             if isinstance(par, ast.Assign) and all(isinstance(t, ast.Attribute) for t in par.targets):
                 continue  # a framework's own setting, e.g. cfg.SOLVER.WARMUP_METHOD = "linear"
@@ -125,8 +153,11 @@ def test_no_protocol_kind_name_is_written_outside_kinds_and_its_own_job():
     assert not bad, "protocol kind names outside harness/kinds.py and the kind's own job:\n" + "\n".join(bad)
 
 
-ADAPTERS = {"mmengine": "harness.jobs.mm_adapter", "mmseg": "harness.jobs.mm_adapter",
-            "detectron2": "harness.jobs.d2_adapter"}
+ADAPTERS = {
+    "mmengine": "harness.jobs.mm_adapter",
+    "mmseg": "harness.jobs.mm_adapter",
+    "detectron2": "harness.jobs.d2_adapter",
+}
 
 
 def test_private_framework_attributes_only_in_their_adapter():
@@ -144,18 +175,30 @@ def test_private_framework_attributes_only_in_their_adapter():
                     if root in ADAPTERS:
                         framework_names.add((a.asname or a.name).split(".")[0])
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in framework_names:
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in framework_names
+            ):
                 attr = node.attr
                 private = attr.startswith("_") and not attr.startswith("__")
                 constant = attr.isupper() and len(attr) > 1
                 if (private or constant) and name not in ADAPTERS.values():
                     bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.id}.{attr}")
         for node in ast.walk(tree):  # the runner's loop internals, and model wrappers guessed by attribute
-            if isinstance(node, ast.Attribute) and node.attr in ("_iter", "_LOCAL_PROCESS_GROUP") \
-                    and name not in ADAPTERS.values():
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("_iter", "_LOCAL_PROCESS_GROUP")
+                and name not in ADAPTERS.values()
+            ):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "hasattr" and len(node.args) == 2 \
-                    and isinstance(node.args[1], ast.Constant) and node.args[1].value == "module":
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "hasattr"
+                and len(node.args) == 2
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value == "module"
+            ):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: hasattr(..., 'module') (use is_model_wrapper)")
     assert not bad, "private framework parts outside the adapters:\n" + "\n".join(bad)
 

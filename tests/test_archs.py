@@ -1,4 +1,5 @@
 """The architecture factory: dense features [B, N, d] of a chosen layer and multi-level maps."""
+
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ def test_tiny_dense_and_levels(arch):
         assert m.shape == (2, b.dim, 64 // b.stride, 96 // b.stride)
         assert torch.allclose(m.flatten(2).transpose(1, 2), d)
         levels = b.levels(x)
-        assert [l.shape[1] for l in levels] == list(b.level_channels)
+        assert [x.shape[1] for x in levels] == list(b.level_channels)
 
 
 def test_vit_dense_drops_class_token_and_applies_final_norm():

@@ -1,5 +1,6 @@
 """The linear probe's frozen backbone in bfloat16, its head in float32 (issue 15): the same numbers as
 float32, within 0.5 mIoU per checkpoint and the same ranking of checkpoints."""
+
 import pytest
 from scipy.stats import kendalltau
 
@@ -26,10 +27,14 @@ def test_bfloat16_backbone_features_agree_with_float32(data, tmp_path, monkeypat
     p = bench / "protocols" / "linear_tiny.yaml"
     p.write_text(p.read_text().replace("photometric: false,", "photometric: false, precision: float32,"))
     (bench / "protocols" / "linear_bf16.yaml").write_text(
-        p.read_text().replace("name: linear_tiny", "name: linear_bf16").replace("precision: float32", "precision: bfloat16"))
+        p.read_text()
+        .replace("name: linear_tiny", "name: linear_bf16")
+        .replace("precision: float32", "precision: bfloat16")
+    )
     (bench / "suites" / "bf.yaml").write_text(
         "name: bf\ntitle: bf16\nmethods: [tinyvit]\ngrid:\n"
-        "  - {protocol: linear_tiny, datasets: [ade20k]}\n  - {protocol: linear_bf16, datasets: [ade20k]}\n")
+        "  - {protocol: linear_tiny, datasets: [ade20k]}\n  - {protocol: linear_bf16, datasets: [ade20k]}\n"
+    )
     recs = {(c.protocol, c.epoch): execute(c, tmp_path / "results") for c in build_plan(load_registry(bench), "bf")}
     f32 = [recs[("linear_tiny", e)]["metrics"]["mIoU"] for e in epochs]
     b16 = [recs[("linear_bf16", e)]["metrics"]["mIoU"] for e in epochs]
@@ -66,10 +71,9 @@ def test_batched_slide_inference_predicts_as_mmsegs_loop(data, tmp_path, monkeyp
     import copy
 
     import torch
-
-    import harness.jobs.mm_modules  # noqa: F401  (the mmcv shim first, then mmseg)
     from mmseg.models.segmentors import EncoderDecoder
 
+    import harness.jobs.mm_modules  # noqa: F401  (the mmcv shim first, then mmseg)
     from harness.device import resolve
     from harness.jobs import JobContext
     from harness.jobs.mm_adapter import on_device, runner_from_config
@@ -80,8 +84,12 @@ def test_batched_slide_inference_predicts_as_mmsegs_loop(data, tmp_path, monkeyp
     worlds.dino_checkpoint(ck, "tinyvit", "vit_tiny_test", 1, seed=1)
     bench = seg_world.seg_registry(tmp_path, data, ck, iters=40)
     p = bench / "protocols" / "linear_tiny.yaml"
-    p.write_text(p.read_text().replace("photometric: false,", "photometric: false, precision: bfloat16, "
-                                       "test: {mode: slide, crop_size: [32, 32], stride: [21, 21]},"))
+    p.write_text(
+        p.read_text().replace(
+            "photometric: false,",
+            "photometric: false, precision: bfloat16, test: {mode: slide, crop_size: [32, 32], stride: [21, 21]},",
+        )
+    )
     reg = load_registry(bench)
     cell = next(c for c in build_plan(reg, "seg") if c.protocol == "linear_tiny" and c.dataset == "ade20k")
     from harness.kinds import PROTOCOL_KINDS

@@ -1,5 +1,6 @@
 """Every method's checkpoint, written in that method's own format, loads through the registry rule
 with zero missing backbone keys and identical tensors; bad files fail with clear errors."""
+
 import pickle
 from pathlib import Path
 
@@ -26,10 +27,22 @@ def _write(registry, ckpt_root, method, epoch=None, **kw):
 
 
 # what each rule lets through beside the backbone (reported as unexpected keys)
-EXTRAS = {"dino": "head.", "ibot": "head.", "mugs": "relation_blocks.", "mae": "decoder_", "mocov3": "head.",
-          "esvit": "head", "simsiam": "fc.", "mec": "fc.", "resa": "fc.", "swav": "projection_head.",
-          "vicreg": "module.projector.", "vicregl": "module.projector.", "barlowtwins": "module.projector.",
-          "byol": "projetion."}
+EXTRAS = {
+    "dino": "head.",
+    "ibot": "head.",
+    "mugs": "relation_blocks.",
+    "mae": "decoder_",
+    "mocov3": "head.",
+    "esvit": "head",
+    "simsiam": "fc.",
+    "mec": "fc.",
+    "resa": "fc.",
+    "swav": "projection_head.",
+    "vicreg": "module.projector.",
+    "vicregl": "module.projector.",
+    "barlowtwins": "module.projector.",
+    "byol": "projetion.",
+}
 
 
 def test_every_registry_method_has_a_format_test(registry):
@@ -54,8 +67,21 @@ def test_mini_pretraining_checkpoints_load_through_those_rules(tmp_path, monkeyp
     data = generate.imagenet(tmp_path / "imagenet", classes=2, train=8, val=2)
     monkeypatch.setenv("SDD_MINI_ROOT", str(tmp_path / "mini"))
     out = tmp_path / "mini" / "checkpoints" / f"mini_{objective}"
-    pretrain(["--objective", objective, "--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "4",
-              "--quiet"])
+    pretrain(
+        [
+            "--objective",
+            objective,
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--quiet",
+        ]
+    )
     reg = load_registry()
     for epoch in (1, 2):
         loaded = load_backbone(f"mini_{objective}", epoch, registry=reg)
@@ -97,6 +123,7 @@ def test_swav_released_format_without_state_dict_key(registry, ckpt_root):
 
 # ---- bad files ------------------------------------------------------------------------------------
 
+
 class Evil:
     """Unpickling this would run `_touch(marker)`."""
 
@@ -117,7 +144,8 @@ def tiny(tmp_path, monkeypatch):
     (root / "methods" / "tinydino.yaml").write_text(
         "name: tinydino\ntitle: tiny DINO\nfamily: test\narch: vit_tiny_test\n"
         "checkpoint:\n  dir: ${SDD_CKPT_ROOT}/tinydino\n  file: 'checkpoint{epoch:04d}.pth'\n"
-        "  epochs: [1, 2, 3]\n  state_dict: {key: teacher, strip_prefixes: [module., backbone.]}\n")
+        "  epochs: [1, 2, 3]\n  state_dict: {key: teacher, strip_prefixes: [module., backbone.]}\n"
+    )
     ck = tmp_path / "ck"
     monkeypatch.setenv("SDD_CKPT_ROOT", str(ck))
     reg = load_registry(root)
@@ -129,7 +157,9 @@ def test_pickled_callable_is_refused_without_running(tiny, tmp_path):
     reg, d, sd = tiny
     marker = tmp_path / "pwned"
     d.mkdir(parents=True)
-    torch.save({"teacher": formats.prefixed("backbone.", sd), "epoch": 2, "evil": Evil(marker)}, d / "checkpoint0002.pth")
+    torch.save(
+        {"teacher": formats.prefixed("backbone.", sd), "epoch": 2, "evil": Evil(marker)}, d / "checkpoint0002.pth"
+    )
     with pytest.raises(CheckpointError, match=r"refused to load .*checkpoint0002\.pth.*nothing from it was executed"):
         load_backbone("tinydino", 2, registry=reg)
     assert not marker.exists()
@@ -173,7 +203,9 @@ def test_wrong_prefix_rule_loads_nothing_and_says_so(tiny):
     reg, d, sd = tiny
     d.mkdir(parents=True)
     torch.save({"teacher": formats.prefixed("encoder.", sd), "epoch": 1}, d / "checkpoint0001.pth")
-    with pytest.raises(CheckpointError, match=r"54 of 54 backbone keys are missing.*produced keys such as: encoder\.blocks"):
+    with pytest.raises(
+        CheckpointError, match=r"54 of 54 backbone keys are missing.*produced keys such as: encoder\.blocks"
+    ):
         load_backbone("tinydino", 1, registry=reg)
 
 
@@ -193,7 +225,9 @@ def test_stored_epoch_is_read_and_checked(tiny):
     obj = safe_load(d / "checkpoint0002.pth")
     obj["epoch"] = 7
     torch.save(obj, d / "checkpoint0002.pth")
-    with pytest.raises(CheckpointError, match=r"its 'epoch' field says 7 .* maps this file to epoch 2. .*checkpoint.file_offset: -5"):
+    with pytest.raises(
+        CheckpointError, match=r"its 'epoch' field says 7 .* maps this file to epoch 2. .*checkpoint.file_offset: -5"
+    ):
         load_backbone("tinydino", 2, registry=reg)
 
 
@@ -202,8 +236,16 @@ def test_numpy_and_namespace_bookkeeping_loads(tiny):
 
     reg, d, sd = tiny
     d.mkdir(parents=True)
-    torch.save({"teacher": formats.prefixed("backbone.", sd), "epoch": 1, "args": formats.args_ns(),
-                "stats": np.arange(3.0), "best": np.float64(0.5)}, d / "checkpoint0001.pth")
+    torch.save(
+        {
+            "teacher": formats.prefixed("backbone.", sd),
+            "epoch": 1,
+            "args": formats.args_ns(),
+            "stats": np.arange(3.0),
+            "best": np.float64(0.5),
+        },
+        d / "checkpoint0001.pth",
+    )
     assert load_backbone("tinydino", 1, registry=reg).stored_epoch == 1
 
 
@@ -214,5 +256,7 @@ def test_unknown_epoch_and_unset_env_var(tiny, monkeypatch):
     with pytest.raises(CheckpointError, match=r"epoch 9 is not among the epochs of method 'tinydino'"):
         load_backbone("tinydino", 9, registry=reg)
     monkeypatch.delenv("SDD_CKPT_ROOT")
-    with pytest.raises(RegistryError, match=r"tinydino\.yaml: checkpoint\.dir: environment variable SDD_CKPT_ROOT is not set"):
+    with pytest.raises(
+        RegistryError, match=r"tinydino\.yaml: checkpoint\.dir: environment variable SDD_CKPT_ROOT is not set"
+    ):
         load_backbone("tinydino", 1, registry=reg)

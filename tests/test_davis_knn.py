@@ -14,7 +14,7 @@ from tests import worlds
 
 def square(h, w, y0, x0, s):
     m = np.zeros((h, w), bool)
-    m[y0:y0 + s, x0:x0 + s] = True
+    m[y0 : y0 + s, x0 : x0 + s] = True
     return m
 
 
@@ -72,20 +72,24 @@ def world(tmp_path, monkeypatch):
     bench = worlds.tiny_registry(tmp_path, data / "imagenet-1k", ck)
     (bench / "datasets" / "imagenet.yaml").write_text(
         f"name: imagenet\ntitle: mini\nkind: imagenet\nroot: {data / 'imagenet-1k'}\ntask: classification\n"
-        "img_suffix: .JPEG\nsplits:\n  train: {img_dir: train}\n  val: {img_dir: val}\n")
+        "img_suffix: .JPEG\nsplits:\n  train: {img_dir: train}\n  val: {img_dir: val}\n"
+    )
     (bench / "protocols" / "davis_tiny.yaml").write_text(
         "name: davis_tiny\nkind: davis\ntitle: tiny davis\ndatasets: [davis2017]\n"
         "params: {short_side: 128, size_multiple: 16, n_last_frames: 3, size_mask_neighborhood: 3, topk: 5,\n"
         "  temperature: 0.1, resnet_layer: 3}\n"
-        "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n")
+        "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n"
+    )
     (bench / "protocols" / "knn_tiny.yaml").write_text(
         "name: knn_tiny\nkind: knn\ntitle: tiny knn\ndatasets: [imagenet]\n"
         "params: {k: 5, temperature: 0.07, resize: 64, crop: 64, batch_size: 16}\n"
-        "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n")
+        "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n"
+    )
     (bench / "suites" / "dk.yaml").write_text(
         "name: dk\ntitle: davis and knn\nmethods: [tinyvit, tinyres]\ngrid:\n"
         "  - protocol: davis_tiny\n    datasets: [davis2017]\n    epochs: [1]\n"
-        "  - protocol: knn_tiny\n    datasets: [imagenet]\n    epochs: [1]\n")
+        "  - protocol: knn_tiny\n    datasets: [imagenet]\n    epochs: [1]\n"
+    )
     return load_registry(bench), data
 
 

@@ -1,5 +1,6 @@
 """The `micro` suite end to end: mini world, tiny pre-training, submit on the local executor and on
 the real local Slurm, collect, tables and figures; skip-done and single-cell re-runs; preflight."""
+
 import json
 import math
 
@@ -135,7 +136,8 @@ def test_the_mini_world_is_a_world_of_its_own_without_any_variable(mini, tmp_pat
         "name: own\ntitle: my suite on the mini datasets\nmethods: [mini_dino]\n"
         "data_root: ${SDD_MINI_ROOT:-${SDD_RESULTS:-results}/.mini}/data\n"
         "grid:\n  - {protocol: metrics_mini, datasets: [imagenet], epochs: [1, 2]}\n"
-        "  - {protocol: linear_mini, datasets: [ade20k], epochs: [2]}\n")
+        "  - {protocol: linear_mini, datasets: [ade20k], epochs: [2]}\n"
+    )
     assert main(["--registry", str(bench), "validate", "--suite", "own"]) == 0
     monkeypatch.setenv("SDD_DATA_ROOT", str(tmp_path / "my_real_data"))  # a user's own data root: no matter
     assert main(["--registry", str(bench), "validate", "--suite", "own"]) == 0

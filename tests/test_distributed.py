@@ -1,6 +1,7 @@
 """Where a cell runs (issue 12), on this CPU machine: the device decided once, GPU protocols failing
 here with the reason, records stating what ran, and multi-process cells as real torch.distributed jobs
 (gloo) through the local executor and the real local Slurm."""
+
 import json
 import math
 import os
@@ -21,8 +22,13 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the be
 
 
 def test_batch_plan_keeps_the_recipes_global_batch():
-    assert batch_plan(16, 8, 8).record() == {"global": 16, "per_device": 2, "accumulation": 1, "world_size": 8,
-                                             "recipe_devices": 8}
+    assert batch_plan(16, 8, 8).record() == {
+        "global": 16,
+        "per_device": 2,
+        "accumulation": 1,
+        "world_size": 8,
+        "recipe_devices": 8,
+    }
     assert batch_plan(16, 8, 4).per_device == 2 and batch_plan(16, 8, 4).accumulation == 2  # a capped cell
     assert batch_plan(16, 8, 1).accumulation == 8
     assert batch_plan(16, 1, 1).per_device == 16
@@ -39,14 +45,21 @@ def test_a_gpu_request_without_a_gpu_is_an_error_and_a_cpu_request_stays_on_the_
 
 
 @pytest.mark.parametrize("cluster", ["inline", "local"])
-def test_a_gpu_protocol_on_this_cpu_machine_ends_as_a_failed_record_and_the_others_complete(tmp_path, capsys,
-                                                                                            monkeypatch, cluster):
+def test_a_gpu_protocol_on_this_cpu_machine_ends_as_a_failed_record_and_the_others_complete(
+    tmp_path, capsys, monkeypatch, cluster
+):
     monkeypatch.setenv("SDD_SUBMITIT", str(tmp_path / "submitit"))
-    bench = make_registry(tmp_path, "{steps: 1, sleep_s: 0.01}", methods="[dino]", epochs="[10]",
-                          extra_grid="  - protocol: probe_gpu\n    datasets: [imagenet]\n    epochs: [10]\n")
+    bench = make_registry(
+        tmp_path,
+        "{steps: 1, sleep_s: 0.01}",
+        methods="[dino]",
+        epochs="[10]",
+        extra_grid="  - protocol: probe_gpu\n    datasets: [imagenet]\n    epochs: [10]\n",
+    )
     (bench / "protocols" / "probe_gpu.yaml").write_text(
         "name: probe_gpu\nkind: probe\ntitle: probe on a GPU\nparams: {steps: 1, sleep_s: 0.01}\n"
-        "resources: {gpus: 1, cpus: 1, mem_gb: 1, time_min: 5, gpu_hours: 0.1}\n")
+        "resources: {gpus: 1, cpus: 1, mem_gb: 1, time_min: 5, gpu_hours: 0.1}\n"
+    )
     results = tmp_path / "results"
     assert sdd(bench, "submit", "--suite", "probe", "--cluster", cluster, "--results", str(results)) == 1
     assert "1 of 2 cells failed" in capsys.readouterr().err
@@ -84,7 +97,9 @@ def two_process_world(tmp_path, monkeypatch, iters):
     bench = seg_world.seg_registry(tmp_path, data, ck, iters=iters)
     for name in ("linear_tiny", "upernet_tiny"):  # two gloo processes per cell
         p = bench / "protocols" / f"{name}.yaml"
-        p.write_text(p.read_text().replace("resources: {gpus: 0, cpus: 1,", "resources: {gpus: 0, processes: 2, cpus: 2,"))
+        p.write_text(
+            p.read_text().replace("resources: {gpus: 0, cpus: 1,", "resources: {gpus: 0, processes: 2, cpus: 2,")
+        )
     return bench
 
 
@@ -108,16 +123,20 @@ def test_two_process_cells_on_the_local_executor_keep_the_global_batch(tmp_path,
         "params: {backend: torchvision, iters: 10, batch_size: 2, min_size: 96, max_size: 96,\n"
         "  anchor_sizes: [8, 16, 32, 64, 128], out_channels: 32, optimizer: {lr: 0.0005, weight_decay: 0.0},\n"
         "  checkpoint_interval: 5, detections_per_img: 20}\n"
-        "resources: {gpus: 0, processes: 2, cpus: 2, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n")
+        "resources: {gpus: 0, processes: 2, cpus: 2, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n"
+    )
     (bench / "suites" / "d.yaml").write_text(
         "name: d\ntitle: d\nmethods: [tinyvit]\ngrid:\n"
         "  - protocol: linear_tiny\n    datasets: [ade20k]\n    epochs: [1]\n"
         "  - protocol: upernet_tiny\n    datasets: [ade20k]\n    epochs: [1]\n"
-        "  - protocol: maskrcnn_tiny\n    datasets: [coco_instances]\n    epochs: [1]\n")
+        "  - protocol: maskrcnn_tiny\n    datasets: [coco_instances]\n    epochs: [1]\n"
+    )
     results = tmp_path / "local"
     assert sdd(bench, "submit", "--suite", "d", "--cluster", "local", "--results", str(results)) == 0
-    recs = {p: only_record(results, "d", p, ds) for p, ds in (("linear_tiny", "ade20k"), ("upernet_tiny", "ade20k"),
-                                                              ("maskrcnn_tiny", "coco_instances"))}
+    recs = {
+        p: only_record(results, "d", p, ds)
+        for p, ds in (("linear_tiny", "ade20k"), ("upernet_tiny", "ade20k"), ("maskrcnn_tiny", "coco_instances"))
+    }
     for name, rec in recs.items():
         assert rec["status"] == "ok", rec.get("error")
         assert rec["placement"]["world_size"] == 2 and rec["placement"]["backend"] == "gloo", name
@@ -125,8 +144,10 @@ def test_two_process_cells_on_the_local_executor_keep_the_global_batch(tmp_path,
     assert recs["linear_tiny"]["batch"]["per_device"] == 2 and recs["linear_tiny"]["batch"]["global"] == 4
     assert recs["maskrcnn_tiny"]["batch"]["per_device"] == 1 and recs["maskrcnn_tiny"]["metrics"]["detections"] > 0
     one = tmp_path / "inline"
-    assert sdd(bench, "submit", "--suite", "d", "--cluster", "inline", "--results", str(one), "--protocol",
-               "linear_tiny") == 0
+    assert (
+        sdd(bench, "submit", "--suite", "d", "--cluster", "inline", "--results", str(one), "--protocol", "linear_tiny")
+        == 0
+    )
     single = only_record(one, "d", "linear_tiny", "ade20k")
     assert single["placement"]["world_size"] == 1 and single["batch"]["accumulation"] == 2
     assert single["batch"]["global"] == recs["linear_tiny"]["batch"]["global"] == 4
@@ -143,7 +164,9 @@ def test_a_two_task_slurm_cell_resumes_on_every_rank_from_rank_0s_state(slurm_cl
     p = bench / "protocols" / "linear_tiny.yaml"
     p.write_text(p.read_text().replace("checkpoint_interval: 10", "checkpoint_interval: 20"))
     (bench / "suites" / "d.yaml").write_text(
-        "name: d\ntitle: d\nmethods: [tinyvit]\ngrid:\n  - protocol: linear_tiny\n    datasets: [ade20k]\n    epochs: [1]\n")
+        "name: d\ntitle: d\nmethods: [tinyvit]\ngrid:\n"
+        "  - protocol: linear_tiny\n    datasets: [ade20k]\n    epochs: [1]\n"
+    )
     results = tmp_path / "results"
     assert sdd(bench, "submit", "--suite", "d", "--cluster", "local-test", "--results", str(results)) == 0
     cell = build_plan(load_registry(bench), "d")[0]
@@ -151,14 +174,22 @@ def test_a_two_task_slurm_cell_resumes_on_every_rank_from_rank_0s_state(slurm_cl
     wait_for(state.is_file, timeout=300, what="rank 0's first saved state")
     job = read_ledger(results, "d")["cells"][cell.id]["job_id"]
     subprocess.run(["scancel", job], check=True)
-    wait_for(lambda: read_ledger(results, "d")["cells"][cell.id].get("state") != "SUBMITTED" or
-             subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip() == "",
-             timeout=120, what="the cancelled job to end")
+    wait_for(
+        lambda: (
+            read_ledger(results, "d")["cells"][cell.id].get("state") != "SUBMITTED"
+            or subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip() == ""
+        ),
+        timeout=120,
+        what="the cancelled job to end",
+    )
     saved = torch.load(state, weights_only=True)["iter"]
     time.sleep(5)  # whatever the killed ranks did on their way out has happened
     assert 20 <= saved < 400 and not cell.record_path(results).exists()  # stopped, not failed: no record
-    assert sdd(bench, "submit", "--suite", "d", "--cluster", "local-test", "--results", str(results),
-               "--retry-failed") == 0
+    assert (
+        sdd(bench, "submit", "--suite", "d", "--cluster", "local-test", "--results", str(results), "--retry-failed")
+        == 0
+    )
+
     def finished_ok():
         path = cell.record_path(results)
         return path.is_file() and json.loads(path.read_text())["status"] == "ok"

@@ -1,5 +1,6 @@
 """DSE: parity mode equals a loop-based transcription of the reference algorithm (protocols §2),
 component by component; fast mode agrees with it and ranks feature sets the same way."""
+
 import math
 
 import pytest
@@ -58,7 +59,7 @@ def ref_dse(z, kl=3, kg=24):
         img.append(sum(css) / len(css) if css else 1.0)
     css_all, inter = [], []
     for s in range(0, B, kg // kl):
-        X = z[s:s + kg // kl].reshape(-1, d)
+        X = z[s : s + kg // kl].reshape(-1, d)
         lab, C = ref_kmeans(X, kg)
         css_all += ref_css(X, lab, kg)
         D = torch.cdist(X, C)
@@ -74,8 +75,12 @@ def ref_dse(z, kl=3, kg=24):
         s = torch.linalg.svdvals(R)
         p = s / s.sum() + 1e-12
         eranks.append(math.exp(-(p * p.log()).sum().item()) / min(B, d))
-    out = {"intra_image": sum(img) / B / avg_l2, "intra_batch": sum(css_all) / len(css_all) / avg_l2,
-           "inter": sum(inter) / len(inter) / avg_l2, "dim": sum(eranks) / N}
+    out = {
+        "intra_image": sum(img) / B / avg_l2,
+        "intra_batch": sum(css_all) / len(css_all) / avg_l2,
+        "inter": sum(inter) / len(inter) / avg_l2,
+        "dim": sum(eranks) / N,
+    }
     out["dse"] = out["inter"] + out["dim"] - (out["intra_batch"] + out["intra_image"]) / 2
     return out
 

@@ -1,4 +1,5 @@
 """The DSE regulariser is differentiable and optimising it raises DSE."""
+
 import torch
 
 from harness.metrics.dse import dse

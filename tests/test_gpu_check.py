@@ -1,6 +1,7 @@
 """`make gpu-check ARGS=--smoke` is part of `make test` (issue 22): the GPU check's script runs end to end
 on this CPU machine through the project's own .venv, and a figure extrapolated from a CPU run is labelled
 as a CPU figure, never printed as GPU·h."""
+
 import json
 import os
 import subprocess
@@ -18,13 +19,14 @@ def test_the_gpu_check_smoke_runs_here_and_claims_no_gpu_figure(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine: `make gpu-check` itself is the check there")
     env = {**os.environ, "OUT": str(tmp_path)}
-    out = subprocess.run(["make", "-s", "gpu-check", "ARGS=--smoke"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=900)
+    out = subprocess.run(
+        ["make", "-s", "gpu-check", "ARGS=--smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     got = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = got["rows"]
     assert rows and all(r.get("status", "ok") == "ok" for r in rows), [r for r in rows if r.get("status", "ok") != "ok"]
     assert not any("extrapolated_gpu_h" in r for r in rows)  # no GPU·h from a CPU run
-    assert any("extrapolated_cpu_h" in r for r in rows)       # the extrapolation is there, as a CPU figure
+    assert any("extrapolated_cpu_h" in r for r in rows)  # the extrapolation is there, as a CPU figure
     md = (tmp_path / "gpu_check.md").read_text()
     assert "No GPU ran this" in md and "extrapolated_gpu_h" not in md

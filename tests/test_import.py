@@ -1,5 +1,6 @@
 """`sdd import` (issue 14): files exactly as the upstream tools write them, imported into a suite, joined
 with computed records, and the tables checked against values computed by hand."""
+
 import json
 import math
 import shutil
@@ -31,7 +32,8 @@ def bench(tmp_path, monkeypatch):
         "name: imp\ntitle: imported\nmethods: [dino, mocov3]\ngrid:\n"
         "  - {protocol: metrics, datasets: [imagenet], epochs: [10, 20, 30, 40, 50]}\n"
         "  - {protocol: linear, datasets: [voc12_aug], epochs: [10, 20, 30, 40, 50]}\n"
-        "  - {protocol: maskrcnn, datasets: [coco_instances], epochs: [50]}\n")
+        "  - {protocol: maskrcnn, datasets: [coco_instances], epochs: [50]}\n"
+    )
     return b
 
 
@@ -46,11 +48,13 @@ def official_tree(root: Path, dse: list[float]) -> Path:
         d.mkdir(parents=True)
         lines = []
         for layer, value in ((10, -v), (11, v)):  # a decoy layer 10 with the opposite trend
-            lines += [f"Layer {layer} DSE Metric (Original): {value + 0.5:.6f}",
-                      f"Layer {layer} Inter-class Distance: {1.0 + value:.6f}",
-                      f"Layer {layer} Intra-class Radius (Image): 0.500000",
-                      f"Layer {layer} Intra-class Radius (Batch): 0.500000",
-                      f"Layer {layer} Effective Dimensionality: {0.3 + value / 100:.6f}"]
+            lines += [
+                f"Layer {layer} DSE Metric (Original): {value + 0.5:.6f}",
+                f"Layer {layer} Inter-class Distance: {1.0 + value:.6f}",
+                f"Layer {layer} Intra-class Radius (Image): 0.500000",
+                f"Layer {layer} Intra-class Radius (Batch): 0.500000",
+                f"Layer {layer} Effective Dimensionality: {0.3 + value / 100:.6f}",
+            ]
         (d / f"metrics_epoch_{epoch}.txt").write_text("\n".join(lines) + "\n")
     return root
 
@@ -58,31 +62,59 @@ def official_tree(root: Path, dse: list[float]) -> Path:
 def mmseg_1x(root: Path, miou: float) -> Path:
     d = root / "20250101_000000" / "vis_data"
     d.mkdir(parents=True)
-    lines = [{"lr": 0.001, "loss": 1.2, "step": 50},
-             {"aAcc": 80.0, "mIoU": miou, "mAcc": 50.0, "step": 40000}]
+    lines = [{"lr": 0.001, "loss": 1.2, "step": 50}, {"aAcc": 80.0, "mIoU": miou, "mAcc": 50.0, "step": 40000}]
     (d / "scalars.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return root
 
 
-VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+VOC_CLASSES = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 
 
 def mmseg_0x(root: Path, miou: float, classes=VOC_CLASSES) -> Path:
     root.mkdir(parents=True)
     per_class = {f"IoU.{c}": (miou if c == "aeroplane" else 0.9) for c in classes}
-    lines = [{"env_info": "..."}, {"mode": "train", "iter": 50, "lr": 0.001, "loss": 1.1},
-             {"mode": "val", "iter": 40000, "aAcc": 0.8, "mIoU": miou, "mAcc": 0.5, **per_class}]
+    lines = [
+        {"env_info": "..."},
+        {"mode": "train", "iter": 50, "lr": 0.001, "loss": 1.1},
+        {"mode": "val", "iter": 40000, "aAcc": 0.8, "mIoU": miou, "mAcc": 0.5, **per_class},
+    ]
     (root / "20220101_000000.log.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return root
 
 
 def spreadsheet(path: Path, dse: list[float]) -> Path:
     """The .xlsx the official README asks for: one row per checkpoint, no epoch column."""
-    pd.DataFrame({"Layer 11 DSE Metric": [v + 0.5 for v in dse],
-                  "Layer 11 Inter-class Distance": [1.0 + v for v in dse],
-                  "Layer 11 Intra-class Radius (Image)": [0.5] * 5, "Layer 11 Intra-class Radius (Batch)": [0.5] * 5,
-                  "Layer 11 Effective Dimensionality": [0.3 + v / 100 for v in dse]}).to_excel(path, index=False)
+    pd.DataFrame(
+        {
+            "Layer 11 DSE Metric": [v + 0.5 for v in dse],
+            "Layer 11 Inter-class Distance": [1.0 + v for v in dse],
+            "Layer 11 Intra-class Radius (Image)": [0.5] * 5,
+            "Layer 11 Intra-class Radius (Batch)": [0.5] * 5,
+            "Layer 11 Effective Dimensionality": [0.3 + v / 100 for v in dse],
+        }
+    ).to_excel(path, index=False)
     return path
 
 
@@ -90,15 +122,45 @@ def import_everything(bench, tmp_path, capsys):
     official_tree(tmp_path / "dse_dino", DINO_DSE)
     assert sdd(bench, "import", str(tmp_path / "dse_dino"), "--suite", "imp", "--method", "dino") == 0
     assert "dse-official" in capsys.readouterr().out
-    assert sdd(bench, "import", str(spreadsheet(tmp_path / "moco.xlsx", MOCO_DSE)), "--suite", "imp",
-               "--method", "mocov3") == 0
+    assert (
+        sdd(bench, "import", str(spreadsheet(tmp_path / "moco.xlsx", MOCO_DSE)), "--suite", "imp", "--method", "mocov3")
+        == 0
+    )
     assert "row i -> epoch (i+1)*10" in capsys.readouterr().out
     for epoch, m in zip(EPOCHS, DINO_MIOU):
-        assert sdd(bench, "import", str(mmseg_1x(tmp_path / f"seg_dino_{epoch}", m)), "--suite", "imp",
-                   "--method", "dino", "--epoch", str(epoch), "--dataset", "voc12_aug") == 0
+        assert (
+            sdd(
+                bench,
+                "import",
+                str(mmseg_1x(tmp_path / f"seg_dino_{epoch}", m)),
+                "--suite",
+                "imp",
+                "--method",
+                "dino",
+                "--epoch",
+                str(epoch),
+                "--dataset",
+                "voc12_aug",
+            )
+            == 0
+        )
     for epoch, m in zip(EPOCHS, MOCO_MIOU):
-        assert sdd(bench, "import", str(mmseg_0x(tmp_path / f"seg_moco_{epoch}", m)), "--suite", "imp",
-                   "--method", "mocov3", "--epoch", str(epoch), "--dataset", "voc12_aug") == 0
+        assert (
+            sdd(
+                bench,
+                "import",
+                str(mmseg_0x(tmp_path / f"seg_moco_{epoch}", m)),
+                "--suite",
+                "imp",
+                "--method",
+                "mocov3",
+                "--epoch",
+                str(epoch),
+                "--dataset",
+                "voc12_aug",
+            )
+            == 0
+        )
     capsys.readouterr()
 
 
@@ -109,8 +171,14 @@ def test_upstream_files_give_the_tables_computed_by_hand(bench, tmp_path, capsys
     src = rec["imported"]["sources"]["dse"]
     assert rec["source"] == "imported" and src["format"] == "dse-official" and len(src["sha256"]) == 64
     assert rec["metrics"]["dse"] == pytest.approx(3.5)  # layer 11, not the decoy layer 10
-    assert rec["details"]["official_settings"] == {"local_clusters": "3", "global_clusters": "24", "layers": "1",
-                                                   "data_percent": "0.001", "normalized": True, "batch_size": "1024"}
+    assert rec["details"]["official_settings"] == {
+        "local_clusters": "3",
+        "global_clusters": "24",
+        "layers": "1",
+        "data_percent": "0.001",
+        "normalized": True,
+        "batch_size": "1024",
+    }
     moco = json.loads((results / "imp/imported/linear/voc12_aug/mocov3/ep0020.json").read_text())
     assert moco["metrics"]["mIoU"] == pytest.approx(20.0) and moco["metrics"]["IoU"]["aeroplane"] == pytest.approx(20.0)
     assert sdd(bench, "collect", "--suite", "imp") == 0
@@ -136,10 +204,23 @@ def test_imported_cells_are_never_rerun_and_a_computed_record_wins_unless_asked(
     assert sdd(bench, "submit", "--suite", "imp", "--cluster", "example", "--dry-run") == 0
     out = capsys.readouterr().out
     assert "20 imported" in out and "would submit 2" in out  # only the Mask R-CNN cells are left
-    cell = next(c for c in build_plan(load_registry(bench), "imp", protocols=["linear"], methods=["dino"]) if c.epoch == 50)
-    records.write_record(cell.record_path(results), {
-        "suite": "imp", "protocol": "linear", "dataset": "voc12_aug", "method": "dino", "epoch": 50, "status": "ok",
-        "config_hash": cell.config_hash, "config": cell.config, "metrics": {"mIoU": 99.0}})
+    cell = next(
+        c for c in build_plan(load_registry(bench), "imp", protocols=["linear"], methods=["dino"]) if c.epoch == 50
+    )
+    records.write_record(
+        cell.record_path(results),
+        {
+            "suite": "imp",
+            "protocol": "linear",
+            "dataset": "voc12_aug",
+            "method": "dino",
+            "epoch": 50,
+            "status": "ok",
+            "config_hash": cell.config_hash,
+            "config": cell.config,
+            "metrics": {"mIoU": 99.0},
+        },
+    )
     assert sdd(bench, "collect", "--suite", "imp") == 0 and sdd(bench, "tables", "--suite", "imp") == 0
     sdd_t = pd.read_csv(results / "imp/tables/sdd.csv").set_index("method")
     assert sdd_t.loc["dino", "last"] == 99.0  # the computed record
@@ -153,13 +234,26 @@ def test_imported_cells_are_never_rerun_and_a_computed_record_wins_unless_asked(
     assert sdd(bench, "import", str(tmp_path / "dse_dino"), "--suite", "imp", "--method", "dino", "--replace") == 0
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda f: f.write_text(f.read_text().replace("Layer 11 Inter-class Distance: ", "Layer 11 Inter-class Distance ")),
-     r"metrics_epoch_20\.txt:7: .* is not 'Layer <L> <quantity>: <value>'"),
-    (lambda f: f.write_text(f.read_text().replace("Layer 11 Effective Dimensionality: 0.320000", "Layer 11 Effective Dimensionality: nan")),
-     r"metrics_epoch_20\.txt:10: 'nan' is not a finite number"),
-    (None, r"epoch 55 is not a checkpoint of 'dino'"),  # a file moved to an epoch the method does not have
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda f: f.write_text(
+                f.read_text().replace("Layer 11 Inter-class Distance: ", "Layer 11 Inter-class Distance ")
+            ),
+            r"metrics_epoch_20\.txt:7: .* is not 'Layer <L> <quantity>: <value>'",
+        ),
+        (
+            lambda f: f.write_text(
+                f.read_text().replace(
+                    "Layer 11 Effective Dimensionality: 0.320000", "Layer 11 Effective Dimensionality: nan"
+                )
+            ),
+            r"metrics_epoch_20\.txt:10: 'nan' is not a finite number",
+        ),
+        (None, r"epoch 55 is not a checkpoint of 'dino'"),  # a file moved to an epoch the method does not have
+    ],
+)
 def test_bad_official_files_never_half_import(bench, tmp_path, capsys, damage, message):
     tree = official_tree(tmp_path / "dse", DINO_DSE)
     f = next(tree.rglob("metrics_epoch_20.txt"))
@@ -203,7 +297,9 @@ def test_long_csv_with_raw_dse_only_and_downstream_rows(bench, tmp_path, capsys)
     f.write_text("\n".join(rows) + "\n")
     assert sdd(bench, "import", str(f), "--suite", "imp") == 0
     wide = tmp_path / "miou.csv"
-    wide.write_text("method,epoch,dataset,mIoU\n" + "".join(f"dino,{e},voc12_aug,{m}\n" for e, m in zip(EPOCHS, DINO_MIOU)))
+    wide.write_text(
+        "method,epoch,dataset,mIoU\n" + "".join(f"dino,{e},voc12_aug,{m}\n" for e, m in zip(EPOCHS, DINO_MIOU))
+    )
     assert sdd(bench, "import", str(wide), "--suite", "imp") == 0
     assert sdd(bench, "collect", "--suite", "imp") == 0 and sdd(bench, "tables", "--suite", "imp") == 0
     md = (tmp_path / "results/imp/tables/kendall_tau.md").read_text()
@@ -215,10 +311,28 @@ def test_long_csv_with_raw_dse_only_and_downstream_rows(bench, tmp_path, capsys)
 def test_a_detectron2_metrics_json_gives_the_last_evaluation(bench, tmp_path, capsys):
     run = tmp_path / "d2"
     run.mkdir()
-    lines = [{"iteration": 19, "total_loss": 1.5}, {"iteration": 44999, "bbox/AP": 30.1, "bbox/AP50": 50.0,
-             "bbox/AP75": 31.0, "segm/AP": 27.0, "segm/AP50": 47.0, "segm/AP75": 28.0},
-             {"iteration": 89999, "bbox/AP": 40.5, "bbox/AP50": 61.0, "bbox/AP75": 44.0, "segm/AP": 36.2,
-              "segm/AP50": 58.0, "segm/AP75": 38.5}, {"iteration": 90000, "total_loss": 0.4}]
+    lines = [
+        {"iteration": 19, "total_loss": 1.5},
+        {
+            "iteration": 44999,
+            "bbox/AP": 30.1,
+            "bbox/AP50": 50.0,
+            "bbox/AP75": 31.0,
+            "segm/AP": 27.0,
+            "segm/AP50": 47.0,
+            "segm/AP75": 28.0,
+        },
+        {
+            "iteration": 89999,
+            "bbox/AP": 40.5,
+            "bbox/AP50": 61.0,
+            "bbox/AP75": 44.0,
+            "segm/AP": 36.2,
+            "segm/AP50": 58.0,
+            "segm/AP75": 38.5,
+        },
+        {"iteration": 90000, "total_loss": 0.4},
+    ]
     (run / "metrics.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     args = ["--suite", "imp", "--method", "dino", "--epoch", "50", "--dataset", "coco_instances"]
     assert sdd(bench, "import", str(run), *args) == 1  # two evaluations: which one is not a silent choice

@@ -1,4 +1,5 @@
 """Mask R-CNN: the torchvision backend always runs; the detectron2 backend where it is importable."""
+
 import pytest
 import torch
 
@@ -32,11 +33,13 @@ def reg(tmp_path, monkeypatch):
     bench = worlds.tiny_registry(tmp_path, data, ck)
     (bench / "suites" / "det.yaml").write_text(
         "name: det\ntitle: det\nmethods: [tinyvit, tinyres]\ngrid:\n"
-        "  - protocol: maskrcnn_tiny\n    datasets: [coco_instances]\n    epochs: [1]\n")
+        "  - protocol: maskrcnn_tiny\n    datasets: [coco_instances]\n    epochs: [1]\n"
+    )
 
     def make(backend="torchvision", iters=20):
         (bench / "protocols" / "maskrcnn_tiny.yaml").write_text(TINY.format(backend=backend, iters=iters))
         return load_registry(bench)
+
     return make
 
 
@@ -116,8 +119,9 @@ def test_undefined_coco_ap_is_nan_with_the_reason_never_zero(tmp_path):
     torch.manual_seed(0)
     from harness.params import MaskRCNNParams
 
-    model = build_torchvision_model(build_backbone("resnet_tiny_test"), len(val.cat_ids),
-                                    MaskRCNNParams(min_size=96, max_size=96, out_channels=16))
+    model = build_torchvision_model(
+        build_backbone("resnet_tiny_test"), len(val.cat_ids), MaskRCNNParams(min_size=96, max_size=96, out_channels=16)
+    )
     metrics, undefined = coco_evaluate(model, val)
     assert all(torch.isnan(torch.tensor(metrics[k])) for k in ("bbox_AP", "bbox_AP50", "segm_AP75"))
     assert set(undefined) == {f"{t}_AP{s}" for t in ("bbox", "segm") for s in ("", "50", "75")}

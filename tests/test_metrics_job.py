@@ -1,4 +1,5 @@
 """The metrics job end to end on generated images and tiny checkpoints; failures become records."""
+
 import math
 
 import pytest
@@ -32,8 +33,19 @@ def test_every_cell_gets_a_record_and_failures_say_why(world):
     assert len(ok) == 2
     for r in ok:
         m = r["metrics"]
-        for k in ("dse", "dse_inter", "dse_intra_image", "dse_intra_batch", "dse_dim", "w2", "neg_lu", "rankme",
-                  "effective_rank", "alpha_req", "lidar"):
+        for k in (
+            "dse",
+            "dse_inter",
+            "dse_intra_image",
+            "dse_intra_batch",
+            "dse_dim",
+            "w2",
+            "neg_lu",
+            "rankme",
+            "effective_rank",
+            "alpha_req",
+            "lidar",
+        ):
             assert isinstance(m[k], float) and math.isfinite(m[k]), k
         assert 0 < m["dse_dim"] <= 1 and 0 <= m["w2"] <= math.sqrt(2) + 1e-9
         assert r["image_list"]["count"] == 24 and len(r["image_list"]["hash"]) == 16
@@ -64,6 +76,7 @@ def test_missing_dataset_is_a_failed_record(world, tmp_path):
     reg, ck, results = world
     worlds.dino_checkpoint(ck, "tinyvit", "vit_tiny_test", 1, seed=1)
     import shutil
+
     shutil.rmtree(tmp_path / "imagenet")
     cell = build_plan(reg, "tiny", methods=["tinyvit"])[0]
     rec = execute(cell, results)

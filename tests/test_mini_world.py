@@ -2,12 +2,13 @@
 pre-trained for real (16 checkpoints), every checkpoint of the methods the mini world was chosen to
 degrade is probed with the `linear_mini` protocol, and each of them loses at least the stated mIoU from
 its best checkpoint to its last (docs/demo.md)."""
+
 import pandas as pd
 import pytest
 
+from harness.analysis.tables import sdd_table
 from harness.collect import write_collected
 from harness.jobs import execute
-from harness.analysis.tables import sdd_table
 from harness.mini.demo import DEGRADING, DEGRADING_ON, STATED_DROP, degradation_summary, prepare
 from harness.plan import build_plan
 from harness.registry import load_registry
@@ -18,8 +19,11 @@ def test_the_mini_world_degrades_by_the_stated_size(mini_world, tmp_path, monkey
     monkeypatch.setenv("SDD_MINI_ROOT", str(mini_world))  # pre-trained for the registry's 16 epochs, as `make demo`
     monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))
     reg = load_registry()
-    cells = [c for c in build_plan(reg, "mini", protocols=["linear_mini"])
-             if c.method in DEGRADING and c.dataset in DEGRADING_ON]
+    cells = [
+        c
+        for c in build_plan(reg, "mini", protocols=["linear_mini"])
+        if c.method in DEGRADING and c.dataset in DEGRADING_ON
+    ]
     assert len(cells) == len(DEGRADING) * len(DEGRADING_ON) * len(reg.method(DEGRADING[0]).epochs())
     results = tmp_path / "results"
     statuses = [execute(c, results, registry=reg, progress=False)["status"] for c in cells]  # ~3 s each

@@ -1,5 +1,6 @@
 """Damaged or changed inputs give the right number for what they are, or a failure that names the input
 (issue 17). Each case makes its damage here, runs the real job, and asserts the outcome."""
+
 import json
 import os
 import shutil
@@ -34,8 +35,11 @@ def world(tmp_path, data, monkeypatch):
 
 
 def cell(reg, protocol, dataset="ade20k", method="tinyvit", epoch=1, suite="seg"):
-    return next(c for c in build_plan(reg, suite, protocols=[protocol], methods=[method])
-                if c.dataset == dataset and c.epoch == epoch)
+    return next(
+        c
+        for c in build_plan(reg, suite, protocols=[protocol], methods=[method])
+        if c.dataset == dataset and c.epoch == epoch
+    )
 
 
 def test_a_changed_recipe_starts_fresh_instead_of_resuming_the_old_run(world, tmp_path):
@@ -165,10 +169,12 @@ def test_davis_needs_each_first_frame_annotation_and_pairs_by_name(world, tmp_pa
     (bench / "protocols" / "davis_t.yaml").write_text(
         "name: davis_t\nkind: davis\ntitle: tiny davis\ndatasets: [davis2017]\n"
         "params: {short_side: 64, size_multiple: 16, n_last_frames: 3, size_mask_neighborhood: 3}\n"
-        "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n")
+        "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n"
+    )
     (bench / "suites" / "dv.yaml").write_text(
         "name: dv\ntitle: dv\nmethods: [tinyvit]\ngrid:\n  - protocol: davis_t\n    datasets: [davis2017]\n"
-        "    epochs: [1]\n")
+        "    epochs: [1]\n"
+    )
     reg = load_registry(bench)
     c = cell(reg, "davis_t", "davis2017", suite="dv")
     assert execute(c, tmp_path / "ok")["status"] == "ok"
@@ -244,8 +250,16 @@ def test_guided_plan_reports_a_metrics_record_without_dse_components(tmp_path, c
     reg = load_registry()
     cells = [c for c in build_plan(reg, "micro") if c.protocol == "metrics_mini"]
     for c in cells:
-        rec = {"suite": c.suite, "protocol": c.protocol, "dataset": c.dataset, "method": c.method, "epoch": c.epoch,
-               "status": "ok", "config_hash": c.config_hash, "metrics": {"rankme": 3.0}}
+        rec = {
+            "suite": c.suite,
+            "protocol": c.protocol,
+            "dataset": c.dataset,
+            "method": c.method,
+            "epoch": c.epoch,
+            "status": "ok",
+            "config_hash": c.config_hash,
+            "metrics": {"rankme": 3.0},
+        }
         records.write_record(c.record_path(tmp_path), rec)
     assert main(["plan", "--suite", "micro", "--guided", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -255,8 +269,9 @@ def test_guided_plan_reports_a_metrics_record_without_dse_components(tmp_path, c
 def test_submit_with_failed_cells_exits_non_zero_with_a_summary(tmp_path, capsys):
     from tests.test_slurm import make_registry, sdd
 
-    bench = make_registry(tmp_path, "{steps: 1, sleep_s: 0.01, fail_methods: [mae]}", methods="[dino, mae]",
-                          epochs="[10, 20]")
+    bench = make_registry(
+        tmp_path, "{steps: 1, sleep_s: 0.01, fail_methods: [mae]}", methods="[dino, mae]", epochs="[10, 20]"
+    )
     results = tmp_path / "results"
     assert sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results)) == 1
     out, err = capsys.readouterr()
@@ -275,13 +290,31 @@ def test_ctrl_c_stops_cleanly_without_a_partial_record_and_a_rerun_resumes(tmp_p
     bench = make_registry(tmp_path, "{steps: 40, sleep_s: 0.1}", methods="[dino]", epochs="[10, 20]")
     results = tmp_path / "results"
     state = results / "probe/work/probe/imagenet/dino/ep0010"
-    cmd = [sys.executable, "-m", "harness", "--registry", str(bench), "submit", "--suite", "probe", "--cluster",
-           "inline", "--results", str(results)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "--registry",
+        str(bench),
+        "submit",
+        "--suite",
+        "probe",
+        "--cluster",
+        "inline",
+        "--results",
+        str(results),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # Ctrl-C as at a terminal: a test run started in the background (`make test &`) ignores SIGINT, and
     # a child would inherit that and never see the interrupt
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     t = time.time()
     while not list(state.glob("*/probe_state.json")) and time.time() - t < 60:
         time.sleep(0.1)

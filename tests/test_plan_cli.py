@@ -1,4 +1,5 @@
 """`sdd plan` on the real registry, cell identity and skip-done, and the other CLI commands."""
+
 import re
 import shutil
 import subprocess
@@ -36,10 +37,10 @@ def test_sdd_plan_prints_the_grid_with_counts(tmp_path):
     out = run_cli("plan", "--suite", "sdd", "--results", str(tmp_path))
     assert out.returncode == 0, out.stderr
     for proto, n in counts.items():
-        row = next(l for l in out.stdout.splitlines() if l.startswith(proto + " "))
+        row = next(x for x in out.stdout.splitlines() if x.startswith(proto + " "))
         cols = row.split()
         assert cols[3] == f"{n:,}" and cols[7] == f"{n:,}"  # cells, todo
-    total = next(l for l in out.stdout.splitlines() if l.startswith("total"))
+    total = next(x for x in out.stdout.splitlines() if x.startswith("total"))
     assert f"{sum(counts.values()):,}" in total
     gpu = 1170 * 0.025 + 4680 * 2.43
     assert f"{gpu:,.2f}" in total
@@ -48,8 +49,9 @@ def test_sdd_plan_prints_the_grid_with_counts(tmp_path):
 
 
 def test_plan_filters_and_cell_listing(tmp_path):
-    out = run_cli("plan", "--suite", "sdd", "--protocol", "metrics", "--method", "vicregl", "--cells",
-                  "--results", str(tmp_path))
+    out = run_cli(
+        "plan", "--suite", "sdd", "--protocol", "metrics", "--method", "vicregl", "--cells", "--results", str(tmp_path)
+    )
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 32 and lines[0].split() == ["state", "cell", "config", "why"]
     assert lines[2].startswith("todo   metrics/imagenet/vicregl/ep0010")
@@ -60,21 +62,25 @@ def test_plan_filters_and_cell_listing(tmp_path):
 def test_done_failed_stale_states(tmp_path, registry):
     cells = build_plan(registry, "sdd", protocols=["metrics"], methods=["dino"])
     a, b, c = cells[:3]
+
     def ident(x):
         return {"suite": x.suite, "protocol": x.protocol, "dataset": x.dataset, "method": x.method, "epoch": x.epoch}
 
-    records.write_record(a.record_path(tmp_path), {**ident(a), "status": "ok", "config_hash": a.config_hash,
-                                                   "metrics": {"dse": 1.0}})
-    records.write_record(b.record_path(tmp_path), {**ident(b), "status": "failed", "config_hash": b.config_hash,
-                                                   "error": "x"})
-    records.write_record(c.record_path(tmp_path), {**ident(c), "status": "ok", "config_hash": "0" * 16,
-                                                   "metrics": {"dse": 1.0}})
+    records.write_record(
+        a.record_path(tmp_path), {**ident(a), "status": "ok", "config_hash": a.config_hash, "metrics": {"dse": 1.0}}
+    )
+    records.write_record(
+        b.record_path(tmp_path), {**ident(b), "status": "failed", "config_hash": b.config_hash, "error": "x"}
+    )
+    records.write_record(
+        c.record_path(tmp_path), {**ident(c), "status": "ok", "config_hash": "0" * 16, "metrics": {"dse": 1.0}}
+    )
     states = cell_states(cells, tmp_path)
     assert [states[x.id] for x in (a, b, c)] == ["done", "failed", "stale"]
     assert list(states.values()).count("todo") == len(cells) - 3
     assert a.record_path(tmp_path) == tmp_path / "sdd/runs/metrics/imagenet/dino/ep0010.json"
     out = run_cli("plan", "--suite", "sdd", "--method", "dino", "--results", str(tmp_path))
-    row = next(l for l in out.stdout.splitlines() if l.startswith("metrics "))
+    row = next(x for x in out.stdout.splitlines() if x.startswith("metrics "))
     assert row.split()[4:8] == ["1", "1", "1", "77"]
 
 
@@ -122,7 +128,9 @@ def test_ls_validate_and_demo(capsys, monkeypatch):
 def test_validate_reports_a_broken_registry(tmp_path):
     bench = tmp_path / "b"
     shutil.copytree(ROOT / "benchmarks", bench)
-    (bench / "methods" / "dino.yaml").write_text((bench / "methods" / "dino.yaml").read_text().replace("arch:", "archh:"))
+    (bench / "methods" / "dino.yaml").write_text(
+        (bench / "methods" / "dino.yaml").read_text().replace("arch:", "archh:")
+    )
     out = run_cli("--registry", str(bench), "validate")
     assert out.returncode == 2
     assert "dino.yaml:6: archh: unknown key 'archh'" in out.stderr and "Did you mean 'arch'?" in out.stderr

@@ -1,4 +1,5 @@
 """`sdd plan` prices cells from what finished cells of the same protocol and architecture cost (issue 15)."""
+
 import statistics
 
 from harness.plan import build_plan, cell_states, measured_prices, summarize
@@ -13,14 +14,17 @@ def test_the_plan_prices_from_measured_cells_else_from_the_protocol_file(tmp_pat
     cells = build_plan(reg, "probe")
     states = cell_states(cells, results)
     assert summarize(cells, states, measured_prices(reg, cells, states, results))[0]["priced_from"] == "protocol file"
-    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results), "--method",
-               "dino") == 0
+    assert (
+        sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results), "--method", "dino")
+        == 0
+    )
     states = cell_states(cells, results)
     prices = measured_prices(reg, cells, states, results)
     import json
 
-    walls = [json.loads(c.record_path(results).read_text())["timings"]["total_s"] / 3600 for c in cells
-             if c.method == "dino"]
+    walls = [
+        json.loads(c.record_path(results).read_text())["timings"]["total_s"] / 3600 for c in cells if c.method == "dino"
+    ]
     arch = reg.method("dino").arch
     assert set(prices) == {("probe", arch)}  # only dino's cells finished
     price, n = prices[("probe", arch)]

@@ -4,6 +4,7 @@ PhotoMetricDistortion on the device: the batched tensor op gives mmseg's transfo
 same draws, draws from the same distribution, and the augmented batches have the same statistics; the
 data preprocessor applies it to training batches only, and cells place it where it is faster.
 SDDRandomCrop: mmseg's crops, draw for draw."""
+
 import numpy as np
 import pytest
 import torch
@@ -25,8 +26,10 @@ def transform():
 def images(n: int, seed: int = 0, h: int = 48, w: int = 64) -> list[np.ndarray]:
     """BGR 8-bit scenes as the generated datasets draw them, and one of uniform noise (every colour)."""
     painter = Painter(6, seed)
-    out = [np.clip(painter.scene(h, w, [1, 2, 3, 4, 5, 6])[0], 0, 255).astype(np.uint8)[..., ::-1].copy()
-           for _ in range(n - 1)]
+    out = [
+        np.clip(painter.scene(h, w, [1, 2, 3, 4, 5, 6])[0], 0, 255).astype(np.uint8)[..., ::-1].copy()
+        for _ in range(n - 1)
+    ]
     out.append(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
     return out
 
@@ -54,8 +57,11 @@ def as_params(draws: list[dict]) -> dict:
     out = {}
     for k in draws[0]:
         v = [d[k] for d in draws]
-        out[k] = torch.tensor(v, dtype=torch.bool) if k.endswith(("_on", "_first")) else \
-            torch.tensor(v, dtype=torch.int64 if k == "hue" else torch.float64)
+        out[k] = (
+            torch.tensor(v, dtype=torch.bool)
+            if k.endswith(("_on", "_first"))
+            else torch.tensor(v, dtype=torch.int64 if k == "hue" else torch.float64)
+        )
     return out
 
 
@@ -117,8 +123,8 @@ def test_the_preprocessor_distorts_training_batches_only():
     import harness.jobs.mm_modules as mm
 
     kw = dict(mean=[0, 0, 0], std=[1, 1, 1], bgr_to_rgb=True, size=(48, 64), pad_val=0, seg_pad_val=255)
-    from mmseg.structures import SegDataSample
     from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
 
     def batch():
         imgs = images(3, seed=5)
@@ -141,23 +147,29 @@ def test_the_preprocessor_distorts_training_batches_only():
     test_batch = batch()
     test_batch["inputs"] = [test_batch["inputs"][0]]
     test_batch["data_samples"] = test_batch["data_samples"][:1]
-    assert torch.equal(pre(test_batch, training=False)["inputs"],
-                       mm.SDDSegDataPreProcessor(photometric=False, **kw)(batch(), training=True)["inputs"][:1])
+    assert torch.equal(
+        pre(test_batch, training=False)["inputs"],
+        mm.SDDSegDataPreProcessor(photometric=False, **kw)(batch(), training=True)["inputs"][:1],
+    )
 
 
 def test_the_random_crop_gives_mmsegs_crops_draw_for_draw():
-    import harness.jobs.mm_modules as mm
     from mmseg.datasets.transforms import RandomCrop
 
+    import harness.jobs.mm_modules as mm
+
     rng = np.random.default_rng(0)
-    ours, ref = mm.SDDRandomCrop(crop_size=(32, 48), cat_max_ratio=0.75), RandomCrop(crop_size=(32, 48), cat_max_ratio=0.75)
+    ours, ref = (
+        mm.SDDRandomCrop(crop_size=(32, 48), cat_max_ratio=0.75),
+        RandomCrop(crop_size=(32, 48), cat_max_ratio=0.75),
+    )
     retried = 0
     for k in range(200):
         h, w = rng.integers(20, 90, 2)
         seg = np.zeros((h, w), np.uint8)
         for _ in range(rng.integers(0, 4)):  # a few regions, sometimes one class fills the image
             y, x = rng.integers(0, h), rng.integers(0, w)
-            seg[y:y + rng.integers(5, 40), x:x + rng.integers(5, 40)] = rng.choice([1, 2, 7, 255])
+            seg[y : y + rng.integers(5, 40), x : x + rng.integers(5, 40)] = rng.choice([1, 2, 7, 255])
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         np.random.seed(k)
         a = ours.transform({"img": img.copy(), "gt_seg_map": seg.copy(), "seg_fields": ["gt_seg_map"]})

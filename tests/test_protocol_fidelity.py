@@ -1,4 +1,5 @@
 """What runs is what the protocol file and the published recipe say (issue 13)."""
+
 import shutil
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def test_every_shipped_protocol_key_is_read_and_defaults_live_in_the_schema(regi
         schema = PROTOCOL_KINDS[p.kind].params
         assert set(p.params) == set(schema.model_fields), p.name
     lin = registry.protocol("linear").params
-    assert lin["schedule"]["iters"] == 40000 and lin["num_workers"] is None and lin["train_scale"] is None  # the dataset's
+    assert (
+        lin["schedule"]["iters"] == 40000 and lin["num_workers"] is None and lin["train_scale"] is None
+    )  # the dataset's
 
 
 def test_the_config_hash_covers_resolved_parameters_and_the_backend_that_will_run(tmp_path):
@@ -68,10 +71,12 @@ def test_cityscapes_probes_run_at_cityscapes_scale(registry):
     # the sliding window is the dataset's too: Cityscapes' 512x1024 window strided 341x683, ADE20K's 512 by 341
     from harness.jobs.segmentation import _test_mode
 
-    assert _test_mode(registry.dataset("cityscapes"), p, crop) == dict(mode="slide", crop_size=(512, 1024),
-                                                                       stride=(341, 683))
-    assert _test_mode(registry.dataset("ade20k"), p, (512, 512)) == dict(mode="slide", crop_size=(512, 512),
-                                                                         stride=(341, 341))
+    assert _test_mode(registry.dataset("cityscapes"), p, crop) == dict(
+        mode="slide", crop_size=(512, 1024), stride=(341, 683)
+    )
+    assert _test_mode(registry.dataset("ade20k"), p, (512, 512)) == dict(
+        mode="slide", crop_size=(512, 512), stride=(341, 341)
+    )
 
 
 MASKRCNN = """name: maskrcnn_tiny
@@ -98,11 +103,15 @@ def test_mask_rcnn_trains_with_the_published_optimizer_and_schedule(tmp_path, mo
     worlds.dino_checkpoint(ck, "tinyvit", "vit_tiny_test", 1, seed=1)
     bench = worlds.tiny_registry(tmp_path, data, ck)
     (bench / "protocols" / "maskrcnn_tiny.yaml").write_text(MASKRCNN)
-    (bench / "suites" / "det.yaml").write_text("name: det\ntitle: det\nmethods: [tinyvit]\ngrid:\n"
-                                               "  - protocol: maskrcnn_tiny\n    datasets: [coco_instances]\n    epochs: [1]\n")
+    (bench / "suites" / "det.yaml").write_text(
+        "name: det\ntitle: det\nmethods: [tinyvit]\ngrid:\n"
+        "  - protocol: maskrcnn_tiny\n    datasets: [coco_instances]\n    epochs: [1]\n"
+    )
     rec = execute(build_plan(load_registry(bench), "det")[0], tmp_path / "results")
     assert rec["status"] == "ok", rec.get("traceback")
-    assert rec["optimizer"]["type"] == "AdamW" and rec["schedule"]["steps"] == [8] and rec["schedule"]["warmup_iters"] == 4
+    assert (
+        rec["optimizer"]["type"] == "AdamW" and rec["schedule"]["steps"] == [8] and rec["schedule"]["warmup_iters"] == 4
+    )
     groups = rec["param_groups"]
     no_decay = [g for g in groups if g["weight_decay"] == 0.0]
     names = [n for g in no_decay for n in g["examples"]]
@@ -118,12 +127,37 @@ def test_mask_rcnn_trains_with_the_published_optimizer_and_schedule(tmp_path, mo
 def hand_rows(epochs=(10, 20, 30, 40, 50), miou_epochs=None, method="A"):
     rows = []
     for i, e in enumerate(epochs):
-        rows.append({"suite": "s", "protocol": "metrics", "kind": "metrics", "dataset": "imagenet", "method": method,
-                     "epoch": e, "status": "ok", "dse": float(i), "dse_separability": float(i), "dse_dim": 0.5 + i / 10,
-                     "config_hash": "h", "current": True})
+        rows.append(
+            {
+                "suite": "s",
+                "protocol": "metrics",
+                "kind": "metrics",
+                "dataset": "imagenet",
+                "method": method,
+                "epoch": e,
+                "status": "ok",
+                "dse": float(i),
+                "dse_separability": float(i),
+                "dse_dim": 0.5 + i / 10,
+                "config_hash": "h",
+                "current": True,
+            }
+        )
     for i, e in enumerate(miou_epochs or epochs):
-        rows.append({"suite": "s", "protocol": "linear", "kind": "linear", "dataset": "voc12_aug", "method": method,
-                     "epoch": e, "status": "ok", "mIoU": 10.0 + 10 * i, "config_hash": "h", "current": True})
+        rows.append(
+            {
+                "suite": "s",
+                "protocol": "linear",
+                "kind": "linear",
+                "dataset": "voc12_aug",
+                "method": method,
+                "epoch": e,
+                "status": "ok",
+                "mIoU": 10.0 + 10 * i,
+                "config_hash": "h",
+                "current": True,
+            }
+        )
     return rows
 
 
@@ -159,19 +193,23 @@ def test_a_full_grid_with_missing_cells_stays_full_and_the_guided_grid_is_marked
     assert set(long["grid"]) == {"full"}
     row = mean.frame.set_index("metric").loc["DSE (λ=1)"]
     assert row["n_VOC"] == 2  # B stays in the mean
-    assert any(n.startswith("B / voc12_aug: 3 of 5 checkpoints evaluated; 2 without a record (ep 20, 40)")
-               for n in mean.notes)
+    assert any(
+        n.startswith("B / voc12_aug: 3 of 5 checkpoints evaluated; 2 without a record (ep 20, 40)") for n in mean.notes
+    )
     # B's downstream checkpoints are exactly its DSE selection and its last one: the DSE-guided grid
     sel = selections(table)["B"]
     guided = sorted(set(sel) | {50})
     table = pd.DataFrame(hand_rows(method="A") + hand_rows(method="B", miou_epochs=tuple(guided)))
     mean, long, _ = kendall_tables(table)
     long = long.frame
-    assert set(long.loc[long["method"] == "B", "grid"]) == {"guided"} and set(long.loc[long["method"] == "A", "grid"]) == {"full"}
+    assert set(long.loc[long["method"] == "B", "grid"]) == {"guided"} and set(
+        long.loc[long["method"] == "A", "grid"]
+    ) == {"full"}
     row = mean.frame.set_index("metric").loc["DSE (λ=1)"]
     assert row["n_VOC"] == 1 and row["VOC"] == pytest.approx(1.0)  # A alone
-    assert any("DSE-guided grid" in n for n in mean.notes) and any("Avg. = the mean of the per-dataset columns: VOC" in n
-                                                                    for n in mean.notes)
+    assert any("DSE-guided grid" in n for n in mean.notes) and any(
+        "Avg. = the mean of the per-dataset columns: VOC" in n for n in mean.notes
+    )
     assert sdd_table(table).frame.set_index("method").loc["B", "grid"] == "guided"
 
 
@@ -197,8 +235,9 @@ def test_image_level_metrics_read_the_class_token_and_the_dense_ones_float32_pat
     assert vit["metrics"]["rankme"] == pytest.approx(rankme(emb))  # the class tokens ...
     assert abs(rankme(dense.mean(dim=1)) - vit["metrics"]["rankme"]) > 1e-3  # ... not the mean patch token
     params = reg.protocol("metrics").params
-    again = compute_all(dense, {k: v for k, v in params.items() if k not in ("lidar",)} | {"lidar": {"num_images": 0}},
-                        embeddings=emb)[0]
+    again = compute_all(
+        dense, {k: v for k, v in params.items() if k not in ("lidar",)} | {"lidar": {"num_images": 0}}, embeddings=emb
+    )[0]
     assert again["dse"] == vit["metrics"]["dse"]  # DSE from the float32 patch tokens, bit for bit
 
 
@@ -210,8 +249,20 @@ def test_the_image_level_tau_table_joins_dse_and_rankme_with_knn_top1():
     rows = hand_rows()
     for i, e in enumerate((10, 20, 30, 40, 50)):
         rows[i]["rankme"] = float(5 - i)  # falls while top-1 rises: τ = -1
-        rows.append({"suite": "s", "protocol": "knn", "kind": "knn", "dataset": "imagenet", "method": "A", "epoch": e,
-                     "status": "ok", "top1": 50.0 + i, "config_hash": "h", "current": True})
+        rows.append(
+            {
+                "suite": "s",
+                "protocol": "knn",
+                "kind": "knn",
+                "dataset": "imagenet",
+                "method": "A",
+                "epoch": e,
+                "status": "ok",
+                "top1": 50.0 + i,
+                "config_hash": "h",
+                "current": True,
+            }
+        )
     t = image_level_tau_table(pd.DataFrame(rows)).frame.set_index("metric")
     assert t.loc["DSE", "tau"] == pytest.approx(1.0) and t.loc["RankMe", "tau"] == pytest.approx(-1.0)
     assert t.loc["DSE", "paper"] == 0.86 and t.loc["RankMe", "paper"] == 0.79
@@ -242,8 +293,10 @@ def test_the_preflight_checks_every_split_any_protocol_of_the_suite_reads(tmp_pa
         f.unlink()
     monkeypatch.setenv("SDD_DATA_ROOT", str(data))
     bench = copy_registry(tmp_path)
-    (bench / "suites" / "pf.yaml").write_text("name: pf\ntitle: pf\nmethods: [mini_dino]\ngrid:\n"
-                                              "  - protocol: metrics_mini\n    datasets: [imagenet]\n"
-                                              "  - protocol: knn_mini\n    datasets: [imagenet]\n")
+    (bench / "suites" / "pf.yaml").write_text(
+        "name: pf\ntitle: pf\nmethods: [mini_dino]\ngrid:\n"
+        "  - protocol: metrics_mini\n    datasets: [imagenet]\n"
+        "  - protocol: knn_mini\n    datasets: [imagenet]\n"
+    )
     problems = "\n".join(preflight(load_registry(bench), "pf"))
     assert "imagenet-1k/val" in problems and "no image files" in problems

@@ -1,6 +1,7 @@
 """The README's command table is the CLI's reference (issue 22): every flag `--help` offers is in the
 table's row of its command, every flag the README uses anywhere for a command is one `--help` offers, and
 no row lists a flag the command does not take."""
+
 import re
 import subprocess
 import sys
@@ -34,8 +35,12 @@ def test_the_command_table_lists_every_flag_and_only_real_ones():
         offered = help_flags(cmd)
         listed = rows.get(cmd, set())
         assert cmd in rows, f"README's command table has no row for `sdd {cmd}`"
-        assert not (offered - SHARED) - listed, f"`sdd {cmd}` flags missing from its README row: {sorted(offered - SHARED - listed)}"
-        assert not listed - offered, f"README row of `sdd {cmd}` lists flags it does not take: {sorted(listed - offered)}"
+        assert not (offered - SHARED) - listed, (
+            f"`sdd {cmd}` flags missing from its README row: {sorted(offered - SHARED - listed)}"
+        )
+        assert not listed - offered, (
+            f"README row of `sdd {cmd}` lists flags it does not take: {sorted(listed - offered)}"
+        )
 
 
 def test_every_flag_the_readme_uses_is_a_real_one():

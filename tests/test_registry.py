@@ -1,5 +1,6 @@
 """Registry files load into typed, frozen specs; every wrong file gives one clear message naming the
 file, the line, the key, what was expected and the closest valid name."""
+
 import shutil
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def test_registry_arch_names_match_the_model_factory():
 def test_unknown_key_names_file_line_and_suggests(bench):
     edit(bench / "methods" / "dino.yaml", "strip_prefixes:", "strip_prefix:")
     msg = errors_of(bench)
-    line = next(i for i, l in enumerate((bench / "methods" / "dino.yaml").read_text().splitlines(), 1) if "strip_prefix:" in l)
+    line = next(
+        i for i, x in enumerate((bench / "methods" / "dino.yaml").read_text().splitlines(), 1) if "strip_prefix:" in x
+    )
     assert f"methods/dino.yaml:{line}: checkpoint.state_dict.strip_prefix: unknown key 'strip_prefix'" in msg
     assert "Did you mean 'strip_prefixes'?" in msg and "expected one of:" in msg
 
@@ -76,14 +79,17 @@ def test_unknown_architecture_suggests(bench):
     assert "Did you mean 'vit_small_patch16'?" in msg
 
 
-@pytest.mark.parametrize("epochs, expect", [
-    ("{start: 100, stop: 10, step: 10}", "stop (10) is smaller than start (100)"),
-    ("{start: 10, stop: 100, step: 0}", "greater than or equal to 1"),
-    ("[30, 20, 10]", "strictly increasing"),
-    ("[10, ten]", "item 1: 'ten'"),
-    ("[]", "no epochs"),
-    ("lots", "expected a list of epochs"),
-])
+@pytest.mark.parametrize(
+    "epochs, expect",
+    [
+        ("{start: 100, stop: 10, step: 10}", "stop (10) is smaller than start (100)"),
+        ("{start: 10, stop: 100, step: 0}", "greater than or equal to 1"),
+        ("[30, 20, 10]", "strictly increasing"),
+        ("[10, ten]", "item 1: 'ten'"),
+        ("[]", "no epochs"),
+        ("lots", "expected a list of epochs"),
+    ],
+)
 def test_bad_epochs(bench, epochs, expect):
     edit(bench / "methods" / "dino.yaml", "epochs: {start: 10, stop: 800, step: 10}", f"epochs: {epochs}")
     msg = errors_of(bench)

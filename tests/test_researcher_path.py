@@ -1,5 +1,6 @@
 """The researcher's path (issue 18): a method of their own in MoCo v3's file format under their own file
 names, a small suite, a local run, the tables, and each wrong turn a new user met on the way."""
+
 import json
 import shutil
 import subprocess
@@ -130,7 +131,7 @@ def test_a_0_based_epoch_and_a_wrong_prefix_are_reported_together_with_their_fix
         torch.save(obj, f)
     assert sdd(bench, "validate", "--suite", "mine") == 1
     err = capsys.readouterr().err
-    one = err[err.index("method 'mymethod', epoch 1:"):err.index("method 'mymethod', epoch 3:")]
+    one = err[err.index("method 'mymethod', epoch 1:") : err.index("method 'mymethod', epoch 3:")]
     assert "2 problems" in one and "Likely fix: set `checkpoint.epoch_key_offset: 1`" in one
     assert "backbone keys are missing after the state-dict rule" in one and "module.momentum_encoder." in one
 
@@ -145,8 +146,11 @@ def test_loader_errors_point_the_right_way(world, tmp_path):
     m.write_text(m.read_text().replace("arch: vit_tiny_test", "arch: vit_small_patch16"))
     with pytest.raises(CheckpointError, match="fit architecture vit_tiny_test: is `arch` right"):
         load_backbone("mymethod", 1, registry=load_registry(bench))
-    m.write_text(m.read_text().replace("arch: vit_small_patch16", "arch: vit_tiny_test")
-                 .replace("run7_ep{epoch}.ckpt", "run7_ep{epoch:03d}.ckpt"))
+    m.write_text(
+        m.read_text()
+        .replace("arch: vit_small_patch16", "arch: vit_tiny_test")
+        .replace("run7_ep{epoch}.ckpt", "run7_ep{epoch:03d}.ckpt")
+    )
     with pytest.raises(CheckpointError) as e:
         load_backbone("mymethod", 1, registry=load_registry(bench))
     assert "another zero padding" in str(e.value) and "'run7_ep{epoch}.ckpt'" in str(e.value)
@@ -164,8 +168,11 @@ def test_launch_output_tells_the_truth(world, capsys):
     assert sdd(bench, "submit", "--suite", "mine", "--cluster", "local", "--method", "dino", "--dry-run") == 2
     assert "suite 'mine' has no method 'dino'" in capsys.readouterr().err
     assert sdd(bench, "submit", "--suite", "mine", "--cluster", "local", "--dry-run") == 0
-    rows = lambda out: [line.split()[0] for line in out.splitlines()
-                        if line.startswith("  ") and line.split()[0] not in ("protocol",) and not line.strip().startswith("-")]
+    rows = lambda out: [
+        line.split()[0]
+        for line in out.splitlines()
+        if line.startswith("  ") and line.split()[0] not in ("protocol",) and not line.strip().startswith("-")
+    ]
     dry = rows(capsys.readouterr().out)
     assert sdd(bench, "submit", "--suite", "mine", "--cluster", "local", "--protocol", "metrics_mini") == 0
     ran = rows(capsys.readouterr().out)
@@ -174,7 +181,9 @@ def test_launch_output_tells_the_truth(world, capsys):
     p.write_text(p.read_text().replace("tokens_per_image: 8", "tokens_per_image: 4"))
     assert sdd(bench, "status", "--suite", "mine") == 0
     out = capsys.readouterr().out
-    assert "stale" in out.splitlines()[0] and next(l for l in out.splitlines() if l.startswith("total")).split()[-2] == "3"
+    assert (
+        "stale" in out.splitlines()[0] and next(x for x in out.splitlines() if x.startswith("total")).split()[-2] == "3"
+    )
     assert sdd(bench, "ls") == 0
     out = capsys.readouterr().out
     assert all(f"{kind}:" in out for kind in ("methods", "datasets", "protocols", "suites"))
@@ -183,10 +192,28 @@ def test_launch_output_tells_the_truth(world, capsys):
 def test_piping_a_local_submit_does_not_block(world):
     write, _, tmp = world
     bench = write()
-    cmd = [sys.executable, "-m", "harness", "--registry", str(bench), "submit", "--suite", "mine", "--cluster",
-           "local", "--protocol", "metrics_mini"]
-    out = subprocess.run(" ".join(cmd) + " | tail -1", shell=True, capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "--registry",
+        str(bench),
+        "submit",
+        "--suite",
+        "mine",
+        "--cluster",
+        "local",
+        "--protocol",
+        "metrics_mini",
+    ]
+    out = subprocess.run(
+        " ".join(cmd) + " | tail -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
     assert "all 3 cells ok" in out.stdout, out.stderr[-2000:]
     rec = json.loads(next((tmp / "results" / "mine" / "runs" / "metrics_mini").rglob("ep0001.json")).read_text())
     assert rec["status"] == "ok"

@@ -1,4 +1,5 @@
 """mmseg linear probe and UperNet jobs, end to end on generated data in the real layouts."""
+
 import os
 import signal
 import subprocess
@@ -142,7 +143,11 @@ def test_bad_inputs_end_as_failed_records(reg, tmp_path, data):
         rec = execute(cell_of(reg, "linear_tiny", "voc12_aug"), tmp_path / "r2")
     finally:
         f.write_bytes(keep)
-    assert rec["status"] == "failed" and "label values [50]" in rec["error"] and "outside the class range 0..20" in rec["error"]
+    assert (
+        rec["status"] == "failed"
+        and "label values [50]" in rec["error"]
+        and "outside the class range 0..20" in rec["error"]
+    )
     # a missing dataset
     os.environ["SDD_DATA_ROOT"] = str(tmp_path / "nowhere")
     rec = execute(cell_of(reg, "linear_tiny", "cityscapes"), tmp_path / "r3")

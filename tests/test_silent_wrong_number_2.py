@@ -1,10 +1,11 @@
 """No silent wrong number, round 2 (issue 23): outputs are checked as well as inputs, every parameter has
 a domain, one cell has one record, damaged splits are named, results follow their data. Each class is
 tried with the trigger the issue names and with another one."""
+
 import json
 import math
-import re
 import os
+import re
 import shutil
 import time
 
@@ -14,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import records
 from harness.cli import main
 from harness.jobs import OutputCheckError, check_outputs, execute
 from harness.plan import build_plan
@@ -44,6 +44,7 @@ def one(reg, protocol, dataset="ade20k", suite="seg", method="tinyvit"):
 
 # --------------------------------------------------------------------------------------------- 1. outputs
 
+
 def test_a_probe_whose_loss_goes_nan_fails_naming_the_iteration(seg, tmp_path):
     bench, _, _ = seg
     p = bench / "protocols" / "linear_tiny.yaml"
@@ -53,18 +54,21 @@ def test_a_probe_whose_loss_goes_nan_fails_naming_the_iteration(seg, tmp_path):
     assert "the training loss is not finite at iteration" in rec["error"] and "lr" in rec["error"]
 
 
-@pytest.mark.parametrize("kind, metrics, undefined, message", [
-    ("linear", {"mIoU": 47.0, "IoU": {"a": 0.47}}, {}, None),                          # a fine result
-    ("linear", {"mIoU": float("nan"), "IoU": {}}, {}, "mIoU = nan is outside its domain"),
-    ("linear", {"mIoU": 147.0}, {}, "mIoU = 147.0 is outside its domain, a number in [0, 100]"),
-    ("linear", {"mIoU": 40.0, "IoU": {"a": float("inf")}}, {}, "IoU of 1 class(es) outside"),
-    ("knn", {"top1": 50.0, "top5": float("inf")}, {}, "top5 = inf"),
-    ("maskrcnn", {"bbox_AP": float("nan")}, {"bbox_AP": "no ground truth"}, None),      # undefined, with a reason
-    ("maskrcnn", {"bbox_AP": float("nan")}, {}, "bbox_AP = nan"),
-    ("davis", {"JF_mean": 1.7}, {}, "JF_mean = 1.7 is outside its domain, a number in [0, 1]"),
-    ("metrics", {"dse": 1.0, "w2": -0.5}, {}, "w2 = -0.5 is outside its domain"),
-    ("metrics", {"dse": 1.0, "made_up": 3.0}, {}, "made_up is not a metric of kind metrics"),
-])
+@pytest.mark.parametrize(
+    "kind, metrics, undefined, message",
+    [
+        ("linear", {"mIoU": 47.0, "IoU": {"a": 0.47}}, {}, None),  # a fine result
+        ("linear", {"mIoU": float("nan"), "IoU": {}}, {}, "mIoU = nan is outside its domain"),
+        ("linear", {"mIoU": 147.0}, {}, "mIoU = 147.0 is outside its domain, a number in [0, 100]"),
+        ("linear", {"mIoU": 40.0, "IoU": {"a": float("inf")}}, {}, "IoU of 1 class(es) outside"),
+        ("knn", {"top1": 50.0, "top5": float("inf")}, {}, "top5 = inf"),
+        ("maskrcnn", {"bbox_AP": float("nan")}, {"bbox_AP": "no ground truth"}, None),  # undefined, with a reason
+        ("maskrcnn", {"bbox_AP": float("nan")}, {}, "bbox_AP = nan"),
+        ("davis", {"JF_mean": 1.7}, {}, "JF_mean = 1.7 is outside its domain, a number in [0, 1]"),
+        ("metrics", {"dse": 1.0, "w2": -0.5}, {}, "w2 = -0.5 is outside its domain"),
+        ("metrics", {"dse": 1.0, "made_up": 3.0}, {}, "made_up is not a metric of kind metrics"),
+    ],
+)
 def test_every_job_result_is_checked_against_its_kinds_metrics(kind, metrics, undefined, message):
     results = {"metrics": metrics, "undefined_metrics": undefined}
     if message is None:
@@ -80,8 +84,12 @@ def test_a_constant_predictor_is_named_in_the_record():
     metric = SDDIoUMetric(iou_metrics=["mIoU"])
     metric.dataset_meta = {"classes": ("wall", "sky", "tree")}
     # (intersect, union, predicted, label) per class: everything predicted as 'sky'
-    batch = (torch.tensor([0., 50., 0.]), torch.tensor([40., 100., 10.]), torch.tensor([0., 100., 0.]),
-             torch.tensor([40., 50., 10.]))
+    batch = (
+        torch.tensor([0.0, 50.0, 0.0]),
+        torch.tensor([40.0, 100.0, 10.0]),
+        torch.tensor([0.0, 100.0, 0.0]),
+        torch.tensor([40.0, 50.0, 10.0]),
+    )
     out = metric.compute_metrics([batch])
     assert out["_pred.dominant_class"] == "sky" and out["_pred.dominant_share"] == 1.0 and out["_pred.classes"] == 1
 
@@ -96,17 +104,23 @@ def knn_world(tmp_path, monkeypatch, scale=1.0, temperature=0.07, k=20):
     path = worlds.dino_checkpoint(ck, "tinyvit", "vit_tiny_test", 1, seed=1)
     if scale != 1.0:  # finite weights whose activations overflow: non-finite features from a sound file
         obj = torch.load(path, weights_only=True)
-        obj["teacher"] = {k_: (v * scale if k_.endswith("patch_embed.proj.weight") else v) for k_, v in obj["teacher"].items()}
+        obj["teacher"] = {
+            k_: (v * scale if k_.endswith("patch_embed.proj.weight") else v) for k_, v in obj["teacher"].items()
+        }
         torch.save(obj, path)
     bench = worlds.tiny_registry(tmp_path, data / "imagenet-1k", ck)
     (bench / "datasets" / "imagenet.yaml").write_text(
         f"name: imagenet\ntitle: mini\nkind: imagenet\nroot: {data / 'imagenet-1k'}\ntask: classification\n"
-        "img_suffix: .JPEG\nsplits:\n  train: {img_dir: train}\n  val: {img_dir: val}\n")
+        "img_suffix: .JPEG\nsplits:\n  train: {img_dir: train}\n  val: {img_dir: val}\n"
+    )
     (bench / "protocols" / "knn_tiny.yaml").write_text(
-        f"name: knn_tiny\nkind: knn\ntitle: tiny knn\ndatasets: [imagenet]\nparams: {{k: {k}, temperature: {temperature}, "
-        "resize: 72, crop: 64, batch_size: 16}\nresources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n")
-    (bench / "suites" / "k.yaml").write_text("name: k\ntitle: k\nmethods: [tinyvit]\ngrid:\n"
-                                             "  - {protocol: knn_tiny, datasets: [imagenet]}\n")
+        f"name: knn_tiny\nkind: knn\ntitle: tiny knn\ndatasets: [imagenet]\n"
+        f"params: {{k: {k}, temperature: {temperature}, "
+        "resize: 72, crop: 64, batch_size: 16}\nresources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n"
+    )
+    (bench / "suites" / "k.yaml").write_text(
+        "name: k\ntitle: k\nmethods: [tinyvit]\ngrid:\n  - {protocol: knn_tiny, datasets: [imagenet]}\n"
+    )
     return bench
 
 
@@ -148,13 +162,32 @@ def test_davis_propagation_is_finite_at_a_small_temperature():
 
 # --------------------------------------------------------------------------------------------- 2. domains
 
-@pytest.mark.parametrize("protocol, old, new, message", [
-    ("knn_mini", "temperature: 0.07", "temperature: 0", "params.temperature: Input should be greater than 0"),
-    ("davis_mini", "temperature: 0.1", "temperature: -0.1", "params.temperature: Input should be greater than 0"),
-    ("linear_mini", "schedule: {iters: 80", "schedule: {iters: 0", "params.schedule.iters: Input should be greater than or equal to 1"),
-    ("upernet_mini", "layer_decay_rate: 0.9", "layer_decay_rate: 1.5", "layer_decay_rate: Input should be less than or equal to 1"),
-    ("metrics_mini", "tokens_per_image: 8", "tokens_per_image: 0", "tokens_per_image: Input should be greater than or equal to 1"),
-])
+
+@pytest.mark.parametrize(
+    "protocol, old, new, message",
+    [
+        ("knn_mini", "temperature: 0.07", "temperature: 0", "params.temperature: Input should be greater than 0"),
+        ("davis_mini", "temperature: 0.1", "temperature: -0.1", "params.temperature: Input should be greater than 0"),
+        (
+            "linear_mini",
+            "schedule: {iters: 80",
+            "schedule: {iters: 0",
+            "params.schedule.iters: Input should be greater than or equal to 1",
+        ),
+        (
+            "upernet_mini",
+            "layer_decay_rate: 0.9",
+            "layer_decay_rate: 1.5",
+            "layer_decay_rate: Input should be less than or equal to 1",
+        ),
+        (
+            "metrics_mini",
+            "tokens_per_image: 8",
+            "tokens_per_image: 0",
+            "tokens_per_image: Input should be greater than or equal to 1",
+        ),
+    ],
+)
 def test_a_parameter_outside_its_domain_is_a_registry_error_with_file_and_line(tmp_path, protocol, old, new, message):
     from harness.registry import ROOT
 
@@ -175,13 +208,18 @@ def test_cross_field_domains(tmp_path):
 
     from harness.params import MaskRCNNParams, SegmentationParams, ViewAugment
 
-    for bad in (lambda: ViewAugment(scale=(0.9, 0.2)), lambda: SegmentationParams(ratio_range=(2.0, 0.5)),
-                lambda: MaskRCNNParams(iters=100, steps=(80, 120)), lambda: MaskRCNNParams(min_size=900, max_size=800)):
+    for bad in (
+        lambda: ViewAugment(scale=(0.9, 0.2)),
+        lambda: SegmentationParams(ratio_range=(2.0, 0.5)),
+        lambda: MaskRCNNParams(iters=100, steps=(80, 120)),
+        lambda: MaskRCNNParams(min_size=900, max_size=800),
+    ):
         with pytest.raises(ValidationError):
             bad()
 
 
 # --------------------------------------------------------------------------------------------- 3. one record
+
 
 def test_backup_copies_of_a_record_are_stray_files_never_rows(tmp_path, capsys):
     worlds.synthetic_suite(tmp_path, "syn", methods=1, epochs=3)
@@ -211,15 +249,22 @@ def test_a_duplicated_row_in_results_csv_is_an_error(tmp_path):
 
 # --------------------------------------------------------------------------------------------- 4. imports
 
-@pytest.mark.parametrize("text, message", [
-    ("method,epoch,dse\ndino,10,1.0\ndino,10,2.0\n", "dse of 'dino' epoch 10 (metrics/imagenet) appears twice"),
-    ("method,epoch,metric,value\ndino,10,w2,1.0\ndino,10,w2,1.5\n", "w2 of 'dino' epoch 10"),
-    ("method,epoch,dse\ndino,10.5,1.0\n", "epoch '10.5' is not a whole number"),
-    ("method,epoch,dse\ndino,10,nan\n", "'nan' is not a finite number"),
-    ("method,epoch,DSE,dse\ndino,10,1.0,2.0\n", "columns 'DSE' and 'dse' differ only in case"),
-    ("method,epoch,dataset,mIoU\ndino,10,voc12_aug,147\n", "mIoU = 147.0 is outside its domain, a number in [0, 100]"),
-    ("method,epoch,dse_dim\ndino,10,3.0\n", "dse_dim = 3.0 is outside its domain"),
-])
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("method,epoch,dse\ndino,10,1.0\ndino,10,2.0\n", "dse of 'dino' epoch 10 (metrics/imagenet) appears twice"),
+        ("method,epoch,metric,value\ndino,10,w2,1.0\ndino,10,w2,1.5\n", "w2 of 'dino' epoch 10"),
+        ("method,epoch,dse\ndino,10.5,1.0\n", "epoch '10.5' is not a whole number"),
+        ("method,epoch,dse\ndino,10,nan\n", "'nan' is not a finite number"),
+        ("method,epoch,DSE,dse\ndino,10,1.0,2.0\n", "columns 'DSE' and 'dse' differ only in case"),
+        (
+            "method,epoch,dataset,mIoU\ndino,10,voc12_aug,147\n",
+            "mIoU = 147.0 is outside its domain, a number in [0, 100]",
+        ),
+        ("method,epoch,dse_dim\ndino,10,3.0\n", "dse_dim = 3.0 is outside its domain"),
+    ],
+)
 def test_imports_refuse_what_they_should(tmp_path, monkeypatch, capsys, text, message):
     from harness.registry import ROOT
 
@@ -228,7 +273,8 @@ def test_imports_refuse_what_they_should(tmp_path, monkeypatch, capsys, text, me
     shutil.copytree(ROOT / "benchmarks", bench)
     (bench / "suites" / "imp.yaml").write_text(
         "name: imp\ntitle: i\nmethods: [dino]\ngrid:\n  - {protocol: metrics, datasets: [imagenet], epochs: [10, 20]}\n"
-        "  - {protocol: linear, datasets: [voc12_aug], epochs: [10, 20]}\n")
+        "  - {protocol: linear, datasets: [voc12_aug], epochs: [10, 20]}\n"
+    )
     f = tmp_path / "in.csv"
     f.write_text(text)
     assert main(["--registry", str(bench), "import", str(f), "--suite", "imp"]) == 1
@@ -238,6 +284,7 @@ def test_imports_refuse_what_they_should(tmp_path, monkeypatch, capsys, text, me
 
 
 # --------------------------------------------------------------------------------------------- 5. splits
+
 
 def test_a_split_list_naming_an_image_twice_is_refused(seg, tmp_path):
     bench, mine, _ = seg
@@ -307,6 +354,7 @@ def test_an_ade_label_map_may_hold_the_ignore_index(tmp_path):
 
 # --------------------------------------------------------------------------------------------- 6. data changes
 
+
 def test_a_record_follows_the_data_it_read(seg, tmp_path, capsys):
     bench, mine, _ = seg
     reg = load_registry(bench)
@@ -332,12 +380,32 @@ def test_a_record_follows_the_data_it_read(seg, tmp_path, capsys):
     os.environ["SDD_DATA_ROOT"] = str(tmp_path / "nowhere")
     state, why = c.state(results)
     assert state == "stale" and why.startswith("its data is not found here") and "SDD_DATA_ROOT=" in why
-    assert main(["--registry", str(bench), "submit", "--suite", "seg", "--cluster", "inline", "--protocol",
-                 "linear_tiny", "--method", "tinyvit", "--dry-run", "--results", str(results)]) == 0
+    assert (
+        main(
+            [
+                "--registry",
+                str(bench),
+                "submit",
+                "--suite",
+                "seg",
+                "--cluster",
+                "inline",
+                "--protocol",
+                "linear_tiny",
+                "--method",
+                "tinyvit",
+                "--dry-run",
+                "--results",
+                str(results),
+            ]
+        )
+        == 0
+    )
     assert "stale, its data is not found here" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------- 8. names
+
 
 @pytest.mark.parametrize("kind, name", [("suites", ".."), ("methods", "."), ("suites", "a b")])
 def test_names_that_cannot_be_a_path_segment_are_refused(tmp_path, kind, name):
@@ -357,7 +425,9 @@ def test_a_suite_that_would_run_a_cell_twice_is_refused(tmp_path):
     shutil.copytree(ROOT / "benchmarks", bench)
     (bench / "suites" / "dup.yaml").write_text(
         "name: dup\ntitle: d\nmethods: [dino, mocov3, dino]\ngrid:\n  - {protocol: metrics, datasets: [imagenet]}\n"
-        "  - {protocol: metrics, datasets: [imagenet], epochs: last}\n  - {protocol: linear, datasets: [ade20k, ade20k]}\n")
+        "  - {protocol: metrics, datasets: [imagenet], epochs: last}\n"
+        "  - {protocol: linear, datasets: [ade20k, ade20k]}\n"
+    )
     with pytest.raises(RegistryError) as e:
         load_registry(bench)
     text = str(e.value)
@@ -366,6 +436,7 @@ def test_a_suite_that_would_run_a_cell_twice_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- 9. hangs
+
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     from harness.registry import ROOT
@@ -399,11 +470,14 @@ def test_a_reused_pid_is_not_a_running_worker():
 
 # --------------------------------------------------------------------------------------------- 10. messages
 
+
 def test_tables_where_every_probe_failed_say_so(tmp_path, capsys):
     worlds.synthetic_suite(tmp_path, "syn", methods=1, epochs=3)
     for f in (tmp_path / "syn" / "runs" / "linear").rglob("ep*.json"):
         rec = json.loads(f.read_text())
-        f.write_text(json.dumps({**rec, "status": "failed", "metrics": None, "error": "RuntimeError: CUDA out of memory"}))
+        f.write_text(
+            json.dumps({**rec, "status": "failed", "metrics": None, "error": "RuntimeError: CUDA out of memory"})
+        )
     assert main(["collect", "--suite", "syn", "--results", str(tmp_path)]) == 0
     assert main(["tables", "--suite", "syn", "--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err

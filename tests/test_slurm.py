@@ -1,6 +1,7 @@
 """The launch path on a real single-node Slurm cluster (started by the tests on loopback, as root):
 arrays, skip-done, failures, scancel, requeue with resume, slurmd restarts; plus local/inline
 executors and crash-safe record writing."""
+
 import json
 import os
 import shutil
@@ -26,14 +27,18 @@ def make_registry(tmp: Path, params: str, methods="[dino, mae, byol]", epochs="[
     bench = tmp / "bench"
     shutil.copytree(ROOT / "benchmarks", bench)
     (bench / "protocols" / "probe.yaml").write_text(
-        "name: probe\nkind: probe\ntitle: probe\n" f"params: {params}\n"
-        "resources: {gpus: 0, cpus: 1, mem_gb: 1, time_min: 5, gpu_hours: 0.0}\n")
+        "name: probe\nkind: probe\ntitle: probe\n"
+        f"params: {params}\n"
+        "resources: {gpus: 0, cpus: 1, mem_gb: 1, time_min: 5, gpu_hours: 0.0}\n"
+    )
     (bench / "protocols" / "probe_big.yaml").write_text(
         "name: probe_big\nkind: probe\ntitle: probe with more memory\nparams: {steps: 2, sleep_s: 0.1}\n"
-        "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n")
+        "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n"
+    )
     (bench / "suites" / "probe.yaml").write_text(
         f"name: probe\ntitle: probe\nmethods: {methods}\ngrid:\n"
-        f"  - protocol: probe\n    datasets: [imagenet]\n    epochs: {epochs}\n{extra_grid}")
+        f"  - protocol: probe\n    datasets: [imagenet]\n    epochs: {epochs}\n{extra_grid}"
+    )
     return bench
 
 
@@ -97,15 +102,19 @@ def sacct_state(job_id):
 
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slurm
 def test_arrays_land_every_record_and_resubmit_is_a_noop(slurm_cluster, env, capsys):
-    bench = make_registry(env, "{steps: 3, sleep_s: 0.1}",
-                          extra_grid="  - protocol: probe_big\n    datasets: [imagenet]\n    epochs: [10]\n")
+    bench = make_registry(
+        env,
+        "{steps: 3, sleep_s: 0.1}",
+        extra_grid="  - protocol: probe_big\n    datasets: [imagenet]\n    epochs: [10]\n",
+    )
     results = env / "results"
     assert sdd(bench, "submit", "--suite", "probe", "--cluster", "local-test", "--results", str(results)) == 0
     out = capsys.readouterr().out
     assert "submitted 12" in out
-    rows = {l.split()[0]: l.split() for l in out.splitlines() if l.strip().startswith("probe")}
+    rows = {x.split()[0]: x.split() for x in out.splitlines() if x.strip().startswith("probe")}
     assert set(rows) == {"probe", "probe_big"}  # two profiles, one row each
     assert rows["probe"][1] == "9" and rows["probe_big"][1] == "3" and rows["probe_big"][6] == "2G"
     led = ledger.read_ledger(results, "probe")["cells"]
@@ -198,11 +207,14 @@ def test_slurmd_stopped_and_restarted_while_an_array_runs(slurm_cluster, env):
 
 # ---------------------------------------------------------------------------------------------
 
+
 def test_local_and_inline_executors(env, capsys):
     bench = make_registry(env, "{steps: 2, sleep_s: 0.05}", methods="[dino]", epochs="[10, 20]")
     results = env / "results"
-    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results),
-               "--method", "dino") == 0
+    assert (
+        sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results), "--method", "dino")
+        == 0
+    )
     assert sum(r["state"] == "done" for r in states(bench, results).values()) == 2
     shutil.rmtree(results)
     assert sdd(bench, "submit", "--suite", "probe", "--cluster", "local", "--results", str(results)) == 0
@@ -218,8 +230,14 @@ def test_a_failing_sacct_shows_states_as_unknown_with_the_reason(env, capsys, mo
     cid = "probe/imagenet/dino/ep0010"
     cell = next(c for c in build_plan(load_registry(bench), "probe") if c.id == cid)
     with ledger.ledger(results, "probe") as led:
-        led["cells"][cid] = {"job_id": "4242_0", "executor": "slurm", "state": "PENDING", "attempts": 1,
-                             "config_hash": cell.config_hash, "log_err": None}
+        led["cells"][cid] = {
+            "job_id": "4242_0",
+            "executor": "slurm",
+            "state": "PENDING",
+            "attempts": 1,
+            "config_hash": cell.config_hash,
+            "log_err": None,
+        }
     empty = env / "nobin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))  # as on a login node without Slurm's client tools
@@ -239,8 +257,10 @@ def test_a_failing_sacct_shows_states_as_unknown_with_the_reason(env, capsys, mo
 def test_an_unreadable_ledger_stops_with_its_name_and_repair_keeps_it(env, capsys):
     bench = make_registry(env, "{steps: 1, sleep_s: 0.01}", methods="[dino]", epochs="[10, 20]")
     results = env / "results"
-    assert sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results),
-               "--method", "dino") == 0
+    assert (
+        sdd(bench, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results), "--method", "dino")
+        == 0
+    )
     path = ledger.ledger_path(results, "probe")
     path.write_text('{"cells": {"probe/imag')  # torn by a full disk, say
     capsys.readouterr()
@@ -253,8 +273,10 @@ def test_an_unreadable_ledger_stops_with_its_name_and_repair_keeps_it(env, capsy
     assert "rebuilt from 2 record(s)" in capsys.readouterr().out
     kept = list(path.parent.glob("ledger.json.corrupt-*"))
     assert len(kept) == 1 and kept[0].read_text() == '{"cells": {"probe/imag'
-    assert set(ledger.read_ledger(results, "probe")["cells"]) == {"probe/imagenet/dino/ep0010",
-                                                                  "probe/imagenet/dino/ep0020"}
+    assert set(ledger.read_ledger(results, "probe")["cells"]) == {
+        "probe/imagenet/dino/ep0010",
+        "probe/imagenet/dino/ep0020",
+    }
 
 
 def test_corrupt_records_are_named_everywhere_and_rerun(env, capsys):
@@ -275,7 +297,9 @@ def test_corrupt_records_are_named_everywhere_and_rerun(env, capsys):
     assert "epoch 10 (file location says 20)" in out
     assert sdd(bench, "status", "--suite", "probe", "--results", str(results)) == 0
     out = capsys.readouterr().out
-    assert "3 corrupt record(s)" in out and next(l for l in out.splitlines() if l.startswith("total")).split()[-2] == "3"
+    assert (
+        "3 corrupt record(s)" in out and next(x for x in out.splitlines() if x.startswith("total")).split()[-2] == "3"
+    )
     before = (results / "probe" / "results.csv").exists()
     assert sdd(bench, "collect", "--suite", "probe", "--results", str(results)) == 1
     assert "3 record(s) of suite 'probe' are corrupt" in capsys.readouterr().err

@@ -1,8 +1,11 @@
 """Closed-form and property checks of the uniformity and spectrum metrics."""
+
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.metrics.spectrum import (
     alpha_req,
@@ -88,13 +91,12 @@ def test_lidar_counts_the_discriminable_directions():
 
 
 # ---- the W2 paper's four properties, as property-based tests -----------------------------------
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def _features(seed, n, d):
-    return torch.randn(n, d, generator=G(seed), dtype=torch.float64) + torch.randn(d, generator=G(seed + 1),
-                                                                                   dtype=torch.float64)
+    return torch.randn(n, d, generator=G(seed), dtype=torch.float64) + torch.randn(
+        d, generator=G(seed + 1), dtype=torch.float64
+    )
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)

@@ -1,5 +1,6 @@
 """Numbers a researcher can trust (issue 22): imports that join cleanly and say where they stand, a full
 grid that stays full, staleness that follows content and says why. Each case failed on the code before."""
+
 import json
 import os
 import shutil
@@ -40,12 +41,26 @@ def sdd(bench, *args):
 
 def computed(bench, results, protocol, dataset, method, epoch, metrics, status="ok"):
     """A computed record of the current plan's cell, as `execute` writes it (without running a job)."""
-    cell = next(c for c in build_plan(load_registry(bench), "trust", protocols=[protocol], methods=[method])
-                if c.dataset == dataset and c.epoch == epoch)
-    rec = {"suite": "trust", "protocol": protocol, "dataset": dataset, "method": method, "epoch": epoch,
-           "cell": cell.id, "status": status, "config_hash": cell.config_hash, "config": cell.config,
-           "metrics": metrics if status == "ok" else None, "error": None if status == "ok" else "RuntimeError: boom",
-           "timings": {"total_s": 10.0}, "placement": {"accelerator": "cpu", "gpus": 0, "world_size": 1}}
+    cell = next(
+        c
+        for c in build_plan(load_registry(bench), "trust", protocols=[protocol], methods=[method])
+        if c.dataset == dataset and c.epoch == epoch
+    )
+    rec = {
+        "suite": "trust",
+        "protocol": protocol,
+        "dataset": dataset,
+        "method": method,
+        "epoch": epoch,
+        "cell": cell.id,
+        "status": status,
+        "config_hash": cell.config_hash,
+        "config": cell.config,
+        "metrics": metrics if status == "ok" else None,
+        "error": None if status == "ok" else "RuntimeError: boom",
+        "timings": {"total_s": 10.0},
+        "placement": {"accelerator": "cpu", "gpus": 0, "world_size": 1},
+    }
     records.write_record(cell.record_path(results), rec)
 
 
@@ -54,9 +69,21 @@ def full_world(bench, results, methods=("dino", "mocov3"), skip=()):
     for k, method in enumerate(methods):
         for i, e in enumerate(EPOCHS):
             q = 1 - ((i - 2 - k) / 3) ** 2  # peaks mid-training
-            computed(bench, results, "metrics", "imagenet", method, e,
-                     {"dse": q + 0.5, "dse_separability": q, "dse_dim": 0.5 + q / 10 + i / 100, "rankme": 10 + q + i / 10,
-                      "w2": 1 - q / 2})
+            computed(
+                bench,
+                results,
+                "metrics",
+                "imagenet",
+                method,
+                e,
+                {
+                    "dse": q + 0.5,
+                    "dse_separability": q,
+                    "dse_dim": 0.5 + q / 10 + i / 100,
+                    "rankme": 10 + q + i / 10,
+                    "w2": 1 - q / 2,
+                },
+            )
             for d in ("voc12_aug", "ade20k"):
                 if (method, d, e) not in skip:
                     computed(bench, results, "linear", d, method, e, {"mIoU": 40 + 10 * q + i / 10})
@@ -94,7 +121,8 @@ def test_dse_and_w2_from_two_files_merge_into_one_record_and_replace_replaces_on
         (d / f"metrics_epoch_{e}.txt").write_text(
             f"Layer 11 DSE Metric (Original): {e / 10}\nLayer 11 Inter-class Distance: 2.0\n"
             "Layer 11 Intra-class Radius (Image): 0.5\nLayer 11 Intra-class Radius (Batch): 0.5\n"
-            "Layer 11 Effective Dimensionality: 0.4\n")
+            "Layer 11 Effective Dimensionality: 0.4\n"
+        )
     assert sdd(bench, "import", str(official), "--suite", "trust", "--method", "dino") == 0
     w2 = tmp_path / "w2.csv"
     w2.write_text("method,epoch,w2\n" + "".join(f"dino,{e},{1 + e / 100}\n" for e in EPOCHS))
@@ -141,7 +169,10 @@ def test_imported_numbers_are_marked_and_named_and_the_grid_rules_hold_for_them(
     row = next(line for line in sdd_md.splitlines() if line.startswith("| dino | voc12_aug"))
     assert "| 70.00ⁱ | 20 |" in row and "| -24.04ⁱ |" in row  # best and diff (and the delta from the paper) marked
     assert f"linear/voc12_aug/dino/ep0020; files: {f}" in sdd_md
-    assert pd.read_csv(results / "trust/tables/sdd.csv").set_index("method").loc["dino"].iloc[0]["imported"] == "best,diff,delta_diff"
+    assert (
+        pd.read_csv(results / "trust/tables/sdd.csv").set_index("method").loc["dino"].iloc[0]["imported"]
+        == "best,diff,delta_diff"
+    )
     report = (results / "trust/REPORT.md").read_text()
     assert report.count("computed and an imported record") == 0  # no cell has both here
     # epochs outside the grid: refused, or recorded as such and kept out of the tables
@@ -150,24 +181,57 @@ def test_imported_numbers_are_marked_and_named_and_the_grid_rules_hold_for_them(
     assert "epoch 60 of 'dino' is not in suite 'trust''s grid for linear/voc12_aug" in capsys.readouterr().err
     assert sdd(bench, "import", str(f), "--suite", "trust", "--allow-outside-grid") == 0
     tables(bench)
-    assert pd.read_csv(results / "trust/tables/sdd.csv").set_index(["method", "dataset"]).loc[("dino", "voc12_aug"), "best"] == 70.0
+    assert (
+        pd.read_csv(results / "trust/tables/sdd.csv")
+        .set_index(["method", "dataset"])
+        .loc[("dino", "voc12_aug"), "best"]
+        == 70.0
+    )
     assert "outside the suite's grid left out" in (results / "trust/REPORT.md").read_text()
     assert sdd(bench, "tables", "--suite", "trust", "--include-outside-grid") == 0
-    assert pd.read_csv(results / "trust/tables/sdd.csv").set_index(["method", "dataset"]).loc[("dino", "voc12_aug"), "best"] == 99.0
+    assert (
+        pd.read_csv(results / "trust/tables/sdd.csv")
+        .set_index(["method", "dataset"])
+        .loc[("dino", "voc12_aug"), "best"]
+        == 99.0
+    )
 
 
 def test_an_mmseg_run_needs_its_protocol_and_its_evaluation_named(bench, tmp_path, capsys):
-    (bench / "suites" / "two.yaml").write_text(SUITE.replace("name: trust", "name: two") + (
-        "  - {protocol: linear_mini, datasets: [voc12_aug], epochs: [10]}\n"))
+    (bench / "suites" / "two.yaml").write_text(
+        SUITE.replace("name: trust", "name: two")
+        + ("  - {protocol: linear_mini, datasets: [voc12_aug], epochs: [10]}\n")
+    )
     run = tmp_path / "mm" / "20250101_000000" / "vis_data"
     run.mkdir(parents=True)
-    (run / "scalars.json").write_text("\n".join(json.dumps(x) for x in (
-        {"loss": 1.0, "step": 10}, {"mIoU": 40.0, "aAcc": 80.0, "mAcc": 50.0, "step": 20000},
-        {"mIoU": 45.0, "aAcc": 81.0, "mAcc": 51.0, "step": 40000})) + "\n")
-    args = ["import", str(tmp_path / "mm"), "--suite", "two", "--method", "dino", "--epoch", "10", "--dataset", "voc12_aug"]
+    (run / "scalars.json").write_text(
+        "\n".join(
+            json.dumps(x)
+            for x in (
+                {"loss": 1.0, "step": 10},
+                {"mIoU": 40.0, "aAcc": 80.0, "mAcc": 50.0, "step": 20000},
+                {"mIoU": 45.0, "aAcc": 81.0, "mAcc": 51.0, "step": 40000},
+            )
+        )
+        + "\n"
+    )
+    args = [
+        "import",
+        str(tmp_path / "mm"),
+        "--suite",
+        "two",
+        "--method",
+        "dino",
+        "--epoch",
+        "10",
+        "--dataset",
+        "voc12_aug",
+    ]
     assert sdd(bench, *args) == 1
-    assert "runs 2 protocols an mmseg run's mIoU could belong to (linear, linear_mini); give --protocol" in \
-        capsys.readouterr().err
+    assert (
+        "runs 2 protocols an mmseg run's mIoU could belong to (linear, linear_mini); give --protocol"
+        in capsys.readouterr().err
+    )
     assert sdd(bench, *args, "--protocol", "linear") == 1
     assert "2 evaluations (at iterations 20000, 40000); say which with --take" in capsys.readouterr().err
     assert sdd(bench, *args, "--protocol", "linear", "--take", "best") == 0
@@ -192,6 +256,7 @@ def test_the_last_checkpoint_of_an_import_is_the_grids_last(bench, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- staleness
+
 
 def content_world(tmp_path, monkeypatch, ckpts: Path):
     data = worlds.imagefolder(tmp_path / "imagenet")
@@ -235,8 +300,23 @@ def test_copies_and_touches_keep_cells_done_and_a_rewrite_is_stale_with_its_reas
     assert line.startswith("stale") and "content changed (sha256" in line
     assert main(["--registry", str(bench), "status", "--suite", "tiny", "--results", str(moved_results)]) == 0
     assert "the checkpoint's content changed" in capsys.readouterr().out
-    assert main(["--registry", str(bench), "submit", "--suite", "tiny", "--cluster", "inline", "--dry-run",
-                 "--results", str(moved_results)]) == 0
+    assert (
+        main(
+            [
+                "--registry",
+                str(bench),
+                "submit",
+                "--suite",
+                "tiny",
+                "--cluster",
+                "inline",
+                "--dry-run",
+                "--results",
+                str(moved_results),
+            ]
+        )
+        == 0
+    )
     assert "of which 1 stale" in capsys.readouterr().out
 
 
@@ -250,9 +330,20 @@ def test_a_recipe_or_code_version_change_says_which(tmp_path, monkeypatch):
     reg = load_registry(bench)
     cell = next(c for c in build_plan(reg, "tiny", methods=["tinyvit"]) if c.epoch == 1)
     results = tmp_path / "results"
-    records.write_record(cell.record_path(results), {
-        "suite": "tiny", "protocol": "metrics", "dataset": "imagenet", "method": "tinyvit", "epoch": 1, "status": "ok",
-        "config_hash": cell.config_hash, "config": cell.config, "metrics": {"dse": 1.0}})
+    records.write_record(
+        cell.record_path(results),
+        {
+            "suite": "tiny",
+            "protocol": "metrics",
+            "dataset": "imagenet",
+            "method": "tinyvit",
+            "epoch": 1,
+            "status": "ok",
+            "config_hash": cell.config_hash,
+            "config": cell.config,
+            "metrics": {"dse": 1.0},
+        },
+    )
     assert cell.state(results)[0] == "done"
     p = bench / "protocols" / "metrics.yaml"
     p.write_text(p.read_text().replace("num_images: 24", "num_images: 20"))
@@ -260,7 +351,9 @@ def test_a_recipe_or_code_version_change_says_which(tmp_path, monkeypatch):
     state, why = changed.state(results)
     assert state == "stale" and why == "recipe changed: protocol.params.num_images 24 -> 20"
     p.write_text(p.read_text().replace("num_images: 20", "num_images: 24"))
-    monkeypatch.setitem(kinds.PROTOCOL_KINDS, "metrics", dataclasses.replace(kinds.PROTOCOL_KINDS["metrics"], version=2))
+    monkeypatch.setitem(
+        kinds.PROTOCOL_KINDS, "metrics", dataclasses.replace(kinds.PROTOCOL_KINDS["metrics"], version=2)
+    )
     bumped = next(c for c in build_plan(load_registry(bench), "tiny", methods=["tinyvit"]) if c.epoch == 1)
     state, why = bumped.state(results)
     assert state == "stale" and why == "code version changed (kind metrics: 1 -> 2)"

@@ -1,4 +1,5 @@
 """The uncertainty of Kendall τ (issue 16): p-values and intervals against hand-computed values."""
+
 import numpy as np
 import pytest
 from scipy.stats import kendalltau
@@ -41,8 +42,13 @@ def test_the_plain_sentence_follows_the_intervals():
 
     from harness.analysis.tables import tracking_sentence
 
-    mean = pd.DataFrame({"metric": ["DSE", "RankMe", "W2"], "n_VOC": [4, 4, 4],
-                         "Avg. 95% CI": ["[+0.10, +0.60]", "[-0.30, +0.20]", "[-0.80, -0.10]"]})
+    mean = pd.DataFrame(
+        {
+            "metric": ["DSE", "RankMe", "W2"],
+            "n_VOC": [4, 4, 4],
+            "Avg. 95% CI": ["[+0.10, +0.60]", "[-0.30, +0.20]", "[-0.80, -0.10]"],
+        }
+    )
     long = pd.DataFrame({"grid": ["full"] * 4, "tau": [0.5] * 4, "checkpoints": [16, 16, 8, 16]})
     assert tracking_sentence(mean, long).startswith("DSE tracks mIoU here") and "(W2)" in tracking_sentence(mean, long)
     mean["Avg. 95% CI"] = ["[-0.10, +0.60]", "[-0.30, +0.20]", "—"]

@@ -15,6 +15,7 @@ run uses), and one table of what it measured.
 `--smoke` runs every stage tiny on the CPU (checks the script itself, no figures worth keeping).
 Output: the table on stdout and `gpu_check.json` / `gpu_check.md` under `--out` (default $OUT or .).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,11 @@ class GpuSampler:
 
     def _run(self):
         while not self._stop.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            )
             try:
                 util, mem = (float(x) for x in out.stdout.splitlines()[0].split(","))
                 self.samples.append((util, mem))
@@ -64,8 +68,10 @@ class GpuSampler:
     def summary(self) -> dict:
         if not self.samples:
             return {"gpu_util_pct": None, "gpu_mem_mib": None}
-        return {"gpu_util_pct": round(sum(u for u, _ in self.samples) / len(self.samples), 1),
-                "gpu_mem_mib": max(m for _, m in self.samples)}
+        return {
+            "gpu_util_pct": round(sum(u for u, _ in self.samples) / len(self.samples), 1),
+            "gpu_mem_mib": max(m for _, m in self.samples),
+        }
 
 
 def build_world(tmp: Path, smoke: bool) -> dict:
@@ -89,50 +95,144 @@ def build_world(tmp: Path, smoke: bool) -> dict:
         generate.coco_instances(data / "coco", train=32, val=8, size=640)
         generate.davis2017(data / "DAVIS", sequences=1, frames=24, size=(480, 854))
     gen_s = time.perf_counter() - t
-    archs = {"dino": ("vit_tiny_test" if smoke else "vit_small_patch16", formats.dino),
-             "densecl": ("resnet_tiny_test" if smoke else "resnet50", formats.densecl)}
+    archs = {
+        "dino": ("vit_tiny_test" if smoke else "vit_small_patch16", formats.dino),
+        "densecl": ("resnet_tiny_test" if smoke else "resnet50", formats.densecl),
+    }
     for method, (arch, writer) in archs.items():
         torch.manual_seed(0)
         net = build_backbone(arch)
         writer(net.net.state_dict(), ck / method, 10)  # the method's own file layout, read back by its rule
-    os.environ.update(SDD_DATA_ROOT=str(data), SDD_CKPT_ROOT=str(ck), SDD_CACHE=str(tmp / "cache"),
-                      SDD_RESULTS=str(tmp / "results"), SDD_SUBMITIT=str(tmp / "submitit"))
+    os.environ.update(
+        SDD_DATA_ROOT=str(data),
+        SDD_CKPT_ROOT=str(ck),
+        SDD_CACHE=str(tmp / "cache"),
+        SDD_RESULTS=str(tmp / "results"),
+        SDD_SUBMITIT=str(tmp / "submitit"),
+    )
     return {"data": data, "ckpts": ck, "archs": {m: a for m, (a, _) in archs.items()}, "generate_s": gen_s}
 
 
 PROTOCOLS = {
     # name: (kind, params, recipe cell for the extrapolation: (optimizer steps, GPUs) or None)
-    "metrics_check": ("metrics", {"num_images": 2048, "batch_size": 1024, "image_list_seed": 0, "resize": 256,
-                                  "crop": 224, "forward_batch": 128, "cache": True,
-                                  "tokens_per_image": 16,
-                                  "dse": {"mode": "parity", "local_clusters": 3, "global_clusters": 24, "group_size": 8,
-                                          "normalize": True, "kmeans_iters": 20, "kmeans_tol": 1.0e-4},
-                                  "alpha_req": {"fit_min_rank": 6, "fit_max_rank": 100},
-                                  "lidar": {"num_images": 100, "views": 50, "augment": {"crop": 224}}}, None),
-    "linear_check": ("linear", {"batch_size": 16, "crop_size": [512, 512], "optimizer": {"lr": 1.0e-3},
-                                "schedule": {"iters": 500, "warmup_iters": 50}, "checkpoint_interval": 100000,
-                                "log_interval": 100, "test": {"mode": "slide", "crop_size": [512, 512],
-                                                              "stride": [341, 341]}}, (40000, 1)),
-    "upernet_check": ("upernet", {"batch_size": 2, "crop_size": [512, 512], "optimizer": {"lr": 3.0e-5,
-                                  "layer_decay_rate": 0.9}, "schedule": {"iters": 150, "warmup_iters": 15},
-                                  "drop_path": 0.1, "checkpoint_interval": 100000, "log_interval": 100,
-                                  "test": {"mode": "whole"}}, (160000, 8)),
-    "maskrcnn_check": ("maskrcnn", {"backend": "torchvision", "iters": 40, "batch_size": 2, "min_size": 800,
-                                    "max_size": 1333, "checkpoint_interval": 100000}, (90000, 8)),
-    "davis_check": ("davis", {"split": "val", "short_side": 480, "n_last_frames": 7, "size_mask_neighborhood": 12,
-                              "topk": 5, "temperature": 0.1, "resnet_layer": 3}, None),
+    "metrics_check": (
+        "metrics",
+        {
+            "num_images": 2048,
+            "batch_size": 1024,
+            "image_list_seed": 0,
+            "resize": 256,
+            "crop": 224,
+            "forward_batch": 128,
+            "cache": True,
+            "tokens_per_image": 16,
+            "dse": {
+                "mode": "parity",
+                "local_clusters": 3,
+                "global_clusters": 24,
+                "group_size": 8,
+                "normalize": True,
+                "kmeans_iters": 20,
+                "kmeans_tol": 1.0e-4,
+            },
+            "alpha_req": {"fit_min_rank": 6, "fit_max_rank": 100},
+            "lidar": {"num_images": 100, "views": 50, "augment": {"crop": 224}},
+        },
+        None,
+    ),
+    "linear_check": (
+        "linear",
+        {
+            "batch_size": 16,
+            "crop_size": [512, 512],
+            "optimizer": {"lr": 1.0e-3},
+            "schedule": {"iters": 500, "warmup_iters": 50},
+            "checkpoint_interval": 100000,
+            "log_interval": 100,
+            "test": {"mode": "slide", "crop_size": [512, 512], "stride": [341, 341]},
+        },
+        (40000, 1),
+    ),
+    "upernet_check": (
+        "upernet",
+        {
+            "batch_size": 2,
+            "crop_size": [512, 512],
+            "optimizer": {"lr": 3.0e-5, "layer_decay_rate": 0.9},
+            "schedule": {"iters": 150, "warmup_iters": 15},
+            "drop_path": 0.1,
+            "checkpoint_interval": 100000,
+            "log_interval": 100,
+            "test": {"mode": "whole"},
+        },
+        (160000, 8),
+    ),
+    "maskrcnn_check": (
+        "maskrcnn",
+        {
+            "backend": "torchvision",
+            "iters": 40,
+            "batch_size": 2,
+            "min_size": 800,
+            "max_size": 1333,
+            "checkpoint_interval": 100000,
+        },
+        (90000, 8),
+    ),
+    "davis_check": (
+        "davis",
+        {
+            "split": "val",
+            "short_side": 480,
+            "n_last_frames": 7,
+            "size_mask_neighborhood": 12,
+            "topk": 5,
+            "temperature": 0.1,
+            "resnet_layer": 3,
+        },
+        None,
+    ),
 }
-SMOKE = {"metrics_check": {"num_images": 16, "batch_size": 16, "forward_batch": 8, "resize": 72, "crop": 64,
-                           "lidar": {"num_images": 4, "views": 3, "augment": {"crop": 64, "scale": [0.4, 1.0]}},
-                           "alpha_req": {"fit_min_rank": 2, "fit_max_rank": 10}},
-         "linear_check": {"batch_size": 2, "crop_size": [64, 64], "train_scale": [64, 64], "schedule": {"iters": 4, "warmup_iters": 1},
-                          "test": {"mode": "whole"}},
-         "upernet_check": {"crop_size": [64, 64], "train_scale": [64, 64], "schedule": {"iters": 4, "warmup_iters": 1},
-                           "decode_head": {"channels": 16}, "auxiliary_head": {"channels": 8}},
-         "maskrcnn_check": {"iters": 2, "min_size": 96, "max_size": 96, "anchor_sizes": [8, 16, 32, 64, 128], "out_channels": 16},
-         "davis_check": {"short_side": 64, "size_multiple": 16, "size_mask_neighborhood": 3}}
-DATASET = {"metrics_check": "imagenet", "linear_check": "ade20k", "upernet_check": "ade20k",
-           "maskrcnn_check": "coco_instances", "davis_check": "davis2017"}
+SMOKE = {
+    "metrics_check": {
+        "num_images": 16,
+        "batch_size": 16,
+        "forward_batch": 8,
+        "resize": 72,
+        "crop": 64,
+        "lidar": {"num_images": 4, "views": 3, "augment": {"crop": 64, "scale": [0.4, 1.0]}},
+        "alpha_req": {"fit_min_rank": 2, "fit_max_rank": 10},
+    },
+    "linear_check": {
+        "batch_size": 2,
+        "crop_size": [64, 64],
+        "train_scale": [64, 64],
+        "schedule": {"iters": 4, "warmup_iters": 1},
+        "test": {"mode": "whole"},
+    },
+    "upernet_check": {
+        "crop_size": [64, 64],
+        "train_scale": [64, 64],
+        "schedule": {"iters": 4, "warmup_iters": 1},
+        "decode_head": {"channels": 16},
+        "auxiliary_head": {"channels": 8},
+    },
+    "maskrcnn_check": {
+        "iters": 2,
+        "min_size": 96,
+        "max_size": 96,
+        "anchor_sizes": [8, 16, 32, 64, 128],
+        "out_channels": 16,
+    },
+    "davis_check": {"short_side": 64, "size_multiple": 16, "size_mask_neighborhood": 3},
+}
+DATASET = {
+    "metrics_check": "imagenet",
+    "linear_check": "ade20k",
+    "upernet_check": "ade20k",
+    "maskrcnn_check": "coco_instances",
+    "davis_check": "davis2017",
+}
 
 
 def write_registry(tmp: Path, smoke: bool) -> Path:
@@ -144,16 +244,34 @@ def write_registry(tmp: Path, smoke: bool) -> Path:
     if smoke:  # the tiny test architectures in the same checkpoint formats
         for method, arch in (("dino", "vit_small_patch16"), ("densecl", "resnet50")):
             f = bench / "methods" / f"{method}.yaml"
-            f.write_text(f.read_text().replace(f"arch: {arch}", f"arch: {'vit' if arch.startswith('vit') else 'resnet'}_tiny_test"))
+            f.write_text(
+                f.read_text().replace(
+                    f"arch: {arch}", f"arch: {'vit' if arch.startswith('vit') else 'resnet'}_tiny_test"
+                )
+            )
     for name, (kind, params, _) in PROTOCOLS.items():
         params = {**params, **(SMOKE[name] if smoke else {})}
-        (bench / "protocols" / f"{name}.yaml").write_text(yaml.safe_dump(
-            {"name": name, "kind": kind, "title": f"GPU check: {kind}", "params": params,
-             "resources": {"gpus": gpus, "cpus": min(16, os.cpu_count() or 1), "mem_gb": 64, "time_min": 60,
-                           "gpu_hours": 0.0}}))
+        (bench / "protocols" / f"{name}.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "title": f"GPU check: {kind}",
+                    "params": params,
+                    "resources": {
+                        "gpus": gpus,
+                        "cpus": min(16, os.cpu_count() or 1),
+                        "mem_gb": 64,
+                        "time_min": 60,
+                        "gpu_hours": 0.0,
+                    },
+                }
+            )
+        )
     grid = [{"protocol": n, "datasets": [DATASET[n]], "epochs": [10]} for n in PROTOCOLS]
-    (bench / "suites" / "gpucheck.yaml").write_text(yaml.safe_dump(
-        {"name": "gpucheck", "title": "GPU check", "methods": ["dino", "densecl"], "grid": grid}))
+    (bench / "suites" / "gpucheck.yaml").write_text(
+        yaml.safe_dump({"name": "gpucheck", "title": "GPU check", "methods": ["dino", "densecl"], "grid": grid})
+    )
     return bench
 
 
@@ -169,7 +287,10 @@ def run_cells(bench: Path, results: Path, only: list[str] | None) -> list[dict]:
     for cell in build_plan(reg, "gpucheck"):
         if only and cell.protocol not in only:
             continue
-        if cell.protocol in ("upernet_check", "maskrcnn_check", "davis_check", "linear_check") and cell.method != "dino":
+        if (
+            cell.protocol in ("upernet_check", "maskrcnn_check", "davis_check", "linear_check")
+            and cell.method != "dino"
+        ):
             continue  # one architecture is enough for the training protocols' speed
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -178,16 +299,26 @@ def run_cells(bench: Path, results: Path, only: list[str] | None) -> list[dict]:
             rec = execute(cell, results, progress=False)
             wall = time.perf_counter() - t
         kind, _, recipe = PROTOCOLS[cell.protocol]
-        row = {"stage": f"{kind} ({cell.method})", "status": rec["status"], "wall_s": round(wall, 1), **gpu.summary(),
-               "peak_alloc_mib": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
-               "device": (rec.get("placement") or {}).get("name"), "precision": rec.get("precision"),
-               "error": rec.get("error")}
+        row = {
+            "stage": f"{kind} ({cell.method})",
+            "status": rec["status"],
+            "wall_s": round(wall, 1),
+            **gpu.summary(),
+            "peak_alloc_mib": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
+            "device": (rec.get("placement") or {}).get("name"),
+            "precision": rec.get("precision"),
+            "error": rec.get("error"),
+        }
         timings = rec.get("timings") or {}
         if kind == "metrics" and rec["status"] == "ok":
             n = rec["image_list"]["count"]
-            row.update(images_per_s=round(n / max(timings.get("features_s", 0), 1e-9), 1),
-                       per_metric_s={k: round(v, 2) for k, v in (timings.get("per_metric_s") or {}).items()},
-                       s_per_checkpoint=round(wall, 1), paper_s=90.0, cache=rec["features"]["cache"])
+            row.update(
+                images_per_s=round(n / max(timings.get("features_s", 0), 1e-9), 1),
+                per_metric_s={k: round(v, 2) for k, v in (timings.get("per_metric_s") or {}).items()},
+                s_per_checkpoint=round(wall, 1),
+                paper_s=90.0,
+                cache=rec["features"]["cache"],
+            )
         if recipe and rec["status"] == "ok":
             ips = timings.get("iters_per_s")
             steps, recipe_gpus = recipe
@@ -198,10 +329,17 @@ def run_cells(bench: Path, results: Path, only: list[str] | None) -> list[dict]:
                 on_gpu = (rec.get("placement") or {}).get("accelerator") == "cuda"
                 # a figure extrapolated from a CPU run is a CPU figure: never printed as GPU·h
                 row.update({"extrapolated_gpu_h" if on_gpu else "extrapolated_cpu_h": hours})
-                row.update(iters_per_s=round(ips, 2),
-                           data_wait_share=None if timings.get("data_wait_share") is None else round(timings["data_wait_share"], 3), photometric=rec.get("photometric"),
-                           val_s_per_image=round(timings["val_s"] / timings["val_images"], 4) if timings.get("val_images") else None,
-                           protocol_gpu_h={"linear": 2.43, "upernet": 80.0, "maskrcnn": 96.0}[kind])
+                row.update(
+                    iters_per_s=round(ips, 2),
+                    data_wait_share=None
+                    if timings.get("data_wait_share") is None
+                    else round(timings["data_wait_share"], 3),
+                    photometric=rec.get("photometric"),
+                    val_s_per_image=round(timings["val_s"] / timings["val_images"], 4)
+                    if timings.get("val_images")
+                    else None,
+                    protocol_gpu_h={"linear": 2.43, "upernet": 80.0, "maskrcnn": 96.0}[kind],
+                )
         if kind == "davis" and rec["status"] == "ok":
             row["JF_mean"] = rec["metrics"]["JF_mean"]
         rows.append(row)
@@ -238,9 +376,16 @@ def cpu_vs_gpu(cache: Path, smoke: bool) -> list[dict]:
         if "cuda" in got:
             c, g = got["cpu"], got["cuda"]
             rel = lambda k: abs(g[k] - c[k]) / max(abs(c[k]), 1e-12)
-            row.update(gpu_s=round(g["_s"], 2), dse_parity_rel_diff=rel("dse"), w2_abs_diff=abs(g["w2"] - c["w2"]),
-                       rankme_rel_diff=rel("rankme"), fast_dse=g["_fast_dse"], parity_dse=g["dse"],
-                       fast_s=round(g["_fast_s"], 2), within_tolerance=rel("dse") <= 1e-4 and abs(g["w2"] - c["w2"]) <= 1e-6)
+            row.update(
+                gpu_s=round(g["_s"], 2),
+                dse_parity_rel_diff=rel("dse"),
+                w2_abs_diff=abs(g["w2"] - c["w2"]),
+                rankme_rel_diff=rel("rankme"),
+                fast_dse=g["_fast_dse"],
+                parity_dse=g["dse"],
+                fast_s=round(g["_fast_s"], 2),
+                within_tolerance=rel("dse") <= 1e-4 and abs(g["w2"] - c["w2"]) <= 1e-6,
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -255,7 +400,9 @@ def knn_scale(smoke: bool) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     n, m, d = (2000, 200, 64) if smoke else (100_000, 10_000, 384)
     g = torch.Generator().manual_seed(0)
-    train = F.normalize(torch.randn(n, d, generator=g), dim=1).to(dev, torch.float16 if dev == "cuda" else torch.float32)
+    train = F.normalize(torch.randn(n, d, generator=g), dim=1).to(
+        dev, torch.float16 if dev == "cuda" else torch.float32
+    )
     test = F.normalize(torch.randn(m, d, generator=g), dim=1).to(dev, train.dtype)
     labels = torch.randint(0, 1000, (n,), generator=g).to(dev)
     if dev == "cuda":
@@ -266,25 +413,42 @@ def knn_scale(smoke: bool) -> dict:
     if dev == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t
-    row = {"stage": f"k-NN {n:,} x {m:,} (d={d})", "status": "ok", "wall_s": round(wall, 2),
-           "queries_per_s": round(m / wall), "votes_finite": bool(torch.isfinite(votes).all()),
-           "peak_alloc_mib": round(torch.cuda.max_memory_allocated() / 2**20) if dev == "cuda" else None,
-           "imagenet_val_extrapolated_s": round(wall * 50_000 / m * 1_281_167 / n, 1)}
+    row = {
+        "stage": f"k-NN {n:,} x {m:,} (d={d})",
+        "status": "ok",
+        "wall_s": round(wall, 2),
+        "queries_per_s": round(m / wall),
+        "votes_finite": bool(torch.isfinite(votes).all()),
+        "peak_alloc_mib": round(torch.cuda.max_memory_allocated() / 2**20) if dev == "cuda" else None,
+        "imagenet_val_extrapolated_s": round(wall * 50_000 / m * 1_281_167 / n, 1),
+    }
     print(json.dumps(row), flush=True)
     return row
 
 
 def markdown(rows: list[dict], env: dict) -> str:
-    cols = ["stage", "status", "wall_s", "images_per_s", "iters_per_s", "gpu_util_pct", "peak_alloc_mib",
-            "extrapolated_gpu_h", "protocol_gpu_h", "data_wait_share", "precision"]
+    cols = [
+        "stage",
+        "status",
+        "wall_s",
+        "images_per_s",
+        "iters_per_s",
+        "gpu_util_pct",
+        "peak_alloc_mib",
+        "extrapolated_gpu_h",
+        "protocol_gpu_h",
+        "data_wait_share",
+        "precision",
+    ]
     if not env.get("cuda_available"):
         cols[cols.index("extrapolated_gpu_h")] = "extrapolated_cpu_h"
     head = f"GPU check, {env['date']}, {env['device']} (torch {env['torch']}, CUDA {env['cuda']})"
     if not env.get("cuda_available"):
-        head += ("\n\nNo GPU ran this: every figure below is from the CPU (a smoke run checks the script, its "
-                 "speeds are not GPU figures and no GPU·h is extrapolated from them).")
-    lines = [head, "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        head += (
+            "\n\nNo GPU ran this: every figure below is from the CPU (a smoke run checks the script, its "
+            "speeds are not GPU figures and no GPU·h is extrapolated from them)."
+        )
+    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
     extra = [r for r in rows if "dse_parity_rel_diff" in r or "queries_per_s" in r or r.get("error")]
@@ -306,9 +470,13 @@ def main(argv=None) -> int:
     if not args.smoke and not torch.cuda.is_available():
         print("gpu-check: no CUDA device visible; use --smoke to check the script on the CPU", file=sys.stderr)
         return 2
-    env = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke)",
-           "cuda_available": torch.cuda.is_available()}
+    env = {
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke)",
+        "cuda_available": torch.cuda.is_available(),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="sdd-gpucheck-"))
@@ -317,8 +485,11 @@ def main(argv=None) -> int:
         world = build_world(tmp, args.smoke)
         rows.append({"stage": "generate data + checkpoints", "status": "ok", "wall_s": round(world["generate_s"], 1)})
         bench = write_registry(tmp, args.smoke)
-        for stage in (lambda: run_cells(bench, tmp / "results", args.only), lambda: [knn_scale(args.smoke)],
-                      lambda: cpu_vs_gpu(tmp / "cache", args.smoke)):
+        for stage in (
+            lambda: run_cells(bench, tmp / "results", args.only),
+            lambda: [knn_scale(args.smoke)],
+            lambda: cpu_vs_gpu(tmp / "cache", args.smoke),
+        ):
             try:
                 rows += stage()
             except Exception as e:  # one broken stage does not hide the others' figures

@@ -1,5 +1,6 @@
 """Analysis: tables, figures and a report, all regenerated from `results/<suite>/results.csv`
 (and `spectra.csv` for the spectrum figures); nothing here touches a model or a record file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import HarnessError
 from harness.analysis.render import write_table
 from harness.analysis.tables import MIOU_TABLES, all_tables
 from harness.collect import META_COLUMNS
+from harness.errors import HarnessError
 from harness.kinds import LABEL_FREE, PROBE, kinds_with
 from harness.records import cell_id
 
@@ -34,23 +35,31 @@ def check_columns(table: pd.DataFrame, csv: Path, protocols: list[str] = ()) -> 
     mIoU column because every one of its cells failed, saying that."""
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
-        raise TablesError(f"{csv} lacks the column(s) {', '.join(missing)} that the tables are computed from; "
-                          f"the previous tables were left in place. Rebuild it with `sdd collect --suite "
-                          f"{csv.parent.name}`, or add the columns to a hand-made table.")
+        raise TablesError(
+            f"{csv} lacks the column(s) {', '.join(missing)} that the tables are computed from; "
+            f"the previous tables were left in place. Rebuild it with `sdd collect --suite "
+            f"{csv.parent.name}`, or add the columns to a hand-made table."
+        )
     if "mIoU" in table.columns:
         return
     for p in protocols:
         rows = table[table["protocol"] == p]
         failed = rows[rows["status"] != "ok"]
         if len(rows) and len(failed) == len(rows):
-            first = str(failed["error"].dropna().iloc[0]) if "error" in failed and failed["error"].notna().any() else "?"
-            raise TablesError(f"every {p} cell failed ({len(rows)} of {len(rows)}), so there is no mIoU to tabulate; "
-                              f"the first error: {first[:300]}. `sdd status --suite {csv.parent.name}` lists them; "
-                              f"fix the cause and `sdd submit --retry-failed`.")
+            first = (
+                str(failed["error"].dropna().iloc[0]) if "error" in failed and failed["error"].notna().any() else "?"
+            )
+            raise TablesError(
+                f"every {p} cell failed ({len(rows)} of {len(rows)}), so there is no mIoU to tabulate; "
+                f"the first error: {first[:300]}. `sdd status --suite {csv.parent.name}` lists them; "
+                f"fix the cause and `sdd submit --retry-failed`."
+            )
         if len(rows):
-            raise TablesError(f"{csv} lacks the column(s) mIoU that the tables are computed from ({p} has rows); "
-                              f"the previous tables were left in place. Rebuild it with `sdd collect --suite "
-                              f"{csv.parent.name}`, or add the column to a hand-made table.")
+            raise TablesError(
+                f"{csv} lacks the column(s) mIoU that the tables are computed from ({p} has rows); "
+                f"the previous tables were left in place. Rebuild it with `sdd collect --suite "
+                f"{csv.parent.name}`, or add the column to a hand-made table."
+            )
 
 
 def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -61,11 +70,16 @@ def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     check_columns(table, csv)
     absent = [c for c in META_COLUMNS if c not in table.columns]  # a hand-made or partial table: defined as empty
     if absent:  # at once (column by column fragments the frame: pandas' PerformanceWarning)
-        table = pd.concat([table, pd.DataFrame({c: pd.Series([None] * len(table), dtype=object) for c in absent},
-                                               index=table.index)], axis=1)
+        table = pd.concat(
+            [table, pd.DataFrame({c: pd.Series([None] * len(table), dtype=object) for c in absent}, index=table.index)],
+            axis=1,
+        )
     spec_csv = suite_dir / "spectra.csv"
-    spec = pd.read_csv(spec_csv) if spec_csv.is_file() else pd.DataFrame(columns=["method", "epoch", "kind",
-                                                                                   "index", "log_sv"])
+    spec = (
+        pd.read_csv(spec_csv)
+        if spec_csv.is_file()
+        else pd.DataFrame(columns=["method", "epoch", "kind", "index", "log_sv"])
+    )
     return table, spec
 
 
@@ -80,8 +94,9 @@ def drop_stale(table: pd.DataFrame, include_stale: bool = False) -> tuple[pd.Dat
     cells = _names(stale)
     if include_stale:
         return table, [f"{len(stale)} stale record(s) (recipe changed since) kept by --include-stale: {cells}"]
-    return table.drop(index=stale.index), [f"{len(stale)} stale record(s) (recipe changed since) left out; "
-                                           f"--include-stale keeps them: {cells}"]
+    return table.drop(index=stale.index), [
+        f"{len(stale)} stale record(s) (recipe changed since) left out; --include-stale keeps them: {cells}"
+    ]
 
 
 def _names(rows: pd.DataFrame, limit: int = 8) -> str:
@@ -98,10 +113,13 @@ def drop_outside_grid(table: pd.DataFrame, include: bool = False) -> tuple[pd.Da
     if out.empty:
         return table, []
     if include:
-        return table, [f"{len(out)} imported record(s) outside the suite's grid kept by --include-outside-grid: "
-                       f"{_names(out)}"]
-    return table.drop(index=out.index), [f"{len(out)} imported record(s) outside the suite's grid left out (they "
-                                         f"would change best and τ); --include-outside-grid keeps them: {_names(out)}"]
+        return table, [
+            f"{len(out)} imported record(s) outside the suite's grid kept by --include-outside-grid: {_names(out)}"
+        ]
+    return table.drop(index=out.index), [
+        f"{len(out)} imported record(s) outside the suite's grid left out (they "
+        f"would change best and τ); --include-outside-grid keeps them: {_names(out)}"
+    ]
 
 
 KEY = ["protocol", "dataset", "method", "epoch"]
@@ -113,9 +131,11 @@ def check_duplicates(table: pd.DataFrame, csv: Path) -> None:
     key = KEY + (["source"] if "source" in table.columns else [])
     dup = table[table.duplicated(key, keep=False)]
     if len(dup):
-        raise TablesError(f"{csv} has {len(dup)} rows for {dup[key].drop_duplicates().shape[0]} cell(s) that should have "
-                          f"one each ({_names(dup.drop_duplicates(key))}); the previous tables were left in place. "
-                          f"Rebuild it with `sdd collect --suite {csv.parent.name}`.")
+        raise TablesError(
+            f"{csv} has {len(dup)} rows for {dup[key].drop_duplicates().shape[0]} cell(s) that should have "
+            f"one each ({_names(dup.drop_duplicates(key))}); the previous tables were left in place. "
+            f"Rebuild it with `sdd collect --suite {csv.parent.name}`."
+        )
 
 
 def probe_protocols(table: pd.DataFrame, csv: Path, requested: str | None = None) -> list[str]:
@@ -127,9 +147,11 @@ def probe_protocols(table: pd.DataFrame, csv: Path, requested: str | None = None
             import difflib
 
             close = difflib.get_close_matches(requested, protocols, n=1)
-            raise TablesError(f"--protocol {requested!r} has no record in {csv}"
-                              + (f"; did you mean {close[0]!r}?" if close else "")
-                              + f" Protocols there: {', '.join(protocols) or '(none)'}")
+            raise TablesError(
+                f"--protocol {requested!r} has no record in {csv}"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+                + f" Protocols there: {', '.join(protocols) or '(none)'}"
+            )
         return [requested]
     kind = table["kind"] if "kind" in table.columns and table["kind"].notna().any() else table.get("protocol")
     if kind is None:
@@ -149,12 +171,20 @@ def prefer_source(table: pd.DataFrame, prefer: str = "computed") -> tuple[pd.Dat
     kept = order.drop_duplicates(KEY, keep="first").drop(columns="_p").sort_index()
     cells = both.drop_duplicates(KEY)
     other = "imported" if prefer == "computed" else "computed"
-    return kept, [f"{len(cells)} cell(s) have both a computed and an imported record; the {prefer} one is used "
-                  f"(--prefer {other} for the other): {_names(cells)}"]
+    return kept, [
+        f"{len(cells)} cell(s) have both a computed and an imported record; the {prefer} one is used "
+        f"(--prefer {other} for the other): {_names(cells)}"
+    ]
 
 
-def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path = PAPER, include_stale: bool = False,
-                 prefer: str = "computed", include_outside_grid: bool = False):
+def build_tables(
+    suite_dir: Path,
+    protocol: str | None = None,
+    paper_dir: Path = PAPER,
+    include_stale: bool = False,
+    prefer: str = "computed",
+    include_outside_grid: bool = False,
+):
     """Every table computed first, then written: a failure leaves the previous files in place. With no
     `protocol`, the suite's own linear-probe protocols (by kind) give the mIoU; several give one set of
     tables each (`<table>__<protocol>`). Returns (table, tables, files); each table that reads an mIoU
@@ -195,8 +225,14 @@ def build_tables(suite_dir: Path, protocol: str | None = None, paper_dir: Path =
     return table, tables, files
 
 
-def build_figures(suite_dir: Path, tables, protocol: str | None = None, include_stale: bool = False,
-                  prefer: str = "computed", include_outside_grid: bool = False) -> list[Path]:
+def build_figures(
+    suite_dir: Path,
+    tables,
+    protocol: str | None = None,
+    include_stale: bool = False,
+    prefer: str = "computed",
+    include_outside_grid: bool = False,
+) -> list[Path]:
     from harness.analysis.figures import all_figures
 
     table, spec = load_collected(suite_dir)
@@ -215,15 +251,23 @@ def world_lines(table: pd.DataFrame, tables) -> list[str]:
     methods = sorted(set(ok["method"].dropna())) if "method" in ok.columns else []
     per = ok.groupby("method")["epoch"].nunique() if methods else pd.Series(dtype=int)
     images = sorted({int(v) for v in ok.get("images", pd.Series(dtype=float)).dropna()})
-    span = (f"{per.min()} checkpoints each" if per.min() == per.max() else f"{per.min()}–{per.max()} checkpoints each") \
-        if len(per) else "no checkpoints"
-    out = [f"- World: {len(methods)} method(s) ({', '.join(methods[:8])}{' ...' if len(methods) > 8 else ''}), "
-           + span
-           + (f", label-free metrics on {', '.join(map(str, images))} images" if images else "") + "."]
+    span = (
+        (f"{per.min()} checkpoints each" if per.min() == per.max() else f"{per.min()}–{per.max()} checkpoints each")
+        if len(per)
+        else "no checkpoints"
+    )
+    out = [
+        f"- World: {len(methods)} method(s) ({', '.join(methods[:8])}{' ...' if len(methods) > 8 else ''}), "
+        + span
+        + (f", label-free metrics on {', '.join(map(str, images))} images" if images else "")
+        + "."
+    ]
     if methods and all(m.startswith("mini_") for m in methods):
-        out.append("- This is the mini world: tiny networks pre-trained for a few epochs on generated images. Its τ "
-                   "values are not the paper's and say nothing about real SSL methods; it shows that every code path "
-                   "runs and how the tables read.")
+        out.append(
+            "- This is the mini world: tiny networks pre-trained for a few epochs on generated images. Its τ "
+            "values are not the paper's and say nothing about real SSL methods; it shows that every code path "
+            "runs and how the tables read."
+        )
     out.append("- τ over a few methods and checkpoints is uncertain: read each average with its 95% interval.")
     mean = next((t.frame for t in tables if t.name.split("__")[0] == "kendall_tau"), None)
     long = next((t.frame for t in tables if t.name.split("__")[0] == "kendall_tau_per_method"), None)
@@ -239,23 +283,39 @@ def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Pat
     csv = suite_dir / "results.csv"
     digest = hashlib.sha256(csv.read_bytes()).hexdigest()[:16]
     ok = int((table["status"] == "ok").sum()) if len(table) else 0
-    lines = [f"# {suite_dir.name}: report", "",
-             f"Generated from `results.csv` (sha256 {digest}): {len(table)} records, {ok} ok, {len(table) - ok} "
-             f"failed. Regenerate with `sdd tables --suite {suite_dir.name}`.", "", "## Settings", "",
-             "- Segmentation metric: mIoU of the "
-             + (", ".join(f"`{p}`" for p in protocols) + " protocol" + ("s" if len(protocols) > 1 else "")
-                if protocols else "(no linear-probe protocol has records)")
-             + "; label-free metrics from the "
-             + (", ".join(f"`{p}`" for p in label_free) + " protocol" + ("s" if len(label_free) > 1 else "")
-                if label_free else "(no label-free protocol has records)") + ", joined on epoch.",
-             "- Kendall τ: `scipy.stats.kendalltau` (τ-b), per method over its checkpoints, then the mean over "
-             "methods; Avg. = mean over datasets; metrics in their goodness orientation (raw τ in the per-method "
-             "table).",
-             "- DSE = separability + λ·dim with λ = Std(separability)/Std(dim) across one method's checkpoints; "
-             "DSE (λ=1) is the estimator's raw output.",
-             "- Model selection: local maxima of DSE within ±2 checkpoints, the (up to) 3 highest by DSE; reported "
-             "as the max, mean and top-1 of their mIoU.",
-             "- Best checkpoint: highest mIoU, ties to the earliest epoch.", "", "## What these numbers can say", ""]
+    lines = [
+        f"# {suite_dir.name}: report",
+        "",
+        f"Generated from `results.csv` (sha256 {digest}): {len(table)} records, {ok} ok, {len(table) - ok} "
+        f"failed. Regenerate with `sdd tables --suite {suite_dir.name}`.",
+        "",
+        "## Settings",
+        "",
+        "- Segmentation metric: mIoU of the "
+        + (
+            ", ".join(f"`{p}`" for p in protocols) + " protocol" + ("s" if len(protocols) > 1 else "")
+            if protocols
+            else "(no linear-probe protocol has records)"
+        )
+        + "; label-free metrics from the "
+        + (
+            ", ".join(f"`{p}`" for p in label_free) + " protocol" + ("s" if len(label_free) > 1 else "")
+            if label_free
+            else "(no label-free protocol has records)"
+        )
+        + ", joined on epoch.",
+        "- Kendall τ: `scipy.stats.kendalltau` (τ-b), per method over its checkpoints, then the mean over "
+        "methods; Avg. = mean over datasets; metrics in their goodness orientation (raw τ in the per-method "
+        "table).",
+        "- DSE = separability + λ·dim with λ = Std(separability)/Std(dim) across one method's checkpoints; "
+        "DSE (λ=1) is the estimator's raw output.",
+        "- Model selection: local maxima of DSE within ±2 checkpoints, the (up to) 3 highest by DSE; reported "
+        "as the max, mean and top-1 of their mIoU.",
+        "- Best checkpoint: highest mIoU, ties to the earliest epoch.",
+        "",
+        "## What these numbers can say",
+        "",
+    ]
     lines += world_lines(table, tables)
     context = tables[0].context if tables else []
     if context:

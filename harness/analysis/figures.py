@@ -1,4 +1,5 @@
 """Figures from the collected tables: trajectories, DSE components, spectra, τ heat map (PNG + PDF)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,9 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "font.size": 9, "svg.hashsalt": "sdd",
-                         "pdf.fonttype": 42})
+    plt.rcParams.update(
+        {"figure.dpi": 100, "savefig.dpi": 120, "font.size": 9, "svg.hashsalt": "sdd", "pdf.fonttype": 42}
+    )
     return plt
 
 
@@ -45,7 +47,9 @@ def trajectories(table: pd.DataFrame, out: Path, protocol: str | None = None) ->
             if not g.empty and col in g.columns and g[col].notna().any():
                 ax.plot(g["epoch"], _minmax(g[col]), style, label=label, linewidth=1.5 if col == "dse_lambda" else 1)
         for dataset, h in mi[mi["method"] == method].groupby("dataset", sort=True):
-            ax.plot(h["epoch"], _minmax(h["miou"]), "--o", markersize=2, label=f"mIoU {DATASET_LABEL.get(dataset, dataset)}")
+            ax.plot(
+                h["epoch"], _minmax(h["miou"]), "--o", markersize=2, label=f"mIoU {DATASET_LABEL.get(dataset, dataset)}"
+            )
         ax.set(title=method, xlabel="epoch", ylabel="min-max normalised")
         ax.legend(fontsize=7, loc="best")
         paths += _save(fig, out, f"trajectory_{method}")
@@ -58,7 +62,7 @@ def dse_components(table: pd.DataFrame, out: Path) -> list[Path]:
     mf = metric_frame(table)
     paths = []
     comps = [c for c in ("dse_inter", "dse_intra_image", "dse_intra_batch", "dse_dim") if c in mf.columns]
-    for method, g in (mf.groupby("method", sort=True) if not mf.empty else []):
+    for method, g in mf.groupby("method", sort=True) if not mf.empty else []:
         fig, ax = plt.subplots(figsize=(5, 3))
         for c in comps:
             ax.plot(g["epoch"], g[c], label=c.replace("dse_", ""))
@@ -78,7 +82,7 @@ def spectra(spec: pd.DataFrame, out: Path) -> list[Path]:
     for method, g in spec[spec["kind"] == "log_sv"].groupby("method", sort=True):
         epochs = sorted(g["epoch"].unique())
         fig, ax = plt.subplots(figsize=(4, 3))
-        for e in ([epochs[0], epochs[-1]] if len(epochs) > 1 else epochs):
+        for e in [epochs[0], epochs[-1]] if len(epochs) > 1 else epochs:
             h = g[g["epoch"] == e].sort_values("index")
             ax.plot(h["index"], h["log_sv"], label=f"epoch {e}")
         ax.set(title=f"{method}: embedding spectrum", xlabel="singular value rank", ylabel="log σ")
@@ -92,8 +96,11 @@ def tau_heatmap(mean: pd.DataFrame, out: Path) -> list[Path]:
     plt = _plt()
     if mean.empty:
         return []
-    cols = [c for c in mean.columns if c not in ("metric", "orientation") and not c.startswith("n_")
-            and not c.endswith("95% CI")]
+    cols = [
+        c
+        for c in mean.columns
+        if c not in ("metric", "orientation") and not c.startswith("n_") and not c.endswith("95% CI")
+    ]
     data = mean[cols].to_numpy(float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 0.5 + 0.35 * len(mean)))
     im = ax.imshow(np.nan_to_num(data, nan=0.0), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
@@ -108,8 +115,12 @@ def tau_heatmap(mean: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
-def all_figures(table: pd.DataFrame, spec: pd.DataFrame, mean_tau: pd.DataFrame, out: Path,
-                protocol: str | None = None) -> list[Path]:
-    return (trajectories(table, out, protocol) + dse_components(table, out) + spectra(spec, out)
-            + tau_heatmap(mean_tau, out))
-
+def all_figures(
+    table: pd.DataFrame, spec: pd.DataFrame, mean_tau: pd.DataFrame, out: Path, protocol: str | None = None
+) -> list[Path]:
+    return (
+        trajectories(table, out, protocol)
+        + dse_components(table, out)
+        + spectra(spec, out)
+        + tau_heatmap(mean_tau, out)
+    )

@@ -1,5 +1,6 @@
 """Tables to Markdown, LaTeX (booktabs) and CSV, with fixed number formats so that the same
 results.csv always gives byte-identical files."""
+
 from __future__ import annotations
 
 import math
@@ -13,13 +14,20 @@ def _fmt(col: str, v, missing: str) -> str:
         return missing
     if isinstance(v, bool):
         return str(v)
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and (col.startswith(("n_", "epoch")) or
-                                                                         col in ("checkpoints", "best_epoch",
-                                                                                 "last_epoch"))):
+    if isinstance(v, int) or (
+        isinstance(v, float)
+        and v.is_integer()
+        and (col.startswith(("n_", "epoch")) or col in ("checkpoints", "best_epoch", "last_epoch"))
+    ):
         return str(int(v))
     if isinstance(v, float):
-        return f"{v:.3f}" if col.endswith("_h") else f"{v:+.2f}" if col.startswith(("diff", "delta", "gain")) \
+        return (
+            f"{v:.3f}"
+            if col.endswith("_h")
+            else f"{v:+.2f}"
+            if col.startswith(("diff", "delta", "gain"))
             else f"{v:.2f}"
+        )
     return str(v)
 
 
@@ -28,12 +36,18 @@ MARK = "ⁱ"  # a number that came from an import (harness.analysis.tables marks
 
 def _cells(frame: pd.DataFrame, missing: str, marks: set) -> list[list[str]]:
     cols = list(frame.columns)
-    return [[_fmt(c, v, missing) + (MARK if (i, c) in marks and _fmt(c, v, missing) != missing else "")
-             for c, v in zip(cols, row)] for i, row in enumerate(frame.itertuples(index=False))]
+    return [
+        [
+            _fmt(c, v, missing) + (MARK if (i, c) in marks and _fmt(c, v, missing) != missing else "")
+            for c, v in zip(cols, row)
+        ]
+        for i, row in enumerate(frame.itertuples(index=False))
+    ]
 
 
-def markdown(frame: pd.DataFrame, title: str, notes: list[str], marks: set | None = None,
-             context: list[str] | None = None) -> str:
+def markdown(
+    frame: pd.DataFrame, title: str, notes: list[str], marks: set | None = None, context: list[str] | None = None
+) -> str:
     lines = [f"### {title}", ""]
     if frame.empty:
         lines.append("_No data._")
@@ -48,9 +62,21 @@ def markdown(frame: pd.DataFrame, title: str, notes: list[str], marks: set | Non
 
 
 def _tex(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("α", r"$\alpha$"), ("λ", r"$\lambda$"), ("τ", r"$\tau$"), ("−", "--"), ("†", r"$^\dagger$"),
-                 ("·", r"$\cdot$"), ("±", r"$\pm$"), ("—", "--")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("α", r"$\alpha$"),
+        ("λ", r"$\lambda$"),
+        ("τ", r"$\tau$"),
+        ("−", "--"),
+        ("†", r"$^\dagger$"),
+        ("·", r"$\cdot$"),
+        ("±", r"$\pm$"),
+        ("—", "--"),
+    ):
         s = s.replace(a, b)
     return s
 
@@ -58,8 +84,13 @@ def _tex(s: str) -> str:
 def latex(frame: pd.DataFrame, title: str, marks: set | None = None) -> str:
     cols = list(frame.columns)
     align = "".join("r" if pd.api.types.is_numeric_dtype(frame[c]) else "l" for c in cols) or "l"
-    out = [f"% {title}", r"\begin{tabular}{" + align + "}", r"\toprule",
-           " & ".join(_tex(str(c)) for c in cols) + r" \\", r"\midrule"]
+    out = [
+        f"% {title}",
+        r"\begin{tabular}{" + align + "}",
+        r"\toprule",
+        " & ".join(_tex(str(c)) for c in cols) + r" \\",
+        r"\midrule",
+    ]
     for row in _cells(frame, "--", marks or set()):
         out.append(" & ".join(_tex(v).replace(MARK, r"$^{i}$") for v in row) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
@@ -74,7 +105,8 @@ def write_table(table, out_dir: Path) -> list[Path]:
     paths[1].write_text(latex(table.frame, table.title, marks))
     frame = table.frame
     if marks:  # which numbers of a row came from an import, for a reader of the CSV alone
-        frame = frame.assign(imported=[",".join(c for c in frame.columns if (i, c) in marks) or None
-                                       for i in range(len(frame))])
+        frame = frame.assign(
+            imported=[",".join(c for c in frame.columns if (i, c) in marks) or None for i in range(len(frame))]
+        )
     frame.to_csv(paths[2], index=False, float_format="%.6g", lineterminator="\n")
     return paths

@@ -17,6 +17,7 @@ Conventions (also written into REPORT.md):
   name those cells and their files.
 - DSE with λ and the model selection: `harness.selection` (the same code the guided planner uses).
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,9 @@ def _kind(table: pd.DataFrame) -> pd.Series:
 
 
 def _imported(df: pd.DataFrame) -> pd.Series:
-    return df["source"].fillna("computed").eq("imported") if "source" in df.columns else \
-        pd.Series(False, index=df.index)
+    return (
+        df["source"].fillna("computed").eq("imported") if "source" in df.columns else pd.Series(False, index=df.index)
+    )
 
 
 def _cell(method, dataset, epoch, protocol=None) -> str:
@@ -103,8 +105,10 @@ def metric_frame(table: pd.DataFrame) -> pd.DataFrame:
     m["dse_lambda"] = np.nan
     if {"dse_separability", "dse_dim"} <= set(m.columns):
         for method, g in m.groupby("method"):
-            m.loc[g.index, "dse_lambda"] = dse_normalised(pd.to_numeric(g["dse_separability"], errors="coerce").tolist(),
-                                                          pd.to_numeric(g["dse_dim"], errors="coerce").tolist())
+            m.loc[g.index, "dse_lambda"] = dse_normalised(
+                pd.to_numeric(g["dse_separability"], errors="coerce").tolist(),
+                pd.to_numeric(g["dse_dim"], errors="coerce").tolist(),
+            )
     return m
 
 
@@ -123,7 +127,9 @@ def left_out(table: pd.DataFrame, protocol: str, column: str = "mIoU") -> dict[t
     """(method, dataset) -> {"failed": epochs, "not a number": epochs}: the protocol's rows left out of a series."""
     out: dict[tuple, dict[str, list[int]]] = {}
     rows = table[table["protocol"] == protocol]
-    values = pd.to_numeric(rows[column], errors="coerce") if column in rows.columns else pd.Series(np.nan, index=rows.index)
+    values = (
+        pd.to_numeric(rows[column], errors="coerce") if column in rows.columns else pd.Series(np.nan, index=rows.index)
+    )
     for (i, r), v in zip(rows.iterrows(), values):
         why = "failed" if r.get("status") != "ok" else None if math.isfinite(v) else f"{column} not a number"
         if why:
@@ -158,6 +164,7 @@ def grid_kind(table: pd.DataFrame, protocol: str):
         have, want = evaluated.get((method, dataset), set()), metric_epochs.get(method, set())
         chosen = set(sel.get(method, [])) | {last.get((method, dataset))}
         return "guided" if want and have < want and have <= chosen and len(have) < len(want) else "full"
+
     return kind
 
 
@@ -169,12 +176,16 @@ def _imported_note(table: pd.DataFrame, cells: set[tuple], what: str) -> list[st
     rows = table[_imported(table)] if "source" in table.columns else table.iloc[0:0]
     for r in rows.itertuples(index=False):
         d = r._asdict()
-        if (d["protocol"], d["dataset"], d["method"], int(d["epoch"])) in cells and isinstance(d.get("import_files"), str):
+        if (d["protocol"], d["dataset"], d["method"], int(d["epoch"])) in cells and isinstance(
+            d.get("import_files"), str
+        ):
             files.update(d["import_files"].split("; "))
     names = sorted(_cell(m, ds, e, p) for p, ds, m, e in cells)
-    return [f"{IMPORTED_MARK} {what} from {len(names)} imported cell(s): {', '.join(names[:8])}"
-            + (f" ... (+{len(names) - 8})" if len(names) > 8 else "")
-            + (f"; files: {', '.join(sorted(files)[:4])}" + (" ..." if len(files) > 4 else "") if files else "")]
+    return [
+        f"{IMPORTED_MARK} {what} from {len(names)} imported cell(s): {', '.join(names[:8])}"
+        + (f" ... (+{len(names) - 8})" if len(names) > 8 else "")
+        + (f"; files: {', '.join(sorted(files)[:4])}" + (" ..." if len(files) > 4 else "") if files else "")
+    ]
 
 
 def sdd_table(table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFrame | None = None) -> Table:
@@ -191,12 +202,24 @@ def sdd_table(table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFr
         hit = g[g["epoch"] == last_epoch]
         last = float(hit["miou"].iloc[0]) if len(hit) else math.nan
         if not len(hit):
-            notes.append(f"{method} / {dataset}: the last checkpoint (ep {last_epoch}) has no mIoU: last and diff "
-                         f"are left empty (never the last evaluated one instead)")
+            notes.append(
+                f"{method} / {dataset}: the last checkpoint (ep {last_epoch}) has no mIoU: last and diff "
+                f"are left empty (never the last evaluated one instead)"
+            )
         i = len(rows)
-        rows.append({"method": method, "dataset": dataset, "checkpoints": len(g), "grid": grid_of(method, dataset),
-                     "best": float(best["miou"]), "best_epoch": int(best["epoch"]), "last": last,
-                     "last_epoch": last_epoch, "diff": last - float(best["miou"])})
+        rows.append(
+            {
+                "method": method,
+                "dataset": dataset,
+                "checkpoints": len(g),
+                "grid": grid_of(method, dataset),
+                "best": float(best["miou"]),
+                "best_epoch": int(best["epoch"]),
+                "last": last,
+                "last_epoch": last_epoch,
+                "diff": last - float(best["miou"]),
+            }
+        )
         if best["imported"]:
             marks.add((i, "best"))
             imported_cells.add((protocol, dataset, method, int(best["epoch"])))
@@ -208,15 +231,19 @@ def sdd_table(table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFr
         if len(g) == 1:
             notes.append(f"{method} / {dataset}: one checkpoint only, so best = last")
     if any(r["grid"] == "guided" for r in rows):
-        notes.append("grid guided: the DSE-guided grid evaluated only the DSE top-3 and the last checkpoint; its best "
-                     "is over those")
-    frame = pd.DataFrame(rows, columns=["method", "dataset", "checkpoints", "grid", "best", "best_epoch", "last",
-                                        "last_epoch", "diff"])
+        notes.append(
+            "grid guided: the DSE-guided grid evaluated only the DSE top-3 and the last checkpoint; its best "
+            "is over those"
+        )
+    frame = pd.DataFrame(
+        rows, columns=["method", "dataset", "checkpoints", "grid", "best", "best_epoch", "last", "last_epoch", "diff"]
+    )
     frame, order = _order(frame)
     marks = {(order[i], c) for i, c in marks}
     if paper is not None and not frame.empty:
-        frame = frame.merge(paper.rename(columns={"last_minus_best": "paper_diff"}), on=["method", "dataset"],
-                            how="left")
+        frame = frame.merge(
+            paper.rename(columns={"last_minus_best": "paper_diff"}), on=["method", "dataset"], how="left"
+        )
         frame["delta_diff"] = frame["diff"] - frame["paper_diff"]
         marks |= {(i, "delta_diff") for i, c in marks if c == "diff"}
     notes += missing_notes(table, mi, protocol)
@@ -239,20 +266,29 @@ def missing_notes(table: pd.DataFrame, mi: pd.DataFrame, protocol: str) -> list[
     rows = table[table["protocol"] == protocol]
     notes = []
     for (method, dataset), g in rows.groupby(["method", "dataset"], sort=True):
-        why = [f"{len(eps)} {reason} (ep {_eps(eps)})" for reason, eps in sorted(gone.get((method, dataset), {}).items())]
+        why = [
+            f"{len(eps)} {reason} (ep {_eps(eps)})" for reason, eps in sorted(gone.get((method, dataset), {}).items())
+        ]
         want = metric_epochs.get(method, set())
         absent = set(want) - set(g["epoch"].astype(int))
         if absent:
             guided = grid_of(method, dataset) == "guided"
-            why.append(f"{len(absent)} without a record (ep {_eps(absent)})"
-                       + (": not run by the DSE-guided grid, which evaluates the DSE top-3 and the last checkpoint"
-                          if guided else ""))
+            why.append(
+                f"{len(absent)} without a record (ep {_eps(absent)})"
+                + (
+                    ": not run by the DSE-guided grid, which evaluates the DSE top-3 and the last checkpoint"
+                    if guided
+                    else ""
+                )
+            )
         if why:
             n = len(mi[(mi["method"] == method) & (mi["dataset"] == dataset)])
             total = len(set(want) | set(g["epoch"].astype(int)))
-            notes.append(f"{method} / {dataset}: {n} of {total} checkpoints evaluated; {'; '.join(why)}; best and τ "
-                         f"are over those {n}" + ("" if grid_of(method, dataset) == "guided" else
-                                                  " (the method stays in the means)"))
+            notes.append(
+                f"{method} / {dataset}: {n} of {total} checkpoints evaluated; {'; '.join(why)}; best and τ "
+                f"are over those {n}"
+                + ("" if grid_of(method, dataset) == "guided" else " (the method stays in the means)")
+            )
     return notes
 
 
@@ -292,14 +328,18 @@ def _metric_notes(mf: pd.DataFrame, mi: pd.DataFrame) -> list[str]:
         have = mf.groupby("method")[md.name].apply(lambda v: int(np.isfinite(pd.to_numeric(v, errors="coerce")).sum()))
         lacking = [m for m in probed if m in have.index and have[m] == 0]
         if lacking:
-            why = "no separability / dimensionality (only the raw DSE is known: its τ is in the DSE (λ=1) row)" \
-                if md.name == "dse_lambda" else f"its records have no '{md.name}'"
+            why = (
+                "no separability / dimensionality (only the raw DSE is known: its τ is in the DSE (λ=1) row)"
+                if md.name == "dse_lambda"
+                else f"its records have no '{md.name}'"
+            )
             notes.append(f"{md.label}: left out for {', '.join(lacking)}: {why}")
     return notes
 
 
-def kendall_tables(table: pd.DataFrame, protocol: str | None = None,
-                   paper: pd.DataFrame | None = None) -> tuple[Table, Table, Table | None]:
+def kendall_tables(
+    table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFrame | None = None
+) -> tuple[Table, Table, Table | None]:
     """(mean τ per metric × dataset, per-method long table, paper side by side)."""
     protocol = protocol or probe_protocol_of(table)
     mf, mi = metric_frame(table), miou_frame(table, protocol)
@@ -314,8 +354,11 @@ def kendall_tables(table: pd.DataFrame, protocol: str | None = None,
             notes.append(f"{md.label}: no '{md.name}' values in the records; row left empty")
             continue
         for dataset in datasets:
-            joined = mf[["method", "epoch", md.name, "_imp", "protocol", "dataset"]].rename(
-                columns={"protocol": "_mp", "dataset": "_md"}).merge(mi[mi["dataset"] == dataset], on=["method", "epoch"])
+            joined = (
+                mf[["method", "epoch", md.name, "_imp", "protocol", "dataset"]]
+                .rename(columns={"protocol": "_mp", "dataset": "_md"})
+                .merge(mi[mi["dataset"] == dataset], on=["method", "epoch"])
+            )
             joined = joined[np.isfinite(pd.to_numeric(joined[md.name], errors="coerce").astype(float))]
             for method, g in joined.groupby("method", sort=True):
                 raw, y = g[md.name].to_numpy(float), g["miou"].to_numpy(float)
@@ -325,42 +368,83 @@ def kendall_tables(table: pd.DataFrame, protocol: str | None = None,
                 series[(md.label, dataset, method)] = (good, y)
                 if g["_imp"].any() or g["imported"].any():
                     long_marks.update({(len(long_rows), "tau"), (len(long_rows), "tau_raw")})
-                    imported_cells |= {(p, d, method, int(e)) for p, d, e in g.loc[g["_imp"], ["_mp", "_md", "epoch"]]
-                                       .itertuples(index=False)}
+                    imported_cells |= {
+                        (p, d, method, int(e))
+                        for p, d, e in g.loc[g["_imp"], ["_mp", "_md", "epoch"]].itertuples(index=False)
+                    }
                     imported_cells |= {(protocol, dataset, method, int(e)) for e in g.loc[g["imported"], "epoch"]}
-                long_rows.append({"metric": md.label, "orientation": md.direction, "method": method,
-                                  "dataset": dataset, "checkpoints": len(g), "grid": grid_of(method, dataset),
-                                  "tau_raw": t_raw, "tau": t_good,
-                                  "p_value": permutation_p(good, y) if not why else math.nan,
-                                  "undefined_because": why or None})
-    long = pd.DataFrame(long_rows, columns=["metric", "orientation", "method", "dataset", "checkpoints", "grid",
-                                            "tau_raw", "tau", "p_value", "undefined_because"])
+                long_rows.append(
+                    {
+                        "metric": md.label,
+                        "orientation": md.direction,
+                        "method": method,
+                        "dataset": dataset,
+                        "checkpoints": len(g),
+                        "grid": grid_of(method, dataset),
+                        "tau_raw": t_raw,
+                        "tau": t_good,
+                        "p_value": permutation_p(good, y) if not why else math.nan,
+                        "undefined_because": why or None,
+                    }
+                )
+    long = pd.DataFrame(
+        long_rows,
+        columns=[
+            "metric",
+            "orientation",
+            "method",
+            "dataset",
+            "checkpoints",
+            "grid",
+            "tau_raw",
+            "tau",
+            "p_value",
+            "undefined_because",
+        ],
+    )
     guided = long[long["grid"] == "guided"]
     if len(guided):  # τ over a DSE-guided subset is not comparable with τ over every checkpoint
-        notes.append(f"{guided[['method', 'dataset']].drop_duplicates().shape[0]} method × dataset pair(s) evaluated on "
-                     f"the DSE-guided grid (the DSE top-3 and the last checkpoint only): their τ is in the per-method "
-                     f"table, marked, and left out of these means")
+        notes.append(
+            f"{guided[['method', 'dataset']].drop_duplicates().shape[0]} method × dataset pair(s) evaluated on "
+            f"the DSE-guided grid (the DSE top-3 and the last checkpoint only): their τ is in the per-method "
+            f"table, marked, and left out of these means"
+        )
     mean, mean_marks = _mean_rows(long, series, datasets, long_marks)
     if datasets:
-        notes.append("Avg. = the mean of the per-dataset columns: "
-                     + ", ".join(DATASET_LABEL.get(d, d) for d in datasets))
+        notes.append(
+            "Avg. = the mean of the per-dataset columns: " + ", ".join(DATASET_LABEL.get(d, d) for d in datasets)
+        )
     full = long[long["grid"] == "full"]
     undefined = full[full["tau"].isna()]
     if len(undefined):
-        notes.append(f"{len(undefined)} method × dataset × metric τ undefined and left out of the means "
-                     f"({'; '.join(sorted(set(undefined['undefined_because'].dropna())))})")
+        notes.append(
+            f"{len(undefined)} method × dataset × metric τ undefined and left out of the means "
+            f"({'; '.join(sorted(set(undefined['undefined_because'].dropna())))})"
+        )
     notes += missing_notes(table, mi, protocol)
     side = _paper_side(paper, mean, long, datasets)
     if len(mean) and len(datasets):
-        notes.append("95% CI: percentile interval of the mean τ when methods and each method's checkpoints are "
-                     "resampled with replacement (1,000 draws, seed 0); p-values per method in the long table "
-                     "(two-sided permutation test of τ, 9,999 pairings, seed 0)")
+        notes.append(
+            "95% CI: percentile interval of the mean τ when methods and each method's checkpoints are "
+            "resampled with replacement (1,000 draws, seed 0); p-values per method in the long table "
+            "(two-sided permutation test of τ, 9,999 pairings, seed 0)"
+        )
     imp_note = _imported_note(table, imported_cells, "τ computed with values")
-    t_mean = Table("kendall_tau", "Average Kendall τ between each metric and mIoU (goodness orientation; "
-                                  "mean over methods; n = methods with a defined τ)", mean, notes + imp_note,
-                   marks=mean_marks)
-    t_long = Table("kendall_tau_per_method", "Kendall τ per method (raw and goodness orientation)", long, imp_note,
-                   marks=long_marks)
+    t_mean = Table(
+        "kendall_tau",
+        "Average Kendall τ between each metric and mIoU (goodness orientation; "
+        "mean over methods; n = methods with a defined τ)",
+        mean,
+        notes + imp_note,
+        marks=mean_marks,
+    )
+    t_long = Table(
+        "kendall_tau_per_method",
+        "Kendall τ per method (raw and goodness orientation)",
+        long,
+        imp_note,
+        marks=long_marks,
+    )
     return t_mean, t_long, side
 
 
@@ -399,8 +483,12 @@ def _mean_rows(long: pd.DataFrame, series: dict, datasets: list[str], long_marks
 def _paper_side(paper, mean: pd.DataFrame, long: pd.DataFrame, datasets: list[str]) -> Table | None:
     if paper is None or mean.empty:
         return None
-    ours = mean.melt(id_vars=["metric"], value_vars=[DATASET_LABEL.get(d, d) for d in datasets] + ["Avg."],
-                     var_name="dataset", value_name="ours")
+    ours = mean.melt(
+        id_vars=["metric"],
+        value_vars=[DATASET_LABEL.get(d, d) for d in datasets] + ["Avg."],
+        var_name="dataset",
+        value_name="ours",
+    )
     raw = long.groupby(["metric", "dataset"])["tau_raw"].mean().reset_index()
     raw["dataset"] = raw["dataset"].map(lambda d: DATASET_LABEL.get(d, d))
     raw_avg = raw.groupby("metric")["tau_raw"].mean().reset_index().assign(dataset="Avg.")
@@ -408,9 +496,15 @@ def _paper_side(paper, mean: pd.DataFrame, long: pd.DataFrame, datasets: list[st
     side_df = paper.merge(ours, on=["metric", "dataset"], how="left").merge(raw, on=["metric", "dataset"], how="left")
     side_df = side_df.rename(columns={"tau": "paper"})
     side_df["delta"] = side_df["ours"] - side_df["paper"]
-    return Table("kendall_tau_vs_paper", "Average Kendall τ: paper vs ours", side_df,
-                 ["paper: arXiv 2510.17299 as transcribed (results/paper/kendall_tau.csv); the paper's "
-                  "α-ReQ, RankMe and LiDAR rows are raw τ: compare them with ours_raw"])
+    return Table(
+        "kendall_tau_vs_paper",
+        "Average Kendall τ: paper vs ours",
+        side_df,
+        [
+            "paper: arXiv 2510.17299 as transcribed (results/paper/kendall_tau.csv); the paper's "
+            "α-ReQ, RankMe and LiDAR rows are raw τ: compare them with ours_raw"
+        ],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,26 +540,57 @@ def selection_table(table: pd.DataFrame, protocol: str | None = None, paper: pd.
                 notes.append(f"{method} / {dataset}: the last checkpoint (ep {last_epoch}) has no mIoU: no gain")
             top1 = by_epoch.get(epochs[0], math.nan)
             i = len(rows)
-            rows.append({"method": method, "dataset": dataset, "selected_epochs": " ".join(map(str, epochs)),
-                         "last": last, "selected_max": max(have), "selected_mean": float(np.mean(have)),
-                         "selected_top1": top1, "gain": max(have) - last})
+            rows.append(
+                {
+                    "method": method,
+                    "dataset": dataset,
+                    "selected_epochs": " ".join(map(str, epochs)),
+                    "last": last,
+                    "selected_max": max(have),
+                    "selected_mean": float(np.mean(have)),
+                    "selected_top1": top1,
+                    "gain": max(have) - last,
+                }
+            )
             used = [e for e in epochs if e in by_epoch] + ([last_epoch] if last_epoch in by_epoch else [])
             if any(imp.get(e) for e in used):
                 marks.update((i, c) for c in ("last", "selected_max", "selected_mean", "selected_top1", "gain"))
                 imported_cells |= {(protocol, dataset, method, e) for e in used if imp.get(e)}
-    frame, order = _order(pd.DataFrame(rows, columns=["method", "dataset", "selected_epochs", "last", "selected_max",
-                                                      "selected_mean", "selected_top1", "gain"]))
+    frame, order = _order(
+        pd.DataFrame(
+            rows,
+            columns=[
+                "method",
+                "dataset",
+                "selected_epochs",
+                "last",
+                "selected_max",
+                "selected_mean",
+                "selected_top1",
+                "gain",
+            ],
+        )
+    )
     marks = {(order[i], c) for i, c in marks}
     if paper is not None and not frame.empty:
-        frame = frame.merge(paper.rename(columns={"last": "paper_last", "selected": "paper_selected"}),
-                            on=["method", "dataset"], how="left")
+        frame = frame.merge(
+            paper.rename(columns={"last": "paper_last", "selected": "paper_selected"}),
+            on=["method", "dataset"],
+            how="left",
+        )
     if not frame.empty:
-        notes.insert(0, f"average gain (max of the selected candidates − last): {frame['gain'].mean():+.2f} mIoU over "
-                        f"{frame['gain'].notna().sum()} method × dataset pairs")
+        notes.insert(
+            0,
+            f"average gain (max of the selected candidates − last): {frame['gain'].mean():+.2f} mIoU over "
+            f"{frame['gain'].notna().sum()} method × dataset pairs",
+        )
     notes += _imported_note(table, imported_cells, "mIoU")
     top = max((len(e) for e in sel.values()), default=0)
-    title = "DSE model selection: " + (f"top-{top} local maxima" if top > 1 else "the highest local maximum") + \
-        " of DSE (±2 checkpoints)"
+    title = (
+        "DSE model selection: "
+        + (f"top-{top} local maxima" if top > 1 else "the highest local maximum")
+        + " of DSE (±2 checkpoints)"
+    )
     return Table("model_selection", title, frame, notes, marks=marks)
 
 
@@ -492,8 +617,11 @@ def efficiency_table(table: pd.DataFrame, protocol: str | None = None) -> Table:
     # DSE's cost is its own (checkpoint + dense features + the estimator, `dse_s`), not the metrics job's
     # other metrics (LiDAR's 50 views each): the paper's 0.025 GPU·h is of DSE alone
     metrics_rows = ok[_is_metrics(ok)].copy()
-    dse_s = pd.to_numeric(metrics_rows["dse_s"], errors="coerce") if "dse_s" in metrics_rows.columns else \
-        pd.Series(np.nan, index=metrics_rows.index)
+    dse_s = (
+        pd.to_numeric(metrics_rows["dse_s"], errors="coerce")
+        if "dse_s" in metrics_rows.columns
+        else pd.Series(np.nan, index=metrics_rows.index)
+    )
     whole = int(dse_s.isna().sum())
     metrics_rows["dse_cost_s"] = dse_s.fillna(pd.to_numeric(metrics_rows["wall_s"], errors="coerce"))
     t = pd.concat([device_hours(metrics_rows, "dse_cost_s"), device_hours(ok[~_is_metrics(ok)])])
@@ -502,8 +630,13 @@ def efficiency_table(table: pd.DataFrame, protocol: str | None = None) -> Table:
         notes.append(f"{whole} metrics record(s) do not time DSE alone: their whole job counts as DSE's cost")
     for method, g in t.groupby("method", sort=True):
         dse, sup = g[_is_metrics(g)], g[g["protocol"] == protocol]
-        row = {"method": method, "dse_gpu_h": dse["gpu_h"].sum(min_count=1), "supervised_gpu_h": sup["gpu_h"].sum(min_count=1),
-               "dse_cpu_h": dse["cpu_h"].sum(min_count=1), "supervised_cpu_h": sup["cpu_h"].sum(min_count=1)}
+        row = {
+            "method": method,
+            "dse_gpu_h": dse["gpu_h"].sum(min_count=1),
+            "supervised_gpu_h": sup["gpu_h"].sum(min_count=1),
+            "dse_cpu_h": dse["cpu_h"].sum(min_count=1),
+            "supervised_cpu_h": sup["cpu_h"].sum(min_count=1),
+        }
         ratio, unit = math.nan, None
         for u in ("gpu", "cpu"):  # a ratio only between hours of the same kind of device
             if row[f"dse_{u}_h"] > 0 and row[f"supervised_{u}_h"] > 0:
@@ -516,11 +649,17 @@ def efficiency_table(table: pd.DataFrame, protocol: str | None = None) -> Table:
     n_imported = int(_imported(_ok(table)).sum())
     if n_imported:
         notes.append(f"{n_imported} imported record(s) are left out: an import says nothing of what it cost")
-    frame = pd.DataFrame(rows, columns=["method", "dse_gpu_h", "supervised_gpu_h", "dse_cpu_h", "supervised_cpu_h",
-                                        "ratio", "ratio_of"])
+    frame = pd.DataFrame(
+        rows, columns=["method", "dse_gpu_h", "supervised_gpu_h", "dse_cpu_h", "supervised_cpu_h", "ratio", "ratio_of"]
+    )
     notes.append("paper: DSE 0.025 GPU·h vs supervised selection 2.43 GPU·h (~97×)")
-    return Table("efficiency", "Cost: label-free metrics vs supervised evaluation, from what ran (GPU·h = wall time × "
-                               "GPUs used; CPU·h = wall time × processes of a run on the CPU)", frame, notes)
+    return Table(
+        "efficiency",
+        "Cost: label-free metrics vs supervised evaluation, from what ran (GPU·h = wall time × "
+        "GPUs used; CPU·h = wall time × processes of a run on the CPU)",
+        frame,
+        notes,
+    )
 
 
 def dense_columns() -> list[tuple[str, str, str]]:
@@ -544,7 +683,9 @@ def dense_table(table: pd.DataFrame) -> Table:
                     row[label] = math.nan
                     continue
                 if which == "final":
-                    planned = pd.to_numeric(g["last_epoch"], errors="coerce").dropna() if "last_epoch" in g.columns else []
+                    planned = (
+                        pd.to_numeric(g["last_epoch"], errors="coerce").dropna() if "last_epoch" in g.columns else []
+                    )
                     epoch = int(planned.max()) if len(planned) else g["epoch"].max()
                 else:
                     epoch = (sel.get(method) or [None])[0]
@@ -574,9 +715,11 @@ def tracking_sentence(mean: pd.DataFrame, long: pd.DataFrame | None = None) -> s
     full = long[(long["grid"] == "full") & long["tau"].notna()] if long is not None and len(long) else None
     checkpoints = int(full["checkpoints"].min()) if full is not None and len(full) else 0
     if methods < MIN_METHODS_FOR_A_FINDING or checkpoints < MIN_CHECKPOINTS_FOR_A_FINDING:
-        return (f"Too little data for a finding: the averages rest on {methods} method(s) with at least "
-                f"{checkpoints} checkpoint(s) each (a finding needs {MIN_METHODS_FOR_A_FINDING} methods with "
-                f"{MIN_CHECKPOINTS_FOR_A_FINDING} checkpoints); read the per-method τ and their p-values instead.")
+        return (
+            f"Too little data for a finding: the averages rest on {methods} method(s) with at least "
+            f"{checkpoints} checkpoint(s) each (a finding needs {MIN_METHODS_FOR_A_FINDING} methods with "
+            f"{MIN_CHECKPOINTS_FOR_A_FINDING} checkpoints); read the per-method τ and their p-values instead."
+        )
     up, down = [], []
     for metric, ci in zip(mean["metric"], mean["Avg. 95% CI"]):
         m = re.match(r"\[([-+0-9.]+), ([-+0-9.]+)\]", str(ci))
@@ -584,10 +727,15 @@ def tracking_sentence(mean: pd.DataFrame, long: pd.DataFrame | None = None) -> s
             lo, hi = float(m.group(1)), float(m.group(2))
             (up if lo > 0 else down if hi < 0 else []).append(metric)
     if not up:
-        return ("No metric tracks mIoU here: every metric's 95% interval of the average τ includes zero"
-                + (f" or lies below it ({', '.join(down)})" if down else "") + ".")
-    return (f"{', '.join(up)} track{'s' if len(up) == 1 else ''} mIoU here (95% interval of the average τ above zero); "
-            f"the others' intervals include zero" + (f" or lie below it ({', '.join(down)})" if down else "") + ".")
+        return (
+            "No metric tracks mIoU here: every metric's 95% interval of the average τ includes zero"
+            + (f" or lies below it ({', '.join(down)})" if down else "")
+            + "."
+        )
+    return (
+        f"{', '.join(up)} track{'s' if len(up) == 1 else ''} mIoU here (95% interval of the average τ above zero); "
+        f"the others' intervals include zero" + (f" or lie below it ({', '.join(down)})" if down else "") + "."
+    )
 
 
 IMAGE_TAU_METRICS = [m for m in TAU_ROWS if m.name in ("dse_lambda", "rankme")]
@@ -602,8 +750,12 @@ def image_level_tau_table(table: pd.DataFrame) -> Table:
     rows, notes = [], []
     if mf.empty or knn.empty or "top1" not in knn.columns:
         notes.append("needs metrics and k-NN records on the same checkpoints")
-        return Table("image_level_tau", "Kendall τ against k-NN top-1 (image level)", pd.DataFrame(
-            columns=["metric", "tau", "methods", "paper"]), notes)
+        return Table(
+            "image_level_tau",
+            "Kendall τ against k-NN top-1 (image level)",
+            pd.DataFrame(columns=["metric", "tau", "methods", "paper"]),
+            notes,
+        )
     k = knn[["method", "epoch", "top1"]].dropna()
     for md in IMAGE_TAU_METRICS:
         taus = []
@@ -616,22 +768,39 @@ def image_level_tau_table(table: pd.DataFrame) -> Table:
                     notes.append(f"{md.label} / {method}: τ undefined ({why})")
                 else:
                     taus.append(t)
-        rows.append({"metric": md.label, "tau": float(np.mean(taus)) if taus else math.nan, "methods": len(taus),
-                     "paper": PAPER_IMAGE_TAU[md.label]})
+        rows.append(
+            {
+                "metric": md.label,
+                "tau": float(np.mean(taus)) if taus else math.nan,
+                "methods": len(taus),
+                "paper": PAPER_IMAGE_TAU[md.label],
+            }
+        )
     n = k.groupby("method")["epoch"].nunique()
     notes.append("k-NN checkpoints per method: " + ", ".join(f"{m} {c}" for m, c in n.items()))
-    return Table("image_level_tau", "Kendall τ against k-NN top-1 (image level; mean over methods)",
-                 pd.DataFrame(rows, columns=["metric", "tau", "methods", "paper"]), notes)
+    return Table(
+        "image_level_tau",
+        "Kendall τ against k-NN top-1 (image level; mean over methods)",
+        pd.DataFrame(rows, columns=["metric", "tau", "methods", "paper"]),
+        notes,
+    )
 
 
-def all_tables(table: pd.DataFrame, papers: dict[str, pd.DataFrame] | None = None,
-               protocol: str | None = None) -> list[Table]:
+def all_tables(
+    table: pd.DataFrame, papers: dict[str, pd.DataFrame] | None = None, protocol: str | None = None
+) -> list[Table]:
     protocol = protocol or probe_protocol_of(table)
     papers = papers or {}
     mean, long, side = kendall_tables(table, protocol, papers.get("kendall_tau"))
-    out = [sdd_table(table, protocol, papers.get("sdd_table")), mean, long,
-           selection_table(table, protocol, papers.get("model_selection")), efficiency_table(table, protocol),
-           dense_table(table), image_level_tau_table(table)]
+    out = [
+        sdd_table(table, protocol, papers.get("sdd_table")),
+        mean,
+        long,
+        selection_table(table, protocol, papers.get("model_selection")),
+        efficiency_table(table, protocol),
+        dense_table(table),
+        image_level_tau_table(table),
+    ]
     if side is not None:
         out.insert(3, side)
     return out

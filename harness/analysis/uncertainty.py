@@ -8,6 +8,7 @@
   checkpoints are resampled with replacement (hierarchical bootstrap), seeded: the same table gives the
   same interval.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,9 +40,16 @@ def permutation_p(x, y, *, resamples: int = RESAMPLES, seed: int = SEED) -> floa
     if len(x) < 2 or math.isnan(float(tau_b(x, y))):
         return math.nan
     # one sample re-ordered against the other fixed: n! pairings (exact when n! <= resamples, i.e. n <= 7)
-    res = permutation_test((x,), lambda a, axis=-1: tau_b(np.moveaxis(a, axis, -1), y), permutation_type="pairings",
-                           vectorized=True, n_resamples=resamples, alternative="two-sided", random_state=seed,
-                           batch=512)
+    res = permutation_test(
+        (x,),
+        lambda a, axis=-1: tau_b(np.moveaxis(a, axis, -1), y),
+        permutation_type="pairings",
+        vectorized=True,
+        n_resamples=resamples,
+        alternative="two-sided",
+        random_state=seed,
+        batch=512,
+    )
     return float(res.pvalue)
 
 
@@ -52,8 +60,9 @@ def bootstrap_taus(x, y, draws: int, rng: np.random.Generator) -> np.ndarray:
     return tau_b(x[idx], y[idx])
 
 
-def bootstrap_mean_tau(series_by_group: list[list[tuple]], *, draws: int = BOOTSTRAP,
-                       seed: int = SEED) -> tuple[float, float]:
+def bootstrap_mean_tau(
+    series_by_group: list[list[tuple]], *, draws: int = BOOTSTRAP, seed: int = SEED
+) -> tuple[float, float]:
     """95% interval of the mean τ over groups (datasets) of the mean over methods, resampling methods and
     each method's checkpoints. `series_by_group[g][m]` is method m's (x, y) in group g (None where it has
     none); the same methods are drawn for every group."""
@@ -61,8 +70,10 @@ def bootstrap_mean_tau(series_by_group: list[list[tuple]], *, draws: int = BOOTS
     n_methods = max((len(g) for g in series_by_group), default=0)
     if n_methods == 0:
         return math.nan, math.nan
-    per = [[bootstrap_taus(*s, draws, rng) if s is not None else np.full(draws, np.nan) for s in group]
-           for group in series_by_group]
+    per = [
+        [bootstrap_taus(*s, draws, rng) if s is not None else np.full(draws, np.nan) for s in group]
+        for group in series_by_group
+    ]
     pick = rng.integers(0, n_methods, size=(draws, n_methods))
     means = []
     with warnings.catch_warnings():  # a draw that picks only undefined τ is NaN: left out below

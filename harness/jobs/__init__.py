@@ -2,6 +2,7 @@
 `run(cell, ctx) -> results`. A job does not know how it was launched, and writes no record:
 `execute` owns what every job shares (the registry, the work directory, the record's identity,
 versions and timings, peak memory, the ok/failed epilogue) and stores the one record of the cell."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
 from harness import records
 from harness.atomic import write_json
 from harness.device import (
@@ -24,6 +24,7 @@ from harness.device import (
     init_distributed,
     resolve,
 )
+from harness.errors import HarnessError
 from harness.fingerprint import file_fingerprint
 from harness.jobs.common import JobResult, base_record, failed_record, now, peak_memory_mb
 from harness.kinds import PROTOCOL_KINDS
@@ -37,12 +38,13 @@ class JobContext:
     world size, rank, CPUs) and the recipe's resources (`resources`: the GPUs it plans for, which set
     the global batch). `work_dir` (state the job resumes from after a requeue) is created and claimed
     for this run when a job first asks for it; only rank 0 writes into it."""
+
     registry: Registry
     work: Path
     identity: dict
     placement: Placement
     resources: Resources
-    params: Any = None   # the protocol's typed parameters (harness.params), as resolved in the cell's config
+    params: Any = None  # the protocol's typed parameters (harness.params), as resolved in the cell's config
     progress: bool = True
     _claimed: bool = False
 
@@ -142,9 +144,13 @@ def claim_work_dir(work: Path, identity: dict) -> None:
     if held is None:
         write_json(stamp, identity)
     elif held != identity:
-        diff = ", ".join(f"{k}: {held.get(k)!r} there, {identity[k]!r} here" for k in identity if held.get(k) != identity[k])
-        raise RuntimeError(f"the work folder {work} holds the state of another run ({diff}); nothing was resumed "
-                           f"from it: delete it to start this cell afresh")
+        diff = ", ".join(
+            f"{k}: {held.get(k)!r} there, {identity[k]!r} here" for k in identity if held.get(k) != identity[k]
+        )
+        raise RuntimeError(
+            f"the work folder {work} holds the state of another run ({diff}); nothing was resumed "
+            f"from it: delete it to start this cell afresh"
+        )
 
 
 def _summary_line(out) -> str:
@@ -175,15 +181,26 @@ def check_outputs(kind: str, results: dict) -> None:
     for name, value in results["metrics"].items():
         m = declared.metric(name)
         if m is None:
-            bad.append(f"{name} is not a metric of kind {kind} (harness/kinds.py declares "
-                       f"{', '.join(x.name for x in declared.metrics)})")
+            bad.append(
+                f"{name} is not a metric of kind {kind} (harness/kinds.py declares "
+                f"{', '.join(x.name for x in declared.metrics)})"
+            )
             continue
         if m.per_class:
-            wrong = {c: v for c, v in (value or {}).items() if not (isinstance(v, (int, float)) and (
-                math.isnan(v) or m.in_domain(v)))} if isinstance(value, dict) else {"(all)": value}
+            wrong = (
+                {
+                    c: v
+                    for c, v in (value or {}).items()
+                    if not (isinstance(v, (int, float)) and (math.isnan(v) or m.in_domain(v)))
+                }
+                if isinstance(value, dict)
+                else {"(all)": value}
+            )
             if wrong:
-                bad.append(f"{name} of {len(wrong)} class(es) outside {m.domain_text()}: "
-                           + ", ".join(f"{c}={v!r}" for c, v in list(wrong.items())[:4]))
+                bad.append(
+                    f"{name} of {len(wrong)} class(es) outside {m.domain_text()}: "
+                    + ", ".join(f"{c}={v!r}" for c, v in list(wrong.items())[:4])
+                )
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             bad.append(f"{name} = {value!r} is not a number")
@@ -204,8 +221,14 @@ def ok_record(record: dict, results: dict, wall_s: float) -> dict:
     if reserved:
         raise RuntimeError(f"the job returned reserved record fields {sorted(reserved)} (a bug in the job)")
     timings = {**(results.get("timings") or {}), "total_s": wall_s}
-    return {**record, **results, "status": "ok", "timings": timings, "peak_memory_mb": peak_memory_mb(),
-            "finished": now()}
+    return {
+        **record,
+        **results,
+        "status": "ok",
+        "timings": timings,
+        "peak_memory_mb": peak_memory_mb(),
+        "finished": now(),
+    }
 
 
 def execute(cell, results: Path | str, *, registry: Registry | None = None, progress: bool = True) -> dict:

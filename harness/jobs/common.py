@@ -1,5 +1,6 @@
 """What every record carries: the cell, its resolved config and hash, versions, git sha, host, Slurm
 job id, timings, peak memory; on failure the error and the traceback tail. Used by `execute` only."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,8 @@ import platform
 import resource
 import subprocess
 import traceback
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from harness.records import now  # noqa: F401 (the jobs' timestamps)
@@ -21,8 +22,13 @@ def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -47,19 +53,34 @@ def peak_memory_mb() -> float:
 
 def base_record(cell) -> dict:
     return {
-        "suite": cell.suite, "protocol": cell.protocol, "dataset": cell.dataset, "method": cell.method,
-        "epoch": cell.epoch, "cell": cell.id, "config_hash": cell.config_hash, "config": cell.config,
-        "versions": versions(), "git_sha": git_sha(), "host": platform.node(),
+        "suite": cell.suite,
+        "protocol": cell.protocol,
+        "dataset": cell.dataset,
+        "method": cell.method,
+        "epoch": cell.epoch,
+        "cell": cell.id,
+        "config_hash": cell.config_hash,
+        "config": cell.config,
+        "versions": versions(),
+        "git_sha": git_sha(),
+        "host": platform.node(),
         "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID")),
-        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"), "started": now(),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "started": now(),
     }
 
 
 def failed_record(record: dict, error: BaseException, wall_s: float) -> dict:
     tb = traceback.format_exception(type(error), error, error.__traceback__)
-    return {**record, "status": "failed", "error": f"{type(error).__name__}: {error}",
-            "traceback": "".join(tb)[-4000:], "timings": {"total_s": wall_s}, "finished": now(),
-            "peak_memory_mb": peak_memory_mb()}
+    return {
+        **record,
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": "".join(tb)[-4000:],
+        "timings": {"total_s": wall_s},
+        "finished": now(),
+        "peak_memory_mb": peak_memory_mb(),
+    }
 
 
 def require_finite(t, what: str) -> None:
@@ -78,6 +99,7 @@ class JobResult:
     record says besides. `undefined_metrics` gives the reason of each NaN metric; `library_logs` the paths of
     logs a library kept on its own; `info` the job's own fields (checkpoint summary, batch, precision, ...).
     A rank other than 0 of a multi-process cell returns empty metrics: rank 0 writes the record."""
+
     metrics: dict
     timings: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)

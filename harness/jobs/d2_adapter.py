@@ -8,6 +8,7 @@ points only (no module globals, no private attributes):
 - `ensure_local_group`: detectron2's per-machine process group, made once when a multi-process cell
   did not start through `detectron2.engine.launch`.
 """
+
 from __future__ import annotations
 
 
@@ -37,11 +38,18 @@ def feature_pyramid(backbone, params):
 
     bottom_up = HarnessBottomUp()
     if vit:
-        return SimpleFeaturePyramid(net=bottom_up, in_feature="last_feat", out_channels=params.out_channels,
-                                    scale_factors=tuple(params.vit_scale_factors), top_block=LastLevelMaxPool(),
-                                    norm="LN", square_pad=params.max_size)
-    return FPN(bottom_up=bottom_up, in_features=names, out_channels=params.out_channels, norm="",
-               top_block=LastLevelMaxPool())
+        return SimpleFeaturePyramid(
+            net=bottom_up,
+            in_feature="last_feat",
+            out_channels=params.out_channels,
+            scale_factors=tuple(params.vit_scale_factors),
+            top_block=LastLevelMaxPool(),
+            norm="LN",
+            square_pad=params.max_size,
+        )
+    return FPN(
+        bottom_up=bottom_up, in_features=names, out_channels=params.out_channels, norm="", top_block=LastLevelMaxPool()
+    )
 
 
 def build_model(cfg, backbone):
@@ -51,9 +59,15 @@ def build_model(cfg, backbone):
     from detectron2.modeling.roi_heads import build_roi_heads
 
     shape = backbone.output_shape()
-    model = GeneralizedRCNN(backbone=backbone, proposal_generator=build_proposal_generator(cfg, shape),
-                            roi_heads=build_roi_heads(cfg, shape), pixel_mean=cfg.MODEL.PIXEL_MEAN,
-                            pixel_std=cfg.MODEL.PIXEL_STD, input_format=cfg.INPUT.FORMAT, vis_period=cfg.VIS_PERIOD)
+    model = GeneralizedRCNN(
+        backbone=backbone,
+        proposal_generator=build_proposal_generator(cfg, shape),
+        roi_heads=build_roi_heads(cfg, shape),
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
+        input_format=cfg.INPUT.FORMAT,
+        vis_period=cfg.VIS_PERIOD,
+    )
     return model.to(cfg.MODEL.DEVICE)
 
 

@@ -8,6 +8,7 @@ and the soft labels are propagated. The result is upsampled by the stride, min-m
 channel, argmax'd, resized to the original size (nearest) and written as an indexed PNG with a palette
 made in code (nothing downloaded). J&F follows the DAVIS definitions (`jandf.py`).
 """
+
 from __future__ import annotations
 
 import time
@@ -80,8 +81,9 @@ def _features(backbone, x, layer, frame: Path | None = None):
 
 
 @torch.no_grad()
-def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Path, p, layer, stride: int,
-                     device: str = "cpu") -> None:
+def segment_sequence(
+    backbone, frames: list[Path], first_mask: Path, out_dir: Path, p, layer, stride: int, device: str = "cpu"
+) -> None:
     """Propagate the first frame's labels through the sequence on `device` (float32: the affinities'
     exponentials and top-k are sensitive to rounding); predictions written as indexed PNGs."""
     short, mult = p.short_side, p.size_multiple
@@ -99,8 +101,16 @@ def segment_sequence(backbone, frames: list[Path], first_mask: Path, out_dir: Pa
     for frame in frames[1:]:
         x, _ = read_frame(frame, short, mult)
         ft = _features(backbone, x.to(device), layer, frame)
-        soft = propagate(ft, [f0] + [q[0] for q in queue], [seg0] + [q[1] for q in queue], h, w,
-                         topk=p.topk, temperature=p.temperature, mask=mask)
+        soft = propagate(
+            ft,
+            [f0] + [q[0] for q in queue],
+            [seg0] + [q[1] for q in queue],
+            h,
+            w,
+            topk=p.topk,
+            temperature=p.temperature,
+            mask=mask,
+        )
         require_finite(soft, f"the propagated labels of frame {frame}")
         queue.append((ft, soft))
         up = F.interpolate(soft[None], scale_factor=stride, mode="bilinear", align_corners=False)[0]
@@ -140,4 +150,15 @@ def run(cell, ctx) -> dict:
     t1 = time.perf_counter()
     scores = jandf.summarize(per_seq)
     per_object = scores.pop("per_object")
-    return JobResult(metrics=scores, details={"per_object": per_object}, timings={"propagation_s": t1 - t0}, info={"checkpoint": loaded.summary(), "feature": feature, "sequences": len(sequences), "predictions": str(out), "precision": "float32"})
+    return JobResult(
+        metrics=scores,
+        details={"per_object": per_object},
+        timings={"propagation_s": t1 - t0},
+        info={
+            "checkpoint": loaded.summary(),
+            "feature": feature,
+            "sequences": len(sequences),
+            "predictions": str(out),
+            "precision": "float32",
+        },
+    )

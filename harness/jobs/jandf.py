@@ -11,6 +11,7 @@ harness computes the same quantities itself):
   frames > 0.5), Decay (mean of the first of 4 frame bins minus the mean of the last).
   J-Mean and F-Mean are means over every object of every sequence; J&F-Mean is their average.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,8 @@ def boundary_map(mask: np.ndarray) -> np.ndarray:
 
 def disk(radius: int) -> np.ndarray:
     r = int(radius)
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return (xx ** 2 + yy ** 2 <= r ** 2).astype(np.uint8)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (xx**2 + yy**2 <= r**2).astype(np.uint8)
 
 
 def boundary_f(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None, bound_th: float = 0.008) -> float:
@@ -70,7 +71,7 @@ def statistics(values: np.ndarray) -> tuple[float, float, float]:
     """(Mean, Recall, Decay) of one object's per-frame values."""
     v = np.asarray(values, dtype=float)
     ids = (np.round(np.linspace(1, len(v), 5) + 1e-10) - 1).astype(int)
-    bins = [v[ids[i]:ids[i + 1] + 1] for i in range(4)]
+    bins = [v[ids[i] : ids[i + 1] + 1] for i in range(4)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(np.nanmean(v)), float(np.nanmean(v > 0.5)), float(np.nanmean(bins[0]) - np.nanmean(bins[3]))
@@ -103,7 +104,14 @@ def summarize(per_sequence: dict[str, dict]) -> dict:
     if not rows["J"]:
         raise ValueError("no objects to evaluate (first-frame annotations are empty)")
     j, f = np.array(rows["J"]), np.array(rows["F"])
-    return {"JF_mean": float((j[:, 0].mean() + f[:, 0].mean()) / 2), "J_mean": float(j[:, 0].mean()),
-            "J_recall": float(j[:, 1].mean()), "J_decay": float(j[:, 2].mean()), "F_mean": float(f[:, 0].mean()),
-            "F_recall": float(f[:, 1].mean()), "F_decay": float(f[:, 2].mean()), "objects": len(j),
-            "per_object": per_object}
+    return {
+        "JF_mean": float((j[:, 0].mean() + f[:, 0].mean()) / 2),
+        "J_mean": float(j[:, 0].mean()),
+        "J_recall": float(j[:, 1].mean()),
+        "J_decay": float(j[:, 2].mean()),
+        "F_mean": float(f[:, 0].mean()),
+        "F_recall": float(f[:, 1].mean()),
+        "F_decay": float(f[:, 2].mean()),
+        "objects": len(j),
+        "per_object": per_object,
+    }

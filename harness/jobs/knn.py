@@ -3,6 +3,7 @@ folders, 20 nearest train images by cosine similarity, votes weighted by exp(sim
 top-5 accuracy. The embedding is the backbone's image-level one, as the paper and DINO's k-NN take it:
 the class token (after the final norm) for ViTs that have one, global average pooling for CNNs, Swin
 and class-token-free ViTs (recorded)."""
+
 from __future__ import annotations
 
 import time
@@ -16,26 +17,36 @@ from harness.device import data_workers
 from harness.jobs.common import JobResult, require_finite
 
 
-def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, classes: int, k: int = 20,
-                 temperature: float = 0.07, chunk: int = 1024, train_chunk: int = 262144) -> torch.Tensor:
+def knn_classify(
+    train: torch.Tensor,
+    train_labels: torch.Tensor,
+    test: torch.Tensor,
+    classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+    train_chunk: int = 262144,
+) -> torch.Tensor:
     """[test, classes] weighted votes of the k most similar train rows; inputs are L2-normalised and on
     one device. Similarities are computed in blocks of `chunk` test × `train_chunk` train rows with a
     running top-k, so memory stays bounded (no test × train matrix) at ImageNet scale."""
     k = min(k, len(train))
     out = []
     for s in range(0, len(test), chunk):
-        q = test[s:s + chunk]
+        q = test[s : s + chunk]
         best_sim = torch.full((len(q), k), -float("inf"), device=q.device, dtype=q.dtype)
         best_idx = torch.zeros((len(q), k), dtype=torch.long, device=q.device)
         for t0 in range(0, len(train), train_chunk):
-            sims, idx = (q @ train[t0:t0 + train_chunk].T).topk(min(k, len(train) - t0), dim=1)
+            sims, idx = (q @ train[t0 : t0 + train_chunk].T).topk(min(k, len(train) - t0), dim=1)
             cat_s, cat_i = torch.cat([best_sim, sims], 1), torch.cat([best_idx, idx + t0], 1)
             best_sim, pick = cat_s.topk(k, dim=1)
             best_idx = cat_i.gather(1, pick)
         votes = torch.zeros(len(q), classes, device=q.device, dtype=torch.float32)
         # DINO's exp(sim / T), each query's weights divided by its top neighbour's: the same vote ranking,
         # without the overflow a small T gives
-        votes.scatter_add_(1, train_labels[best_idx], ((best_sim.float() - best_sim[:, :1].float()) / temperature).exp())
+        votes.scatter_add_(
+            1, train_labels[best_idx], ((best_sim.float() - best_sim[:, :1].float()) / temperature).exp()
+        )
         out.append(votes.cpu())
     return torch.cat(out)
 
@@ -44,15 +55,21 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
 def _embed(backbone, folder, resize, crop, batch, device: str, workers: int, autocast):
     from torchvision.datasets import ImageFolder
 
-    from harness.features import maybe_autocast, eval_transform
+    from harness.features import eval_transform, maybe_autocast
 
     try:
         ds = ImageFolder(str(folder), transform=eval_transform(resize, crop), loader=open_rgb)
     except FileNotFoundError as e:  # torchvision's message names the classes but not the folder
-        empty = sorted(d.name for d in Path(folder).iterdir() if d.is_dir() and not any(d.iterdir())) \
-            if Path(folder).is_dir() else []
-        raise DatasetError(f"{folder}: {e}" + (f"; empty class folder(s): {', '.join(empty[:5])}" if empty else "")
-                           + "; every class folder must hold images") from None
+        empty = (
+            sorted(d.name for d in Path(folder).iterdir() if d.is_dir() and not any(d.iterdir()))
+            if Path(folder).is_dir()
+            else []
+        )
+        raise DatasetError(
+            f"{folder}: {e}"
+            + (f"; empty class folder(s): {', '.join(empty[:5])}" if empty else "")
+            + "; every class folder must hold images"
+        ) from None
     if not len(ds):
         raise DatasetError(f"no images under {folder}/<class>/")
     cuda = torch.device(device).type == "cuda"
@@ -60,8 +77,11 @@ def _embed(backbone, folder, resize, crop, batch, device: str, workers: int, aut
     feats = []
     with maybe_autocast(device, autocast):
         for x, _ in loader:  # embeddings stay on the device (1.28 M x 384 float16 = 1 GB)
-            feats.append(F.normalize(backbone.embed(x.to(device, non_blocking=cuda)).float(), dim=1)
-                         .to(torch.float16 if cuda else torch.float32))
+            feats.append(
+                F.normalize(backbone.embed(x.to(device, non_blocking=cuda)).float(), dim=1).to(
+                    torch.float16 if cuda else torch.float32
+                )
+            )
     out = torch.cat(feats)
     require_finite(out, f"the embeddings of {folder}")
     return out, torch.tensor(ds.targets, device=device), ds.classes
@@ -89,12 +109,26 @@ def run(cell, ctx) -> dict:
         raise ValueError(f"val classes differ from train classes under {root}")
     t1 = time.perf_counter()
     if p.k > len(tr):  # never a silent clamp: the record would say k=20 of a vote over fewer
-        raise ValueError(f"k = {p.k} neighbours, but the training split has {len(tr)} images "
-                         f"({root / ds.splits['train'].img_dir}); lower k in the protocol file")
+        raise ValueError(
+            f"k = {p.k} neighbours, but the training split has {len(tr)} images "
+            f"({root / ds.splits['train'].img_dir}); lower k in the protocol file"
+        )
     votes = knn_classify(tr, tr_y, te, len(classes), p.k, p.temperature)
     require_finite(votes, "the k-NN votes (exp(similarity / temperature) overflowed?)")
     top = votes.topk(min(5, len(classes)), dim=1).indices
     te_y = te_y.cpu()
     top1 = (top[:, 0] == te_y).float().mean().item() * 100
     top5 = (top == te_y[:, None]).any(dim=1).float().mean().item() * 100
-    return JobResult(metrics={"top1": top1, "top5": top5}, timings={"features_s": t1 - t0, "knn_s": time.perf_counter() - t1}, info={"checkpoint": bb.summary(), "embedding": f"{bb.backbone.embedding_kind}, L2-normalised", "train_images": len(tr), "precision": precision, "data_loading": {"workers": workers, "pin_memory": cuda}, "top5_over": min(5, len(classes)), "val_images": len(te)})
+    return JobResult(
+        metrics={"top1": top1, "top5": top5},
+        timings={"features_s": t1 - t0, "knn_s": time.perf_counter() - t1},
+        info={
+            "checkpoint": bb.summary(),
+            "embedding": f"{bb.backbone.embedding_kind}, L2-normalised",
+            "train_images": len(tr),
+            "precision": precision,
+            "data_loading": {"workers": workers, "pin_memory": cuda},
+            "top5_over": min(5, len(classes)),
+            "val_images": len(te),
+        },
+    )

@@ -9,6 +9,7 @@ Two backends behind one protocol (`params.backend`: auto | detectron2 | torchvis
 The record says which backend ran. Training state (model, optimizer, iteration) is saved in the
 cell's work directory as plain tensors and resumed with weights_only=True.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,8 @@ from harness.datasets import (
 )
 from harness.device import data_workers
 from harness.features import maybe_autocast
-from harness.jobs.optim import describe_optimizer, param_groups
 from harness.jobs.common import JobResult
+from harness.jobs.optim import describe_optimizer, param_groups
 
 
 def detectron2_available() -> tuple[bool, str]:
@@ -66,8 +67,12 @@ class PyramidBackbone(nn.Module):
             stages = []
             for s in scales:
                 if s == 4.0:
-                    layers = [nn.ConvTranspose2d(d, d // 2, 2, 2), LayerNorm2d(d // 2), nn.GELU(),
-                              nn.ConvTranspose2d(d // 2, d // 4, 2, 2)]
+                    layers = [
+                        nn.ConvTranspose2d(d, d // 2, 2, 2),
+                        LayerNorm2d(d // 2),
+                        nn.GELU(),
+                        nn.ConvTranspose2d(d // 2, d // 4, 2, 2),
+                    ]
                     c = d // 4
                 elif s == 2.0:
                     layers, c = [nn.ConvTranspose2d(d, d // 2, 2, 2)], d // 2
@@ -75,12 +80,18 @@ class PyramidBackbone(nn.Module):
                     layers, c = [], d
                 else:
                     layers, c = [nn.MaxPool2d(2, 2)], d
-                layers += [nn.Conv2d(c, out_channels, 1, bias=False), LayerNorm2d(out_channels),
-                           nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels)]
+                layers += [
+                    nn.Conv2d(c, out_channels, 1, bias=False),
+                    LayerNorm2d(out_channels),
+                    nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                    LayerNorm2d(out_channels),
+                ]
                 stages.append(nn.Sequential(*layers))
             self.sfp = nn.ModuleList(stages)
         else:
-            self.fpn = FeaturePyramidNetwork(list(backbone.level_channels), out_channels, extra_blocks=LastLevelMaxPool())
+            self.fpn = FeaturePyramidNetwork(
+                list(backbone.level_channels), out_channels, extra_blocks=LastLevelMaxPool()
+            )
 
     def forward(self, x):
         if self.family == "vit":
@@ -110,10 +121,15 @@ class CocoInstances(torch.utils.data.Dataset):
         info = self.coco.loadImgs(img_id)[0]
         img = np.asarray(open_rgb(self.img_dir / info["file_name"]), dtype=np.float32) / 255.0
         anns = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, iscrowd=False)) if a["area"] > 1]
-        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                              for a in anns], dtype=torch.float32).reshape(-1, 4)
-        masks = torch.from_numpy(np.stack([self.coco.annToMask(a) for a in anns])) if anns else \
-            torch.zeros(0, info["height"], info["width"], dtype=torch.uint8)
+        boxes = torch.tensor(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+            dtype=torch.float32,
+        ).reshape(-1, 4)
+        masks = (
+            torch.from_numpy(np.stack([self.coco.annToMask(a) for a in anns]))
+            if anns
+            else torch.zeros(0, info["height"], info["width"], dtype=torch.uint8)
+        )
         labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
         x = torch.from_numpy(img).permute(2, 0, 1)
         if self.train and torch.rand(1).item() < 0.5:  # horizontal flip
@@ -133,11 +149,17 @@ def build_torchvision_model(backbone, num_classes: int, p):
 
     sizes = tuple((int(s),) for s in p.anchor_sizes)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    return MaskRCNN(PyramidBackbone(backbone, p.out_channels, tuple(p.vit_scale_factors)),
-                    num_classes=num_classes + 1, rpn_anchor_generator=anchors,
-                    min_size=p.min_size, max_size=p.max_size,
-                    image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-                    box_detections_per_img=p.detections_per_img, box_score_thresh=p.score_thresh)
+    return MaskRCNN(
+        PyramidBackbone(backbone, p.out_channels, tuple(p.vit_scale_factors)),
+        num_classes=num_classes + 1,
+        rpn_anchor_generator=anchors,
+        min_size=p.min_size,
+        max_size=p.max_size,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        box_detections_per_img=p.detections_per_img,
+        box_score_thresh=p.score_thresh,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,8 +168,13 @@ def build_torchvision_model(backbone, num_classes: int, p):
 
 def recipe_groups(model, p) -> list[dict]:
     """The AdamW groups of the protocol's optimizer (harness.jobs.optim's rule) for a detection model."""
-    return param_groups(model, lr=p.optimizer.lr, weight_decay=p.optimizer.weight_decay,
-                        layer_decay_rate=p.optimizer.layer_decay_rate, backbone_prefix="backbone.")
+    return param_groups(
+        model,
+        lr=p.optimizer.lr,
+        weight_decay=p.optimizer.weight_decay,
+        layer_decay_rate=p.optimizer.layer_decay_rate,
+        backbone_prefix="backbone.",
+    )
 
 
 def lr_factor(step: int, p) -> float:
@@ -172,11 +199,20 @@ def coco_evaluate(model, ds: CocoInstances, batch: int = 2, device: str = "cpu")
         for out, t in zip(model([im.to(device) for im in images]), targets):
             out = {k: v.cpu() for k, v in out.items()}
             masks = (out["masks"][:, 0] > 0.5).numpy().astype(np.uint8)
-            for box, score, label, m in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), masks):
+            for box, score, label, m in zip(
+                out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), masks
+            ):
                 rle = mask_utils.encode(np.asfortranarray(m))
                 rle["counts"] = rle["counts"].decode()
-                dets.append({"image_id": t["image_id"], "category_id": ds.cat_ids[label - 1], "score": score,
-                             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "segmentation": rle})
+                dets.append(
+                    {
+                        "image_id": t["image_id"],
+                        "category_id": ds.cat_ids[label - 1],
+                        "score": score,
+                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                        "segmentation": rle,
+                    }
+                )
     result, undefined = {}, {}
     has_gt = len(ds.coco.getAnnIds(iscrowd=False)) > 0
     for iou_type in ("bbox", "segm"):
@@ -216,7 +252,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         for step in range(self.steps):
             idx = torch.randint(self.n, (self.plan.global_batch,), generator=g)
             if step >= self.start:
-                yield from idx[self.rank * self.mine:(self.rank + 1) * self.mine].tolist()
+                yield from idx[self.rank * self.mine : (self.rank + 1) * self.mine].tolist()
 
     def __len__(self):
         return (self.steps - self.start) * self.mine
@@ -247,12 +283,22 @@ def _train_torchvision(model, ds, p, work: Path, ctx) -> tuple[int, int, dict, s
     if placement.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[placement.local_rank] if cuda else None,
-                                      find_unused_parameters=True)
+        net = DistributedDataParallel(
+            model, device_ids=[placement.local_rank] if cuda else None, find_unused_parameters=True
+        )
     sampler = GlobalBatchSampler(len(ds), plan, placement.rank, p.seed, start, iters)
     workers = data_workers(placement, p.num_workers)
-    loader = iter(torch.utils.data.DataLoader(ds, batch_size=plan.per_device, sampler=sampler, collate_fn=_collate,
-                                              num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0))
+    loader = iter(
+        torch.utils.data.DataLoader(
+            ds,
+            batch_size=plan.per_device,
+            sampler=sampler,
+            collate_fn=_collate,
+            num_workers=workers,
+            pin_memory=cuda,
+            persistent_workers=workers > 0,
+        )
+    )
     interval = p.checkpoint_interval
     model.train()
     for it in range(start, iters):
@@ -262,18 +308,27 @@ def _train_torchvision(model, ds, p, work: Path, ctx) -> tuple[int, int, dict, s
             images = [im.to(dev, non_blocking=cuda) for im in images]
             targets = [{k: v.to(dev) for k, v in t.items() if k != "image_id"} for t in targets]
             sync = micro + 1 == plan.accumulation or not placement.distributed
-            with (contextlib.nullcontext() if sync else net.no_sync()), maybe_autocast(dev, amp):
+            with contextlib.nullcontext() if sync else net.no_sync(), maybe_autocast(dev, amp):
                 losses = net(images, targets)
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"Mask R-CNN loss is {loss.item()} at iteration {it}: "
-                                             f"{dict((k, float(v)) for k, v in losses.items())}")
+                    raise FloatingPointError(
+                        f"Mask R-CNN loss is {loss.item()} at iteration {it}: "
+                        f"{dict((k, float(v)) for k, v in losses.items())}"
+                    )
                 (loss / plan.accumulation).backward()
         opt.step()
         sched.step()
         if placement.is_main and ((it + 1) % interval == 0 or it + 1 == iters):
-            save_tensors({"iter": it + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict()}, state_file)
+            save_tensors(
+                {
+                    "iter": it + 1,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                },
+                state_file,
+            )
     run = {**describe_optimizer(opt, p), "final_lrs": sorted({g["lr"] for g in opt.param_groups})}
     return start, iters, {**plan.record(), "data_workers": workers, "pin_memory": cuda}, precision, run
 
@@ -294,8 +349,10 @@ def run(cell, ctx) -> dict:
     if backend == "auto":
         backend = "detectron2" if ok else "torchvision"
     if backend == "detectron2" and not ok:
-        raise RuntimeError(f"this cell's backend is detectron2 (its config hash says so), but detectron2 cannot be "
-                           f"imported here ({why}); run `make install-detectron2` or set backend: torchvision")
+        raise RuntimeError(
+            f"this cell's backend is detectron2 (its config hash says so), but detectron2 cannot be "
+            f"imported here ({why}); run `make install-detectron2` or set backend: torchvision"
+        )
     if backend == "detectron2":
         from harness.jobs.maskrcnn_d2 import run_detectron2
 
@@ -314,6 +371,28 @@ def run(cell, ctx) -> dict:
         return JobResult(metrics={}, info={"rank": ctx.placement.rank})
     metrics, undefined = coco_evaluate(model, val_ds, device=ctx.placement.device)
     t3 = time.perf_counter()
-    return JobResult(metrics=metrics, undefined_metrics=undefined, timings={"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
-                        "iters_per_s": (iters - start) / max(t2 - t1, 1e-9)}, info={"backend": "torchvision", "detectron2_unavailable_because": why or None, "checkpoint": loaded.summary(), "resumed_from_iter": start, "iters": iters, "batch": batch, "precision": precision, **optim, "resolved": {"params": p.model_dump(mode="json"), "pyramid": "simple feature pyramid" if loaded.backbone.info.family == "vit"
-                         else "FPN", "num_classes": len(train_ds.cat_ids)}})
+    return JobResult(
+        metrics=metrics,
+        undefined_metrics=undefined,
+        timings={
+            "build_s": t1 - t0,
+            "train_s": t2 - t1,
+            "eval_s": t3 - t2,
+            "iters_per_s": (iters - start) / max(t2 - t1, 1e-9),
+        },
+        info={
+            "backend": "torchvision",
+            "detectron2_unavailable_because": why or None,
+            "checkpoint": loaded.summary(),
+            "resumed_from_iter": start,
+            "iters": iters,
+            "batch": batch,
+            "precision": precision,
+            **optim,
+            "resolved": {
+                "params": p.model_dump(mode="json"),
+                "pyramid": "simple feature pyramid" if loaded.backbone.info.family == "vit" else "FPN",
+                "num_classes": len(train_ds.cat_ids),
+            },
+        },
+    )

@@ -6,6 +6,7 @@ own Mask R-CNN through its extension point (`harness.jobs.d2_adapter`): ViTs und
 `COCOEvaluator` (pycocotools' COCOeval) are detectron2's, from its R50-FPN Mask R-CNN config, with the
 schedule of the protocol file and the optimiser rule of `harness.jobs.optim`.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ from pathlib import Path
 
 from harness.datasets import imagenet_norm
 from harness.jobs import d2_adapter
-from harness.jobs.optim import describe_optimizer, param_groups
 from harness.jobs.common import JobResult
+from harness.jobs.optim import describe_optimizer, param_groups
 
 
 def _datasets(cell, ds, root: Path) -> dict[str, str]:
@@ -90,8 +91,13 @@ def trainer_class(backbone, p):
 
         @classmethod
         def build_optimizer(cls, cfg, model):
-            groups = param_groups(model, lr=p.optimizer.lr, weight_decay=p.optimizer.weight_decay,
-                                  layer_decay_rate=p.optimizer.layer_decay_rate, backbone_prefix="backbone.")
+            groups = param_groups(
+                model,
+                lr=p.optimizer.lr,
+                weight_decay=p.optimizer.weight_decay,
+                layer_decay_rate=p.optimizer.layer_decay_rate,
+                backbone_prefix="backbone.",
+            )
             return torch.optim.AdamW(groups, lr=p.optimizer.lr, betas=tuple(p.optimizer.betas))
 
     return Trainer
@@ -105,8 +111,11 @@ def _scores(res: dict) -> tuple[dict, dict]:
         for name, key in ((f"{kind}_AP", "AP"), (f"{kind}_AP50", "AP50"), (f"{kind}_AP75", "AP75")):
             metrics[name] = float(r.get(key, float("nan")))
             if math.isnan(metrics[name]):  # detectron2 turns COCOeval's -1 (undefined) into NaN
-                undefined[name] = ("COCOeval: undefined (-1), no ground-truth instances to score against"
-                                   if kind in res else f"COCOEvaluator returned no {kind} results")
+                undefined[name] = (
+                    "COCOeval: undefined (-1), no ground-truth instances to score against"
+                    if kind in res
+                    else f"COCOEvaluator returned no {kind} results"
+                )
     return metrics, undefined
 
 
@@ -143,6 +152,31 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
     if not placement.is_main:  # detectron2 gathers the results on rank 0, which writes the record
         return JobResult(metrics={}, info={"rank": placement.rank})
     metrics, undefined = _scores(res)
-    return JobResult(metrics=metrics, undefined_metrics=undefined, timings={"build_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
-                        "iters_per_s": (cfg.SOLVER.MAX_ITER - start) / max(t2 - t1, 1e-9)}, info={"backend": "detectron2", "checkpoint": loaded.summary(), "resumed_from_iter": start, "iters": cfg.SOLVER.MAX_ITER, "detectron2_config": cfg.dump(), **describe_optimizer(trainer.optimizer, p), "final_lrs": sorted({g["lr"] for g in trainer.optimizer.param_groups}), "batch": {"global": cfg.SOLVER.IMS_PER_BATCH, "per_device": cfg.SOLVER.IMS_PER_BATCH // placement.world_size,
-                      "accumulation": 1, "world_size": placement.world_size, "data_workers": cfg.DATALOADER.NUM_WORKERS}, "precision": "float16 (detectron2 AMP)" if cfg.SOLVER.AMP.ENABLED else "float32", "pyramid": "detectron2 " + ("SimpleFeaturePyramid" if loaded.backbone.info.family == "vit" else "FPN")})
+    return JobResult(
+        metrics=metrics,
+        undefined_metrics=undefined,
+        timings={
+            "build_s": t1 - t0,
+            "train_s": t2 - t1,
+            "eval_s": t3 - t2,
+            "iters_per_s": (cfg.SOLVER.MAX_ITER - start) / max(t2 - t1, 1e-9),
+        },
+        info={
+            "backend": "detectron2",
+            "checkpoint": loaded.summary(),
+            "resumed_from_iter": start,
+            "iters": cfg.SOLVER.MAX_ITER,
+            "detectron2_config": cfg.dump(),
+            **describe_optimizer(trainer.optimizer, p),
+            "final_lrs": sorted({g["lr"] for g in trainer.optimizer.param_groups}),
+            "batch": {
+                "global": cfg.SOLVER.IMS_PER_BATCH,
+                "per_device": cfg.SOLVER.IMS_PER_BATCH // placement.world_size,
+                "accumulation": 1,
+                "world_size": placement.world_size,
+                "data_workers": cfg.DATALOADER.NUM_WORKERS,
+            },
+            "precision": "float16 (detectron2 AMP)" if cfg.SOLVER.AMP.ENABLED else "float32",
+            "pyramid": "detectron2 " + ("SimpleFeaturePyramid" if loaded.backbone.info.family == "vit" else "FPN"),
+        },
+    )

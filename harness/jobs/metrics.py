@@ -2,6 +2,7 @@
 
 The backbone's forward pass happens once (features cached on disk); all metrics read the same tensor.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,9 +17,9 @@ from harness.datasets import root_of, verify_images
 from harness.device import data_workers
 from harness.features import extract_dense, extract_views, image_list
 from harness.fingerprint import file_fingerprint
+from harness.jobs.common import JobResult
 from harness.metrics import compute_all
 from harness.models.checkpoints import load_backbone
-from harness.jobs.common import JobResult
 
 
 def feature_cache_key(cell, checkpoint: Path) -> str:
@@ -68,33 +69,71 @@ def run(cell, ctx) -> dict:
     t_load = time.perf_counter()
     key = f"{feature_cache_key(cell, loaded.path)}_{precision}" if params.cache else None
     with full_float32(dev):
-        dense, embeddings, cache = extract_dense(loaded.backbone, images, resize=params.resize, crop=params.crop,
-                                                 batch_size=params.forward_batch, cache_key=key,
-                                                 progress=progress, device=dev, num_workers=workers,
-                                                 autocast=PRECISIONS[precision])
+        dense, embeddings, cache = extract_dense(
+            loaded.backbone,
+            images,
+            resize=params.resize,
+            crop=params.crop,
+            batch_size=params.forward_batch,
+            cache_key=key,
+            progress=progress,
+            device=dev,
+            num_workers=workers,
+            autocast=PRECISIONS[precision],
+        )
     t_dense = time.perf_counter()
     views = None
     lc = params.lidar
     if lc.num_images > 0:
         sub = image_list(root, min(lc.num_images, len(images)), params.image_list_seed)
         with full_float32(dev):
-            views = extract_views(loaded.backbone, sub, lc.views, seed=params.image_list_seed,
-                                  batch_size=params.forward_batch, augment=lc.augment.model_dump(),
-                                  progress=progress, device=dev, autocast=PRECISIONS[precision])
+            views = extract_views(
+                loaded.backbone,
+                sub,
+                lc.views,
+                seed=params.image_list_seed,
+                batch_size=params.forward_batch,
+                augment=lc.augment.model_dump(),
+                progress=progress,
+                device=dev,
+                autocast=PRECISIONS[precision],
+            )
     t_feat = time.perf_counter()
     with full_float32(dev):
-        metrics, details, per_metric = compute_all(dense.to(dev), params, None if views is None else views.to(dev),
-                                                   embeddings=embeddings.to(dev))
+        metrics, details, per_metric = compute_all(
+            dense.to(dev), params, None if views is None else views.to(dev), embeddings=embeddings.to(dev)
+        )
     if cuda:
         torch.cuda.synchronize(dev)
     t_metrics = time.perf_counter()
-    return JobResult(metrics=metrics, details=details, timings={"load_s": t_load - t0, "features_s": t_dense - t_load, "views_s": t_feat - t_dense,
-                        "metrics_s": t_metrics - t_feat, "per_metric_s": per_metric,
-                        # DSE's own cost (the paper's 0.025 GPU·h): checkpoint, dense features, the estimator
-                        "dse_s": (t_dense - t0) + per_metric["dse"]}, info={"checkpoint": loaded.summary(), "image_list": {"root": str(root), "count": len(images),
-                                                           "hash": images.hash, "seed": images.seed}, "features": {"shape": list(dense.shape), "dtype": "float32", "cache": cache["cache"], "layer": "last"}, "embeddings": {"image_level": loaded.backbone.embedding_kind,
-                           "dense": "last-layer patch tokens after the final norm (class and register tokens dropped)",
-                           "used_by": {"image_level": ["rankme", "effective_rank", "alpha_req", "collapsed_dims",
-                                                       "log_sv", "lidar"],
-                                       "dense": ["dse*", "dense_rankme", "w2", "neg_lu", "collapsed_dims_dense",
-                                                 "log_sv_dense"]}}, "mode": params.dse.mode, "seeds": {"image_list": images.seed, "dse": params.dse.seed}, "precision": {"features": precision, "metrics": "float32" + (" (TF32 off)" if cuda else "")}, "data_loading": {"workers": workers, "pin_memory": cuda}, "peak_device_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None})
+    return JobResult(
+        metrics=metrics,
+        details=details,
+        timings={
+            "load_s": t_load - t0,
+            "features_s": t_dense - t_load,
+            "views_s": t_feat - t_dense,
+            "metrics_s": t_metrics - t_feat,
+            "per_metric_s": per_metric,
+            # DSE's own cost (the paper's 0.025 GPU·h): checkpoint, dense features, the estimator
+            "dse_s": (t_dense - t0) + per_metric["dse"],
+        },
+        info={
+            "checkpoint": loaded.summary(),
+            "image_list": {"root": str(root), "count": len(images), "hash": images.hash, "seed": images.seed},
+            "features": {"shape": list(dense.shape), "dtype": "float32", "cache": cache["cache"], "layer": "last"},
+            "embeddings": {
+                "image_level": loaded.backbone.embedding_kind,
+                "dense": "last-layer patch tokens after the final norm (class and register tokens dropped)",
+                "used_by": {
+                    "image_level": ["rankme", "effective_rank", "alpha_req", "collapsed_dims", "log_sv", "lidar"],
+                    "dense": ["dse*", "dense_rankme", "w2", "neg_lu", "collapsed_dims_dense", "log_sv_dense"],
+                },
+            },
+            "mode": params.dse.mode,
+            "seeds": {"image_list": images.seed, "dse": params.dse.seed},
+            "precision": {"features": precision, "metrics": "float32" + (" (TF32 off)" if cuda else "")},
+            "data_loading": {"workers": workers, "pin_memory": cuda},
+            "peak_device_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
+        },
+    )

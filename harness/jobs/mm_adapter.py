@@ -12,6 +12,7 @@ house's rule: `tests/test_architecture.py` rejects private mmengine attributes a
 - `hook_of`: a registered hook instance by its class.
 - `library_log`: the path of mmengine's own log file of a run.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -17,6 +17,7 @@
   as plain tensors every N iterations, and restores it at start, so a preempted job resumes. The file
   is read with weights_only=True; mmengine's own checkpoints are never reloaded.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,24 +31,33 @@ from harness.mmcv_shim import import_mmseg
 
 import_mmseg()
 
+from mmcv.transforms.utils import cache_randomness  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
 from mmengine.model import BaseModule  # noqa: E402
+from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
+from mmseg.datasets.transforms import RandomCrop  # noqa: E402
 from mmseg.evaluation import IoUMetric  # noqa: E402
 from mmseg.models.data_preprocessor import SegDataPreProcessor  # noqa: E402
-from mmseg.models.segmentors import EncoderDecoder  # noqa: E402
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
+from mmseg.models.segmentors import EncoderDecoder  # noqa: E402
 from mmseg.models.utils import resize  # noqa: E402
-from mmseg.datasets.transforms import RandomCrop  # noqa: E402
-from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
 from mmseg.registry import HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS  # noqa: E402
-from mmcv.transforms.utils import cache_randomness  # noqa: E402
 
 
 @MODELS.register_module(force=True)
 class SDDBackbone(BaseModule):
-    def __init__(self, method: str, epoch: int, registry_root: str = "", mode: str = "last", frozen: bool = True,
-                 arch_overrides: dict | None = None, autocast: str | None = None, eval_autocast: str | None = None,
-                 init_cfg=None):
+    def __init__(
+        self,
+        method: str,
+        epoch: int,
+        registry_root: str = "",
+        mode: str = "last",
+        frozen: bool = True,
+        arch_overrides: dict | None = None,
+        autocast: str | None = None,
+        eval_autocast: str | None = None,
+        init_cfg=None,
+    ):
         super().__init__(init_cfg)
         from harness.models.checkpoints import load_backbone
         from harness.registry import load_registry
@@ -93,11 +103,16 @@ class BNHead(BaseDecodeHead):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         assert self.in_channels == self.channels, "BNHead: channels must equal the concatenated in_channels"
-        self.bn = nn.SyncBatchNorm(self.in_channels) if (self.norm_cfg or {}).get("type") == "SyncBN" \
+        self.bn = (
+            nn.SyncBatchNorm(self.in_channels)
+            if (self.norm_cfg or {}).get("type") == "SyncBN"
             else nn.BatchNorm2d(self.in_channels)
+        )
 
     def _transform_inputs(self, inputs):
-        inputs = [inputs[i] for i in self.in_index] if isinstance(self.in_index, (list, tuple)) else [inputs[self.in_index]]
+        inputs = (
+            [inputs[i] for i in self.in_index] if isinstance(self.in_index, (list, tuple)) else [inputs[self.in_index]]
+        )
         size = inputs[0].shape[2:]
         return torch.cat([resize(x, size=size, mode="bilinear", align_corners=self.align_corners) for x in inputs], 1)
 
@@ -173,12 +188,16 @@ class SDDEncoderDecoder(EncoderDecoder):
         crops = torch.cat([inputs[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])  # window-major
         meta = {**batch_img_metas[0], "img_shape": crops.shape[2:]}
         step = max(self.window_batch, 1)
-        logits = torch.cat([self.encode_decode(crops[i:i + step], [meta] * len(crops[i:i + step]))
-                            for i in range(0, len(crops), step)])
+        logits = torch.cat(
+            [
+                self.encode_decode(crops[i : i + step], [meta] * len(crops[i : i + step]))
+                for i in range(0, len(crops), step)
+            ]
+        )
         preds = inputs.new_zeros((n, self.out_channels, h_img, w_img))
         count = inputs.new_zeros((n, 1, h_img, w_img))
         for k, (y1, y2, x1, x2) in enumerate(boxes):
-            preds[:, :, y1:y2, x1:x2] += logits[k * n:(k + 1) * n]
+            preds[:, :, y1:y2, x1:x2] += logits[k * n : (k + 1) * n]
             count[:, :, y1:y2, x1:x2] += 1
         return preds / count
 
@@ -243,24 +262,35 @@ class SDDParamGroupsConstructor(DefaultOptimWrapperConstructor):
         from harness.jobs.optim import param_groups
 
         cfg = self.paramwise_cfg
-        params.extend(param_groups(module, lr=self.base_lr, weight_decay=self.base_wd or 0.0,
-                                   layer_decay_rate=cfg.get("layer_decay_rate", 1.0),
-                                   backbone_prefix=cfg.get("backbone_prefix", "backbone.")))
+        params.extend(
+            param_groups(
+                module,
+                lr=self.base_lr,
+                weight_decay=self.base_wd or 0.0,
+                layer_decay_rate=cfg.get("layer_decay_rate", 1.0),
+                backbone_prefix=cfg.get("backbone_prefix", "backbone."),
+            )
+        )
 
 
 @HOOKS.register_module(force=True)
 class SDDFiniteLossHook(Hook):
     """A loss that is NaN or inf at any iteration ends the run there, naming the iteration, the loss terms
     and the learning rate: a probe trained on through NaNs would score as a constant predictor."""
+
     priority = "VERY_HIGH"
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        terms = {k: float(v.detach()) for k, v in (outputs or {}).items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+        terms = {
+            k: float(v.detach()) for k, v in (outputs or {}).items() if isinstance(v, torch.Tensor) and v.numel() == 1
+        }
         bad = {k: v for k, v in terms.items() if not torch.isfinite(torch.tensor(v))}
         if bad:
             lr = runner.optim_wrapper.get_lr()
-            raise FloatingPointError(f"the training loss is not finite at iteration {runner.iter + 1}: {bad} "
-                                     f"(lr {lr}); the recipe diverges here (lower the lr?)")
+            raise FloatingPointError(
+                f"the training loss is not finite at iteration {runner.iter + 1}: {bad} "
+                f"(lr {lr}); the recipe diverges here (lower the lr?)"
+            )
 
 
 @HOOKS.register_module(force=True)
@@ -290,6 +320,10 @@ class SDDResumeHook(Hook):
         if (it % self.interval and it != runner.max_iters) or not is_main_process():  # rank 0 saves, all resume
             return
         model = {k: v for k, v in unwrap(runner.model).state_dict().items() if not k.startswith(self.skip)}
-        state = {"iter": it, "model": model, "optim": runner.optim_wrapper.state_dict(),
-                 "schedulers": [s.state_dict() for s in runner.param_schedulers]}
+        state = {
+            "iter": it,
+            "model": model,
+            "optim": runner.optim_wrapper.state_dict(),
+            "schedulers": [s.state_dict() for s in runner.param_schedulers],
+        }
         save_tensors(state, self.path)

@@ -10,6 +10,7 @@ AdamW parameter groups with
 mmengine jobs reach it through `SDDParamGroupsConstructor` (harness.jobs.mm_modules); the torchvision
 and detectron2 Mask R-CNN call `param_groups` directly. Pure torch, no framework imports.
 """
+
 from __future__ import annotations
 
 NO_DECAY_TOKENS = ("pos_embed", "cls_token", "reg_token")
@@ -42,8 +43,9 @@ def no_weight_decay(name: str, param) -> bool:
     return param.ndim <= 1 or any(name.endswith(t) for t in NO_DECAY_TOKENS)
 
 
-def param_groups(model, *, lr: float, weight_decay: float, layer_decay_rate: float = 1.0,
-                 backbone_prefix: str = "backbone.") -> list[dict]:
+def param_groups(
+    model, *, lr: float, weight_decay: float, layer_decay_rate: float = 1.0, backbone_prefix: str = "backbone."
+) -> list[dict]:
     """AdamW parameter groups of `model`'s trainable parameters, one per (lr multiplier, decay), in a
     stable order; each group lists its parameter names (`names`) for the record."""
     depth = vit_depth(model)
@@ -52,11 +54,22 @@ def param_groups(model, *, lr: float, weight_decay: float, layer_decay_rate: flo
         if not q.requires_grad:
             continue
         skip_decay = no_weight_decay(name, q)
-        scale = lr_scale(name.split(backbone_prefix, 1)[1], layer_decay_rate, depth) \
-            if name.startswith(backbone_prefix) else 1.0
+        scale = (
+            lr_scale(name.split(backbone_prefix, 1)[1], layer_decay_rate, depth)
+            if name.startswith(backbone_prefix)
+            else 1.0
+        )
         key = (round(scale, 12), skip_decay)
-        g = groups.setdefault(key, {"params": [], "names": [], "lr": lr * scale, "lr_scale": scale,
-                                    "weight_decay": 0.0 if skip_decay else weight_decay})
+        g = groups.setdefault(
+            key,
+            {
+                "params": [],
+                "names": [],
+                "lr": lr * scale,
+                "lr_scale": scale,
+                "weight_decay": 0.0 if skip_decay else weight_decay,
+            },
+        )
         g["params"].append(q)
         g["names"].append(name)
     return [groups[k] for k in sorted(groups)]
@@ -64,17 +77,36 @@ def param_groups(model, *, lr: float, weight_decay: float, layer_decay_rate: flo
 
 def describe_groups(optimizer) -> list[dict]:
     """What the record says about each parameter group that ran: lr, decay, size and a few names."""
-    return [{"lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"], "params": len(g["params"]),
-             "numel": sum(q.numel() for q in g["params"]), "examples": list(g.get("names", []))[:3]}
-            for g in optimizer.param_groups]
+    return [
+        {
+            "lr": g.get("initial_lr", g["lr"]),
+            "weight_decay": g["weight_decay"],
+            "params": len(g["params"]),
+            "numel": sum(q.numel() for q in g["params"]),
+            "examples": list(g.get("names", []))[:3],
+        }
+        for g in optimizer.param_groups
+    ]
 
 
 def describe_optimizer(optimizer, p) -> dict:
     """What the record says about the optimizer that ran: type, hyper-parameters, every group's lr and
     decay and size (and a few of its parameter names), and the schedule."""
     groups = describe_groups(optimizer)
-    return {"optimizer": {"type": type(optimizer).__name__, "lr": p.optimizer.lr, "weight_decay": p.optimizer.weight_decay,
-                          "betas": list(p.optimizer.betas), "layer_decay_rate": p.optimizer.layer_decay_rate},
-            "param_groups": groups,
-            "schedule": {"iters": p.iters, "warmup_iters": p.warmup_iters, "warmup_factor": p.warmup_factor,
-                         "steps": list(p.steps), "gamma": p.gamma}}
+    return {
+        "optimizer": {
+            "type": type(optimizer).__name__,
+            "lr": p.optimizer.lr,
+            "weight_decay": p.optimizer.weight_decay,
+            "betas": list(p.optimizer.betas),
+            "layer_decay_rate": p.optimizer.layer_decay_rate,
+        },
+        "param_groups": groups,
+        "schedule": {
+            "iters": p.iters,
+            "warmup_iters": p.warmup_iters,
+            "warmup_factor": p.warmup_factor,
+            "steps": list(p.steps),
+            "gamma": p.gamma,
+        },
+    }

@@ -13,6 +13,7 @@ Tested against mmseg's transform with the same draws (99% of values equal, 99.9%
 OpenCV's HSV->BGR truncates in its vector lanes and rounds in a row's tail) and on the statistics of
 augmented batches (tests/test_probe_pipeline.py).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,14 +26,22 @@ HUE_DELTA = 18
 
 def sample(n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Per-image parameters for `distort`, drawn on the CPU (the same numbers on every device)."""
+
     def uniform(lo, hi):
         return torch.empty(n, dtype=torch.float64).uniform_(lo, hi, generator=generator)
 
     coin = torch.randint(0, 2, (n, 5), generator=generator).bool()
-    return {"brightness_on": coin[:, 0], "brightness": uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA),
-            "contrast_first": coin[:, 1], "contrast_on": coin[:, 2], "contrast": uniform(*CONTRAST_RANGE),
-            "saturation_on": coin[:, 3], "saturation": uniform(*SATURATION_RANGE),
-            "hue_on": coin[:, 4], "hue": torch.randint(-HUE_DELTA, HUE_DELTA, (n,), generator=generator)}
+    return {
+        "brightness_on": coin[:, 0],
+        "brightness": uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA),
+        "contrast_first": coin[:, 1],
+        "contrast_on": coin[:, 2],
+        "contrast": uniform(*CONTRAST_RANGE),
+        "saturation_on": coin[:, 3],
+        "saturation": uniform(*SATURATION_RANGE),
+        "hue_on": coin[:, 4],
+        "hue": torch.randint(-HUE_DELTA, HUE_DELTA, (n,), generator=generator),
+    }
 
 
 def _convert(x: torch.Tensor, alpha=1.0, beta=0.0) -> torch.Tensor:

@@ -4,6 +4,7 @@ the cell's work directory after each one, so a requeued or preempted run resumes
 
 Params: steps, sleep_s, fail_methods (raise for these methods), fail_epochs (restrict to epochs),
 fail_first_runs (raise only during the first N runs of a cell: a transient failure)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,11 @@ def run(cell, ctx) -> dict:
     write_json(state_file, state)
     fail_epochs = params.fail_epochs
     transient = params.fail_first_runs
-    if (cell.method in params.fail_methods and (not fail_epochs or cell.epoch in fail_epochs)
-            and (not transient or state["runs"] <= transient)):
+    if (
+        cell.method in params.fail_methods
+        and (not fail_epochs or cell.epoch in fail_epochs)
+        and (not transient or state["runs"] <= transient)
+    ):
         raise RuntimeError(f"probe: cell {cell.id} was asked to fail (fail_methods, run {state['runs']})")
     h = hashlib.sha256(f"{cell.method}:{cell.epoch}".encode())
     for i in range(state["step"]):
@@ -46,4 +50,8 @@ def run(cell, ctx) -> dict:
         h.update(str(i).encode())
         state["step"] = i + 1
         write_json(state_file, state)
-    return JobResult(metrics={"steps": steps}, timings={"steps_s": time.perf_counter() - t0}, info={"value": h.hexdigest()[:16], "runs": state["runs"], "resumed_from_step": start_step})
+    return JobResult(
+        metrics={"steps": steps},
+        timings={"steps_s": time.perf_counter() - t0},
+        info={"value": h.hexdigest()[:16], "runs": state["runs"], "resumed_from_step": start_step},
+    )

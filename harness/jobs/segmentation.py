@@ -5,6 +5,7 @@ FCNHead, layer-wise lr decay, iBOT recipe). mmseg's own dataset classes, pipelin
 The whole resolved mmseg config goes into the record. Training state is saved in the cell's work
 directory every `checkpoint_interval` iterations; a requeued job resumes from it.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,25 +36,39 @@ def photometric_where(p, cuda: bool) -> str:
 
 def _pipelines(ds, p, photometric: str):
     crop, scale, test_scale = _scales(ds, p)
-    train = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
-             dict(type="RandomResize", scale=scale, ratio_range=tuple(p.ratio_range), keep_ratio=True),
-             dict(type="SDDRandomCrop", crop_size=crop, cat_max_ratio=0.75), dict(type="RandomFlip", prob=0.5)]
+    train = [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations"),
+        dict(type="RandomResize", scale=scale, ratio_range=tuple(p.ratio_range), keep_ratio=True),
+        dict(type="SDDRandomCrop", crop_size=crop, cat_max_ratio=0.75),
+        dict(type="RandomFlip", prob=0.5),
+    ]
     if photometric == "pipeline":
         train.append(dict(type="PhotoMetricDistortion"))
     train.append(dict(type="PackSegInputs"))
-    test = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=test_scale, keep_ratio=True),
-            dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
+    test = [
+        dict(type="LoadImageFromFile"),
+        dict(type="Resize", scale=test_scale, keep_ratio=True),
+        dict(type="LoadAnnotations"),
+        dict(type="PackSegInputs"),
+    ]
     return train, test, crop
 
 
 def _dataset(ds, root: Path, split: str, pipeline):
     s = ds.splits[split]
-    cfg = dict(type=ds.mmseg_dataset, data_root=str(root), data_prefix=dict(img_path=s.img_dir, seg_map_path=s.ann_dir),
-               img_suffix=ds.img_suffix, seg_map_suffix=ds.seg_map_suffix, reduce_zero_label=ds.reduce_zero_label,
-               pipeline=pipeline,
-               # mmengine serialises the sample list for sharing with workers, behind a gc.collect() that
-               # costs ~0.3 s per dataset in a process holding torch: a list of paths needs no sharing
-               serialize_data=False)
+    cfg = dict(
+        type=ds.mmseg_dataset,
+        data_root=str(root),
+        data_prefix=dict(img_path=s.img_dir, seg_map_path=s.ann_dir),
+        img_suffix=ds.img_suffix,
+        seg_map_suffix=ds.seg_map_suffix,
+        reduce_zero_label=ds.reduce_zero_label,
+        pipeline=pipeline,
+        # mmengine serialises the sample list for sharing with workers, behind a gc.collect() that
+        # costs ~0.3 s per dataset in a process holding torch: a list of paths needs no sharing
+        serialize_data=False,
+    )
     if s.split_file:
         cfg["ann_file"] = s.split_file
     return cfg
@@ -79,12 +94,23 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
     optim, schedulers, precision = _optimiser(kind, p, plan.accumulation, cuda, backbone)
     workers = data_workers(ctx.placement, p.num_workers)
     return dict(
-        default_scope="mmseg", work_dir=str(work_dir), model=model, **_launch(kind, ctx.placement),
-        sdd_run=dict(batch=plan.record(), precision=precision, data_workers=workers, pin_memory=cuda, photometric=photometric,
-                     evaluation_precision=p.test.precision),
+        default_scope="mmseg",
+        work_dir=str(work_dir),
+        model=model,
+        **_launch(kind, ctx.placement),
+        sdd_run=dict(
+            batch=plan.record(),
+            precision=precision,
+            data_workers=workers,
+            pin_memory=cuda,
+            photometric=photometric,
+            evaluation_precision=p.test.precision,
+        ),
         **_data(ds, root, p, train_pipe, test_pipe, plan.per_device, workers, cuda),
-        optim_wrapper=optim, param_scheduler=schedulers,
-        **_runtime(kind, p, work_dir, plan.accumulation, ctx.placement))
+        optim_wrapper=optim,
+        param_scheduler=schedulers,
+        **_runtime(kind, p, work_dir, plan.accumulation, ctx.placement),
+    )
 
 
 def _model(cell, reg, kind: str, info, ds, p, crop, photometric: str) -> tuple[dict, dict]:
@@ -94,10 +120,25 @@ def _model(cell, reg, kind: str, info, ds, p, crop, photometric: str) -> tuple[d
     parts = HEADS[kind](info, p, ds.num_classes, norm, backbone)
     if p.test.precision != "float32":  # evaluation: the backbone under autocast, the heads in float32
         backbone["eval_autocast"] = p.test.precision
-    model = dict(type="SDDEncoderDecoder", window_batch=WINDOW_BATCH,
-                 data_preprocessor=dict(type="SDDSegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0,
-                                        seg_pad_val=255, size=crop, seed=p.seed, photometric=photometric == "device"),
-                 backbone=backbone, train_cfg=dict(), test_cfg=_test_mode(ds, p, crop), **parts)
+    model = dict(
+        type="SDDEncoderDecoder",
+        window_batch=WINDOW_BATCH,
+        data_preprocessor=dict(
+            type="SDDSegDataPreProcessor",
+            mean=MEAN,
+            std=STD,
+            bgr_to_rgb=True,
+            pad_val=0,
+            seg_pad_val=255,
+            size=crop,
+            seed=p.seed,
+            photometric=photometric == "device",
+        ),
+        backbone=backbone,
+        train_cfg=dict(),
+        test_cfg=_test_mode(ds, p, crop),
+        **parts,
+    )
     return model, backbone
 
 
@@ -109,9 +150,20 @@ def _linear_heads(info, p, num_classes: int, norm: dict, backbone: dict) -> dict
     """DINOv2's linear probe: a frozen backbone's last layer, BatchNorm + 1x1 conv."""
     backbone.update(mode="last", frozen=True)
     d = info.dim
-    return dict(decode_head=dict(type="BNHead", in_channels=[d], in_index=[0], input_transform="resize_concat",
-                                 channels=d, dropout_ratio=p.head.dropout, num_classes=num_classes, norm_cfg=norm,
-                                 align_corners=False, loss_decode=_ce()))
+    return dict(
+        decode_head=dict(
+            type="BNHead",
+            in_channels=[d],
+            in_index=[0],
+            input_transform="resize_concat",
+            channels=d,
+            dropout_ratio=p.head.dropout,
+            num_classes=num_classes,
+            norm_cfg=norm,
+            align_corners=False,
+            loss_decode=_ce(),
+        )
+    )
 
 
 def _upernet_heads(info, p, num_classes: int, norm: dict, backbone: dict) -> dict:
@@ -121,12 +173,32 @@ def _upernet_heads(info, p, num_classes: int, norm: dict, backbone: dict) -> dic
     chans = list(info.level_channels)
     dh, ah = p.decode_head, p.auxiliary_head
     parts = dict(
-        decode_head=dict(type="UPerHead", in_channels=chans, in_index=[0, 1, 2, 3], pool_scales=tuple(dh.pool_scales),
-                         channels=dh.channels, dropout_ratio=dh.dropout, num_classes=num_classes, norm_cfg=norm,
-                         align_corners=False, loss_decode=_ce()),
-        auxiliary_head=dict(type="FCNHead", in_channels=chans[ah.in_index], in_index=ah.in_index, channels=ah.channels,
-                            num_convs=ah.num_convs, concat_input=False, dropout_ratio=0.1, num_classes=num_classes,
-                            norm_cfg=norm, align_corners=False, loss_decode=_ce(ah.loss_weight)))
+        decode_head=dict(
+            type="UPerHead",
+            in_channels=chans,
+            in_index=[0, 1, 2, 3],
+            pool_scales=tuple(dh.pool_scales),
+            channels=dh.channels,
+            dropout_ratio=dh.dropout,
+            num_classes=num_classes,
+            norm_cfg=norm,
+            align_corners=False,
+            loss_decode=_ce(),
+        ),
+        auxiliary_head=dict(
+            type="FCNHead",
+            in_channels=chans[ah.in_index],
+            in_index=ah.in_index,
+            channels=ah.channels,
+            num_convs=ah.num_convs,
+            concat_input=False,
+            dropout_ratio=0.1,
+            num_classes=num_classes,
+            norm_cfg=norm,
+            align_corners=False,
+            loss_decode=_ce(ah.loss_weight),
+        ),
+    )
     if info.family == "vit":
         parts["neck"] = dict(type="Feature2Pyramid", embed_dim=info.dim, rescales=list(p.neck_rescales), norm_cfg=norm)
     return parts
@@ -154,35 +226,50 @@ def _optimiser(kind: str, p, k: int, cuda: bool, backbone: dict) -> tuple[dict, 
     iters, warm = sch.iters * k, sch.warmup_iters * k
     schedulers = []
     if warm:
-        schedulers.append(dict(type="LinearLR", start_factor=sch.warmup_ratio, by_epoch=False, begin=0,
-                               end=min(warm, iters)))
-    schedulers.append(dict(type="PolyLR", eta_min=sch.min_lr, power=sch.power, begin=min(warm, iters), end=iters,
-                           by_epoch=False))
-    optim = dict(type="OptimWrapper", accumulative_counts=k,
-                 optimizer=dict(type="AdamW", lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas)))
+        schedulers.append(
+            dict(type="LinearLR", start_factor=sch.warmup_ratio, by_epoch=False, begin=0, end=min(warm, iters))
+        )
+    schedulers.append(
+        dict(type="PolyLR", eta_min=sch.min_lr, power=sch.power, begin=min(warm, iters), end=iters, by_epoch=False)
+    )
+    optim = dict(
+        type="OptimWrapper",
+        accumulative_counts=k,
+        optimizer=dict(type="AdamW", lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas)),
+    )
     if not backbone["frozen"]:
-        optim.update(constructor="SDDParamGroupsConstructor",
-                     paramwise_cfg=dict(layer_decay_rate=getattr(opt, "layer_decay_rate", 1.0),
-                                        backbone_prefix="backbone."))
+        optim.update(
+            constructor="SDDParamGroupsConstructor",
+            paramwise_cfg=dict(layer_decay_rate=getattr(opt, "layer_decay_rate", 1.0), backbone_prefix="backbone."),
+        )
     precision = p.precision or ("bfloat16" if cuda and _bf16() else "float16" if cuda else "float32")
     if backbone["frozen"]:  # the frozen backbone alone runs in low precision (no_grad + autocast); the head in float32
         if precision != "float32":
             backbone["autocast"] = precision
         precision = {"backbone": precision, "head": "float32"}
     elif precision != "float32":  # fine-tuning: mmengine's AMP, autocast forward, (scaled) float32 master weights
-        optim.update(type="AmpOptimWrapper", dtype=precision, **({"loss_scale": "dynamic"} if precision == "float16" else {}))
+        optim.update(
+            type="AmpOptimWrapper", dtype=precision, **({"loss_scale": "dynamic"} if precision == "float16" else {})
+        )
     return optim, schedulers, precision
 
 
 def _data(ds, root: Path, p, train_pipe, test_pipe, per_device: int, workers: int, cuda: bool) -> dict:
     def loader(split, pipe, bs, shuffle):
-        return dict(batch_size=bs, num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda,
-                    sampler=dict(type="InfiniteSampler" if shuffle else "DefaultSampler", shuffle=shuffle),
-                    dataset=_dataset(ds, root, split, pipe))
+        return dict(
+            batch_size=bs,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=cuda,
+            sampler=dict(type="InfiniteSampler" if shuffle else "DefaultSampler", shuffle=shuffle),
+            dataset=_dataset(ds, root, split, pipe),
+        )
 
-    return dict(train_dataloader=loader("train", train_pipe, per_device, True),
-                val_dataloader=loader("val", test_pipe, p.val_batch_size, False),
-                val_evaluator=dict(type="SDDIoUMetric", iou_metrics=["mIoU"]))
+    return dict(
+        train_dataloader=loader("train", train_pipe, per_device, True),
+        val_dataloader=loader("val", test_pipe, p.val_batch_size, False),
+        val_evaluator=dict(type="SDDIoUMetric", iou_metrics=["mIoU"]),
+    )
 
 
 def _launch(kind: str, placement) -> dict:
@@ -193,9 +280,13 @@ def _launch(kind: str, placement) -> dict:
     # a fine-tuned backbone has parameters no loss reaches (e.g. a ViT's final norm when UperNet reads
     # intermediate blocks): DDP must not wait for their gradients
     unused = kind != "linear"
-    if placement.accelerator != "cuda":  # DDP of a CPU module takes no device ids (mmengine's default passes LOCAL_RANK)
-        return dict(launcher="pytorch", model_wrapper_cfg=dict(type="MMDistributedDataParallel", device_ids=None,
-                                                               find_unused_parameters=unused))
+    if (
+        placement.accelerator != "cuda"
+    ):  # DDP of a CPU module takes no device ids (mmengine's default passes LOCAL_RANK)
+        return dict(
+            launcher="pytorch",
+            model_wrapper_cfg=dict(type="MMDistributedDataParallel", device_ids=None, find_unused_parameters=unused),
+        )
     return dict(launcher="pytorch", find_unused_parameters=unused)
 
 
@@ -205,18 +296,32 @@ def _runtime(kind: str, p, work_dir: Path, k: int, placement) -> dict:
     return dict(
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
         val_cfg=dict(type="ValLoop"),
-        default_hooks=dict(timer=dict(type="IterTimerHook"),
-                           logger=dict(type="LoggerHook", interval=p.log_interval * k, log_metric_by_epoch=False),
-                           param_scheduler=dict(type="ParamSchedulerHook"), checkpoint=None,
-                           sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[dict(type="SDDFiniteLossHook"),
-                      dict(type="SDDResumeHook", path=str(work_dir / "resume.pth"), interval=p.checkpoint_interval * k,
-                           skip_prefixes=skip)],
-        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-                     dist_cfg=dict(backend=placement.backend or "nccl")),
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"),
+            logger=dict(type="LoggerHook", interval=p.log_interval * k, log_metric_by_epoch=False),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=None,
+            sampler_seed=dict(type="DistSamplerSeedHook"),
+        ),
+        custom_hooks=[
+            dict(type="SDDFiniteLossHook"),
+            dict(
+                type="SDDResumeHook",
+                path=str(work_dir / "resume.pth"),
+                interval=p.checkpoint_interval * k,
+                skip_prefixes=skip,
+            ),
+        ],
+        env_cfg=dict(
+            cudnn_benchmark=False,
+            mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+            dist_cfg=dict(backend=placement.backend or "nccl"),
+        ),
         # INFO: the loss, lr and iteration lines and the final mIoU go to the cell's own log (a file, never the
         # terminal); mmengine also keeps its own copy under the work folder (the record's `library_logs`)
-        log_processor=dict(by_epoch=False), log_level="INFO", randomness=dict(seed=p.seed),
+        log_processor=dict(by_epoch=False),
+        log_level="INFO",
+        randomness=dict(seed=p.seed),
         visualizer=dict(type="SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
     )
 
@@ -258,20 +363,44 @@ def run(cell, ctx) -> dict:
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     data_share = _data_share(runner.message_hub)
     lrs = sorted({round(g.get("initial_lr", g["lr"]), 12) for g in runner.optim_wrapper.optimizer.param_groups})
-    return JobResult(metrics={**summary, "IoU": per_class}, library_logs=[str(mm_adapter.library_log(runner))], timings={"data_check_s": t_check - t0, "build_s": t_build - t_check, "train_s": t_train - t_build, "val_s": t_val - t_train,
-                        "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from) / k
-                        / max(t_train - t_build, 1e-9),
-                        "data_wait_share": data_share, "val_images": len(runner.val_dataloader.dataset)}, info={"data_check": data_check, "prediction": prediction, "checkpoint": backbone.loaded, "backbone_frozen": backbone.frozen, "trainable_params": trainable, "resumed_from_iter": resume.resumed_from // k, "initial_lrs": lrs, "iters": cfg["train_cfg"]["max_iters"] // k, "forward_iters": cfg["train_cfg"]["max_iters"], **run_info, "mmseg_config": _jsonable(cfg)})
+    return JobResult(
+        metrics={**summary, "IoU": per_class},
+        library_logs=[str(mm_adapter.library_log(runner))],
+        timings={
+            "data_check_s": t_check - t0,
+            "build_s": t_build - t_check,
+            "train_s": t_train - t_build,
+            "val_s": t_val - t_train,
+            "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from) / k / max(t_train - t_build, 1e-9),
+            "data_wait_share": data_share,
+            "val_images": len(runner.val_dataloader.dataset),
+        },
+        info={
+            "data_check": data_check,
+            "prediction": prediction,
+            "checkpoint": backbone.loaded,
+            "backbone_frozen": backbone.frozen,
+            "trainable_params": trainable,
+            "resumed_from_iter": resume.resumed_from // k,
+            "initial_lrs": lrs,
+            "iters": cfg["train_cfg"]["max_iters"] // k,
+            "forward_iters": cfg["train_cfg"]["max_iters"],
+            **run_info,
+            "mmseg_config": _jsonable(cfg),
+        },
+    )
 
 
 def _prediction(metrics: dict) -> tuple[dict, dict]:
     """(the metrics, how the predictions spread over the classes): a probe that predicts one class almost
     everywhere is named in the record and in the cell log."""
-    prediction = {k[len("_pred."):]: v for k, v in metrics.items() if k.startswith("_pred.")}
+    prediction = {k[len("_pred.") :]: v for k, v in metrics.items() if k.startswith("_pred.")}
     metrics = {k: v for k, v in metrics.items() if not k.startswith("_pred.")}
     if prediction.get("dominant_share", 0) >= DEGENERATE_SHARE:
-        prediction["degenerate"] = (f"predicts '{prediction['dominant_class']}' on "
-                                    f"{100 * prediction['dominant_share']:.1f}% of the validation pixels")
+        prediction["degenerate"] = (
+            f"predicts '{prediction['dominant_class']}' on "
+            f"{100 * prediction['dominant_share']:.1f}% of the validation pixels"
+        )
         print(f"warning: the probe {prediction['degenerate']}")
     return metrics, prediction
 

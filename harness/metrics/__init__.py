@@ -1,6 +1,7 @@
 """Representation metrics: pure functions of tensors (no registry, no models, no jobs).
 
 `compute_all` evaluates every metric of the `metrics` protocol on one checkpoint's features."""
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,9 @@ def token_subsample(dense: torch.Tensor, per_image: int, seed: int) -> torch.Ten
     return dense[torch.arange(b, device=dense.device)[:, None], idx].reshape(-1, d)
 
 
-def compute_all(dense: torch.Tensor, params, views: torch.Tensor | None = None,
-                embeddings: torch.Tensor | None = None) -> tuple[dict, dict, dict]:
+def compute_all(
+    dense: torch.Tensor, params, views: torch.Tensor | None = None, embeddings: torch.Tensor | None = None
+) -> tuple[dict, dict, dict]:
     """(metrics: flat floats, details: spectra and fit ranges, seconds per metric) of [images, tokens, d].
     The dense metrics (DSE, W2, -L_U, the dense spectrum) read the patch tokens; the image-level ones
     (RankMe, effective rank, alpha-ReQ, the spectrum, LiDAR's views) read `embeddings` [images, d], the
@@ -52,22 +54,40 @@ def compute_all(dense: torch.Tensor, params, views: torch.Tensor | None = None,
         return out
 
     d = params.dse
-    r = timed("dse", lambda: dse_estimator.dse(dense, batch_size=params.batch_size, mode=d.mode, iters=d.kmeans_iters,
-                                               tol=d.kmeans_tol, local_clusters=d.local_clusters,
-                                               global_clusters=d.global_clusters, group_size=d.group_size,
-                                               normalize=d.normalize, seed=d.seed))
-    m = {"dse": r.dse, "dse_inter": r.inter, "dse_intra_image": r.intra_image, "dse_intra_batch": r.intra_batch,
-         "dse_dim": r.dim, "dse_separability": r.separability, "dense_rankme": r.dim}
+    r = timed(
+        "dse",
+        lambda: dse_estimator.dse(
+            dense,
+            batch_size=params.batch_size,
+            mode=d.mode,
+            iters=d.kmeans_iters,
+            tol=d.kmeans_tol,
+            local_clusters=d.local_clusters,
+            global_clusters=d.global_clusters,
+            group_size=d.group_size,
+            normalize=d.normalize,
+            seed=d.seed,
+        ),
+    )
+    m = {
+        "dse": r.dse,
+        "dse_inter": r.inter,
+        "dse_intra_image": r.intra_image,
+        "dse_intra_batch": r.intra_batch,
+        "dse_dim": r.dim,
+        "dse_separability": r.separability,
+        "dense_rankme": r.dim,
+    }
     tokens = token_subsample(dense, params.tokens_per_image, seed)
     ucfg = params.uniformity
+
     def w2():
         mom = normalised_moments(tokens)  # shared with the dense spectrum below
         return mom, w2_uniformity(moments=mom)
 
     moments, m["w2"] = timed("w2", w2)
     m["neg_w2"] = -m["w2"]
-    m["neg_lu"] = timed("lu", lambda: lu_uniformity(tokens, t=ucfg.t, max_vectors=ucfg.max_vectors,
-                                                    seed=seed))
+    m["neg_lu"] = timed("lu", lambda: lu_uniformity(tokens, t=ucfg.t, max_vectors=ucfg.max_vectors, seed=seed))
     emb = embeddings if embeddings is not None else dense.mean(dim=1)
     m["rankme"] = timed("rankme", lambda: rankme(emb))
     m["effective_rank"] = effective_rank(emb)

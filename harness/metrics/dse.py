@@ -31,6 +31,7 @@ rank-deficient clusters; equal to float64 SVDs to ~1e-6).
   all N. It differs from parity through k-means local optima (within parity's own seed-to-seed
   spread) and the slot sample (~1e-4 relative).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -71,12 +72,14 @@ def check_features(z: torch.Tensor, *, min_tokens: int = 1) -> None:
     if z.ndim != 3:
         raise ValueError(f"dense features must be [images, tokens, dim], got shape {tuple(z.shape)}")
     if z.shape[0] < 1 or z.shape[1] < min_tokens:
-        raise ValueError(f"need at least 1 image and {min_tokens} tokens per image (k-means clusters), "
-                         f"got {z.shape[0]} images x {z.shape[1]} tokens")
+        raise ValueError(
+            f"need at least 1 image and {min_tokens} tokens per image (k-means clusters), "
+            f"got {z.shape[0]} images x {z.shape[1]} tokens"
+        )
     per = max(1, (16 << 20) // max(1, z.shape[1] * z.shape[2] * 4))
     # one float32 sum per slice (no mask the size of the features, no float16 overflow); a slice whose
     # sum is not finite holds a NaN/inf or overflows, and only then the values are counted
-    if all(torch.isfinite(z[i:i + per].float().sum()) for i in range(0, len(z), per)):
+    if all(torch.isfinite(z[i : i + per].float().sum()) for i in range(0, len(z), per)):
         return
     bad = (~torch.isfinite(z)).sum().item()
     if bad:
@@ -122,8 +125,9 @@ def _deflate(gram: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     p = (gram @ v[..., None]).squeeze(-1) * beta[:, None]
     q = p - (0.5 * beta * (v * p).sum(-1))[:, None] * v
     # P G P = G - v qᵀ - q vᵀ, one rank-2 update, kept only past the first row and column
-    return torch.baddbmm(gram[:, 1:, 1:], torch.stack([v, q], dim=2)[:, 1:], torch.stack([q, v], dim=1)[:, :, 1:],
-                         alpha=-1)
+    return torch.baddbmm(
+        gram[:, 1:, 1:], torch.stack([v, q], dim=2)[:, 1:], torch.stack([q, v], dim=1)[:, :, 1:], alpha=-1
+    )
 
 
 def _cluster_eigs(centred: torch.Tensor, sizes: torch.Tensor, deflate: bool = True) -> torch.Tensor:
@@ -145,16 +149,28 @@ def _chunk_bounds(sizes: list[int], start: int, d: int, row_bytes: int, max_byte
     bounds, c0, q = [], start, len(sizes)
     while c0 < q:
         c1 = c0 + 1
-        while (c1 < q and (c1 - c0 + 1) * sizes[c1] * row_bytes <= max_bytes and (sizes[c1] <= d) == (sizes[c0] <= d)
-               and (c1 - c0 < 16 or sizes[c1] <= 1.25 * sizes[c0])):
+        while (
+            c1 < q
+            and (c1 - c0 + 1) * sizes[c1] * row_bytes <= max_bytes
+            and (sizes[c1] <= d) == (sizes[c0] <= d)
+            and (c1 - c0 < 16 or sizes[c1] <= 1.25 * sizes[c0])
+        ):
             c1 += 1
         bounds.append((c0, c1))
         c0 = c1
     return bounds
 
 
-def cluster_radii(tokens: torch.Tensor, scale: torch.Tensor | None, rows: torch.Tensor, cid: torch.Tensor, q: int, *,
-                  float32_centring: bool = False, max_bytes: int = 16 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+def cluster_radii(
+    tokens: torch.Tensor,
+    scale: torch.Tensor | None,
+    rows: torch.Tensor,
+    cid: torch.Tensor,
+    q: int,
+    *,
+    float32_centring: bool = False,
+    max_bytes: int = 16 << 20,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Radius of each of q clusters: nuclear norm of the centred cluster / sqrt(max(n-1, d)) (float64
     [q]), and whether it is defined (> 1 point). Cluster j holds the points tokens[rows[i]] *
     scale[rows[i]] (scale: inverse norms, or ones; None: each row divided by its norm as F.normalize
@@ -225,8 +241,9 @@ def _inter(x: torch.Tensor, labels: torch.Tensor, c: torch.Tensor, xb: torch.Ten
     return dist.min(dim=-1).values.mean(dim=-1)
 
 
-def effective_dim(z: torch.Tensor, scale: torch.Tensor | None, perms: torch.Tensor, *,
-                  max_bytes: int = 24 << 20) -> float:
+def effective_dim(
+    z: torch.Tensor, scale: torch.Tensor | None, perms: torch.Tensor, *, max_bytes: int = 24 << 20
+) -> float:
     """Mean over slots of erank(one token per image, uncentred B×d) / min(B, d); perms [B, m] gives the
     token of each image in each of the m slots, scale [B, N] the tokens' inverse norms or ones (None:
     F.normalize, as the reference).
@@ -238,7 +255,7 @@ def effective_dim(z: torch.Tensor, scale: torch.Tensor | None, perms: torch.Tens
     per = max(1, max_bytes // (b * d * 4))
     out = []
     for j0 in range(0, perms.shape[1], per):
-        idx = perms[:, j0:j0 + per].T  # [c, B]
+        idx = perms[:, j0 : j0 + per].T  # [c, B]
         img = torch.arange(b, device=z.device)[None, :]
         slots = z[img, idx].float()  # [c, B, d], rows copied whole
         slots = F.normalize(slots, dim=-1) if scale is None else slots.mul_(scale[img, idx][..., None])
@@ -265,10 +282,21 @@ def _reference_perms(b: int, n: int, seed: int, last_problem_size: int, device) 
 # ---------------------------------------------------------------------------------------------
 
 
-def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3, global_clusters: int = 24,
-              group_size: int | None = None, normalize: bool = True, iters: int = 20, tol: float = 1e-4,
-              seed: int = 0, slots: int | None = None, checked: bool = False,
-              chunk_bytes: int = 16 << 20) -> dict[str, float]:
+def dse_batch(
+    z: torch.Tensor,
+    *,
+    mode: str = "parity",
+    local_clusters: int = 3,
+    global_clusters: int = 24,
+    group_size: int | None = None,
+    normalize: bool = True,
+    iters: int = 20,
+    tol: float = 1e-4,
+    seed: int = 0,
+    slots: int | None = None,
+    checked: bool = False,
+    chunk_bytes: int = 16 << 20,
+) -> dict[str, float]:
     """The five DSE numbers of one batch of images ([B, N, d]).
 
     The batch is streamed in chunks of whole groups of images (about `chunk_bytes` of float32 tokens):
@@ -293,22 +321,23 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
     scale = torch.ones(b, n, device=z.device)
     mu = torch.zeros(d, dtype=torch.float64, device=z.device)
     for c0 in range(0, b, per):
-        x = z[c0:c0 + per].float()
+        x = z[c0 : c0 + per].float()
         if normalize:
-            scale[c0:c0 + per] = 1 / x.norm(dim=-1).clamp_min(1e-12)
-        mu += (scale[c0:c0 + per].reshape(1, -1) @ x.reshape(-1, d)).squeeze(0)
+            scale[c0 : c0 + per] = 1 / x.norm(dim=-1).clamp_min(1e-12)
+        mu += (scale[c0 : c0 + per].reshape(1, -1) @ x.reshape(-1, d)).squeeze(0)
     mu = (mu / (b * n)).float()
 
     def chunks():
         for c0 in range(0, b, per):
-            x = z[c0:c0 + per].float()
+            x = z[c0 : c0 + per].float()
             if normalize:  # parity divides as the reference; fast multiplies by the inverse norms
-                x = F.normalize(x, dim=-1) if exact else x * scale[c0:c0 + per, :, None]
+                x = F.normalize(x, dim=-1) if exact else x * scale[c0 : c0 + per, :, None]
             yield c0, x
 
     gen = torch.Generator().manual_seed(seed)  # CPU draws on every device: values independent of the device
     lowp = lowp_dtype(z.device)
     if not exact:  # every problem's randomness drawn up front: results independent of the streaming
+
         def draws(problems, k, size):
             u = torch.rand(problems, k, generator=gen).to(z.device)
             return u, (torch.rand(problems, size, generator=gen).to(z.device) if size > SEED_POINTS else None)
@@ -321,12 +350,13 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
     for c0, x in chunks():
         c1 = c0 + len(x)
         l2_sum += (x - mu).norm(dim=-1).sum(dtype=torch.float64).item()
-        xb = None if exact else x.to(lowp)
+        xb = x if exact else x.to(lowp)  # the tokens the fast mode's k-means reads (unused in parity mode)
         if exact:
             local_lab[c0:c1] = lloyd(x, kmeanspp_parity(x, kl, seed), iters, tol)[0]
         else:
-            local_lab[c0:c1] = kmeans_batched(xb, kl, u_local[c0:c1], keys_local if keys_local is None
-                                           else keys_local[c0:c1], iters, tol)[0]
+            local_lab[c0:c1] = kmeans_batched(
+                xb, kl, u_local[c0:c1], keys_local if keys_local is None else keys_local[c0:c1], iters, tol
+            )[0]
         full = (len(x) // group) * group  # whole groups, then the batch's last partial group
         parts = [(0, full, group * n)] if full else []
         if full < len(x):
@@ -338,12 +368,19 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
             if exact:
                 glab, gc = lloyd(xs, kmeanspp_parity(xs, kg, seed), iters, tol)
             else:
-                glab, gc = kmeans_batched(xb[i0:i1].reshape(-1, size, d), kg, u_global[g0:g1],
-                                       None if keys_global is None else keys_global[g0:g1], iters, tol)
+                glab, gc = kmeans_batched(
+                    xb[i0:i1].reshape(-1, size, d),
+                    kg,
+                    u_global[g0:g1],
+                    None if keys_global is None else keys_global[g0:g1],
+                    iters,
+                    tol,
+                )
                 gc = centroids(xs, glab, gc)  # the updated centroids, from the float32 tokens
-            inter_sum += _inter(xs, glab, gc, None if exact else xb[i0:i1].reshape(-1, size, d)).sum(
-                dtype=torch.float64).item()
-            global_lab[(c0 + i0) * n:(c0 + i1) * n] = glab.reshape(-1)
+            inter_sum += (
+                _inter(xs, glab, gc, None if exact else xb[i0:i1].reshape(-1, size, d)).sum(dtype=torch.float64).item()
+            )
+            global_lab[(c0 + i0) * n : (c0 + i1) * n] = glab.reshape(-1)
     avg_l2 = l2_sum / (b * n)
     if avg_l2 == 0:
         raise ValueError("all tokens are identical (avg_l2 = 0): DSE is undefined for fully collapsed features")
@@ -354,34 +391,48 @@ def dse_batch(z: torch.Tensor, *, mode: str = "parity", local_clusters: int = 3,
     cid_local = (torch.arange(b, device=z.device)[:, None] * kl + local_lab).reshape(-1)
     cid_global = b * kl + tok // (group * n) * kg + global_lab
     exact_rows = None if exact and normalize else scale  # parity: normalised by division, as the reference
-    rad, valid = cluster_radii(flat, exact_rows, torch.cat([tok, tok]), torch.cat([cid_local, cid_global]),
-                               b * kl + len(sizes) * kg, float32_centring=exact)
-    css, ok = rad[:b * kl].view(b, kl), valid[:b * kl].view(b, kl)
+    rad, valid = cluster_radii(
+        flat,
+        exact_rows,
+        torch.cat([tok, tok]),
+        torch.cat([cid_local, cid_global]),
+        b * kl + len(sizes) * kg,
+        float32_centring=exact,
+    )
+    css, ok = rad[: b * kl].view(b, kl), valid[: b * kl].view(b, kl)
     nvalid = ok.sum(dim=1)
     per_img = torch.where(nvalid > 0, (css * ok).sum(dim=1) / nvalid.clamp_min(1), torch.ones_like(css[:, 0]))
     intra_image = per_img.mean().item()
-    gvalid = valid[b * kl:]
-    intra_batch = rad[b * kl:][gvalid].mean().item() if gvalid.any() else 1.0
+    gvalid = valid[b * kl :]
+    intra_batch = rad[b * kl :][gvalid].mean().item() if gvalid.any() else 1.0
     inter = inter_sum / len(sizes)
 
     if exact:
         perms = _reference_perms(b, n, seed, sizes[-1], z.device)
     else:
-        perms = torch.rand(b, n, generator=gen).argsort(dim=1)[:, :slots or FAST_SLOTS].to(z.device)
+        perms = torch.rand(b, n, generator=gen).argsort(dim=1)[:, : slots or FAST_SLOTS].to(z.device)
     dim = effective_dim(z, exact_rows, perms)
 
     intra_image /= avg_l2
     intra_batch /= avg_l2
     inter /= avg_l2
-    return {"dse": inter + dim - (intra_batch + intra_image) / 2, "inter": inter, "intra_image": intra_image,
-            "intra_batch": intra_batch, "dim": dim}
+    return {
+        "dse": inter + dim - (intra_batch + intra_image) / 2,
+        "inter": inter,
+        "intra_image": intra_image,
+        "intra_batch": intra_batch,
+        "dim": dim,
+    }
 
 
 def dse(features: torch.Tensor, *, batch_size: int = 1024, mode: str = "parity", **kw) -> DSEResult:
     """DSE of [images, tokens, dim] features: per batch of `batch_size` images, averaged over batches."""
     check_features(features, min_tokens=kw.get("local_clusters", 3))
-    rows = [dse_batch(features[i:i + batch_size], mode=mode, checked=True, **kw) for i in range(0, len(features), batch_size)]
+    rows = [
+        dse_batch(features[i : i + batch_size], mode=mode, checked=True, **kw)
+        for i in range(0, len(features), batch_size)
+    ]
     avg = {k: sum(r[k] for r in rows) / len(rows) for k in COMPONENTS}
-    return DSEResult(**avg, separability=avg["inter"] - (avg["intra_batch"] + avg["intra_image"]) / 2,
-                     batches=len(rows), mode=mode)
-
+    return DSEResult(
+        **avg, separability=avg["inter"] - (avg["intra_batch"] + avg["intra_image"]) / 2, batches=len(rows), mode=mode
+    )

@@ -11,6 +11,7 @@ Deliberate difference: the official regulariser reseeds the *global* RNG on ever
 resets the training's augmentation and dropout randomness); here k-means draws from a private
 generator, so training randomness is untouched.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,16 +44,28 @@ def _radii(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor,
 class DSELoss(nn.Module):
     """Returns DSE (higher = better dense structure) of [B, N, d] tokens as a differentiable scalar."""
 
-    def __init__(self, local_clusters: int = 3, global_clusters: int = 24, normalize: bool = True,
-                 iters: int = 20, tol: float = 1e-4, seed: int = 0):
+    def __init__(
+        self,
+        local_clusters: int = 3,
+        global_clusters: int = 24,
+        normalize: bool = True,
+        iters: int = 20,
+        tol: float = 1e-4,
+        seed: int = 0,
+    ):
         super().__init__()
         self.kl, self.kg, self.normalize, self.iters, self.tol = local_clusters, global_clusters, normalize, iters, tol
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
     def _labels(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        gen = self.generator if x.device.type == "cpu" else torch.Generator(device=x.device).manual_seed(
-            int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+        gen = (
+            self.generator
+            if x.device.type == "cpu"
+            else torch.Generator(device=x.device).manual_seed(
+                int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+            )
+        )
         p, n, _ = x.shape
         u = torch.rand(p, k, generator=gen, device=x.device)
         keys = torch.rand(p, n, generator=gen, device=x.device) if n > SEED_POINTS else None

@@ -12,6 +12,7 @@ with the previous centroids) next to the updated centroids.
   between two centroids can be assigned differently, so it finds a k-means optimum of the same
   problem, not the same one.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,7 @@ def kmeanspp_parity(x: torch.Tensor, k: int, seed: int, cache_bytes: int = 32 <<
     per = max(1, cache_bytes // max(1, n * d * x.element_size()))
     out = []
     for s0 in range(0, p, per):
-        xs = x[s0:s0 + per]
+        xs = x[s0 : s0 + per]
         q = xs.shape[0]
         # the CPU generator on every device: the same draws, so the same clusters, wherever it runs
         gens = [torch.Generator().manual_seed(seed) for _ in range(q)]
@@ -44,8 +45,13 @@ def kmeanspp_parity(x: torch.Tensor, k: int, seed: int, cache_bytes: int = 32 <<
         xx = (xs * xs).sum(-1)
 
         def to(c):  # what cdist computes for large inputs: sqrt(clamp(|x|² - 2 x·c + |c|²))
-            return torch.baddbmm(xx[:, None], c[:, None], xs.transpose(1, 2), alpha=-2).squeeze(1).add_(
-                (c * c).sum(-1)[:, None]).clamp_min_(0).sqrt_()
+            return (
+                torch.baddbmm(xx[:, None], c[:, None], xs.transpose(1, 2), alpha=-2)
+                .squeeze(1)
+                .add_((c * c).sum(-1)[:, None])
+                .clamp_min_(0)
+                .sqrt_()
+            )
 
         dist = to(cents[0])  # [q, n]
         for _ in range(1, k):
@@ -69,7 +75,7 @@ def _kmeanspp_draws(x: torch.Tensor, k: int, u: torch.Tensor, dist) -> torch.Ten
     for j in range(1, k):
         cdf = dmin.cumsum(dim=1)
         total = cdf[:, -1:]
-        idx = torch.searchsorted(cdf, u[:, j:j + 1] * total).squeeze(1).clamp_max(n - 1)
+        idx = torch.searchsorted(cdf, u[:, j : j + 1] * total).squeeze(1).clamp_max(n - 1)
         flat = total.squeeze(1) <= 0  # degenerate problem (every point identical): uniform
         idx = torch.where(flat, (u[:, j] * n).long().clamp_max(n - 1), idx)
         cents.append(x[ar, idx])
@@ -117,8 +123,9 @@ def _lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float, step) -> tu
     return labels, c
 
 
-def cluster_means(x: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor,
-                  problems: torch.Tensor | None = None) -> torch.Tensor:
+def cluster_means(
+    x: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor, problems: torch.Tensor | None = None
+) -> torch.Tensor:
     """X[labels == j].mean(dim=0) for every problem and cluster j, rounded as the reference rounds it
     (an empty cluster keeps its `previous` centroid). x: [P, n, d] tokens; labels [w, n] and previous
     [w, k, d] belong to the problems `problems` (default: all P). Rounding matters where points are
@@ -159,6 +166,7 @@ def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int, tol: float) -> tuple[tor
     k = c.shape[1]
     tokens = x
     if n <= 25 and k <= 25:  # cdist's direct (not matrix-product) path
+
         def step(xw, cw, idx):
             lab = torch.cdist(xw, cw).argmin(dim=-1)
             return lab, cluster_means(tokens, lab, cw, idx)
@@ -179,15 +187,18 @@ def lowp_dtype(device: torch.device) -> torch.dtype:
     else float32: emulated bfloat16 products would be slower than float32 ones."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    native = any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    native = any(
+        getattr(torch.cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
     return torch.bfloat16 if native else torch.float32
 
 
 SEED_POINTS = 512  # fast-mode k-means++ seeds from at most this many points per problem
 
 
-def kmeans_batched(x: torch.Tensor, k: int, u: torch.Tensor, keys: torch.Tensor | None, iters: int,
-                tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans_batched(
+    x: torch.Tensor, k: int, u: torch.Tensor, keys: torch.Tensor | None, iters: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means++ then Lloyd on tokens [P, n, d], in their dtype (fast mode passes `lowp_dtype`, bfloat16
     where native): labels [P, n] and float32 centroids [P, k, d].
 
@@ -200,6 +211,8 @@ def kmeans_batched(x: torch.Tensor, k: int, u: torch.Tensor, keys: torch.Tensor 
     p, n, d = x.shape
     m = min(n, SEED_POINTS)
     if m < n:
+        if keys is None:
+            raise ValueError(f"{n} points per problem need the random keys of the seeding subsample")
         pick = keys[:, :n].argsort(dim=1)[:, :m]
         cand = x[torch.arange(p, device=x.device)[:, None], pick]
     else:
@@ -218,8 +231,11 @@ def kmeans_batched(x: torch.Tensor, k: int, u: torch.Tensor, keys: torch.Tensor 
         w = len(idx)
         onehot = torch.zeros(w, k, n, dtype=x.dtype, device=x.device).scatter_(1, lab[:, None, :], 1.0)
         sums = torch.bmm(onehot, xw).float()
-        counts = torch.bincount((torch.arange(w, device=x.device)[:, None] * k + lab).reshape(-1),
-                                minlength=w * k).view(w, k).float()
+        counts = (
+            torch.bincount((torch.arange(w, device=x.device)[:, None] * k + lab).reshape(-1), minlength=w * k)
+            .view(w, k)
+            .float()
+        )
         return lab, torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], cw)
 
     return _lloyd(x, c0, iters, tol, step)

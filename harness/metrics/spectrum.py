@@ -12,6 +12,7 @@
 - `singular_spectrum`: log singular values of the covariance of L2-normalised embeddings (DirectCLR),
   and the number of collapsed dimensions below a threshold.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,9 +37,15 @@ def normalised_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int
     return mu, xc.T @ xc / len(x), len(x)
 
 
+def _rows(z: torch.Tensor | None) -> torch.Tensor:
+    if z is None:
+        raise ValueError("give the rows z, or their moments")
+    return z
+
+
 def w2_uniformity(z: torch.Tensor | None = None, *, moments: tuple | None = None) -> float:
     """W2 distance to N(0, I/m) of the L2-normalised rows (lower = more uniform)."""
-    mu, cov, _ = moments if moments is not None else normalised_moments(z)
+    mu, cov, _ = moments if moments is not None else normalised_moments(_rows(z))
     m = len(mu)
     ev = torch.linalg.eigvalsh(cov).clamp_min(0)
     w2sq = mu.dot(mu) + 1 + cov.trace() - 2 / math.sqrt(m) * ev.sqrt().sum()
@@ -55,12 +62,13 @@ def lu_uniformity(z: torch.Tensor, t: float = 2.0, max_vectors: int = 10000, see
     n = len(x)
     parts = []
     for s0 in range(0, n - 1, 512):  # 512 x 10,000 float32 blocks stay below glibc's mmap threshold (reused)
-        block = x[s0:s0 + 512]
+        block = x[s0 : s0 + 512]
         m = len(block)
-        logits = (block @ x[s0 + 1:].T).mul_(2 * t)
+        logits = (block @ x[s0 + 1 :].T).mul_(2 * t)
         w = min(m, logits.shape[1])  # column c is vector s0 + 1 + c: pairs j <= i sit in the first m columns
-        logits[:, :w].masked_fill_(torch.arange(w, device=x.device)[None, :] < torch.arange(m, device=x.device)[:, None],
-                                   float("-inf"))
+        logits[:, :w].masked_fill_(
+            torch.arange(w, device=x.device)[None, :] < torch.arange(m, device=x.device)[:, None], float("-inf")
+        )
         parts.append(torch.logsumexp(logits.flatten(), dim=0).double())
     pairs = n * (n - 1) / 2
     return -(torch.logsumexp(torch.stack(parts), dim=0) - 2 * t - math.log(pairs)).item()
@@ -92,18 +100,19 @@ def alpha_req(z: torch.Tensor, fit_min: int = 11, fit_max: int = 100) -> dict:
     if hi - fit_min < 2:
         raise ValueError(f"alpha-ReQ: only {hi} positive eigenvalues, need ranks {fit_min}..{fit_max}")
     ranks = torch.arange(fit_min, hi + 1, dtype=torch.float64, device=ev.device)
-    y = ev[fit_min - 1:hi].log()
+    y = ev[fit_min - 1 : hi].log()
     a = torch.stack([-ranks.log(), torch.ones_like(ranks)], dim=1)
     w = (1 / ranks).sqrt()[:, None]
     sol = torch.linalg.lstsq(a * w, y[:, None] * w).solution
     return {"alpha": sol[0, 0].item(), "fit_ranks": [fit_min, hi]}
 
 
-def singular_spectrum(z: torch.Tensor | None = None, collapse_threshold: float = 1e-6, *,
-                      moments: tuple | None = None) -> dict:
+def singular_spectrum(
+    z: torch.Tensor | None = None, collapse_threshold: float = 1e-6, *, moments: tuple | None = None
+) -> dict:
     """log singular values (descending) of the covariance of L2-normalised rows, and the number of
     dimensions whose singular value is below `collapse_threshold` times the largest."""
-    _, cov, n = moments if moments is not None else normalised_moments(z)
+    _, cov, n = moments if moments is not None else normalised_moments(_rows(z))
     # the unbiased covariance (torch.cov) is symmetric PSD: its singular values are |eigenvalues|
     s = (torch.linalg.eigvalsh(cov * (n / (n - 1))).abs()).sort(descending=True).values
     collapsed = int((s < collapse_threshold * s[0]).sum())
@@ -123,7 +132,7 @@ def lidar(views: torch.Tensor, delta: float = 1e-6, eps: float = 1e-7) -> float:
     means = []
     step = max(1, (16 << 20) // (q * d * 8))  # float64 slices of ~16 MB: no copy of all views at once
     for i in range(0, n, step):
-        e = views[i:i + step].double()
+        e = views[i : i + step].double()
         means.append(e.mean(dim=1))
         within = (e - means[-1][:, None]).reshape(-1, d)
         sw += within.T @ within

@@ -5,6 +5,7 @@ in DINO / MoCo v3 / MAE formats) -> the `mini` suite through `sdd submit` on the
 progress -> collect -> tables, figures, REPORT.md -> the Kendall-τ and SDD tables. Every step is
 cached, so a second run finds everything done.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,8 +61,21 @@ def prepare(reg=None, quiet: bool = False, epochs: int | None = None) -> Path:
         n = epochs or max(reg.method(name).epochs())
         t = time.time()
         out = root / "checkpoints" / name
-        args = parser().parse_args(["--objective", objective, "--data", str(data / "imagenet-1k"), "--out", str(out),
-                                    "--name", name, "--epochs", str(n)] + (["--quiet"] if quiet else []))
+        args = parser().parse_args(
+            [
+                "--objective",
+                objective,
+                "--data",
+                str(data / "imagenet-1k"),
+                "--out",
+                str(out),
+                "--name",
+                name,
+                "--epochs",
+                str(n),
+            ]
+            + (["--quiet"] if quiet else [])
+        )
         fresh = not (out / "TRAINED.json").is_file()
         train(args)
         if fresh:
@@ -84,8 +98,10 @@ def run(suite: str = "mini", cluster: str = "local", results: Path | None = None
     prepare(reg)
     t1 = time.time()
     s = submit(reg, suite, load_cluster(cluster), results)
-    print(f"[demo] suite {suite}: {s['cells']} cells, {s['to_submit']} to run on '{cluster}' "
-          f"({', '.join(f'{n} {w}' for w, n in s['skipped'].items()) or 'none skipped'})")
+    print(
+        f"[demo] suite {suite}: {s['cells']} cells, {s['to_submit']} to run on '{cluster}' "
+        f"({', '.join(f'{n} {w}' for w, n in s['skipped'].items()) or 'none skipped'})"
+    )
     rows = wait(reg, suite, results) if cluster != "inline" else {}  # launch.wait
     failed = [r for r in rows.values() if r["state"] in ("failed", "corrupt")]
     for r in failed[:10]:
@@ -100,16 +116,25 @@ def run(suite: str = "mini", cluster: str = "local", results: Path | None = None
     by = {t.name: t for t in tables}
     print()
     print(markdown(by["kendall_tau"].frame, by["kendall_tau"].title, by["kendall_tau"].notes))
-    print(markdown(by["sdd"].frame.drop(columns=[c for c in ("paper_diff", "delta_diff") if c in by["sdd"].frame]),
-                   by["sdd"].title, by["sdd"].notes))
+    print(
+        markdown(
+            by["sdd"].frame.drop(columns=[c for c in ("paper_diff", "delta_diff") if c in by["sdd"].frame]),
+            by["sdd"].title,
+            by["sdd"].notes,
+        )
+    )
     print(degradation_summary(results / suite / "results.csv"))
     print(guided_summary(reg, suite, results))
     from harness.analysis.tables import tracking_sentence
 
-    print(f"[demo] {tracking_sentence(by['kendall_tau'].frame)} (the mini world's τ are not the paper's: see "
-          f"{report.name})")
-    print(f"[demo] pipeline {t1 - t0:.0f} s preparing, {t2 - t1:.0f} s running cells, {time.time() - t2:.0f} s "
-          f"for tables and figures; report: {report}")
+    print(
+        f"[demo] {tracking_sentence(by['kendall_tau'].frame)} (the mini world's τ are not the paper's: see "
+        f"{report.name})"
+    )
+    print(
+        f"[demo] pipeline {t1 - t0:.0f} s preparing, {t2 - t1:.0f} s running cells, {time.time() - t2:.0f} s "
+        f"for tables and figures; report: {report}"
+    )
     return 1 if failed else 0
 
 
@@ -123,14 +148,20 @@ def degradation_summary(csv: Path) -> str:
     table = pd.read_csv(csv, low_memory=False)
     deg = sdd_table(table, "linear_mini").frame  # best vs last checkpoint, as the SDD table has them
     knn = table[(table["protocol"] == "knn_mini") & (table["status"] == "ok")] if "protocol" in table else table[:0]
-    lines = [f"[demo] the mini world's dense degradation (linear probe mIoU, best checkpoint -> last; stated: "
-             f">= {STATED_DROP:g} points for {', '.join(DEGRADING)} on {', '.join(DEGRADING_ON)}; docs/demo.md):"]
+    lines = [
+        f"[demo] the mini world's dense degradation (linear probe mIoU, best checkpoint -> last; stated: "
+        f">= {STATED_DROP:g} points for {', '.join(DEGRADING)} on {', '.join(DEGRADING_ON)}; docs/demo.md):"
+    ]
     for method, g in deg.groupby("method"):
-        parts = [f"{r.dataset} {r.best:.1f} (ep {r.best_epoch}) -> {r.last:.1f} ({r.diff:+.1f})" for r in g.itertuples()]
+        parts = [
+            f"{r.dataset} {r.best:.1f} (ep {r.best_epoch}) -> {r.last:.1f} ({r.diff:+.1f})" for r in g.itertuples()
+        ]
         k = knn[knn["method"] == method].sort_values("epoch")
         if len(k) > 1:
-            parts.append(f"k-NN top-1 {k['top1'].iloc[0]:.1f} (ep {int(k['epoch'].iloc[0])}) -> "
-                         f"{k['top1'].iloc[-1]:.1f} (ep {int(k['epoch'].iloc[-1])})")
+            parts.append(
+                f"k-NN top-1 {k['top1'].iloc[0]:.1f} (ep {int(k['epoch'].iloc[0])}) -> "
+                f"{k['top1'].iloc[-1]:.1f} (ep {int(k['epoch'].iloc[-1])})"
+            )
         held = ""
         if method in DEGRADING:
             ok = all(-r.diff >= STATED_DROP for r in g.itertuples() if r.dataset in DEGRADING_ON)
@@ -150,21 +181,29 @@ def guided_summary(reg, suite: str, results: Path) -> str:
     cells, waiting, selected = guided(reg, full, results)
     table = pd.read_csv(results / suite / "results.csv")
     mi = miou_frame(table, "linear_mini")
-    lines = ["### DSE-guided grid vs full grid", "",
-             "| method | DSE top-3 epochs | datasets | guided best mIoU (top-3 + last) | full-grid best mIoU (epoch) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "### DSE-guided grid vs full grid",
+        "",
+        "| method | DSE top-3 epochs | datasets | guided best mIoU (top-3 + last) | full-grid best mIoU (epoch) |",
+        "|---|---|---|---|---|",
+    ]
     for method, sel in sorted(selected.items()):
         for dataset, g in mi[mi["method"] == method].groupby("dataset"):
             last = int(g["epoch"].max())
             cand = g[g["epoch"].isin(sel + [last])]
             best = g.loc[g["miou"].idxmax()]
-            lines.append(f"| {method} | {sel} | {dataset} | {cand['miou'].max():.2f} | {best['miou']:.2f} "
-                         f"(ep {int(best['epoch'])}) |")
+            lines.append(
+                f"| {method} | {sel} | {dataset} | {cand['miou'].max():.2f} | {best['miou']:.2f} "
+                f"(ep {int(best['epoch'])}) |"
+            )
     full_h = sum(c.gpu_hours for c in full)
     guided_h = sum(c.gpu_hours for c in cells)
     rec_h = _measured_hours(results, suite, {c.id for c in cells}, {c.id for c in full})
-    lines += ["", f"- guided grid: {len(cells)} of {len(full)} cells; estimated {guided_h:.4f} of {full_h:.4f} "
-                  f"device·h from the protocol files; measured here {rec_h[0]:.4f} of {rec_h[1]:.4f} CPU·h"]
+    lines += [
+        "",
+        f"- guided grid: {len(cells)} of {len(full)} cells; estimated {guided_h:.4f} of {full_h:.4f} "
+        f"device·h from the protocol files; measured here {rec_h[0]:.4f} of {rec_h[1]:.4f} CPU·h",
+    ]
     if waiting:
         lines.append(f"- still waiting for metrics: {', '.join(sorted(waiting))}")
     return "\n".join(lines) + "\n"

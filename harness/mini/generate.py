@@ -7,12 +7,15 @@ meaningful, varied numbers. Everything is deterministic from a seed.
 Layouts (as mmseg / pycocotools / DAVIS / torchvision read them):
 - imagenet:        <root>/{train,val}/<wnid>/*.JPEG
 - ade20k:          <root>/{images,annotations}/{training,validation}/*.{jpg,png}  labels 0 = "other", 1..K
-- voc12_aug:       <root>/{JPEGImages,SegmentationClass,SegmentationClassAug}, ImageSets/Segmentation/{train,val,aug,trainaug}.txt
+- voc12_aug:       <root>/{JPEGImages,SegmentationClass,SegmentationClassAug},
+                   ImageSets/Segmentation/{train,val,aug,trainaug}.txt
 - coco_stuff164k:  <root>/images/{train2017,val2017}/*.jpg, annotations/{..}/*_labelTrainIds.png
 - cityscapes:      <root>/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png, gtFine/.../*_gtFine_labelTrainIds.png
 - coco_instances:  <root>/{train2017,val2017}/*.jpg, annotations/instances_{train,val}2017.json (polygons)
-- davis2017:       <root>/JPEGImages/480p/<seq>/%05d.jpg, Annotations/480p/<seq>/%05d.png (indexed), ImageSets/2017/{train,val}.txt
+- davis2017:       <root>/JPEGImages/480p/<seq>/%05d.jpg, Annotations/480p/<seq>/%05d.png (indexed),
+                   ImageSets/2017/{train,val}.txt
 """
+
 from __future__ import annotations
 
 import json
@@ -59,7 +62,7 @@ class Painter:
                 mask = (yy >= y0) & (yy < y0 + ch) & (xx >= x0) & (xx < x0 + cw)
             else:
                 cy, cx, r = y0 + ch / 2, x0 + cw / 2, min(ch, cw) / 2
-                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
             tex = self.texture(c, h, w)
             img[mask] = tex[mask] + self.rng.normal(0, 6, (int(mask.sum()), 3))
             label[mask] = c
@@ -74,8 +77,9 @@ def _save(img: np.ndarray, path: Path, **kw) -> None:
     Image.fromarray(img).save(path, **kw)
 
 
-def imagenet(root: Path, classes: int = 4, train: int = 12, val: int = 4, size: int = 64, seed: int = 0,
-             paired: bool = False) -> Path:
+def imagenet(
+    root: Path, classes: int = 4, train: int = 12, val: int = 4, size: int = 64, seed: int = 0, paired: bool = False
+) -> Path:
     p = Painter(classes, seed, paired)
     for split, n in (("train", train), ("val", val)):
         for c in range(1, classes + 1):
@@ -85,8 +89,16 @@ def imagenet(root: Path, classes: int = 4, train: int = 12, val: int = 4, size: 
     return root
 
 
-def ade20k(root: Path, train: int = 16, val: int = 6, size: int = 64, classes=(1, 2, 3, 4), seed: int = 0,
-           paired: bool = False, palette: int | None = None) -> Path:
+def ade20k(
+    root: Path,
+    train: int = 16,
+    val: int = 6,
+    size: int = 64,
+    classes=(1, 2, 3, 4),
+    seed: int = 0,
+    paired: bool = False,
+    palette: int | None = None,
+) -> Path:
     """`palette`: the painter's number of classes (default: the largest class); the mini world paints ADE's
     classes 1-4 as the mini ImageNet's classes 1-4 by sharing its painter (16 classes, same seed)."""
     p = Painter(palette or max(classes), seed, paired)
@@ -119,7 +131,9 @@ def voc12_aug(root: Path, train: int = 16, val: int = 6, size: int = 64, classes
     return root
 
 
-def coco_stuff164k(root: Path, train: int = 16, val: int = 6, size: int = 64, classes=(0, 1, 2, 3), seed: int = 2) -> Path:
+def coco_stuff164k(
+    root: Path, train: int = 16, val: int = 6, size: int = 64, classes=(0, 1, 2, 3), seed: int = 2
+) -> Path:
     p = Painter(max(classes) + 1, seed)
     for split, n in (("train2017", train), ("val2017", val)):
         for i in range(n):
@@ -151,8 +165,9 @@ def _polygon(mask: np.ndarray) -> list[float]:
     return c.flatten().tolist()
 
 
-def coco_instances(root: Path, train: int = 16, val: int = 6, size: int = 96, categories=("square", "disc", "blob"),
-                   seed: int = 4) -> Path:
+def coco_instances(
+    root: Path, train: int = 16, val: int = 6, size: int = 96, categories=("square", "disc", "blob"), seed: int = 4
+) -> Path:
     from pycocotools import mask as mask_utils
 
     p = Painter(len(categories), seed)
@@ -173,15 +188,27 @@ def coco_instances(root: Path, train: int = 16, val: int = 6, size: int = 96, ca
                 rle = mask_utils.frPyObjects([poly], size, size)
                 area = float(mask_utils.area(mask_utils.merge(rle)))
                 x, y, w, h = mask_utils.toBbox(mask_utils.merge(rle)).tolist()
-                anns.append({"id": ann_id, "image_id": i + 1, "category_id": c, "segmentation": [poly],
-                             "area": area, "bbox": [x, y, w, h], "iscrowd": 0})
+                anns.append(
+                    {
+                        "id": ann_id,
+                        "image_id": i + 1,
+                        "category_id": c,
+                        "segmentation": [poly],
+                        "area": area,
+                        "bbox": [x, y, w, h],
+                        "iscrowd": 0,
+                    }
+                )
                 ann_id += 1
         (root / "annotations" / f"instances_{split}.json").write_text(
-            json.dumps({"images": images, "annotations": anns, "categories": cats}))
+            json.dumps({"images": images, "annotations": anns, "categories": cats})
+        )
     return root
 
 
-def davis2017(root: Path, sequences: int = 2, frames: int = 8, size=(128, 192), objects: int = 2, seed: int = 5) -> Path:
+def davis2017(
+    root: Path, sequences: int = 2, frames: int = 8, size=(128, 192), objects: int = 2, seed: int = 5
+) -> Path:
     """Short videos of textured shapes moving over a textured background; indexed PNG masks."""
     rng = np.random.default_rng(seed)
     p = Painter(objects + 1, seed)
@@ -215,8 +242,15 @@ def davis2017(root: Path, sequences: int = 2, frames: int = 8, size=(128, 192), 
 # The mini world's version: `sdd demo` regenerates data (and retrains) made by another version
 WORLD = "mini world 2: 16 classes in same-colour pairs, stripes at 0 and 90 degrees (docs/demo.md)"
 
-GENERATORS = {"imagenet": imagenet, "ade20k": ade20k, "voc12_aug": voc12_aug, "coco_stuff164k": coco_stuff164k,
-              "cityscapes": cityscapes, "coco_instances": coco_instances, "davis2017": davis2017}
+GENERATORS = {
+    "imagenet": imagenet,
+    "ade20k": ade20k,
+    "voc12_aug": voc12_aug,
+    "coco_stuff164k": coco_stuff164k,
+    "cityscapes": cityscapes,
+    "coco_instances": coco_instances,
+    "davis2017": davis2017,
+}
 
 
 def generate_all(root: Path, seed: int = 0) -> dict[str, Path]:

@@ -19,14 +19,15 @@ encoder follows at `--momentum` (0.99: a 0.996 teacher barely leaves its initial
 hundred steps, and mini DINO's head stayed collapsed at loss ≈ log 64).
 Training is cached: an existing final checkpoint with the same settings is not retrained.
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
 import copy
 import hashlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -45,9 +46,15 @@ def _views(size: int):
 
     from harness.datasets import IMAGENET_MEAN, IMAGENET_STD
 
-    return T.Compose([T.RandomResizedCrop(size, scale=(0.35, 1.0)), T.RandomHorizontalFlip(),
-                      T.RandomApply([T.ColorJitter(0.3, 0.3, 0.2, 0.05)], p=0.8), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.35, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.3, 0.3, 0.2, 0.05)], p=0.8),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 class TwoViews:
@@ -66,8 +73,9 @@ def mlp(i, h, o, bn=False):
 class DINOHead(nn.Module):
     def __init__(self, d, out=64, hidden=96, bottleneck=32):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, bottleneck))
+        self.mlp = nn.Sequential(
+            nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, bottleneck)
+        )
         self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out, bias=False))
 
     def forward(self, x):
@@ -89,7 +97,9 @@ def _state(module, prefix):
     out = {}
     for k, v in sd.items():
         # weight_norm parametrization keys -> the original weight_g / weight_v names DINO checkpoints carry
-        k = k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
+        k = k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        )
         out[prefix + k] = v
     return out
 
@@ -125,10 +135,14 @@ class DINO:
         return self.student.dense(v)
 
     def checkpoint(self, epoch, opt, args):
-        return {"student": {**_state(self.student.net, "module.backbone."), **_state(self.s_head, "module.head.")},
-                "teacher": {**_state(self.teacher.net, "backbone."), **_state(self.t_head, "head.")},
-                "optimizer": opt.state_dict(), "epoch": epoch, "args": argparse.Namespace(**vars(args)),
-                "dino_loss": {"center": self.center.clone()}}
+        return {
+            "student": {**_state(self.student.net, "module.backbone."), **_state(self.s_head, "module.head.")},
+            "teacher": {**_state(self.teacher.net, "backbone."), **_state(self.t_head, "head.")},
+            "optimizer": opt.state_dict(),
+            "epoch": epoch,
+            "args": argparse.Namespace(**vars(args)),
+            "dino_loss": {"center": self.center.clone()},
+        }
 
 
 class MoCoV3:
@@ -142,7 +156,9 @@ class MoCoV3:
         self.mom, self.mom_head = copy.deepcopy(self.base), copy.deepcopy(self.base_head)
         for p in list(self.mom.parameters()) + list(self.mom_head.parameters()):
             p.requires_grad_(False)
-        self.params = list(self.base.parameters()) + list(self.base_head.parameters()) + list(self.predictor.parameters())
+        self.params = (
+            list(self.base.parameters()) + list(self.base_head.parameters()) + list(self.predictor.parameters())
+        )
 
     def _nce(self, q, k):
         q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
@@ -163,10 +179,18 @@ class MoCoV3:
         return self.base.dense(v)
 
     def checkpoint(self, epoch, opt, args):
-        return {"epoch": epoch, "arch": ARCH, "optimizer": opt.state_dict(), "state_dict": {
-            **_state(self.base.net, "module.base_encoder."), **_state(self.base_head, "module.base_encoder.head."),
-            **_state(self.mom.net, "module.momentum_encoder."), **_state(self.mom_head, "module.momentum_encoder.head."),
-            **_state(self.predictor, "module.predictor.")}}
+        return {
+            "epoch": epoch,
+            "arch": ARCH,
+            "optimizer": opt.state_dict(),
+            "state_dict": {
+                **_state(self.base.net, "module.base_encoder."),
+                **_state(self.base_head, "module.base_encoder.head."),
+                **_state(self.mom.net, "module.momentum_encoder."),
+                **_state(self.mom_head, "module.momentum_encoder.head."),
+                **_state(self.predictor, "module.predictor."),
+            },
+        }
 
 
 class MAE:
@@ -175,11 +199,15 @@ class MAE:
     def __init__(self, args):
         self.enc = build_backbone(ARCH)
         d, self.patch = self.enc.dim, 16
-        self.dec = nn.ModuleDict({"decoder_embed": nn.Linear(d, 32),
-                                  # a transformer block: masked tokens must see the visible ones
-                                  "decoder_blocks": nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True,
-                                                                               norm_first=True),
-                                  "decoder_norm": nn.LayerNorm(32), "decoder_pred": nn.Linear(32, 3 * 16 * 16)})
+        self.dec = nn.ModuleDict(
+            {
+                "decoder_embed": nn.Linear(d, 32),
+                # a transformer block: masked tokens must see the visible ones
+                "decoder_blocks": nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True, norm_first=True),
+                "decoder_norm": nn.LayerNorm(32),
+                "decoder_pred": nn.Linear(32, 3 * 16 * 16),
+            }
+        )
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 32))
         self.decoder_pos = nn.Parameter(torch.randn(1, 64, 32) * 0.02)
         self.params = list(self.enc.parameters()) + list(self.dec.parameters()) + [self.mask_token, self.decoder_pos]
@@ -195,8 +223,13 @@ class MAE:
         pos = net.pos_embed[:, 1:] if net.pos_embed.shape[1] == n + 1 else net.pos_embed
         if pos.shape[1] != n:  # interpolate the grid of a smaller crop
             g, gn = int(math.sqrt(pos.shape[1])), int(math.sqrt(n))
-            pos = F.interpolate(pos.reshape(1, g, g, -1).permute(0, 3, 1, 2), size=(gn, gn), mode="bicubic",
-                                align_corners=False).permute(0, 2, 3, 1).reshape(1, n, -1)
+            pos = (
+                F.interpolate(
+                    pos.reshape(1, g, g, -1).permute(0, 3, 1, 2), size=(gn, gn), mode="bicubic", align_corners=False
+                )
+                .permute(0, 2, 3, 1)
+                .reshape(1, n, -1)
+            )
         tokens = tokens + pos
         keep = max(1, n // 4)
         order = torch.rand(b, n).argsort(dim=1)
@@ -224,9 +257,17 @@ class MAE:
 
     def checkpoint(self, epoch, opt, args):
         dec = {k: v for k, v in self.dec.state_dict().items()}
-        return {"model": {**self.enc.net.state_dict(), **dec, "mask_token": self.mask_token.data,
-                          "decoder_pos_embed": self.decoder_pos.data},
-                "optimizer": opt.state_dict(), "epoch": epoch - 1, "args": argparse.Namespace(**vars(args))}
+        return {
+            "model": {
+                **self.enc.net.state_dict(),
+                **dec,
+                "mask_token": self.mask_token.data,
+                "decoder_pos_embed": self.decoder_pos.data,
+            },
+            "optimizer": opt.state_dict(),
+            "epoch": epoch - 1,
+            "args": argparse.Namespace(**vars(args)),
+        }
 
 
 OBJECTIVES = {"dino": DINO, "mocov3": MoCoV3, "mae": MAE}
@@ -250,8 +291,9 @@ def train(args) -> Path:
     torch.manual_seed(args.seed)
     model = obj_cls(args)
     ds = ImageFolder(str(Path(args.data) / "train"), transform=TwoViews(_views(args.size)))
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(args.seed))
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed)
+    )
     opt = torch.optim.AdamW(model.params, lr=args.lr, weight_decay=0.04)
     reg = None
     if args.dse_beta > 0:
@@ -260,8 +302,12 @@ def train(args) -> Path:
         reg = DSELoss(seed=args.seed)
     t0 = time.time()
     steps = args.epochs * len(loader)
-    bar = tqdm(total=steps, desc=f"pretrain {args.name or args.objective}", disable=args.quiet or not sys.stderr.isatty(),
-               leave=False)
+    bar = tqdm(
+        total=steps,
+        desc=f"pretrain {args.name or args.objective}",
+        disable=args.quiet or not sys.stderr.isatty(),
+        leave=False,
+    )
     step = 0
     for epoch in range(1, args.epochs + 1):
         for (v1, v2), _ in loader:
@@ -299,8 +345,12 @@ def parser():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dse-beta", type=float, default=0.0, help="train with loss - beta * DSE")
-    ap.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
-                    help="constant after a one-epoch warm-up, or cosine decay from the first step to zero at the end")
+    ap.add_argument(
+        "--schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="constant after a one-epoch warm-up, or cosine decay from the first step to zero at the end",
+    )
     ap.add_argument("--momentum", type=float, default=0.99, help="EMA of the teacher / momentum encoder")
     ap.add_argument("--quiet", action="store_true")
     return ap

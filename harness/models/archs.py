@@ -9,6 +9,7 @@ Every backbone is wrapped in `Backbone`, which gives the harness one interface w
   checkpoints use once their prefixes are stripped, so loading never needs a hand-written key map
   (Swin goes through timm's own converter).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,8 +45,7 @@ def _timm_vit(variant: str, **kw):
 def _tiny_vit(**over):
     from timm.models.vision_transformer import VisionTransformer
 
-    args = dict(img_size=64, patch_size=16, embed_dim=48, depth=4, num_heads=3, num_classes=0,
-                dynamic_img_size=True)
+    args = dict(img_size=64, patch_size=16, embed_dim=48, depth=4, num_heads=3, num_classes=0, dynamic_img_size=True)
     args.update(over)
     return VisionTransformer(**args)
 
@@ -71,25 +71,67 @@ def _swin_tiny(**over):
 
 
 ARCHS: dict[str, ArchInfo] = {
-    "vit_small_patch16": ArchInfo("vit", _timm_vit("vit_small_patch16_224"), 384, 16, (3, 5, 7, 11), (384,) * 4,
-                                  "ViT-S/16, 6 heads (DINO, iBOT, Mugs, MAE)"),
-    "vit_small_patch16_h12": ArchInfo("vit", _timm_vit("vit_small_patch16_224", num_heads=12), 384, 16,
-                                      (3, 5, 7, 11), (384,) * 4, "ViT-S/16 with 12 heads (MoCo v3's vit_small)"),
-    "vit_small_patch16_2cls": ArchInfo("vit", _timm_vit("vit_small_patch16_224", reg_tokens=1), 384, 16,
-                                       (3, 5, 7, 11), (384,) * 4,
-                                       "ViT-S/16 with a second class token (UDI), held as timm's register token"),
-    "vit_base_patch16": ArchInfo("vit", _timm_vit("vit_base_patch16_224"), 768, 16, (3, 5, 7, 11), (768,) * 4,
-                                 "ViT-B/16"),
-    "vit_base_patch16_nocls": ArchInfo("vit", _timm_vit("vit_base_patch16_224", class_token=False,
-                                                        global_pool="avg", fc_norm=False), 768, 16,
-                                       (3, 5, 7, 11), (768,) * 4, "ViT-B/16 without class token (I-JEPA)"),
+    "vit_small_patch16": ArchInfo(
+        "vit",
+        _timm_vit("vit_small_patch16_224"),
+        384,
+        16,
+        (3, 5, 7, 11),
+        (384,) * 4,
+        "ViT-S/16, 6 heads (DINO, iBOT, Mugs, MAE)",
+    ),
+    "vit_small_patch16_h12": ArchInfo(
+        "vit",
+        _timm_vit("vit_small_patch16_224", num_heads=12),
+        384,
+        16,
+        (3, 5, 7, 11),
+        (384,) * 4,
+        "ViT-S/16 with 12 heads (MoCo v3's vit_small)",
+    ),
+    "vit_small_patch16_2cls": ArchInfo(
+        "vit",
+        _timm_vit("vit_small_patch16_224", reg_tokens=1),
+        384,
+        16,
+        (3, 5, 7, 11),
+        (384,) * 4,
+        "ViT-S/16 with a second class token (UDI), held as timm's register token",
+    ),
+    "vit_base_patch16": ArchInfo(
+        "vit", _timm_vit("vit_base_patch16_224"), 768, 16, (3, 5, 7, 11), (768,) * 4, "ViT-B/16"
+    ),
+    "vit_base_patch16_nocls": ArchInfo(
+        "vit",
+        _timm_vit("vit_base_patch16_224", class_token=False, global_pool="avg", fc_norm=False),
+        768,
+        16,
+        (3, 5, 7, 11),
+        (768,) * 4,
+        "ViT-B/16 without class token (I-JEPA)",
+    ),
     "resnet50": ArchInfo("resnet", _resnet50, 2048, 32, (), (256, 512, 1024, 2048), "ResNet-50 (torchvision)"),
-    "swin_tiny_patch4_window7": ArchInfo("swin", _swin_tiny, 768, 32, (), (96, 192, 384, 768),
-                                         "Swin-T, window 7 (EsViT)"),
-    "vit_tiny_test": ArchInfo("vit", _tiny_vit, 48, 16, (0, 1, 2, 3), (48,) * 4,
-                              "tiny ViT for tests and the mini world (d=48, depth 4, patch 16)"),
-    "resnet_tiny_test": ArchInfo("resnet", _tiny_resnet, 512, 32, (), (64, 128, 256, 512),
-                                 "tiny ResNet (BasicBlock x1 per stage) for tests and the mini world"),
+    "swin_tiny_patch4_window7": ArchInfo(
+        "swin", _swin_tiny, 768, 32, (), (96, 192, 384, 768), "Swin-T, window 7 (EsViT)"
+    ),
+    "vit_tiny_test": ArchInfo(
+        "vit",
+        _tiny_vit,
+        48,
+        16,
+        (0, 1, 2, 3),
+        (48,) * 4,
+        "tiny ViT for tests and the mini world (d=48, depth 4, patch 16)",
+    ),
+    "resnet_tiny_test": ArchInfo(
+        "resnet",
+        _tiny_resnet,
+        512,
+        32,
+        (),
+        (64, 128, 256, 512),
+        "tiny ResNet (BasicBlock x1 per stage) for tests and the mini world",
+    ),
 }
 
 
@@ -127,11 +169,13 @@ class Backbone(nn.Module):
             if layer is None or layer in (-1, last):
                 tokens = self.net.forward_features(x)
                 if not norm:  # forward_features applies the final norm; recompute without it
-                    return self.net.forward_intermediates(x, indices=[last], norm=False, output_fmt="NLC",
-                                                          intermediates_only=True)[0]
-                return tokens[:, self.net.num_prefix_tokens:]
-            return self.net.forward_intermediates(x, indices=[layer], norm=norm, output_fmt="NLC",
-                                                  intermediates_only=True)[0]
+                    return self.net.forward_intermediates(
+                        x, indices=[last], norm=False, output_fmt="NLC", intermediates_only=True
+                    )[0]
+                return tokens[:, self.net.num_prefix_tokens :]
+            return self.net.forward_intermediates(
+                x, indices=[layer], norm=norm, output_fmt="NLC", intermediates_only=True
+            )[0]
         maps = self._stages(x)
         m = maps[(layer or 4) - 1]
         if fam == "swin" and (layer in (None, 4)) and norm:
@@ -150,7 +194,7 @@ class Backbone(nn.Module):
         class token for ViTs that have one, else the mean of the dense tokens (GAP for CNNs and Swin)."""
         if self.info.family == "vit":
             tokens = self.net.forward_features(x)
-            dense = tokens[:, self.net.num_prefix_tokens:]
+            dense = tokens[:, self.net.num_prefix_tokens :]
             if getattr(self.net, "cls_token", None) is not None:
                 return dense, tokens[:, 0]
             return dense, dense.mean(dim=1)
@@ -176,8 +220,11 @@ class Backbone(nn.Module):
     def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Four [B, C, H, W] maps for the downstream heads (ViT: stride 16 each; the neck rescales)."""
         if self.info.family == "vit":
-            return list(self.net.forward_intermediates(x, indices=list(self.info.level_indices), norm=False,
-                                                       output_fmt="NCHW", intermediates_only=True))
+            return list(
+                self.net.forward_intermediates(
+                    x, indices=list(self.info.level_indices), norm=False, output_fmt="NCHW", intermediates_only=True
+                )
+            )
         return self._stages(x)
 
     def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -190,8 +237,9 @@ class Backbone(nn.Module):
                 outs.append(x)
             return outs
         # swin: timm returns the stage outputs (no final norm) in NCHW
-        return list(self.net.forward_intermediates(x, indices=4, norm=False, output_fmt="NCHW",
-                                                   intermediates_only=True))
+        return list(
+            self.net.forward_intermediates(x, indices=4, norm=False, output_fmt="NCHW", intermediates_only=True)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense(x)

@@ -8,6 +8,7 @@ Checkpoints are untrusted input:
   strict=False and can silently load nothing), unexpected keys (heads, projectors) are listed.
 - the epoch stored inside the file, where there is one, is checked against the registry's epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,11 +59,13 @@ def safe_load(path: str | Path) -> Any:
             raise CheckpointError(
                 f"refused to load {path}: it contains pickled code or objects that are not plain tensors and "
                 f"containers ({found.group(0) if found else 'weights_only rejected it'}); nothing from it was "
-                f"executed. Re-save the weights alone (a dict of tensors) from a trusted environment.") from None
+                f"executed. Re-save the weights alone (a dict of tensors) from a trusted environment."
+            ) from None
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({size_of(path)}): {msg}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({size_of(path)}): {_first_line(e)}") from None
+            f"checkpoint {path} is corrupt or truncated ({size_of(path)}): {_first_line(e)}"
+        ) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -98,12 +101,15 @@ def extract_state_dict(obj: Any, rule: StateDictRule, *, path: Path | str = "?")
     if sd is None:
         if keys and not rule.key_optional:
             top = ", ".join(map(str, list(obj)[:12])) if isinstance(obj, dict) else type(obj).__name__
-            raise CheckpointError(f"{path}: none of the keys {list(keys)} is in the checkpoint "
-                                  f"(top-level keys: {top}); fix checkpoint.state_dict.key in the method file")
+            raise CheckpointError(
+                f"{path}: none of the keys {list(keys)} is in the checkpoint "
+                f"(top-level keys: {top}); fix checkpoint.state_dict.key in the method file"
+            )
         sd = obj
     if not isinstance(sd, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors under {list(keys) or 'the top level'}, "
-                              f"got {type(sd).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a dict of tensors under {list(keys) or 'the top level'}, got {type(sd).__name__}"
+        )
     out = {}
     for k, v in sd.items():
         if not isinstance(v, torch.Tensor):
@@ -111,15 +117,15 @@ def extract_state_dict(obj: Any, rule: StateDictRule, *, path: Path | str = "?")
         if rule.keep_prefix is not None:
             if not k.startswith(rule.keep_prefix):
                 continue
-            k = k[len(rule.keep_prefix):]
+            k = k[len(rule.keep_prefix) :]
         if any(s in k for s in rule.drop_containing):
             continue
         for p in rule.strip_prefixes:
             if k.startswith(p):
-                k = k[len(p):]
+                k = k[len(p) :]
         for old, new in rule.rename_prefixes.items():
             if k.startswith(old):
-                k = new + k[len(old):]
+                k = new + k[len(old) :]
                 break
         out[k] = v
     return out
@@ -167,14 +173,23 @@ def _epoch_mismatch(spec: MethodSpec, path: Path, epoch: int, got: int) -> str:
     key_fix = ck.epoch_key_offset + (epoch - got)
     file_fix = ck.file_offset + (epoch - got)
     zero_based = epoch - got == 1
-    first = (f"set `checkpoint.epoch_key_offset: {key_fix}` in {spec.source}: the file's '{ck.epoch_key}' field "
-             f"counts from 0 (it stores the index of the last completed epoch, {raw}, as DINO's and MoCo's loops do)")
-    second = (f"set `checkpoint.file_offset: {file_fix}` if instead the file names are shifted (file number = epoch + "
-              f"file_offset)")
-    return (f"{path}: its '{ck.epoch_key}' field says {raw} (= {got} completed epochs with epoch_key_offset "
-            f"{ck.epoch_key_offset}), but the registry maps this file to epoch {epoch}. "
-            + (f"Likely fix: {first}; or {second}." if zero_based else
-               f"Fix: {second}; or, if the field counts differently, {first[4:]}."))
+    first = (
+        f"set `checkpoint.epoch_key_offset: {key_fix}` in {spec.source}: the file's '{ck.epoch_key}' field "
+        f"counts from 0 (it stores the index of the last completed epoch, {raw}, as DINO's and MoCo's loops do)"
+    )
+    second = (
+        f"set `checkpoint.file_offset: {file_fix}` if instead the file names are shifted (file number = epoch + "
+        f"file_offset)"
+    )
+    return (
+        f"{path}: its '{ck.epoch_key}' field says {raw} (= {got} completed epochs with epoch_key_offset "
+        f"{ck.epoch_key_offset}), but the registry maps this file to epoch {epoch}. "
+        + (
+            f"Likely fix: {first}; or {second}."
+            if zero_based
+            else f"Fix: {second}; or, if the field counts differently, {first[4:]}."
+        )
+    )
 
 
 def checkpoint_path(spec: MethodSpec, epoch: int) -> Path:
@@ -189,7 +204,9 @@ def broken_link(path: Path) -> str | None:
         os.stat(path)
     except OSError as e:
         why = "a loop of links" if e.errno == 40 else "a target that is not there"
-        return f"; it is a symbolic link to {os.readlink(path)!r} that cannot be followed ({why}): fix or replace the link"
+        return (
+            f"; it is a symbolic link to {os.readlink(path)!r} that cannot be followed ({why}): fix or replace the link"
+        )
     return None
 
 
@@ -199,20 +216,27 @@ def _missing_hint(spec: MethodSpec, path: Path, epoch: int) -> str:
         return f"; the directory {path.parent} does not exist"
     tmpl = spec.checkpoint.file
     slot = re.search(r"\{epoch(:[^}]*)?\}", tmpl)
-    regex = re.compile("^" + re.escape(tmpl[:slot.start()]) + r"(\d+)" + re.escape(tmpl[slot.end():]) + "$")
+    regex = re.compile("^" + re.escape(tmpl[: slot.start()]) + r"(\d+)" + re.escape(tmpl[slot.end() :]) + "$")
     found = sorted(((int(m.group(1)), m.group(1)) for f in os.listdir(path.parent) if (m := regex.match(f))))
     if not found:
         return f"; no file in {path.parent} matches '{tmpl}'"
     want = epoch + spec.checkpoint.file_offset
     same = [raw for n, raw in found if n == want]
     if same:  # the number is there, written differently: the padding of the template is wrong
-        fixed = tmpl[:slot.start()] + ("{epoch:0%dd}" % len(same[0]) if same[0].startswith("0") else "{epoch}") \
-            + tmpl[slot.end():]
-        return (f"; {path.parent} has '{tmpl[:slot.start()]}{same[0]}{tmpl[slot.end():]}': the number is written "
-                f"with another zero padding than '{tmpl}' gives. Set checkpoint.file: '{fixed}'")
+        fixed = (
+            tmpl[: slot.start()]
+            + ("{epoch:0%dd}" % len(same[0]) if same[0].startswith("0") else "{epoch}")
+            + tmpl[slot.end() :]
+        )
+        return (
+            f"; {path.parent} has '{tmpl[: slot.start()]}{same[0]}{tmpl[slot.end() :]}': the number is written "
+            f"with another zero padding than '{tmpl}' gives. Set checkpoint.file: '{fixed}'"
+        )
     shown = ", ".join(str(n) for n, _ in found[:8]) + (" ..." if len(found) > 8 else "")
-    return (f"; files in {path.parent} are numbered {shown} (number = epoch + checkpoint.file_offset, "
-            f"now {spec.checkpoint.file_offset})")
+    return (
+        f"; files in {path.parent} are numbered {shown} (number = epoch + checkpoint.file_offset, "
+        f"now {spec.checkpoint.file_offset})"
+    )
 
 
 def key_prefixes(keys, depth: int = 2, top: int = 6) -> str:
@@ -252,14 +276,19 @@ class LoadedBackbone:
     unexpected_keys: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"method": self.method, "epoch": self.epoch, "path": str(self.path),
-                "stored_epoch": self.stored_epoch, "loaded_keys": self.loaded_keys,
-                "unexpected_keys": self.unexpected_keys}
+        return {
+            "method": self.method,
+            "epoch": self.epoch,
+            "path": str(self.path),
+            "stored_epoch": self.stored_epoch,
+            "loaded_keys": self.loaded_keys,
+            "unexpected_keys": self.unexpected_keys,
+        }
 
 
 def _rule_source(obj, rule: StateDictRule):
     """The part of the file the state-dict rule reads (its `key`, when there is one)."""
-    for k in ((rule.key,) if isinstance(rule.key, str) else tuple(rule.key or ())):
+    for k in (rule.key,) if isinstance(rule.key, str) else tuple(rule.key or ()):
         try:
             return _dig(obj, k)
         except KeyError:
@@ -279,8 +308,9 @@ def _tensor_keys(obj, prefix: str = "", limit: int = 100000) -> list[str]:
     return out
 
 
-def load_state_into(backbone: Backbone, sd: dict[str, torch.Tensor], *, path: Path | str = "?",
-                    raw_keys=None) -> list[str]:
+def load_state_into(
+    backbone: Backbone, sd: dict[str, torch.Tensor], *, path: Path | str = "?", raw_keys=None
+) -> list[str]:
     """Load `sd` into the backbone; every required key must be present with the right shape. `raw_keys`
     (the file's keys before the state-dict rule) let an error show what the file actually holds."""
     required = backbone.required_keys()
@@ -288,38 +318,51 @@ def load_state_into(backbone: Backbone, sd: dict[str, torch.Tensor], *, path: Pa
     if missing:
         shown = ", ".join(missing[:8]) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
         have = ", ".join(sorted(sd)[:5]) or "(no tensors left after the rule)"
-        msg = (f"{path}: {len(missing)} of {len(required)} backbone keys are missing after the state-dict rule: "
-               f"{shown}. The rule produced keys such as: {have}.")
+        msg = (
+            f"{path}: {len(missing)} of {len(required)} backbone keys are missing after the state-dict rule: "
+            f"{shown}. The rule produced keys such as: {have}."
+        )
         if raw_keys:
             msg += f" The file's tensors sit under: {key_prefixes(raw_keys)}."
         others = fitting_archs(set(sd), backbone.arch) if len(missing) > len(required) // 2 and sd else []
         if others:
             msg += f" The keys the rule produced fit architecture {', '.join(others)}: is `arch` right?"
-        raise CheckpointError(msg + " Fix checkpoint.state_dict in the method file (key / keep_prefix / "
-                                    "strip_prefixes); partial loads are never accepted.")
+        raise CheckpointError(
+            msg + " Fix checkpoint.state_dict in the method file (key / keep_prefix / "
+            "strip_prefixes); partial loads are never accepted."
+        )
     own = backbone.net.state_dict()
-    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(required)
-           if tuple(sd[k].shape) != tuple(own[k].shape)]
+    bad = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(required)
+        if tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
     if bad:
-        raise CheckpointError(f"{path}: shape mismatch for {len(bad)} backbone keys (checkpoint vs architecture): "
-                              f"{'; '.join(bad[:5])}. Is `arch` right in the method file?")
+        raise CheckpointError(
+            f"{path}: shape mismatch for {len(bad)} backbone keys (checkpoint vs architecture): "
+            f"{'; '.join(bad[:5])}. Is `arch` right in the method file?"
+        )
     # strict=False only because BN batch counters may be absent; every weight was checked above
     backbone.net.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     return sorted(set(sd) - set(own))
 
 
-def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | None = None,
-                  arch_overrides: dict | None = None) -> LoadedBackbone:
+def load_backbone(
+    method: str | MethodSpec, epoch: int, *, registry: Registry | None = None, arch_overrides: dict | None = None
+) -> LoadedBackbone:
     """Build the method's architecture and load the checkpoint of `epoch` into it (CPU, eval mode).
     `arch_overrides` adds constructor arguments (e.g. drop_path_rate for fine-tuning)."""
     spec = method if isinstance(method, MethodSpec) else (registry or load_registry()).method(method)
     if epoch not in spec.epochs():
-        raise CheckpointError(f"epoch {epoch} is not among the epochs of method '{spec.name}' "
-                              f"({spec.source}: checkpoint.epochs)")
+        raise CheckpointError(
+            f"epoch {epoch} is not among the epochs of method '{spec.name}' ({spec.source}: checkpoint.epochs)"
+        )
     path = checkpoint_path(spec, epoch)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path} (method '{spec.name}', epoch {epoch})"
-                              + (broken_link(path) or _missing_hint(spec, path, epoch)))
+        raise CheckpointError(
+            f"checkpoint not found: {path} (method '{spec.name}', epoch {epoch})"
+            + (broken_link(path) or _missing_hint(spec, path, epoch))
+        )
     obj = safe_load(path)
     got = stored_epoch(obj, spec)
     problems = []  # every problem of this file, reported together (a wrong epoch must not hide a wrong rule)
@@ -328,23 +371,34 @@ def load_backbone(method: str | MethodSpec, epoch: int, *, registry: Registry | 
     backbone = build_backbone(spec.arch, **{**spec.arch_kwargs, **(arch_overrides or {})})
     unexpected: list[str] = []
     try:
-        sd = _convert(extract_state_dict(obj, spec.checkpoint.state_dict, path=path), spec.checkpoint.state_dict.convert,
-                      backbone)
-        unexpected = load_state_into(backbone, sd, path=path,
-                                     raw_keys=_tensor_keys(_rule_source(obj, spec.checkpoint.state_dict)))
+        sd = _convert(
+            extract_state_dict(obj, spec.checkpoint.state_dict, path=path), spec.checkpoint.state_dict.convert, backbone
+        )
+        unexpected = load_state_into(
+            backbone, sd, path=path, raw_keys=_tensor_keys(_rule_source(obj, spec.checkpoint.state_dict))
+        )
     except CheckpointError as e:
         problems.append(str(e))
         sd = None
-    nonfinite = sorted(k for k in backbone.required_keys() if sd is not None and sd[k].is_floating_point()
-                       and not torch.isfinite(sd[k]).all())
+    nonfinite = sorted(
+        k
+        for k in backbone.required_keys()
+        if sd is not None and sd[k].is_floating_point() and not torch.isfinite(sd[k]).all()
+    )
     if nonfinite:  # every protocol would give a number from broken weights (a NaN probe is not a result)
-        shown = "; ".join(f"{k} ({int((~torch.isfinite(sd[k])).sum())} of {sd[k].numel()} values)" for k in nonfinite[:5])
+        shown = "; ".join(
+            f"{k} ({int((~torch.isfinite(sd[k])).sum())} of {sd[k].numel()} values)" for k in nonfinite[:5]
+        )
         problems.append(
             f"{path}: non-finite (NaN/inf) values in {len(nonfinite)} backbone tensor(s): {shown}"
             + (f" ... ({len(nonfinite)} in all)" if len(nonfinite) > 5 else "")
-            + ". The checkpoint is broken (a diverged run, or a damaged file); use another epoch or re-save it.")
+            + ". The checkpoint is broken (a diverged run, or a damaged file); use another epoch or re-save it."
+        )
     if problems:
-        raise CheckpointError(problems[0] if len(problems) == 1 else
-                              f"{len(problems)} problems:\n" + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(problems)))
+        raise CheckpointError(
+            problems[0]
+            if len(problems) == 1
+            else f"{len(problems)} problems:\n" + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(problems))
+        )
     backbone.eval()
     return LoadedBackbone(backbone, spec.name, epoch, path, got, len(backbone.required_keys()), unexpected)

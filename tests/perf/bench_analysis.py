@@ -3,6 +3,7 @@
 25 methods x 80 checkpoints x (metrics + linear probe on 4 datasets) = 10,000 records.
 Run: make bench   (or: python tests/perf/bench_analysis.py)
 """
+
 import sys
 import tempfile
 import time

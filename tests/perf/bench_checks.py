@@ -8,6 +8,7 @@
 A linear-probe cell is about 2 GPU·h (docs/gpu.md); these are to be compared with that.
 Run: make bench   (or: python tests/perf/bench_checks.py)
 """
+
 import os
 import sys
 import tempfile
@@ -50,9 +51,13 @@ def main() -> None:
             t = time.perf_counter()
             split_fingerprint(ds, split)
             warm = time.perf_counter() - t
-            print(f"split fingerprint, ade20k {split}: {fp['files']:,} files, {cold:.3f} s cold, "
-                  f"{warm * 1e6:.0f} µs from the memo")
-    results = {"metrics": {"mIoU": 47.1, "aAcc": 80.2, "mAcc": 58.0, "IoU": {f"c{i}": 40.0 + i / 10 for i in range(150)}}}
+            print(
+                f"split fingerprint, ade20k {split}: {fp['files']:,} files, {cold:.3f} s cold, "
+                f"{warm * 1e6:.0f} µs from the memo"
+            )
+    results = {
+        "metrics": {"mIoU": 47.1, "aAcc": 80.2, "mAcc": 58.0, "IoU": {f"c{i}": 40.0 + i / 10 for i in range(150)}}
+    }
     t = time.perf_counter()
     for _ in range(1000):
         check_outputs("linear", results)

@@ -3,6 +3,7 @@
 Prints wall time and peak RSS above the features for parity and fast mode, each in a fresh process.
 Run: make bench   (or: python tests/perf/bench_dse.py [--images 2048])
 """
+
 import argparse
 import json
 import subprocess
@@ -19,7 +20,8 @@ cls = torch.randint(0, 64, (B, 4), generator=g)
 which = torch.randint(0, 4, (B, N), generator=g)
 z = torch.empty(B, N, d)
 for i in range(0, B, 64):  # filled in slices, so the RSS high-water mark starts at the features themselves
-    z[i:i + 64] = protos[torch.gather(cls[i:i + 64], 1, which[i:i + 64])] + 0.6 * torch.randn(len(z[i:i + 64]), N, d, generator=g)
+    rows = protos[torch.gather(cls[i:i + 64], 1, which[i:i + 64])]
+    z[i:i + 64] = rows + 0.6 * torch.randn(len(z[i:i + 64]), N, d, generator=g)
 extra = {}
 if mode == "suite":  # every metric of the protocol, DSE in fast mode, LiDAR on 1,000 x 50 synthetic views
     from harness.metrics import compute_all
@@ -51,8 +53,10 @@ def main():
             print(out.stderr[-2000:])
             sys.exit(1)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {mode:6s} wall {r['wall_s']:7.2f} s   peak RSS above features {r['peak_above_features_mib']:7.0f} MiB"
-              f"   (features {r['features_mib']:.0f} MiB)   DSE {r['dse']:.4f}")
+        print(
+            f"  {mode:6s} wall {r['wall_s']:7.2f} s   peak RSS above features {r['peak_above_features_mib']:7.0f} MiB"
+            f"   (features {r['features_mib']:.0f} MiB)   DSE {r['dse']:.4f}"
+        )
         if r["per_metric_s"]:
             print("         per metric (s): " + ", ".join(f"{k} {v}" for k, v in r["per_metric_s"].items()))
 

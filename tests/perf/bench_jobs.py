@@ -4,6 +4,7 @@ Prints per protocol: wall time, training iterations per second (or frames/images
 peak resident memory, the measured inputs for the cost model. Target: each job < 2 GiB RSS.
 Run: make bench   (or: python tests/perf/bench_jobs.py)
 """
+
 import json
 import subprocess
 import sys
@@ -53,8 +54,14 @@ print(json.dumps({"status": rec["status"], "error": rec.get("error"), "wall_s": 
                   "metric": {k: v for k, v in rec.get("metrics", {}).items() if isinstance(v, (int, float))}}))
 """
 
-CASES = [("metrics", "imagenet"), ("linear_tiny", "ade20k"), ("upernet_tiny", "ade20k"), ("maskrcnn_tiny", "coco_instances"),
-         ("davis_tiny", "davis2017"), ("knn_tiny", "imagenet")]
+CASES = [
+    ("metrics", "imagenet"),
+    ("linear_tiny", "ade20k"),
+    ("upernet_tiny", "ade20k"),
+    ("maskrcnn_tiny", "coco_instances"),
+    ("davis_tiny", "davis2017"),
+    ("knn_tiny", "imagenet"),
+]
 
 
 def main():
@@ -66,18 +73,23 @@ def main():
         generate.generate_all(tmp / "data")
         print(f"{'protocol':15s} {'status':6s} {'wall s':>7s} {'it/s':>7s} {'peak RSS MiB':>13s}  main metric")
         for proto, ds in CASES:
-            out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(tmp), proto, ds], capture_output=True,
-                                 text=True)
-            lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(ROOT), str(tmp), proto, ds], capture_output=True, text=True
+            )
+            lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
             if not lines:
                 print(f"{proto:15s} crashed: {out.stderr[-500:]}")
                 continue
             r = json.loads(lines[-1])
-            main_metric = next(((k, v) for k, v in r["metric"].items() if k in ("mIoU", "segm_AP", "JF_mean", "top1", "dse")),
-                               ("", float("nan")))
+            main_metric = next(
+                ((k, v) for k, v in r["metric"].items() if k in ("mIoU", "segm_AP", "JF_mean", "top1", "dse")),
+                ("", float("nan")),
+            )
             ips = f"{r['iters_per_s']:.1f}" if r["iters_per_s"] else "-"
-            print(f"{proto:15s} {r['status']:6s} {r['wall_s']:7.1f} {ips:>7s} {r['rss_mib']:13.0f}  "
-                  f"{main_metric[0]} {main_metric[1]:.3g}" + (f"  {r['error']}" if r["error"] else ""))
+            print(
+                f"{proto:15s} {r['status']:6s} {r['wall_s']:7.1f} {ips:>7s} {r['rss_mib']:13.0f}  "
+                f"{main_metric[0]} {main_metric[1]:.3g}" + (f"  {r['error']}" if r["error"] else "")
+            )
 
 
 if __name__ == "__main__":

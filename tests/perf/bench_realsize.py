@@ -3,6 +3,7 @@ shapes show as ratios here too: ViT-S/16 dense features of 64 images at 224², a
 iterations at 512² crops, batch 2, through the harness's own jobs.
 Run: make bench   (or: python tests/perf/bench_realsize.py)
 """
+
 import os
 import shutil
 import sys
@@ -36,29 +37,48 @@ def main():
         t = time.perf_counter()
         feats, _, _ = extract_dense(vit, images, batch_size=32, progress=False)
         dt = time.perf_counter() - t
-        print(f"ViT-S/16 features, 64 images at 224² on {torch.get_num_threads()} CPU threads: {dt:.1f} s "
-              f"({64 / dt:.1f} images/s), {tuple(feats.shape)}")
+        print(
+            f"ViT-S/16 features, 64 images at 224² on {torch.get_num_threads()} CPU threads: {dt:.1f} s "
+            f"({64 / dt:.1f} images/s), {tuple(feats.shape)}"
+        )
 
         formats.dino(vit.net.state_dict(), tmp / "ck" / "dino", 10)
         os.environ.update(SDD_DATA_ROOT=str(tmp / "data"), SDD_CKPT_ROOT=str(tmp / "ck"), SDD_CACHE=str(tmp / "cache"))
         bench = tmp / "benchmarks"
         shutil.copytree(ROOT / "benchmarks", bench)
-        (bench / "protocols" / "linear_512.yaml").write_text(yaml.safe_dump(
-            {"name": "linear_512", "kind": "linear", "title": "linear probe at 512², batch 2",
-             "params": {"batch_size": 2, "crop_size": [512, 512], "schedule": {"iters": 10, "warmup_iters": 2},
-                        "checkpoint_interval": 1000, "log_interval": 100, "test": {"mode": "whole"}, "num_workers": 0},
-             "resources": {"gpus": 0, "cpus": 2, "mem_gb": 8, "time_min": 30, "gpu_hours": 0.0}}))
+        (bench / "protocols" / "linear_512.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "name": "linear_512",
+                    "kind": "linear",
+                    "title": "linear probe at 512², batch 2",
+                    "params": {
+                        "batch_size": 2,
+                        "crop_size": [512, 512],
+                        "schedule": {"iters": 10, "warmup_iters": 2},
+                        "checkpoint_interval": 1000,
+                        "log_interval": 100,
+                        "test": {"mode": "whole"},
+                        "num_workers": 0,
+                    },
+                    "resources": {"gpus": 0, "cpus": 2, "mem_gb": 8, "time_min": 30, "gpu_hours": 0.0},
+                }
+            )
+        )
         (bench / "suites" / "rs.yaml").write_text(
             "name: rs\ntitle: real size\nmethods: [dino]\ngrid:\n  - protocol: linear_512\n    datasets: [ade20k]\n"
-            "    epochs: [10]\n")
+            "    epochs: [10]\n"
+        )
         cell = build_plan(load_registry(bench), "rs")[0]
         rec = execute(cell, tmp / "results", progress=False)
         if rec["status"] != "ok":
             print("linear probe at 512² failed:", rec["error"])
             return
         tm = rec["timings"]
-        print(f"linear probe (ViT-S/16 frozen, 512², batch 2): {tm['iters_per_s']:.2f} iterations/s over "
-              f"{rec['iters']} iterations ({tm['train_s']:.1f} s training), peak RSS {rec['peak_memory_mb']:.0f} MiB")
+        print(
+            f"linear probe (ViT-S/16 frozen, 512², batch 2): {tm['iters_per_s']:.2f} iterations/s over "
+            f"{rec['iters']} iterations ({tm['train_s']:.1f} s training), peak RSS {rec['peak_memory_mb']:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":
