@@ -156,14 +156,12 @@ def cmd_validate(reg: Registry, args) -> int:
 
 
 def cmd_plan(reg: Registry, args) -> int:
-    from harness.plan import build_plan, cell_states, measured_prices, summarize
+    from harness.plan import build_plan, cell_states, guided
 
     cells = build_plan(reg, args.suite, protocols=args.protocol, methods=args.method)
     results = Path(args.results)
-    full = cells
-    if getattr(args, "guided", False):
-        from harness.plan import guided
-
+    full, waiting, selected = cells, {}, {}
+    if args.guided:
         cells, waiting, selected = guided(reg, cells, results)
     why: dict[str, str] = {}
     states = cell_states(cells, results, why)
@@ -175,51 +173,7 @@ def cmd_plan(reg: Registry, args) -> int:
         print(table(rows, ["state", "cell", "config", "why"]))
         return 0
     print(f"suite {suite.name}: {suite.title}")
-    rows = summarize(cells, states, measured_prices(reg, cells, states, results))
-    total = {
-        "protocol": "total",
-        **{
-            k: sum(r[k] for r in rows)
-            for k in ("cells", "done", "failed", "stale", "corrupt", "imported", "todo", "gpu_h_all", "gpu_h_left")
-        },
-    }
-    cols = [
-        "protocol",
-        "datasets",
-        "methods",
-        "cells",
-        "done",
-        "failed",
-        "stale",
-        "corrupt",
-        "todo",
-        "gpu_h_cell",
-        "gpu_h_all",
-        "gpu_h_left",
-        "priced_from",
-    ]
-    heads = [
-        "protocol",
-        "datasets",
-        "methods",
-        "cells",
-        "done",
-        "failed",
-        "stale",
-        "corrupt",
-        "todo",
-        "GPU·h/cell",
-        "GPU·h all",
-        "GPU·h left",
-        "priced from",
-    ]
-    cols.insert(cols.index("todo"), "imported")
-    heads.insert(heads.index("todo"), "imported")
-    for rare in ("corrupt", "imported"):  # shown only when there is something to show
-        if not total[rare]:
-            cols.remove(rare)
-            heads.remove(rare)
-    print(table(rows + [total], cols, heads))
+    _print_plan_summary(reg, cells, states, results)
     _print_stale(cells, states, why, args.suite)
     _print_corrupt(cells, results)
     from harness.records import stray_files
@@ -228,7 +182,44 @@ def cmd_plan(reg: Registry, args) -> int:
     if stray:
         print()
         _print_stray(stray)
-    # per method: the checkpoints each protocol × dataset runs over
+    _print_per_method(cells, states)
+    if args.guided:
+        _print_guided(reg, full, cells, waiting, selected)
+    print(f"\nrecords under {results / suite.name / 'runs'}; `sdd plan --suite {suite.name} --cells` lists every cell")
+    return 0
+
+
+PLAN_COLUMNS = [
+    ("protocol", "protocol"),
+    ("datasets", "datasets"),
+    ("methods", "methods"),
+    ("cells", "cells"),
+    ("done", "done"),
+    ("failed", "failed"),
+    ("stale", "stale"),
+    ("corrupt", "corrupt"),
+    ("imported", "imported"),
+    ("todo", "todo"),
+    ("gpu_h_cell", "GPU·h/cell"),
+    ("gpu_h_all", "GPU·h all"),
+    ("gpu_h_left", "GPU·h left"),
+    ("priced_from", "priced from"),
+]
+
+
+def _print_plan_summary(reg: Registry, cells, states: dict, results: Path) -> None:
+    """One row per protocol (cells by state, GPU·h) and the total; rare states only when they occur."""
+    from harness.plan import measured_prices, summarize
+
+    rows = summarize(cells, states, measured_prices(reg, cells, states, results))
+    counted = ("cells", "done", "failed", "stale", "corrupt", "imported", "todo", "gpu_h_all", "gpu_h_left")
+    total = {"protocol": "total", **{k: sum(r[k] for r in rows) for k in counted}}
+    shown = [(c, h) for c, h in PLAN_COLUMNS if c not in ("corrupt", "imported") or total[c]]
+    print(table(rows + [total], [c for c, _ in shown], [h for _, h in shown]))
+
+
+def _print_per_method(cells, states: dict) -> None:
+    """Per method: the checkpoints each protocol × dataset runs over, and how many of its cells are done."""
     by_method: dict[str, dict] = {}
     for c in cells:
         r = by_method.setdefault(c.method, {"method": c.method, "epochs": set(), "cells": 0, "done": 0})
@@ -238,22 +229,22 @@ def cmd_plan(reg: Registry, args) -> int:
     mrows = [{**r, "epochs": _epochs_text(tuple(sorted(r["epochs"])))} for r in by_method.values()]
     print()
     print(table(mrows, ["method", "epochs", "cells", "done"]))
-    if getattr(args, "guided", False):
-        from harness.plan import guided_projection
 
-        full_h = sum(c.gpu_hours for c in full)
-        n_proj, proj_h = guided_projection(reg, full, cells, waiting)
-        print(
-            f"\nguided grid: {len(cells)} cells now; at most {n_proj} of the full grid's {len(full)} cells in all, "
-            f"{proj_h:,.3f} of {full_h:,.3f} GPU·h: {full_h - proj_h:,.3f} GPU·h "
-            f"({100 * (1 - proj_h / full_h) if full_h else 0:.0f}%) saved"
-        )
-        for m, sel in sorted(selected.items()):
-            print(f"  {m}: DSE top-3 epochs {sel} + last checkpoint")
-        for m, why in sorted(waiting.items()):
-            print(f"  {m}: downstream cells wait ({why})")
-    print(f"\nrecords under {results / suite.name / 'runs'}; `sdd plan --suite {suite.name} --cells` lists every cell")
-    return 0
+
+def _print_guided(reg: Registry, full, cells, waiting: dict, selected: dict) -> None:
+    from harness.plan import guided_projection
+
+    full_h = sum(c.gpu_hours for c in full)
+    n_proj, proj_h = guided_projection(reg, full, cells, waiting)
+    print(
+        f"\nguided grid: {len(cells)} cells now; at most {n_proj} of the full grid's {len(full)} cells in all, "
+        f"{proj_h:,.3f} of {full_h:,.3f} GPU·h: {full_h - proj_h:,.3f} GPU·h "
+        f"({100 * (1 - proj_h / full_h) if full_h else 0:.0f}%) saved"
+    )
+    for m, sel in sorted(selected.items()):
+        print(f"  {m}: DSE top-3 epochs {sel} + last checkpoint")
+    for m, why in sorted(waiting.items()):
+        print(f"  {m}: downstream cells wait ({why})")
 
 
 def _print_stale(cells, states: dict, why: dict[str, str], suite: str) -> None:
@@ -758,6 +749,36 @@ def _selection_flags(p, suite_required: bool = True) -> None:
     p.add_argument("--method", action="append", help="only this method (repeatable)")
 
 
+def _import_parser(sub, results) -> None:
+    p = sub.add_parser(
+        "import",
+        parents=[results],
+        help="numbers you already have (official DSE files, spreadsheets, CSV, mmseg or detectron2 logs) -> records",
+    )
+    p.add_argument("path", help="a file or a folder")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--format", default="auto", help="auto (default), dse-official, spreadsheet, csv, mmseg, detectron2")
+    p.add_argument("--method", help="the method the file is of (when the file does not say)")
+    p.add_argument("--epoch", type=int, help="mmseg / detectron2 runs: the checkpoint they evaluated")
+    p.add_argument("--dataset", help="mmseg / detectron2 runs: the dataset they evaluated on")
+    p.add_argument("--protocol", help="the suite's protocol the numbers belong to (default: by kind)")
+    p.add_argument("--layer", type=int, help="DSE files: the layer to take (default: the method's last)")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the metrics imported before that this file gives again (the record's other metrics are kept)",
+    )
+    p.add_argument(
+        "--take", help="mmseg / detectron2 logs with several evaluations: which one (last, best, or 'iter N')"
+    )
+    p.add_argument(
+        "--allow-outside-grid",
+        action="store_true",
+        help="record epochs the suite's grid does not hold (kept out of the tables unless asked)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="show what would be written")
+
+
 def _parser() -> argparse.ArgumentParser:
     results = argparse.ArgumentParser(add_help=False)  # every command that reads or writes results
     results.add_argument(
@@ -826,33 +847,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repair-ledger", action="store_true", help="move an unreadable ledger aside and rebuild it from the records"
     )
-    p = sub.add_parser(
-        "import",
-        parents=[results],
-        help="numbers you already have (official DSE files, spreadsheets, CSV, mmseg or detectron2 logs) -> records",
-    )
-    p.add_argument("path", help="a file or a folder")
-    p.add_argument("--suite", required=True)
-    p.add_argument("--format", default="auto", help="auto (default), dse-official, spreadsheet, csv, mmseg, detectron2")
-    p.add_argument("--method", help="the method the file is of (when the file does not say)")
-    p.add_argument("--epoch", type=int, help="mmseg / detectron2 runs: the checkpoint they evaluated")
-    p.add_argument("--dataset", help="mmseg / detectron2 runs: the dataset they evaluated on")
-    p.add_argument("--protocol", help="the suite's protocol the numbers belong to (default: by kind)")
-    p.add_argument("--layer", type=int, help="DSE files: the layer to take (default: the method's last)")
-    p.add_argument(
-        "--replace",
-        action="store_true",
-        help="replace the metrics imported before that this file gives again (the record's other metrics are kept)",
-    )
-    p.add_argument(
-        "--take", help="mmseg / detectron2 logs with several evaluations: which one (last, best, or 'iter N')"
-    )
-    p.add_argument(
-        "--allow-outside-grid",
-        action="store_true",
-        help="record epochs the suite's grid does not hold (kept out of the tables unless asked)",
-    )
-    p.add_argument("--dry-run", action="store_true", help="show what would be written")
+    _import_parser(sub, results)
     p = sub.add_parser(
         "demo",
         parents=[results],

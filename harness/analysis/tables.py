@@ -337,18 +337,32 @@ def _metric_notes(mf: pd.DataFrame, mi: pd.DataFrame) -> list[str]:
     return notes
 
 
-def kendall_tables(
-    table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFrame | None = None
-) -> tuple[Table, Table, Table | None]:
-    """(mean τ per metric × dataset, per-method long table, paper side by side)."""
-    protocol = protocol or probe_protocol_of(table)
-    mf, mi = metric_frame(table), miou_frame(table, protocol)
-    datasets = datasets_of(table, protocol)
-    grid_of = grid_kind(table, protocol)
-    long_rows, notes, series, long_marks = [], _metric_notes(mf, mi), {}, set()
-    imported_cells: set[tuple] = set()
-    if not mf.empty:
-        mf = mf.assign(_imp=_imported(mf))
+LONG_COLUMNS = [
+    "metric",
+    "orientation",
+    "method",
+    "dataset",
+    "checkpoints",
+    "grid",
+    "tau_raw",
+    "tau",
+    "p_value",
+    "undefined_because",
+]
+
+
+@dataclass
+class _TauRows:
+    """The per-method τ rows being built, with the series behind them and what came from imports."""
+
+    rows: list = field(default_factory=list)
+    series: dict = field(default_factory=dict)
+    marks: set = field(default_factory=set)
+    imported_cells: set = field(default_factory=set)
+
+
+def _tau_rows(mf: pd.DataFrame, mi: pd.DataFrame, protocol: str, datasets: list[str], grid_of, notes: list) -> _TauRows:
+    out = _TauRows()
     for md in TAU_METRICS:
         if mf.empty or md.name not in mf.columns:
             notes.append(f"{md.label}: no '{md.name}' values in the records; row left empty")
@@ -361,47 +375,50 @@ def kendall_tables(
             )
             joined = joined[np.isfinite(pd.to_numeric(joined[md.name], errors="coerce").astype(float))]
             for method, g in joined.groupby("method", sort=True):
-                raw, y = g[md.name].to_numpy(float), g["miou"].to_numpy(float)
-                good = _goodness(md, g[md.name]).to_numpy(float)
-                t_raw, why = _tau(raw, y)
-                t_good, _ = _tau(good, y)
-                series[(md.label, dataset, method)] = (good, y)
-                if g["_imp"].any() or g["imported"].any():
-                    long_marks.update({(len(long_rows), "tau"), (len(long_rows), "tau_raw")})
-                    imported_cells |= {
-                        (p, d, method, int(e))
-                        for p, d, e in g.loc[g["_imp"], ["_mp", "_md", "epoch"]].itertuples(index=False)
-                    }
-                    imported_cells |= {(protocol, dataset, method, int(e)) for e in g.loc[g["imported"], "epoch"]}
-                long_rows.append(
-                    {
-                        "metric": md.label,
-                        "orientation": md.direction,
-                        "method": method,
-                        "dataset": dataset,
-                        "checkpoints": len(g),
-                        "grid": grid_of(method, dataset),
-                        "tau_raw": t_raw,
-                        "tau": t_good,
-                        "p_value": permutation_p(good, y) if not why else math.nan,
-                        "undefined_because": why or None,
-                    }
-                )
-    long = pd.DataFrame(
-        long_rows,
-        columns=[
-            "metric",
-            "orientation",
-            "method",
-            "dataset",
-            "checkpoints",
-            "grid",
-            "tau_raw",
-            "tau",
-            "p_value",
-            "undefined_because",
-        ],
+                _tau_row(out, md, dataset, method, g, protocol, grid_of)
+    return out
+
+
+def _tau_row(out: _TauRows, md: Metric, dataset: str, method: str, g: pd.DataFrame, protocol: str, grid_of) -> None:
+    raw, y = g[md.name].to_numpy(float), g["miou"].to_numpy(float)
+    good = _goodness(md, g[md.name]).to_numpy(float)
+    t_raw, why = _tau(raw, y)
+    t_good, _ = _tau(good, y)
+    out.series[(md.label, dataset, method)] = (good, y)
+    if g["_imp"].any() or g["imported"].any():
+        out.marks.update({(len(out.rows), "tau"), (len(out.rows), "tau_raw")})
+        out.imported_cells |= {
+            (p, d, method, int(e)) for p, d, e in g.loc[g["_imp"], ["_mp", "_md", "epoch"]].itertuples(index=False)
+        }
+        out.imported_cells |= {(protocol, dataset, method, int(e)) for e in g.loc[g["imported"], "epoch"]}
+    out.rows.append(
+        {
+            "metric": md.label,
+            "orientation": md.direction,
+            "method": method,
+            "dataset": dataset,
+            "checkpoints": len(g),
+            "grid": grid_of(method, dataset),
+            "tau_raw": t_raw,
+            "tau": t_good,
+            "p_value": permutation_p(good, y) if not why else math.nan,
+            "undefined_because": why or None,
+        }
     )
+
+
+def kendall_tables(
+    table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFrame | None = None
+) -> tuple[Table, Table, Table | None]:
+    """(mean τ per metric × dataset, per-method long table, paper side by side)."""
+    protocol = protocol or probe_protocol_of(table)
+    mf, mi = metric_frame(table), miou_frame(table, protocol)
+    datasets = datasets_of(table, protocol)
+    notes = _metric_notes(mf, mi)
+    if not mf.empty:
+        mf = mf.assign(_imp=_imported(mf))
+    built = _tau_rows(mf, mi, protocol, datasets, grid_kind(table, protocol), notes)
+    long = pd.DataFrame(built.rows, columns=LONG_COLUMNS)
     guided = long[long["grid"] == "guided"]
     if len(guided):  # τ over a DSE-guided subset is not comparable with τ over every checkpoint
         notes.append(
@@ -409,31 +426,29 @@ def kendall_tables(
             f"the DSE-guided grid (the DSE top-3 and the last checkpoint only): their τ is in the per-method "
             f"table, marked, and left out of these means"
         )
-    mean, mean_marks = _mean_rows(long, series, datasets, long_marks)
+    mean, mean_marks = _mean_rows(long, built.series, datasets, built.marks)
     if datasets:
         notes.append(
             "Avg. = the mean of the per-dataset columns: " + ", ".join(DATASET_LABEL.get(d, d) for d in datasets)
         )
-    full = long[long["grid"] == "full"]
-    undefined = full[full["tau"].isna()]
+    undefined = long[(long["grid"] == "full") & long["tau"].isna()]
     if len(undefined):
         notes.append(
             f"{len(undefined)} method × dataset × metric τ undefined and left out of the means "
             f"({'; '.join(sorted(set(undefined['undefined_because'].dropna())))})"
         )
     notes += missing_notes(table, mi, protocol)
-    side = _paper_side(paper, mean, long, datasets)
     if len(mean) and len(datasets):
         notes.append(
             "95% CI: percentile interval of the mean τ when methods and each method's checkpoints are "
             "resampled with replacement (1,000 draws, seed 0); p-values per method in the long table "
             "(two-sided permutation test of τ, 9,999 pairings, seed 0)"
         )
-    imp_note = _imported_note(table, imported_cells, "τ computed with values")
+    imp_note = _imported_note(table, built.imported_cells, "τ computed with values")
     t_mean = Table(
         "kendall_tau",
-        "Average Kendall τ between each metric and mIoU (goodness orientation; "
-        "mean over methods; n = methods with a defined τ)",
+        "Average Kendall τ between each metric and mIoU (goodness orientation; mean over "
+        "methods; n = methods with a defined τ)",
         mean,
         notes + imp_note,
         marks=mean_marks,
@@ -443,9 +458,9 @@ def kendall_tables(
         "Kendall τ per method (raw and goodness orientation)",
         long,
         imp_note,
-        marks=long_marks,
+        marks=built.marks,
     )
-    return t_mean, t_long, side
+    return t_mean, t_long, _paper_side(paper, mean, long, datasets)
 
 
 def _mean_rows(long: pd.DataFrame, series: dict, datasets: list[str], long_marks: set) -> tuple[pd.DataFrame, set]:

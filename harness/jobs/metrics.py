@@ -50,7 +50,33 @@ def full_float32(device: str):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def run(cell, ctx) -> dict:
+def _lidar_views(backbone, root, images, params, progress: bool, dev: str, autocast):
+    """LiDAR's augmented views of the first images of the list (None when LiDAR is off)."""
+    lc = params.lidar
+    if lc.num_images == 0:
+        return None
+    sub = image_list(root, min(lc.num_images, len(images)), params.image_list_seed)
+    with full_float32(dev):
+        return extract_views(
+            backbone,
+            sub,
+            lc.views,
+            seed=params.image_list_seed,
+            batch_size=params.forward_batch,
+            augment=lc.augment.model_dump(),
+            progress=progress,
+            device=dev,
+            autocast=autocast,
+        )
+
+
+EMBEDDINGS_USED_BY = {
+    "image_level": ["rankme", "effective_rank", "alpha_req", "collapsed_dims", "log_sv", "lidar"],
+    "dense": ["dse*", "dense_rankme", "w2", "neg_lu", "collapsed_dims_dense", "log_sv_dense"],
+}
+
+
+def run(cell, ctx) -> JobResult:
     reg, progress, placement = ctx.registry, ctx.progress, ctx.placement
     dev, cuda = placement.device, placement.accelerator == "cuda"
     params = ctx.params
@@ -82,22 +108,7 @@ def run(cell, ctx) -> dict:
             autocast=PRECISIONS[precision],
         )
     t_dense = time.perf_counter()
-    views = None
-    lc = params.lidar
-    if lc.num_images > 0:
-        sub = image_list(root, min(lc.num_images, len(images)), params.image_list_seed)
-        with full_float32(dev):
-            views = extract_views(
-                loaded.backbone,
-                sub,
-                lc.views,
-                seed=params.image_list_seed,
-                batch_size=params.forward_batch,
-                augment=lc.augment.model_dump(),
-                progress=progress,
-                device=dev,
-                autocast=PRECISIONS[precision],
-            )
+    views = _lidar_views(loaded.backbone, root, images, params, progress, dev, PRECISIONS[precision])
     t_feat = time.perf_counter()
     with full_float32(dev):
         metrics, details, per_metric = compute_all(
@@ -125,10 +136,7 @@ def run(cell, ctx) -> dict:
             "embeddings": {
                 "image_level": loaded.backbone.embedding_kind,
                 "dense": "last-layer patch tokens after the final norm (class and register tokens dropped)",
-                "used_by": {
-                    "image_level": ["rankme", "effective_rank", "alpha_req", "collapsed_dims", "log_sv", "lidar"],
-                    "dense": ["dse*", "dense_rankme", "w2", "neg_lu", "collapsed_dims_dense", "log_sv_dense"],
-                },
+                "used_by": EMBEDDINGS_USED_BY,
             },
             "mode": params.dse.mode,
             "seeds": {"image_list": images.seed, "dse": params.dse.seed},
