@@ -269,8 +269,10 @@ class ProtocolSpec(Spec):
     @classmethod
     def _registered(cls, v: str) -> str:  # read when a file is loaded: a kind added at run time counts
         if v not in kinds.PROTOCOL_KINDS:
-            raise ValueError(f"unknown protocol kind {v!r}; expected one of {', '.join(kinds.PROTOCOL_KINDS)} "
-                             f"(harness/kinds.py){did_you_mean(v, kinds.PROTOCOL_KINDS)}")
+            raise ValueError(
+                f"unknown protocol kind {v!r}; expected one of {', '.join(kinds.PROTOCOL_KINDS)} "
+                f"(harness/kinds.py){did_you_mean(v, kinds.PROTOCOL_KINDS)}"
+            )
         return v
 
 

@@ -2,6 +2,7 @@
 YAML only (issue 24; docs/architecture.md, "Adding a protocol kind"): planner, launcher, records, output
 checks, importer and tables read the kind's entry. Here a toy kind is added that way, at run time, and
 seen end to end."""
+
 import shutil
 from pathlib import Path
 
@@ -21,9 +22,14 @@ class ToyParams(P):  # 1. the params schema (in harness/params.py for a real kin
 
 
 TOY = kinds.ProtocolKind(  # 2. its entry in harness/kinds.py
-    job="tests.toy_job", params=ToyParams, splits=("train",), role=kinds.DENSE,
-    metrics=(kinds.Metric(name="toy_score", label="Toy score", low=0.0, high=100.0, dense_table=True,
-                          aliases=("toy",)),))
+    job="tests.toy_job",
+    params=ToyParams,
+    splits=("train",),
+    role=kinds.DENSE,
+    metrics=(
+        kinds.Metric(name="toy_score", label="Toy score", low=0.0, high=100.0, dense_table=True, aliases=("toy",)),
+    ),
+)
 
 
 def test_a_toy_kind_added_in_its_four_places_reaches_the_tables(tmp_path, monkeypatch, capsys):
@@ -36,9 +42,11 @@ def test_a_toy_kind_added_in_its_four_places_reaches_the_tables(tmp_path, monkey
     # 4. its YAML: a protocol file of the new kind, and a suite that runs it (3. the job: tests/toy_job.py)
     (bench / "protocols" / "toy.yaml").write_text(
         "name: toy\nkind: toy\ntitle: toy brightness\ndatasets: [imagenet]\nparams: {images: 4}\n"
-        "resources: {gpus: 0, cpus: 1, mem_gb: 1, time_min: 5, gpu_hours: 0.0}\n")
+        "resources: {gpus: 0, cpus: 1, mem_gb: 1, time_min: 5, gpu_hours: 0.0}\n"
+    )
     (bench / "suites" / "toys.yaml").write_text(
-        "name: toys\ntitle: toy suite\nmethods: [tinyvit]\ngrid:\n  - {protocol: toy, datasets: [imagenet]}\n")
+        "name: toys\ntitle: toy suite\nmethods: [tinyvit]\ngrid:\n  - {protocol: toy, datasets: [imagenet]}\n"
+    )
     results = tmp_path / "results"
     sdd = lambda *a: main(["--registry", str(bench), *a, "--results", str(results)])
     assert sdd("submit", "--suite", "toys", "--cluster", "inline") == 0

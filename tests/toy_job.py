@@ -1,5 +1,6 @@
 """The job of the toy protocol kind that tests/test_toy_kind.py adds the way docs/architecture.md says a
 kind is added: it reads the images of its split and scores the mean brightness of each class's folder."""
+
 from __future__ import annotations
 
 import numpy as np
