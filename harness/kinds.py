@@ -159,6 +159,8 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         splits=("train", "val"),
         role=DENSE,
         plan_time=(("backend", "maskrcnn_backend"),),
+        # version 2: per-epoch sampling without replacement, the multi-level pyramid, the test size set apart
+        version=2,
         metrics=tuple(
             Metric(
                 name=f"{task}_{name}",

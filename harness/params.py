@@ -249,19 +249,47 @@ class MaskRCNNParams(P):
         description="auto: detectron2 where it can be imported when the plan is made (recorded "
         "in the cell's config: one backend per table)",
     )
+    pyramid: Literal["multilevel", "simple"] = Field(
+        default="simple",
+        description="ViT features: 'multilevel' = the blocks `vit_levels`, each rescaled by `vit_scale_factors` "
+        "(UDI/SelfPatch: ConvT-BN-GELU-ConvT, ConvT, identity, max-pool) under an FPN; 'simple' = ViTDet's "
+        "simple feature pyramid on the last block",
+    )
+    vit_levels: tuple[NonNegInt, ...] = Field(default=(3, 5, 7, 11), description="0-based ViT blocks (multilevel)")
     vit_scale_factors: tuple[Positive, ...] = (4.0, 2.0, 1.0, 0.5)
     out_channels: PosInt = 256
     anchor_sizes: tuple[PosInt, ...] = (32, 64, 128, 256, 512)
-    min_size: PosInt = 800
+    min_size: PosInt = Field(
+        default=800, description="the test scale's short side (and the train one when `train_min_sizes` is empty)"
+    )
+    train_min_sizes: tuple[PosInt, ...] = Field(
+        default=(), description="multi-scale training: a short side drawn per image from these"
+    )
     max_size: PosInt = 1333
+    crop_policy: Literal["none", "detr"] = Field(
+        default="none",
+        description="'detr': with probability crop_prob, resize the short side to one of crop_resize_sizes, "
+        "crop an absolute size in crop_range, then the multi-scale resize (DETR's AutoAugment branch)",
+    )
+    crop_prob: Fraction = 0.5
+    crop_resize_sizes: tuple[PosInt, ...] = (400, 500, 600)
+    crop_range: tuple[PosInt, PosInt] = (384, 600)
+    drop_path: OpenFraction = Field(default=0.0, description="the ViT's stochastic depth while fine-tuning")
     optimizer: DetOptimizer = Field(default_factory=DetOptimizer)
-    iters: int = Field(default=1000, ge=1)
+    iters: int = Field(default=1000, ge=1, description="optimizer steps (when `epochs` is not set)")
     steps: tuple[PosInt, ...] = Field(default=(), description="lr x gamma at each of these optimizer steps")
+    epochs: int | None = Field(
+        default=None,
+        ge=1,
+        description="an epoch-based schedule: iters = epochs x ceil(training images / batch), resolved at run time",
+    )
+    step_epochs: tuple[PosInt, ...] = Field(default=(), description="with `epochs`: lr x gamma after these epochs")
     gamma: Rate = 0.1
     warmup_iters: int = Field(default=0, ge=0, description="linear warm-up from warmup_factor x lr")
     warmup_factor: Rate = 0.001
     batch_size: int = Field(default=16, ge=1, description="global batch")
     checkpoint_interval: int = Field(default=500, ge=1)
+    rpn_post_nms_train: PosInt = Field(default=2000, description="proposals kept after the RPN's NMS in training")
     detections_per_img: PosInt = 100
     score_thresh: OpenFraction = 0.0
     amp: bool = Field(
@@ -272,11 +300,22 @@ class MaskRCNNParams(P):
     @model_validator(mode="after")
     def _schedule(self):
         _ordered(self.min_size, self.max_size, "min_size, max_size")
+        _ordered(*self.crop_range, "crop_range")
         late = [s for s in self.steps if s > self.iters]
         if late or list(self.steps) != sorted(self.steps):
             raise ValueError(f"steps {list(self.steps)} must be increasing and within iters ({self.iters})")
-        if self.warmup_iters > self.iters:
+        if self.epochs is not None and (
+            any(e > self.epochs for e in self.step_epochs) or list(self.step_epochs) != sorted(self.step_epochs)
+        ):
+            raise ValueError(
+                f"step_epochs {list(self.step_epochs)} must be increasing and within epochs ({self.epochs})"
+            )
+        if self.epochs is None and self.warmup_iters > self.iters:
             raise ValueError(f"warmup_iters ({self.warmup_iters}) exceeds iters ({self.iters})")
+        if self.pyramid == "multilevel" and len(self.vit_levels) != len(self.vit_scale_factors):
+            raise ValueError(
+                f"vit_levels {list(self.vit_levels)} and vit_scale_factors {list(self.vit_scale_factors)} must pair up"
+            )
         return self
 
 

@@ -252,6 +252,30 @@ class Resources(Spec):
         return self.gpus or self.processes or 1
 
 
+class RecipeSource(Spec):
+    """Where a recipe comes from: the config or script it follows (repository, commit, path) and the paper."""
+
+    repo: str
+    commit: str = Field(pattern=r"^[0-9a-f]{7,40}$")
+    path: str
+    paper: str = Field(description="the paper and section that describe it")
+    also: tuple[str, ...] = Field(default=(), description="further files it reads (e.g. its _base_ configs)")
+
+
+class Deviation(Spec):
+    """One way the harness's recipe differs from its source, why, and the effect (measured or argued)."""
+
+    field: str = Field(description="the recipe field (as in tests/golden/recipes/), or 'structure'")
+    what: str
+    why: str
+    effect: str
+
+
+class Recipe(Spec):
+    follows: RecipeSource
+    deviations: tuple[Deviation, ...] = ()
+
+
 class ProtocolSpec(Spec):
     name: str
     kind: str = Field(description="a protocol kind registered in harness/kinds.py")
@@ -259,6 +283,10 @@ class ProtocolSpec(Spec):
     params: dict[str, Any] = Field(default_factory=dict)
     resources: Resources
     datasets: tuple[str, ...] = Field(default=(), description="datasets this protocol accepts (empty = any)")
+    recipe: Recipe | None = Field(
+        default=None,
+        description="the source it follows and its deviations (documentation: not part of a cell's identity)",
+    )
     notes: str = ""
     source: str = Field(default="", exclude=True)
 

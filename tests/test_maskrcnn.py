@@ -54,7 +54,7 @@ def test_torchvision_backend_trains_and_scores_with_pycocotools(reg, tmp_path, m
     for k in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75"):
         assert 0 <= m[k] <= 100, k
     assert m["detections"] > 0
-    assert rec["resolved"]["pyramid"] == ("simple feature pyramid" if method == "tinyvit" else "FPN")
+    assert rec["resolved"]["pyramid"] == ("simple" if method == "tinyvit" else "stages")  # the ViT: ViTDet's, CNN: FPN
     # a changed schedule is another recipe: it starts fresh, never from the 20-iteration run's state
     r = reg("torchvision", iters=30)
     cell2 = build_plan(r, "det", methods=[method])[0]
@@ -66,15 +66,22 @@ def test_torchvision_backend_trains_and_scores_with_pycocotools(reg, tmp_path, m
     assert rec3["status"] == "ok" and rec3["resumed_from_iter"] == 30 and rec3["metrics"] == rec2["metrics"]
 
 
-def test_pyramid_shapes():
+@pytest.mark.parametrize("arch, pyramid", [("vit_tiny_test", "simple"), ("vit_tiny_test", "multilevel"),
+                                           ("resnet_tiny_test", "simple")])
+def test_pyramid_shapes(arch, pyramid):
+    """Five levels at strides 4..64 (the fifth max-pooled), out_channels wide: ViTDet's simple pyramid, UDI's
+    multi-level one (four blocks rescaled x4, x2, x1, x0.5 under an FPN), or an FPN over a CNN's stages."""
     from harness.jobs.maskrcnn import PyramidBackbone
     from harness.models.archs import build_backbone
+    from harness.params import MaskRCNNParams
 
-    for arch in ("vit_tiny_test", "resnet_tiny_test"):
-        pb = PyramidBackbone(build_backbone(arch), 32)
-        out = pb(torch.randn(1, 3, 64, 64))
-        assert list(out) == ["0", "1", "2", "3", "pool"]
-        assert [v.shape[-1] for v in out.values()] == [16, 8, 4, 2, 1] and all(v.shape[1] == 32 for v in out.values())
+    p = MaskRCNNParams(out_channels=32, pyramid=pyramid, vit_levels=(0, 1, 2, 3))
+    pb = PyramidBackbone(build_backbone(arch), p)
+    out = pb(torch.randn(1, 3, 64, 64))
+    assert list(out) == ["0", "1", "2", "3", "pool"]
+    assert [v.shape[-1] for v in out.values()] == [16, 8, 4, 2, 1] and all(v.shape[1] == 32 for v in out.values())
+    if pyramid == "multilevel" and arch.startswith("vit"):  # UDI's x4 stage: ConvT -> BatchNorm -> GELU -> ConvT
+        assert [type(m).__name__ for m in pb.rescale[0]] == ["ConvTranspose2d", "BatchNorm2d", "GELU", "ConvTranspose2d"]
 
 
 def test_asking_for_a_missing_detectron2_is_a_failed_record(reg, tmp_path):

@@ -1,8 +1,9 @@
 """Every touch of detectron2 that is version-sensitive, behind named functions, through its own extension
 points only (no module globals, no private attributes):
 
-- `feature_pyramid`: the harness's backbone as a detectron2 `Backbone` (its `output_shape`), under
-  detectron2's ViTDet `SimpleFeaturePyramid` (ViTs) or `FPN` (ResNets, Swin);
+- `feature_pyramid`: the harness's backbone as a detectron2 `Backbone` (its `output_shape`): a ViT's
+  blocks rescaled as UDI's under `FPN`, or its last block under ViTDet's `SimpleFeaturePyramid`;
+  ResNets and Swin under `FPN`;
 - `build_model`: detectron2's `GeneralizedRCNN` built from the config with that backbone handed in (its
   `@configurable` constructor takes a built backbone: the documented way to bring one's own);
 - `ensure_local_group`: detectron2's per-machine process group, made once when a multi-process cell
@@ -13,31 +14,43 @@ from __future__ import annotations
 
 
 def feature_pyramid(backbone, params):
-    """A detectron2 backbone: the harness backbone's levels (ViT: its last block; CNN/Swin: 4 stages) under
-    detectron2's own pyramid, `params.out_channels` wide."""
+    """A detectron2 backbone from the harness's: a ViT's blocks `vit_levels` rescaled as UDI's (multilevel)
+    or its last block (ViTDet's SimpleFeaturePyramid, simple); a CNN's or Swin's four stages. Under
+    detectron2's FPN with a max-pooled fifth level, `params.out_channels` wide."""
     from detectron2.modeling import Backbone, ShapeSpec
     from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
     from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
+    from torch import nn
+
+    from harness.jobs.detection_parts import rescale_stage
 
     vit = backbone.info.family == "vit"
-    names = ["last_feat"] if vit else ["res2", "res3", "res4", "res5"]
-    channels = [backbone.dim] if vit else list(backbone.level_channels)
-    strides = [backbone.stride] if vit else [4, 8, 16, 32]
+    simple = vit and params.pyramid == "simple"
+    names = ["last_feat"] if simple else ["res2", "res3", "res4", "res5"]
+    channels = [backbone.dim] * len(names) if vit else list(backbone.level_channels)
+    strides = [backbone.stride] if simple else [4, 8, 16, 32]
 
     class HarnessBottomUp(Backbone):
         def __init__(self):
             super().__init__()
             self.body = backbone
+            if vit and not simple:
+                self.rescale = nn.ModuleList(rescale_stage(backbone.dim, s) for s in params.vit_scale_factors)
 
         def forward(self, x):
-            maps = self.body.levels(x)
-            return {"last_feat": maps[-1]} if vit else dict(zip(names, maps))
+            if simple:
+                return {"last_feat": self.body.levels(x)[-1]}
+            if vit:
+                maps = [op(m) for op, m in zip(self.rescale, self.body.levels(x, tuple(params.vit_levels)))]
+            else:
+                maps = self.body.levels(x)
+            return dict(zip(names, maps))
 
         def output_shape(self):
             return {n: ShapeSpec(channels=c, stride=s) for n, c, s in zip(names, channels, strides)}
 
     bottom_up = HarnessBottomUp()
-    if vit:
+    if simple:
         return SimpleFeaturePyramid(
             net=bottom_up,
             in_feature="last_feat",

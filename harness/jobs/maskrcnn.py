@@ -32,6 +32,7 @@ from harness.datasets import (
 from harness.device import data_workers
 from harness.features import maybe_autocast
 from harness.jobs.common import JobResult
+from harness.jobs.detection_parts import drop_path, lr_factor, rescale_stage, resolve_schedule, simple_stage
 from harness.jobs.optim import describe_optimizer, param_groups
 
 
@@ -44,70 +45,55 @@ def detectron2_available() -> tuple[bool, str]:
     return True, ""
 
 
-class LayerNorm2d(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.norm = nn.LayerNorm(c)
-
-    def forward(self, x):
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 class PyramidBackbone(nn.Module):
-    """The harness Backbone as torchvision detection expects: OrderedDict of maps, `out_channels`."""
+    """The harness Backbone as torchvision detection expects: an OrderedDict of maps and `out_channels`.
+    ViTs: `multilevel` (the blocks `vit_levels`, each rescaled, under an FPN: UDI/SelfPatch) or `simple`
+    (ViTDet's pyramid on the last block); ResNets and Swin: an FPN over their four stages. The FPN adds a
+    max-pooled fifth level, as mmdet's FPN with num_outs 5 and torchvision's LastLevelMaxPool."""
 
-    def __init__(self, backbone, out_channels: int = 256, scales=(4.0, 2.0, 1.0, 0.5)):
+    def __init__(self, backbone, p):
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
         from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-        self.body, self.out_channels, self.family = backbone, out_channels, backbone.info.family
-        if self.family == "vit":
-            d = backbone.dim
-            stages = []
-            for s in scales:
-                if s == 4.0:
-                    layers = [
-                        nn.ConvTranspose2d(d, d // 2, 2, 2),
-                        LayerNorm2d(d // 2),
-                        nn.GELU(),
-                        nn.ConvTranspose2d(d // 2, d // 4, 2, 2),
-                    ]
-                    c = d // 4
-                elif s == 2.0:
-                    layers, c = [nn.ConvTranspose2d(d, d // 2, 2, 2)], d // 2
-                elif s == 1.0:
-                    layers, c = [], d
-                else:
-                    layers, c = [nn.MaxPool2d(2, 2)], d
-                layers += [
-                    nn.Conv2d(c, out_channels, 1, bias=False),
-                    LayerNorm2d(out_channels),
-                    nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                    LayerNorm2d(out_channels),
-                ]
-                stages.append(nn.Sequential(*layers))
-            self.sfp = nn.ModuleList(stages)
+        self.body, self.out_channels, self.family = backbone, p.out_channels, backbone.info.family
+        self.kind = p.pyramid if self.family == "vit" else "stages"
+        self.levels = tuple(p.vit_levels)
+        d, scales = getattr(backbone, "dim", 0), tuple(p.vit_scale_factors)
+        if self.kind == "simple":
+            self.sfp = nn.ModuleList(simple_stage(d, s, p.out_channels) for s in scales)
+            return
+        if self.kind == "multilevel":
+            self.rescale = nn.ModuleList(rescale_stage(d, s) for s in scales)
+            channels = [d] * len(scales)
         else:
-            self.fpn = FeaturePyramidNetwork(
-                list(backbone.level_channels), out_channels, extra_blocks=LastLevelMaxPool()
-            )
+            channels = list(backbone.level_channels)
+        self.fpn = FeaturePyramidNetwork(channels, p.out_channels, extra_blocks=LastLevelMaxPool())
 
     def forward(self, x):
-        if self.family == "vit":
+        if self.kind == "simple":
             last = self.body.levels(x)[-1]
             maps = [stage(last) for stage in self.sfp]
             out = OrderedDict((str(i), m) for i, m in enumerate(maps))
             out["pool"] = nn.functional.max_pool2d(maps[-1], 1, 2, 0)
             return out
-        return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(self.body.levels(x))))
+        maps = self.body.levels(x, self.levels) if self.kind == "multilevel" else self.body.levels(x)
+        if self.kind == "multilevel":
+            maps = [op(m) for op, m in zip(self.rescale, maps)]
+        return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
 
 
 class CocoInstances(torch.utils.data.Dataset):
-    def __init__(self, img_dir: Path, ann_file: Path, train: bool):
+    """COCO instances as torchvision's Mask R-CNN takes them; for training a horizontal flip (p 0.5) and,
+    with `crop`, DETR's crop branch of UDI's AutoAugment (with probability crop.prob: the short side resized
+    to one of crop.resize_sizes, long side <= max_size, then a crop of absolute size drawn in crop.range,
+    boxes and masks cut to it, images without boxes kept). The model's transform then resizes to the
+    multi-scale short side, as mmdet's last Resize (override) does."""
+
+    def __init__(self, img_dir: Path, ann_file: Path, train: bool, crop=None):
         from pycocotools.coco import COCO
 
-        self.img_dir, self.train = Path(img_dir), train
+        self.img_dir, self.train, self.crop = Path(img_dir), train, crop
         self.coco = COCO(str(ann_file))
         self.ids = sorted(self.coco.getImgIds())
         self.cat_ids = sorted(self.coco.getCatIds())
@@ -136,7 +122,38 @@ class CocoInstances(torch.utils.data.Dataset):
             x, masks = x.flip(-1), masks.flip(-1)
             w = x.shape[-1]
             boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
+        if self.train and self.crop is not None and torch.rand(1).item() < self.crop.prob:
+            x, boxes, masks, labels = detr_crop(x, boxes, masks, labels, self.crop)
         return x, {"boxes": boxes, "labels": labels, "masks": masks, "image_id": img_id}
+
+
+def detr_crop(x, boxes, masks, labels, crop):
+    """DETR's crop branch (mmdet Resize -> RandomCrop(absolute_range, allow_negative_crop) as UDI's config):
+    the short side resized to a value of crop.resize_sizes (long side <= crop.max_size), then a crop of
+    height and width each drawn uniformly in crop.range (clipped to the image); boxes clipped to it, the
+    ones left without area dropped."""
+    h, w = x.shape[-2:]
+    short = crop.resize_sizes[int(torch.randint(len(crop.resize_sizes), (1,)))]
+    scale = min(short / min(h, w), crop.max_size / max(h, w))
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = nn.functional.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    masks = (
+        nn.functional.interpolate(masks[None].float(), size=(nh, nw), mode="nearest")[0].to(torch.uint8)
+        if len(masks)
+        else torch.zeros(0, nh, nw, dtype=torch.uint8)
+    )
+    boxes = boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h])
+    lo, hi = crop.range
+    ch = int(torch.randint(min(nh, lo), min(nh, hi) + 1, (1,)))
+    cw = int(torch.randint(min(nw, lo), min(nw, hi) + 1, (1,)))
+    y0 = int(torch.randint(0, nh - ch + 1, (1,)))
+    x0 = int(torch.randint(0, nw - cw + 1, (1,)))
+    x, masks = x[:, y0 : y0 + ch, x0 : x0 + cw], masks[:, y0 : y0 + ch, x0 : x0 + cw]
+    boxes = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, cw)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, ch)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return x.contiguous(), boxes[keep], masks[keep].contiguous(), labels[keep]
 
 
 def _collate(batch):
@@ -144,22 +161,42 @@ def _collate(batch):
 
 
 def build_torchvision_model(backbone, num_classes: int, p):
+    """torchvision's Mask R-CNN with the protocol's pyramid, anchors (one size per level, ratios 0.5, 1, 2),
+    multi-scale training sizes, proposals and test thresholds; its heads are mmdet's Shared2FC box head and
+    4-conv mask head in shape (TwoMLPHead 1024, MaskRCNNHeads 4 x 256). It tests at `min_size`."""
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     sizes = tuple((int(s),) for s in p.anchor_sizes)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     return MaskRCNN(
-        PyramidBackbone(backbone, p.out_channels, tuple(p.vit_scale_factors)),
+        PyramidBackbone(backbone, p),
         num_classes=num_classes + 1,
         rpn_anchor_generator=anchors,
-        min_size=p.min_size,
+        min_size=tuple(p.train_min_sizes) or p.min_size,  # training draws one per image; testing: set_test_size
         max_size=p.max_size,
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
+        rpn_post_nms_top_n_train=p.rpn_post_nms_train,
         box_detections_per_img=p.detections_per_img,
         box_score_thresh=p.score_thresh,
     )
+
+
+def crop_policy(p):
+    """The training crop policy of the protocol (None: no crop branch)."""
+    from types import SimpleNamespace
+
+    if p.crop_policy == "none":
+        return None
+    return SimpleNamespace(
+        prob=p.crop_prob, resize_sizes=tuple(p.crop_resize_sizes), range=tuple(p.crop_range), max_size=p.max_size
+    )
+
+
+def set_test_size(model, p) -> None:
+    """Evaluate at the protocol's test scale (torchvision otherwise tests at the last training size)."""
+    model.transform.min_size = (p.min_size,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,15 +212,6 @@ def recipe_groups(model, p) -> list[dict]:
         layer_decay_rate=p.optimizer.layer_decay_rate,
         backbone_prefix="backbone.",
     )
-
-
-def lr_factor(step: int, p) -> float:
-    """Linear warm-up from warmup_factor, then x gamma at each of `steps` (detectron2's WarmupMultiStepLR)."""
-    f = p.gamma ** sum(step >= s for s in p.steps)
-    if step < p.warmup_iters:
-        alpha = step / p.warmup_iters
-        f *= p.warmup_factor * (1 - alpha) + alpha
-    return f
 
 
 @torch.no_grad()
@@ -238,39 +266,50 @@ def coco_evaluate(model, ds: CocoInstances, batch: int = 2, device: str = "cpu")
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
-    """Every optimizer step draws one global batch from a seeded stream that all ranks share; each rank
-    takes its own slice of it, in `accumulation` consecutive micro-batches. So 1 process with gradient
+    """Every optimizer step takes one global batch from a seeded stream that all ranks share -- epoch after
+    epoch, a permutation of the training set (each image once per epoch, as mmdet's sampler) -- and each
+    rank its own slice of it, in `accumulation` consecutive micro-batches. So 1 process with gradient
     accumulation and N processes see the same global batches, and a resumed run the same as an
     uninterrupted one (the stream is replayed up to the step it resumes at)."""
 
-    def __init__(self, n: int, plan: dict, rank: int, seed: int, start: int, steps: int):
+    def __init__(self, n: int, plan, rank: int, seed: int, start: int, steps: int):
         self.n, self.plan, self.rank, self.seed, self.start, self.steps = n, plan, rank, seed, start, steps
         self.mine = plan.per_device * plan.accumulation
 
+    def _stream(self):
+        epoch = 0
+        while True:
+            yield from torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            ).tolist()
+            epoch += 1
+
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed)
+        stream, g = self._stream(), self.plan.global_batch
         for step in range(self.steps):
-            idx = torch.randint(self.n, (self.plan.global_batch,), generator=g)
+            idx = [next(stream) for _ in range(g)]
             if step >= self.start:
-                yield from idx[self.rank * self.mine : (self.rank + 1) * self.mine].tolist()
+                yield from idx[self.rank * self.mine : (self.rank + 1) * self.mine]
 
     def __len__(self):
         return (self.steps - self.start) * self.mine
 
 
-def _train_torchvision(model, ds, p, work: Path, ctx) -> tuple[int, int, dict, str, dict]:
+def _train_torchvision(model, ds, p, work: Path, ctx, schedule: dict) -> tuple[int, int, dict, str, dict]:
     """Train on the cell's device(s): DDP over the cell's processes, the recipe's global batch kept by
     per-device batches and gradient accumulation, bfloat16 autocast on GPUs. Rank 0 saves the state;
     every rank resumes from it. Returns (start step, steps, batch plan, precision)."""
     placement = ctx.placement
     dev, cuda = placement.device, placement.accelerator == "cuda"
-    iters = p.iters
+    iters = schedule["iters"]
     plan = ctx.batch(p.batch_size)
     precision = "bfloat16" if cuda and p.amp and torch.cuda.is_bf16_supported() else "float32"
     amp = {"float32": None, "bfloat16": torch.bfloat16}[precision]
+    if placement.distributed and cuda:  # the pyramid's BatchNorm synchronised over the GPUs, as UDI's SyncBN
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(dev)
     opt = torch.optim.AdamW(recipe_groups(model, p), lr=p.optimizer.lr, betas=tuple(p.optimizer.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, p))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, p, schedule))
     state_file = work / "maskrcnn_state.pth"
     start = 0
     if state_file.is_file():
@@ -329,7 +368,7 @@ def _train_torchvision(model, ds, p, work: Path, ctx) -> tuple[int, int, dict, s
                 },
                 state_file,
             )
-    run = {**describe_optimizer(opt, p), "final_lrs": sorted({g["lr"] for g in opt.param_groups})}
+    run = {**describe_optimizer(opt, p, schedule), "final_lrs": sorted({g["lr"] for g in opt.param_groups})}
     return start, iters, {**plan.record(), "data_workers": workers, "pin_memory": cuda}, precision, run
 
 
@@ -358,17 +397,19 @@ def run(cell, ctx) -> dict:
 
         return run_detectron2(cell, reg, p, root, work, ctx)
     t0 = time.perf_counter()
-    loaded = load_backbone(cell.method, cell.epoch, registry=reg)
+    loaded = load_backbone(cell.method, cell.epoch, registry=reg, arch_overrides=drop_path(p, reg, cell.method))
     tr, va = ds_spec.splits["train"], ds_spec.splits["val"]
-    train_ds = CocoInstances(root / tr.img_dir, root / tr.ann_file, train=True)
+    train_ds = CocoInstances(root / tr.img_dir, root / tr.ann_file, train=True, crop=crop_policy(p))
     val_ds = CocoInstances(root / va.img_dir, root / va.ann_file, train=False)
     torch.manual_seed(p.seed)  # the same initial heads on every rank
     model = build_torchvision_model(loaded.backbone, len(train_ds.cat_ids), p)
+    schedule = resolve_schedule(p, len(train_ds))
     t1 = time.perf_counter()
-    start, iters, batch, precision, optim = _train_torchvision(model, train_ds, p, work, ctx)
+    start, iters, batch, precision, optim = _train_torchvision(model, train_ds, p, work, ctx, schedule)
     t2 = time.perf_counter()
     if not ctx.placement.is_main:  # rank 0 scores and writes the record
         return JobResult(metrics={}, info={"rank": ctx.placement.rank})
+    set_test_size(model, p)
     metrics, undefined = coco_evaluate(model, val_ds, device=ctx.placement.device)
     t3 = time.perf_counter()
     return JobResult(
@@ -391,8 +432,9 @@ def run(cell, ctx) -> dict:
             **optim,
             "resolved": {
                 "params": p.model_dump(mode="json"),
-                "pyramid": "simple feature pyramid" if loaded.backbone.info.family == "vit" else "FPN",
+                "pyramid": model.backbone.kind,
                 "num_classes": len(train_ds.cat_ids),
+                "schedule": schedule,
             },
         },
     )

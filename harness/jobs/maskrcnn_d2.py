@@ -17,6 +17,7 @@ from pathlib import Path
 from harness.datasets import imagenet_norm
 from harness.jobs import d2_adapter
 from harness.jobs.common import JobResult
+from harness.jobs.detection_parts import drop_path, resolve_schedule
 from harness.jobs.optim import describe_optimizer, param_groups
 
 
@@ -35,7 +36,7 @@ def _datasets(cell, ds, root: Path) -> dict[str, str]:
     return names
 
 
-def build_config(p, placement, names: dict, num_classes: int, work: Path):
+def build_config(p, placement, names: dict, num_classes: int, work: Path, schedule: dict):
     """detectron2's R50-FPN Mask R-CNN config with the protocol's inputs, batch and schedule."""
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
@@ -52,7 +53,9 @@ def build_config(p, placement, names: dict, num_classes: int, work: Path):
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = p.score_thresh
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[int(s)] for s in p.anchor_sizes]
     cfg.TEST.DETECTIONS_PER_IMAGE = p.detections_per_img
-    cfg.INPUT.MIN_SIZE_TRAIN = (p.min_size,)
+    cfg.INPUT.MIN_SIZE_TRAIN = tuple(p.train_min_sizes) or (p.min_size,)
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"  # one short side per image, as mmdet's multiscale_mode 'value'
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = p.rpn_post_nms_train
     cfg.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MAX_SIZE_TEST = p.max_size
     cfg.INPUT.MIN_SIZE_TEST = p.min_size
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (names["train"],), (names["val"],)
@@ -64,13 +67,13 @@ def build_config(p, placement, names: dict, num_classes: int, work: Path):
     # the published schedule: linear warm-up, then x gamma at the steps (AdamW is built by the trainer)
     cfg.SOLVER.BASE_LR = p.optimizer.lr
     cfg.SOLVER.WEIGHT_DECAY = p.optimizer.weight_decay
-    cfg.SOLVER.MAX_ITER = p.iters
+    cfg.SOLVER.MAX_ITER = schedule["iters"]
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
-    cfg.SOLVER.STEPS = tuple(int(s) for s in p.steps)
+    cfg.SOLVER.STEPS = tuple(int(s) for s in schedule["steps"])
     cfg.SOLVER.GAMMA = p.gamma
     cfg.SOLVER.WARMUP_METHOD = "linear"
     cfg.SOLVER.WARMUP_FACTOR = p.warmup_factor
-    cfg.SOLVER.WARMUP_ITERS = min(p.warmup_iters, cfg.SOLVER.MAX_ITER)
+    cfg.SOLVER.WARMUP_ITERS = min(schedule["warmup_iters"], cfg.SOLVER.MAX_ITER)
     cfg.SOLVER.CHECKPOINT_PERIOD = p.checkpoint_interval
     cfg.TEST.EVAL_PERIOD = 0
     cfg.OUTPUT_DIR = str(work / "detectron2")
@@ -132,14 +135,16 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
     from harness.models.checkpoints import load_backbone
 
     t0 = time.perf_counter()
-    loaded = load_backbone(cell.method, cell.epoch, registry=reg)
+    loaded = load_backbone(cell.method, cell.epoch, registry=reg, arch_overrides=drop_path(p, reg, cell.method))
     ds = reg.dataset(cell.dataset, cell.suite)
     names = _datasets(cell, ds, root)
-    num_classes = len(json.loads((root / ds.splits["train"].ann_file).read_text())["categories"])
+    coco = json.loads((root / ds.splits["train"].ann_file).read_text())
+    num_classes = len(coco["categories"])
+    schedule = resolve_schedule(p, len(coco["images"]))
     placement = ctx.placement
     if placement.distributed:
         d2_adapter.ensure_local_group(int(os.environ.get("LOCAL_WORLD_SIZE", placement.world_size)))
-    cfg = build_config(p, placement, names, num_classes, work)
+    cfg = build_config(p, placement, names, num_classes, work, schedule)
     trainer = trainer_class(loaded.backbone, p)(cfg)
     trainer.resume_or_load(resume=True)  # detectron2's own checkpoints of this cell, if any
     start = trainer.start_iter
@@ -167,7 +172,7 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
             "resumed_from_iter": start,
             "iters": cfg.SOLVER.MAX_ITER,
             "detectron2_config": cfg.dump(),
-            **describe_optimizer(trainer.optimizer, p),
+            **describe_optimizer(trainer.optimizer, p, schedule),
             "final_lrs": sorted({g["lr"] for g in trainer.optimizer.param_groups}),
             "batch": {
                 "global": cfg.SOLVER.IMS_PER_BATCH,
@@ -177,6 +182,8 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
                 "data_workers": cfg.DATALOADER.NUM_WORKERS,
             },
             "precision": "float16 (detectron2 AMP)" if cfg.SOLVER.AMP.ENABLED else "float32",
-            "pyramid": "detectron2 " + ("SimpleFeaturePyramid" if loaded.backbone.info.family == "vit" else "FPN"),
+            "pyramid": "detectron2 "
+            + ("SimpleFeaturePyramid" if loaded.backbone.info.family == "vit" and p.pyramid == "simple" else "FPN"),
+            "crop_policy": "none (detectron2 has no DETR crop branch)" if p.crop_policy != "none" else "none",
         },
     )

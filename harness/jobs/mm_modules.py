@@ -56,6 +56,7 @@ class SDDBackbone(BaseModule):
         arch_overrides: dict | None = None,
         autocast: str | None = None,
         eval_autocast: str | None = None,
+        levels: tuple[int, ...] | None = None,
         init_cfg=None,
     ):
         super().__init__(init_cfg)
@@ -67,6 +68,7 @@ class SDDBackbone(BaseModule):
         self.loaded = loaded.summary()
         self.backbone = loaded.backbone
         self.mode, self.frozen = mode, frozen
+        self.level_indices = tuple(levels) if levels else None  # ViT blocks of mode "levels" (default: the arch's)
         # a frozen probe's backbone may run in bfloat16 (autocast) while its head trains in float32
         self.autocast = getattr(torch, autocast) if autocast else None
         # evaluation may run at another precision than training (SDDEncoderDecoder.predict switches)
@@ -92,7 +94,11 @@ class SDDBackbone(BaseModule):
         dtype = self.eval_autocast if self.evaluating else self.autocast
         cast = torch.autocast(device_type=x.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with ctx, cast:
-            out = (self.backbone.dense_map(x),) if self.mode == "last" else tuple(self.backbone.levels(x))
+            out = (
+                (self.backbone.dense_map(x),)
+                if self.mode == "last"
+                else tuple(self.backbone.levels(x, self.level_indices))
+            )
         return tuple(o.float() for o in out) if dtype else out
 
 

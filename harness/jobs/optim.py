@@ -89,9 +89,9 @@ def describe_groups(optimizer) -> list[dict]:
     ]
 
 
-def describe_optimizer(optimizer, p) -> dict:
+def describe_optimizer(optimizer, p, schedule: dict | None = None) -> dict:
     """What the record says about the optimizer that ran: type, hyper-parameters, every group's lr and
-    decay and size (and a few of its parameter names), and the schedule."""
+    decay and size (and a few of its parameter names), and the schedule (as resolved, when given)."""
     groups = describe_groups(optimizer)
     return {
         "optimizer": {
@@ -103,10 +103,8 @@ def describe_optimizer(optimizer, p) -> dict:
         },
         "param_groups": groups,
         "schedule": {
-            "iters": p.iters,
-            "warmup_iters": p.warmup_iters,
+            **(schedule or {"iters": p.iters, "warmup_iters": p.warmup_iters, "steps": list(p.steps)}),
             "warmup_factor": p.warmup_factor,
-            "steps": list(p.steps),
             "gamma": p.gamma,
         },
     }

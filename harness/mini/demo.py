@@ -128,7 +128,8 @@ def run(suite: str = "mini", cluster: str = "local", results: Path | None = None
     from harness.analysis.tables import tracking_sentence
 
     print(
-        f"[demo] {tracking_sentence(by['kendall_tau'].frame)} (the mini world's τ are not the paper's: see "
+        f"[demo] {tracking_sentence(by['kendall_tau'].frame, by['kendall_tau_per_method'].frame)} (the mini world's "
+        f"τ are not the paper's: see "
         f"{report.name})"
     )
     print(

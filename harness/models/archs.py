@@ -217,12 +217,17 @@ class Backbone(nn.Module):
         return 2 ** (1 + (layer or 4)) if self.info.family == "resnet" else 2 ** (1 + (layer or 4))
 
     # ---- multi-level features -------------------------------------------------------------
-    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Four [B, C, H, W] maps for the downstream heads (ViT: stride 16 each; the neck rescales)."""
+    def levels(self, x: torch.Tensor, indices: tuple[int, ...] | None = None) -> list[torch.Tensor]:
+        """Four [B, C, H, W] maps for the downstream heads (ViT: the blocks `indices`, default the
+        architecture's `level_indices`, at stride 16 each, without the final norm; the neck rescales)."""
         if self.info.family == "vit":
             return list(
                 self.net.forward_intermediates(
-                    x, indices=list(self.info.level_indices), norm=False, output_fmt="NCHW", intermediates_only=True
+                    x,
+                    indices=list(indices or self.info.level_indices),
+                    norm=False,
+                    output_fmt="NCHW",
+                    intermediates_only=True,
                 )
             )
         return self._stages(x)
