@@ -66,8 +66,9 @@ def test_torchvision_backend_trains_and_scores_with_pycocotools(reg, tmp_path, m
     assert rec3["status"] == "ok" and rec3["resumed_from_iter"] == 30 and rec3["metrics"] == rec2["metrics"]
 
 
-@pytest.mark.parametrize("arch, pyramid", [("vit_tiny_test", "simple"), ("vit_tiny_test", "multilevel"),
-                                           ("resnet_tiny_test", "simple")])
+@pytest.mark.parametrize(
+    "arch, pyramid", [("vit_tiny_test", "simple"), ("vit_tiny_test", "multilevel"), ("resnet_tiny_test", "simple")]
+)
 def test_pyramid_shapes(arch, pyramid):
     """Five levels at strides 4..64 (the fifth max-pooled), out_channels wide: ViTDet's simple pyramid, UDI's
     multi-level one (four blocks rescaled x4, x2, x1, x0.5 under an FPN), or an FPN over a CNN's stages."""
@@ -81,7 +82,12 @@ def test_pyramid_shapes(arch, pyramid):
     assert list(out) == ["0", "1", "2", "3", "pool"]
     assert [v.shape[-1] for v in out.values()] == [16, 8, 4, 2, 1] and all(v.shape[1] == 32 for v in out.values())
     if pyramid == "multilevel" and arch.startswith("vit"):  # UDI's x4 stage: ConvT -> BatchNorm -> GELU -> ConvT
-        assert [type(m).__name__ for m in pb.rescale[0]] == ["ConvTranspose2d", "BatchNorm2d", "GELU", "ConvTranspose2d"]
+        assert [type(m).__name__ for m in pb.rescale[0]] == [
+            "ConvTranspose2d",
+            "BatchNorm2d",
+            "GELU",
+            "ConvTranspose2d",
+        ]
 
 
 def test_asking_for_a_missing_detectron2_is_a_failed_record(reg, tmp_path):
