@@ -153,6 +153,16 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         version=2,
         metrics=tuple(Metric(**{**m.__dict__, "label": f"UperNet {m.label}"}) for m in SEGMENTATION_METRICS),
     ),
+    "semfpn": ProtocolKind(
+        job="harness.jobs.segmentation",
+        params=P.SemFPNParams,
+        splits=("train", "val"),
+        role=DENSE,
+        metrics=tuple(
+            Metric(**{**m.__dict__, "label": f"SemFPN {m.label}", "dense_table": m.dense_table and m.name == "mIoU"})
+            for m in SEGMENTATION_METRICS
+        ),
+    ),
     "maskrcnn": ProtocolKind(
         job="harness.jobs.maskrcnn",
         params=P.MaskRCNNParams,

@@ -227,6 +227,29 @@ class UperNetParams(SegmentationParams):
     drop_path: OpenFraction = 0.1
 
 
+class FPNNeck(P):
+    out_channels: PosInt = 256
+
+
+class FPNDecodeHead(P):
+    channels: PosInt = 128
+    dropout: OpenFraction = 0.1
+    feature_strides: tuple[PosInt, ...] = (4, 8, 16, 32)
+
+
+class SemFPNParams(SegmentationParams):
+    """Semantic FPN (UDI's / SelfPatch's ADE20K protocol): a fine-tuned backbone's four levels (ViT: the
+    blocks `vit_levels`, all at stride 16, not rescaled) under mmseg's FPN neck and FPNHead."""
+
+    optimizer: UperNetOptimizer = Field(
+        default_factory=lambda: UperNetOptimizer(lr=6e-5, weight_decay=0.01, layer_decay_rate=1.0)
+    )
+    vit_levels: tuple[NonNegInt, ...] = Field(default=(2, 5, 8, 11), description="0-based ViT blocks: 3, 6, 9, 12")
+    neck: FPNNeck = Field(default_factory=FPNNeck)
+    decode_head: FPNDecodeHead = Field(default_factory=FPNDecodeHead)
+    drop_path: OpenFraction = 0.1
+
+
 # --------------------------------------------------------------------------------------------- others
 
 

@@ -204,7 +204,33 @@ def _upernet_heads(info, p, num_classes: int, norm: dict, backbone: dict) -> dic
     return parts
 
 
-HEADS = {"linear": _linear_heads, "upernet": _upernet_heads}
+def _semfpn_heads(info, p, num_classes: int, norm: dict, backbone: dict) -> dict:
+    """UDI's / SelfPatch's Semantic FPN: a fine-tuned backbone's four levels (ViT: the blocks `vit_levels` at
+    stride 16, as UDI's backbone returns them, not rescaled) under mmseg's FPN neck and FPNHead."""
+    over = {"drop_path_rate": p.drop_path} if info.family in ("vit", "swin") else None
+    backbone.update(mode="levels", frozen=False, arch_overrides=over)
+    if info.family == "vit":
+        backbone["levels"] = list(p.vit_levels)
+    chans = [info.dim] * len(p.vit_levels) if info.family == "vit" else list(info.level_channels)
+    width, dh = p.neck.out_channels, p.decode_head
+    return dict(
+        neck=dict(type="FPN", in_channels=chans, out_channels=width, num_outs=len(chans)),
+        decode_head=dict(
+            type="FPNHead",
+            in_channels=[width] * len(chans),
+            in_index=list(range(len(chans))),
+            feature_strides=list(dh.feature_strides),
+            channels=dh.channels,
+            dropout_ratio=dh.dropout,
+            num_classes=num_classes,
+            norm_cfg=norm,
+            align_corners=False,
+            loss_decode=_ce(),
+        ),
+    )
+
+
+HEADS = {"linear": _linear_heads, "upernet": _upernet_heads, "semfpn": _semfpn_heads}
 
 
 def _test_mode(ds, p, crop) -> dict:
