@@ -211,6 +211,9 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         metrics=(
             Metric(name="top1", label="k-NN top-1", low=0.0, high=100.0),
             Metric(name="top5", label="k-NN top-5", low=0.0, high=100.0),
+            # DINO's sweep: every k of the protocol's `ks`, from the one neighbour search ({k: accuracy})
+            Metric(name="top1_at", label="k-NN top-1 by k", low=0.0, high=100.0, per_class=True),
+            Metric(name="top5_at", label="k-NN top-5 by k", low=0.0, high=100.0, per_class=True),
         ),
     ),
     "probe": ProtocolKind(

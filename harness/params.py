@@ -355,11 +355,20 @@ class DavisParams(P):
 
 
 class KnnParams(Loading):
-    k: int = Field(default=20, ge=1)
+    ks: tuple[PosInt, ...] = Field(
+        default=(10, 20, 100, 200), description="every k of one neighbour search (DINO's sweep), each in the record"
+    )
+    k: int = Field(default=20, ge=1, description="the k the tables read (top1, top5)")
     temperature: Positive = 0.07
     resize: PosInt = 256
     crop: PosInt = 224
     batch_size: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _k_swept(self):
+        if self.k not in self.ks:
+            raise ValueError(f"k ({self.k}) must be one of ks {list(self.ks)}")
+        return self
 
 
 class ProbeParams(P):

@@ -82,7 +82,7 @@ def world(tmp_path, monkeypatch):
     )
     (bench / "protocols" / "knn_tiny.yaml").write_text(
         "name: knn_tiny\nkind: knn\ntitle: tiny knn\ndatasets: [imagenet]\n"
-        "params: {k: 5, temperature: 0.07, resize: 64, crop: 64, batch_size: 16}\n"
+        "params: {ks: [1, 5, 10], k: 5, temperature: 0.07, resize: 64, crop: 64, batch_size: 16}\n"
         "resources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n"
     )
     (bench / "suites" / "dk.yaml").write_text(
@@ -129,4 +129,14 @@ def test_knn_by_hand_and_on_images(world, tmp_path):
     rec = execute(cell, tmp_path / "results")
     assert rec["status"] == "ok", rec.get("traceback")
     assert rec["metrics"]["top1"] > 50 and rec["metrics"]["top5"] == 100 and rec["val_images"] == 16
+    # DINO's sweep from one neighbour search: every k in the record, k=5 the one the tables read
+    m = rec["metrics"]
+    assert set(m["top1_at"]) == {"1", "5", "10"} and m["top1_at"]["5"] == m["top1"]
+    from harness.jobs.knn import knn_sweep
+
+    train = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels, test = torch.randint(0, 3, (40,)), torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    swept = knn_sweep(train, labels, test, 3, (2, 7))
+    for k in (2, 7):  # the same votes as a search of its own for each k
+        assert torch.allclose(swept[k], knn_classify(train, labels, test, 3, k=k))
     assert rec["embedding"].startswith("class token")  # DINO k-NN's embedding, not the mean patch token

@@ -115,7 +115,7 @@ def knn_world(tmp_path, monkeypatch, scale=1.0, temperature=0.07, k=20):
     )
     (bench / "protocols" / "knn_tiny.yaml").write_text(
         f"name: knn_tiny\nkind: knn\ntitle: tiny knn\ndatasets: [imagenet]\n"
-        f"params: {{k: {k}, temperature: {temperature}, "
+        f"params: {{ks: [{k}], k: {k}, temperature: {temperature}, "
         "resize: 72, crop: 64, batch_size: 16}\nresources: {gpus: 0, cpus: 1, mem_gb: 2, time_min: 5, gpu_hours: 0.0}\n"
     )
     (bench / "suites" / "k.yaml").write_text(

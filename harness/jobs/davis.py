@@ -162,3 +162,19 @@ def run(cell, ctx) -> dict:
             "precision": "float32",
         },
     )
+
+
+def recipe_view(cell, reg, ctx) -> dict:
+    """The recipe this job runs, from its parameters and its own constants (what tests/golden/recipes compares)."""
+    p = ctx.params
+    return {
+        "n_last_frames": p.n_last_frames,
+        "size_mask_neighborhood": p.size_mask_neighborhood,
+        "topk": p.topk,
+        "temperature": p.temperature,
+        "short_side": p.short_side,
+        "size_multiple": p.size_multiple,
+        "normalize.std": list(DINO_DAVIS_STD),
+        "bound_th": p.bound_th,
+        "frames_scored": "every frame but the first and the last",
+    }

@@ -17,21 +17,10 @@ from harness.device import data_workers
 from harness.jobs.common import JobResult, require_finite
 
 
-def knn_classify(
-    train: torch.Tensor,
-    train_labels: torch.Tensor,
-    test: torch.Tensor,
-    classes: int,
-    k: int = 20,
-    temperature: float = 0.07,
-    chunk: int = 1024,
-    train_chunk: int = 262144,
-) -> torch.Tensor:
-    """[test, classes] weighted votes of the k most similar train rows; inputs are L2-normalised and on
-    one device. Similarities are computed in blocks of `chunk` test × `train_chunk` train rows with a
-    running top-k, so memory stays bounded (no test × train matrix) at ImageNet scale."""
-    k = min(k, len(train))
-    out = []
+def _neighbours(train: torch.Tensor, test: torch.Tensor, k: int, chunk: int, train_chunk: int):
+    """(the queries' slice, their k best similarities [q, k] in descending order, the neighbours' indices),
+    chunk by chunk: similarities in blocks of `chunk` test x `train_chunk` train rows with a running top-k,
+    so memory stays bounded (no test x train matrix) at ImageNet scale."""
     for s in range(0, len(test), chunk):
         q = test[s : s + chunk]
         best_sim = torch.full((len(q), k), -float("inf"), device=q.device, dtype=q.dtype)
@@ -41,14 +30,43 @@ def knn_classify(
             cat_s, cat_i = torch.cat([best_sim, sims], 1), torch.cat([best_idx, idx + t0], 1)
             best_sim, pick = cat_s.topk(k, dim=1)
             best_idx = cat_i.gather(1, pick)
-        votes = torch.zeros(len(q), classes, device=q.device, dtype=torch.float32)
-        # DINO's exp(sim / T), each query's weights divided by its top neighbour's: the same vote ranking,
-        # without the overflow a small T gives
-        votes.scatter_add_(
-            1, train_labels[best_idx], ((best_sim.float() - best_sim[:, :1].float()) / temperature).exp()
-        )
-        out.append(votes.cpu())
-    return torch.cat(out)
+        yield s, best_sim, best_idx
+
+
+def _votes(best_sim, best_idx, train_labels, classes: int, k: int, temperature: float) -> torch.Tensor:
+    """Weighted votes of the first k neighbours: DINO's exp(sim / T), each query's weights divided by its top
+    neighbour's (the same vote ranking, without the overflow a small T gives)."""
+    votes = torch.zeros(len(best_sim), classes, device=best_sim.device, dtype=torch.float32)
+    sim, idx = best_sim[:, :k].float(), best_idx[:, :k]
+    votes.scatter_add_(1, train_labels[idx], ((sim - sim[:, :1]) / temperature).exp())
+    return votes.cpu()
+
+
+def knn_sweep(
+    train, train_labels, test, classes: int, ks, temperature: float = 0.07, chunk: int = 1024, train_chunk: int = 262144
+) -> dict[int, torch.Tensor]:
+    """k -> [test, classes] votes for every k of `ks`, from one neighbour search (DINO's eval_knn sweeps
+    k = 10, 20, 100, 200 over the same sorted neighbours)."""
+    kmax = min(max(ks), len(train))
+    out: dict[int, list] = {k: [] for k in ks}
+    for _, best_sim, best_idx in _neighbours(train, test, kmax, chunk, train_chunk):
+        for k in ks:
+            out[k].append(_votes(best_sim, best_idx, train_labels, classes, min(k, kmax), temperature))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def knn_classify(
+    train,
+    train_labels,
+    test,
+    classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+    train_chunk: int = 262144,
+) -> torch.Tensor:
+    """[test, classes] weighted votes of the k most similar train rows (inputs L2-normalised, on one device)."""
+    return knn_sweep(train, train_labels, test, classes, (k,), temperature, chunk, train_chunk)[k]
 
 
 @torch.no_grad()
@@ -108,19 +126,22 @@ def run(cell, ctx) -> dict:
     if te_classes != classes:
         raise ValueError(f"val classes differ from train classes under {root}")
     t1 = time.perf_counter()
-    if p.k > len(tr):  # never a silent clamp: the record would say k=20 of a vote over fewer
+    if max(p.ks) > len(tr):  # never a silent clamp: the record would say k=200 of a vote over fewer
         raise ValueError(
-            f"k = {p.k} neighbours, but the training split has {len(tr)} images "
-            f"({root / ds.splits['train'].img_dir}); lower k in the protocol file"
+            f"k = {max(p.ks)} neighbours, but the training split has {len(tr)} images "
+            f"({root / ds.splits['train'].img_dir}); lower ks in the protocol file"
         )
-    votes = knn_classify(tr, tr_y, te, len(classes), p.k, p.temperature)
-    require_finite(votes, "the k-NN votes (exp(similarity / temperature) overflowed?)")
-    top = votes.topk(min(5, len(classes)), dim=1).indices
+    sweep = knn_sweep(tr, tr_y, te, len(classes), p.ks, p.temperature)
     te_y = te_y.cpu()
-    top1 = (top[:, 0] == te_y).float().mean().item() * 100
-    top5 = (top == te_y[:, None]).any(dim=1).float().mean().item() * 100
+    top1_at, top5_at = {}, {}
+    for k, votes in sweep.items():
+        require_finite(votes, f"the k-NN votes at k={k}")
+        top = votes.topk(min(5, len(classes)), dim=1).indices
+        top1_at[str(k)] = (top[:, 0] == te_y).float().mean().item() * 100
+        top5_at[str(k)] = (top == te_y[:, None]).any(dim=1).float().mean().item() * 100
+    top1, top5 = top1_at[str(p.k)], top5_at[str(p.k)]
     return JobResult(
-        metrics={"top1": top1, "top5": top5},
+        metrics={"top1": top1, "top5": top5, "top1_at": top1_at, "top5_at": top5_at},
         timings={"features_s": t1 - t0, "knn_s": time.perf_counter() - t1},
         info={
             "checkpoint": bb.summary(),
@@ -132,3 +153,22 @@ def run(cell, ctx) -> dict:
             "val_images": len(te),
         },
     )
+
+
+def recipe_view(cell, reg, ctx) -> dict:
+    """The recipe this job runs, from its parameters and its own code (what tests/golden/recipes compares)."""
+    from harness.features import eval_transform
+
+    p = ctx.params
+    tf = eval_transform(p.resize, p.crop).transforms
+    return {
+        "ks": list(p.ks),
+        "temperature": p.temperature,
+        "resize": tf[0].size,
+        "resize.interpolation": tf[0].interpolation.value,
+        "crop": tf[1].size[0],
+        "normalize.mean": list(tf[3].mean),
+        "normalize.std": list(tf[3].std),
+        "features": "L2-normalised image-level embedding (class token for ViTs)",
+        "vote": "exp(similarity / temperature), summed per class over the k nearest",
+    }

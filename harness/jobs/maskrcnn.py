@@ -438,3 +438,62 @@ def run(cell, ctx) -> dict:
             },
         },
     )
+
+
+COCO_TRAIN_IMAGES = 118_287  # COCO 2017 train: what an epoch-based schedule resolves to at paper scale
+
+
+def recipe_view(cell, reg, ctx) -> dict:
+    """The recipe this job runs, read back from the torchvision model and training plan it builds (a ViT
+    with random weights of the method's architecture; no data, no training) -- what tests/golden/recipes
+    compares with the source."""
+    from harness.jobs.optim import NO_DECAY_TOKENS
+    from harness.models.archs import build_backbone
+
+    p = ctx.params
+    backbone = build_backbone(reg.method(cell.method).arch, **(drop_path(p, reg, cell.method) or {}))
+    model = build_torchvision_model(backbone, 80, p)
+    schedule = resolve_schedule(p, COCO_TRAIN_IMAGES)
+    heads = model.roi_heads
+    multilevel = model.backbone.kind == "multilevel"
+    return {
+        "backbone.levels": list(p.vit_levels) if multilevel else "last",
+        "backbone.drop_path": p.drop_path,
+        "pyramid.type": model.backbone.kind,
+        "pyramid.rescales": list(p.vit_scale_factors),
+        "neck.out_channels": model.backbone.out_channels,
+        "neck.num_outs": len(p.anchor_sizes),
+        "rpn.anchor_sizes": [s[0] for s in model.rpn.anchor_generator.sizes],
+        "rpn.aspect_ratios": list(model.rpn.anchor_generator.aspect_ratios[0]),
+        "rpn.post_nms_train": p.rpn_post_nms_train,
+        "roi.box_output_size": list(heads.box_roi_pool.output_size),
+        "roi.mask_output_size": list(heads.mask_roi_pool.output_size),
+        "roi.box_fc": heads.box_head.fc6.out_features,
+        "roi.mask_convs": sum(1 for m in heads.mask_head.modules() if isinstance(m, nn.Conv2d)),
+        "roi.box_batch": heads.fg_bg_sampler.batch_size_per_image,
+        "roi.box_positive_fraction": heads.fg_bg_sampler.positive_fraction,
+        "test.score_thresh": heads.score_thresh,
+        "test.detections_per_img": heads.detections_per_img,
+        "data.train_min_sizes": list(model.transform.min_size),
+        "data.max_size": model.transform.max_size,
+        "data.test_min_size": p.min_size,
+        "data.flip": 0.5,
+        "data.crop_policy": p.crop_policy,
+        "data.crop_resize_sizes": list(p.crop_resize_sizes),
+        "data.crop_range": list(p.crop_range),
+        "data.size_divisor": model.transform.size_divisible,
+        "optimizer.type": "AdamW",
+        "optimizer.lr": p.optimizer.lr,
+        "optimizer.weight_decay": p.optimizer.weight_decay,
+        "optimizer.betas": list(p.optimizer.betas),
+        "optimizer.layer_decay_rate": p.optimizer.layer_decay_rate,
+        "optimizer.no_decay": "1-D parameters, " + ", ".join(NO_DECAY_TOKENS),
+        "schedule.epochs": schedule["epochs"],
+        "schedule.step_epochs": list(p.step_epochs),
+        "schedule.iters": schedule["iters"],
+        "schedule.warmup_iters": schedule["warmup_iters"],
+        "schedule.warmup_factor": p.warmup_factor,
+        "schedule.gamma": p.gamma,
+        "batch.global": p.batch_size,
+        "precision": "mixed" if p.amp else "float32",
+    }

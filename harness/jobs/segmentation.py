@@ -74,7 +74,7 @@ def _dataset(ds, root: Path, split: str, pipeline):
     return cfg
 
 
-def build_config(cell, reg, work_dir: Path, ctx) -> dict:
+def build_config(cell, reg, work_dir: Path, ctx, root: Path | None = None) -> dict:
     """The mmseg config of a cell as it runs here, composed of parts (as detectron2's configs/common):
     the model (backbone + the kind's heads), the optimiser and schedule, the data, the runtime. The
     recipe's global batch runs as per-device batches and gradient accumulation over the cell's processes
@@ -82,7 +82,7 @@ def build_config(cell, reg, work_dir: Path, ctx) -> dict:
     forward passes per step, so its iteration counts are the recipe's times k."""
     kind = cell.config["protocol"]["kind"]
     ds = reg.dataset(cell.dataset, cell.suite)
-    root = check_layout(ds)
+    root = root or check_layout(ds)
     from harness.models.archs import ARCHS
 
     info = ARCHS[reg.method(cell.method).arch]
@@ -451,3 +451,61 @@ def _jsonable(x):
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
     return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
+
+
+def recipe_view(cell, reg, ctx) -> dict:
+    """The recipe the job will run, read back from the mmseg config it builds (no data, no training): the
+    values a recipe test compares with a transcription of the source (tests/golden/recipes/)."""
+    from harness.jobs.optim import NO_DECAY_TOKENS
+    from harness.models.archs import ARCHS
+
+    cfg = build_config(cell, reg, Path("/nonexistent/work"), ctx, root=Path("/data"))
+    run, model, optim = cfg["sdd_run"], cfg["model"], cfg["optim_wrapper"]
+    k, backbone = run["batch"]["accumulation"], model["backbone"]
+    info = ARCHS[reg.method(cell.method).arch]
+    levels = backbone.get("levels") or (list(info.level_indices) if backbone["mode"] == "levels" else "last")
+    decode = {key: v for key, v in model["decode_head"].items() if key in HEAD_FIELDS}
+    pw = optim.get("paramwise_cfg") or {}
+    train = {t["type"]: t for t in cfg["train_dataloader"]["dataset"]["pipeline"]}
+    scheds = cfg["param_scheduler"]
+    view = {
+        "optimizer.type": optim["optimizer"]["type"],
+        "optimizer.lr": optim["optimizer"]["lr"],
+        "optimizer.weight_decay": optim["optimizer"]["weight_decay"],
+        "optimizer.betas": list(optim["optimizer"]["betas"]),
+        "optimizer.layer_decay_rate": pw.get("layer_decay_rate", 1.0),
+        "optimizer.no_decay": ("1-D parameters, " + ", ".join(NO_DECAY_TOKENS)) if pw else "none",
+        "schedule.iters": cfg["train_cfg"]["max_iters"] // k,
+        "schedule.policy": scheds[-1]["type"],
+        "schedule.power": scheds[-1]["power"],
+        "schedule.min_lr": scheds[-1]["eta_min"],
+        "schedule.warmup_iters": scheds[0]["end"] // k if len(scheds) > 1 else 0,
+        "schedule.warmup_ratio": scheds[0]["start_factor"] if len(scheds) > 1 else None,
+        "batch.global": run["batch"]["global"],
+        "backbone.frozen": backbone["frozen"],
+        "backbone.levels": levels,
+        "backbone.drop_path": (backbone.get("arch_overrides") or {}).get("drop_path_rate", 0.0),
+        "neck.type": (model.get("neck") or {}).get("type"),
+        "neck.out_channels": (model.get("neck") or {}).get("out_channels"),
+        "neck.rescales": (model.get("neck") or {}).get("rescales"),
+        **{f"decode_head.{key}": v for key, v in decode.items()},
+        "auxiliary_head.loss_weight": ((model.get("auxiliary_head") or {}).get("loss_decode") or {}).get("loss_weight"),
+        "data.crop_size": list(train["SDDRandomCrop"]["crop_size"]),
+        "data.train_scale": list(train["RandomResize"]["scale"]),
+        "data.ratio_range": list(train["RandomResize"]["ratio_range"]),
+        "data.cat_max_ratio": train["SDDRandomCrop"]["cat_max_ratio"],
+        "data.flip": train["RandomFlip"]["prob"],
+        "data.photometric": run["photometric"] != "off",
+        "test.mode": model["test_cfg"]["mode"],
+        "test.crop_size": list(model["test_cfg"].get("crop_size") or []) or None,
+        "test.stride": list(model["test_cfg"].get("stride") or []) or None,
+    }
+    return {key: _plain(v) for key, v in view.items() if v is not None}
+
+
+HEAD_FIELDS = ("type", "channels", "dropout_ratio", "pool_scales", "in_index", "feature_strides", "input_transform")
+
+
+def _plain(v):
+    """Tuples as lists (YAML has no tuples), the rest as it is."""
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
