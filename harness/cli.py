@@ -86,10 +86,13 @@ def cmd_ls(reg: Registry, args) -> int:
                 "datasets": ", ".join(p.datasets) or "any",
                 "gpus": p.resources.gpus,
                 "GPU·h/cell": p.resources.gpu_hours,
+                "source": p.source_line(),
+                "deviations": len(p.recipe.deviations) if p.recipe else "-",
             }
             for p in reg.protocols.values()
         ]
-        print(table(rows, ["name", "kind", "title", "datasets", "gpus", "GPU·h/cell"]))
+        print(table(rows, ["name", "kind", "title", "datasets", "gpus", "GPU·h/cell", "source", "deviations"]))
+        print("(each protocol's source and deviations, value by value: docs/protocols.md)")
     else:
         rows = [
             {

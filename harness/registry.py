@@ -287,11 +287,21 @@ class ProtocolSpec(Spec):
         default=None,
         description="the source it follows and its deviations (documentation: not part of a cell's identity)",
     )
+    miniature_of: str | None = Field(
+        default=None, description="the protocol this one scales down for the mini world (it has the source)"
+    )
     notes: str = ""
     source: str = Field(default="", exclude=True)
 
     def __hash__(self):
         return hash(self.model_dump_json())
+
+    def source_line(self) -> str:
+        """Where the recipe comes from, in one line: repo@commit:path, the protocol it scales down, or none."""
+        if self.recipe is not None:
+            f = self.recipe.follows
+            return f"{f.repo}@{f.commit[:7]}:{f.path}"
+        return f"miniature of {self.miniature_of}" if self.miniature_of else "none (not a published recipe)"
 
     @field_validator("kind")
     @classmethod
@@ -723,11 +733,23 @@ def _check_suite(reg: Registry, s: SuiteSpec, broken: dict[str, set] | None = No
 
 def _check_protocol(reg: Registry, p: ProtocolSpec) -> list[str]:
     lines = _line_map(Path(p.source).read_text()) if p.source else {}
-    return [
+    problems = [
         f"{p.source}:{lines.get(('datasets', i))}: datasets.{i}: unknown dataset '{d}'.{did_you_mean(d, reg.datasets)}"
         for i, d in enumerate(p.datasets)
         if d not in reg.datasets
     ]
+    big = reg.protocols.get(p.miniature_of or "")
+    if p.miniature_of and big is None:
+        problems.append(
+            f"{p.source}:{lines.get(('miniature_of',))}: miniature_of: unknown protocol '{p.miniature_of}'."
+            f"{did_you_mean(p.miniature_of, reg.protocols)}"
+        )
+    elif big is not None and big.kind != p.kind:
+        problems.append(
+            f"{p.source}:{lines.get(('miniature_of',))}: miniature_of: '{big.name}' is a {big.kind} protocol, "
+            f"this one is {p.kind}: a miniature runs the same kind"
+        )
+    return problems
 
 
 _LOADED: dict[str, tuple[tuple, "Registry"]] = {}  # root -> (its files' stat, the registry), per process

@@ -459,6 +459,7 @@ def recipe_view(cell, reg, ctx) -> dict:
     return {
         "backbone.levels": list(p.vit_levels) if multilevel else "last",
         "backbone.drop_path": p.drop_path,
+        "backbone.attention": "global in every block",  # the checkpoint's own ViT, never re-architected
         "pyramid.type": model.backbone.kind,
         "pyramid.rescales": list(p.vit_scale_factors),
         "neck.out_channels": model.backbone.out_channels,
@@ -468,6 +469,8 @@ def recipe_view(cell, reg, ctx) -> dict:
         "rpn.post_nms_train": p.rpn_post_nms_train,
         "roi.box_output_size": list(heads.box_roi_pool.output_size),
         "roi.mask_output_size": list(heads.mask_roi_pool.output_size),
+        "roi.sampling_ratio": heads.box_roi_pool.sampling_ratio,
+        "roi.box_head": "2fc" if type(heads.box_head).__name__ == "TwoMLPHead" else type(heads.box_head).__name__,
         "roi.box_fc": heads.box_head.fc6.out_features,
         "roi.mask_convs": sum(1 for m in heads.mask_head.modules() if isinstance(m, nn.Conv2d)),
         "roi.box_batch": heads.fg_bg_sampler.batch_size_per_image,

@@ -145,3 +145,28 @@ def run(cell, ctx) -> JobResult:
             "peak_device_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
         },
     )
+
+
+def recipe_view(cell, reg, ctx) -> dict:
+    """The recipe this job runs, from its parameters and the transform it uses (what tests/golden/recipes
+    compares with the official DSE code)."""
+    from harness.features import eval_transform
+
+    p = ctx.params
+    tf = eval_transform(p.resize, p.crop).transforms
+    return {
+        "images": p.num_images,
+        "dse.batch": p.batch_size,
+        "dse.local_clusters": p.dse.local_clusters,
+        "dse.global_clusters": p.dse.global_clusters,
+        "dse.group_size": p.dse.group_size,
+        "dse.normalize": p.dse.normalize,
+        "dse.kmeans_iters": p.dse.kmeans_iters,
+        "dse.kmeans_tol": p.dse.kmeans_tol,
+        "features.layer": "last",
+        "resize": tf[0].size,
+        "resize.interpolation": tf[0].interpolation.value,
+        "crop": tf[1].size[0],
+        "normalize.mean": list(tf[3].mean),
+        "normalize.std": list(tf[3].std),
+    }

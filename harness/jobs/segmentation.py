@@ -499,6 +499,8 @@ def recipe_view(cell, reg, ctx) -> dict:
         "test.mode": model["test_cfg"]["mode"],
         "test.crop_size": list(model["test_cfg"].get("crop_size") or []) or None,
         "test.stride": list(model["test_cfg"].get("stride") or []) or None,
+        # what the job picks on GPUs (this view is built on the CPU, where it runs float32)
+        "precision": ctx.params.precision or ("mixed, frozen backbone only" if backbone["frozen"] else "mixed"),
     }
     return {key: _plain(v) for key, v in view.items() if v is not None}
 
