@@ -36,6 +36,7 @@ class Metric:
     per_class: bool = False  # a {class: value} mapping (each value in the domain)
     tau: bool = False  # a row of the Kendall-τ tables (label-free kinds)
     dense_table: bool = False  # a column of the dense table (dense kinds)
+    optional: bool = False  # written only when the protocol asks (e.g. the multi-scale test): no empty column
 
     @property
     def target(self) -> float | None:
@@ -92,6 +93,11 @@ SEGMENTATION_METRICS = (
     Metric(name="aAcc", label="aAcc", aliases=("aacc",), low=0.0, high=100.0, dense_table=True),
     Metric(name="mAcc", label="mAcc", aliases=("macc",), low=0.0, high=100.0, dense_table=True),
     Metric(name="IoU", label="IoU per class", per_class=True, low=0.0, high=100.0),
+    # the multi-scale (+ flip) test, when the protocol's test.multi_scale asks for it
+    Metric(name="mIoU_ms", label="mIoU ms+flip", low=0.0, high=100.0, dense_table=True, optional=True),
+    Metric(name="aAcc_ms", label="aAcc ms+flip", low=0.0, high=100.0, optional=True),
+    Metric(name="mAcc_ms", label="mAcc ms+flip", low=0.0, high=100.0, optional=True),
+    Metric(name="IoU_ms", label="IoU per class ms+flip", per_class=True, low=0.0, high=100.0, optional=True),
 )
 
 PROTOCOL_KINDS: dict[str, ProtocolKind] = {
@@ -159,7 +165,13 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         splits=("train", "val"),
         role=DENSE,
         metrics=tuple(
-            Metric(**{**m.__dict__, "label": f"SemFPN {m.label}", "dense_table": m.dense_table and m.name == "mIoU"})
+            Metric(
+                **{
+                    **m.__dict__,
+                    "label": f"SemFPN {m.label}",
+                    "dense_table": m.dense_table and m.name in ("mIoU", "mIoU_ms"),
+                }
+            )
             for m in SEGMENTATION_METRICS
         ),
     ),

@@ -145,8 +145,25 @@ class SegOptimizer(P):
     betas: tuple[OpenFraction, OpenFraction] = (0.9, 0.999)
 
 
+class MultiScaleTest(P):
+    """A multi-scale (+ flip) test after the single-scale one, both in the record (mmseg's TestTimeAug
+    and SegTTAModel: softmax scores averaged over the views)."""
+
+    ratios: tuple[Positive, ...] = Field(min_length=1, description="e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]")
+    flip: bool = True
+    resize: Literal["setr", "scale"] = Field(
+        default="setr",
+        description="'setr': short side max(crop height, ratio x the test scale's short side), no cap on the "
+        "long side (iBOT/BEiT's SETR_Resize, setr_multi_scale=True); 'scale': the test scale x ratio, keeping "
+        "the aspect ratio (mmseg's MultiScaleFlipAug)",
+    )
+
+
 class TestMode(P):
     mode: Literal["whole", "slide"] = "whole"
+    multi_scale: MultiScaleTest | None = Field(
+        default=None, description="also test at several scales (+ flip): metrics `<name>_ms` next to the others"
+    )
     crop_size: Pair | None = Field(
         default=None,
         description="the slide window; default: the dataset's (its segmentation.slide_crop, else its crop)",

@@ -152,3 +152,37 @@ def test_bad_inputs_end_as_failed_records(reg, tmp_path, data):
     os.environ["SDD_DATA_ROOT"] = str(tmp_path / "nowhere")
     rec = execute(cell_of(reg, "linear_tiny", "cityscapes"), tmp_path / "r3")
     assert rec["status"] == "failed" and "does not exist" in rec["error"] and "SDD_DATA_ROOT" in rec["error"]
+
+
+def _with_test(reg, name: str, test: str):
+    """A copy of linear_tiny with another `test:` block, in the same registry folder."""
+    src = Path(reg.protocol("linear_tiny").source)
+    text = src.read_text().replace("name: linear_tiny", f"name: {name}").rstrip()
+    text = text.replace("log_interval: 10,", f"log_interval: 10, test: {test},")
+    (src.parent / f"{name}.yaml").write_text(text + "\n")
+    suite = Path(reg.suites["seg"].source)
+    suite.write_text(suite.read_text() + f"  - protocol: {name}\n    datasets: [ade20k]\n    epochs: [1]\n")
+    return load_registry(src.parents[1])
+
+
+def test_multi_scale_test_of_one_unflipped_view_equals_the_single_scale_test(reg, tmp_path):
+    """The TTA path (mmseg's TestTimeAug + SegTTAModel) with one view at the test scale must give the
+    single-scale numbers exactly; with several scales and flips it gives its own, next to them."""
+    reg = _with_test(reg, "linear_ms1", "{mode: whole, multi_scale: {ratios: [1.0], flip: false, resize: scale}}")
+    rec = execute(cell_of(reg, "linear_ms1", "ade20k"), tmp_path / "one")
+    assert rec["status"] == "ok", rec.get("traceback")
+    m = rec["metrics"]
+    assert m["mIoU_ms"] == m["mIoU"] and m["aAcc_ms"] == m["aAcc"] and set(m["IoU_ms"]) == set(m["IoU"])
+    same = [
+        (a == b) or (a != a and b != b) for a, b in ((m["IoU_ms"][c], m["IoU"][c]) for c in m["IoU"])
+    ]  # NaN: absent
+    assert all(same)
+    assert rec["multi_scale"]["ratios"] == [1.0] and "val_multi_scale_s" in rec["timings"]
+
+    reg = _with_test(reg, "linear_ms4", "{mode: whole, multi_scale: {ratios: [1.0, 1.5], flip: true}}")
+    rec = execute(cell_of(reg, "linear_ms4", "ade20k"), tmp_path / "four")
+    assert rec["status"] == "ok", rec.get("traceback")
+    m = rec["metrics"]
+    assert 0 <= m["mIoU_ms"] <= 100 and set(m["IoU_ms"]) == set(m["IoU"])
+    pipe = rec["multi_scale"]["dataloader"]["dataset"]["pipeline"][1]["transforms"]
+    assert [t["scale"] for t in pipe[0]] == [64, 96] and len(pipe[1]) == 2  # SETR rule: max(crop 64, r x 64)

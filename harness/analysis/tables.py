@@ -682,6 +682,11 @@ def dense_columns() -> list[tuple[str, str, str]]:
     return [(k, m.name, m.label) for k in kinds_with(DENSE) for m in PROTOCOL_KINDS[k].metrics if m.dense_table]
 
 
+def _optional_labels() -> set[str]:
+    """Labels of dense columns a protocol writes only when asked (no column when no record has them)."""
+    return {m.label for k in kinds_with(DENSE) for m in PROTOCOL_KINDS[k].metrics if m.dense_table and m.optional}
+
+
 def dense_table(table: pd.DataFrame) -> Table:
     sel = selections(table)
     ok = _ok(table)
@@ -715,6 +720,7 @@ def dense_table(table: pd.DataFrame) -> Table:
         notes.append("no records of a dense protocol (" + ", ".join(kinds_with(DENSE)) + ") in this suite")
     cols = ["method", "checkpoint"] + [label for _, _, label in cols_spec]
     frame = pd.DataFrame(rows).reindex(columns=cols + sorted({c for r in rows for c in r if c.startswith("epoch_")}))
+    frame = frame.drop(columns=[c for c in _optional_labels() if c in frame.columns and frame[c].isna().all()])
     notes += _imported_note(table, imported_cells, "values")
     return Table("dense", "Dense protocols (UDI style): final and DSE-selected checkpoint", frame, notes, marks=marks)
 

@@ -443,10 +443,11 @@ def run(cell, ctx) -> dict:
 COCO_TRAIN_IMAGES = 118_287  # COCO 2017 train: what an epoch-based schedule resolves to at paper scale
 
 
-def recipe_view(cell, reg, ctx) -> dict:
+def recipe_view(cell, reg, ctx, backend: str = "torchvision") -> dict:
     """The recipe this job runs, read back from the torchvision model and training plan it builds (a ViT
     with random weights of the method's architecture; no data, no training) -- what tests/golden/recipes
-    compares with the source."""
+    compares with the source. `backend="detectron2"`: what detectron2's config decides, read back from the
+    config that backend builds, over the parts both share (backbone, pyramid, optimiser groups)."""
     from harness.jobs.optim import NO_DECAY_TOKENS
     from harness.models.archs import build_backbone
 
@@ -456,7 +457,7 @@ def recipe_view(cell, reg, ctx) -> dict:
     schedule = resolve_schedule(p, COCO_TRAIN_IMAGES)
     heads = model.roi_heads
     multilevel = model.backbone.kind == "multilevel"
-    return {
+    view = {
         "backbone.levels": list(p.vit_levels) if multilevel else "last",
         "backbone.drop_path": p.drop_path,
         "backbone.attention": "global in every block",  # the checkpoint's own ViT, never re-architected
@@ -500,3 +501,8 @@ def recipe_view(cell, reg, ctx) -> dict:
         "batch.global": p.batch_size,
         "precision": "mixed" if p.amp else "float32",
     }
+    if backend == "detectron2":
+        from harness.jobs.maskrcnn_d2 import recipe_fields
+
+        view.update(recipe_fields(p, schedule, ctx.placement))
+    return view

@@ -187,3 +187,41 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
             "crop_policy": "none (detectron2 has no DETR crop branch)" if p.crop_policy != "none" else "none",
         },
     )
+
+
+def recipe_fields(p, schedule: dict, placement) -> dict:
+    """The recipe fields detectron2 decides, read back from the config this job builds (no data, no
+    training; tests/golden/recipes compares them with the source as for the torchvision backend)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        cfg = build_config(p, placement, {"train": "t", "val": "v"}, 80, Path(work), schedule)
+    m, solver = cfg.MODEL, cfg.SOLVER
+    return {
+        "neck.out_channels": m.FPN.OUT_CHANNELS,
+        "rpn.anchor_sizes": [s[0] for s in m.ANCHOR_GENERATOR.SIZES],
+        "rpn.aspect_ratios": list(m.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
+        "rpn.post_nms_train": m.RPN.POST_NMS_TOPK_TRAIN,
+        "roi.box_output_size": [m.ROI_BOX_HEAD.POOLER_RESOLUTION] * 2,
+        "roi.mask_output_size": [m.ROI_MASK_HEAD.POOLER_RESOLUTION] * 2,
+        "roi.sampling_ratio": m.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+        "roi.box_head": f"{m.ROI_BOX_HEAD.NUM_FC}fc" if not m.ROI_BOX_HEAD.NUM_CONV else "conv-fc",
+        "roi.box_fc": m.ROI_BOX_HEAD.FC_DIM,
+        "roi.mask_convs": m.ROI_MASK_HEAD.NUM_CONV,
+        "roi.box_batch": m.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+        "roi.box_positive_fraction": m.ROI_HEADS.POSITIVE_FRACTION,
+        "test.score_thresh": m.ROI_HEADS.SCORE_THRESH_TEST,
+        "test.detections_per_img": cfg.TEST.DETECTIONS_PER_IMAGE,
+        "data.train_min_sizes": list(cfg.INPUT.MIN_SIZE_TRAIN),
+        "data.max_size": cfg.INPUT.MAX_SIZE_TRAIN,
+        "data.test_min_size": cfg.INPUT.MIN_SIZE_TEST,
+        "data.crop_policy": cfg.INPUT.CROP.TYPE if cfg.INPUT.CROP.ENABLED else "none",
+        "optimizer.lr": solver.BASE_LR,
+        "optimizer.weight_decay": solver.WEIGHT_DECAY,
+        "schedule.iters": solver.MAX_ITER,
+        "schedule.steps": list(solver.STEPS),
+        "schedule.warmup_iters": solver.WARMUP_ITERS,
+        "schedule.warmup_factor": solver.WARMUP_FACTOR,
+        "schedule.gamma": solver.GAMMA,
+        "batch.global": solver.IMS_PER_BATCH,
+    }

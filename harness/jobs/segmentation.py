@@ -55,6 +55,34 @@ def _pipelines(ds, p, photometric: str):
     return train, test, crop
 
 
+NO_CAP = 1 << 30  # ResizeShortestEdge's max_size when the long side is free (it takes no None)
+
+
+def multi_scale_pipeline(ms, crop, test_scale) -> list:
+    """mmseg's TestTimeAug over the protocol's scales (and flips): each view is resized from the loaded
+    image, annotations loaded after the resize (scored at full resolution, as the single-scale test)."""
+    if ms.resize == "setr":  # iBOT's SETR_Resize: the short side never below the crop, the long side free
+        resizes = [
+            dict(type="ResizeShortestEdge", scale=max(crop[0], round(r * min(test_scale))), max_size=NO_CAP)
+            for r in ms.ratios
+        ]
+    else:
+        resizes = [
+            dict(type="Resize", scale=(round(test_scale[0] * r), round(test_scale[1] * r)), keep_ratio=True)
+            for r in ms.ratios
+        ]
+    flips = [dict(type="RandomFlip", prob=0.0, direction="horizontal")]
+    if ms.flip:
+        flips.append(dict(type="RandomFlip", prob=1.0, direction="horizontal"))
+    return [
+        dict(type="LoadImageFromFile"),
+        dict(
+            type="TestTimeAug",
+            transforms=[resizes, flips, [dict(type="LoadAnnotations")], [dict(type="PackSegInputs")]],
+        ),
+    ]
+
+
 def _dataset(ds, root: Path, split: str, pipeline):
     s = ds.splits[split]
     cfg = dict(
@@ -93,6 +121,15 @@ def build_config(cell, reg, work_dir: Path, ctx, root: Path | None = None) -> di
     model, backbone = _model(cell, reg, kind, info, ds, p, crop, photometric)
     optim, schedulers, precision = _optimiser(kind, p, plan.accumulation, cuda, backbone)
     workers = data_workers(ctx.placement, p.num_workers)
+    data = _data(ds, root, p, train_pipe, test_pipe, plan.per_device, workers, cuda)
+    multi_scale = None
+    if p.test.multi_scale is not None:  # a second test after the single-scale one, one image at a time
+        pipe = multi_scale_pipeline(p.test.multi_scale, crop, _scales(ds, p)[2])
+        val = data["val_dataloader"]
+        multi_scale = dict(
+            p.test.multi_scale.model_dump(mode="json"),
+            dataloader={**val, "batch_size": 1, "dataset": {**val["dataset"], "pipeline": pipe}},
+        )
     return dict(
         default_scope="mmseg",
         work_dir=str(work_dir),
@@ -105,8 +142,9 @@ def build_config(cell, reg, work_dir: Path, ctx, root: Path | None = None) -> di
             pin_memory=cuda,
             photometric=photometric,
             evaluation_precision=p.test.precision,
+            multi_scale=multi_scale,
         ),
-        **_data(ds, root, p, train_pipe, test_pipe, plan.per_device, workers, cuda),
+        **data,
         optim_wrapper=optim,
         param_scheduler=schedulers,
         **_runtime(kind, p, work_dir, plan.accumulation, ctx.placement),
@@ -380,23 +418,29 @@ def run(cell, ctx) -> dict:
         t_train = time.perf_counter()
         metrics = runner.val()
         t_val = time.perf_counter()
+        if run_info.get("multi_scale"):
+            metrics_ms, _ = _prediction(multi_scale_val(runner, run_info["multi_scale"]["dataloader"]))
+            metrics.update({_ms(k): v for k, v in metrics_ms.items()})
+        t_ms = time.perf_counter()
     k = run_info["batch"]["accumulation"]
     net = mm_adapter.unwrap(runner.model)
     backbone = net.backbone
     metrics, prediction = _prediction(metrics)
-    summary = {k: float(v) for k, v in metrics.items() if not k.startswith("IoU.")}
+    summary = {k: float(v) for k, v in metrics.items() if not k.startswith("IoU")}
     per_class = {k[4:]: float(v) for k, v in metrics.items() if k.startswith("IoU.")}
+    per_class_ms = {k[7:]: float(v) for k, v in metrics.items() if k.startswith("IoU_ms.")}
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     data_share = _data_share(runner.message_hub)
     lrs = sorted({round(g.get("initial_lr", g["lr"]), 12) for g in runner.optim_wrapper.optimizer.param_groups})
     return JobResult(
-        metrics={**summary, "IoU": per_class},
+        metrics={**summary, "IoU": per_class, **({"IoU_ms": per_class_ms} if per_class_ms else {})},
         library_logs=[str(mm_adapter.library_log(runner))],
         timings={
             "data_check_s": t_check - t0,
             "build_s": t_build - t_check,
             "train_s": t_train - t_build,
             "val_s": t_val - t_train,
+            **({"val_multi_scale_s": t_ms - t_val} if run_info.get("multi_scale") else {}),
             "iters_per_s": (cfg["train_cfg"]["max_iters"] - resume.resumed_from) / k / max(t_train - t_build, 1e-9),
             "data_wait_share": data_share,
             "val_images": len(runner.val_dataloader.dataset),
@@ -415,6 +459,32 @@ def run(cell, ctx) -> dict:
             "mmseg_config": _jsonable(cfg),
         },
     )
+
+
+def _ms(name: str) -> str:
+    """The multi-scale test's name of a metric: mIoU -> mIoU_ms, IoU.<class> -> IoU_ms.<class>."""
+    head, dot, rest = name.partition(".")
+    return f"{head}_ms{dot}{rest}"
+
+
+def multi_scale_val(runner, loader_cfg: dict) -> dict:
+    """The trained model tested again over several scales (+ flips) with mmseg's SegTTAModel (softmax
+    scores averaged over the views), scored by the same metric as the single-scale test; on every rank
+    of a multi-process cell, each on its shard (mmengine's evaluator gathers)."""
+    import torch
+    from mmseg.models import SegTTAModel
+
+    from harness.jobs import mm_adapter
+
+    tta = SegTTAModel(module=mm_adapter.unwrap(runner.model))
+    loader = runner.build_dataloader(loader_cfg)
+    evaluator = runner.build_evaluator(dict(type="SDDIoUMetric", iou_metrics=["mIoU"]))
+    evaluator.dataset_meta = loader.dataset.metainfo
+    tta.eval()
+    with torch.no_grad():
+        for batch in loader:
+            evaluator.process(data_samples=tta.test_step(batch), data_batch=batch)
+    return evaluator.evaluate(len(loader.dataset))
 
 
 def _prediction(metrics: dict) -> tuple[dict, dict]:
@@ -499,10 +569,17 @@ def recipe_view(cell, reg, ctx) -> dict:
         "test.mode": model["test_cfg"]["mode"],
         "test.crop_size": list(model["test_cfg"].get("crop_size") or []) or None,
         "test.stride": list(model["test_cfg"].get("stride") or []) or None,
+        **_multi_scale_view(run.get("multi_scale")),
         # what the job picks on GPUs (this view is built on the CPU, where it runs float32)
         "precision": ctx.params.precision or ("mixed, frozen backbone only" if backbone["frozen"] else "mixed"),
     }
     return {key: _plain(v) for key, v in view.items() if v is not None}
+
+
+def _multi_scale_view(ms: dict | None) -> dict:
+    if not ms:
+        return {}
+    return {"test.ms_ratios": list(ms["ratios"]), "test.ms_flip": ms["flip"], "test.ms_resize": ms["resize"]}
 
 
 HEAD_FIELDS = ("type", "channels", "dropout_ratio", "pool_scales", "in_index", "feature_strides", "input_transform")
