@@ -31,6 +31,22 @@ def token_subsample(dense: torch.Tensor, per_image: int, seed: int) -> torch.Ten
     return dense[torch.arange(b, device=dense.device)[:, None], idx].reshape(-1, d)
 
 
+def rank_bound(emb: torch.Tensor) -> dict:
+    """The sample count N and dimension d behind the image-level RankMe, effective rank, alpha-ReQ and
+    spectrum: their rank can never exceed min(N, d), so with N <= d (2,048 images of ResNet-50's 2,048
+    dimensions) it measures the sample count as much as the representation. Warned on the cell log."""
+    n, d = int(emb.shape[0]), int(emb.shape[1])
+    out = {"images": n, "dim": d, "rank_bound": min(n, d)}
+    if n <= d:
+        out["warning"] = (
+            f"RankMe, effective rank, alpha-ReQ and the spectrum come from {n} embeddings of dimension {d}: "
+            f"their rank is capped by the sample count, not the representation; raise the metrics protocol's "
+            f"num_images above {d} (e.g. {4 * d}) for these metrics"
+        )
+        print(f"warning: {out['warning']}")
+    return out
+
+
 def compute_all(
     dense: torch.Tensor, params, views: torch.Tensor | None = None, embeddings: torch.Tensor | None = None
 ) -> tuple[dict, dict, dict]:
@@ -89,6 +105,7 @@ def compute_all(
     m["neg_w2"] = -m["w2"]
     m["neg_lu"] = timed("lu", lambda: lu_uniformity(tokens, t=ucfg.t, max_vectors=ucfg.max_vectors, seed=seed))
     emb = embeddings if embeddings is not None else dense.mean(dim=1)
+    details["image_level_samples"] = rank_bound(emb)
     m["rankme"] = timed("rankme", lambda: rankme(emb))
     m["effective_rank"] = effective_rank(emb)
     acfg = params.alpha_req

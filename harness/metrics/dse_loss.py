@@ -1,7 +1,8 @@
 """DSELoss: DSE as a differentiable regulariser, `loss = task_loss - beta * DSELoss()(tokens)`.
 
 Follows the official `DSE_regularizer.py` (protocols §1.8, §2.11) where it differs from the estimator:
-k-means runs without gradient (labels re-assigned with the final centroids), epsilon 1e-12 in the
+k-means runs without gradient, seeded (k-means++, distance-weighted) from every point, an empty cluster
+re-initialised to a random point, labels re-assigned with the final centroids; epsilon 1e-12 in the
 avg_l2 denominators, images without a valid local cluster are skipped (not counted as 1.0), and the
 dimensionality term is one effective rank over all B·N tokens divided by min(B·N, d). Gradients flow
 through the cluster nuclear norms, the distances to the (differentiable) cluster means and the
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.metrics.kmeans import SEED_POINTS, kmeans_batched, sqdist
+from harness.metrics.kmeans import kmeans_batched, sqdist
 
 EPS = 1e-12
 
@@ -66,12 +67,17 @@ class DSELoss(nn.Module):
                 int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
             )
         )
-        p, n, _ = x.shape
+        p, _, _ = x.shape
         u = torch.rand(p, k, generator=gen, device=x.device)
-        keys = torch.rand(p, n, generator=gen, device=x.device) if n > SEED_POINTS else None
-        _, c = kmeans_batched(x, k, u, keys, self.iters, self.tol)  # fast mode's k-means, in x's dtype
-        # labels re-assigned with the final centroids, as the regulariser does (an empty cluster keeps
-        # its centroid here; the regulariser re-initialises it to a random point)
+
+        def random_points(xw):  # the regulariser re-initialises an empty cluster to a random point
+            w, n, _ = xw.shape
+            pick = torch.randint(0, n, (w, k), generator=gen, device=xw.device)
+            return xw[torch.arange(w, device=xw.device)[:, None], pick].float()
+
+        # seeded from every point (no subsample), as the regulariser's k-means++; in x's dtype
+        _, c = kmeans_batched(x, k, u, None, self.iters, self.tol, seed_points=None, refill=random_points)
+        # labels re-assigned with the final centroids, as the regulariser does
         return sqdist(x, c).argmin(dim=-1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

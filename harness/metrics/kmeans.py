@@ -197,7 +197,15 @@ SEED_POINTS = 512  # fast-mode k-means++ seeds from at most this many points per
 
 
 def kmeans_batched(
-    x: torch.Tensor, k: int, u: torch.Tensor, keys: torch.Tensor | None, iters: int, tol: float
+    x: torch.Tensor,
+    k: int,
+    u: torch.Tensor,
+    keys: torch.Tensor | None,
+    iters: int,
+    tol: float,
+    *,
+    seed_points: int | None = SEED_POINTS,
+    refill=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means++ then Lloyd on tokens [P, n, d], in their dtype (fast mode passes `lowp_dtype`, bfloat16
     where native): labels [P, n] and float32 centroids [P, k, d].
@@ -207,9 +215,12 @@ def kmeans_batched(
     smaller; keys may then be None): the k sequential steps then touch little data. The randomness
     is given per problem, so results do not depend on how problems are batched.
     Lloyd's distances and cluster sums are matrix products in the tokens' dtype with float32
-    accumulation; the assignment drops |x|² (constant per point) and ranks |c|² - 2 x·c."""
+    accumulation; the assignment drops |x|² (constant per point) and ranks |c|² - 2 x·c.
+
+    `seed_points=None` seeds from every point; `refill(xw) -> [w, k, d]` gives an empty cluster a new
+    centroid (default: it keeps its old one)."""
     p, n, d = x.shape
-    m = min(n, SEED_POINTS)
+    m = n if seed_points is None else min(n, seed_points)
     if m < n:
         if keys is None:
             raise ValueError(f"{n} points per problem need the random keys of the seeding subsample")
@@ -236,6 +247,7 @@ def kmeans_batched(
             .view(w, k)
             .float()
         )
-        return lab, torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], cw)
+        fallback = cw if refill is None or bool((counts > 0).all()) else refill(xw)
+        return lab, torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], fallback)
 
     return _lloyd(x, c0, iters, tol, step)

@@ -90,8 +90,10 @@ def effective_rank(z: torch.Tensor) -> float:
 
 
 def alpha_req(z: torch.Tensor, fit_min: int = 11, fit_max: int = 100) -> dict:
-    """Power-law decay alpha of the covariance eigenspectrum (lambda_i ~ i^-alpha), fitted over ranks
-    fit_min..fit_max (reptrix's 11..100 by default; the ranks used are returned)."""
+    """Power-law decay alpha of the covariance eigenspectrum (lambda_i ~ i^-alpha, eigenvalues normalised to
+    sum 1): a least-squares line through (log i, log lambda_i) weighted by 1/sqrt(i), over the ranks
+    fit_min..min(fit_max, number of positive eigenvalues) (reptrix's 11..100 by default). The ranks actually
+    used are returned; fewer than three is an error."""
     x = _check(z, "alpha-ReQ")
     x = x - x.mean(dim=0)
     ev = torch.linalg.eigvalsh(x.T @ x / (len(x) - 1)).flip(0)
