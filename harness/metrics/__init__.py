@@ -36,7 +36,7 @@ def rank_bound(emb: torch.Tensor) -> dict:
     spectrum: their rank can never exceed min(N, d), so with N <= d (2,048 images of ResNet-50's 2,048
     dimensions) it measures the sample count as much as the representation. Warned on the cell log."""
     n, d = int(emb.shape[0]), int(emb.shape[1])
-    out = {"images": n, "dim": d, "rank_bound": min(n, d)}
+    out: dict[str, int | str] = {"images": n, "dim": d, "rank_bound": min(n, d)}
     if n <= d:
         out["warning"] = (
             f"RankMe, effective rank, alpha-ReQ and the spectrum come from {n} embeddings of dimension {d}: "
