@@ -584,8 +584,8 @@ def preflight(reg: Registry, suite: str, load: bool = False) -> list[str]:
     problems = []
     cells = build_plan(reg, suite)
     for name in sorted({c.dataset for c in cells}):
-        kinds = {reg.protocol(c.protocol).kind for c in cells if c.dataset == name}
-        splits = tuple(sorted({s for k in kinds for s in PROTOCOL_KINDS[k].splits}))
+        protocols = {reg.protocol(c.protocol) for c in cells if c.dataset == name}
+        splits = tuple(sorted({s for p in protocols for s in PROTOCOL_KINDS[p.kind].splits_for(p.params)}))
         if not splits:
             continue
         try:

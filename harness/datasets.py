@@ -102,6 +102,8 @@ def check_layout(ds: DatasetSpec, splits=("train", "val")) -> Path:
         img = root / s.img_dir
         if not img.is_dir():
             missing.append(f"{img}/ (images of split '{split}')")
+        elif s.files:
+            missing += [f"{img / f} (split '{split}')" for f in s.files if not (img / f).is_file()]
         elif not _has(img, ds.img_suffix, nested):
             missing.append(f"{img}/{'**/' if nested else ''}*{ds.img_suffix} (no image files)")
         if s.ann_dir:
@@ -420,7 +422,73 @@ def _split_files(ds: DatasetSpec, root: Path, split: str) -> list[Path]:
         if folder and (root / folder).is_dir():
             out += [p for p in (root / folder).rglob(f"*{suffix}") if p.is_file()]
     out += [root / f for f in (s.split_file, s.ann_file) if f and (root / f).is_file()]
-    return sorted(out)
+    out += [root / s.img_dir / f for f in s.files if (root / s.img_dir / f).is_file()]
+    return sorted(set(out))
+
+
+CIFAR_LABELS = {"cifar10": b"labels", "cifar100": b"fine_labels"}
+
+# What a CIFAR batch may contain: numpy arrays (and their dtypes), lists, dicts, bytes, numbers. A data
+# file is untrusted like a checkpoint: any other global in the pickle is refused, never imported.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # how a protocol-2 pickle written by Python 3 stores bytes
+}
+
+
+def _load_batch(f):
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _CIFAR_GLOBALS:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (a CIFAR batch holds arrays and lists)")
+
+    return Restricted(f, encoding="bytes").load()  # the released files are Python-2 pickles
+
+
+def read_cifar(ds: DatasetSpec, split: str):
+    """(images [N, 32, 32, 3] uint8, labels [N] int64) of a CIFAR-10/100 split in its released layout:
+    the pickled batches (dicts of b"data" [N, 3072] and b"labels" / b"fine_labels") named by the split's
+    `files` (the meta file is skipped). Every problem names its file."""
+    import numpy as np
+
+    root = check_layout(ds, splits=(split,))
+    s = ds.splits[split]
+    key = CIFAR_LABELS[ds.kind]
+    images, labels = [], []
+    for name in s.files:
+        path = root / s.img_dir / name
+        try:
+            with open(path, "rb") as f:
+                batch = _load_batch(f)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise DatasetError(f"{path}: not a CIFAR batch ({type(e).__name__}: {e})") from None
+        if not isinstance(batch, dict):
+            raise DatasetError(f"{path}: not a CIFAR batch (a {type(batch).__name__}, not a dict)")
+        if b"data" not in batch:
+            continue  # batches.meta / meta: class names only
+        data = np.asarray(batch[b"data"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise DatasetError(f"{path}: data must be uint8 [N, 3072] (32x32x3), got {data.dtype} {list(data.shape)}")
+        if key not in batch:
+            raise DatasetError(f"{path}: no {key.decode()} (is this {ds.kind}'s file?)")
+        y = np.asarray(batch[key], dtype=np.int64)
+        if len(y) != len(data):
+            raise DatasetError(f"{path}: {len(data)} images but {len(y)} labels")
+        if len(y) and (y.min() < 0 or (ds.num_classes and y.max() >= ds.num_classes)):
+            raise DatasetError(f"{path}: labels {y.min()}..{y.max()} outside 0..{(ds.num_classes or 0) - 1}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(y)
+    if not images:
+        raise DatasetError(f"{root / s.img_dir}: no image batch among {list(s.files)}")
+    return np.concatenate(images), np.concatenate(labels)
 
 
 def split_fingerprint(ds: DatasetSpec, split: str) -> dict:

@@ -20,6 +20,7 @@ LABEL_FREE = "label-free"  # metrics computed without labels (DSE, RankMe, ...):
 PROBE = "probe"  # a frozen linear probe's mIoU: the SDD, τ and selection tables' y
 DENSE = "dense"  # UDI-style dense protocols: the dense table
 IMAGE = "image"  # image-level accuracy (k-NN): the image-level τ table
+CLASSIFICATION = "classification"  # trained classifiers on frozen features (linear, low-shot): their table
 LAUNCH_TEST = "launch-test"  # reads no data, produces no paper number
 
 
@@ -35,7 +36,7 @@ class Metric:
     aliases: tuple[str, ...] = ()  # further column names `sdd import` reads as this metric
     per_class: bool = False  # a {class: value} mapping (each value in the domain)
     tau: bool = False  # a row of the Kendall-τ tables (label-free kinds)
-    dense_table: bool = False  # a column of the dense table (dense kinds)
+    dense_table: bool = False  # a column of its role's final/selected table (dense or classification kinds)
     optional: bool = False  # written only when the protocol asks (e.g. the multi-scale test): no empty column
 
     @property
@@ -78,6 +79,14 @@ class ProtocolKind:
     # resolved when the plan is made, so that it is part of the cell's identity: param -> resolver name
     # (harness.plan.PLAN_TIME_RESOLVERS)
     plan_time: tuple[tuple[str, str], ...] = ()
+    # parameters that name further dataset splits the job reads (e.g. a low-shot subset)
+    split_params: tuple[str, ...] = ()
+
+    def splits_for(self, params) -> tuple[str, ...]:
+        """The dataset splits a protocol of this kind reads: the kind's own and those its parameters name."""
+        get = params.get if isinstance(params, dict) else lambda n: getattr(params, n, None)
+        named = tuple(v for v in (get(n) for n in self.split_params) if isinstance(v, str))
+        return tuple(dict.fromkeys(named + self.splits))
 
     def metric(self, name: str) -> Metric | None:
         return next((m for m in self.metrics if m.name == name), None)
@@ -104,7 +113,8 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
     "metrics": ProtocolKind(
         job="harness.jobs.metrics",
         params=P.MetricsParams,
-        splits=("train",),
+        splits=(),
+        split_params=("split",),
         role=LABEL_FREE,
         metrics=(
             # `dse_lambda` (DSE with the paper's λ) is computed by the tables from separability and dim
@@ -200,7 +210,8 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
     "davis": ProtocolKind(
         job="harness.jobs.davis",
         params=P.DavisParams,
-        splits=("val",),
+        splits=(),
+        split_params=("split",),
         role=DENSE,
         metrics=(
             Metric(
@@ -226,6 +237,30 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
             # DINO's sweep: every k of the protocol's `ks`, from the one neighbour search ({k: accuracy})
             Metric(name="top1_at", label="k-NN top-1 by k", low=0.0, high=100.0, per_class=True),
             Metric(name="top5_at", label="k-NN top-5 by k", low=0.0, high=100.0, per_class=True),
+        ),
+    ),
+    "linear_cls": ProtocolKind(
+        job="harness.jobs.linear_cls",
+        params=P.LinearClsParams,
+        splits=("train", "val"),
+        role=CLASSIFICATION,
+        metrics=(
+            Metric(name="top1", label="linear top-1", low=0.0, high=100.0),
+            Metric(name="top5", label="linear top-5", low=0.0, high=100.0),
+            # what DINO and the W2 code print as the result: the best validated epoch
+            Metric(name="top1_best", label="linear top-1 (best epoch)", low=0.0, high=100.0, dense_table=True),
+        ),
+    ),
+    "lowshot": ProtocolKind(
+        job="harness.jobs.lowshot",
+        params=P.LowShotParams,
+        splits=("val",),
+        split_params=("train_split",),
+        role=CLASSIFICATION,
+        metrics=(
+            # UDI prints every lambda; the table reads the best, as the papers report
+            Metric(name="top1", label="low-shot top-1 (best lambda)", low=0.0, high=100.0, dense_table=True),
+            Metric(name="top1_at", label="low-shot top-1 by lambda", low=0.0, high=100.0, per_class=True),
         ),
     ),
     "probe": ProtocolKind(
@@ -264,4 +299,6 @@ DATASET_KINDS: dict[str, DatasetKind] = {
     "cityscapes": DatasetKind(nested=True),
     "davis2017": DatasetKind(nested=True),
     "coco_instances": DatasetKind(nested=False),
+    "cifar10": DatasetKind(nested=False),  # pickled batches (the split's `files`), read by datasets.read_cifar
+    "cifar100": DatasetKind(nested=False),
 }

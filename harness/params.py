@@ -388,6 +388,61 @@ class KnnParams(Loading):
         return self
 
 
+class LinearClsOptimizer(P):
+    lr: Positive = Field(default=1e-3, description="base learning rate (scaled by lr_scaling)")
+    lr_scaling: Literal["batch/256", "none"] = Field(
+        default="batch/256", description="DINO's linear scaling rule: lr x global batch / 256"
+    )
+    momentum: OpenFraction = 0.9
+    weight_decay: NonNeg = 0.0
+
+
+class LinearClsParams(Loading):
+    """A linear classifier on frozen features, trained with augmentation (DINO's eval_linear; the W2
+    paper's CIFAR evaluation): SGD, cosine schedule to 0, validated every `val_every` epochs."""
+
+    n_last_blocks: PosInt = Field(
+        default=4, description="ViTs with a class token: concatenate the class tokens of the last n blocks"
+    )
+    avgpool_patchtokens: bool = Field(default=False, description="also the mean of the last block's patch tokens")
+    epochs: PosInt = 100
+    batch_size: PosInt = Field(default=1024, description="global batch")
+    optimizer: LinearClsOptimizer = Field(default_factory=LinearClsOptimizer)
+    train_crop: PosInt = Field(default=224, description="RandomResizedCrop size")
+    crop_scale: tuple[Fraction, Fraction] = (0.08, 1.0)
+    flip: Fraction = 0.5
+    resize: PosInt | None = Field(default=256, description="evaluation resize (short side); none: the image as it is")
+    crop: PosInt | None = Field(default=224, description="evaluation centre crop; none: no crop")
+    normalize: Literal["imagenet", "cifar"] = Field(
+        default="imagenet", description="ImageNet's mean/std or the W2 code's CIFAR ones"
+    )
+    val_every: PosInt = Field(default=1, description="epochs between evaluations (the last is always evaluated)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _scale(self):
+        _ordered(*self.crop_scale, "crop_scale")
+        if self.crop_scale[0] <= 0:
+            raise ValueError("crop_scale: the smallest crop must be a positive share of the image")
+        return self
+
+
+class LowShotParams(Loading):
+    """Logistic regression on frozen, L2-normalised embeddings of a labelled subset (UDI's low-shot
+    protocol: SimCLRv2's 1% / 10% ImageNet lists), one fit per regularisation strength."""
+
+    train_split: str = Field(description="the dataset split of the labelled subset (e.g. train_1pct)")
+    lambdas: tuple[Positive, ...] = Field(default=(0.01, 0.1, 1.0), min_length=1)
+    adjust_lambda: bool = Field(default=True, description="divide lambda by the number of training images (UDI)")
+    max_iter: PosInt = Field(
+        default=1000, description="lbfgs iterations; a fit that has not converged by then fails the cell"
+    )
+    tol: Positive = Field(default=1e-4, description="lbfgs's gradient tolerance (scikit-learn's default)")
+    resize: PosInt = 256
+    crop: PosInt = 224
+    batch_size: PosInt = 128
+
+
 class ProbeParams(P):
     steps: int = Field(default=3, ge=0)
     sleep_s: NonNeg = 0.1

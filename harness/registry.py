@@ -190,6 +190,10 @@ class SplitSpec(Spec):
     ann_dir: str | None = None
     split_file: str | None = None
     ann_file: str | None = None
+    files: tuple[str, ...] = Field(
+        default=(),
+        description="for datasets stored as a few files (CIFAR's pickled batches): their names under img_dir",
+    )
 
 
 class SegmentationLayout(Spec):

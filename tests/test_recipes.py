@@ -92,6 +92,9 @@ MUTATIONS = [
     ("knn", ("temperature",), 0.1, "temperature", "eval_knn.py:196"),
     ("davis", ("topk",), 7, "topk", "eval_video_segmentation.py:263"),
     ("metrics", ("dse", "global_clusters"), 20, "dse.global_clusters", "README.md:41"),
+    ("linear_cls", ("optimizer", "lr"), 0.01, "optimizer.lr", "eval_linear.py:266"),
+    ("linear_cifar100", ("optimizer", "weight_decay"), 0.0, "optimizer.weight_decay", "model.py:292"),
+    ("lowshot_10pct", ("lambdas",), [0.1, 1.0], "lambdas", "eval_logistic_regression.py:214"),
 ]
 
 

@@ -30,7 +30,7 @@ from scipy.stats import kendalltau
 
 from harness.analysis.render import MARK as IMPORTED_MARK
 from harness.analysis.uncertainty import bootstrap_mean_tau, interval_text, permutation_p
-from harness.kinds import DENSE, IMAGE, LABEL_FREE, PROBE, PROTOCOL_KINDS, TAU_ROWS, Metric, kinds_with
+from harness.kinds import CLASSIFICATION, DENSE, IMAGE, LABEL_FREE, PROBE, PROTOCOL_KINDS, TAU_ROWS, Metric, kinds_with
 from harness.selection import dse_normalised, select_checkpoints
 
 DATASET_ORDER = ["coco_stuff164k", "voc12_aug", "ade20k", "cityscapes"]
@@ -698,28 +698,47 @@ def efficiency_table(table: pd.DataFrame, protocol: str | None = None) -> Table:
     )
 
 
-def dense_columns() -> list[tuple[str, str, str]]:
-    """(kind, metric, label) of the dense table's columns, as the dense kinds declare them."""
-    return [(k, m.name, m.label) for k in kinds_with(DENSE) for m in PROTOCOL_KINDS[k].metrics if m.dense_table]
+def dense_columns(role: str = DENSE) -> list[tuple[str, str, str]]:
+    """(kind, metric, label) of the columns of a role's final/selected table, as its kinds declare them."""
+    return [(k, m.name, m.label) for k in kinds_with(role) for m in PROTOCOL_KINDS[k].metrics if m.dense_table]
 
 
-def _optional_labels() -> set[str]:
-    """Labels of dense columns a protocol writes only when asked (no column when no record has them)."""
-    return {m.label for k in kinds_with(DENSE) for m in PROTOCOL_KINDS[k].metrics if m.dense_table and m.optional}
+def _optional_labels(role: str = DENSE) -> set[str]:
+    """Labels of columns a protocol writes only when asked (no column when no record has them)."""
+    return {m.label for k in kinds_with(role) for m in PROTOCOL_KINDS[k].metrics if m.dense_table and m.optional}
 
 
 def dense_table(table: pd.DataFrame) -> Table:
+    return final_and_selected_table(
+        table, DENSE, "dense", "Dense protocols (UDI style): final and DSE-selected checkpoint"
+    )
+
+
+def classification_table(table: pd.DataFrame) -> Table:
+    return final_and_selected_table(
+        table,
+        CLASSIFICATION,
+        "classification",
+        "Classifiers on frozen features (linear, low-shot): final and DSE-selected checkpoint",
+    )
+
+
+def final_and_selected_table(table: pd.DataFrame, role: str, name: str, title: str) -> Table:
+    """The final and the DSE-selected checkpoint of every method, one column per metric its role's kinds
+    mark for the table (several protocols of a kind: one column each, named by the protocol)."""
     sel = selections(table)
     ok = _ok(table)
-    cols_spec = dense_columns()
-    rows, notes, marks, imported_cells = [], [], set(), set()
     kind = _kind(ok)
-    methods = sorted(set(ok.loc[kind.isin({k for k, _, _ in cols_spec}), "method"]))
+    cols_spec = _columns_by_protocol(ok, kind, dense_columns(role))
+    rows, notes, marks, imported_cells = [], [], set(), set()
+    methods = sorted(set(ok.loc[kind.isin(kinds_with(role)), "method"]))
     for method in methods:
         for which in ("final", "DSE-selected"):
             row = {"method": method, "checkpoint": which}
-            for k, col, label in cols_spec:
+            for k, where, col, label in cols_spec:
                 g = ok[(ok["method"] == method) & (kind == k)]
+                if where:  # one of several protocols / datasets of this kind
+                    g = g[(g["protocol"] == where[0]) & (g["dataset"] == where[1])]
                 if g.empty or col not in g.columns:
                     row[label] = math.nan
                     continue
@@ -732,18 +751,34 @@ def dense_table(table: pd.DataFrame) -> Table:
                     epoch = (sel.get(method) or [None])[0]
                 hit = g[g["epoch"] == epoch]
                 row[label] = float(hit[col].iloc[0]) if len(hit) else math.nan
-                row[f"epoch_{k}"] = int(epoch) if epoch is not None and len(hit) else None
+                row[f"epoch_{'/'.join(where) if where else k}"] = int(epoch) if epoch is not None and len(hit) else None
                 if len(hit) and bool(_imported(hit).iloc[0]):
                     marks.add((len(rows), label))
                     imported_cells.add((hit["protocol"].iloc[0], hit["dataset"].iloc[0], method, int(epoch)))
             rows.append(row)
     if not rows:
-        notes.append("no records of a dense protocol (" + ", ".join(kinds_with(DENSE)) + ") in this suite")
-    cols = ["method", "checkpoint"] + [label for _, _, label in cols_spec]
+        notes.append(f"no records of a {role} protocol (" + ", ".join(kinds_with(role)) + ") in this suite")
+    cols = ["method", "checkpoint"] + [label for *_, label in cols_spec]
     frame = pd.DataFrame(rows).reindex(columns=cols + sorted({c for r in rows for c in r if c.startswith("epoch_")}))
-    frame = frame.drop(columns=[c for c in _optional_labels() if c in frame.columns and frame[c].isna().all()])
+    frame = frame.drop(columns=[c for c in _optional_labels(role) if c in frame.columns and frame[c].isna().all()])
     notes += _imported_note(table, imported_cells, "values")
-    return Table("dense", "Dense protocols (UDI style): final and DSE-selected checkpoint", frame, notes, marks=marks)
+    return Table(name, title, frame, notes, marks=marks)
+
+
+def _columns_by_protocol(ok: pd.DataFrame, kind: pd.Series, spec) -> list[tuple[str, tuple | None, str, str]]:
+    """(kind, protocol, metric, label): one column per metric of a kind, or, where the records hold
+    several protocols (or datasets) of that kind (k-NN, low-shot 1% and 10%, CIFAR-10 and -100), one per
+    protocol and dataset, labelled with them."""
+    out = []
+    for k, col, label in spec:
+        here = ok[kind == k]
+        pairs = sorted(set(zip(here["protocol"], here["dataset"]))) if len(here) else []
+        if len(pairs) <= 1:
+            out.append((k, None, col, label))
+            continue
+        for protocol, dataset in pairs:
+            out.append((k, (protocol, dataset), col, f"{label} [{protocol}/{dataset}]"))
+    return out
 
 
 def tracking_sentence(mean: pd.DataFrame, long: pd.DataFrame | None = None) -> str:
@@ -841,6 +876,7 @@ def all_tables(
         selection_table(table, protocol, papers.get("model_selection")),
         efficiency_table(table, protocol),
         dense_table(table),
+        classification_table(table),
         image_level_tau_table(table),
     ]
     if side is not None:

@@ -67,10 +67,9 @@ def data_inputs(reg: Registry, cell, params) -> dict:
     which fails saying why."""
     from harness.datasets import DatasetError, split_fingerprint
 
-    kind = PROTOCOL_KINDS[cell.config["protocol"]["kind"]]
-    if not kind.splits:
+    splits = PROTOCOL_KINDS[cell.config["protocol"]["kind"]].splits_for(params)
+    if not splits:
         return {}
-    splits = (params.split,) if isinstance(getattr(params, "split", None), str) else kind.splits
     ds = reg.dataset(cell.dataset, cell.suite)
     out = {}
     for split in splits:

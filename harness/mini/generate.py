@@ -14,6 +14,9 @@ Layouts (as mmseg / pycocotools / DAVIS / torchvision read them):
 - coco_instances:  <root>/{train2017,val2017}/*.jpg, annotations/instances_{train,val}2017.json (polygons)
 - davis2017:       <root>/JPEGImages/480p/<seq>/%05d.jpg, Annotations/480p/<seq>/%05d.png (indexed),
                    ImageSets/2017/{train,val}.txt
+- cifar10 / 100:   <root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta},
+                   <root>/cifar-100-python/{train,test,meta} (the released Python pickles)
+- imagenet subsets: <root>/subsets/{1percent,10percent}.txt (SimCLRv2's format: one file name per line)
 """
 
 from __future__ import annotations
@@ -239,8 +242,62 @@ def davis2017(
     return root
 
 
+def imagenet_subsets(root: Path, per_class: dict[str, int]) -> Path:
+    """Labelled subsets of the generated ImageNet train split in SimCLRv2's format (one image file name
+    per line), the first n images of every class: {"1percent": 1, "10percent": 4} -> subsets/<name>.txt."""
+    out = root / "subsets"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, n in per_class.items():
+        names = [f.name for c in sorted((root / "train").iterdir()) for f in sorted(c.glob("*.JPEG"))[:n]]
+        (out / f"{name}.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def cifar(root: Path, hundred: bool, train: int, val: int, seed: int = 6) -> Path:
+    """CIFAR-10 (10 classes) or CIFAR-100 (100 fine labels) in the released Python layout: pickled dicts
+    of b"data" (uint8 [N, 3072], channel-planar 32x32) and the labels, split into its batch files."""
+    import pickle
+
+    classes = 100 if hundred else 10
+    p = Painter(classes, seed, False)
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = b"fine_labels" if hundred else b"labels"
+
+    def batch(n_per_class: int) -> dict:
+        imgs, labels = [], []
+        for c in range(classes):
+            for _ in range(n_per_class):
+                img, _, _ = p.scene(32, 32, [c + 1], shapes=1, bg=0)
+                imgs.append(img.transpose(2, 0, 1).reshape(-1))
+                labels.append(c)
+        order = np.random.default_rng(seed).permutation(len(labels))
+        return {b"data": np.stack(imgs)[order].astype(np.uint8), key: [labels[i] for i in order]}
+
+    def dump(obj, name: str) -> None:
+        with open(folder / name, "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+
+    names = [f"class_{c}".encode() for c in range(classes)]
+    if hundred:
+        dump(batch(train), "train")
+        dump(batch(val), "test")
+        dump({b"fine_label_names": names, b"coarse_label_names": names[:20]}, "meta")
+    else:
+        whole = batch(train)
+        for i in range(5):  # five training batches, as released
+            part = slice(i * len(whole[key]) // 5, (i + 1) * len(whole[key]) // 5)
+            dump({b"data": whole[b"data"][part], key: whole[key][part]}, f"data_batch_{i + 1}")
+        dump(batch(val), "test_batch")
+        dump({b"label_names": names}, "batches.meta")
+    return root
+
+
 # The mini world's version: `sdd demo` regenerates data (and retrains) made by another version
-WORLD = "mini world 2: 16 classes in same-colour pairs, stripes at 0 and 90 degrees (docs/demo.md)"
+WORLD = (
+    "mini world 3: 16 classes in same-colour pairs, stripes at 0 and 90 degrees; CIFAR batches and "
+    "ImageNet 1%/10% lists (docs/demo.md)"
+)
 
 GENERATORS = {
     "imagenet": imagenet,
@@ -265,4 +322,7 @@ def generate_all(root: Path, seed: int = 0) -> dict[str, Path]:
         "cityscapes": cityscapes(root / "cityscapes", seed=seed + 3),
         "coco_instances": coco_instances(root / "coco", seed=seed + 4),
         "davis2017": davis2017(root / "DAVIS", seed=seed + 5),
+        "cifar10": cifar(root / "cifar10", hundred=False, train=20, val=10, seed=seed + 6),
+        "cifar100": cifar(root / "cifar100", hundred=True, train=3, val=2, seed=seed + 7),
+        "imagenet_subsets": imagenet_subsets(root / "imagenet-1k", {"1percent": 1, "10percent": 4}),
     }

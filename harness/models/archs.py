@@ -201,6 +201,26 @@ class Backbone(nn.Module):
         dense = self.dense(x)
         return dense, dense.mean(dim=1)
 
+    def class_tokens(self, x: torch.Tensor, n: int = 1, avgpool: bool = False) -> torch.Tensor:
+        """DINO's linear-evaluation features: for ViTs with a class token, the class tokens of the last `n`
+        blocks after the final norm, concatenated (and with `avgpool`, the mean of the last block's
+        normed patch tokens); for the others, the image-level embedding (`embed`: global average pool)."""
+        if self.info.family != "vit" or getattr(self.net, "cls_token", None) is None:
+            return self.embed(x)
+        last = len(self.net.blocks)
+        outs = self.net.forward_intermediates(  # [(patch tokens, prefix tokens)] of the last n blocks, normed
+            x,
+            indices=list(range(last - n, last)),
+            norm=True,
+            return_prefix_tokens=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )
+        feats = [prefix[:, 0] for _, prefix in outs]
+        if avgpool:
+            feats.append(outs[-1][0].mean(dim=1))
+        return torch.cat(feats, dim=-1)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """[B, d] image-level embedding (see `dense_and_embedding`)."""
         return self.dense_and_embedding(x)[1]
