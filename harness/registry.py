@@ -39,6 +39,7 @@ ARCHS = (
     "vit_base_patch16",
     "vit_base_patch16_nocls",
     "resnet50",
+    "resnet18_cifar",
     "swin_tiny_patch4_window7",
     "vit_tiny_test",
     "resnet_tiny_test",

@@ -358,6 +358,67 @@ def udi(sd, d, epoch):
     return _save(obj, d / f"checkpoint{epoch:04d}.pth")
 
 
+def _w2_parts(prefix: str, sd) -> dict:
+    """One W2 PartialEncoder / Encoder: the CIFAR ResNet-18 under `backbone.` and its 3-layer projector."""
+    return {
+        **prefixed(f"{prefix}backbone.", sd),
+        f"{prefix}projector.0.weight": rand(64, 512),
+        f"{prefix}projector.1.running_mean": rand(64),
+        f"{prefix}projector.6.weight": rand(32, 64),
+    }
+
+
+def _w2_save(state, d, model_name, epoch) -> Path:
+    # model.py: torch.save(self.state_dict(), f"{saver_dir}/{save_name_pre}_{epoch}_model.pth"), a bare dict
+    names = {
+        "BYOLplus": "BYOLplus_12_CIFAR-10_2048_256_2048_256_500_0.2_0.2",
+        "MoCoplus": "MoCoplus_12_CIFAR-10_2048_256_256_500_4096_0.2_0.2_0.2",
+        "BarlowTwinsplus": "BarlowTwinsplus_12_CIFAR-10_2048_256_256_500_0.005_0.2_0.2",
+    }
+    linear = {"projector.fc.weight": rand(10, 512), "projector.fc.bias": rand(10)}  # LinearProjector
+    return _save({**state, **linear}, d / f"{names[model_name]}_{epoch}_model.pth")
+
+
+def w2_byol(sd, d, epoch):
+    state = {
+        **_w2_parts("encoder.online_encoder.", sd),
+        **_w2_parts("encoder.target_encoder.", other(sd)),  # the EMA copy: other values
+        "encoder.predictor.0.weight": rand(64, 32),
+        "encoder.predictor.3.bias": rand(32),
+    }
+    return _w2_save(state, d, "BYOLplus", epoch)
+
+
+def w2_mocov2(sd, d, epoch):
+    state = {
+        **_w2_parts("encoder_q.", sd),
+        **_w2_parts("encoder_k.", other(sd)),
+        "queue.queue": rand(16, 32),
+        "queue.queue_ptr": torch.zeros(1, dtype=torch.long),
+    }
+    return _w2_save(state, d, "MoCoplus", epoch)
+
+
+def w2_barlowtwins(sd, d, epoch):
+    return _w2_save({**_w2_parts("encoder.", sd), "encoder.bn.running_mean": rand(32)}, d, "BarlowTwinsplus", epoch)
+
+
+def directclr(sd, d, epoch, *, released=True):
+    """The released file as spectrum.py reads it ({'backbone', 'projector'}), or main.py's resumable
+    checkpoint.pth ({'epoch', 'model': the DDP model's state_dict, 'optimizer'}) under the same name."""
+    if released:
+        obj = {"backbone": dict(sd), "projector": {"weight": rand(128, 2048)}}
+    else:
+        model = {
+            **prefixed("module.backbone.", sd),
+            "module.online_head.weight": rand(1000, 2048),
+            "module.online_head.bias": rand(1000),
+            "module.projector.weight": rand(128, 2048),
+        }
+        obj = {"epoch": epoch, "model": model, "optimizer": optimizer_state()}
+    return _save(obj, d / f"directclr-resnet50-ep{epoch}.pth")
+
+
 def _save(obj, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, path)
@@ -384,5 +445,9 @@ WRITERS = {
         byol,
         barlowtwins,
         udi,
+        w2_byol,
+        w2_mocov2,
+        w2_barlowtwins,
+        directclr,
     )
 }

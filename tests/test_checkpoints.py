@@ -102,15 +102,37 @@ def test_own_format_loads_every_backbone_key_identically(registry, ckpt_root, me
     assert loaded.loaded_keys == len(required) > 0
     for k in required:
         assert torch.equal(got[k], sd[k]), f"{method}: {k} differs from the written backbone"
-    assert loaded.stored_epoch == epoch
+    assert loaded.stored_epoch == (epoch if spec.checkpoint.epoch_key else None)  # W2, DirectCLR: no epoch stored
     extra = EXTRAS.get(method)
     if extra:  # the heads / projectors the rule lets through are reported, never loaded
         assert any(k.startswith(extra) for k in loaded.unexpected_keys), loaded.unexpected_keys
     assert not any(k in required for k in loaded.unexpected_keys)
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, 3, 32, 32) if spec.arch == "resnet18_cifar" else torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         feats = loaded.backbone.dense(x)
     assert feats.shape[-1] == loaded.backbone.dim and torch.isfinite(feats).all()
+
+
+def test_directclr_training_checkpoint_loads_the_same_backbone(registry, ckpt_root):
+    """main.py's checkpoint.pth (the DDP model under 'model') reads through the same rule as the released
+    file: the online head and projector are dropped, every backbone key loads."""
+    _, epoch, sd, _ = _write(registry, ckpt_root, "directclr", released=False)
+    loaded = load_backbone("directclr", epoch, registry=registry)
+    assert loaded.loaded_keys == len(loaded.backbone.required_keys())
+    assert torch.equal(loaded.backbone.net.state_dict()["layer4.2.conv3.weight"], sd["layer4.2.conv3.weight"])
+
+
+def test_a_cifar_encoder_is_refused_by_the_dense_protocols(registry, ckpt_root, tmp_path):
+    """The W2 encoders' 3x3 stem puts their stage maps off the usual strides: a dense cell fails saying
+    so instead of scoring misplaced features."""
+    from harness.jobs import execute
+    from harness.plan import Cell, config_hash, resolved_config
+
+    _write(registry, ckpt_root, "w2_byol")
+    cfg = resolved_config(registry, "linear", "ade20k", "w2_byol", 500)
+    cell = Cell("x", "linear", "ade20k", "w2_byol", 500, config_hash(cfg), 0.0, cfg, str(registry.root))
+    rec = execute(cell, tmp_path / "results", registry=registry)
+    assert rec["status"] == "failed" and "resnet18_cifar" in rec["error"] and "linear_cls" in rec["error"]
 
 
 @pytest.mark.slow

@@ -80,6 +80,20 @@ def data_inputs(reg: Registry, cell, params) -> dict:
     return out
 
 
+def _check_arch_fits(reg: Registry, cell, kind: str) -> None:
+    """A dense protocol places features by their stride: an architecture without the usual strides (a
+    CIFAR ResNet's 3x3 stem) would give a number from misplaced features, so the cell fails instead."""
+    from harness.kinds import DENSE, PROBE
+    from harness.models.archs import ARCHS
+
+    arch = reg.method(cell.method).arch
+    if PROTOCOL_KINDS[kind].role in (DENSE, PROBE) and not ARCHS[arch].dense:
+        raise ValueError(
+            f"method '{cell.method}' is a {arch} ({ARCHS[arch].description}): the {kind} protocol needs stage "
+            f"maps at strides 4-32 and cannot evaluate it; use the image-level protocols (linear_cls, knn)"
+        )
+
+
 def _checkpoint_file(reg: Registry, cell) -> Path | None:
     try:
         return reg.method(cell.method).checkpoint_file(cell.epoch)
@@ -249,6 +263,7 @@ def execute(cell, results: Path | str, *, registry: Registry | None = None, prog
         if kind not in PROTOCOL_KINDS:
             raise NotImplementedError(f"no job for protocol kind '{kind}' (registered: {', '.join(PROTOCOL_KINDS)})")
         reg = registry or load_registry(cell.registry_root or None)
+        _check_arch_fits(reg, cell, kind)  # before any device is taken: a registry-level mismatch
         resources = reg.protocol(cell.protocol).resources
         placement = resolve(resources.gpus, cpus=resources.cpus)
         record["placement"] = placement.record()

@@ -29,6 +29,9 @@ class ArchInfo:
     level_channels: tuple[int, ...] = ()
     description: str = ""
     defaults: dict = field(default_factory=dict)
+    # False for an encoder whose stage maps are not at the usual strides (a CIFAR stem): the dense
+    # protocols (segmentation, detection, DAVIS), which place features by stride, refuse it
+    dense: bool = True
 
 
 def _timm_vit(variant: str, **kw):
@@ -54,6 +57,17 @@ def _resnet50(**over):
     import torchvision
 
     return torchvision.models.resnet50(weights=None, **over)
+
+
+def _resnet18_cifar(**over):
+    """ResNet-18 for 32x32 images as the W2 code builds it (statsle/WassersteinSSL code/*/module.py): a
+    3x3 stride-1 stem (padding 2) and no max-pool, so the last stage is at stride 8."""
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None, **over)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+    net.maxpool = nn.Identity()
+    return net
 
 
 def _tiny_resnet(**over):
@@ -111,6 +125,16 @@ ARCHS: dict[str, ArchInfo] = {
         "ViT-B/16 without class token (I-JEPA)",
     ),
     "resnet50": ArchInfo("resnet", _resnet50, 2048, 32, (), (256, 512, 1024, 2048), "ResNet-50 (torchvision)"),
+    "resnet18_cifar": ArchInfo(
+        "resnet",
+        _resnet18_cifar,
+        512,
+        8,
+        (),
+        (64, 128, 256, 512),
+        "ResNet-18 for CIFAR (3x3 stem, no max-pool; the W2 paper's encoders)",
+        dense=False,
+    ),
     "swin_tiny_patch4_window7": ArchInfo(
         "swin", _swin_tiny, 768, 32, (), (96, 192, 384, 768), "Swin-T, window 7 (EsViT)"
     ),
@@ -176,11 +200,14 @@ class Backbone(nn.Module):
             return self.net.forward_intermediates(
                 x, indices=[layer], norm=norm, output_fmt="NLC", intermediates_only=True
             )[0]
-        maps = self._stages(x)
-        m = maps[(layer or 4) - 1]
-        if fam == "swin" and (layer in (None, 4)) and norm:
+        return self._stage_map(x, layer, norm).flatten(2).transpose(1, 2)
+
+    def _stage_map(self, x: torch.Tensor, layer: int | None, norm: bool = True) -> torch.Tensor:
+        """[B, C, h, w] output of a ResNet / Swin stage (1..4, default the last; Swin's last with its norm)."""
+        m = self._stages(x)[(layer or 4) - 1]
+        if self.info.family == "swin" and (layer in (None, 4)) and norm:
             m = self.net.norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return m.flatten(2).transpose(1, 2)
+        return m
 
     @property
     def embedding_kind(self) -> str:
@@ -227,14 +254,11 @@ class Backbone(nn.Module):
 
     def dense_map(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """[B, d, h, w] form of `dense` (h, w = input size / stride)."""
+        if self.info.family != "vit":  # the stage's own map (a CIFAR stem's padding makes it 5x5 at 32 px)
+            return self._stage_map(x, layer)
         t = self.dense(x, layer)
-        h, w = x.shape[-2] // self._layer_stride(layer), x.shape[-1] // self._layer_stride(layer)
+        h, w = x.shape[-2] // self.stride, x.shape[-1] // self.stride
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
-
-    def _layer_stride(self, layer):
-        if self.info.family == "vit":
-            return self.stride
-        return 2 ** (1 + (layer or 4)) if self.info.family == "resnet" else 2 ** (1 + (layer or 4))
 
     # ---- multi-level features -------------------------------------------------------------
     def levels(self, x: torch.Tensor, indices: tuple[int, ...] | None = None) -> list[torch.Tensor]:
