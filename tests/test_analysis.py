@@ -250,3 +250,39 @@ def test_a_paper_average_that_is_not_its_columns_mean_is_named():
     fixed = paper.copy()
     fixed.loc[(fixed["metric"] == "DSE") & (fixed["dataset"] == "Avg."), "tau"] = 0.56
     assert _paper_average_notes(fixed) == []
+
+
+def test_classification_table_gives_each_protocol_and_dataset_its_column():
+    """Two protocols of one kind (low-shot 1% and 10%) and one protocol on two datasets (CIFAR-10/100)
+    never share a column: each value sits under its protocol and dataset, from the final checkpoint."""
+    from harness.analysis.tables import classification_table, dense_table
+
+    rows = [
+        ("lowshot_1pct", "lowshot", "imagenet", "top1", 40.0),
+        ("lowshot_10pct", "lowshot", "imagenet", "top1", 60.0),
+        ("linear_cifar10", "linear_cls", "cifar10", "top1_best", 90.0),
+        ("linear_cifar10", "linear_cls", "cifar100", "top1_best", 65.0),
+    ]
+    frame = pd.DataFrame(
+        [
+            {"status": "ok", "method": "m", "epoch": 100, "protocol": p, "kind": k, "dataset": d, col: v}
+            for p, k, d, col, v in rows
+        ]
+        + [
+            {
+                "status": "ok",
+                "method": "m",
+                "epoch": 50,
+                "protocol": "lowshot_1pct",
+                "kind": "lowshot",
+                "dataset": "imagenet",
+                "top1": 1.0,
+            }
+        ]
+    )
+    t = classification_table(frame).frame.set_index("checkpoint")
+    final = t.loc["final"]
+    assert final["low-shot top-1 (best lambda) [lowshot_1pct/imagenet]"] == 40.0  # the last epoch, not 50's 1.0
+    assert final["low-shot top-1 (best lambda) [lowshot_10pct/imagenet]"] == 60.0
+    assert final["linear top-1 (best epoch) [linear_cifar10/cifar100]"] == 65.0
+    assert dense_table(frame).frame.empty  # classifiers are not dense protocols

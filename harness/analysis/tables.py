@@ -703,9 +703,10 @@ def dense_columns(role: str = DENSE) -> list[tuple[str, str, str]]:
     return [(k, m.name, m.label) for k in kinds_with(role) for m in PROTOCOL_KINDS[k].metrics if m.dense_table]
 
 
-def _optional_labels(role: str = DENSE) -> set[str]:
-    """Labels of columns a protocol writes only when asked (no column when no record has them)."""
-    return {m.label for k in kinds_with(role) for m in PROTOCOL_KINDS[k].metrics if m.dense_table and m.optional}
+def _optional(kind: str, metric: str) -> bool:
+    """A metric a protocol writes only when asked (the multi-scale test): no column when no record has it."""
+    m = PROTOCOL_KINDS[kind].metric(metric)
+    return bool(m and m.optional)
 
 
 def dense_table(table: pd.DataFrame) -> Table:
@@ -760,7 +761,8 @@ def final_and_selected_table(table: pd.DataFrame, role: str, name: str, title: s
         notes.append(f"no records of a {role} protocol (" + ", ".join(kinds_with(role)) + ") in this suite")
     cols = ["method", "checkpoint"] + [label for *_, label in cols_spec]
     frame = pd.DataFrame(rows).reindex(columns=cols + sorted({c for r in rows for c in r if c.startswith("epoch_")}))
-    frame = frame.drop(columns=[c for c in _optional_labels(role) if c in frame.columns and frame[c].isna().all()])
+    empty = [label for k, _, col, label in cols_spec if _optional(k, col) and frame[label].isna().all()]
+    frame = frame.drop(columns=empty)
     notes += _imported_note(table, imported_cells, "values")
     return Table(name, title, frame, notes, marks=marks)
 
