@@ -75,3 +75,61 @@ def test_dse_loss_is_deterministic_for_a_seed_with_more_tokens_than_the_seeding_
     z = tokens(seed=3, B=8, N=100)  # each global problem: 8 x 100 = 800 tokens (> 512)
     a, b = DSELoss(seed=5)(z), DSELoss(seed=5)(z)
     assert torch.isfinite(a) and a == b
+
+
+# ---- W2Loss and gradient checks (issue 26) -------------------------------------------------------------
+
+
+def test_w2_loss_equals_the_metric_and_the_reference_closed_form():
+    """The same number as the W2 metric (harness.metrics.spectrum.w2_uniformity) and as WassersteinSSL's
+    formula written out with a general eigensolver on the 1/N covariance."""
+    import math
+
+    from harness.metrics.spectrum import w2_uniformity
+    from harness.metrics.w2_loss import W2Loss
+
+    z = torch.randn(64, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = W2Loss()(z).item()
+    zn = torch.nn.functional.normalize(z, dim=1)
+    mu = zn.mean(0)
+    cov = (zn - mu).T @ (zn - mu) / len(zn)
+    ev = torch.linalg.eigvals(cov).real.abs()  # the reference's torch.eig + abs
+    reference = math.sqrt((mu @ mu + 1 + cov.trace() - 2 / math.sqrt(16) * ev.sqrt().sum()).item())
+    assert abs(got - reference) < 1e-10
+    assert abs(got - w2_uniformity(zn.float())) < 1e-5
+
+
+def test_w2_loss_gradient_matches_finite_differences():
+    from harness.metrics.w2_loss import W2Loss
+
+    z = torch.randn(12, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(W2Loss(), (z,), eps=1e-6, atol=1e-6)
+
+
+def test_dse_loss_gradient_matches_finite_differences():
+    """With the k-means labels fixed by the step (they are piecewise constant), DSE is smooth in the tokens:
+    the analytic gradient agrees with central differences."""
+    z = tokens(seed=4, B=8, N=10, d=6).double().requires_grad_(True)
+    loss = DSELoss(seed=0)
+    assert torch.autograd.gradcheck(lambda t: loss_with_fixed_seed(loss, t), (z,), eps=1e-6, atol=1e-5)
+
+
+def loss_with_fixed_seed(loss, t):
+    loss.generator.manual_seed(0)  # the same k-means draws for every evaluation of the finite differences
+    return loss(t)
+
+
+def test_degenerate_batches_give_finite_losses_and_gradients():
+    """A batch of identical tokens (a collapsed representation): both regularisers stay finite, value and
+    gradient, so a training step can recover instead of writing NaN into the weights."""
+    from harness.metrics.w2_loss import W2Loss
+
+    same = torch.ones(8, 10, 6, dtype=torch.float64).requires_grad_(True)
+    value = DSELoss()(same)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(same.grad).all()
+    rows = torch.ones(16, 6, dtype=torch.float64).requires_grad_(True)
+    w = W2Loss()(rows)
+    w.backward()
+    assert torch.isfinite(w) and torch.isfinite(rows.grad).all()
+    assert abs(w.item() - 2**0.5) < 1e-5  # all mass on one point of the sphere: |mu|^2 = 1, Sigma = 0

@@ -78,7 +78,7 @@ class DSELoss(nn.Module):
         # seeded from every point (no subsample), as the regulariser's k-means++; in x's dtype
         _, c = kmeans_batched(x, k, u, None, self.iters, self.tol, seed_points=None, refill=random_points)
         # labels re-assigned with the final centroids, as the regulariser does
-        return sqdist(x, c).argmin(dim=-1)
+        return sqdist(x, c.to(x.dtype)).argmin(dim=-1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 3 or z.shape[1] < self.kl:
