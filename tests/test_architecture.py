@@ -30,6 +30,7 @@ FLOORS = {
     "harness.features": 3,
     "harness.jobs": 4,
     "harness.launch": 5,
+    "harness.monitor": 5,
     "harness.collect": 6,
     "harness.importer": 6,
     "harness.analysis": 7,

@@ -77,9 +77,39 @@ EMBEDDINGS_USED_BY = {
 
 
 def run(cell, ctx) -> JobResult:
-    reg, progress, placement = ctx.registry, ctx.progress, ctx.placement
-    dev, cuda = placement.device, placement.accelerator == "cuda"
+    t0 = time.perf_counter()
+    loaded = load_backbone(cell.method, cell.epoch, registry=ctx.registry)
     params = ctx.params
+    precision = params.precision or "float32"
+    key = f"{feature_cache_key(cell, loaded.path)}_{precision}" if params.cache else None
+    return score(
+        loaded.backbone,
+        cell,
+        ctx.registry,
+        params,
+        ctx.placement,
+        progress=ctx.progress,
+        cache_key=key,
+        checkpoint=loaded.summary(),
+        load_s=time.perf_counter() - t0,
+    )
+
+
+def score(
+    backbone,
+    cell,
+    reg,
+    params,
+    placement,
+    *,
+    progress: bool = False,
+    cache_key: str | None = None,
+    checkpoint: dict | None = None,
+    load_s: float = 0.0,
+) -> JobResult:
+    """Every label-free metric of a backbone on the protocol's fixed image list: what the metrics job
+    records for a checkpoint file, and what harness.monitor records for a model while it trains."""
+    dev, cuda = placement.device, placement.accelerator == "cuda"
     precision = params.precision or "float32"  # of the backbone's forward pass; the metrics are float32
     if precision not in PRECISIONS:
         raise ValueError(f"params.precision: {precision!r}; the metrics job takes one of {', '.join(PRECISIONS)}")
@@ -90,25 +120,23 @@ def run(cell, ctx) -> JobResult:
     root = root_of(ds) / ds.splits[split].img_dir
     images = image_list(root, params.num_images, params.image_list_seed)
     verify_images(ds, split, [root / p for p in images.paths])  # every image readable and whole
-    loaded = load_backbone(cell.method, cell.epoch, registry=reg)
-    loaded.backbone.to(dev)
+    backbone.to(dev)
     t_load = time.perf_counter()
-    key = f"{feature_cache_key(cell, loaded.path)}_{precision}" if params.cache else None
     with full_float32(dev):
         dense, embeddings, cache = extract_dense(
-            loaded.backbone,
+            backbone,
             images,
             resize=params.resize,
             crop=params.crop,
             batch_size=params.forward_batch,
-            cache_key=key,
+            cache_key=cache_key,
             progress=progress,
             device=dev,
             num_workers=workers,
             autocast=PRECISIONS[precision],
         )
     t_dense = time.perf_counter()
-    views = _lidar_views(loaded.backbone, root, images, params, progress, dev, PRECISIONS[precision])
+    views = _lidar_views(backbone, root, images, params, progress, dev, PRECISIONS[precision])
     t_feat = time.perf_counter()
     with full_float32(dev):
         metrics, details, per_metric = compute_all(
@@ -121,20 +149,20 @@ def run(cell, ctx) -> JobResult:
         metrics=metrics,
         details=details,
         timings={
-            "load_s": t_load - t0,
+            "load_s": load_s + (t_load - t0),
             "features_s": t_dense - t_load,
             "views_s": t_feat - t_dense,
             "metrics_s": t_metrics - t_feat,
             "per_metric_s": per_metric,
             # DSE's own cost (the paper's 0.025 GPU·h): checkpoint, dense features, the estimator
-            "dse_s": (t_dense - t0) + per_metric["dse"],
+            "dse_s": load_s + (t_dense - t0) + per_metric["dse"],
         },
         info={
-            "checkpoint": loaded.summary(),
+            "checkpoint": checkpoint,
             "image_list": {"root": str(root), "count": len(images), "hash": images.hash, "seed": images.seed},
             "features": {"shape": list(dense.shape), "dtype": "float32", "cache": cache["cache"], "layer": "last"},
             "embeddings": {
-                "image_level": loaded.backbone.embedding_kind,
+                "image_level": backbone.embedding_kind,
                 "dense": "last-layer patch tokens after the final norm (class and register tokens dropped)",
                 "used_by": EMBEDDINGS_USED_BY,
             },

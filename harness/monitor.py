@@ -1,0 +1,208 @@
+"""DSE while a model trains: `DSEMonitor` scores the model on a suite's fixed image list every N epochs and
+writes the record the `metrics` protocol writes for that (suite, method, epoch), so `sdd collect`, the
+paper's λ, the τ tables and the DSE selection work on a run while it goes; it keeps the running DSE top-3
+(the official selection rule, online) and says which epochs a loop should keep.
+
+    monitor = DSEMonitor("my_suite", "my_method", every=10, rule={"keep_prefix": "backbone."})
+    for epoch in range(1, epochs + 1):
+        train_one_epoch(model)
+        monitor.step(model, epoch)                  # the record of (my_suite, metrics, my_method, epoch)
+        if monitor.keep(epoch):
+            save_checkpoint(model, epoch)          # one of the DSE top-3 so far
+
+The model reaches the metrics as the registry method's architecture: its state_dict, through `rule` (a
+checkpoint state-dict rule without `key`: keep_prefix, strip_prefixes, rename_prefixes, ...), must fill
+every backbone key of the method's `arch` (a copy is scored in eval mode on the monitor's device; the
+training model is not touched), or the model is a harness `Backbone` already. Framework adapters:
+`DSEMonitorHook` (an mmengine hook: `custom_hooks=[dict(type="DSEMonitorHook", suite=..., method=...)]`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+class MonitorError(HarnessError):
+    pass
+
+
+class DSEMonitor:
+    def __init__(
+        self,
+        suite: str,
+        method: str,
+        *,
+        every: int = 1,
+        rule: dict | None = None,
+        results: str | Path | None = None,
+        registry=None,
+        device: str = "cpu",
+        protocol: str | None = None,
+        top: int = 3,
+    ):
+        from harness.kinds import METRICS_KIND
+        from harness.paths import results_root
+        from harness.registry import StateDictRule, load_registry
+
+        if every < 1:
+            raise MonitorError(f"every = {every}: score every N >= 1 epochs")
+        self.reg = registry or load_registry()
+        self.suite, self.method, self.every, self.top = suite, method, every, top
+        self.results = Path(results) if results is not None else results_root()
+        self.rule = StateDictRule.model_validate({**(rule or {}), "key": None})
+        self.device = device
+        entries = [
+            e
+            for e in self.reg.suite(suite).grid
+            if self.reg.protocol(e.protocol).kind == METRICS_KIND and (protocol is None or e.protocol == protocol)
+        ]
+        if not entries:
+            raise MonitorError(
+                f"suite '{suite}' runs no {METRICS_KIND} protocol{f' named {protocol}' if protocol else ''}: "
+                f"the monitor writes that protocol's records"
+            )
+        self.protocol, self.dataset = entries[0].protocol, entries[0].datasets[0]
+        self.reg.method(method)
+        self.history: list[tuple[int, float, float]] = []  # (epoch, separability, dimensionality)
+
+    # ---- the training loop's side ---------------------------------------------------------------------------
+    def step(self, model, epoch: int) -> dict | None:
+        """Score `model` at `epoch` when it is due (every N epochs) and write its record; returns the
+        record (None when not due). A failure to score is raised, never written as a number."""
+        if epoch % self.every:
+            return None
+        from harness import records
+        from harness.jobs import data_inputs, ok_record
+        from harness.jobs.common import base_record
+        from harness.jobs.metrics import score
+
+        cell = self._cell(epoch)
+        params = self._params(cell)
+        t0 = time.perf_counter()
+        backbone = self.backbone_of(model)
+        placement = self._placement()
+        result = score(backbone, cell, self.reg, params, placement, checkpoint=self._live(model, epoch)).record_fields()
+        record = {
+            **base_record(cell),
+            "inputs": {"checkpoint": {"path": None, "live": self._live(model, epoch)}},
+            "placement": placement.record(),
+        }
+        record["inputs"]["data"] = data_inputs(self.reg, cell, params)
+        record = ok_record(record, result, time.perf_counter() - t0)
+        records.write_record(cell.record_path(self.results), record)
+        m = record["metrics"]
+        self.history.append((epoch, float(m["dse_separability"]), float(m["dse_dim"])))
+        return record
+
+    def selected(self) -> list[int]:
+        """The epochs of the running DSE top-3 (local maxima within ±2 scored epochs, the paper's λ over the
+        epochs scored so far): what the tables' selection would say now."""
+        from harness.selection import dse_normalised, select_checkpoints
+
+        done = sorted(self.history)
+        dse = dse_normalised([s for _, s, _ in done], [d for *_, d in done])
+        return select_checkpoints([e for e, *_ in done], dse, top=self.top)
+
+    def keep(self, epoch: int) -> bool:
+        """Whether the checkpoint of `epoch` is among the running top-3 (save it; one that drops out of
+        the top-3 later may be deleted)."""
+        return epoch in self.selected()
+
+    # ---- internals --------------------------------------------------------------------------------------------
+    def backbone_of(self, model):
+        """A copy of `model` as the method's architecture: a harness Backbone as it is, else its state_dict
+        through the monitor's rule, every backbone key required."""
+        import copy
+
+        from harness.models.archs import Backbone, build_backbone
+        from harness.models.checkpoints import CheckpointError, extract_state_dict, load_state_into
+
+        if isinstance(model, Backbone):
+            bb = copy.deepcopy(model)
+        else:
+            spec = self.reg.method(self.method)
+            bb = build_backbone(spec.arch, **spec.arch_kwargs)
+            sd = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+            try:
+                load_state_into(bb, extract_state_dict(sd, self.rule, path="the training model"), raw_keys=list(sd))
+            except CheckpointError as e:
+                raise MonitorError(f"{e} (the monitor's `rule` maps the training model's keys)") from None
+        return bb.eval().requires_grad_(False)
+
+    def _cell(self, epoch: int):
+        from harness.plan import build_plan
+
+        cells = [
+            c
+            for c in build_plan(self.reg, self.suite, protocols=[self.protocol], methods=[self.method])
+            if c.dataset == self.dataset
+        ]
+        hit = [c for c in cells if c.epoch == epoch]
+        if not hit:
+            planned = sorted(c.epoch for c in cells)
+            raise MonitorError(
+                f"epoch {epoch} is not one of {self.method}'s epochs in suite '{self.suite}' "
+                f"({planned[:3]}...{planned[-3:]}): list it in the method file's checkpoint.epochs, or score "
+                f"on those epochs (every={self.every})"
+            )
+        return hit[0]
+
+    def _params(self, cell):
+        from harness.kinds import PROTOCOL_KINDS
+
+        return PROTOCOL_KINDS[cell.config["protocol"]["kind"]].params.model_validate(cell.config["protocol"]["params"])
+
+    def _placement(self):
+        import dataclasses
+
+        from harness.device import resolve
+
+        p = resolve(0)
+        if self.device == "cpu":
+            return p
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MonitorError(f"device {self.device!r}: no GPU is visible to this process")
+        return dataclasses.replace(p, device=self.device, accelerator="cuda", name=torch.cuda.get_device_name())
+
+    def _live(self, model, epoch: int) -> dict:
+        return {"source": f"live model ({type(model).__name__}) at epoch {epoch}", "epoch": epoch}
+
+
+def mmengine_hook():
+    """The mmengine hook class (registered in mmengine's HOOKS as DSEMonitorHook on first call)."""
+    from mmengine.hooks import Hook
+    from mmengine.registry import HOOKS
+
+    if "DSEMonitorHook" in HOOKS.module_dict:
+        return HOOKS.module_dict["DSEMonitorHook"]
+
+    class DSEMonitorHook(Hook):
+        """Scores the runner's model after every N-th training epoch (mmengine counts from 0; the record's
+        epoch is the number of epochs done). `module`: the attribute path of the part to score (e.g.
+        "backbone"); `rule`: maps its state_dict keys to the method's architecture."""
+
+        priority = "LOW"
+
+        def __init__(self, suite: str, method: str, every: int = 1, module: str = "", **kwargs):
+            self.monitor = DSEMonitor(suite, method, every=every, **kwargs)
+            self.module = module
+
+        def after_train_epoch(self, runner) -> None:
+            from harness.jobs.mm_adapter import unwrap
+
+            model = unwrap(runner.model)
+            for name in filter(None, self.module.split(".")):
+                model = getattr(model, name)
+            rec = self.monitor.step(model, runner.epoch + 1)
+            if rec is not None:
+                runner.logger.info(
+                    f"DSE at epoch {rec['epoch']}: {rec['metrics']['dse']:.4f}; top-3 so far {self.monitor.selected()}"
+                )
+
+    HOOKS.register_module(module=DSEMonitorHook)
+    return DSEMonitorHook
