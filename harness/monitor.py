@@ -14,7 +14,9 @@ The model reaches the metrics as the registry method's architecture: its state_d
 checkpoint state-dict rule without `key`: keep_prefix, strip_prefixes, rename_prefixes, ...), must fill
 every backbone key of the method's `arch` (a copy is scored in eval mode on the monitor's device; the
 training model is not touched), or the model is a harness `Backbone` already. Framework adapters:
-`DSEMonitorHook` (an mmengine hook: `custom_hooks=[dict(type="DSEMonitorHook", suite=..., method=...)]`).
+`DSEMonitorHook` (an mmengine hook: `custom_hooks=[dict(type="DSEMonitorHook", suite=..., method=...)]`) and
+`DSEMonitorCallback` (a PyTorch Lightning callback: `Trainer(callbacks=[lightning_callback()(suite, method)])`;
+Lightning is optional, pinned in lock.txt and the `lightning` extra).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from harness.errors import HarnessError
 
 class MonitorError(HarnessError):
     pass
+
+
+LIGHTNING_PIN = "lightning==2.6.6"  # as in lock.txt and pyproject's `lightning` extra
 
 
 class DSEMonitor:
@@ -206,3 +211,53 @@ def mmengine_hook():
 
     HOOKS.register_module(module=DSEMonitorHook)
     return DSEMonitorHook
+
+
+_lightning_callbacks: dict = {}  # Lightning's Callback base -> DSEMonitorCallback (one class per process)
+
+
+def lightning_callback():
+    """The PyTorch Lightning callback class, `DSEMonitorCallback(suite, method, every=1, module="", **kwargs)`
+    (a `lightning.pytorch.Callback`; Lightning is imported here, not when harness.monitor is)."""
+    try:
+        from lightning.pytorch import Callback
+        from lightning.pytorch.utilities import rank_zero_info
+    except ImportError as e:
+        raise MonitorError(
+            f"the Lightning callback needs PyTorch Lightning, which is not importable here ({e}): "
+            f"`.venv/bin/pip install {LIGHTNING_PIN}` (pinned in lock.txt: `make install` installs it)"
+        ) from None
+    if Callback in _lightning_callbacks:
+        return _lightning_callbacks[Callback]
+
+    class DSEMonitorCallback(Callback):
+        """Scores the LightningModule (or its part at the attribute path `module`, e.g. "backbone") after
+        every N-th training epoch, on global rank 0 only (Lightning counts from 0; the record's epoch is the
+        number of epochs done); logs the DSE as "dse" (rank 0 only: not a metric other ranks can monitor).
+        `rule`: maps the part's state_dict keys to the method's architecture."""
+
+        def __init__(self, suite: str, method: str, every: int = 1, module: str = "", **kwargs):
+            self.monitor = DSEMonitor(suite, method, every=every, **kwargs)
+            self.module = module
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if not trainer.is_global_zero:
+                return
+            model = pl_module
+            for name in filter(None, self.module.split(".")):
+                model = getattr(model, name)
+            rec = self.monitor.step(model, trainer.current_epoch + 1)
+            if rec is not None:
+                dse = float(rec["metrics"]["dse"])
+                pl_module.log("dse", dse, on_step=False, on_epoch=True, rank_zero_only=True)
+                rank_zero_info(f"DSE at epoch {rec['epoch']}: {dse:.4f}; top-3 so far {self.monitor.selected()}")
+
+    DSEMonitorCallback.__qualname__ = "DSEMonitorCallback"  # pickled by name (ddp_spawn): see __getattr__
+    _lightning_callbacks[Callback] = DSEMonitorCallback
+    return DSEMonitorCallback
+
+
+def __getattr__(name: str):
+    if name == "DSEMonitorCallback":  # `from harness.monitor import DSEMonitorCallback`, and unpickling one
+        return lightning_callback()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,9 @@ top-3 says what to keep; the training model is never touched."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -147,3 +150,75 @@ def test_an_mmengine_run_with_the_hook_in_its_config_writes_a_record_per_epoch(w
             reg.suite("tiny") and results / "tiny" / "runs" / "metrics" / "imagenet" / "tinyvit" / f"ep{epoch:04d}.json"
         )
         assert path.is_file(), sorted(p.name for p in path.parent.glob("*")) if path.parent.exists() else path
+
+
+def test_a_lightning_run_with_the_callback_writes_a_record_per_epoch(world):
+    pytest.importorskip("lightning")
+    import pickle
+
+    import lightning.pytorch as pl
+
+    from harness import records
+    from harness.analysis import build_tables, load_collected
+    from harness.analysis.tables import selections
+    from harness.collect import write_collected
+    from harness.monitor import DSEMonitorCallback, lightning_callback
+
+    reg, results = world
+
+    class Wrapped(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = Trainee()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 64, 64, generator=g), torch.arange(8) % 4)
+    torch.manual_seed(0)
+    callback = lightning_callback()(
+        "tiny", "tinyvit", module="net", rule={"keep_prefix": "backbone."}, results=results, registry=reg
+    )
+    assert isinstance(callback, pl.Callback) and lightning_callback() is DSEMonitorCallback  # one class
+    assert isinstance(pickle.loads(pickle.dumps(callback)), DSEMonitorCallback)  # ddp_spawn pickles callbacks
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    trainer.fit(Wrapped(), torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, generator=g))
+    # Lightning's current_epoch is 0-based inside on_train_epoch_end: the records are of epochs done, 1 and 2
+    for epoch in (1, 2):
+        path = results / "tiny" / "runs" / "metrics" / "imagenet" / "tinyvit" / f"ep{epoch:04d}.json"
+        rec = records.read_record(path, results)
+        assert rec is not None and rec["status"] == "ok" and rec["epoch"] == epoch, path
+        assert "live model (Trainee)" in rec["inputs"]["checkpoint"]["live"]["source"]
+    assert [e for e, *_ in callback.monitor.history] == [1, 2]
+    assert float(trainer.callback_metrics["dse"]) == pytest.approx(rec["metrics"]["dse"])  # logged as "dse"
+    # collect and the tables read the run's records; the callback's running top-3 is the tables' selection
+    write_collected(reg, "tiny", results)
+    _, tables, _ = build_tables(results / "tiny")
+    assert {t.name for t in tables} >= {"kendall_tau", "model_selection"}
+    collected, _ = load_collected(results / "tiny")
+    assert callback.monitor.selected() and selections(collected)["tinyvit"] == callback.monitor.selected()
+
+
+def test_the_lightning_callback_without_lightning_says_what_to_install(monkeypatch):
+    from harness.monitor import LIGHTNING_PIN, lightning_callback
+
+    monkeypatch.setitem(sys.modules, "lightning", None)  # import lightning raises ImportError
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    with pytest.raises(MonitorError, match=rf"pip install {LIGHTNING_PIN}"):
+        lightning_callback()
+    lock = (Path(__file__).parents[1] / "lock.txt").read_text().split()
+    assert LIGHTNING_PIN in lock  # the message names the locked version
