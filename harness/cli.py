@@ -721,7 +721,12 @@ def cmd_import(reg: Registry, args) -> int:
 def cmd_demo(reg: Registry, args) -> int:
     from harness.mini.demo import run
 
-    return run(suite=args.suite, cluster=args.cluster, results=Path(args.results))
+    rc = run(suite=args.suite, cluster=args.cluster, results=Path(args.results))
+    if not args.interventions:
+        return rc
+    from harness.mini import interventions
+
+    return interventions.run(results=Path(args.results), cluster=args.cluster) or rc
 
 
 def _tables_flags(p) -> None:
@@ -858,6 +863,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--suite", default="mini")
     p.add_argument("--cluster", default="local", help="local (default), inline, or a Slurm profile")
+    p.add_argument(
+        "--interventions",
+        action="store_true",
+        help="then the regularisers in the mini world: the degrading methods resumed from their DSE-selected "
+        "checkpoints with and without -beta*DSE (and +lambda*W2), 3 seeds, probed; mini DirectCLR's spectrum "
+        "(about 15 min more on 2 cores; docs/demo.md)",
+    )
     return ap
 
 

@@ -92,6 +92,28 @@ def spectra(spec: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
+def spectra_against(spec: pd.DataFrame, methods: list[str], out: Path, name: str) -> list[Path]:
+    """The last checkpoint's embedding spectrum of several methods in one plot (DirectCLR's figure: a
+    collapsed dimension is a singular value that falls off the curve)."""
+    plt = _plt()
+    sv = spec[(spec["kind"] == "log_sv") & spec["method"].isin(methods)] if spec is not None else None
+    if sv is None or sv.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for method in methods:
+        g = sv[sv["method"] == method]
+        if g.empty:
+            continue
+        last = g["epoch"].max()
+        h = g[g["epoch"] == last].sort_values("index")
+        ax.plot(h["index"], h["log_sv"], label=f"{method} (epoch {last})")
+    ax.set(title="embedding spectrum, last checkpoint", xlabel="singular value rank", ylabel="log σ")
+    ax.legend(fontsize=7)
+    paths = _save(fig, out, name)
+    plt.close(fig)
+    return paths
+
+
 def tau_heatmap(mean: pd.DataFrame, out: Path) -> list[Path]:
     plt = _plt()
     if mean.empty:

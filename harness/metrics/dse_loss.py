@@ -11,6 +11,16 @@ effective rank.
 Deliberate difference: the official regulariser reseeds the *global* RNG on every call (which also
 resets the training's augmentation and dropout randomness); here k-means draws from a private
 generator, so training randomness is untouched.
+
+    dse = DSELoss()                                        # one per run: its k-means generator is seeded
+    for x1, x2 in loader:                                  # two augmented views
+        loss = task_loss(model, x1, x2)                    # the method's own objective
+        tokens = model.backbone.forward_features(x1)[:, 1:]    # [B, N, d] patch tokens (no CLS / registers)
+        loss = loss - 0.001 * dse(tokens)                  # beta = 0.001, the SDD paper's resumed runs
+        opt.zero_grad(); loss.backward(); opt.step()
+
+The mini world's pre-trainer does exactly this (`harness/mini/pretrain.py --dse-beta`), and
+`sdd demo --interventions` measures what it does there (docs/demo.md).
 """
 
 from __future__ import annotations

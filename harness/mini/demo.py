@@ -30,7 +30,7 @@ def mini_root() -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
-def prepare(reg=None, quiet: bool = False, epochs: int | None = None) -> Path:
+def prepare(reg=None, quiet: bool = False, epochs: int | None = None, methods: dict | None = None) -> Path:
     """Generate the mini world and pre-train the mini methods (both cached) under the mini root (the `mini`
     and `micro` suites read their data there: their `data_root`).
     Each method trains up to the last epoch its registry file lists, so every cell of the `mini`
@@ -57,7 +57,7 @@ def prepare(reg=None, quiet: bool = False, epochs: int | None = None) -> Path:
         generate.generate_all(data)
         marker.write_text(generate.WORLD + "\n")
         print(f"[demo] generated the mini world under {data} in {time.time() - t:.1f} s")
-    for name, objective in METHODS.items():
+    for name, objective in (methods or METHODS).items():
         n = epochs or max(reg.method(name).epochs())
         t = time.time()
         out = root / "checkpoints" / name

@@ -11,7 +11,12 @@ entries use the same adapter rules as the real DINO, MoCo v3 and MAE.
 - mae   (masked modelling): ViT encoder on 25% of the patches + a light decoder reconstructing the
         normalised pixels of the masked ones; `checkpoint-{epoch}.pth` with `model` (encoder keys at top
         level + decoder_*), `epoch` = 0-based loop index, `args`.
-`--dse-beta` adds the DSE regulariser (loss - beta * DSE of the student's dense tokens).
+- directclr (dimensional collapse): no projector, InfoNCE on a fixed sub-vector of the representation;
+        `checkpoint-ep{epoch:04d}.pth` with main.py's resumable `model` (module.backbone.*), `optimizer`, `epoch`.
+`--dse-beta` adds the DSE regulariser (loss - beta * DSE of the student's dense tokens), `--w2-lambda` the
+W2 uniformity loss (loss + lambda * W2 of the projector outputs); `--resume CKPT --resume-epoch E` continues
+a run from one of its checkpoints (weights, teacher / momentum encoder, optimizer) up to `--epochs`, the
+interventions' starting point (harness/mini/interventions.py).
 The learning rate warms up over the first epoch and then stays constant (`--schedule constant`, the
 mini world's default): late checkpoints keep moving, as in the long schedules the paper studies, where
 a cosine decay to zero over a few epochs would freeze them (docs/demo.md). The teacher / momentum
@@ -104,6 +109,28 @@ def _state(module, prefix):
     return out
 
 
+def _load(module, sd, prefix, what):
+    """The inverse of `_state`: every key of `module` from `sd[prefix + key]` (weight_g / weight_v back to the
+    weight_norm parametrization), all of them required."""
+    own = {}
+    missing = []
+    for k in module.state_dict():
+        stored = prefix + k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        )
+        if stored in sd:
+            own[k] = sd[stored]
+        else:
+            missing.append(stored)
+    if missing:
+        raise ResumeError(f"{what}: {len(missing)} key(s) missing, e.g. {missing[:3]}")
+    module.load_state_dict(own, strict=True)
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -144,6 +171,13 @@ class DINO:
             "dino_loss": {"center": self.center.clone()},
         }
 
+    def restore(self, ck, where):
+        _load(self.student.net, ck["student"], "module.backbone.", f"{where}: student backbone")
+        _load(self.s_head, ck["student"], "module.head.", f"{where}: student head")
+        _load(self.teacher.net, ck["teacher"], "backbone.", f"{where}: teacher backbone")
+        _load(self.t_head, ck["teacher"], "head.", f"{where}: teacher head")
+        self.center = ck["dino_loss"]["center"].clone()
+
 
 class MoCoV3:
     file = "checkpoint_{epoch:04d}.pth.tar"
@@ -166,7 +200,9 @@ class MoCoV3:
         return F.cross_entropy(logits, torch.arange(len(q))) * 2 * 0.2
 
     def loss(self, v1, v2):
-        q1, q2 = (self.predictor(self.base_head(_cls(self.base, v))) for v in (v1, v2))
+        z1, z2 = (self.base_head(_cls(self.base, v)) for v in (v1, v2))
+        self.projections = torch.cat([z1, z2])  # what W2 regularises (WassersteinSSL: the projector outputs)
+        q1, q2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
             k1, k2 = (self.mom_head(_cls(self.mom, v)) for v in (v1, v2))
         return self._nce(q1, k2) + self._nce(q2, k1)
@@ -191,6 +227,14 @@ class MoCoV3:
                 **_state(self.predictor, "module.predictor."),
             },
         }
+
+    def restore(self, ck, where):
+        sd = ck["state_dict"]
+        _load(self.base.net, sd, "module.base_encoder.", f"{where}: base encoder")
+        _load(self.base_head, sd, "module.base_encoder.head.", f"{where}: base projector")
+        _load(self.mom.net, sd, "module.momentum_encoder.", f"{where}: momentum encoder")
+        _load(self.mom_head, sd, "module.momentum_encoder.head.", f"{where}: momentum projector")
+        _load(self.predictor, sd, "module.predictor.", f"{where}: predictor")
 
 
 class MAE:
@@ -269,12 +313,67 @@ class MAE:
             "args": argparse.Namespace(**vars(args)),
         }
 
+    def restore(self, ck, where):
+        sd = ck["model"]
+        _load(self.enc.net, sd, "", f"{where}: encoder")
+        _load(self.dec, sd, "", f"{where}: decoder")
+        self.mask_token.data.copy_(sd["mask_token"])
+        self.decoder_pos.data.copy_(sd["decoder_pos_embed"])
 
-OBJECTIVES = {"dino": DINO, "mocov3": MoCoV3, "mae": MAE}
+
+class DirectCLR:
+    """DirectCLR (facebookresearch/directclr directclr/main.py, mode "directclr"): no projector; InfoNCE
+    (temperature 0.1, both directions halved) on the first `DIM` dimensions of the representation itself,
+    both views through the same backbone with gradient. The official `--dim 360` of ResNet-50's 2,048 is
+    scaled to the tiny ViT's 48 dimensions (8). The official online linear head (trained on detached
+    features, so it never reaches the backbone) is left out. Saved as main.py's resumable checkpoint
+    (`model` with module.backbone.*, `optimizer`, `epoch` = epochs done), one file per epoch."""
+
+    file = "checkpoint-ep{epoch:04d}.pth"
+    DIM = 8
+
+    def __init__(self, args):
+        self.backbone = build_backbone(ARCH)
+        self.params = list(self.backbone.parameters())
+
+    @staticmethod
+    def _info_nce(a, b, temperature=0.1):
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        return F.cross_entropy(a @ b.T / temperature, torch.arange(len(a)))
+
+    def loss(self, v1, v2):
+        r1, r2 = _cls(self.backbone, v1), _cls(self.backbone, v2)
+        z1, z2 = r1[:, : self.DIM], r2[:, : self.DIM]
+        self.projections = torch.cat([r1, r2])
+        return self._info_nce(z1, z2) / 2 + self._info_nce(z2, z1) / 2
+
+    def after_step(self, m):
+        pass
+
+    def tokens(self, v):
+        return self.backbone.dense(v)
+
+    def checkpoint(self, epoch, opt, args):
+        return {"epoch": epoch, "model": _state(self.backbone.net, "module.backbone."), "optimizer": opt.state_dict()}
+
+    def restore(self, ck, where):
+        _load(self.backbone.net, ck["model"], "module.backbone.", f"{where}: backbone")
+
+
+OBJECTIVES = {"dino": DINO, "mocov3": MoCoV3, "mae": MAE, "directclr": DirectCLR}
+
+
+# options added after the mini world's first checkpoints: at their defaults they stay out of the hash, so
+# the cached runs (and every record computed from them) stay current
+_LATER_DEFAULTS = {"w2_lambda": 0.0, "resume": "", "resume_epoch": 0}
 
 
 def settings_hash(args) -> str:
-    keep = {k: v for k, v in vars(args).items() if k not in ("out", "data", "quiet")}
+    keep = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("out", "data", "quiet") and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+    }
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -290,16 +389,35 @@ def train(args) -> Path:
         return out  # cached
     torch.manual_seed(args.seed)
     model = obj_cls(args)
+    first = 1
+    if args.resume:
+        first = args.resume_epoch + 1
+        if first > args.epochs:
+            raise ResumeError(
+                f"--resume-epoch {args.resume_epoch} leaves nothing to train up to --epochs {args.epochs}"
+            )
     ds = ImageFolder(str(Path(args.data) / "train"), transform=TwoViews(_views(args.size)))
     loader = torch.utils.data.DataLoader(
         ds, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed)
     )
     opt = torch.optim.AdamW(model.params, lr=args.lr, weight_decay=0.04)
-    reg = None
+    if args.resume:
+        from harness.models.checkpoints import safe_load
+
+        ck = safe_load(args.resume)
+        model.restore(ck, args.resume)
+        opt.load_state_dict(ck["optimizer"])  # AdamW's moments too: a resumed run, not a fresh fine-tune
+    dse = w2 = None
     if args.dse_beta > 0:
         from harness.metrics.dse_loss import DSELoss
 
-        reg = DSELoss(seed=args.seed)
+        dse = DSELoss(seed=args.seed)
+    if args.w2_lambda > 0:
+        if args.objective not in ("mocov3", "directclr"):
+            raise ResumeError(f"--w2-lambda: objective {args.objective!r} has no projector outputs to regularise")
+        from harness.metrics.w2_loss import W2Loss
+
+        w2 = W2Loss()
     t0 = time.time()
     steps = args.epochs * len(loader)
     bar = tqdm(
@@ -308,8 +426,9 @@ def train(args) -> Path:
         disable=args.quiet or not sys.stderr.isatty(),
         leave=False,
     )
-    step = 0
-    for epoch in range(1, args.epochs + 1):
+    step = (first - 1) * len(loader)  # a resumed run continues the schedule (its warm-up is done)
+    bar.update(step)
+    for epoch in range(first, args.epochs + 1):
         for (v1, v2), _ in loader:
             if args.schedule == "constant":
                 lr = args.lr * min(1.0, (step + 1) / len(loader))
@@ -318,8 +437,10 @@ def train(args) -> Path:
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = model.loss(v1, v2)
-            if reg is not None:
-                loss = loss - args.dse_beta * reg(model.tokens(v1))
+            if dse is not None:
+                loss = loss - args.dse_beta * dse(model.tokens(v1))
+            if w2 is not None:  # WassersteinSSL: + lambda * W2 of both views' normalised projector outputs
+                loss = loss + args.w2_lambda * w2(model.projections)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -345,6 +466,11 @@ def parser():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dse-beta", type=float, default=0.0, help="train with loss - beta * DSE")
+    ap.add_argument(
+        "--w2-lambda", type=float, default=0.0, help="train with loss + lambda * W2 of the projector outputs"
+    )
+    ap.add_argument("--resume", default="", help="a checkpoint of this objective (its own format) to continue from")
+    ap.add_argument("--resume-epoch", type=int, default=0, help="the epoch of --resume; training continues after it")
     ap.add_argument(
         "--schedule",
         choices=["constant", "cosine"],

@@ -1,0 +1,197 @@
+"""The mini world's interventions (issue 26): every mini objective restores exactly what it saved in its own
+format; a resumed run continues from its checkpoint (weights, teacher, optimizer) to the end of the
+schedule; the regularisers reach the weights; the verdict rule; the generated registry of runs plans."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.atomic import save_tensors
+from harness.mini import interventions
+from harness.mini.pretrain import OBJECTIVES, ResumeError, parser, train
+from harness.models.checkpoints import safe_load
+
+
+def _tensors(obj, prefix=""):
+    """Every tensor of a checkpoint but the optimizer's, by its path."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k != "optimizer":
+                out.update(_tensors(v, f"{prefix}/{k}"))
+        return out
+    return {}
+
+
+def _one_step(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    v1, v2 = torch.randn(4, 3, 64, 64, generator=g), torch.randn(4, 3, 64, 64, generator=g)
+    opt = torch.optim.AdamW(model.params, lr=1e-3)
+    loss = model.loss(v1, v2)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    model.after_step(0.9)
+    return opt
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_each_objective_restores_exactly_what_it_saved(objective, tmp_path):
+    args = parser().parse_args(["--objective", objective, "--data", "x", "--out", "y"])
+    torch.manual_seed(1)
+    saved = OBJECTIVES[objective](args)
+    opt = _one_step(saved, seed=0)
+    path = tmp_path / "ck.pth"
+    save_tensors(saved.checkpoint(3, opt, args), path)  # through the file, as a resumed run reads it
+    ck = safe_load(path)
+    torch.manual_seed(2)
+    fresh = OBJECTIVES[objective](args)
+    want = _tensors(ck)
+    before = _tensors(fresh.checkpoint(3, opt, args))
+    assert any(not torch.equal(before[k], want[k]) for k in want)  # a different model until restored
+    fresh.restore(ck, str(path))
+    got = _tensors(fresh.checkpoint(3, opt, args))
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want), [k for k in want if not torch.equal(got[k], want[k])]
+
+
+def test_a_checkpoint_missing_a_key_is_refused_by_name(tmp_path):
+    args = parser().parse_args(["--objective", "mocov3", "--data", "x", "--out", "y"])
+    model = OBJECTIVES["mocov3"](args)
+    ck = model.checkpoint(1, torch.optim.AdamW(model.params), args)
+    del ck["state_dict"]["module.predictor.0.weight"]
+    with pytest.raises(ResumeError, match=r"predictor: 1 key\(s\) missing, e.g. \['module.predictor.0.weight'\]"):
+        OBJECTIVES["mocov3"](args).restore(ck, "ck.pth")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from harness.mini import generate
+
+    root = tmp_path_factory.mktemp("iv") / "imagenet-1k"
+    generate.imagenet(root, classes=4, train=8, val=2)  # 32 images: two steps of 16 per epoch
+    return root
+
+
+def _train(data, out, objective, *extra):
+    return train(
+        parser().parse_args(
+            ["--objective", objective, "--data", str(data), "--out", str(out), "--quiet", "--seed", "3", *extra]
+        )
+    )
+
+
+def _student(path, objective):
+    ck = safe_load(path)
+    sd = {"dino": lambda: ck["student"], "mocov3": lambda: ck["state_dict"]}[objective]()
+    key = {"dino": "module.backbone.", "mocov3": "module.base_encoder."}[objective]
+    return {k: v for k, v in sd.items() if k.startswith(key) and ".head." not in k}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "objective, file, regulariser",
+    [
+        ("dino", "checkpoint{:04d}.pth", ["--dse-beta", "0.1"]),
+        ("mocov3", "checkpoint_{:04d}.pth.tar", ["--w2-lambda", "1.0"]),
+    ],
+)
+def test_a_resumed_run_continues_from_its_checkpoint_and_the_regulariser_reaches_the_weights(
+    data, tmp_path, objective, file, regulariser
+):
+    base = _train(data, tmp_path / "base", objective, "--epochs", "2")
+    ck1 = base / file.format(1)
+    resume = ["--epochs", "3", "--resume", str(ck1), "--resume-epoch", "1"]
+    # at lr 0 the resumed student is the checkpoint's: it was restored, not re-initialised
+    frozen = _train(data, tmp_path / "frozen", objective, *resume, "--lr", "0")
+    assert sorted(p.name for p in frozen.glob("checkpoint*")) == [file.format(2), file.format(3)]
+    a, b = _student(ck1, objective), _student(frozen / file.format(3), objective)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the same seed and data order: the regulariser is the only difference, and it moves the weights
+    plain = _student(_train(data, tmp_path / "plain", objective, *resume) / file.format(3), objective)
+    reg = _student(_train(data, tmp_path / "reg", objective, *resume, *regulariser) / file.format(3), objective)
+    again = _student(_train(data, tmp_path / "again", objective, *resume) / file.format(3), objective)
+    assert all(torch.equal(plain[k], again[k]) for k in plain)  # deterministic, so the difference is the loss
+    assert any(not torch.equal(plain[k], reg[k]) for k in plain)
+
+
+def test_a_resume_with_nothing_to_train_or_a_regulariser_without_its_input_is_refused(data, tmp_path):
+    with pytest.raises(ResumeError, match="leaves nothing to train"):
+        _train(data, tmp_path / "x", "dino", "--epochs", "2", "--resume", "ck.pth", "--resume-epoch", "2")
+    with pytest.raises(ResumeError, match="objective 'dino' has no projector outputs"):
+        _train(data, tmp_path / "y", "dino", "--epochs", "1", "--w2-lambda", "1.0")
+    assert not (tmp_path / "x").exists() and not any((tmp_path / "y").glob("checkpoint*"))
+
+
+def test_the_verdict_rule():
+    v = interventions.verdict
+    assert v(40.0, [30.0, 31.0, 32.0], [39.5, 40.5, 41.0]) == "halted"  # ends at the start; the plain runs fall
+    assert v(40.0, [30.0, 31.0, 32.0], [35.0, 36.0, 37.0]) == "reduced"  # better, yet still below the start
+    assert v(40.0, [35.0, 36.0, 37.0], [30.0, 31.0, 32.0]) == "worsened"
+    assert v(40.0, [30.0, 32.0, 34.0], [31.0, 33.0, 35.0]) == "no effect beyond the seeds' spread"
+    # at the start on average, but the seeds spread further than the gain: not a difference
+    assert v(46.0, [37.0, 37.5, 38.0], [38.0, 42.0, 51.0]) == "no effect beyond the seeds' spread"
+
+
+def test_the_generated_registry_plans_each_run_on_its_last_checkpoint(tmp_path, monkeypatch):
+    from harness.plan import build_plan
+    from harness.registry import load_registry
+
+    monkeypatch.setenv("SDD_MINI_ROOT", str(tmp_path / "mini"))
+    reg = load_registry()
+    starts = {"mini_dino": (1, 16), "mini_mocov3": (4, 16)}
+    runs = {
+        interventions.run_name(m, c, s): (m, c, s, tmp_path / "ck" / interventions.run_name(m, c, s))
+        for m, conds in interventions.PLAN.items()
+        for c in conds
+        for s in interventions.SEEDS
+    }
+    ireg = load_registry(interventions.write_registry(tmp_path / "mini", reg, runs, starts))
+    cells = build_plan(ireg, interventions.SUITE)
+    run_cells = [c for c in cells if "__" in c.method]
+    assert {c.method for c in run_cells} == set(runs) and len(runs) == 3 * (3 + 4)
+    assert {c.epoch for c in run_cells} == {16} and {c.protocol for c in cells} == {"metrics_mini", "linear_mini"}
+    spec = ireg.method("mini_mocov3__w2__s2")
+    assert list(spec.epochs()) == list(range(5, 17)) and str(spec.checkpoint.dir).endswith("mini_mocov3__w2__s2")
+    assert spec.checkpoint.state_dict == reg.method("mini_mocov3").checkpoint.state_dict  # the method's own rule
+    assert {c.method for c in cells} >= set(interventions.COLLAPSE)
+
+
+@pytest.mark.slow
+def test_the_interventions_run_end_to_end_on_the_micro_suite(mini_world, tmp_path, monkeypatch, capsys):
+    """The real pipeline, smaller: mini DINO resumed from its DSE-selected checkpoint of the micro suite to the
+    suite's last epoch, with and without -beta*DSE, two seeds; every run's last checkpoint probed and scored;
+    the report's table, spreads and sentences; the DirectCLR spectrum; a second run trains and runs nothing."""
+    from harness.cli import main
+
+    monkeypatch.setenv("SDD_MINI_ROOT", str(mini_world))
+    monkeypatch.setenv("SDD_SUBMITIT", str(tmp_path / "submitit"))
+    monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(interventions, "PLAN", {"mini_dino": ("none", "dse_x100")})
+    monkeypatch.setattr(interventions, "SEEDS", (0, 1))
+    results = tmp_path / "results"
+    assert main(["submit", "--suite", "micro", "--cluster", "local", "--results", str(results)]) == 0
+    from harness.launch import wait
+    from harness.registry import load_registry
+
+    wait(load_registry(), "micro", results)
+    assert main(["collect", "--suite", "micro", "--results", str(results)]) == 0
+    (start, last) = interventions.start_epochs(results, "micro")["mini_dino"]
+    assert last == 4 and 1 <= start < last
+    assert interventions.run(results, cluster="local", quiet=True, suite="micro") == 0
+    text = (results / "interventions" / "INTERVENTIONS.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| mini_dino |")]
+    assert len(rows) == 2 + 2  # the start and the original last, then the two conditions
+    assert all(" ± " in r and "| 2 |" in r for r in rows[2:])  # two seeds, their spread
+    assert f"DSE-selected checkpoint (epoch {start})" in rows[0]
+    assert "β = 0.1 (×100) halted" in text or "β = 0.1 (×100) did not halt" in text
+    assert "mini_directclr" in text and (results / "interventions/figures/spectrum_directclr_vs_mocov3.png").is_file()
+    table = __import__("pandas").read_csv(results / "interventions" / "results.csv")
+    assert (table["status"] == "ok").all() and set(table["epoch"][table["method"].str.contains("__")]) == {last}
+    capsys.readouterr()
+    assert interventions.run(results, cluster="local", quiet=True, suite="micro") == 0
+    out = capsys.readouterr().out
+    assert "0 to run" in out and "pre-trained" not in out  # all cached
