@@ -787,6 +787,23 @@ def _import_parser(sub, results) -> None:
     p.add_argument("--dry-run", action="store_true", help="show what would be written")
 
 
+def _demo_parser(sub, results) -> None:
+    p = sub.add_parser(
+        "demo",
+        parents=[results],
+        help="the whole pipeline in miniature (CPU): mini world, tiny pre-training, suite, tables",
+    )
+    p.add_argument("--suite", default="mini")
+    p.add_argument("--cluster", default="local", help="local (default), inline, or a Slurm profile")
+    p.add_argument(
+        "--interventions",
+        action="store_true",
+        help="then the regularisers in the mini world: the degrading methods resumed from their DSE-selected "
+        "checkpoints with and without -beta*DSE (and +lambda*W2), 3 seeds, probed; mini DirectCLR's spectrum "
+        "(about 10 min more on 2 cores; docs/demo.md)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     results = argparse.ArgumentParser(add_help=False)  # every command that reads or writes results
     results.add_argument(
@@ -856,20 +873,7 @@ def _parser() -> argparse.ArgumentParser:
         "--repair-ledger", action="store_true", help="move an unreadable ledger aside and rebuild it from the records"
     )
     _import_parser(sub, results)
-    p = sub.add_parser(
-        "demo",
-        parents=[results],
-        help="the whole pipeline in miniature (CPU): mini world, tiny pre-training, suite, tables",
-    )
-    p.add_argument("--suite", default="mini")
-    p.add_argument("--cluster", default="local", help="local (default), inline, or a Slurm profile")
-    p.add_argument(
-        "--interventions",
-        action="store_true",
-        help="then the regularisers in the mini world: the degrading methods resumed from their DSE-selected "
-        "checkpoints with and without -beta*DSE (and +lambda*W2), 3 seeds, probed; mini DirectCLR's spectrum "
-        "(about 15 min more on 2 cores; docs/demo.md)",
-    )
+    _demo_parser(sub, results)
     return ap
 
 

@@ -68,7 +68,7 @@ def start_epochs(results: Path, suite: str = "mini") -> dict[str, tuple[int, int
         )
     out = {}
     for m in PLAN:
-        last = int(table[(table["method"] == m) & (table["kind"] == "linear")]["epoch"].max())
+        last = int(table[(table["method"] == m) & (table["protocol"] == PROBE)]["epoch"].max())
         if sel[m][0] >= last:
             raise RuntimeError(
                 f"{m}: its DSE-selected checkpoint (epoch {sel[m][0]}) is its last probed one ({last}) in suite "
