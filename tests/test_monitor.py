@@ -145,11 +145,24 @@ def test_an_mmengine_run_with_the_hook_in_its_config_writes_a_record_per_epoch(w
         default_scope="mmengine",
     )
     runner.train()
+    import json
+
+    from harness.analysis import build_tables, load_collected
+    from harness.analysis.tables import selections
+    from harness.collect import write_collected
+
     for epoch in (1, 2):
-        path = (
-            reg.suite("tiny") and results / "tiny" / "runs" / "metrics" / "imagenet" / "tinyvit" / f"ep{epoch:04d}.json"
-        )
+        path = results / "tiny" / "runs" / "metrics" / "imagenet" / "tinyvit" / f"ep{epoch:04d}.json"
         assert path.is_file(), sorted(p.name for p in path.parent.glob("*")) if path.parent.exists() else path
+        rec = json.loads(path.read_text())
+        assert rec["status"] == "ok" and rec["epoch"] == epoch and "live model" in str(rec["inputs"]["checkpoint"])
+    hook = next(h for h in runner.hooks if type(h).__name__ == "DSEMonitorHook")
+    assert [e for e, *_ in hook.monitor.history] == [1, 2]
+    write_collected(reg, "tiny", results)
+    _, tables, _ = build_tables(results / "tiny")
+    assert {t.name for t in tables} >= {"kendall_tau", "model_selection"}
+    collected, _ = load_collected(results / "tiny")
+    assert selections(collected)["tinyvit"] == hook.monitor.selected()
 
 
 def test_a_lightning_run_with_the_callback_writes_a_record_per_epoch(world):
