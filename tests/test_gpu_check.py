@@ -28,5 +28,8 @@ def test_the_gpu_check_smoke_runs_here_and_claims_no_gpu_figure(tmp_path):
     assert rows and all(r.get("status", "ok") == "ok" for r in rows), [r for r in rows if r.get("status", "ok") != "ok"]
     assert not any("extrapolated_gpu_h" in r for r in rows)  # no GPU·h from a CPU run
     assert any("extrapolated_cpu_h" in r for r in rows)  # the extrapolation is there, as a CPU figure
+    # the DSE monitor's call against a timed DINO epoch (issue 26's goal), labelled as the CPU's
+    (mon,) = [r for r in rows if "monitor_share_of_epoch_pct" in r]
+    assert mon["precision"] == "float32 (CPU)" and mon["dino_epoch_s_extrapolated"] > 0 and mon["wall_s"] >= 0
     md = (tmp_path / "gpu_check.md").read_text()
     assert "No GPU ran this" in md and "extrapolated_gpu_h" not in md

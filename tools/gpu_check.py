@@ -10,7 +10,10 @@ run uses), and one table of what it measured.
 - linear probe and UperNet at the recipe's 512² crop and per-GPU batch, Mask R-CNN (torchvision) at
   800 px, for a few hundred / dozen iterations; k-NN over 100 k x 10 k features; DAVIS on a real-size
   clip: iterations/s, GPU utilisation (nvidia-smi), peak memory, and the extrapolated GPU·h of one full
-  cell against the protocol file's `gpu_hours`.
+  cell against the protocol file's `gpu_hours`;
+- the DSE monitor (issue 26): one `monitor.step` (metrics_fast, 2,048 images) against DINO ViT-S/16's
+  training step timed at its default per-GPU recipe and extrapolated to one ImageNet epoch: the call's
+  share of an epoch (goal: under 1%).
 
 `--smoke` runs every stage tiny on the CPU (checks the script itself, no figures worth keeping).
 Output: the table on stdout and `gpu_check.json` / `gpu_check.md` under `--out` (default $OUT or .).
@@ -426,6 +429,105 @@ def knn_scale(smoke: bool) -> dict:
     return row
 
 
+def monitor_cost(bench: Path, results: Path, smoke: bool) -> list[dict]:
+    """Issue 26's goal: one DSEMonitor call (metrics_fast: 2,048 images, fast DSE) under 1% of a DINO
+    ViT-S/16 ImageNet epoch on one GPU. The epoch is extrapolated from DINO training steps timed here:
+    its default recipe per GPU (batch 64; 2 global crops of 224 and 10 local of 96; the student forward and
+    backward through a DINO head of 65,536 prototypes, the teacher forward on the global crops; mixed
+    precision, bf16 here where DINO uses fp16 with a scaler) over 1,281,167 images."""
+    import torch
+    import yaml
+
+    from harness.models.archs import build_backbone
+    from harness.monitor import DSEMonitor
+    from harness.registry import load_registry
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    proto = yaml.safe_load((ROOT / "benchmarks" / "protocols" / "metrics_fast.yaml").read_text())
+    proto.pop("recipe", None)
+    proto.update(name="monitor_check", resources={**proto["resources"], "gpus": 0 if smoke else 1})
+    if smoke:
+        proto["params"].update(num_images=16, batch_size=16, forward_batch=8, resize=72, crop=64, tokens_per_image=8)
+    (bench / "protocols" / "monitor_check.yaml").write_text(yaml.safe_dump(proto))
+    (bench / "suites" / "watch.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "watch",
+                "title": "GPU check: the DSE monitor",
+                "methods": ["dino"],
+                "grid": [{"protocol": "monitor_check", "datasets": ["imagenet"]}],
+            }
+        )
+    )
+    reg = load_registry(bench)
+    spec = reg.method("dino")
+    model = build_backbone(spec.arch).to(dev)
+    monitor = DSEMonitor("watch", "dino", results=results, registry=reg, device=dev)
+    epoch = max(spec.epochs())
+    monitor.step(model, epoch)  # warm-up: cuDNN and allocator; the record is rewritten by the timed call
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    rec = monitor.step(model, epoch)
+    call_s = time.perf_counter() - t
+
+    # DINO's training step, timed
+    batch, g, loc, steps = (2, 64, 32, 2) if smoke else (64, 224, 96, 20)
+    student = build_backbone(spec.arch).net.to(dev).train()
+    teacher = build_backbone(spec.arch).net.to(dev).eval().requires_grad_(False)
+    out_dim, hidden = (256, 64) if smoke else (65536, 2048)
+    d = student.embed_dim
+    head = torch.nn.Sequential(
+        torch.nn.Linear(d, hidden),
+        torch.nn.GELU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.GELU(),
+        torch.nn.Linear(hidden, 256),
+        torch.nn.Linear(256, out_dim, bias=False),
+    ).to(dev)
+    opt = torch.optim.AdamW(list(student.parameters()) + list(head.parameters()), lr=1e-4)
+    globals_ = torch.randn(2 * batch, 3, g, g, device=dev)
+    locals_ = torch.randn(10 * batch, 3, loc, loc, device=dev)
+
+    def step():
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
+            with torch.no_grad():
+                t_out = head(teacher.forward_features(globals_)[:, 0]).float().softmax(-1)
+            s = [head(student.forward_features(x)[:, 0]) for x in (globals_, locals_)]
+            s = torch.cat(s).float().log_softmax(-1)
+            loss = -(t_out.repeat(6, 1)[: len(s)] * s).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    step_s = (time.perf_counter() - t) / steps
+    epoch_s = 1_281_167 / batch * step_s
+    row = {
+        "stage": f"DSE monitor call vs one DINO {spec.arch} ImageNet epoch",
+        "status": rec["status"],
+        "wall_s": round(call_s, 1),
+        "monitor_features_s": round(rec["timings"]["features_s"], 2),
+        "monitor_dse_s": round(rec["timings"]["per_metric_s"]["dse"], 2),
+        "dino_step_s": round(step_s, 4),
+        "dino_images_per_s": round(batch / step_s, 1),
+        "dino_epoch_s_extrapolated": round(epoch_s),
+        "monitor_share_of_epoch_pct": round(100 * call_s / epoch_s, 3),
+        "goal_pct": 1.0,
+        "precision": "bf16 autocast (DINO: fp16 + scaler)" if dev == "cuda" else "float32 (CPU)",
+    }
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
 def markdown(rows: list[dict], env: dict) -> str:
     cols = [
         "stage",
@@ -451,7 +553,11 @@ def markdown(rows: list[dict], env: dict) -> str:
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
-    extra = [r for r in rows if "dse_parity_rel_diff" in r or "queries_per_s" in r or r.get("error")]
+    extra = [
+        r
+        for r in rows
+        if "dse_parity_rel_diff" in r or "queries_per_s" in r or "monitor_share_of_epoch_pct" in r or r.get("error")
+    ]
     for r in extra:
         lines.append("")
         lines.append(f"- {r['stage']}: " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "stage"))
@@ -489,6 +595,7 @@ def main(argv=None) -> int:
             lambda: run_cells(bench, tmp / "results", args.only),
             lambda: [knn_scale(args.smoke)],
             lambda: cpu_vs_gpu(tmp / "cache", args.smoke),
+            lambda: monitor_cost(bench, tmp / "results", args.smoke),
         ):
             try:
                 rows += stage()
