@@ -719,14 +719,20 @@ def cmd_import(reg: Registry, args) -> int:
 
 
 def cmd_demo(reg: Registry, args) -> int:
+    from harness.mini import interventions
     from harness.mini.demo import run
 
+    if args.methods and not args.interventions:
+        raise HarnessError("--methods chooses the methods of --interventions: add --interventions")
+    if args.methods:
+        interventions.plan_for(args.methods)  # an unknown method fails before any work
     rc = run(suite=args.suite, cluster=args.cluster, results=Path(args.results))
     if not args.interventions:
         return rc
-    from harness.mini import interventions
-
-    return interventions.run(results=Path(args.results), cluster=args.cluster) or rc
+    return (
+        interventions.run(results=Path(args.results), cluster=args.cluster, suite=args.suite, methods=args.methods)
+        or rc
+    )
 
 
 def _tables_flags(p) -> None:
@@ -801,6 +807,13 @@ def _demo_parser(sub, results) -> None:
         help="then the regularisers in the mini world: the degrading methods resumed from their DSE-selected "
         "checkpoints with and without -beta*DSE (and +lambda*W2), 3 seeds, probed; mini DirectCLR's spectrum "
         "(about 10 min more on 2 cores; docs/demo.md)",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help="with --interventions: these methods instead of the degrading ones (any method whose objective "
+        "harness/mini/pretrain.py has, with metrics records in the suite)",
     )
 
 

@@ -131,6 +131,7 @@ def test_the_verdict_rule():
     assert v(40.0, [30.0, 31.0, 32.0], [39.5, 40.5, 41.0]) == "halted"  # ends at the start; the plain runs fall
     assert v(40.0, [30.0, 31.0, 32.0], [35.0, 36.0, 37.0]) == "reduced"  # better, yet still below the start
     assert v(40.0, [35.0, 36.0, 37.0], [30.0, 31.0, 32.0]) == "worsened"
+    assert v(28.0, [28.0, 29.0, 30.0], [56.0, 57.0, 58.0]) == "improved (no degradation without it)"
     assert v(40.0, [30.0, 32.0, 34.0], [31.0, 33.0, 35.0]) == "no effect beyond the seeds' spread"
     # at the start on average, but the seeds spread further than the gain: not a difference
     assert v(46.0, [37.0, 37.5, 38.0], [38.0, 42.0, 51.0]) == "no effect beyond the seeds' spread"
@@ -195,3 +196,21 @@ def test_the_interventions_run_end_to_end_on_the_micro_suite(mini_world, tmp_pat
     assert interventions.run(results, cluster="local", quiet=True, suite="micro") == 0
     out = capsys.readouterr().out
     assert "0 to run" in out and "pre-trained" not in out  # all cached
+
+
+def test_the_plan_covers_any_method_whose_objective_the_harness_has_and_refuses_the_others(capsys):
+    from harness.cli import main
+
+    assert interventions.PLAN == {
+        "mini_dino": ("none", "dse", "dse_x100"),
+        "mini_mocov3": ("none", "dse", "dse_x100", "w2"),
+    }  # the default: the methods the mini world degrades; W2 where the objective has its embeddings
+    assert interventions.plan_for(["mini_mae", "mini_directclr"]) == {
+        "mini_mae": ("none", "dse", "dse_x100"),
+        "mini_directclr": ("none", "dse", "dse_x100", "w2"),
+    }
+    with pytest.raises(interventions.InterventionError, match="dino: the harness has no training objective"):
+        interventions.plan_for(["dino"])  # a real method: the README's hook + loss path instead
+    assert main(["demo", "--interventions", "--methods", "dino"]) == 2  # refused before any work
+    assert main(["demo", "--methods", "mini_dino"]) == 2
+    assert "add --interventions" in capsys.readouterr().err

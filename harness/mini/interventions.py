@@ -30,7 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from harness.mini.demo import DEGRADING_ON, METHODS
+from harness.errors import HarnessError
+from harness.mini.demo import DEGRADING, DEGRADING_ON, METHODS
 
 SUITE = "interventions"
 SEEDS = (0, 1, 2)
@@ -41,36 +42,57 @@ CONDITIONS = {
     "dse_x100": (["--dse-beta", "0.1"], "− β·DSE, β = 0.1 (×100)"),
     "w2": (["--w2-lambda", "1.0"], "+ λ·W2, λ = 1.0 (WassersteinSSL's MoCo v2)"),
 }
-# which conditions each method gets: W2 needs projector outputs (the contrastive objective)
-PLAN = {"mini_dino": ("none", "dse", "dse_x100"), "mini_mocov3": ("none", "dse", "dse_x100", "w2")}
-COLLAPSE = ("mini_mocov3", "mini_directclr")  # the spectrum comparison (DirectCLR vs a projector)
 EXTRA_METHODS = {"mini_directclr": "directclr"}  # trained only here, not in the mini suite
+OBJECTIVE_OF = {**METHODS, **EXTRA_METHODS}  # the registry methods whose training objective the harness has
+W2_OBJECTIVES = ("mocov3", "directclr")  # the objectives with the embeddings W2 regularises
+
+
+def plan_for(methods) -> dict[str, tuple[str, ...]]:
+    """The conditions each method gets: no regulariser, -beta*DSE at two betas, and +lambda*W2 where the
+    objective has the embeddings it regularises."""
+    unknown = [m for m in methods if m not in OBJECTIVE_OF]
+    if unknown:
+        raise InterventionError(
+            f"{', '.join(unknown)}: the harness has no training objective for it, so it cannot be resumed with a "
+            f"regulariser (it has: {', '.join(OBJECTIVE_OF)}); for a method of your own, add DSELoss / W2Loss "
+            f"to its training step (README, During training)"
+        )
+    return {m: ("none", "dse", "dse_x100") + (("w2",) if OBJECTIVE_OF[m] in W2_OBJECTIVES else ()) for m in methods}
+
+
+PLAN = plan_for(DEGRADING)  # the default: the methods the mini world degrades
+COLLAPSE = ("mini_mocov3", "mini_directclr")  # the spectrum comparison (DirectCLR vs a projector)
 PROBE, METRICS = "linear_mini", "metrics_mini"
+
+
+class InterventionError(HarnessError):
+    pass
 
 
 def run_name(method: str, condition: str, seed: int) -> str:
     return f"{method}__{condition}__s{seed}"
 
 
-def start_epochs(results: Path, suite: str = "mini") -> dict[str, tuple[int, int]]:
+def start_epochs(results: Path, suite: str = "mini", plan: dict | None = None) -> dict[str, tuple[int, int]]:
     """Each method's (DSE-selected checkpoint, last checkpoint) in the suite's records: the highest DSE local
     maximum, and the end of the schedule the runs resume to."""
     from harness.analysis import load_collected
     from harness.analysis.tables import selections
 
+    plan = PLAN if plan is None else plan
     table, _ = load_collected(results / suite)
     sel = selections(table)
-    missing = [m for m in PLAN if not sel.get(m)]
+    missing = [m for m in plan if not sel.get(m)]
     if missing:
-        raise RuntimeError(
+        raise InterventionError(
             f"no DSE selection for {', '.join(missing)} in {results / suite}: the {suite} suite's metrics records "
             f"are needed first (`sdd demo --suite {suite}`)"
         )
     out = {}
-    for m in PLAN:
+    for m in plan:
         last = int(table[(table["method"] == m) & (table["protocol"] == PROBE)]["epoch"].max())
         if sel[m][0] >= last:
-            raise RuntimeError(
+            raise InterventionError(
                 f"{m}: its DSE-selected checkpoint (epoch {sel[m][0]}) is its last probed one ({last}) in suite "
                 f"{suite}: there is nothing to resume"
             )
@@ -79,7 +101,7 @@ def start_epochs(results: Path, suite: str = "mini") -> dict[str, tuple[int, int
 
 
 def train_runs(
-    root: Path, starts: dict[str, tuple[int, int]], reg, quiet: bool = False
+    root: Path, starts: dict[str, tuple[int, int]], reg, quiet: bool = False, plan: dict | None = None
 ) -> dict[str, tuple[str, str, int, Path]]:
     """Resume every (method, condition, seed) from the method's DSE-selected checkpoint to its last; cached."""
     from tqdm.auto import tqdm
@@ -88,7 +110,7 @@ def train_runs(
     from harness.models.checkpoints import checkpoint_path
 
     runs = {}
-    todo = [(m, c, s) for m, conds in PLAN.items() for c in conds for s in SEEDS]
+    todo = [(m, c, s) for m, conds in (PLAN if plan is None else plan).items() for c in conds for s in SEEDS]
     bar = tqdm(todo, desc="interventions: resumed pre-training", disable=quiet or not sys.stderr.isatty(), leave=False)
     for method, condition, seed in bar:
         spec = reg.method(method)
@@ -98,7 +120,7 @@ def train_runs(
         args = parser().parse_args(
             [
                 "--objective",
-                METHODS[method],
+                OBJECTIVE_OF[method],
                 "--data",
                 str(root / "data" / "imagenet-1k"),
                 "--out",
@@ -157,8 +179,12 @@ def write_registry(root: Path, reg, runs: dict, starts: dict[str, tuple[int, int
     return where
 
 
-def run(results: Path, cluster: str = "local", quiet: bool = False, suite: str = "mini") -> int:
-    """The interventions from `suite`'s records (its DSE selection, its last epoch, its reference mIoU)."""
+def run(
+    results: Path, cluster: str = "local", quiet: bool = False, suite: str = "mini", methods: list[str] | None = None
+) -> int:
+    """The interventions from `suite`'s records (its DSE selection, its last epoch, its reference mIoU), for
+    `methods` (default: the methods the mini world degrades)."""
+    plan = PLAN if methods is None else plan_for(methods)
     from harness.clusters import load_cluster
     from harness.collect import write_collected
     from harness.launch import submit, wait
@@ -167,9 +193,9 @@ def run(results: Path, cluster: str = "local", quiet: bool = False, suite: str =
 
     t0 = time.time()
     reg = load_registry()
-    root = prepare(reg, quiet=quiet, methods={**METHODS, **EXTRA_METHODS})
-    starts = start_epochs(results, suite)
-    runs = train_runs(root, starts, reg, quiet=quiet)
+    root = prepare(reg, quiet=quiet, methods=OBJECTIVE_OF)
+    starts = start_epochs(results, suite, plan)
+    runs = train_runs(root, starts, reg, quiet=quiet, plan=plan)
     t1 = time.time()
     print(
         f"[interventions] {len(runs)} resumed runs ({len(SEEDS)} seeds) from the DSE-selected epochs "
@@ -183,7 +209,7 @@ def run(results: Path, cluster: str = "local", quiet: bool = False, suite: str =
     for r in failed[:10]:
         print(f"[interventions] {r['state']}: {r['cell']}: {r['reason']}  (log: {r['log']})")
     write_collected(ireg, SUITE, results, skip_corrupt=True)
-    text = report(results, starts, suite)
+    text = report(results, starts, suite, plan)
     out = results / SUITE / "INTERVENTIONS.md"
     out.write_text(text)
     print(text)
@@ -251,20 +277,23 @@ def verdict(start: float, none: list[float], reg: list[float]) -> str:
     """What a regulariser did to one method's last-checkpoint mIoU on one dataset, by a stated rule. The
     regularised and plain runs differ when their means are further apart than the sum of their seed standard
     deviations: better and ending no lower than the DSE-selected checkpoint minus the regularised runs'
-    spread is 'halted'; better but still lower, 'reduced'; worse, 'worsened'; else 'no effect beyond the
-    seeds' spread'."""
+    spread is 'halted'; better but still lower, 'reduced'; better where the plain runs did not fall below
+    the start, 'improved'; worse, 'worsened'; else 'no effect beyond the seeds' spread'."""
     import numpy as np
 
     a, b = np.asarray(none, dtype=float), np.asarray(reg, dtype=float)
     sa, sb = a.std(ddof=1), b.std(ddof=1)
     if b.mean() - a.mean() > sa + sb:
+        if a.mean() >= start - sa:  # nothing to halt: the plain runs end at or above the start
+            return "improved (no degradation without it)"
         return "halted" if b.mean() >= start - sb else "reduced"
     if a.mean() - b.mean() > sa + sb:
         return "worsened"
     return "no effect beyond the seeds' spread"
 
 
-def report(results: Path, starts: dict[str, tuple[int, int]], suite: str = "mini") -> str:
+def report(results: Path, starts: dict[str, tuple[int, int]], suite: str = "mini", plan: dict | None = None) -> str:
+    plan = PLAN if plan is None else plan
     df = outcomes(results)
     ref = _reference(results, starts, suite)
     cols = [*DEGRADING_ON, "dense_rankme", "dse"]
@@ -278,7 +307,7 @@ def report(results: Path, starts: dict[str, tuple[int, int]], suite: str = "mini
         "| method | run | seeds | " + " | ".join(f"{c} mIoU" if c in DEGRADING_ON else c for c in cols) + " |",
         "|---|---|---|" + "---|" * len(cols),
     ]
-    for method in PLAN:
+    for method in plan:
         for label in ("start", "original last"):
             epoch, vals = ref[(method, label)]
             what = "DSE-selected checkpoint" if label == "start" else "the original run's last checkpoint"
@@ -287,23 +316,23 @@ def report(results: Path, starts: dict[str, tuple[int, int]], suite: str = "mini
                 + " | ".join(f"{vals[c]:.2f}" for c in cols)
                 + " |"
             )
-        for condition in PLAN[method]:
+        for condition in plan[method]:
             g = df[(df["method"] == method) & (df["condition"] == condition)] if len(df) else df
             lines.append(
                 f"| {method} | {CONDITIONS[condition][1]} | {len(g)} | "
                 + " | ".join(_cell(g[c]) if len(g) else "—" for c in cols)
                 + " |"
             )
-    lines += ["", *sentences(df, ref), f"- {collapse(results)[0]}"]
+    lines += ["", *sentences(df, ref, plan), f"- {collapse(results)[0]}"]
     return "\n".join(lines) + "\n"
 
 
-def sentences(df, ref) -> list[str]:
+def sentences(df, ref, plan: dict) -> list[str]:
     """One sentence per regulariser: whether it halted the degradation (the rule of `verdict`), and where."""
     out = []
     for condition in ("dse", "dse_x100", "w2"):
         parts, verdicts = [], []
-        for method, conds in PLAN.items():
+        for method, conds in plan.items():
             if condition not in conds or not len(df):
                 continue
             for ds in DEGRADING_ON:
