@@ -30,6 +30,9 @@ def test_the_gpu_check_smoke_runs_here_and_claims_no_gpu_figure(tmp_path):
     assert any("extrapolated_cpu_h" in r for r in rows)  # the extrapolation is there, as a CPU figure
     # the DSE monitor's call against a timed DINO epoch (issue 26's goal), labelled as the CPU's
     (mon,) = [r for r in rows if "monitor_share_of_epoch_pct" in r]
-    assert mon["precision"] == "float32 (CPU)" and mon["dino_epoch_s_extrapolated"] > 0 and mon["wall_s"] >= 0
+    assert mon["precision"] == "float32 (CPU)" and mon["status"] == "ok"
+    assert mon["dino_epoch_s_extrapolated"] == pytest.approx(1_281_167 / mon["dino_images_per_s"], rel=0.01)
+    share = 100 * mon["wall_s"] / mon["dino_epoch_s_extrapolated"]
+    assert mon["monitor_share_of_epoch_pct"] == pytest.approx(share, abs=0.01)
     md = (tmp_path / "gpu_check.md").read_text()
     assert "No GPU ran this" in md and "extrapolated_gpu_h" not in md

@@ -110,6 +110,10 @@ def test_a_resumed_run_continues_from_its_checkpoint_and_the_regulariser_reaches
     assert sorted(p.name for p in frozen.glob("checkpoint*")) == [file.format(2), file.format(3)]
     a, b = _student(ck1, objective), _student(frozen / file.format(3), objective)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # AdamW's state continues the checkpoint's: 2 epochs of 2 steps after the first epoch's 2
+    before = {int(v["step"]) for v in safe_load(ck1)["optimizer"]["state"].values()}
+    after = {int(v["step"]) for v in safe_load(frozen / file.format(3))["optimizer"]["state"].values()}
+    assert before == {2} and after == {2 + 4}
     # the same seed and data order: the regulariser is the only difference, and it moves the weights
     plain = _student(_train(data, tmp_path / "plain", objective, *resume) / file.format(3), objective)
     reg = _student(_train(data, tmp_path / "reg", objective, *resume, *regulariser) / file.format(3), objective)
@@ -133,6 +137,7 @@ def test_the_verdict_rule():
     assert v(40.0, [35.0, 36.0, 37.0], [30.0, 31.0, 32.0]) == "worsened"
     assert v(28.0, [28.0, 29.0, 30.0], [56.0, 57.0, 58.0]) == "improved (no degradation without it)"
     assert v(40.0, [30.0, 32.0, 34.0], [31.0, 33.0, 35.0]) == "no effect beyond the seeds' spread"
+    assert v(float("nan"), [30.0, 31.0, 32.0], [39.5, 40.5, 41.0]).startswith("not judged")
     # at the start on average, but the seeds spread further than the gain: not a difference
     assert v(46.0, [37.0, 37.5, 38.0], [38.0, 42.0, 51.0]) == "no effect beyond the seeds' spread"
 
@@ -188,7 +193,8 @@ def test_the_interventions_run_end_to_end_on_the_micro_suite(mini_world, tmp_pat
     assert len(rows) == 2 + 2  # the start and the original last, then the two conditions
     assert all(" ± " in r and "| 2 |" in r for r in rows[2:])  # two seeds, their spread
     assert f"DSE-selected checkpoint (epoch {start})" in rows[0]
-    assert "β = 0.1 (×100) halted" in text or "β = 0.1 (×100) did not halt" in text
+    assert "mini_dino on voc12_aug not judged (no probe of the DSE-selected checkpoint)" in text  # micro: ADE only
+    assert "mini_dino on ade20k " in text and "nan at the DSE" not in text
     assert "mini_directclr" in text and (results / "interventions/figures/spectrum_directclr_vs_mocov3.png").is_file()
     table = __import__("pandas").read_csv(results / "interventions" / "results.csv")
     assert (table["status"] == "ok").all() and set(table["epoch"][table["method"].str.contains("__")]) == {last}
@@ -214,3 +220,30 @@ def test_the_plan_covers_any_method_whose_objective_the_harness_has_and_refuses_
     assert main(["demo", "--interventions", "--methods", "dino"]) == 2  # refused before any work
     assert main(["demo", "--methods", "mini_dino"]) == 2
     assert "add --interventions" in capsys.readouterr().err
+
+
+def test_the_sentence_counts_only_the_pairs_that_degraded():
+    import pandas as pd
+
+    rows = [
+        {"method": "mini_dino", "condition": c, "seed": i, "ade20k": a + i, "voc12_aug": v + i}
+        for c, a, v in (("none", 30.0, 50.0), ("dse", 40.0, 60.0), ("dse_x100", 30.0, 50.0))
+        for i in range(3)
+    ]
+    ref = {("mini_dino", "start"): (1, {"ade20k": 41.0, "voc12_aug": 45.0})}  # ADE degrades, VOC does not
+    got = interventions.sentences(pd.DataFrame(rows), ref, {"mini_dino": ("none", "dse", "dse_x100")})
+    assert got[0].startswith(
+        "- − β·DSE, β = 0.001 (the paper's) halted the mini world's degradation (halted in 1 of the 1"
+    )
+    assert "voc12_aug improved (no degradation without it)" in got[0]
+    assert "did not halt" in got[1] and "halted in 0 of the 1" in got[1]
+
+
+def test_a_resume_from_the_wrong_epoch_or_objective_is_refused_by_name(data, tmp_path):
+    base = _train(data, tmp_path / "base", "mocov3", "--epochs", "1")
+    ck = base / "checkpoint_0001.pth.tar"
+    with pytest.raises(ResumeError, match=r"holds epoch 1, not --resume-epoch 2: pass the checkpoint's own epoch"):
+        _train(data, tmp_path / "x", "mocov3", "--epochs", "3", "--resume", str(ck), "--resume-epoch", "2")
+    with pytest.raises(ResumeError, match=r"not a dino checkpoint of this pre-trainer .*--objective must be"):
+        _train(data, tmp_path / "y", "dino", "--epochs", "2", "--resume", str(ck), "--resume-epoch", "1")
+    assert not any((tmp_path / "x").glob("checkpoint*")) and not any((tmp_path / "y").glob("checkpoint*"))

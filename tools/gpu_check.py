@@ -431,10 +431,12 @@ def knn_scale(smoke: bool) -> dict:
 
 def monitor_cost(bench: Path, results: Path, smoke: bool) -> list[dict]:
     """Issue 26's goal: one DSEMonitor call (metrics_fast: 2,048 images, fast DSE) under 1% of a DINO
-    ViT-S/16 ImageNet epoch on one GPU. The epoch is extrapolated from DINO training steps timed here:
-    its default recipe per GPU (batch 64; 2 global crops of 224 and 10 local of 96; the student forward and
-    backward through a DINO head of 65,536 prototypes, the teacher forward on the global crops; mixed
-    precision, bf16 here where DINO uses fp16 with a scaler) over 1,281,167 images."""
+    ViT-S/16 ImageNet epoch on one GPU. The epoch is extrapolated from DINO training steps timed here, per
+    GPU: batch 64 (main_dino.py's batch_size_per_gpu), 2 global crops of 224 and 10 local of 96 (the paper's
+    ViT-S/16 setting; main_dino.py defaults to 8), the student forward and backward through a DINO head of
+    65,536 prototypes, the teacher forward on the global crops, mixed precision (bf16 here, where DINO uses
+    fp16 with a scaler), over 1,281,167 images. Data loading is left out of the step, so the epoch is
+    shorter than a real one and the monitor's share comes out larger (the safe side)."""
     import torch
     import yaml
 

@@ -53,6 +53,7 @@ def prepare(reg=None, quiet: bool = False, epochs: int | None = None, methods: d
             print(f"[demo] {data} holds another version of the mini world; generating {generate.WORLD!r}")
             shutil.rmtree(data)
             shutil.rmtree(root / "checkpoints", ignore_errors=True)
+            shutil.rmtree(root / "interventions", ignore_errors=True)  # runs resumed from those checkpoints
         t = time.time()
         generate.generate_all(data)
         marker.write_text(generate.WORLD + "\n")

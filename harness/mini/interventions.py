@@ -81,6 +81,13 @@ def start_epochs(results: Path, suite: str = "mini", plan: dict | None = None) -
 
     plan = PLAN if plan is None else plan
     table, _ = load_collected(results / suite)
+    absent = [m for m in plan if m not in set(table["method"])]
+    if absent:
+        raise InterventionError(
+            f"{', '.join(absent)}: not in the records of suite {suite} (the DSE selection and the probes the runs "
+            f"are compared with come from its metrics and {PROBE} records): pick a suite that runs "
+            f"{'it' if len(absent) == 1 else 'them'} (--suite), or add {'it' if len(absent) == 1 else 'them'} to one"
+        )
     sel = selections(table)
     missing = [m for m in plan if not sel.get(m)]
     if missing:
@@ -90,7 +97,10 @@ def start_epochs(results: Path, suite: str = "mini", plan: dict | None = None) -
         )
     out = {}
     for m in plan:
-        last = int(table[(table["method"] == m) & (table["protocol"] == PROBE)]["epoch"].max())
+        probed = table[(table["method"] == m) & (table["protocol"] == PROBE)]["epoch"]
+        if probed.empty:
+            raise InterventionError(f"{m}: suite {suite} has no {PROBE} records for it: the runs resume to its last")
+        last = int(probed.max())
         if sel[m][0] >= last:
             raise InterventionError(
                 f"{m}: its DSE-selected checkpoint (epoch {sel[m][0]}) is its last probed one ({last}) in suite "
@@ -269,27 +279,42 @@ def _cell(values) -> str:
     v = v[np.isfinite(v)]
     if not len(v):
         return "—"
-    sd = v.std(ddof=1) if len(v) > 1 else float("nan")
-    return f"{v.mean():.2f} ± {sd:.2f} [{v.min():.2f}, {v.max():.2f}]"
+    if len(v) == 1:
+        return f"{v[0]:.2f} (one run)"
+    missing = f" (n={len(v)} of {len(values)})" if len(v) < len(values) else ""
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f} [{v.min():.2f}, {v.max():.2f}]{missing}"
 
 
 def verdict(start: float, none: list[float], reg: list[float]) -> str:
-    """What a regulariser did to one method's last-checkpoint mIoU on one dataset, by a stated rule. The
-    regularised and plain runs differ when their means are further apart than the sum of their seed standard
-    deviations: better and ending no lower than the DSE-selected checkpoint minus the regularised runs'
-    spread is 'halted'; better but still lower, 'reduced'; better where the plain runs did not fall below
-    the start, 'improved'; worse, 'worsened'; else 'no effect beyond the seeds' spread'."""
+    """What a regulariser did to one method's last-checkpoint mIoU on one dataset, by a stated rule. The plain
+    runs degraded when their mean ends below the DSE-selected checkpoint's value by more than their seed
+    standard deviation. The regularised and plain runs differ when their means are further apart than the sum
+    of their standard deviations: better and ending no lower than the start minus the regularised spread is
+    'halted'; better but still lower, 'reduced'; better where the plain runs did not degrade, 'improved';
+    worse, 'worsened'; else 'no effect beyond the seeds' spread'. Without a start value, no verdict."""
+    import math
+
     import numpy as np
 
+    if not math.isfinite(start):
+        return "not judged (no probe of the DSE-selected checkpoint)"
     a, b = np.asarray(none, dtype=float), np.asarray(reg, dtype=float)
     sa, sb = a.std(ddof=1), b.std(ddof=1)
     if b.mean() - a.mean() > sa + sb:
-        if a.mean() >= start - sa:  # nothing to halt: the plain runs end at or above the start
+        if not degraded(start, none):
             return "improved (no degradation without it)"
         return "halted" if b.mean() >= start - sb else "reduced"
     if a.mean() - b.mean() > sa + sb:
         return "worsened"
     return "no effect beyond the seeds' spread"
+
+
+def degraded(start: float, none: list[float]) -> bool:
+    """The plain runs end below the DSE-selected checkpoint by more than their seed standard deviation."""
+    import numpy as np
+
+    a = np.asarray(none, dtype=float)
+    return bool(np.isfinite(start) and a.mean() < start - a.std(ddof=1))
 
 
 def report(results: Path, starts: dict[str, tuple[int, int]], suite: str = "mini", plan: dict | None = None) -> str:
@@ -343,17 +368,22 @@ def sentences(df, ref, plan: dict) -> list[str]:
                     continue
                 start = ref[(method, "start")][1][ds]
                 v = verdict(start, none, reg)
-                verdicts.append(v)
+                if degraded(start, none):
+                    verdicts.append(v)
+                at_start = f", {start:.1f} at the DSE-selected checkpoint" if start == start else ""
                 parts.append(
-                    f"{method} on {ds} {v} ({sum(reg) / len(reg):.1f} vs {sum(none) / len(none):.1f} without, "
-                    f"{start:.1f} at the DSE-selected checkpoint)"
+                    f"{method} on {ds} {v} ({sum(reg) / len(reg):.1f} vs {sum(none) / len(none):.1f} without{at_start})"
                 )
         if parts:
-            k, n = verdicts.count("halted"), len(parts)
-            answer = "halted" if k == n else "did not halt"
+            k, n = verdicts.count("halted"), len(verdicts)
+            if not n:
+                answer, count = "had no degradation to halt", "the plain runs degraded in none of the pairs"
+            else:
+                answer = "halted" if k == n else "did not halt"
+                count = f"halted in {k} of the {n} method-dataset pairs where the plain runs degraded"
             out.append(
-                f"- {CONDITIONS[condition][1]} {answer} the mini world's degradation (halted in {k} of {n} "
-                f"method-dataset pairs, last-checkpoint mIoU with vs without it): {'; '.join(parts)}."
+                f"- {CONDITIONS[condition][1]} {answer} the mini world's degradation ({count}; last-checkpoint "
+                f"mIoU with vs without it): {'; '.join(parts)}."
             )
     return out
 

@@ -136,6 +136,7 @@ class ResumeError(RuntimeError):
 
 class DINO:
     file = "checkpoint{epoch:04d}.pth"
+    epoch_offset = 0  # the checkpoint's `epoch` + this = the epochs done
 
     def __init__(self, args):
         self.student = build_backbone(ARCH)
@@ -181,6 +182,7 @@ class DINO:
 
 class MoCoV3:
     file = "checkpoint_{epoch:04d}.pth.tar"
+    epoch_offset = 0
 
     def __init__(self, args):
         self.base = build_backbone(ARCH)
@@ -239,6 +241,7 @@ class MoCoV3:
 
 class MAE:
     file = "checkpoint-{epoch}.pth"
+    epoch_offset = 1  # MAE stores the 0-based loop index
 
     def __init__(self, args):
         self.enc = build_backbone(ARCH)
@@ -330,6 +333,7 @@ class DirectCLR:
     (`model` with module.backbone.*, `optimizer`, `epoch` = epochs done), one file per epoch."""
 
     file = "checkpoint-ep{epoch:04d}.pth"
+    epoch_offset = 0
     DIM = 8
 
     def __init__(self, args):
@@ -374,6 +378,8 @@ def settings_hash(args) -> str:
         for k, v in vars(args).items()
         if k not in ("out", "data", "quiet") and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
     }
+    if args.resume and Path(args.resume).is_file():  # a resumed run is its checkpoint's: retrained when that changes
+        keep["resume_sha256"] = hashlib.sha256(Path(args.resume).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -405,8 +411,20 @@ def train(args) -> Path:
         from harness.models.checkpoints import safe_load
 
         ck = safe_load(args.resume)
-        model.restore(ck, args.resume)
-        opt.load_state_dict(ck["optimizer"])  # AdamW's moments too: a resumed run, not a fresh fine-tune
+        stored = ck.get("epoch") if isinstance(ck, dict) else None
+        if stored is None or int(stored) + obj_cls.epoch_offset != args.resume_epoch:
+            raise ResumeError(
+                f"{args.resume} holds epoch {stored if stored is None else int(stored) + obj_cls.epoch_offset}, not "
+                f"--resume-epoch {args.resume_epoch}: pass the checkpoint's own epoch"
+            )
+        try:
+            model.restore(ck, args.resume)
+            opt.load_state_dict(ck["optimizer"])  # AdamW's moments too: a resumed run, not a fresh fine-tune
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise ResumeError(
+                f"{args.resume}: not a {args.objective} checkpoint of this pre-trainer ({type(e).__name__}: {e}); "
+                f"--objective must be the one that wrote it"
+            ) from None
     dse = w2 = None
     if args.dse_beta > 0:
         from harness.metrics.dse_loss import DSELoss
