@@ -806,7 +806,7 @@ def _demo_parser(sub, results) -> None:
         action="store_true",
         help="then the regularisers in the mini world: the degrading methods resumed from their DSE-selected "
         "checkpoints with and without -beta*DSE (and +lambda*W2), 3 seeds, probed; mini DirectCLR's spectrum "
-        "(about 10 min more on 2 cores; docs/demo.md)",
+        "(about 8 min more on 2 cores; docs/demo.md)",
     )
     p.add_argument(
         "--methods",
