@@ -383,6 +383,44 @@ def settings_hash(args) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _resume(args, model, opt) -> None:
+    """Restore `model` and `opt` from --resume, which must hold --resume-epoch and this objective's keys."""
+    from harness.models.checkpoints import safe_load
+
+    offset = OBJECTIVES[args.objective].epoch_offset
+    ck = safe_load(args.resume)
+    stored = ck.get("epoch") if isinstance(ck, dict) else None
+    if stored is None or int(stored) + offset != args.resume_epoch:
+        raise ResumeError(
+            f"{args.resume} holds epoch {stored if stored is None else int(stored) + offset}, not "
+            f"--resume-epoch {args.resume_epoch}: pass the checkpoint's own epoch"
+        )
+    try:
+        model.restore(ck, args.resume)
+        opt.load_state_dict(ck["optimizer"])  # AdamW's moments too: a resumed run, not a fresh fine-tune
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise ResumeError(
+            f"{args.resume}: not a {args.objective} checkpoint of this pre-trainer ({type(e).__name__}: {e}); "
+            f"--objective must be the one that wrote it"
+        ) from None
+
+
+def _regularisers(args):
+    """(DSELoss or None, W2Loss or None) from --dse-beta and --w2-lambda."""
+    dse = w2 = None
+    if args.dse_beta > 0:
+        from harness.metrics.dse_loss import DSELoss
+
+        dse = DSELoss(seed=args.seed)
+    if args.w2_lambda > 0:
+        if args.objective not in ("mocov3", "directclr"):
+            raise ResumeError(f"--w2-lambda: objective {args.objective!r} has no projector outputs to regularise")
+        from harness.metrics.w2_loss import W2Loss
+
+        w2 = W2Loss()
+    return dse, w2
+
+
 def train(args) -> Path:
     from torchvision.datasets import ImageFolder
     from tqdm.auto import tqdm
@@ -408,34 +446,8 @@ def train(args) -> Path:
     )
     opt = torch.optim.AdamW(model.params, lr=args.lr, weight_decay=0.04)
     if args.resume:
-        from harness.models.checkpoints import safe_load
-
-        ck = safe_load(args.resume)
-        stored = ck.get("epoch") if isinstance(ck, dict) else None
-        if stored is None or int(stored) + obj_cls.epoch_offset != args.resume_epoch:
-            raise ResumeError(
-                f"{args.resume} holds epoch {stored if stored is None else int(stored) + obj_cls.epoch_offset}, not "
-                f"--resume-epoch {args.resume_epoch}: pass the checkpoint's own epoch"
-            )
-        try:
-            model.restore(ck, args.resume)
-            opt.load_state_dict(ck["optimizer"])  # AdamW's moments too: a resumed run, not a fresh fine-tune
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise ResumeError(
-                f"{args.resume}: not a {args.objective} checkpoint of this pre-trainer ({type(e).__name__}: {e}); "
-                f"--objective must be the one that wrote it"
-            ) from None
-    dse = w2 = None
-    if args.dse_beta > 0:
-        from harness.metrics.dse_loss import DSELoss
-
-        dse = DSELoss(seed=args.seed)
-    if args.w2_lambda > 0:
-        if args.objective not in ("mocov3", "directclr"):
-            raise ResumeError(f"--w2-lambda: objective {args.objective!r} has no projector outputs to regularise")
-        from harness.metrics.w2_loss import W2Loss
-
-        w2 = W2Loss()
+        _resume(args, model, opt)
+    dse, w2 = _regularisers(args)
     t0 = time.time()
     steps = args.epochs * len(loader)
     bar = tqdm(
