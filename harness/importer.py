@@ -487,21 +487,11 @@ def read_mmseg(
                 f"'{dataset}' has {num_classes}: a run on another dataset or class set"
             )
         values["IoU"] = per_class
-    origin = {"file": str(f), "line": line_no}
-    return [
-        Item(
-            protocol,
-            dataset,
-            method,
-            int(epoch),
-            values,
-            {k: origin for k in values},
-            {
-                "mmseg_log": "1.x" if f.name == "scalars.json" else "0.x",
-                "iteration": last.get("step", last.get("iter")),
-            },
-        )
-    ]
+    details = {
+        "mmseg_log": "1.x" if f.name == "scalars.json" else "0.x",
+        "iteration": last.get("step", last.get("iter")),
+    }
+    return [_logged_item(protocol, dataset, method, epoch, values, f, line_no, details)]
 
 
 def read_detectron2(
@@ -529,18 +519,13 @@ def read_detectron2(
         for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
         if f"{kind}/{name}" in last
     }
+    return [_logged_item(protocol, dataset, method, epoch, values, f, line_no, {"iteration": last.get("iteration")})]
+
+
+def _logged_item(protocol, dataset, method, epoch, values: dict, f: Path, line_no: int, details: dict) -> Item:
+    """One evaluation read from one line of a training log: every value's origin is that line."""
     origin = {"file": str(f), "line": line_no}
-    return [
-        Item(
-            protocol,
-            dataset,
-            method,
-            int(epoch),
-            values,
-            {k: origin for k in values},
-            {"iteration": last.get("iteration")},
-        )
-    ]
+    return Item(protocol, dataset, method, int(epoch), values, {k: origin for k in values}, details)
 
 
 # --------------------------------------------------------------------------------------------- the command
