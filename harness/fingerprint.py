@@ -99,3 +99,76 @@ def same_content(recorded: dict | None, path: Path | str) -> tuple[bool | None, 
     if digest == recorded["sha256"]:
         return True, None
     return False, f"the checkpoint's content changed (sha256 {recorded['sha256'][:12]} -> {digest[:12]})"
+
+
+_SAMPLES, _SAMPLE = 8, 1 << 16  # 8 blocks of 64 KiB: what tells two same-size checkpoints apart cheaply
+
+
+def _sample_digest(path: Path | str, size: int) -> str:
+    """SHA-256 of 8 blocks of 64 KiB spread over the file (the whole file when it is smaller): a cheap
+    first comparison of two files of one size, confirmed by their full digests only when it agrees."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= _SAMPLES * _SAMPLE:
+            h.update(f.read())
+        else:
+            for i in range(_SAMPLES):
+                f.seek((size - _SAMPLE) * i // (_SAMPLES - 1))
+                h.update(f.read(_SAMPLE))
+    return h.hexdigest()
+
+
+def identical_files(files: dict) -> list[tuple[list, str]]:
+    """Groups of keys of `files` ({key: path}) whose files hold the same bytes: [(sorted keys, sha256)].
+    Cost: one `stat` per file; files of a size no other file has are never read; files of one size are
+    compared on 8 sampled blocks first, and only those that agree are hashed in full (the digest cache)."""
+    by_size: dict[int, list] = {}
+    for key, path in files.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # a missing file is reported by whoever needs it
+        by_size.setdefault(st.st_size, []).append(key)
+    groups = []
+    for size, keys in by_size.items():
+        if len(keys) < 2:
+            continue
+        by_sample: dict[str, list] = {}
+        for key in keys:
+            try:
+                by_sample.setdefault(_sample_digest(files[key], size), []).append(key)
+            except OSError:
+                continue
+        for same in (v for v in by_sample.values() if len(v) > 1):
+            by_digest: dict[str, list] = {}
+            for key in same:
+                fp = file_fingerprint(files[key])
+                if fp is not None:
+                    by_digest.setdefault(fp["sha256"], []).append(key)
+            groups += [(sorted(v), digest) for digest, v in by_digest.items() if len(v) > 1]
+    return sorted(groups, key=lambda g: g[0])
+
+
+def identical_checkpoints(cells) -> list[str]:
+    """For the cells of a plan (objects with `method`, `epoch` and `checkpoint_file`, "" where the file
+    cannot be located here): one sentence per group of epochs of one method whose checkpoint files hold the
+    same content. Each epoch's file must hold that epoch's weights; two epochs of one content would give
+    two `ok` records of identical numbers, one of them under the wrong epoch."""
+    files: dict[str, dict[int, str]] = {}
+    for c in cells:
+        if c.checkpoint_file:
+            files.setdefault(c.method, {})[c.epoch] = c.checkpoint_file
+    out = []
+    for method in sorted(files):
+        for epochs, digest in identical_files(files[method]):
+            paths = [files[method][e] for e in epochs]
+            one = len({(os.stat(p).st_dev, os.stat(p).st_ino) for p in paths}) == 1  # symbolic or hard links
+            named = ", ".join(str(e) for e in epochs[:-1]) + f" and {epochs[-1]}"
+            out.append(
+                f"epochs {named} of method '{method}' are the same file content (sha256 {digest[:12]}…, "
+                f"{os.path.getsize(paths[0]):,} bytes{'; the names are links to one file' if one else ''}): "
+                f"{', '.join(paths)}. A copy under the wrong name? Each epoch's file must hold that epoch's "
+                f"weights; replace the wrong copies (or remove those epochs from the method file's "
+                f"checkpoint.epochs)"
+            )
+    return out

@@ -6,7 +6,11 @@ Checkpoints are untrusted input:
   checkpoints carry beside the weights (DINO/MAE/UDI store their `args` as an argparse.Namespace).
 - every backbone key must load: a missing key is an error (the upstream SDD loaders use
   strict=False and can silently load nothing), unexpected keys (heads, projectors) are listed.
-- the epoch stored inside the file, where there is one, is checked against the registry's epoch.
+- the epoch stored inside the file, where there is one, is checked against the registry's epoch, whatever
+  its numeric type (int, integral float, numeric string, numpy scalar, a tensor of one value); a value that
+  is no epoch number is refused, never skipped.
+- two keys of the file that the state-dict rule maps to one key are an error naming both: loading
+  whichever came last would silently pick one of two copies.
 """
 
 from __future__ import annotations
@@ -110,25 +114,73 @@ def extract_state_dict(obj: Any, rule: StateDictRule, *, path: Path | str = "?")
         raise CheckpointError(
             f"{path}: expected a dict of tensors under {list(keys) or 'the top level'}, got {type(sd).__name__}"
         )
-    out = {}
-    for k, v in sd.items():
+    out: dict[str, torch.Tensor] = {}
+    source: dict[str, Any] = {}  # key produced -> the file's key it came from
+    collisions: list[tuple[Any, Any, str]] = []  # (first source, second source, the key both become)
+    for raw, v in sd.items():
         if not isinstance(v, torch.Tensor):
             continue
-        if rule.keep_prefix is not None:
-            if not k.startswith(rule.keep_prefix):
-                continue
-            k = k[len(rule.keep_prefix) :]
-        if any(s in k for s in rule.drop_containing):
+        k = _apply_rule(str(raw), rule)
+        if k is None:
             continue
-        for p in rule.strip_prefixes:
-            if k.startswith(p):
-                k = k[len(p) :]
-        for old, new in rule.rename_prefixes.items():
-            if k.startswith(old):
-                k = new + k[len(old) :]
-                break
+        if k in source:
+            collisions.append((source[k], raw, k))
+            continue
+        source[k] = raw
         out[k] = v
+    if collisions:
+        raise CheckpointError(_collision_message(path, collisions, sd))
     return out
+
+
+def _apply_rule(k: str, rule: StateDictRule) -> str | None:
+    """The key `k` becomes under the rule's keep_prefix, drop_containing, strip_prefixes and rename_prefixes
+    (in that order), or None when the rule drops it."""
+    if rule.keep_prefix is not None:
+        if not k.startswith(rule.keep_prefix):
+            return None
+        k = k[len(rule.keep_prefix) :]
+    if any(s in k for s in rule.drop_containing):
+        return None
+    for p in rule.strip_prefixes:
+        if k.startswith(p):
+            k = k[len(p) :]
+    for old, new in rule.rename_prefixes.items():
+        if k.startswith(old):
+            return new + k[len(old) :]
+    return k
+
+
+def _collision_message(path, collisions: list[tuple[Any, Any, str]], sd: dict) -> str:
+    """Two (or more) keys of the file become one key under the rule: name both and how to keep one copy."""
+    a, b, target = collisions[0]
+    same = torch.equal(sd[a], sd[b]) if sd[a].shape == sd[b].shape and sd[a].dtype == sd[b].dtype else False
+    more = "; ".join(f"'{x}' and '{y}' -> '{t}'" for x, y, t in collisions[1:4])
+    prefixes = [_prefix_before(str(x), target) for x in (a, b)]
+    choice = " or ".join(f"keep_prefix: '{p}'" for p in prefixes if p)
+    return (
+        f"{path}: the state-dict rule maps two keys of the file to one: '{a}' and '{b}' both become '{target}' "
+        f"(their values {'are equal' if same else 'differ'})"
+        + (
+            f"; {len(collisions)} such pairs in all (also {more}{' ...' if len(collisions) > 4 else ''})"
+            if more
+            else ""
+        )
+        + ". The file holds two copies of these weights and loading one would be a guess. Fix "
+        "checkpoint.state_dict in the method file so that one copy is kept"
+        + (f" (e.g. {choice}, or drop_containing for the other)" if choice else " (keep_prefix or drop_containing)")
+        + "."
+    )
+
+
+def _prefix_before(key: str, target: str) -> str:
+    """The part of `key` in front of what it shares with `target` at its end ('module.backbone.' for
+    'module.backbone.x' -> 'x'): a keep_prefix that selects this copy."""
+    n = 0
+    while n < min(len(key), len(target)) and key[-1 - n] == target[-1 - n]:
+        n += 1
+    head = key[: len(key) - n]
+    return head[: head.rfind(".") + 1] if "." in head else ""
 
 
 def _convert(sd: dict, converter: str | None, backbone: Backbone) -> dict:
@@ -141,6 +193,12 @@ def _convert(sd: dict, converter: str | None, backbone: Backbone) -> dict:
     if converter == "split_cls_tokens":  # UDI: cls_token [1, 2, d] -> timm cls_token + reg_token
         sd = dict(sd)
         tok = sd.pop("cls_token", None)
+        if tok is not None and "reg_token" in sd:  # the split would overwrite a register token the file has
+            raise CheckpointError(
+                "split_cls_tokens: the state dict already holds a 'reg_token' beside the [1, 2, d] cls_token; "
+                "splitting would replace it (two copies of one key). Drop one with the state-dict rule, or remove "
+                "`convert: split_cls_tokens` if the file is already in timm's layout"
+            )
         if tok is not None:
             n_reg = backbone.net.num_reg_tokens
             if tok.shape[1] != 1 + n_reg:
@@ -150,8 +208,11 @@ def _convert(sd: dict, converter: str | None, backbone: Backbone) -> dict:
     raise CheckpointError(f"unknown state-dict converter {converter!r}")
 
 
-def stored_epoch(obj: Any, spec: MethodSpec) -> int | None:
-    """Completed epochs according to the checkpoint itself, or None when it stores none."""
+def stored_epoch(obj: Any, spec: MethodSpec, *, path: Path | str = "?") -> int | None:
+    """Completed epochs according to the checkpoint itself, or None when it stores none (no `epoch_key` in
+    the method file, or no such key in the file). The stored value is read whatever its numeric type
+    (`epoch_value`); a value that is no epoch number is a CheckpointError naming the file, the key, the
+    value and the fix: the epoch check is never skipped because of how the number was stored."""
     key = spec.checkpoint.epoch_key
     if not key or not isinstance(obj, dict):
         return None
@@ -159,11 +220,65 @@ def stored_epoch(obj: Any, spec: MethodSpec) -> int | None:
         v = _dig(obj, key)
     except KeyError:
         return None
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        v = v.item()
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return int(v) + spec.checkpoint.epoch_key_offset
+    try:
+        return epoch_value(v) + spec.checkpoint.epoch_key_offset
+    except ValueError as e:
+        raise CheckpointError(
+            f"{path}: its '{key}' field holds {_short_repr(v)}, which is not an epoch number ({e}); the epoch "
+            f"check cannot run on it. Fix: re-save the file with its completed epochs as an integer under '{key}', "
+            f"or point `checkpoint.epoch_key` in {spec.source} at the field that holds them (`epoch_key: null` if "
+            f"the file stores none)"
+        ) from None
+
+
+def epoch_value(v: Any) -> int:
+    """An epoch number stored in any of the forms checkpoints use: int, a float with an integral value
+    (4.0), a string of one ("9", "4.0"), a numpy integer or float scalar, a tensor or array holding one
+    value, or several values that are all equal (tensor([8, 8]), as a per-rank copy is, reads as 8).
+    Anything else raises ValueError saying why: a bool, a non-integral or non-finite number, an
+    unparsable string, an empty tensor or one of differing values, None or a container."""
+    import math
+
+    import numpy as np
+
+    if isinstance(v, (torch.Tensor, np.ndarray, list, tuple)):
+        if isinstance(v, torch.Tensor):
+            items = v.detach().reshape(-1).tolist()
+        else:
+            items = np.asarray(v, dtype=object).reshape(-1).tolist()
+        if not items or len(items) > 64:  # an epoch is one number (a copy per rank at most), not a weight tensor
+            raise ValueError("it is empty" if not items else f"it holds {len(items):,} values")
+        values = [epoch_value(x) for x in items]
+        if len(set(values)) > 1:
+            raise ValueError(f"its {len(values)} values differ: {sorted(set(values))[:6]}")
+        return values[0]
+    if isinstance(v, (bool, np.bool_)):
+        raise ValueError("a boolean")
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if not math.isfinite(f) or f != int(f):
+            raise ValueError("not a whole number")
+        return int(f)
+    if isinstance(v, str):
+        text = v.strip()
+        if re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        try:
+            return epoch_value(float(text))
+        except ValueError:
+            raise ValueError("a string that is not a whole number") from None
+    raise ValueError(f"a {type(v).__name__}" if v is not None else "null")
+
+
+def _short_repr(v: Any, limit: int = 80) -> str:
+    text = repr(v).replace("\n", " ")
+    text = f"{text[: limit - 3]}..." if len(text) > limit else text
+    if isinstance(v, str):
+        return text
+    module = type(v).__module__.split(".")[0]
+    return f"{text} ({type(v).__name__ if module == 'builtins' else f'{module}.{type(v).__name__}'})"
 
 
 def _epoch_mismatch(spec: MethodSpec, path: Path, epoch: int, got: int) -> str:
@@ -364,8 +479,12 @@ def load_backbone(
             + (broken_link(path) or _missing_hint(spec, path, epoch))
         )
     obj = safe_load(path)
-    got = stored_epoch(obj, spec)
     problems = []  # every problem of this file, reported together (a wrong epoch must not hide a wrong rule)
+    try:
+        got = stored_epoch(obj, spec, path=path)
+    except CheckpointError as e:
+        got = None
+        problems.append(str(e))
     if got is not None and abs(got - epoch) > spec.checkpoint.epoch_tolerance:
         problems.append(_epoch_mismatch(spec, path, epoch, got))
     backbone = build_backbone(spec.arch, **{**spec.arch_kwargs, **(arch_overrides or {})})
