@@ -169,6 +169,10 @@ def cmd_plan(reg: Registry, args) -> int:
     why: dict[str, str] = {}
     states = cell_states(cells, results, why)
     suite = reg.suite(args.suite)
+    from harness.fingerprint import identical_checkpoints
+
+    for same in identical_checkpoints(full):  # two epochs, one content: two `ok` records of one number
+        print(f"warning: {same}", file=sys.stderr)
     if args.cells:
         rows = [
             {"state": str(states[c.id]), "cell": c.id, "config": c.config_hash, "why": why.get(c.id, "")} for c in cells
@@ -202,6 +206,7 @@ PLAN_COLUMNS = [
     ("stale", "stale"),
     ("corrupt", "corrupt"),
     ("imported", "imported"),
+    ("live", "live"),
     ("todo", "todo"),
     ("gpu_h_cell", "GPU·h/cell"),
     ("gpu_h_all", "GPU·h all"),
@@ -215,9 +220,9 @@ def _print_plan_summary(reg: Registry, cells, states: dict, results: Path) -> No
     from harness.plan import measured_prices, summarize
 
     rows = summarize(cells, states, measured_prices(reg, cells, states, results))
-    counted = ("cells", "done", "failed", "stale", "corrupt", "imported", "todo", "gpu_h_all", "gpu_h_left")
+    counted = ("cells", "done", "failed", "stale", "corrupt", "imported", "live", "todo", "gpu_h_all", "gpu_h_left")
     total = {"protocol": "total", **{k: sum(r[k] for r in rows) for k in counted}}
-    shown = [(c, h) for c, h in PLAN_COLUMNS if c not in ("corrupt", "imported") or total[c]]
+    shown = [(c, h) for c, h in PLAN_COLUMNS if c not in ("corrupt", "imported", "live") or total[c]]
     print(table(rows + [total], [c for c, _ in shown], [h for _, h in shown]))
 
 
@@ -311,46 +316,23 @@ def cmd_collect(reg: Registry, args) -> int:
 def cmd_tables(reg: Registry, args) -> int:
     import time
 
-    from harness.analysis import TablesError, build_figures, build_tables, write_report
+    from harness.analysis import TablesError, UnknownTable, write_all
 
     t = time.perf_counter()
     suite_dir = Path(args.results) / args.suite
     try:
-        table, tables, files = build_tables(
+        table, tables, files, figures, report = write_all(
             suite_dir,
             args.protocol,
+            figures=args.figures,
             include_stale=args.include_stale,
             prefer=args.prefer,
             include_outside_grid=args.include_outside_grid,
+            show=args.show,
         )
     except TablesError as e:
         print(f"sdd tables: {e}", file=sys.stderr)
-        return 1
-    names = {tb.name for tb in tables}
-    unknown = [n for n in args.show if n not in names]
-    if unknown:  # checked before anything is drawn: a typo is not an empty table
-        import difflib
-
-        hint = "".join(
-            f" (did you mean {close[0]!r}?)"
-            for n in unknown[:1]
-            for close in [difflib.get_close_matches(n, sorted(names), n=1)]
-            if close
-        )
-        print(
-            f"sdd tables: --show {', '.join(unknown)}: no such table{hint}; the tables are: {', '.join(sorted(names))}",
-            file=sys.stderr,
-        )
-        return 2
-    probe = next((t.protocol for t in tables if t.protocol), None)
-    figures = (
-        build_figures(suite_dir, tables, probe, args.include_stale, args.prefer, args.include_outside_grid)
-        if args.figures
-        else sorted((suite_dir / "figures").glob("*.png"))
-        if (suite_dir / "figures").is_dir()
-        else []
-    )
-    report = write_report(suite_dir, table, tables, figures)
+        return 2 if isinstance(e, UnknownTable) else 1
     print(
         f"wrote {len(files)} table files under {suite_dir / 'tables'}"
         + (f", {len(figures)} figures under {suite_dir / 'figures'}" if args.figures else "")
@@ -388,6 +370,7 @@ def cmd_submit(reg: Registry, args) -> int:
         retry_failed=args.retry_failed,
         max_attempts=args.max_attempts,
         guided=args.guided,
+        replace_live=getattr(args, "replace_live", False),
     )
     for m, why in sorted(s.get("waiting", {}).items()):
         print(f"guided: {m}'s downstream cells wait ({why}); run `sdd submit --guided` again when the metrics are done")
@@ -517,6 +500,7 @@ def cmd_status(reg: Registry, args) -> int:
 
     from harness import ledger
     from harness.launch import STATES, cell_statuses, status_table
+    from harness.suitedir import SuiteFolderError
 
     results = Path(args.results)
     if args.repair_ledger:
@@ -527,14 +511,20 @@ def cmd_status(reg: Registry, args) -> int:
             + ". Jobs still queued have no record yet and are not in it: check `squeue` before resubmitting."
         )
     failing = 0  # consecutive refreshes in which the scheduler could not be asked
+    read_only = False
     while True:
-        ref = ledger.refresh(results, args.suite)
+        try:
+            ref = ledger.refresh(results, args.suite, write=not read_only)
+        except SuiteFolderError as e:  # e.g. a read-only results folder: show what is there, change nothing
+            print(f"note: {e}; the ledger is read, not updated", file=sys.stderr)
+            read_only = True
+            ref = ledger.refresh(results, args.suite, write=False)
         rows = cell_statuses(reg, args.suite, results, protocols=args.protocol, methods=args.method, refresh=ref)
         agg = status_table(rows)
         tot = {k: sum(a[k] for a in agg) for k in ("cells", *STATES)}
         if args.watch:
             print("\033[2J\033[H", end="")
-        shown = [k for k in STATES if k not in ("imported", "unknown", "corrupt", "stale") or tot[k]]
+        shown = [k for k in STATES if k not in ("imported", "live", "unknown", "corrupt", "stale") or tot[k]]
         print(table(agg + [{"protocol": "total", "method": "", **tot}], ["protocol", "method", "cells", *shown]))
         if ref.warning:
             print(f"\nwarning: {ref.warning}; their ledger entries were left as they were", file=sys.stderr)
@@ -621,6 +611,9 @@ def preflight(reg: Registry, suite: str, load: bool = False) -> list[str]:
                     load_backbone(method, e, registry=reg)
                 except CheckpointError as err:
                     problems.append(f"method '{method}', epoch {e}: {err}")
+    from harness.fingerprint import identical_checkpoints
+
+    problems += identical_checkpoints(cells)  # two epochs, one content: a copy under the wrong name
     for var, methods in sorted(unset.items()):
         problems.append(
             f"environment variable {var} is not set: the checkpoints of {len(methods)} method(s) are "
@@ -659,9 +652,19 @@ def cmd_reproduce(reg: Registry, args) -> int:
 
 
 def cmd_import(reg: Registry, args) -> int:
-    from harness.importer import ImportError_, plan_import, write_import
+    from harness.suitedir import suite_lock
 
     results = Path(args.results)
+    reg.suite(args.suite)  # an unknown suite is a registry error before any folder is made for it
+    if args.dry_run:
+        return _import(reg, args, results)
+    with suite_lock(results, args.suite, f"sdd import {args.path} --suite {args.suite}"):
+        return _import(reg, args, results)
+
+
+def _import(reg: Registry, args, results: Path) -> int:
+    from harness.importer import ImportError_, plan_import, write_import
+
     try:
         plan = plan_import(
             reg,
@@ -686,7 +689,7 @@ def cmd_import(reg: Registry, args) -> int:
     by: dict[tuple, list] = {}
     for it in plan.items:
         by.setdefault((it.protocol, it.dataset, it.method), []).append(it)
-    verb = "would import" if args.dry_run else "imported"
+    verb = "would import" if args.dry_run else "importing"
     print(f"{verb} {len(plan.items)} record(s) ({plan.format}) into suite {args.suite}:")
     for (proto, ds, method), items in sorted(by.items()):
         eps = tuple(sorted(it.epoch for it in items))
@@ -710,10 +713,10 @@ def cmd_import(reg: Registry, args) -> int:
             print(f"      replaces the earlier import of: {', '.join(replaced)}")
     if args.dry_run:
         return 0
-    write_import(plan, reg, args.suite, results)
+    written = write_import(plan, reg, args.suite, results)  # all or none
     print(
-        f"records under {results / args.suite / 'imported'}; next: sdd collect --suite {args.suite} && "
-        f"sdd tables --suite {args.suite}"
+        f"imported {len(written)} record(s) under {results / args.suite / 'imported'}; next: sdd collect --suite "
+        f"{args.suite} && sdd tables --suite {args.suite}"
     )
     return 0
 
@@ -864,6 +867,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", required=True, help="profile in slurm/clusters/, or local / inline")
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted")
     p.add_argument("--retry-failed", action="store_true", help="also resubmit failed cells")
+    p.add_argument(
+        "--replace-live",
+        action="store_true",
+        help="recompute from their checkpoint files the cells whose record the DSE monitor wrote during training",
+    )
     p.add_argument("--max-attempts", type=int, default=3, help="give up on a cell after this many attempts")
     p.add_argument("--guided", action="store_true", help="DSE-guided grid (see `sdd plan --guided`)")
     p.add_argument(
@@ -922,6 +930,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except HarnessError as e:  # every other error of the harness names the input and the way out
         print(f"sdd: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or folder that cannot be read or written: named, with the way out
+        from harness.atomic import write_error
+
+        print(f"sdd: {write_error(e.filename or '(a file)', e, 'use')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

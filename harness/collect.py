@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import records
+from harness.atomic import FileSet
 from harness.errors import HarnessError
 
 # `device`, `gpus` and `world_size` say what actually ran (the record's placement), never what the
@@ -172,9 +173,52 @@ class CollectSummary:
 
 def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = False) -> CollectSummary:
     """Collect a suite's records into results.csv / spectra.csv (and results.parquet when pyarrow is
-    there); raises CollectError, writing nothing, on an unreadable folder or (without `skip_corrupt`)
-    a corrupt record."""
-    results = Path(results)
+    there), under the suite's lock and all together with their manifest (`collected.json`: what each file
+    holds, so that a reader never builds on one that is not what was written); raises CollectError,
+    writing nothing, on an unreadable folder or (without `skip_corrupt`) a corrupt record."""
+    from harness.suitedir import suite_lock
+
+    with suite_lock(results, suite, f"sdd collect --suite {suite}"):
+        return _write_collected(reg, suite, Path(results), skip_corrupt)
+
+
+MANIFEST = "collected.json"
+
+
+def _digest(text: str, rows: int) -> dict:
+    import hashlib
+
+    data = text.encode()
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": rows}
+
+
+def check_collected(suite_dir: Path, name: str = "results.csv") -> None:
+    """Raise CollectError when `name` is not what `sdd collect` wrote, as its manifest records (cut short by
+    a full disk, half-copied, edited). A table with no manifest is one made by hand: it is read as it is."""
+    import hashlib
+
+    manifest = Path(suite_dir) / MANIFEST
+    try:
+        held = records.read_json(manifest)
+    except records.CorruptRecord as e:
+        raise CollectError(f"{manifest} is unreadable ({e.why}); run `sdd collect --suite {Path(suite_dir).name}`")
+    want = ((held or {}).get("files") or {}).get(name)
+    if not want:
+        return
+    path = Path(suite_dir) / name
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CollectError(f"cannot read {path} ({e.strerror or e}); run `sdd collect --suite {Path(suite_dir).name}`")
+    if len(data) != want.get("bytes") or hashlib.sha256(data).hexdigest() != want.get("sha256"):
+        raise CollectError(
+            f"{path} is not what `sdd collect` wrote ({want.get('rows')} rows, {want.get('bytes')} bytes; it now has "
+            f"{len(data)} bytes): cut short or changed since, so no table is built from it. Run `sdd collect --suite "
+            f"{Path(suite_dir).name}` again; for a table you edit by hand on purpose, delete {manifest}"
+        )
+
+
+def _write_collected(reg, suite: str, results: Path, skip_corrupt: bool) -> CollectSummary:
     try:
         got = collect(results, suite, methods=reg.methods)
     except OSError as e:
@@ -205,14 +249,32 @@ def write_collected(reg, suite: str, results: Path, *, skip_corrupt: bool = Fals
             last[(c.protocol, c.dataset, c.method)] = max(c.epoch, last.get((c.protocol, c.dataset, c.method), 0))
         table["last_epoch"] = [last.get(k[:3]) for k in keys]
     out = results / suite
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "results.csv", index=False, float_format="%.10g", lineterminator="\n")
-    got.spectra.to_csv(out / "spectra.csv", index=False, float_format="%.8g", lineterminator="\n")
+    csv_text = table.to_csv(index=False, float_format="%.10g", lineterminator="\n")
+    spectra_text = got.spectra.to_csv(index=False, float_format="%.8g", lineterminator="\n")
     parquet = True
-    try:
-        table.to_parquet(out / "results.parquet", index=False)
-    except ImportError:
-        parquet = False
+    with FileSet(out) as files:  # the tables, the spectra and the manifest that vouches for them: together
+        files.text(out / "results.csv", csv_text)
+        files.text(out / "spectra.csv", spectra_text)
+        try:
+            from pandas.io.parquet import get_engine
+
+            get_engine("auto")  # asked first: a failure inside the set would abort all of it
+        except ImportError:
+            parquet = False
+        if parquet:
+            files.staged(out / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+        files.json(
+            out / MANIFEST,
+            {
+                "written_by": "sdd collect",
+                "at": records.now(),
+                "records": len(table),
+                "files": {
+                    "results.csv": _digest(csv_text, len(table)),
+                    "spectra.csv": _digest(spectra_text, len(got.spectra)),
+                },
+            },
+        )
     ok = int((table["status"] == "ok").sum()) if len(table) else 0
     missing: dict[str, int] = {}
     have = set(

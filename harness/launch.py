@@ -180,7 +180,14 @@ class Decision:
 
 
 def decide(
-    cells: list[Cell], results: Path, suite: str, *, retry_failed: bool, max_attempts: int, write: bool = True
+    cells: list[Cell],
+    results: Path,
+    suite: str,
+    *,
+    retry_failed: bool,
+    max_attempts: int,
+    write: bool = True,
+    replace_live: bool = False,
 ) -> Decision:
     ref = ledger.refresh(results, suite, write=write)
     led = ref.ledger["cells"]
@@ -198,6 +205,11 @@ def decide(
         entry = led.get(c.id, {})
         if state in (CellState.DONE, CellState.IMPORTED):  # an imported record is never run again
             skipped[state] += 1
+            continue
+        if state == CellState.LIVE and not (replace_live and c.checkpoint_file and Path(c.checkpoint_file).is_file()):
+            # the DSE measured during training: no checkpoint may hold that model, and a file's number is
+            # another source; only --replace-live recomputes it, from a checkpoint file that exists
+            skipped["live (the monitor's record; --replace-live recomputes it from its checkpoint file)"] += 1
             continue
         if entry.get("state") in ACTIVE_STATES and entry.get("config_hash") == c.config_hash:
             # also when sacct could not tell: never submit a cell twice on a guess
@@ -334,7 +346,7 @@ def submit_slurm(groups: dict, cluster: ClusterProfile, suite: str, results: Pat
     return arrays
 
 
-EXECUTORS = {"inline": submit_inline, "local": submit_local, "slurm": submit_slurm}
+EXECUTORS = {"local": submit_local, "slurm": submit_slurm}  # inline: `submit` runs the claimed cells itself
 
 
 def submit(
@@ -350,16 +362,84 @@ def submit(
     max_attempts: int = 3,
     progress: bool = True,
     guided: bool = False,
+    replace_live: bool = False,
 ) -> dict:
-    """Submit the cells of `suite` that need running; returns a summary (what was submitted where)."""
+    """Submit the cells of `suite` that need running; returns a summary (what was submitted where).
+
+    Deciding which cells to run and claiming them in the ledger happen under the suite's lock, so two
+    submits started together never run a cell twice: the second sees the first one's cells queued.
+    Inline cells are claimed (as running in this process) and run after the lock is released."""
+    from harness.suitedir import suite_lock
+
     results = Path(results)
+    if dry_run:
+        return _submit(
+            reg,
+            suite,
+            cluster,
+            results,
+            protocols,
+            methods,
+            True,
+            retry_failed,
+            max_attempts,
+            progress,
+            guided,
+            replace_live,
+        )
+    with suite_lock(results, suite, f"sdd submit --suite {suite}"):
+        summary = _submit(
+            reg,
+            suite,
+            cluster,
+            results,
+            protocols,
+            methods,
+            False,
+            retry_failed,
+            max_attempts,
+            progress,
+            guided,
+            replace_live,
+        )
+    if cluster.executor == "inline" and summary.get("_groups"):
+        try:
+            summary["arrays"] = submit_inline(summary["_groups"], cluster, suite, results, progress)
+        finally:
+            ledger.release_claims(results, suite, summary["submitted"])
+    summary.pop("_groups", None)
+    return summary
+
+
+def _submit(
+    reg,
+    suite,
+    cluster,
+    results,
+    protocols,
+    methods,
+    dry_run,
+    retry_failed,
+    max_attempts,
+    progress,
+    guided,
+    replace_live,
+) -> dict:
     cells = build_plan(reg, suite, protocols=protocols, methods=methods)
     waiting = {}
     if guided:
         from harness.plan import guided as guided_cells
 
         cells, waiting, _ = guided_cells(reg, cells, results)
-    d = decide(cells, results, suite, retry_failed=retry_failed, max_attempts=max_attempts, write=not dry_run)
+    d = decide(
+        cells,
+        results,
+        suite,
+        retry_failed=retry_failed,
+        max_attempts=max_attempts,
+        write=not dry_run,
+        replace_live=replace_live,
+    )
     groups: dict[Profile, list[Cell]] = defaultdict(list)
     for c in d.submit:
         groups[profile_for(reg, cluster, c.protocol)].append(c)
@@ -380,6 +460,10 @@ def submit(
         summary["arrays"] = [
             _array_summary(p, len(cs), []) for p, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol)
         ]
+        return summary
+    if cluster.executor == "inline":  # claimed now, under the lock; run by `submit` once it is released
+        ledger.claim_inline(results, suite, cluster.name, d.submit)
+        summary["_groups"] = dict(groups)
         return summary
     summary["arrays"] = EXECUTORS[cluster.executor](groups, cluster, suite, results, progress)
     return summary
@@ -405,8 +489,8 @@ def cell_statuses(
         e = led.get(c.id, {}) if led.get(c.id, {}).get("config_hash") == c.config_hash else {}
         slurm_state = e.get("state")
         reason = log = None
-        if rec_state in (CellState.DONE, CellState.IMPORTED):
-            state = rec_state
+        if rec_state in (CellState.DONE, CellState.IMPORTED, CellState.LIVE):
+            state, reason = rec_state, why
         elif slurm_state in ACTIVE_STATES and c.id in ref.unknown:
             state, reason = CellState.UNKNOWN, ref.warning
         elif slurm_state in ACTIVE_STATES:

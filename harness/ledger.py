@@ -2,7 +2,7 @@
 attempts, last error, log paths), and the job states it tracks (Slurm's, from `sacct`; a local
 worker's, from its PID).
 
-Read-modify-write under an exclusive file lock, written atomically. An unreadable ledger is an error
+Read-modify-write under the suite's lock (`harness.suitedir`), written atomically. An unreadable ledger is an error
 that names the file, never an empty ledger that would then overwrite it; `repair` moves it aside and
 rebuilds what the records tell.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from harness import records
 from harness.atomic import write_json
 from harness.errors import HarnessError
+from harness.suitedir import suite_lock
 
 ACTIVE_STATES = {
     "SUBMITTED",
@@ -88,13 +88,10 @@ def read_ledger(results: Path, suite: str) -> dict:
 @contextlib.contextmanager
 def ledger(results: Path, suite: str):
     """Locked read-modify-write of a suite's ledger: `with ledger(r, s) as led: led["cells"][id] = ...`."""
-    path = ledger_path(results, suite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with suite_lock(results, suite, "the ledger"):
         data = read_ledger(results, suite)
         yield data
-        write_json(path, data)
+        write_json(ledger_path(results, suite), data)
 
 
 def repair(results: Path, suite: str) -> tuple[Path | None, int]:
@@ -103,9 +100,7 @@ def repair(results: Path, suite: str) -> tuple[Path | None, int]:
     Jobs still queued have no record yet: they are not in the rebuilt ledger."""
     path = ledger_path(results, suite)
     moved = None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with suite_lock(results, suite, "sdd status --repair-ledger"):
         if path.exists():
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             moved = path.with_name(f"ledger.json.corrupt-{stamp}")
@@ -220,7 +215,7 @@ def _refresh(led: dict) -> Refresh:
     for cid, e in active.items():
         if e.get("executor") == "slurm" and states is not None:
             e["state"] = states.get(e["job_id"], e["state"])
-        elif e.get("executor") == "local":
+        elif e.get("executor") in ("local", "inline"):
             e["state"] = "RUNNING" if _pid_alive(e["job_id"], e.get("process")) else "COMPLETED"
     return out
 
@@ -258,3 +253,39 @@ def record_submission(results: Path, suite: str, executor: str, cluster: str, ce
             }
             if executor == "local":  # a PID alone may be given to another process later
                 led["cells"][c.id]["process"] = process_identity(jid)
+
+
+def claim_inline(results: Path, suite: str, cluster: str, cells) -> None:
+    """Claim `cells` for this process (the inline executor runs them itself): entries running under this
+    PID, so another submit leaves them alone while it lives; `release_claims` ends them."""
+    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    pid = str(os.getpid())
+    with ledger(results, suite) as led:
+        for c in cells:
+            prev = led["cells"].get(c.id, {})
+            attempts = (prev.get("attempts", 0) if prev.get("config_hash") == c.config_hash else 0) + 1
+            led["cells"][c.id] = {
+                "job_id": pid,
+                "array_job_id": pid,
+                "array_task_id": None,
+                "executor": "inline",
+                "cluster": cluster,
+                "state": "RUNNING",
+                "attempts": attempts,
+                "config_hash": c.config_hash,
+                "submitted": when,
+                "last_error": prev.get("last_error"),
+                "log_out": None,
+                "log_err": None,
+                "process": process_identity(pid),
+            }
+
+
+def release_claims(results: Path, suite: str, cell_ids) -> None:
+    """This process is done with the cells it claimed (run, failed or interrupted: their records say which)."""
+    ids = set(cell_ids)
+    with ledger(results, suite) as led:
+        for cid in ids:
+            e = led["cells"].get(cid)
+            if e and e.get("executor") == "inline" and e.get("job_id") == str(os.getpid()):
+                e["state"] = "COMPLETED"

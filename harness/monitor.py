@@ -47,6 +47,7 @@ class DSEMonitor:
         device: str = "cpu",
         protocol: str | None = None,
         top: int = 3,
+        replace: bool = False,
     ):
         from harness.kinds import METRICS_KIND
         from harness.paths import results_root
@@ -71,7 +72,48 @@ class DSEMonitor:
             )
         self.protocol, self.dataset = entries[0].protocol, entries[0].datasets[0]
         self.reg.method(method)
-        self.history: list[tuple[int, float, float]] = []  # (epoch, separability, dimensionality)
+        self.replace = replace
+        # epoch -> (separability, dimensionality): the records' (read now; a re-score replaces its epoch)
+        self.history: dict[int, tuple[float, float]] = {}
+        self._read_history()
+
+    def _cells(self) -> list:
+        from harness.plan import build_plan
+
+        return [
+            c
+            for c in build_plan(self.reg, self.suite, protocols=[self.protocol], methods=[self.method])
+            if c.dataset == self.dataset
+        ]
+
+    def _read_history(self) -> None:
+        """The scores already recorded for this (suite, method): the monitor's own from before a restart, and
+        -- refused unless `replace` -- records computed from checkpoint files, which a monitored run must not
+        mix with its own numbers."""
+        from harness import records
+
+        from_files = []
+        for c in self._cells():
+            try:
+                rec = records.read_record(c.record_path(self.results), self.results)
+            except records.CorruptRecord:
+                continue  # a damaged record is replaced when its epoch is scored
+            if not rec or rec.get("status") != "ok":
+                continue
+            if not records.is_live(rec):
+                from_files.append(c.epoch)
+                continue
+            m = rec.get("metrics") or {}
+            if isinstance(m.get("dse_separability"), (int, float)) and isinstance(m.get("dse_dim"), (int, float)):
+                self.history[c.epoch] = (float(m["dse_separability"]), float(m["dse_dim"]))
+        if from_files and not self.replace:
+            raise MonitorError(
+                f"suite '{self.suite}' already holds {len(from_files)} {self.protocol} record(s) of method "
+                f"'{self.method}' computed from checkpoint files (epochs {from_files[:6]}"
+                f"{' ...' if len(from_files) > 6 else ''}): a monitored run would mix its numbers with theirs and "
+                f"replace them. Monitor this run under a method of its own (another method file) or another suite, "
+                f"or pass replace=True to replace those records with this run's"
+            )
 
     # ---- the training loop's side ---------------------------------------------------------------------------
     def step(self, model, epoch: int) -> dict | None:
@@ -83,6 +125,7 @@ class DSEMonitor:
         from harness.jobs import data_inputs, ok_record
         from harness.jobs.common import base_record
         from harness.jobs.metrics import score
+        from harness.suitedir import suite_lock
 
         cell = self._cell(epoch)
         params = self._params(cell)
@@ -92,14 +135,26 @@ class DSEMonitor:
         result = score(backbone, cell, self.reg, params, placement, checkpoint=self._live(model, epoch)).record_fields()
         record = {
             **base_record(cell),
+            "source": "live",
             "inputs": {"checkpoint": {"path": None, "live": self._live(model, epoch)}},
             "placement": placement.record(),
         }
         record["inputs"]["data"] = data_inputs(self.reg, cell, params)
         record = ok_record(record, result, time.perf_counter() - t0)
-        records.write_record(cell.record_path(self.results), record)
+        path = cell.record_path(self.results)
+        with suite_lock(self.results, self.suite, f"DSE monitor of {self.method}"):
+            try:
+                old = records.read_record(path, self.results)
+            except records.CorruptRecord:
+                old = None
+            if old and old.get("status") == "ok" and not records.is_live(old) and not self.replace:
+                raise MonitorError(
+                    f"{path} holds a record computed from a checkpoint file since this monitor started; it was "
+                    f"left as it was (pass replace=True to replace such records with this run's)"
+                )
+            records.write_record(path, record)
         m = record["metrics"]
-        self.history.append((epoch, float(m["dse_separability"]), float(m["dse_dim"])))
+        self.history[epoch] = (float(m["dse_separability"]), float(m["dse_dim"]))
         return record
 
     def selected(self) -> list[int]:
@@ -107,9 +162,11 @@ class DSEMonitor:
         epochs scored so far): what the tables' selection would say now."""
         from harness.selection import dse_normalised, select_checkpoints
 
-        done = sorted(self.history)
-        dse = dse_normalised([s for _, s, _ in done], [d for *_, d in done])
-        return select_checkpoints([e for e, *_ in done], dse, top=self.top)
+        epochs = sorted(self.history)
+        if not epochs:
+            return []
+        dse = dse_normalised([self.history[e][0] for e in epochs], [self.history[e][1] for e in epochs])
+        return select_checkpoints(epochs, dse, top=self.top)
 
     def keep(self, epoch: int) -> bool:
         """Whether the checkpoint of `epoch` is among the running top-3 (save it; one that drops out of
@@ -138,13 +195,7 @@ class DSEMonitor:
         return bb.eval().requires_grad_(False)
 
     def _cell(self, epoch: int):
-        from harness.plan import build_plan
-
-        cells = [
-            c
-            for c in build_plan(self.reg, self.suite, protocols=[self.protocol], methods=[self.method])
-            if c.dataset == self.dataset
-        ]
+        cells = self._cells()
         hit = [c for c in cells if c.epoch == epoch]
         if not hit:
             planned = sorted(c.epoch for c in cells)

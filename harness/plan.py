@@ -235,6 +235,7 @@ def summarize(
             "stale": 0,
             "corrupt": 0,
             "imported": 0,
+            "live": 0,
             "todo": 0,
             "gpu_h_all": 0.0,
             "gpu_h_left": 0.0,
@@ -253,7 +254,7 @@ def summarize(
         r["sources"].add("measured" if m else "protocol file")
         r["runs"] = max(r["runs"], m[1] if m else 0)
         r["gpu_h_all"] += price
-        if states[c.id] not in ("done", "imported"):
+        if states[c.id] not in ("done", "imported", "live"):
             r["gpu_h_left"] += price
     out = []
     for p, r in rows.items():
@@ -292,7 +293,7 @@ def guided(reg: Registry, cells: list[Cell], results: Path) -> tuple[list[Cell],
     for method, mcells in by_method.items():
         done, lacking = [], []
         for c in mcells:
-            if c.state(results)[0] != "done":
+            if c.state(results)[0] not in ("done", "live"):  # the monitor's records count as the metrics job's
                 continue
             m = records.read_record(c.record_path(results), results)["metrics"]
             if not all(isinstance(m.get(k), (int, float)) for k in ("dse_separability", "dse_dim")):

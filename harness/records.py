@@ -140,6 +140,7 @@ class CellState(StrEnum):
     RUNNING = "running"
     PENDING = "pending"
     UNKNOWN = "unknown"  # queued, but the scheduler could not be asked
+    LIVE = "live"  # the DSE monitor's record, measured while training: never re-run (--replace-live)
     FAILED = "failed"  # a failed record of the current recipe
     CORRUPT = "corrupt"  # a record that cannot be trusted: to run again
     STALE = "stale"  # a record of another recipe, code version, checkpoint content or data: to run again
@@ -195,16 +196,23 @@ def cell_state(
     checkpoint_file: Path | str | None = None,
     data_check=None,
 ) -> tuple[CellState, str | None]:
-    """(state, why) of a cell from its computed record: done | failed | stale (a record of another config
-    hash -- recipe or code version --, or of other checkpoint content than `checkpoint_file` holds now) |
-    corrupt | todo (no record). `why` says what changed (the config's keys, the checkpoint's digest, the
-    data: `data_check(record's inputs.data)` gives the reason the data it read is not what is there now)."""
+    """(state, why) of a cell from its computed record: done | live (the monitor's) | failed (why: the error) |
+    stale (a record of another config hash -- recipe or code version --, or of other checkpoint content than
+    `checkpoint_file` holds now) | corrupt | todo (no record). `why` says what changed (the config's keys, the
+    checkpoint's digest, the data: `data_check(record's inputs.data)` gives the reason the data it read is not
+    what is there now)."""
     try:
         rec = read_record(path, results)
     except CorruptRecord as e:
         return CellState.CORRUPT, e.why
     if rec is None:
         return CellState.TODO, None
+    if is_live(rec):  # measured during training: no file may hold that model any more
+        if rec.get("config_hash") != config_hash:
+            return CellState.LIVE, "measured during training under another recipe: " + stale_recipe_reason(
+                rec.get("config"), config
+            )
+        return CellState.LIVE, None
     if rec.get("config_hash") != config_hash:
         return CellState.STALE, stale_recipe_reason(rec.get("config"), config)
     if checkpoint_file:
@@ -215,14 +223,23 @@ def cell_state(
             same, why = same_content(recorded, checkpoint_file)
             if same is False:
                 return CellState.STALE, why
-        elif rec["status"] == "failed" and Path(checkpoint_file).is_file():
+        elif rec["status"] == "failed" and recorded.get("path") and Path(checkpoint_file).is_file():
+            # only a job that looked for its checkpoint and found none records a path without content;
+            # one that failed before (no GPU, a registry error) stays failed for its own reason
             return CellState.STALE, "the checkpoint was not there when the cell ran; it is now"
     data = (rec.get("inputs") or {}).get("data")
     if data_check is not None and data:
         why = data_check(data)
         if why:
             return CellState.STALE, why
-    return (CellState.DONE, None) if rec["status"] == "ok" else (CellState.FAILED, None)
+    if rec["status"] == "ok":
+        return CellState.DONE, None
+    return CellState.FAILED, (str(rec.get("error") or "").splitlines() or ["no error recorded"])[0]
+
+
+def is_live(rec: dict) -> bool:
+    """A record the DSE monitor wrote from a training model (`harness.monitor`), not from a checkpoint file."""
+    return rec.get("source") == "live" or bool(((rec.get("inputs") or {}).get("checkpoint") or {}).get("live"))
 
 
 _CANONICAL = re.compile(r"^ep(\d{4,})\.json$")
@@ -237,6 +254,8 @@ def _walk_cells(results: Path, suite: str, tree: str):
 
     def walk(d: Path, depth: int):
         for entry in sorted(os.scandir(d), key=lambda e: e.name):  # raises PermissionError, unlike glob
+            if entry.name == ".sdd-suite":  # the tree's owner (harness.suitedir), not a record
+                continue
             if entry.is_symlink() and not os.path.exists(entry.path):  # e.g. a folder on an unmounted disk
                 raise OSError(f"{entry.path} is a link to {os.readlink(entry.path)}, which is not there")
             if depth < 3 and entry.is_dir():

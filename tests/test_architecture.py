@@ -22,6 +22,7 @@ FLOORS = {
     "harness.mmcv_shim": 0,
     "harness.registry": 1,
     "harness.records": 1,
+    "harness.suitedir": 1,
     "harness.clusters": 2,
     "harness.datasets": 2,
     "harness.models": 2,

@@ -218,11 +218,17 @@ def test_tables_refuse_a_results_csv_without_required_columns_and_keep_the_old_t
         pd.read_csv(csv).drop(columns=[column]).to_csv(tmp_path / "cut.csv", index=False)
         shutil.copy(csv, tmp_path / "full.csv")
         shutil.copy(tmp_path / "cut.csv", csv)
+        manifest = csv.with_name("collected.json")
+        assert main(["tables", "--suite", "syn", "--results", str(tmp_path)]) == 1  # not what collect wrote
+        assert "is not what `sdd collect` wrote" in capsys.readouterr().err
+        shutil.copy(manifest, tmp_path / "manifest.json")
+        manifest.unlink()  # a table edited by hand on purpose: the columns are checked
         assert main(["tables", "--suite", "syn", "--results", str(tmp_path)]) == 1
         err = capsys.readouterr().err
         assert f"lacks the column(s) {column}" in err and str(csv) in err
         assert (tmp_path / "syn" / "tables" / "kendall_tau.md").read_text() == tau
         shutil.copy(tmp_path / "full.csv", csv)
+        shutil.copy(tmp_path / "manifest.json", manifest)
 
 
 def test_table_notes_give_the_true_reason_a_cell_is_missing(tmp_path):

@@ -280,7 +280,7 @@ def test_imports_refuse_what_they_should(tmp_path, monkeypatch, capsys, text, me
     assert main(["--registry", str(bench), "import", str(f), "--suite", "imp"]) == 1
     err = capsys.readouterr().err
     assert message in err and "nothing was imported" in err
-    assert not (tmp_path / "results" / "imp").exists()
+    assert not (tmp_path / "results" / "imp" / "imported").exists()  # (the suite's folder holds only its lock)
 
 
 # --------------------------------------------------------------------------------------------- 5. splits

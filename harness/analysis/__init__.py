@@ -10,6 +10,7 @@ import pandas as pd
 
 from harness.analysis.render import write_table
 from harness.analysis.tables import MIOU_TABLES, all_tables
+from harness.atomic import FileSet, write_text
 from harness.collect import META_COLUMNS
 from harness.errors import HarnessError
 from harness.kinds import LABEL_FREE, PROBE, kinds_with
@@ -63,10 +64,22 @@ def check_columns(table: pd.DataFrame, csv: Path, protocols: list[str] = ()) -> 
 
 
 def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """results.csv and spectra.csv, each checked against what `sdd collect` recorded it wrote (a file cut
+    short or changed since is refused: TablesError, naming it); a hand-made table has no such record."""
+    from harness.collect import CollectError, check_collected
+
     csv = suite_dir / "results.csv"
     if not csv.is_file():
         raise FileNotFoundError(f"{csv} does not exist; run `sdd collect --suite {suite_dir.name}` first")
-    table = pd.read_csv(csv, low_memory=False)
+    try:
+        check_collected(suite_dir, "results.csv")
+        check_collected(suite_dir, "spectra.csv")
+    except CollectError as e:
+        raise TablesError(f"{e}; the previous tables were left in place") from None
+    try:
+        table = pd.read_csv(csv, low_memory=False)
+    except (ValueError, pd.errors.ParserError) as e:  # EmptyDataError is a ValueError
+        raise TablesError(f"{csv} cannot be read as a table ({e}); run `sdd collect --suite {suite_dir.name}`")
     check_columns(table, csv)
     absent = [c for c in META_COLUMNS if c not in table.columns]  # a hand-made or partial table: defined as empty
     if absent:  # at once (column by column fragments the frame: pandas' PerformanceWarning)
@@ -163,7 +176,7 @@ def prefer_source(table: pd.DataFrame, prefer: str = "computed") -> tuple[pd.Dat
     """One row per cell: where a computed and an imported record both exist, `prefer` decides (named)."""
     if "source" not in table.columns or table.empty:
         return table, []
-    src = table["source"].fillna("computed")
+    src = table["source"].fillna("computed").replace({"live": "computed"})  # the monitor's: computed in training
     both = table[table.duplicated(KEY, keep=False) & src.isin(["computed", "imported"])]
     if both.empty:
         return table, []
@@ -184,8 +197,10 @@ def build_tables(
     include_stale: bool = False,
     prefer: str = "computed",
     include_outside_grid: bool = False,
+    files: FileSet | None = None,
 ):
-    """Every table computed first, then written: a failure leaves the previous files in place. With no
+    """Every table computed first, then written (through `files`, with the rest of a tables run; or on
+    their own, all together): a failure leaves the previous files in place. With no
     `protocol`, the suite's own linear-probe protocols (by kind) give the mIoU; several give one set of
     tables each (`<table>__<protocol>`). Returns (table, tables, files); each table that reads an mIoU
     says from which protocol (`Table.protocol`); what the build left out or chose is each table's
@@ -219,10 +234,26 @@ def build_tables(
             tables.append(t)
     for t in tables:
         t.context = list(context)
-    files = []
-    for t in tables:
-        files += write_table(t, suite_dir / "tables")
-    return table, tables, files
+    if files is None:
+        with FileSet(suite_dir) as own:
+            return table, tables, _write_tables(tables, suite_dir, own)
+    return table, tables, _write_tables(tables, suite_dir, files)
+
+
+def _write_tables(tables, suite_dir: Path, files: FileSet) -> list[Path]:
+    """Each table's files; a file of tables/ that this run does not write (a protocol that left the suite,
+    a table renamed) is removed with the same commit, so what is there is what the records give now."""
+    written = [p for t in tables for p in write_table(t, suite_dir / "tables", files)]
+    _remove_others(suite_dir / "tables", written, (".md", ".tex", ".csv"), files)
+    return written
+
+
+def _remove_others(folder: Path, written: list[Path], suffixes: tuple[str, ...], files: FileSet) -> None:
+    keep = {p.name for p in written}
+    if folder.is_dir():
+        for old in folder.iterdir():
+            if old.suffix in suffixes and old.name not in keep and not old.name.startswith("."):
+                files.remove(old)
 
 
 def build_figures(
@@ -232,6 +263,7 @@ def build_figures(
     include_stale: bool = False,
     prefer: str = "computed",
     include_outside_grid: bool = False,
+    files: FileSet | None = None,
 ) -> list[Path]:
     from harness.analysis.figures import all_figures
 
@@ -240,7 +272,12 @@ def build_figures(
     table, _ = drop_outside_grid(table, include_outside_grid)
     table, _ = prefer_source(table, prefer)
     mean = next(t.frame for t in tables if t.name.split("__")[0] == "kendall_tau")
-    return all_figures(table, spec, mean, suite_dir / "figures", protocol)
+    if files is None:
+        with FileSet(suite_dir) as own:
+            return build_figures(suite_dir, tables, protocol, include_stale, prefer, include_outside_grid, own)
+    out = all_figures(table, spec, mean, suite_dir / "figures", protocol, files)
+    _remove_others(suite_dir / "figures", out, (".png", ".pdf"), files)
+    return out
 
 
 def world_lines(table: pd.DataFrame, tables) -> list[str]:
@@ -276,7 +313,27 @@ def world_lines(table: pd.DataFrame, tables) -> list[str]:
     return out
 
 
-def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Path]) -> Path:
+def failed_lines(table: pd.DataFrame, limit: int = 30) -> list[str]:
+    """The failed cells, each with the first line of its error (the tables leave them out: say which)."""
+    if "status" not in table.columns:
+        return []
+    failed = table[table["status"] != "ok"]
+    if failed.empty:
+        return []
+    errors = failed["error"] if "error" in failed.columns else pd.Series([None] * len(failed), index=failed.index)
+    out = ["", f"## Failed cells ({len(failed)}, left out of every table)", ""]
+    for r, err in list(zip(failed.itertuples(), errors))[:limit]:
+        why = str(err) if isinstance(err, str) and err else "no error recorded"
+        out.append(f"- `{cell_id(r.protocol, r.dataset, r.method, r.epoch)}`: {why[:200]}")
+    if len(failed) > limit:
+        out.append(f"- ... {len(failed) - limit} more: `sdd status --suite <suite> --all`")
+    out.append("- `sdd status` shows each one's log; fix the cause and `sdd submit --retry-failed`.")
+    return out
+
+
+def write_report(
+    suite_dir: Path, table: pd.DataFrame, tables, figures: list[Path], files: FileSet | None = None
+) -> Path:
     protocols = sorted({t.protocol for t in tables if t.protocol})
     kind = table["kind"].fillna(table["protocol"]) if "kind" in table.columns else table["protocol"]
     label_free = sorted(set(table.loc[kind.isin(kinds_with(LABEL_FREE)) & (table["status"] == "ok"), "protocol"]))
@@ -317,6 +374,7 @@ def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Pat
         "",
     ]
     lines += world_lines(table, tables)
+    lines += failed_lines(table)
     context = tables[0].context if tables else []
     if context:
         lines += ["", "## Records used", ""] + [f"- {n}" for n in context]
@@ -331,5 +389,64 @@ def write_report(suite_dir: Path, table: pd.DataFrame, tables, figures: list[Pat
     if not figures:
         lines.append("- (none: run `sdd figures`)")
     out = suite_dir / "REPORT.md"
-    out.write_text("\n".join(lines) + "\n")
+    if files is None:
+        write_text(out, "\n".join(lines) + "\n")
+    else:
+        files.text(out, "\n".join(lines) + "\n")
     return out
+
+
+class UnknownTable(TablesError):
+    """`--show` names a table that the run does not make."""
+
+
+def _check_shown(show, tables) -> None:
+    import difflib
+
+    names = {tb.name for tb in tables}
+    unknown = [n for n in show if n not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
+        raise UnknownTable(
+            f"--show {', '.join(unknown)}: no such table{f' (did you mean {close[0]!r}?)' if close else ''}; "
+            f"the tables are: {', '.join(sorted(names))}; nothing was written"
+        )
+
+
+def write_all(
+    suite_dir: Path,
+    protocol: str | None = None,
+    *,
+    figures: bool = False,
+    figure_protocol: str | None = None,
+    include_stale: bool = False,
+    prefer: str = "computed",
+    include_outside_grid: bool = False,
+    paper_dir: Path = PAPER,
+    show: list[str] = (),
+):
+    """A tables run, all or nothing, under the suite's lock: every table (and, with `figures`, every figure)
+    and REPORT.md are written to temporary files first and put in place together; a failure (a full disk,
+    an interrupt) leaves every previous file as it was. Returns (table, tables, table files, figures,
+    report)."""
+    from harness.suitedir import suite_lock
+
+    suite_dir = Path(suite_dir)
+    if not (suite_dir / "results.csv").is_file():
+        raise FileNotFoundError(
+            f"{suite_dir / 'results.csv'} does not exist; run `sdd collect --suite {suite_dir.name}` first"
+        )
+    with suite_lock(suite_dir.parent, suite_dir.name, f"sdd tables --suite {suite_dir.name}"):
+        with FileSet(suite_dir) as files:
+            table, tables, written = build_tables(
+                suite_dir, protocol, paper_dir, include_stale, prefer, include_outside_grid, files
+            )
+            _check_shown(show, tables)  # before anything is drawn or written: a typo is not an empty table
+            probe = figure_protocol or next((t.protocol for t in tables if t.protocol), None)
+            if figures:
+                figs = build_figures(suite_dir, tables, probe, include_stale, prefer, include_outside_grid, files)
+            else:  # the figures already there (from an earlier run) are the ones the report links
+                folder = suite_dir / "figures"
+                figs = sorted(folder.glob("*.png")) if folder.is_dir() else []
+            report = write_report(suite_dir, table, tables, figs, files)
+    return table, tables, written, figs, report

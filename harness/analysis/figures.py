@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.tables import DATASET_LABEL, metric_frame, miou_frame
+from harness.atomic import FileSet
 
 
 def _plt():
@@ -27,11 +28,27 @@ def _minmax(v: pd.Series) -> pd.Series:
     return (v - lo) / (hi - lo) if hi > lo else v * 0 + 0.5
 
 
+_FILES: list[FileSet] = []  # the set the figures of this `all_figures` call go into
+
+
 def _save(fig, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    """PNG + PDF of `fig`, into the current `all_figures` set (or replaced at once, both together)."""
+    if not _FILES:
+        with FileSet(out) as own:
+            _FILES.append(own)
+            try:
+                return _save(fig, out, name)
+            finally:
+                _FILES.pop()
+    files = _FILES[-1]
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None})
+    files.staged(paths[0], lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+    files.staged(
+        paths[1],
+        lambda tmp: fig.savefig(
+            tmp, format="pdf", bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None}
+        ),
+    )
     return paths
 
 
@@ -138,11 +155,25 @@ def tau_heatmap(mean: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def all_figures(
-    table: pd.DataFrame, spec: pd.DataFrame, mean_tau: pd.DataFrame, out: Path, protocol: str | None = None
+    table: pd.DataFrame,
+    spec: pd.DataFrame,
+    mean_tau: pd.DataFrame,
+    out: Path,
+    protocol: str | None = None,
+    files: FileSet | None = None,
 ) -> list[Path]:
-    return (
-        trajectories(table, out, protocol)
-        + dse_components(table, out)
-        + spectra(spec, out)
-        + tau_heatmap(mean_tau, out)
-    )
+    """Every figure under `out`, through `files` (replaced with the rest of a tables run), or at once and
+    together when no set is given."""
+    if files is None:
+        with FileSet(out) as own:
+            return all_figures(table, spec, mean_tau, out, protocol, own)
+    _FILES.append(files)
+    try:
+        return (
+            trajectories(table, out, protocol)
+            + dse_components(table, out)
+            + spectra(spec, out)
+            + tau_heatmap(mean_tau, out)
+        )
+    finally:
+        _FILES.pop()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.atomic import FileSet
+
 
 def _fmt(col: str, v, missing: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -97,16 +99,20 @@ def latex(frame: pd.DataFrame, title: str, marks: set | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_table(table, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_table(table, out_dir: Path, files: FileSet | None = None) -> list[Path]:
+    """The table's Markdown, LaTeX and CSV under `out_dir`, through `files` (replaced with the rest of a
+    tables run), or at once and together when no set is given."""
+    if files is None:
+        with FileSet(out_dir) as own:
+            return write_table(table, out_dir, own)
     paths = [out_dir / f"{table.name}.md", out_dir / f"{table.name}.tex", out_dir / f"{table.name}.csv"]
     marks = getattr(table, "marks", set())
-    paths[0].write_text(markdown(table.frame, table.title, table.notes, marks, getattr(table, "context", [])))
-    paths[1].write_text(latex(table.frame, table.title, marks))
+    files.text(paths[0], markdown(table.frame, table.title, table.notes, marks, getattr(table, "context", [])))
+    files.text(paths[1], latex(table.frame, table.title, marks))
     frame = table.frame
     if marks:  # which numbers of a row came from an import, for a reader of the CSV alone
         frame = frame.assign(
             imported=[",".join(c for c in frame.columns if (i, c) in marks) or None for i in range(len(frame))]
         )
-    frame.to_csv(paths[2], index=False, float_format="%.6g", lineterminator="\n")
+    files.staged(paths[2], lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n"))
     return paths

@@ -250,7 +250,10 @@ def execute(cell, results: Path | str, *, registry: Registry | None = None, prog
     The device is decided here, before the job starts (`harness.device.resolve`), and a multi-process
     cell's process group is set up here; every rank runs the job, rank 0 alone writes the record.
     An interrupt (KeyboardInterrupt, SystemExit) writes nothing: the cell stays to do."""
+    from harness.suitedir import checked_suite_dir
+
     results = Path(results)
+    checked_suite_dir(results, cell.suite)  # never a record into another suite's folder (a link): nothing written
     record = base_record(cell)
     t0 = time.perf_counter()
     try:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.atomic import save_tensors
 from harness.datasets import IMAGENET_MEAN, IMAGENET_STD, DatasetError, check_layout, open_rgb, read_cifar
 from harness.device import DeviceError, data_workers
 from harness.jobs.common import JobResult, require_finite
@@ -192,8 +193,7 @@ def run(cell, ctx) -> JobResult:
 
 def _save(path: Path, epoch: int, head, opt, sched, state: dict) -> None:
     """The progress after an epoch (tensors and plain values: read back with weights_only=True)."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(
+    save_tensors(  # atomically: a job killed while saving keeps the previous epoch's state
         {
             "epoch": epoch,
             "head": head.state_dict(),
@@ -202,9 +202,8 @@ def _save(path: Path, epoch: int, head, opt, sched, state: dict) -> None:
             "best": state["best"],
             "history": state["history"],
         },
-        tmp,
+        path,
     )
-    tmp.replace(path)  # a job killed while saving keeps the previous epoch's state
 
 
 def _train_epoch(backbone, head, opt, loader, p, dev, autocast, accumulation: int) -> float:

@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+from harness.atomic import write_text
 from harness.records import cell_id
 from harness.registry import ROOT
 
@@ -56,7 +57,7 @@ def prepare(reg=None, quiet: bool = False, epochs: int | None = None, methods: d
             shutil.rmtree(root / "interventions", ignore_errors=True)  # runs resumed from those checkpoints
         t = time.time()
         generate.generate_all(data)
-        marker.write_text(generate.WORLD + "\n")
+        write_text(marker, generate.WORLD + "\n")
         print(f"[demo] generated the mini world under {data} in {time.time() - t:.1f} s")
     for name, objective in (methods or METHODS).items():
         n = epochs or max(reg.method(name).epochs())
@@ -85,7 +86,7 @@ def prepare(reg=None, quiet: bool = False, epochs: int | None = None, methods: d
 
 
 def run(suite: str = "mini", cluster: str = "local", results: Path | None = None) -> int:
-    from harness.analysis import build_figures, build_tables, write_report
+    from harness.analysis import write_all
     from harness.analysis.render import markdown
     from harness.clusters import load_cluster
     from harness.collect import write_collected
@@ -111,9 +112,8 @@ def run(suite: str = "mini", cluster: str = "local", results: Path | None = None
     c = write_collected(reg, suite, results, skip_corrupt=True)
     print(f"[demo] collected {c.records} records ({c.ok} ok) -> {c.csv}")
     suite_dir = results / suite
-    table, tables, _ = build_tables(suite_dir)  # the suite's own linear-probe protocol (linear_mini)
-    figures = build_figures(suite_dir, tables, protocol="linear_mini")
-    report = write_report(suite_dir, table, tables, figures)
+    # the suite's own linear-probe protocol (linear_mini) gives the mIoU; the figures follow it
+    table, tables, _, figures, report = write_all(suite_dir, figures=True, figure_protocol="linear_mini")
     by = {t.name: t for t in tables}
     print()
     print(markdown(by["kendall_tau"].frame, by["kendall_tau"].title, by["kendall_tau"].notes))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from harness.atomic import write_text
 from harness.errors import HarnessError
 from harness.mini.demo import DEGRADING, DEGRADING_ON, METHODS
 
@@ -174,7 +175,7 @@ def write_registry(root: Path, reg, runs: dict, starts: dict[str, tuple[int, int
             "dir": str(out),
             "epochs": {"start": start + 1, "stop": last},
         }
-        (where / "methods" / f"{name}.yaml").write_text(yaml.safe_dump(src, sort_keys=False))
+        write_text(where / "methods" / f"{name}.yaml", yaml.safe_dump(src, sort_keys=False))
     suite = {
         "name": SUITE,
         "title": "Mini world: the regularisers resumed from the DSE-selected checkpoints (sdd demo --interventions)",
@@ -185,7 +186,7 @@ def write_registry(root: Path, reg, runs: dict, starts: dict[str, tuple[int, int
             {"protocol": PROBE, "datasets": list(DEGRADING_ON), "epochs": "last"},
         ],
     }
-    (where / "suites" / f"{SUITE}.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    write_text(where / "suites" / f"{SUITE}.yaml", yaml.safe_dump(suite, sort_keys=False))
     return where
 
 
@@ -221,7 +222,7 @@ def run(
     write_collected(ireg, SUITE, results, skip_corrupt=True)
     text = report(results, starts, suite, plan)
     out = results / SUITE / "INTERVENTIONS.md"
-    out.write_text(text)
+    write_text(out, text)
     print(text)
     print(f"[interventions] {time.time() - t0:.0f} s in all ({time.time() - t1:.0f} s for the cells); report: {out}")
     return 1 if failed else 0

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.atomic import save_tensors
+from harness.atomic import save_tensors, write_json
 from harness.models.archs import build_backbone
 
 ARCH = "vit_tiny_test"
@@ -480,7 +480,7 @@ def train(args) -> Path:
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         save_tensors(model.checkpoint(epoch, opt, args), out / obj_cls.file.format(epoch=epoch))
     bar.close()
-    marker.write_text(json.dumps({"settings": h, "epochs": args.epochs, "seconds": round(time.time() - t0, 1)}))
+    write_json(marker, {"settings": h, "epochs": args.epochs, "seconds": round(time.time() - t0, 1)})
     return out
 
 
