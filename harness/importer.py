@@ -22,6 +22,18 @@ tables keep it out of "best"), a log with several evaluations unless `--take las
 which, and an ambiguous protocol (the suite runs several protocols that report that metric: give
 `--protocol`). Empty cells of a wide table are not values: they are left out and listed.
 
+A percentage (a metric whose kind declares the domain [0, 100]: mIoU, aAcc, top-1, AP, ...) given as
+fractions is refused: a table column whose non-zero values are all <= 1 (or that mixes values <= 1 with
+percentages), and a log evaluation (mmseg 1.x, detectron2) whose percentages are all <= 1. `--scale 100`
+multiplies them by 100, `--scale 1` takes them as they are; the record's source keeps the factor. mmseg 0.x
+logs hold fractions and are read x 100 by their format.
+
+A file that cannot be read as one table is refused naming the file, line or cell: an empty file (0
+bytes, only a byte-order mark, only a header), a row with more or fewer fields than the header (an unquoted
+decimal comma), text that is not UTF-8, a header whose separator is not clear, an xlsx formula without a
+cached value, a damaged workbook or Parquet file. Semicolon- and tab-separated files are read as such (and
+their decimal commas, unless the file also writes decimal points), and the notes say so.
+
 Imports merge per metric: DSE from the official tree and W2 from a CSV for the same checkpoints become
 one imported record per cell, each metric keeping its own source (file, sha256, line or row). Only the
 same metric twice needs `--replace`, which replaces that metric alone.
@@ -33,6 +45,8 @@ mark every number that came from an import and name its cells and files.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
@@ -58,6 +72,11 @@ DSE_QUANTITIES = {
 }
 SEPARABILITY_PARTS = ("dse_inter", "dse_intra_image", "dse_intra_batch")
 ID_COLUMNS = ("method", "epoch", "protocol", "dataset", "suite")
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".xlsx", ".xlsm", ".xls")
+SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}  # a text table's column separators, by name
+DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+\s*$")  # 0,39
+DECIMAL_POINT = re.compile(r"^\s*[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?\s*$")  # 0.39
+SCALES = (1.0, 100.0)  # --scale: 100 = the file's percentages are fractions; 1 = they are percentages, even <= 1
 
 
 class ImportError_(HarnessError):
@@ -116,13 +135,13 @@ def detect(path: Path) -> str:
             return "mmseg"
         if (path / "metrics.json").is_file():
             return "detectron2"
-    elif path.suffix in (".xlsx", ".xls"):
-        return "spreadsheet"
     elif path.name == "metrics.json":
         return "detectron2"
-    elif path.suffix in (".csv", ".parquet"):
-        head = path.read_text(errors="replace").splitlines()[0] if path.suffix == ".csv" else ""
-        return "spreadsheet" if re.search(r"Layer \d+ ", head) else "csv"
+    elif path.suffix in TABLE_SUFFIXES:
+        # the official spreadsheet has 'Layer <L> <quantity>' columns; any other table is read as a csv one
+        # (reading the header refuses an empty or unreadable file with its own message)
+        columns = _read_frame(path).columns
+        return "spreadsheet" if any(re.match(r"Layer \d+ ", str(c).strip()) for c in columns) else "csv"
     raise ImportError_(
         f"{path}: cannot tell its format (a dse-official tree, a .xlsx/.csv, an mmseg work "
         f"directory or a detectron2 metrics.json); give --format one of {', '.join(FORMATS)}"
@@ -132,6 +151,11 @@ def detect(path: Path) -> str:
 def _number(value, where: str) -> float:
     if isinstance(value, str) and not value.strip():
         raise ImportError_(f"{where}: empty; give a value or remove the row")
+    if isinstance(value, str) and DECIMAL_COMMA.match(value):
+        raise ImportError_(
+            f"{where}: {value!r} is not a number (a decimal comma?); write it with a decimal point, "
+            f"{value.strip().replace(',', '.')}"
+        )
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -154,6 +178,245 @@ def _epoch(value, where: str) -> int:
 def _empty(value) -> bool:
     """An empty cell of a table read as text (not a value; "nan" is a value, and refused)."""
     return value is None or not str(value).strip()
+
+
+def is_percent(metric: Metric) -> bool:
+    """A metric measured in percent (mIoU, aAcc, top-1, AP, ...): its kind declares its domain as [0, 100]."""
+    return metric.low == 0 and metric.high == 100
+
+
+def _rows_text(rows: list[int]) -> str:
+    return ", ".join(map(str, rows[:6])) + (f" ... {rows[-1]}" if len(rows) > 6 else "")
+
+
+def _values_text(values: list[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values[:5]) + (" ..." if len(values) > 5 else "")
+
+
+SCALE_FIX = "--scale 100 multiplies them by 100 (fractions); --scale 1 takes them as they are (percentages below 1)"
+
+
+def _percent_columns(path: Path, found: dict, scale: float | None) -> None:
+    """The percentages a table gives, by column: `found` maps (column, metric) -> [(row, value, item)].
+
+    With `scale` every value is multiplied by it (and the origin records the factor). Without, a column
+    whose non-zero values are all <= 1 is refused (fractions: 0.39 would be recorded as 0.39 %, and a drop
+    of 4 points as one of 0.04), and so is a column that mixes values <= 1 with percentages."""
+    if scale is not None:
+        for (_, name), hits in found.items():
+            for _, value, it in hits:
+                it.metrics[name] = value * scale
+                it.origins[name]["scale"] = scale
+        return
+    for (column, name), hits in found.items():
+        small = [(r, v) for r, v, _ in hits if 0 < v <= 1]
+        if not small:
+            continue
+        large = [(r, v) for r, v, _ in hits if v > 1]
+        col = f"column {column!r}" + ("" if column.strip().lower() == name.lower() else f" ({name})")
+        rows = ("rows " if len(small) > 1 else "row ") + _rows_text([r for r, _ in small])
+        values = _values_text([v for _, v in small])
+        if not large:
+            raise ImportError_(
+                f"{path}: {col} holds {name}, a percentage (0-100), but every value is <= 1 ({rows}: "
+                f"{values}): fractions? {SCALE_FIX}"
+            )
+        raise ImportError_(
+            f"{path}: {col} holds {name}, a percentage (0-100): {rows} hold values <= 1 ({values}) among "
+            f"percentages (row {large[0][0]}: {large[0][1]:g}): fractions mixed in? write them as percentages "
+            f"(or --scale 1 if they are percentages below 1)"
+        )
+
+
+def _fractions_in_evaluation(where: str, values: dict, writer: str) -> None:
+    """One logged evaluation whose percentages are all <= 1 (and not all 0): the log is not what its
+    writer writes (percentages), and which unit it holds is not a guess to make."""
+    flat = [x for v in values.values() for x in (v.values() if isinstance(v, dict) else [v])]
+    if flat and all(x <= 1 for x in flat) and any(x > 0 for x in flat):
+        shown = ", ".join(f"{k} {v:g}" for k, v in values.items() if not isinstance(v, dict))
+        raise ImportError_(
+            f"{where}: every percentage of this evaluation is <= 1 ({shown}) where {writer} writes "
+            f"percentages (0-100): fractions? {SCALE_FIX}"
+        )
+
+
+# --------------------------------------------------------------------------------------------- reading files
+
+
+def _text_of(path: Path) -> str:
+    """A text file's content, or a refusal saying why it holds no text to read."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ImportError_(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not raw:
+        raise ImportError_(f"{path}: the file is empty (0 bytes)")
+    if raw.startswith(b"PK\x03\x04"):
+        raise ImportError_(f"{path}: a zip archive, not text (an .xlsx workbook under another name? name it .xlsx)")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ImportError_(f"{path}: UTF-16 text; save it as UTF-8 (Excel: 'CSV UTF-8')")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ImportError_(
+            f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save it as UTF-8 "
+            f"(Excel: 'CSV UTF-8')"
+        ) from None
+    if "\x00" in text:
+        raise ImportError_(f"{path}: holds NUL bytes: not a text file")
+    if not text.strip():
+        bom = "a byte-order mark and " if raw.startswith(b"\xef\xbb\xbf") else ""
+        raise ImportError_(f"{path}: holds no text (only {bom}blank space)")
+    return text
+
+
+def _separator(path: Path, text: str) -> str:
+    """The column separator of a text table: the one its header splits on (comma, semicolon or tab); when
+    it splits on several, the one every row agrees with; refused when that is not clear."""
+    header = next(line for line in text.splitlines() if line.strip())
+    width = {s: len(next(csv.reader([header], delimiter=s))) for s in SEPARATORS}
+    fits = [s for s, n in width.items() if n > 1]
+    if len(fits) <= 1:
+        return fits[0] if fits else ","
+
+    def agrees(sep: str) -> bool:
+        try:
+            rows = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+            return all(len(r) == width[sep] for r in rows if any(f.strip() for f in r))
+        except csv.Error:
+            return False
+
+    agreed = [s for s in fits if agrees(s)]
+    if len(agreed) == 1:
+        return agreed[0]
+    names = " and ".join(f"{SEPARATORS[s]}s ({width[s]} columns)" for s in fits)
+    raise ImportError_(
+        f"{path}: its header splits on {names}; which one separates the columns is not clear: save it "
+        f"with one separator (commas) and quote values that hold it"
+    )
+
+
+def _ragged(path: Path, line: int, fields: list[str], header: list[str], sep: str) -> ImportError_:
+    n, width = len(fields), len(header)
+    shown = sep.join(fields)
+    shown = repr(shown if len(shown) <= 80 else shown[:77] + "...")
+    text = f"{path}:{line}: {n} fields where the header has {width} ({', '.join(header)}): {shown}"
+    comma = re.search(r"\d+,\d+", shown) if sep == "," else None
+    if n > width and comma:
+        return ImportError_(
+            f"{text}; an unquoted decimal comma ({comma.group(0)})? write numbers with a decimal point "
+            f"({comma.group(0).replace(',', '.')})"
+        )
+    if n > width:
+        return ImportError_(f"{text}; a value holding the {SEPARATORS[sep]}? quote it")
+    return ImportError_(
+        f"{text}; a missing value? fill it in, or keep its {SEPARATORS[sep]} (an empty field is left out and listed)"
+    )
+
+
+def _decimal_commas(path: Path, rows: list, sep: str, notes: list[str]) -> None:
+    """A semicolon- or tab-separated file may write decimals with a comma (0,39): read as 0.39, said in a
+    note; a file that writes both 0,39 and 0.41 is refused (which is the decimal separator is not clear)."""
+    commas = [(n, f) for n, r in rows for f in r if DECIMAL_COMMA.match(f)]
+    if not commas:
+        return
+    points = [(n, f) for n, r in rows for f in r if DECIMAL_POINT.match(f)]
+    if points:
+        raise ImportError_(
+            f"{path}: {SEPARATORS[sep]}-separated, with decimal commas (line {commas[0][0]}: {commas[0][1]!r}) "
+            f"and decimal points (line {points[0][0]}: {points[0][1]!r}): which is the decimal separator is "
+            f"not clear; write every number one way"
+        )
+    for n, r in rows:
+        r[:] = [f.replace(",", ".") if DECIMAL_COMMA.match(f) else f for f in r]
+    notes.append(
+        f"{path.name}: {len(commas)} number(s) with a decimal comma read as decimals (line {commas[0][0]}: "
+        f"{commas[0][1]!r} -> {commas[0][1].strip().replace(',', '.')})"
+    )
+
+
+def _csv_rows(path: Path, notes: list[str]) -> list[tuple[int, list[str]]]:
+    """(line, fields) of every non-blank row of a text table, the header first."""
+    text = _text_of(path)
+    sep = _separator(path, text)
+    if sep != ",":
+        notes.append(f"{path.name}: read as {SEPARATORS[sep]}-separated")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    rows = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise ImportError_(f"{path}:{reader.line_num}: not a readable table row ({e})") from None
+        if any(f.strip() for f in fields):  # blank lines are not rows
+            rows.append((start, fields))
+    header = rows[0][1]
+    for n, fields in rows[1:]:
+        if len(fields) > len(header) and not any(f.strip() for f in fields[len(header) :]):
+            del fields[len(header) :]  # trailing empty fields hold nothing
+        if len(fields) != len(header):
+            raise _ragged(path, n, fields, header, sep)
+    if sep != ",":
+        _decimal_commas(path, rows[1:], sep, notes)
+    return rows
+
+
+def _cell_text(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _xlsx_rows(path: Path, notes: list[str]) -> list[tuple[int, list[str]]]:
+    """(row, cells) of every non-blank row of a workbook's first sheet, as text; a formula cell is its
+    cached value, and one without a cached value is refused (it would read as empty)."""
+    if path.suffix == ".xls":
+        raise ImportError_(f"{path}: an Excel 97-2003 workbook (.xls); save it as .xlsx or export CSV")
+    import openpyxl
+
+    try:
+        values = openpyxl.load_workbook(path, data_only=True)
+        formulas = openpyxl.load_workbook(path, data_only=False)
+    except Exception as e:  # a damaged or foreign file: zip, XML and openpyxl's own errors
+        raise ImportError_(
+            f"{path}: not a readable .xlsx workbook ({type(e).__name__}: {e}); save it again from "
+            f"Excel/LibreOffice, or export CSV"
+        ) from None
+    sheet, written = values.worksheets[0], formulas.worksheets[0]
+    if len(values.worksheets) > 1:
+        notes.append(f"{path.name}: read its first sheet, {sheet.title!r} (of {len(values.worksheets)})")
+    rows = []
+    for n, row in enumerate(sheet.iter_rows(min_row=1, min_col=1, values_only=True), 1):
+        cells = []
+        for j, value in enumerate(row, 1):
+            if value is None and written.cell(row=n, column=j).data_type == "f":
+                cell = written.cell(row=n, column=j)
+                raise ImportError_(
+                    f"{path}: cell {cell.coordinate} holds a formula ({cell.value}) with no cached value (the "
+                    f"program that wrote the file did not compute it); open and save it in Excel/LibreOffice, "
+                    f"or export CSV"
+                )
+            cells.append(_cell_text(value))
+        if any(c.strip() for c in cells):
+            rows.append((n, cells))
+    if not rows:
+        raise ImportError_(f"{path}: its first sheet, {sheet.title!r}, is empty")
+    return rows
+
+
+def _parquet_rows(path: Path) -> list[tuple[int, list[str]]]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except ImportError as e:  # no Parquet engine installed
+        raise ImportError_(f"{path}: reading Parquet needs pyarrow ({e}); install it, or export CSV") from None
+    except Exception as e:  # pyarrow's errors for a damaged or foreign file
+        raise ImportError_(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    rows = [(1, [str(c) for c in frame.columns])]
+    rows += [(i + 2, [_cell_text(v) for v in r]) for i, r in enumerate(frame.astype(object).itertuples(False))]
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- readers
@@ -184,7 +447,7 @@ def read_dse_official(root: Path, method: str | None, layer: int, metrics_protoc
         if not epoch_dir or int(epoch_dir.group(1)) != int(re.search(r"(\d+)", f.stem).group(1)):
             raise ImportError_(f"{f}: expected epoch_<N>/metrics_epoch_<N>.txt")
         values, origins = {}, {}
-        for n, line in enumerate(f.read_text().splitlines(), 1):
+        for n, line in enumerate(_text_of(f).splitlines(), 1):
             if not line.strip():
                 continue
             lm = LINE.match(line)
@@ -227,34 +490,62 @@ def read_dse_official(root: Path, method: str | None, layer: int, metrics_protoc
 SHEET_COLUMN = re.compile(r"^Layer (?P<layer>\d+) (?P<quantity>.+)$")
 
 
-def _read_frame(path: Path):
+def _read_frame(path: Path, notes: list[str] | None = None):
     """Every cell as the text the file holds (no NaN guessing: an empty cell is "", a "nan" is "nan"),
-    refusing column names that differ only in case or surrounding spaces."""
+    indexed by the file's own row (a text file's line, a sheet's row; the header is row 1). Whatever
+    cannot be read as one table is refused naming the file, the line or cell, and the fix: an empty file,
+    a row with more or fewer fields than the header (an unquoted decimal comma), a separator that is not
+    clear, a formula without a cached value, column names that differ only in case or surrounding spaces,
+    a header without data rows. A semicolon- or tab-separated file is read as such (said in `notes`)."""
     import pandas as pd
 
-    if path.suffix in (".xlsx", ".xls"):
-        frame = pd.read_excel(path, dtype=str, keep_default_na=False)
+    path = Path(path)
+    notes = [] if notes is None else notes
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImportError_(f"{path}: cannot be read ({e.strerror or e})") from None
+    if size == 0:
+        raise ImportError_(f"{path}: the file is empty (0 bytes)")
+    if path.suffix in (".xlsx", ".xlsm", ".xls"):
+        rows = _xlsx_rows(path, notes)
     elif path.suffix == ".parquet":
-        frame = pd.read_parquet(path).astype(object).map(lambda v: "" if v is None else str(v))
+        rows = _parquet_rows(path)
     else:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        rows = _csv_rows(path, notes)
+    (header_row, header), data = rows[0], rows[1:]
+    keep = [j for j, name in enumerate(header) if name.strip() or any(r[j].strip() for _, r in data)]
+    for j in keep:
+        if not header[j].strip():
+            n, value = next((n, r[j]) for n, r in data if r[j].strip())
+            raise ImportError_(
+                f"{path}: column {j + 1} has no name in the header (row {header_row}) but holds values (row {n}: "
+                f"{value!r}); name it or remove it"
+            )
+    header = [header[j] for j in keep]
     seen: dict[str, str] = {}
-    for col in frame.columns:
-        key = str(col).strip().lower()
+    for col in header:
+        key = col.strip().lower()
         if key in seen:
             raise ImportError_(
-                f"{path}: columns {seen[key]!r} and {str(col)!r} differ only in case or spaces: which "
-                f"one holds the numbers is not clear; rename or remove one"
+                f"{path}: columns {seen[key]!r} and {col!r} "
+                + ("have the same name" if seen[key] == col else "differ only in case or spaces")
+                + ": which one holds the numbers is not clear; rename or remove one"
             )
-        seen[key] = str(col)
+        seen[key] = col
+    if not data:
+        raise ImportError_(f"{path}: no data rows (only the header: {', '.join(header)})")
+    frame = pd.DataFrame([[r[j] for j in keep] for _, r in data], columns=header, index=[n for n, _ in data])
+    frame.attrs["header_row"] = header_row
     return frame
 
 
 def read_spreadsheet(
     path: Path, method: str | None, layer: int, metrics_protocol: str, dataset: str
 ) -> tuple[list[Item], list[str]]:
-    frame = _read_frame(path)
-    notes, columns = [], {}
+    notes: list[str] = []
+    frame = _read_frame(path, notes)
+    columns = {}
     for col in frame.columns:
         name = str(col).strip()
         if name.lower() in ("epoch", "method"):
@@ -277,15 +568,22 @@ def read_spreadsheet(
     method_col = next((c for c in frame.columns if str(c).strip().lower() == "method"), None)
     if epoch_col is None:
         notes.append(f"{path.name}: no epoch column; rows numbered as the official code does: row i -> epoch (i+1)*10")
+        first = frame.attrs["header_row"] + 1
+        gap = next((first + k for k, n in enumerate(frame.index) if n != first + k), None)
+        if gap is not None:
+            raise ImportError_(
+                f"{path}: row {gap} is empty, and with no epoch column the rows are the epochs (row i -> epoch "
+                f"(i+1)*10): an empty row would shift every later epoch; add an epoch column or remove the row"
+            )
     items = []
-    for i, row in frame.iterrows():
-        where = f"{path}: row {i + 2}"  # the spreadsheet's own row number (header = row 1)
+    for pos, (i, row) in enumerate(frame.iterrows()):
+        where = f"{path}: row {i}"  # the spreadsheet's own row number (header = row 1)
         who = str(row[method_col]).strip() if method_col is not None else method
         if not who:
             raise ImportError_(f"{where}: no method (no 'method' column, and no --method)")
-        epoch = _epoch(row[epoch_col], where) if epoch_col is not None else (i + 1) * 10
+        epoch = _epoch(row[epoch_col], where) if epoch_col is not None else (pos + 1) * 10
         values = {metric: _number(row[col], f"{where}, column {str(col)!r}") for col, metric in columns.items()}
-        origins = {metric: {"file": str(path), "row": i + 2, "column": str(col)} for col, metric in columns.items()}
+        origins = {metric: {"file": str(path), "row": i, "column": str(col)} for col, metric in columns.items()}
         items.append(Item(metrics_protocol, dataset, who, epoch, values, origins, {"layer": layer}))
     return items, notes
 
@@ -329,9 +627,13 @@ class Target:
         return fits[0]
 
 
-def read_table(path: Path, method: str | None, target: Target, dataset: str | None) -> tuple[list[Item], list[str]]:
-    """Wide (one column per metric) or long (`metric`, `value`) tables."""
-    frame = _read_frame(path)
+def read_table(
+    path: Path, method: str | None, target: Target, dataset: str | None, *, scale: float | None = None
+) -> tuple[list[Item], list[str]]:
+    """Wide (one column per metric) or long (`metric`, `value`) tables. A percentage's column whose values
+    are all <= 1 is refused unless `scale` (100: fractions; 1: percentages) says what they are."""
+    notes: list[str] = []
+    frame = _read_frame(path, notes)
     cols = {str(c).strip().lower(): c for c in frame.columns}
     long = {"metric", "value"} <= set(cols)
     if "epoch" not in cols:
@@ -349,9 +651,9 @@ def read_table(path: Path, method: str | None, target: Target, dataset: str | No
                 f"{path}: unknown column(s) {unknown}; expected {', '.join(ID_COLUMNS)} or a metric of "
                 f"the suite's protocols ({', '.join(known)})"
             )
-    items, empty = [], []
+    items, empty, percents = [], [], {}
     for i, row in frame.iterrows():
-        where = f"{path}: row {i + 2}"
+        where = f"{path}: row {i}"
         get = lambda name: str(row[cols[name]]).strip() if name in cols and str(row[cols[name]]).strip() else None
         who = get("method") or method
         if who is None:
@@ -366,7 +668,7 @@ def read_table(path: Path, method: str | None, target: Target, dataset: str | No
             if not name:
                 raise ImportError_(f"{where}: no metric name in column 'metric'")
             if _empty(raw):
-                empty.append(f"row {i + 2} {name}")
+                empty.append(f"row {i} {name}")
                 continue
             proto, metric = target.resolve(name, get("protocol"), f"{where}, column {column!r}")
             if proto is None:
@@ -378,31 +680,29 @@ def read_table(path: Path, method: str | None, target: Target, dataset: str | No
                     f"{where}: {name} is a result of protocol '{proto}': give a 'dataset' column or --dataset"
                 )
             value = _number(raw, f"{where}, column {column!r}")
-            items.append(
-                Item(
-                    proto,
-                    ds,
-                    who,
-                    epoch,
-                    {metric.name: value},
-                    {metric.name: {"file": str(path), "row": i + 2, "column": column}},
-                )
-            )
-    notes = (
-        [
+            origin = {"file": str(path), "row": i, "column": column}
+            items.append(Item(proto, ds, who, epoch, {metric.name: value}, {metric.name: origin}))
+            if is_percent(metric):
+                percents.setdefault((column, metric.name), []).append((i, value, items[-1]))
+    if scale is not None and not percents:
+        names = sorted({n for it in items for n in it.metrics})
+        raise ImportError_(
+            f"{path}: --scale applies to percentages (mIoU, top-1, AP, ...); this file gives none "
+            f"({', '.join(names) or 'no values'})"
+        )
+    _percent_columns(path, percents, scale)
+    if empty:
+        notes.append(
             f"{path.name}: {len(empty)} empty cell(s) are not values and were left out: "
             + ", ".join(empty[:8])
             + (" ..." if len(empty) > 8 else "")
-        ]
-        if empty
-        else []
-    )
+        )
     return items, notes
 
 
 def _json_lines(f: Path) -> list[tuple[int, dict]]:
     out = []
-    for n, line in enumerate(f.read_text().splitlines(), 1):
+    for n, line in enumerate(_text_of(f).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -445,9 +745,12 @@ def read_mmseg(
     protocol: str,
     num_classes: int | None,
     take: str | None,
+    *,
+    scale: float | None = None,
 ) -> list[Item]:
     """A validation mIoU of one mmseg run: 1.x vis_data/scalars.json (percent) or 0.x <stamp>.log.json
-    (fractions, as UDI's and iBOT's logs)."""
+    (fractions, as UDI's and iBOT's logs: read x 100). `scale` overrides what the format says; a 1.x log
+    whose percentages are all <= 1 is refused without it."""
     if method is None or epoch is None or dataset is None:
         raise ImportError_(
             f"{root}: an mmseg work directory does not say which checkpoint it evaluated: give "
@@ -470,16 +773,18 @@ def read_mmseg(
         evals,
         take,
         lambda e: e.get("step", e.get("iter")),
-        lambda e: float(e["mIoU"]),
+        lambda e: _number(e["mIoU"], f"{f}, iteration {e.get('step', e.get('iter'))}, mIoU"),
         "no validation entry with mIoU",
     )
-    scale = 100.0 if f.name.endswith(".log.json") and float(last["mIoU"]) <= 1.0 else 1.0  # 0.x logs fractions
     where = f"{f}:{line_no}"
-    values = {"mIoU": _number(last["mIoU"], where) * scale}
+    miou = _number(last["mIoU"], f"{where}, mIoU")
+    fractions = f.name.endswith(".log.json") and miou <= 1.0  # 0.x logs fractions
+    factor = scale if scale is not None else 100.0 if fractions else 1.0
+    values = {"mIoU": miou * factor}
     for k in ("aAcc", "mAcc"):
         if k in last:
-            values[k] = _number(last[k], where) * scale
-    per_class = {k[4:]: _number(v, where) * scale for k, v in last.items() if k.startswith("IoU.")}
+            values[k] = _number(last[k], f"{where}, {k}") * factor
+    per_class = {k[4:]: _number(v, f"{where}, {k}") * factor for k, v in last.items() if k.startswith("IoU.")}
     if per_class:
         if num_classes and len(per_class) != num_classes:
             raise ImportError_(
@@ -487,16 +792,25 @@ def read_mmseg(
                 f"'{dataset}' has {num_classes}: a run on another dataset or class set"
             )
         values["IoU"] = per_class
-    details = {
-        "mmseg_log": "1.x" if f.name == "scalars.json" else "0.x",
-        "iteration": last.get("step", last.get("iter")),
-    }
-    return [_logged_item(protocol, dataset, method, epoch, values, f, line_no, details)]
+    version = "1.x" if f.name == "scalars.json" else "0.x"
+    if scale is None and factor == 1.0:
+        _fractions_in_evaluation(where, values, f"mmseg {version}")
+    details = {"mmseg_log": version, "iteration": last.get("step", last.get("iter"))}
+    return [_logged_item(protocol, dataset, method, epoch, values, f, line_no, details, factor)]
 
 
 def read_detectron2(
-    path: Path, method: str | None, epoch: int | None, dataset: str | None, protocol: str, take: str | None
+    path: Path,
+    method: str | None,
+    epoch: int | None,
+    dataset: str | None,
+    protocol: str,
+    take: str | None,
+    *,
+    scale: float | None = None,
 ) -> list[Item]:
+    """bbox / segm AP of one evaluation (percentages, as detectron2's COCOEvaluator writes them: an
+    evaluation whose APs are all <= 1 is refused unless `scale` says what they are)."""
     if method is None or epoch is None or dataset is None:
         raise ImportError_(
             f"{path}: a detectron2 metrics.json does not say which checkpoint it evaluated: give "
@@ -509,23 +823,30 @@ def read_detectron2(
         evals,
         take,
         lambda e: e.get("iteration"),
-        lambda e: float(e.get("segm/AP", e.get("bbox/AP"))),
+        lambda e: _number(e.get("segm/AP", e.get("bbox/AP")), f"{f}, iteration {e.get('iteration')}, AP"),
         "no evaluation line (bbox/AP, segm/AP)",
     )
     where = f"{f}:{line_no}"
+    factor = 1.0 if scale is None else scale
     values = {
-        f"{kind}_{name}": _number(last[f"{kind}/{name}"], where)
+        f"{kind}_{name}": _number(last[f"{kind}/{name}"], f"{where}, {kind}/{name}") * factor
         for kind in ("bbox", "segm")
         for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
         if f"{kind}/{name}" in last
     }
-    return [_logged_item(protocol, dataset, method, epoch, values, f, line_no, {"iteration": last.get("iteration")})]
+    if scale is None:
+        _fractions_in_evaluation(where, values, "detectron2's COCOEvaluator")
+    details = {"iteration": last.get("iteration")}
+    return [_logged_item(protocol, dataset, method, epoch, values, f, line_no, details, factor)]
 
 
-def _logged_item(protocol, dataset, method, epoch, values: dict, f: Path, line_no: int, details: dict) -> Item:
-    """One evaluation read from one line of a training log: every value's origin is that line."""
-    origin = {"file": str(f), "line": line_no}
-    return Item(protocol, dataset, method, int(epoch), values, {k: origin for k in values}, details)
+def _logged_item(
+    protocol, dataset, method, epoch, values: dict, f: Path, line_no: int, details: dict, scale: float = 1.0
+) -> Item:
+    """One evaluation read from one line of a training log: every value's origin is that line (and the
+    factor its values were multiplied by, when not 1)."""
+    origin = {"file": str(f), "line": line_no, **({"scale": scale} if scale != 1.0 else {})}
+    return Item(protocol, dataset, method, int(epoch), values, {k: dict(origin) for k in values}, details)
 
 
 # --------------------------------------------------------------------------------------------- the command
@@ -595,8 +916,11 @@ def plan_import(
     replace: bool = False,
     take: str | None = None,
     allow_outside_grid: bool = False,
+    scale: float | None = None,
 ) -> ImportPlan:
-    """Read and check everything; raise ImportError_ on the first problem (nothing is written here)."""
+    """Read and check everything; raise ImportError_ on the first problem (nothing is written here).
+    `scale` (`--scale`): what the file's percentages are, 100 = fractions (multiplied by 100), 1 =
+    percentages even when all <= 1; without it such a column (or log evaluation) is refused."""
     path = Path(path)
     if not path.exists():
         raise ImportError_(f"{path} does not exist")
@@ -608,6 +932,13 @@ def plan_import(
         reg.method(method)
     if take is not None and fmt not in ("mmseg", "detectron2"):
         raise ImportError_(f"--take applies to mmseg and detectron2 logs, not to a {fmt} file")
+    if scale is not None and scale not in SCALES:
+        raise ImportError_(
+            f"--scale {scale:g}: expected 100 (the file's percentages are fractions: 0.39 -> 39) or 1 (they are "
+            f"percentages, even those <= 1)"
+        )
+    if scale is not None and fmt in ("dse-official", "spreadsheet"):
+        raise ImportError_(f"--scale applies to percentages (mIoU, top-1, AP, ...); a {fmt} file gives DSE values")
     if fmt in ("dse-official", "spreadsheet"):
         metrics_protocol = one_protocol_of(protos, (METRICS_KIND,), suite, protocol, "DSE scores")
         ds = next(d for e in s.grid if e.protocol == metrics_protocol for d in e.datasets)
@@ -621,7 +952,7 @@ def plan_import(
     elif fmt == "csv":
         metrics_protos = [p for p, k in protos.items() if k == METRICS_KIND]
         metrics_dataset = next((d for e in s.grid if e.protocol in metrics_protos[:1] for d in e.datasets), "imagenet")
-        items, notes = read_table(path, method, Target(suite, protos, metrics_dataset, protocol), dataset)
+        items, notes = read_table(path, method, Target(suite, protos, metrics_dataset, protocol), dataset, scale=scale)
     elif fmt == "mmseg":
         proto = one_protocol_of(
             protos,
@@ -631,7 +962,7 @@ def plan_import(
             "an mmseg run's mIoU",
         )
         num_classes = reg.dataset(dataset).num_classes if dataset in reg.datasets else None
-        items = read_mmseg(path, method, epoch, dataset, proto, num_classes, take)
+        items = read_mmseg(path, method, epoch, dataset, proto, num_classes, take, scale=scale)
     elif fmt == "detectron2":
         proto = one_protocol_of(
             protos,
@@ -640,7 +971,7 @@ def plan_import(
             protocol,
             "a detectron2 run's AP",
         )
-        items = read_detectron2(path, method, epoch, dataset, proto, take)
+        items = read_detectron2(path, method, epoch, dataset, proto, take, scale=scale)
     else:
         raise ImportError_(f"--format {fmt!r}: expected auto or one of {', '.join(FORMATS)}")
     merged = merge_items(items)
@@ -689,6 +1020,9 @@ def _check_value(it: Item, metric: Metric | None, name: str, value, kind: str, n
                 if metric.high == 1 and v > 1
                 else ""
             )
+            factor = it.origins[name].get("scale")
+            if factor is not None:
+                hint += f" (read as the file's {v / factor:g} x {factor:g})"
             raise ImportError_(f"{where}: {name} = {v!r} is outside its domain, {metric.domain_text()}{hint}")
 
 
