@@ -680,6 +680,7 @@ def _import(reg: Registry, args, results: Path) -> int:
             replace=args.replace,
             take=args.take,
             allow_outside_grid=args.allow_outside_grid,
+            scale=args.scale,
         )
     except ImportError_ as e:
         print(f"sdd import: {e}\nnothing was imported", file=sys.stderr)
@@ -787,6 +788,13 @@ def _import_parser(sub, results) -> None:
     )
     p.add_argument(
         "--take", help="mmseg / detectron2 logs with several evaluations: which one (last, best, or 'iter N')"
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="the file's percentages (mIoU, top-1, AP, ...): 100 = given as fractions (0.39 -> 39), "
+        "1 = percentages even if all <= 1",
     )
     p.add_argument(
         "--allow-outside-grid",

@@ -1124,8 +1124,19 @@ def _with_separability(metrics: dict, sources: dict) -> None:
 
 
 def write_import(plan: ImportPlan, reg: Registry, suite: str, results: Path) -> list[Path]:
-    """Every record of the plan, merged into what earlier imports wrote, written atomically (after
-    everything was checked)."""
+    """Every record of the plan, merged into what earlier imports wrote, after everything was checked; all of
+    them together or none (a full disk or Ctrl-C leaves the earlier records as they were: the same command
+    then imports again). The caller holds the suite's lock from `plan_import` on (`sdd import` does), so no
+    other writer changes the records the plan merged into."""
+    from harness.atomic import FileSet
+
+    with FileSet(Path(results) / suite) as files:
+        written = _write_items(plan, reg, suite, Path(results), files)
+    plan.written = written
+    return written
+
+
+def _write_items(plan: ImportPlan, reg: Registry, suite: str, results: Path, files) -> list[Path]:
     shas: dict[str, str] = {}
     written = []
     at = records.now()
@@ -1157,7 +1168,6 @@ def write_import(plan: ImportPlan, reg: Registry, suite: str, results: Path) -> 
             "metrics": metrics,
             "details": {**(old.get("details") or {}), **it.details},
         }
-        records.write_record(target, rec)
+        files.json(target, rec)
         written.append(target)
-    plan.written = written
     return written

@@ -127,8 +127,8 @@ def checked_suite_dir(results: Path | str, suite: str, *, create: bool = True) -
 # ------------------------------------------------------------------------------------------------------------
 # the lock
 
-_HELD: dict[str, int] = {}  # lock path -> depth, for this process
-_HELD_GUARD = threading.Lock()
+_HELD: dict[tuple[str, int], int] = {}  # (lock path, thread) -> depth: re-entrant within a thread; another
+_HELD_GUARD = threading.Lock()  # thread of the same process waits for the flock like another process
 
 
 def _holder(fd: int) -> str:
@@ -183,7 +183,7 @@ def suite_lock(results: Path | str, suite: str, what: str, *, wait_s: float | No
     the checked suite folder. Re-entrant within a process."""
     d = checked_suite_dir(results, suite)
     path = d / LOCK
-    key = os.path.realpath(path)
+    key = (os.path.realpath(path), threading.get_ident())
     with _HELD_GUARD:
         if _HELD.get(key):
             _HELD[key] += 1
@@ -224,4 +224,4 @@ def suite_lock(results: Path | str, suite: str, what: str, *, wait_s: float | No
 
 def holds_lock(results: Path | str, suite: str) -> bool:
     """Whether this process holds suite `suite`'s lock now."""
-    return bool(_HELD.get(os.path.realpath(Path(results) / suite / LOCK)))
+    return bool(_HELD.get((os.path.realpath(Path(results) / suite / LOCK), threading.get_ident())))

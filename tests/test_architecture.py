@@ -237,3 +237,25 @@ def test_no_function_is_longer_than_a_screen():
                 if n > 80 and (str(path.relative_to(ROOT)), node.name) not in NUMERIC_KERNELS:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.name} ({n} lines)")
     assert not long, "functions over 80 lines (outside numeric kernels):\n" + "\n".join(long)
+
+
+# what writes a file in place: only harness/atomic.py may (the generated mini datasets and a cell's
+# append-only log are not results: they are named here with the reason)
+_WRITES = re.compile(r"\.write_text\(|\.write_bytes\(|torch\.save\(|\.savefig\([^t]|open\([^)]*[\"'][wax]b?[\"']")
+_MAY_WRITE = {
+    "harness/atomic.py": "the one writer",
+    "harness/mini/generate.py": "the mini world's datasets (inputs; the world's marker is written last, atomically)",
+    "harness/jobs/__init__.py": "a cell's log, appended line by line while its job runs",
+}
+
+
+def test_every_file_the_harness_writes_goes_through_the_atomic_writer():
+    hits = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        if rel in _MAY_WRITE:
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if _WRITES.search(line) and "tmp" not in line:
+                hits.append(f"{rel}:{i}: {line.strip()}")
+    assert not hits, "written in place (use harness.atomic):\n" + "\n".join(hits)
