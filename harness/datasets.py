@@ -126,8 +126,9 @@ def check_layout(ds: DatasetSpec, splits=("train", "val")) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Every file a job reads is checked before it trains: lists not empty, images readable and whole,
 # label maps single-channel, of their image's size, with values that are class ids or the ignore
-# index. Each problem names its file. The verdict on a split is cached against the listing's sizes
-# and modification times, so the paper's 4,680 probe cells read each dataset's label maps once.
+# index. Each problem names its file. The verdict on a split is cached against the dataset's spec, the code
+# of the checks and what `stat` says of every file listed (`stat_stamp`), so the paper's 4,680 probe cells
+# read each dataset's label maps once, and a file replaced after a check is checked again.
 
 _PROBLEMS_SHOWN = 10
 
@@ -268,16 +269,64 @@ def _no_duplicates(names: list[str], listing: Path, what: str) -> None:
         )
 
 
-def _listing_key(ds: DatasetSpec, split: str, files: list[Path]) -> str:
+def stat_stamp(files, root: Path | None = None) -> str:
+    """SHA-256 (16 hex digits) of what `stat` says of each file -- its path (relative to `root` when given,
+    with `root` itself resolved), size, modification time, change time and inode -- in the given order.
+
+    What a cache entry computed from files is keyed by: a file replaced by another (even of the same size,
+    under the same name, with its modification time set back) changes it, because the kernel sets the change
+    time to the present on every write, rename and `touch`, and nothing sets it back. A copy elsewhere, a
+    `chmod` or a `touch` change it too: those cost a recomputation, never a wrong number."""
     import hashlib
 
-    h = hashlib.sha256(ds.model_dump_json().encode() + split.encode())
+    h = hashlib.sha256()
+    if root is not None:
+        h.update(f"root\t{os.path.realpath(root)}\n".encode())
     for f in files:
+        name = Path(f).relative_to(root).as_posix() if root is not None else os.path.abspath(f)
         try:
             st = os.stat(f)
-            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            h.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}\t{st.st_ino}\n".encode())
         except OSError:
-            h.update(f"{f}:missing\n".encode())
+            h.update(f"{name}\tmissing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def source_digest(*objects) -> str:
+    """SHA-256 (16 hex digits) of the source code of modules, classes or functions: the version of the code
+    a cache entry was computed with (a change of it, even a comment, costs a recomputation)."""
+    import hashlib
+    import inspect
+
+    h = hashlib.sha256()
+    for obj in objects:
+        try:
+            h.update(inspect.getsource(obj).encode())
+        except (OSError, TypeError):  # no source here (a frozen install): the object's name and repr
+            h.update(f"{getattr(obj, '__qualname__', '')}{obj!r}".encode())
+    return h.hexdigest()[:16]
+
+
+_CHECK_CODE: list[str] = []
+
+
+def _check_code() -> str:
+    """The version of the checks whose verdicts `verify_segmentation` caches (computed once per process)."""
+    if not _CHECK_CODE:
+        code = source_digest(
+            segmentation_pairs, _no_duplicates, _label_problems, _image_size, _mode_problem, read_label_png
+        )
+        _CHECK_CODE.append(f"{code}:{','.join(sorted(DECODABLE_MODES))}")
+    return _CHECK_CODE[0]
+
+
+def _listing_key(ds: DatasetSpec, split: str, files: list[Path]) -> str:
+    """What a split's check verdict depends on: the dataset's spec (classes, ignore index, suffixes, its
+    root), the split, the code of the checks, and the stat of every file listed (`stat_stamp`)."""
+    import hashlib
+
+    h = hashlib.sha256(ds.model_dump_json().encode() + split.encode() + _check_code().encode())
+    h.update(stat_stamp(files).encode())
     return h.hexdigest()[:16]
 
 
@@ -300,7 +349,8 @@ def _raise_problems(ds: DatasetSpec, split: str, problems: list[str], checked: i
 
 def verify_segmentation(ds: DatasetSpec, root: Path, split: str) -> dict:
     """Check every (image, label map) pair a segmentation job will read; raise DatasetError naming each
-    bad file. Returns {"pairs", "cache"} ("hit" when this exact listing was checked before)."""
+    bad file. Returns {"pairs", "cache"} ("hit" when these very files, by `stat_stamp`, were checked before
+    by the same code)."""
     from harness.atomic import write_json
     from harness.records import cache_root
 
@@ -400,9 +450,11 @@ def verify_coco(ds: DatasetSpec, root: Path, split: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# What a cell read: a split's files by relative path and size. A record keeps this fingerprint; when the
-# split's files change (fixed, added, removed) its cells become stale, with the reason. It does not
-# depend on where the data sits (a copied dataset keeps it) nor on modification times.
+# What a cell read: a split's files by relative path and size (`digest`), and with their modification times
+# (`times`). A record keeps this fingerprint; when the split's files change (fixed, added, removed) its cells
+# become stale, with the reason. `digest` does not depend on where the data sits (a copied dataset keeps it);
+# where the data sits where the record read it, `times` tells files rewritten in place with others of the
+# same sizes (a replaced image of a fixed-size format) from untouched ones.
 
 DATA_NOT_FOUND = "its data is not found here"
 # per process, for a minute: a plan of thousands of cells lists each split once; `status --watch` sees a
@@ -415,12 +467,24 @@ def forget_fingerprints() -> None:
     _FINGERPRINTS.clear()
 
 
+# What an image-folder reader takes for an image whatever the dataset's `img_suffix` says (torchvision's
+# ImageFolder, the metrics job's image list: any case): a split's fingerprint lists them too, so that a
+# record follows every image its job may have read (ImageNet's *.JPEG under a dataset file that left
+# `img_suffix` at its default, .jpg, were read but not fingerprinted).
+READ_AS_IMAGES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
 def _split_files(ds: DatasetSpec, root: Path, split: str) -> list[Path]:
     s = ds.splits[split]
     out = []
-    for folder, suffix in ((s.img_dir, ds.img_suffix), (s.ann_dir, ds.seg_map_suffix)):
-        if folder and (root / folder).is_dir():
-            out += [p for p in (root / folder).rglob(f"*{suffix}") if p.is_file()]
+    if s.img_dir and (root / s.img_dir).is_dir():
+        out += [
+            p
+            for p in (root / s.img_dir).rglob("*")
+            if (p.name.endswith(ds.img_suffix) or p.suffix.lower() in READ_AS_IMAGES) and p.is_file()
+        ]
+    if s.ann_dir and (root / s.ann_dir).is_dir():
+        out += [p for p in (root / s.ann_dir).rglob(f"*{ds.seg_map_suffix}") if p.is_file()]
     out += [root / f for f in (s.split_file, s.ann_file) if f and (root / f).is_file()]
     out += [root / s.img_dir / f for f in s.files if (root / s.img_dir / f).is_file()]
     return sorted(set(out))
@@ -492,9 +556,10 @@ def read_cifar(ds: DatasetSpec, split: str):
 
 
 def split_fingerprint(ds: DatasetSpec, split: str) -> dict:
-    """{"root", "files", "digest"} of a split: the SHA-256 (16 hex digits) of its files' relative paths and
-    sizes (images, annotations, split and annotation files). Raises DatasetError when the root is not
-    there. Computed once per process and split."""
+    """{"root", "files", "digest", "times"} of a split: `digest` is the SHA-256 (16 hex digits) of its files'
+    relative paths and sizes (images, annotations, split and annotation files), `times` the same with their
+    modification times. Raises DatasetError when the root is not there. Computed once per process and split
+    (for a minute)."""
     import hashlib
 
     root = root_of(ds)
@@ -505,15 +570,18 @@ def split_fingerprint(ds: DatasetSpec, split: str) -> dict:
     key = (str(root.resolve()), split, ds.model_dump_json())
     held = _FINGERPRINTS.get(key)
     if held is None or time.monotonic() - held[0] > FINGERPRINT_TTL_S:
-        h, n = hashlib.sha256(), 0
+        h, times, n = hashlib.sha256(), hashlib.sha256(), 0
         for f in _split_files(ds, root, split):
             try:
-                size = f.stat().st_size
+                st = f.stat()
             except OSError:
                 continue
-            h.update(f"{f.relative_to(root).as_posix()}\t{size}\n".encode())
+            line = f"{f.relative_to(root).as_posix()}\t{st.st_size}"
+            h.update(f"{line}\n".encode())
+            times.update(f"{line}\t{st.st_mtime_ns}\n".encode())
             n += 1
-        _FINGERPRINTS[key] = (time.monotonic(), {"root": str(root), "files": n, "digest": h.hexdigest()[:16]})
+        fp = {"root": str(root), "files": n, "digest": h.hexdigest()[:16], "times": times.hexdigest()[:16]}
+        _FINGERPRINTS[key] = (time.monotonic(), fp)
     return _FINGERPRINTS[key][1]
 
 
@@ -531,5 +599,13 @@ def data_change(ds: DatasetSpec, recorded: dict) -> str | None:
             return (
                 f"the data it read changed: dataset '{ds.name}' split '{split}' ({fp.get('files')} -> "
                 f"{now['files']} files, digest {fp['digest']} -> {now['digest']})"
+            )
+        # the same names and sizes where the record read them, but not the same modification times: files
+        # rewritten in place (a record from before `times`, or data read from elsewhere, is judged as above)
+        if "times" in fp and fp.get("root") == now["root"] and fp["times"] != now["times"]:
+            return (
+                f"the data it read changed: dataset '{ds.name}' split '{split}' under {now['root']} has the same "
+                f"{now['files']} files of the same sizes, but files were rewritten since (modification times "
+                f"{fp['times']} -> {now['times']}): replaced by others of the same size, or touched"
             )
     return None

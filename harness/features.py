@@ -9,6 +9,12 @@
   features to float16 raised M_dim by up to 1.4% on rank-deficient features, so the cache stores float32
   and a cache hit gives bit-identical metrics.
 - `extract_views`: image-level embeddings of q augmented views per image, for LiDAR.
+
+The feature cache is keyed by everything the features were computed from (`cache_inputs`): the caller's key
+(the checkpoint's SHA-256 and the method's loader), the resolved image root, the image list, what `stat`
+says of every image read (`harness.datasets.stat_stamp`: an image replaced, even by one of the same size,
+is another entry), the transform, the forward precision, and the code that computes them (this module, the
+model factory and checkpoint loader, image decoding, the versions of torch, torchvision, timm and Pillow).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 import torch
 
 from harness.atomic import save_tensors
-from harness.datasets import IMAGENET_MEAN, IMAGENET_STD, open_rgb
+from harness.datasets import IMAGENET_MEAN, IMAGENET_STD, open_rgb, source_digest, stat_stamp
 from harness.records import cache_root
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -113,6 +119,44 @@ def maybe_autocast(device: str, dtype: torch.dtype | None):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+_CODE: list[str] = []
+
+
+def features_code() -> str:
+    """The version of the code that turns a checkpoint and images into features: the source of this module,
+    of the model factory and the checkpoint loader, of image decoding, and the libraries' versions."""
+    if not _CODE:
+        import sys
+
+        import PIL
+        import timm
+        import torchvision
+
+        from harness.datasets import _mode_problem
+        from harness.models import archs, checkpoints
+
+        code = source_digest(sys.modules[__name__], archs, checkpoints, open_rgb, _mode_problem)
+        libs = f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}"
+        _CODE.append(f"{code} ({libs}, Pillow {PIL.__version__})")
+    return _CODE[0]
+
+
+def cache_inputs(images: ImageList, resize: int, crop: int, precision: str) -> dict:
+    """What cached features were computed from, besides the backbone (the caller's key): the images (their
+    resolved root, list and every file's `stat`), the transform, the precision and the code."""
+    import os
+
+    return {
+        "root": os.path.realpath(images.root),
+        "images": images.hash,
+        "seed": images.seed,
+        "files": stat_stamp([images.root / p for p in images.paths], images.root),
+        "transform": repr(eval_transform(resize, crop)),
+        "precision": precision,
+        "code": features_code(),
+    }
+
+
 @torch.no_grad()
 def extract_dense(
     backbone,
@@ -130,19 +174,28 @@ def extract_dense(
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(dense [images, tokens, d], embeddings [images, d], how they were obtained), float32 on the CPU.
     The backbone runs on `device` (under autocast to `autocast` when given); `num_workers` processes
-    decode and crop, into pinned memory when the device is a GPU. The cache key must cover everything
-    that changes the features; the file name adds the image list, the transform and the precision."""
-    path = None
+    decode and crop, into pinned memory when the device is a GPU. `cache_key` must cover the backbone (the
+    checkpoint's content and how it is loaded); the entry is keyed besides by `cache_inputs` (the images'
+    root, list and stat, the transform, the precision, the code), which the cached file also holds: a file
+    whose inputs are not these is recomputed, never used."""
+    path = inputs = None
     if cache_key is not None:
+        import hashlib
+        import json
+
         precision = "float32" if autocast is None else str(autocast).removeprefix("torch.")
-        name = f"{cache_key}_{images.hash}_{resize}_{crop}_{precision}.pt"
+        inputs = cache_inputs(images, resize, crop, precision)
+        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+        name = f"{cache_key}_{images.hash}_{resize}_{crop}_{precision}_{digest}.pt"
         path = Path(cache_dir or cache_root() / "features") / name
         if path.is_file():
             try:
                 cached = torch.load(path, map_location="cpu", weights_only=True)
-                return cached["features"], cached["embeddings"], {"cache": "hit", "path": str(path)}
+                if cached.get("inputs") == inputs:
+                    return cached["features"], cached["embeddings"], {"cache": "hit", "path": str(path)}
             except Exception:  # a torn or older cache file is recomputed, never trusted
-                path.unlink(missing_ok=True)
+                pass
+            path.unlink(missing_ok=True)
     backbone.eval()
     cuda = torch.device(device).type == "cuda"
     loader = torch.utils.data.DataLoader(
@@ -162,7 +215,7 @@ def extract_dense(
     feats, embeddings = torch.cat(dense), torch.cat(emb)
     info = {"cache": "miss" if path else "off"}
     if path is not None:
-        save_tensors({"features": feats, "embeddings": embeddings}, path)
+        save_tensors({"features": feats, "embeddings": embeddings, "inputs": inputs}, path)
         info["path"] = str(path)
     return feats, embeddings, info
 

@@ -325,6 +325,39 @@ class SuiteEntry(Spec):
     methods: tuple[str, ...] | Literal["all"] = "all"
     epochs: Literal["all", "last"] | tuple[int, ...] = "all"
 
+    # An explicit epoch list gets the checks a method file's list has: integers (a YAML `true` is not epoch
+    # 1, nor "20" epoch 20), at least one (an empty list would drop the protocol from the suite), none below
+    # 0, strictly increasing without duplicates (a repeated epoch would plan and run its cell twice). Whether
+    # each method has those epochs is checked against the method files (`_check_suite`).
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs_shape(cls, v):
+        if isinstance(v, str):
+            return v  # `all` or `last`; anything else is named by the literal's own message
+        if isinstance(v, (list, tuple)):
+            bad = [f"item {i}: {x!r}" for i, x in enumerate(v) if isinstance(x, bool) or not isinstance(x, int)]
+            if bad:
+                raise ValueError(f"epochs must be integers ({'; '.join(bad)}); write e.g. [10, 20, 30]")
+            if not v:
+                raise ValueError(
+                    "no epochs: an empty list would drop this protocol from the suite; give the epochs to run, "
+                    "`all` or `last` (or remove the grid entry)"
+                )
+            if any(e < 0 for e in v):
+                negative = [e for e in v if e < 0]
+                raise ValueError(f"epochs must be >= 0 (epoch 0 is the initialisation); {negative} are not")
+            twice = sorted({e for e in v if list(v).count(e) > 1})
+            if twice:
+                raise ValueError(
+                    f"epochs {twice} listed twice: each would plan and run its cell again; write {sorted(set(v))}"
+                )
+            if list(v) != sorted(v):
+                raise ValueError(f"epochs must be strictly increasing without duplicates; write {sorted(v)}")
+            return tuple(v)
+        if isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"a single epoch must be a list: write [{v}]")
+        raise ValueError("expected `all`, `last` or a list of epochs like [10, 20, 30]")
+
 
 class SuiteSpec(Spec):
     name: str

@@ -23,9 +23,10 @@ from harness.models.checkpoints import load_backbone
 
 
 def feature_cache_key(cell, checkpoint: Path) -> str:
-    """What the cached features depend on: the fingerprint of the checkpoint file that was loaded and
-    everything that turns it into a backbone (architecture, its arguments, the state-dict rule). Image
-    list, layer and preprocessing are added by `extract_dense`."""
+    """The backbone's part of the feature cache's key: the content (SHA-256) of the checkpoint file that was
+    loaded and everything that turns it into a backbone (architecture, its arguments, the state-dict rule).
+    The data's part -- the resolved image root, the image list and what `stat` says of every image read --
+    and the transform, the precision and the code are added by `extract_dense` (`features.cache_inputs`)."""
     fp = file_fingerprint(checkpoint)
     if fp is None:
         raise FileNotFoundError(f"checkpoint {checkpoint} disappeared while the job ran")
@@ -80,8 +81,7 @@ def run(cell, ctx) -> JobResult:
     t0 = time.perf_counter()
     loaded = load_backbone(cell.method, cell.epoch, registry=ctx.registry)
     params = ctx.params
-    precision = params.precision or "float32"
-    key = f"{feature_cache_key(cell, loaded.path)}_{precision}" if params.cache else None
+    key = feature_cache_key(cell, loaded.path) if params.cache else None  # extract_dense adds the precision
     return score(
         loaded.backbone,
         cell,
