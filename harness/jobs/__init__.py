@@ -6,7 +6,9 @@ versions and timings, peak memory, the ok/failed epilogue) and stores the one re
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -147,6 +149,14 @@ def work_dir(cell, results: Path | str, checkpoint: dict | None = None) -> Path:
     return base / f"{cell.config_hash}-{fp['id'] if fp else 'nockpt'}"
 
 
+def _data_id(data: dict) -> str | None:
+    """What identifies the dataset splits a job reads, for its work folder: a preempted job resumed after its
+    data changed must not continue from state trained on the old data."""
+    if not data:
+        return None
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def claim_work_dir(work: Path, identity: dict) -> None:
     """The work folder says whose state it holds (`cell.json`); resuming from another run's is refused."""
     stamp = work / "cell.json"
@@ -154,6 +164,8 @@ def claim_work_dir(work: Path, identity: dict) -> None:
         held = records.read_json(stamp)
     except records.CorruptRecord as e:
         raise RuntimeError(f"{e}; the work folder {work} cannot be trusted: delete it to start this cell afresh")
+    if held is not None and "data" not in held:  # a folder claimed before data was part of the identity
+        held = {**held, "data": identity.get("data")}
     if held is None:
         write_json(stamp, identity)
     elif held != identity:
@@ -279,9 +291,14 @@ def execute(cell, results: Path | str, *, registry: Registry | None = None, prog
         path = _checkpoint_file(reg, cell)  # resolved where the job runs
         checkpoint = file_fingerprint(path) if path else None
         record["inputs"] = {"checkpoint": {"path": str(path) if path else None, **(checkpoint or {})}}
-        identity = {"cell": cell.id, "config_hash": cell.config_hash, "checkpoint": (checkpoint or {}).get("id")}
         params = PROTOCOL_KINDS[kind].params.model_validate(cell.config["protocol"]["params"])
         record["inputs"]["data"] = data_inputs(reg, cell, params)
+        identity = {  # whose state a resumed job continues: this recipe, checkpoint and data, or none
+            "cell": cell.id,
+            "config_hash": cell.config_hash,
+            "checkpoint": (checkpoint or {}).get("id"),
+            "data": _data_id(record["inputs"]["data"]),
+        }
         ctx = JobContext(reg, work_dir(cell, results, checkpoint), identity, placement, resources, params, progress)
         log = log_path(cell, results, placement.rank)
         record["log"] = str(log)

@@ -380,6 +380,11 @@ def settings_hash(args) -> str:
     }
     if args.resume and Path(args.resume).is_file():  # a resumed run is its checkpoint's: retrained when that changes
         keep["resume_sha256"] = hashlib.sha256(Path(args.resume).read_bytes()).hexdigest()
+    if args.data and Path(args.data).is_dir():  # and its images': other images under the same --data retrain
+        from harness.datasets import stat_stamp
+
+        root = Path(args.data)
+        keep["data"] = stat_stamp(sorted(f for f in root.rglob("*") if f.is_file()), root)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
