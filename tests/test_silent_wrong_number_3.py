@@ -493,3 +493,17 @@ def test_a_tables_run_removes_the_tables_of_a_protocol_that_left_and_names_faile
     assert "## Failed cells (1" in report and "DeviceError: the protocol asks for 1 GPU" in report
     assert f"/{rec['method']}/ep0030" in report
     assert pd.read_csv(d / "results.csv")["status"].eq("failed").sum() == 1
+
+
+def test_a_resume_folder_holds_its_data_and_refuses_state_trained_on_other_data(tmp_path):
+    from harness.jobs import claim_work_dir
+
+    work = tmp_path / "work"
+    mine = {"cell": "c", "config_hash": "h", "checkpoint": "k", "data": "d1"}
+    claim_work_dir(work, mine)
+    claim_work_dir(work, mine)  # the same run resumes
+    with pytest.raises(RuntimeError, match="data: 'd1' there, 'd2' here"):
+        claim_work_dir(work, {**mine, "data": "d2"})
+    older = tmp_path / "older"  # a folder claimed before the data was part of a run's identity
+    claim_work_dir(older, {k: v for k, v in mine.items() if k != "data"})
+    claim_work_dir(older, mine)
