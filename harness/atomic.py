@@ -147,8 +147,8 @@ def interrupts_held():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        for s in got[:1]:
-            os.kill(os.getpid(), s)
+        for signum in got[:1]:  # as it would have acted, now that the block is done
+            os.kill(os.getpid(), signum)
 
 
 class FileSet:
