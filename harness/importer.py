@@ -17,10 +17,19 @@ What is refused, with the file and line or row, nothing written: a value that is
 its metric's domain (a fraction where a percentage belongs, a NaN), a fractional epoch, a metric the
 target protocol's kind does not produce (an mIoU under a metrics protocol), the same metric twice for one
 cell, two columns that differ only in case, a per-class log of another class count than the dataset's,
-an epoch the suite's grid does not hold (unless `--allow-outside-grid`: recorded as such, and the
-tables keep it out of "best"), a log with several evaluations unless `--take last|best|iter N` says
-which, and an ambiguous protocol (the suite runs several protocols that report that metric: give
-`--protocol`). Empty cells of a wide table are not values: they are left out and listed.
+an epoch the suite's grid does not hold or the method file does not list (unless `--allow-outside-grid`:
+recorded as outside the grid, with why, and the tables keep it out unless `--include-outside-grid`), a
+log with several evaluations unless `--take last|best|iter N` says which, and an ambiguous protocol (the
+suite runs several protocols that report that metric: give `--protocol`). Empty cells of a wide table
+are not values: they are left out and listed.
+
+The protocol: the one named (`--protocol`, or a table's `protocol` column), else the suite's one protocol
+of a kind that reports the metric, and then a note says which and how to name another. A protocol named
+may be one of the registry that the suite does not run (an mIoU of your own earlier `linear` probe into a
+suite of `linear_mini`) when its kind's tables keep each protocol apart (`OUTSIDE_SUITE_ROLES`: probe,
+dense, classification): its records sit under `imported/<protocol>/`, are marked `outside_suite`, get
+their own tables (`<table>__<protocol>`) or columns, and are never planned or run. Label-free and
+image-level numbers of a protocol outside the suite are refused: those tables read one series per method.
 
 A percentage (a metric whose kind declares the domain [0, 100]: mIoU, aAcc, top-1, AP, ...) given as
 fractions is refused: a table column whose non-zero values are all <= 1 (or that mixes values <= 1 with
@@ -55,7 +64,7 @@ from pathlib import Path
 
 from harness import records
 from harness.errors import HarnessError
-from harness.kinds import METRICS_KIND, PROTOCOL_KINDS, Metric
+from harness.kinds import CLASSIFICATION, DENSE, METRICS_KIND, PROBE, PROTOCOL_KINDS, Metric
 from harness.registry import Registry
 
 FORMATS = ("dse-official", "spreadsheet", "csv", "mmseg", "detectron2")
@@ -77,6 +86,12 @@ SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}  # a text table's col
 DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+\s*$")  # 0,39
 DECIMAL_POINT = re.compile(r"^\s*[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?\s*$")  # 0.39
 SCALES = (1.0, 100.0)  # --scale: 100 = the file's percentages are fractions; 1 = they are percentages, even <= 1
+# The roles whose tables keep each protocol's numbers apart (harness.analysis: a `<table>__<protocol>` set per
+# probe protocol; a column per protocol in the dense and classification tables). Numbers of a protocol of the
+# registry that the suite does not run (`--protocol linear` into a suite of `linear_mini`) can be imported
+# for these kinds only: the label-free and image-level tables read one series per method, which such a
+# protocol's numbers would join unmarked.
+OUTSIDE_SUITE_ROLES = (PROBE, DENSE, CLASSIFICATION)
 
 
 class ImportError_(HarnessError):
@@ -95,6 +110,9 @@ class Item:
     origins: dict  # metric -> {"file", "line" | "row" [, "column"]}
     details: dict = field(default_factory=dict)
     outside_grid: bool = False
+    outside_of: str = ""  # with outside_grid: "the suite's grid" or "the method file's epochs"
+    outside_why: str = ""  # with outside_grid: why, in a sentence (kept in the record)
+    outside_suite: bool = False  # a protocol of the registry that the suite does not run
 
     @property
     def key(self) -> tuple:
@@ -590,28 +608,34 @@ def read_spreadsheet(
 
 @dataclass
 class Target:
-    """Which protocols of the suite a metric column can go to."""
+    """Which protocols a metric column can go to: the suite's, chosen by kind, or one named (by --protocol
+    or a 'protocol' column), which may be a protocol of the registry that the suite does not run."""
 
     suite: str
     protocols: dict[str, str]  # protocol -> kind (the suite's)
     metrics_dataset: str
     explicit: str | None  # --protocol
+    registry: dict[str, str] = field(default_factory=dict)  # every protocol of the registry -> kind
+    by_kind: dict[str, str] = field(default_factory=dict)  # metric -> the suite protocol chosen for it by kind
+
+    def kind_of(self, protocol: str, where: str) -> str:
+        """The kind of a protocol named for the numbers: the suite's, or one of the registry the suite does
+        not run whose numbers the tables keep apart (refused otherwise, saying why)."""
+        if protocol in self.protocols:
+            return self.protocols[protocol]
+        return admit_outside_suite(self.registry, protocol, self.suite, self.protocols, where)
 
     def resolve(self, column: str, row_protocol: str | None, where: str) -> tuple[str, Metric]:
         """(protocol, metric) of a column, or a refusal saying why."""
         chosen = row_protocol or self.explicit
         if chosen is not None:
-            if chosen not in self.protocols:
-                raise ImportError_(
-                    f"{where}: protocol '{chosen}' is not run by suite '{self.suite}' (its protocols: "
-                    f"{', '.join(self.protocols)})"
-                )
-            kind = PROTOCOL_KINDS[self.protocols[chosen]]
+            kind_name = self.kind_of(chosen, where)
+            kind = PROTOCOL_KINDS[kind_name]
             metric = kind.metric_for_column(column)
             if metric is None:
                 raise ImportError_(
                     f"{where}: column {column!r} is not a metric of protocol '{chosen}' (kind "
-                    f"{self.protocols[chosen]}: {', '.join(m.name for m in kind.metrics)})"
+                    f"{kind_name}: {', '.join(m.name for m in kind.metrics)})"
                 )
             return chosen, metric
         fits = [(p, PROTOCOL_KINDS[k].metric_for_column(column)) for p, k in self.protocols.items()]
@@ -624,6 +648,7 @@ class Target:
                 f"'{self.suite}' ({', '.join(p for p, _ in fits)}); give --protocol or a 'protocol' "
                 f"column"
             )
+        self.by_kind.setdefault(fits[0][1].name, fits[0][0])
         return fits[0]
 
 
@@ -640,6 +665,8 @@ def read_table(
         raise ImportError_(f"{path}: no 'epoch' column")
     if not long:
         kinds = set(PROTOCOL_KINDS) if "protocol" in cols else set(target.protocols.values())
+        if target.explicit is not None and target.explicit in target.registry:
+            kinds.add(target.registry[target.explicit])
         unknown = [
             str(c)
             for k, c in cols.items()
@@ -673,7 +700,7 @@ def read_table(
             proto, metric = target.resolve(name, get("protocol"), f"{where}, column {column!r}")
             if proto is None:
                 raise ImportError_(f"{where}: {name!r} is not a metric of any protocol of suite '{target.suite}'")
-            is_label_free = target.protocols[proto] == METRICS_KIND
+            is_label_free = target.kind_of(proto, where) == METRICS_KIND
             ds = target.metrics_dataset if is_label_free else (get("dataset") or dataset)
             if ds is None:
                 raise ImportError_(
@@ -691,6 +718,9 @@ def read_table(
             f"({', '.join(names) or 'no values'})"
         )
     _percent_columns(path, percents, scale)
+    for proto in dict.fromkeys(target.by_kind.values()):
+        names = ", ".join(n for n, p in target.by_kind.items() if p == proto)
+        notes.append(filed_note(f"{path.name}: {names}", proto, target.protocols[proto], target.suite))
     if empty:
         notes.append(
             f"{path.name}: {len(empty)} empty cell(s) are not values and were left out: "
@@ -875,17 +905,69 @@ def suite_protocols(reg: Registry, suite: str) -> dict[str, str]:
     return {e.protocol: reg.protocol(e.protocol).kind for e in reg.suite(suite).grid}
 
 
-def one_protocol_of(protos: dict[str, str], kinds: tuple[str, ...], suite: str, explicit: str | None, what: str) -> str:
-    """The suite's one protocol of these kinds (or `--protocol`); several -> the user must say which."""
+def registry_protocols(reg: Registry) -> dict[str, str]:
+    """Every protocol of the registry -> its kind."""
+    return {name: spec.kind for name, spec in reg.protocols.items()}
+
+
+def admit_outside_suite(registry: dict[str, str], protocol: str, suite: str, protos: dict[str, str], where: str) -> str:
+    """The kind of `protocol`, named for imported numbers but not run by the suite: a protocol of the
+    registry whose kind's tables keep each protocol apart (`OUTSIDE_SUITE_ROLES`); anything else is refused
+    saying how to bring such numbers."""
+    if protocol not in registry:
+        import difflib
+
+        close = difflib.get_close_matches(protocol, list(registry), n=1)
+        raise ImportError_(
+            f"{where}: protocol '{protocol}' is neither run by suite '{suite}' (its protocols: {', '.join(protos)}) "
+            f"nor a protocol of the registry"
+            + (f" (did you mean '{close[0]}'?)" if close else "")
+            + "; `sdd ls protocols` lists them"
+        )
+    kind = registry[protocol]
+    role = PROTOCOL_KINDS[kind].role
+    if role not in OUTSIDE_SUITE_ROLES:
+        raise ImportError_(
+            f"{where}: protocol '{protocol}' (kind {kind}) is not run by suite '{suite}', and the tables read "
+            f"one {role} series per method, which its numbers would join unmarked; import them into a suite that "
+            f"runs '{protocol}' (add it to this suite's grid, or write a suite for them)"
+        )
+    return kind
+
+
+def filed_note(what: str, protocol: str, kind: str, suite: str) -> str:
+    """Where numbers went whose protocol was chosen by kind, and how to name another: an mIoU of another
+    recipe filed silently under the suite's own probe would be a wrong number."""
+    text = f"{what} filed under protocol '{protocol}', the one protocol of suite '{suite}' that reports it"
+    if PROTOCOL_KINDS[kind].role in OUTSIDE_SUITE_ROLES:
+        text += (
+            f"; numbers of another recipe go under their own protocol: --protocol P (a protocol of kind {kind} "
+            f"from `sdd ls protocols`; one the suite does not run is recorded as outside the suite and kept "
+            f"apart in the tables)"
+        )
+    return text
+
+
+def one_protocol_of(
+    protos: dict[str, str],
+    kinds: tuple[str, ...],
+    suite: str,
+    explicit: str | None,
+    what: str,
+    registry: dict[str, str] | None = None,
+) -> str:
+    """The suite's one protocol of these kinds, or `--protocol` (the suite's, or with `registry`, a protocol
+    of the registry the suite does not run: `admit_outside_suite`); several -> the user must say which."""
     if explicit is not None:
-        if explicit not in protos:
+        if explicit not in protos and registry is None:
             raise ImportError_(
                 f"--protocol {explicit}: suite '{suite}' runs no such protocol (its protocols: {', '.join(protos)})"
             )
-        if protos[explicit] not in kinds:
+        flag = f"--protocol {explicit}"
+        kind = protos.get(explicit) or admit_outside_suite(registry or {}, explicit, suite, protos, flag)
+        if kind not in kinds:
             raise ImportError_(
-                f"--protocol {explicit} is of kind {protos[explicit]}; {what} belong to a protocol of "
-                f"kind {' or '.join(kinds)}"
+                f"--protocol {explicit} is of kind {kind}; {what} belong to a protocol of kind {' or '.join(kinds)}"
             )
         return explicit
     fit = [p for p, k in protos.items() if k in kinds]
@@ -927,6 +1009,7 @@ def plan_import(
     s = reg.suite(suite)
     fmt = detect(path) if fmt == "auto" else fmt
     protos = suite_protocols(reg, suite)
+    every = registry_protocols(reg)
     notes: list[str] = []
     if method is not None:
         reg.method(method)
@@ -940,8 +1023,10 @@ def plan_import(
     if scale is not None and fmt in ("dse-official", "spreadsheet"):
         raise ImportError_(f"--scale applies to percentages (mIoU, top-1, AP, ...); a {fmt} file gives DSE values")
     if fmt in ("dse-official", "spreadsheet"):
-        metrics_protocol = one_protocol_of(protos, (METRICS_KIND,), suite, protocol, "DSE scores")
+        metrics_protocol = one_protocol_of(protos, (METRICS_KIND,), suite, protocol, "DSE scores", every)
         ds = next(d for e in s.grid if e.protocol == metrics_protocol for d in e.datasets)
+        if protocol is None:
+            notes.append(filed_note("the DSE scores", metrics_protocol, METRICS_KIND, suite))
         lay = layer if layer is not None else (last_layer(reg, method) if method else None)
         if lay is None:
             raise ImportError_(f"{path}: give --method (its architecture gives the layer) or --layer")
@@ -952,7 +1037,8 @@ def plan_import(
     elif fmt == "csv":
         metrics_protos = [p for p, k in protos.items() if k == METRICS_KIND]
         metrics_dataset = next((d for e in s.grid if e.protocol in metrics_protos[:1] for d in e.datasets), "imagenet")
-        items, notes = read_table(path, method, Target(suite, protos, metrics_dataset, protocol), dataset, scale=scale)
+        target = Target(suite, protos, metrics_dataset, protocol, every)
+        items, notes = read_table(path, method, target, dataset, scale=scale)
     elif fmt == "mmseg":
         proto = one_protocol_of(
             protos,
@@ -960,7 +1046,10 @@ def plan_import(
             suite,
             protocol,
             "an mmseg run's mIoU",
+            every,
         )
+        if protocol is None:
+            notes.append(filed_note("the mmseg run's mIoU", proto, protos[proto], suite))
         num_classes = reg.dataset(dataset).num_classes if dataset in reg.datasets else None
         items = read_mmseg(path, method, epoch, dataset, proto, num_classes, take, scale=scale)
     elif fmt == "detectron2":
@@ -970,7 +1059,10 @@ def plan_import(
             suite,
             protocol,
             "a detectron2 run's AP",
+            every,
         )
+        if protocol is None:
+            notes.append(filed_note("the detectron2 run's AP", proto, protos[proto], suite))
         items = read_detectron2(path, method, epoch, dataset, proto, take, scale=scale)
     else:
         raise ImportError_(f"--format {fmt!r}: expected auto or one of {', '.join(FORMATS)}")
@@ -1034,6 +1126,7 @@ def _check_items(
     s = reg.suite(suite)
     grid = {(c.protocol, c.dataset, c.method, c.epoch) for c in build_plan(reg, suite)}
     pairs = {(e.protocol, d) for e in s.grid for d in e.datasets}
+    protos, every = suite_protocols(reg, suite), registry_protocols(reg)
     for it in plan.items:
         where = it.where()
         if it.method not in s.methods:
@@ -1041,30 +1134,8 @@ def _check_items(
                 f"{where}: method '{it.method}' is not in suite '{suite}' (its methods: "
                 f"{', '.join(s.methods)}); add it to the suite or give --method"
             )
-        if it.protocol not in reg.protocols or it.protocol not in {e.protocol for e in s.grid}:
-            raise ImportError_(f"{where}: protocol '{it.protocol}' is not run by suite '{suite}'")
-        if it.dataset not in reg.datasets:
-            raise ImportError_(f"{where}: unknown dataset '{it.dataset}'")
-        if (it.protocol, it.dataset) not in pairs:
-            raise ImportError_(
-                f"{where}: suite '{suite}' runs protocol '{it.protocol}' on "
-                f"{', '.join(d for p, d in sorted(pairs) if p == it.protocol)}, not on '{it.dataset}'"
-            )
-        eps = reg.method(it.method).epochs()
-        if it.epoch not in eps:
-            raise ImportError_(
-                f"{where}: epoch {it.epoch} is not a checkpoint of '{it.method}' ({eps[0]}..{eps[-1]} "
-                f"in {reg.method(it.method).source}); fix the epoch or the method file"
-            )
-        if it.key not in grid:
-            if not allow_outside_grid:
-                held = sorted(c[3] for c in grid if c[:3] == it.key[:3])
-                raise ImportError_(
-                    f"{where}: epoch {it.epoch} of '{it.method}' is not in suite '{suite}''s grid for "
-                    f"{it.protocol}/{it.dataset} (it holds epochs {_eps(held)}); --allow-outside-grid "
-                    f"records it as outside the grid (kept out of the tables' best)"
-                )
-            it.outside_grid = True
+        _check_protocol(reg, suite, it, pairs, protos, every)
+        _check_epoch(reg, suite, it, grid, allow_outside_grid)
         kind = reg.protocol(it.protocol).kind
         num_classes = reg.dataset(it.dataset).num_classes
         for name, value in it.metrics.items():
@@ -1094,6 +1165,59 @@ def _check_items(
             plan.merges[it.key] = kept
 
 
+OUTSIDE_GRID_FIX = (
+    "--allow-outside-grid records it as outside the grid (kept out of the tables unless --include-outside-grid)"
+)
+
+
+def _check_protocol(
+    reg: Registry, suite: str, it: Item, pairs: set[tuple[str, str]], protos: dict[str, str], every: dict[str, str]
+) -> None:
+    """The item's protocol and dataset: a (protocol, dataset) of the suite's grid, or a protocol of the
+    registry the suite does not run (named for the import; marked `outside_suite`) on a dataset it takes."""
+    where = it.where()
+    if it.protocol not in protos:
+        admit_outside_suite(every, it.protocol, suite, protos, where)
+        it.outside_suite = True
+    if it.dataset not in reg.datasets:
+        raise ImportError_(f"{where}: unknown dataset '{it.dataset}'")
+    if it.outside_suite:
+        takes = reg.protocol(it.protocol).datasets
+        if takes and it.dataset not in takes:
+            raise ImportError_(
+                f"{where}: protocol '{it.protocol}' takes {', '.join(takes)} ({reg.protocol(it.protocol).source}), "
+                f"not '{it.dataset}'"
+            )
+    elif (it.protocol, it.dataset) not in pairs:
+        raise ImportError_(
+            f"{where}: suite '{suite}' runs protocol '{it.protocol}' on "
+            f"{', '.join(d for p, d in sorted(pairs) if p == it.protocol)}, not on '{it.dataset}'"
+        )
+
+
+def _check_epoch(reg: Registry, suite: str, it: Item, grid: set[tuple], allow_outside_grid: bool) -> None:
+    """An epoch the method file lists and the suite's grid holds for the cell's protocol and dataset (a
+    protocol outside the suite: any epoch the method file lists). Anything else is refused, or with
+    `allow_outside_grid` recorded as outside the grid, saying why (`outside_why`)."""
+    where = it.where()
+    spec = reg.method(it.method)
+    eps = spec.epochs()
+    if it.epoch not in eps:
+        why = f"epoch {it.epoch} is not a checkpoint of '{it.method}' ({eps[0]}..{eps[-1]} in {spec.source})"
+        if not allow_outside_grid:
+            raise ImportError_(f"{where}: {why}; fix the epoch or the method file, or {OUTSIDE_GRID_FIX}")
+        it.outside_grid, it.outside_of, it.outside_why = True, "the method file's epochs", why
+    elif not it.outside_suite and it.key not in grid:
+        held = sorted(c[3] for c in grid if c[:3] == it.key[:3])
+        why = (
+            f"epoch {it.epoch} of '{it.method}' is not in suite '{suite}''s grid for {it.protocol}/{it.dataset} "
+            f"(it holds epochs {_eps(held)})"
+        )
+        if not allow_outside_grid:
+            raise ImportError_(f"{where}: {why}; {OUTSIDE_GRID_FIX}")
+        it.outside_grid, it.outside_of, it.outside_why = True, "the suite's grid", why
+
+
 def _eps(epochs: list[int]) -> str:
     if not epochs:
         return "none"
@@ -1121,6 +1245,19 @@ def _with_separability(metrics: dict, sources: dict) -> None:
             metrics["dse_inter"] - (metrics["dse_intra_image"] + metrics["dse_intra_batch"]) / 2
         )
         sources["dse_separability"] = {"derived_from": list(SEPARABILITY_PARTS)}
+
+
+def _imported_marks(it: Item, old: dict, sources: dict) -> dict:
+    """The record's `imported` block: each metric's source, and whether the cell lies outside the suite's
+    grid (with why: `outside_grid_why`) or its protocol outside the suite (`outside_suite`: the suite did not
+    run that protocol when the numbers were imported)."""
+    out: dict = {"sources": sources, "outside_grid": bool(it.outside_grid or old.get("outside_grid"))}
+    why = it.outside_why or old.get("outside_grid_why")
+    if out["outside_grid"] and why:
+        out["outside_grid_why"] = why
+    if it.outside_suite:
+        out["outside_suite"] = True
+    return out
 
 
 def write_import(plan: ImportPlan, reg: Registry, suite: str, results: Path) -> list[Path]:
@@ -1161,10 +1298,7 @@ def _write_items(plan: ImportPlan, reg: Registry, suite: str, results: Path, fil
             "config_hash": "imported",
             "source": "imported",
             "config": {"protocol": {"name": it.protocol, "kind": reg.protocol(it.protocol).kind}},
-            "imported": {
-                "sources": sources,
-                "outside_grid": bool(it.outside_grid or (old.get("imported") or {}).get("outside_grid")),
-            },
+            "imported": _imported_marks(it, old.get("imported") or {}, sources),
             "metrics": metrics,
             "details": {**(old.get("details") or {}), **it.details},
         }
