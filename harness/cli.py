@@ -181,6 +181,7 @@ def cmd_plan(reg: Registry, args) -> int:
         return 0
     print(f"suite {suite.name}: {suite.title}")
     _print_plan_summary(reg, cells, states, results)
+    _note_no_gpu(reg, cells)
     _print_stale(cells, states, why, args.suite)
     _print_corrupt(cells, results)
     from harness.records import stray_files
@@ -213,6 +214,18 @@ PLAN_COLUMNS = [
     ("gpu_h_left", "GPU·h left"),
     ("priced_from", "priced from"),
 ]
+
+
+def _note_no_gpu(reg: Registry, cells) -> None:
+    """On a machine without a GPU, say which of the plan's protocols need one and what runs here instead."""
+    from harness.device import no_gpu_here
+    from harness.launch import gpu_steer
+
+    if not no_gpu_here():
+        return
+    note = gpu_steer(reg, {c.protocol for c in cells}, "this machine")
+    if note:
+        print(f"\nnote: {note}.")
 
 
 def _print_plan_summary(reg: Registry, cells, states: dict, results: Path) -> None:
@@ -386,6 +399,10 @@ def cmd_submit(reg: Registry, args) -> int:
         for kind, n, example in reason_groups(s["stale"]):
             print(f"    {n:6d}  {kind}  (e.g. {example}: {s['stale'][example]})")
     _print_arrays(s["arrays"], cluster)
+    if args.dry_run and cluster.executor in ("local", "inline"):  # this machine would run them
+        from harness.plan import build_plan
+
+        _note_no_gpu(reg, build_plan(reg, args.suite, protocols=args.protocol, methods=args.method))
     if not s["to_submit"] or args.dry_run:
         return 0
     if cluster.executor == "slurm" or (cluster.executor == "local" and args.no_wait):
@@ -700,11 +717,16 @@ def _import(reg: Registry, args, results: Path) -> int:
             f"  {proto}/{ds}/{method}: epochs {_epochs_text(eps)}; {', '.join(metrics)}"
             + (f"; from {files[0]}" if len(files) == 1 else f"; from {len(files)} files")
         )
-        outside = [it.epoch for it in items if it.outside_grid]
-        if outside:
+        if items[0].outside_suite:
             print(
-                f"      outside the suite's grid (kept out of the tables unless --include-outside-grid): "
-                f"epochs {_epochs_text(tuple(sorted(outside)))}"
+                f"      protocol {proto} is not run by suite {args.suite}: recorded as outside the suite, never "
+                f"planned or run, kept apart in the tables (their own set or columns, named by the protocol)"
+            )
+        for of in sorted({it.outside_of for it in items if it.outside_grid}):
+            eps = _epochs_text(tuple(sorted(it.epoch for it in items if it.outside_grid and it.outside_of == of)))
+            print(
+                f"      outside {of}, recorded as outside the grid (kept out of the tables unless "
+                f"--include-outside-grid): epochs {eps}"
             )
         kept = sorted({m for it in items for m in plan.merges.get(it.key, [])})
         if kept:
@@ -779,7 +801,12 @@ def _import_parser(sub, results) -> None:
     p.add_argument("--method", help="the method the file is of (when the file does not say)")
     p.add_argument("--epoch", type=int, help="mmseg / detectron2 runs: the checkpoint they evaluated")
     p.add_argument("--dataset", help="mmseg / detectron2 runs: the dataset they evaluated on")
-    p.add_argument("--protocol", help="the suite's protocol the numbers belong to (default: by kind)")
+    p.add_argument(
+        "--protocol",
+        help="the protocol the numbers belong to (default: the suite's one protocol of a kind that reports them, "
+        "said in a note); a probe, dense or classification protocol of the registry that the suite does not run "
+        "is recorded as outside the suite and kept apart in the tables",
+    )
     p.add_argument("--layer", type=int, help="DSE files: the layer to take (default: the method's last)")
     p.add_argument(
         "--replace",
@@ -799,7 +826,8 @@ def _import_parser(sub, results) -> None:
     p.add_argument(
         "--allow-outside-grid",
         action="store_true",
-        help="record epochs the suite's grid does not hold (kept out of the tables unless asked)",
+        help="record epochs the suite's grid does not hold for that protocol and dataset, or the method file does "
+        "not list, as outside the grid (kept out of every table unless the tables are asked to include them)",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would be written")
 
@@ -921,6 +949,32 @@ COMMANDS = {
 }
 
 
+def _say_whose_registry(args) -> None:
+    """An `sdd` runs the code, registry and results of the clone it was installed from: said once when that is
+    not the current directory's (a second clone sharing one .venv would otherwise read the first one's)."""
+    import os
+
+    from harness.registry import DEFAULT_BENCHMARKS
+
+    if args.registry or os.environ.get("SDD_BENCHMARKS"):
+        return  # chosen explicitly
+    here = Path.cwd() / "benchmarks"
+    if here.is_dir() and here.resolve() == Path(DEFAULT_BENCHMARKS).resolve():
+        return
+    results = (
+        getattr(args, "results", None) or os.environ.get("SDD_RESULTS") or Path(DEFAULT_BENCHMARKS).parent / "results"
+    )
+    other = (
+        f"; this directory has a registry of its own: `{here.parent}/.venv/bin/sdd` or --registry {here}"
+        if here.is_dir()
+        else ""
+    )
+    print(
+        f"sdd: registry {DEFAULT_BENCHMARKS}, results under {results} (the clone this sdd was installed from){other}",
+        file=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # as a command: `sdd ... | head` ends quietly instead of a BrokenPipeError
         import signal
@@ -929,6 +983,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         reg = load_registry(args.registry)
+        _say_whose_registry(args)
         return COMMANDS[args.cmd](reg, args)
     except FileNotFoundError as e:
         print(f"sdd: {e}", file=sys.stderr)

@@ -79,6 +79,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def no_gpu_here(env=None) -> bool:
+    """Whether this machine clearly has no GPU for this process (CUDA_VISIBLE_DEVICES empty or -1, or no
+    NVIDIA device node), told without importing torch: for `sdd plan`'s advice, never for placing a cell."""
+    import glob
+
+    env = os.environ if env is None else env
+    if env.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    return not glob.glob("/dev/nvidia[0-9]*")
+
+
 def resolve(gpus: int, *, cpus: int | None = None, env=None) -> Placement:
     """The placement of a cell that asks for `gpus` GPUs (0: the CPU) in this process."""
     import torch

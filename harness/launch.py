@@ -276,6 +276,40 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def cpu_versions(reg: Registry, protocol: str) -> list[str]:
+    """The CPU-sized protocols that scale `protocol` down (`miniature_of`), e.g. linear -> linear_mini."""
+    return sorted(name for name, p in reg.protocols.items() if p.miniature_of == protocol and p.resources.gpus == 0)
+
+
+def gpu_steer(reg: Registry, protocols, where: str) -> str | None:
+    """What to say when `protocols` (names) include GPU protocols and `where` has no GPU: which ones, and the
+    CPU-sized protocols to run instead (or a cluster). None when none of them needs a GPU."""
+    gpu = sorted({p for p in protocols if reg.protocol(p).resources.gpus > 0})
+    if not gpu:
+        return None
+    alts = [f"{p} -> {', '.join(cpu_versions(reg, p)) or '(no CPU-sized version)'}" for p in gpu]
+    return (
+        f"{len(gpu)} protocol(s) of this grid need GPUs ({', '.join(gpu)}) and {where} shows none. Run them on a "
+        f"cluster with GPUs (`sdd submit --cluster <profile>`, slurm/clusters/), or use their CPU-sized versions "
+        f"in your suite's grid on this machine: {'; '.join(alts)} (`sdd ls protocols`)"
+    )
+
+
+def check_gpus_here(reg: Registry, cluster: ClusterProfile, groups: dict) -> None:
+    """The local and inline executors run on this machine: GPU protocols where it has no GPU are refused
+    before any cell runs (each would end as a failed record), naming the CPU-sized protocols."""
+    if cluster.executor not in ("local", "inline"):
+        return
+    gpu = [p.protocol for p in groups if p.gpus]
+    if gpu and not visible_gpus():
+        from harness.device import DeviceError
+
+        raise DeviceError(
+            (gpu_steer(reg, gpu, "this machine") or "")
+            + "; nothing was submitted (`--protocol` picks the protocols to run)"
+        )
+
+
 def submit_local(groups: dict, cluster: ClusterProfile, suite: str, results: Path, progress: bool) -> list[dict]:
     """This machine, through submitit's local executor:
     - one-process CPU cells: `array_parallelism` workers, each running a share of them, GPUs hidden;
@@ -456,6 +490,8 @@ def _submit(
         "submitted": [c.id for c in d.submit],
         "stale": d.stale or {},
     }
+    if not dry_run:
+        check_gpus_here(reg, cluster, groups)
     if dry_run or not d.submit:
         summary["arrays"] = [
             _array_summary(p, len(cs), []) for p, cs in sorted(groups.items(), key=lambda kv: kv[0].protocol)

@@ -7,8 +7,14 @@ paper's λ, the τ tables and the DSE selection work on a run while it goes; it 
     for epoch in range(1, epochs + 1):
         train_one_epoch(model)
         monitor.step(model, epoch)                  # the record of (my_suite, metrics, my_method, epoch)
-        if monitor.keep(epoch):
-            save_checkpoint(model, epoch)          # one of the DSE top-3 so far
+        if monitor.keep(epoch) or epoch == epochs:
+            save_checkpoint(model, epoch)          # one of the DSE top-3 so far, and the last epoch
+
+`keep(epoch)`: the epoch is a local maximum of DSE (within ±2 scored epochs) among the 3 highest so far --
+the tables' model-selection rule over the epochs scored until now. The guided grid also probes the last
+epoch: save it. The monitor's history is its records (read when it starts: a restart knows the epochs
+scored before; a re-score replaces its epoch); its records say `source: live`, and it refuses to start
+where records of the method computed from checkpoint files exist (`replace=True` replaces them).
 
 The model reaches the metrics as the registry method's architecture: its state_dict, through `rule` (a
 checkpoint state-dict rule without `key`: keep_prefix, strip_prefixes, rename_prefixes, ...), must fill
@@ -169,8 +175,9 @@ class DSEMonitor:
         return select_checkpoints(epochs, dse, top=self.top)
 
     def keep(self, epoch: int) -> bool:
-        """Whether the checkpoint of `epoch` is among the running top-3 (save it; one that drops out of
-        the top-3 later may be deleted)."""
+        """Whether `epoch` is in the running DSE selection: a local maximum of DSE within ±2 scored epochs,
+        among the 3 highest of the epochs scored so far (save its checkpoint; one that drops out later may be
+        deleted). Save the last epoch as well: the guided grid probes it."""
         return epoch in self.selected()
 
     # ---- internals --------------------------------------------------------------------------------------------
@@ -189,9 +196,17 @@ class DSEMonitor:
             bb = build_backbone(spec.arch, **spec.arch_kwargs)
             sd = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
             try:
-                load_state_into(bb, extract_state_dict(sd, self.rule, path="the training model"), raw_keys=list(sd))
+                load_state_into(
+                    bb,
+                    extract_state_dict(sd, self.rule, path="the training model"),
+                    path="the training model",
+                    raw_keys=list(sd),
+                    holder="The model",
+                    fix="Set the monitor's `rule` (DSEMonitor(..., rule={...}): keep_prefix / strip_prefixes / "
+                    "rename_prefixes), which maps the model's state_dict keys to the method's architecture",
+                )
             except CheckpointError as e:
-                raise MonitorError(f"{e} (the monitor's `rule` maps the training model's keys)") from None
+                raise MonitorError(str(e)) from None
         return bb.eval().requires_grad_(False)
 
     def _cell(self, epoch: int):
@@ -199,10 +214,14 @@ class DSEMonitor:
         hit = [c for c in cells if c.epoch == epoch]
         if not hit:
             planned = sorted(c.epoch for c in cells)
+            shown = ", ".join(map(str, planned[:4])) + (f", ... {planned[-1]}" if len(planned) > 4 else "")
+            spec = self.reg.method(self.method)
+            where = f" in {spec.source}" if getattr(spec, "source", None) else ""
             raise MonitorError(
-                f"epoch {epoch} is not one of {self.method}'s epochs in suite '{self.suite}' "
-                f"({planned[:3]}...{planned[-3:]}): list it in the method file's checkpoint.epochs, or score "
-                f"on those epochs (every={self.every})"
+                f"epoch {epoch} is not a checkpoint epoch of method '{self.method}' in suite '{self.suite}' "
+                f"({shown}): the monitor writes the record of a planned cell. Add the epochs you monitor to "
+                f"checkpoint.epochs{where} (every {self.every} epoch(s) up to E: "
+                f"`epochs: {{start: {self.every}, stop: E, step: {self.every}}}`)"
             )
         return hit[0]
 

@@ -45,7 +45,7 @@ def test_a_gpu_request_without_a_gpu_is_an_error_and_a_cpu_request_stays_on_the_
 
 
 @pytest.mark.parametrize("cluster", ["inline", "local"])
-def test_a_gpu_protocol_on_this_cpu_machine_ends_as_a_failed_record_and_the_others_complete(
+def test_a_gpu_protocol_on_this_cpu_machine_is_refused_before_any_cell_runs_naming_the_cpu_versions(
     tmp_path, capsys, monkeypatch, cluster
 ):
     monkeypatch.setenv("SDD_SUBMITIT", str(tmp_path / "submitit"))
@@ -60,13 +60,41 @@ def test_a_gpu_protocol_on_this_cpu_machine_ends_as_a_failed_record_and_the_othe
         "name: probe_gpu\nkind: probe\ntitle: probe on a GPU\nparams: {steps: 1, sleep_s: 0.01}\n"
         "resources: {gpus: 1, cpus: 1, mem_gb: 1, time_min: 5, gpu_hours: 0.1}\n"
     )
+    (bench / "protocols" / "probe_gpu_mini.yaml").write_text(
+        "name: probe_gpu_mini\nkind: probe\ntitle: probe on the CPU\nparams: {steps: 1, sleep_s: 0.01}\n"
+        "miniature_of: probe_gpu\nresources: {gpus: 0, cpus: 1, mem_gb: 1, time_min: 5, gpu_hours: 0.0}\n"
+    )
     results = tmp_path / "results"
-    assert sdd(bench, "submit", "--suite", "probe", "--cluster", cluster, "--results", str(results)) == 1
-    assert "1 of 2 cells failed" in capsys.readouterr().err
-    gpu = json.loads((results / "probe/runs/probe_gpu/imagenet/dino/ep0010.json").read_text())
-    assert gpu["status"] == "failed" and "asks for 1 GPU(s), but this process sees none" in gpu["error"]
+    assert sdd(bench, "plan", "--suite", "probe", "--results", str(results)) == 0  # plan says it first
+    assert "need GPUs (probe_gpu)" in capsys.readouterr().out
+    assert sdd(bench, "submit", "--suite", "probe", "--cluster", cluster, "--results", str(results)) == 2
+    err = capsys.readouterr().err
+    assert "need GPUs (probe_gpu) and this machine shows none" in err and "probe_gpu -> probe_gpu_mini" in err
+    assert "nothing was submitted" in err and not (results / "probe" / "runs").exists()
+    assert (
+        sdd(bench, "submit", "--suite", "probe", "--cluster", cluster, "--results", str(results), "--protocol", "probe")
+        == 0
+    )
     cpu = json.loads((results / "probe/runs/probe/imagenet/dino/ep0010.json").read_text())
     assert cpu["status"] == "ok" and cpu["placement"]["device"] == "cpu" and cpu["placement"]["gpus"] == 0
+
+
+def test_a_gpu_cell_on_a_node_without_a_gpu_ends_as_a_failed_record_saying_so(tmp_path):
+    """Where the check before submission cannot see (a Slurm node of the wrong partition), the cell itself
+    refuses to run on the CPU, and is failed for that reason (not stale)."""
+    from harness.jobs import execute
+    from harness.plan import build_plan
+    from harness.registry import load_registry
+
+    bench = make_registry(tmp_path, "{steps: 1, sleep_s: 0.01}", methods="[dino]", epochs="[10]")
+    p = bench / "protocols" / "probe.yaml"
+    p.write_text(p.read_text().replace("gpus: 0", "gpus: 1"))
+    results = tmp_path / "results"
+    cell = build_plan(load_registry(bench), "probe")[0]
+    gpu = execute(cell, results, registry=load_registry(bench))
+    assert gpu["status"] == "failed" and "asks for 1 GPU(s), but this process sees none" in gpu["error"]
+    state, why = cell.state(results)
+    assert state == "failed" and "DeviceError" in why
 
 
 def test_the_efficiency_table_reads_what_ran_never_the_request(tmp_path):

@@ -88,11 +88,16 @@ def test_scores_only_when_due_and_refuses_what_it_cannot_score(world):
     model = Trainee()
     every2 = DSEMonitor("tiny", "tinyvit", every=2, rule={"keep_prefix": "backbone."}, results=results, registry=reg)
     assert every2.step(model, 1) is None and not (results / "tiny").exists()
-    with pytest.raises(MonitorError, match=r"epoch 3 is not one of tinyvit's epochs"):
+    with pytest.raises(
+        MonitorError, match=r"epoch 3 is not a checkpoint epoch of method 'tinyvit'.*\(1, 2\).*tinyvit.yaml"
+    ) as e:
         DSEMonitor("tiny", "tinyvit", rule={"keep_prefix": "backbone."}, results=results, registry=reg).step(model, 3)
     wrong = DSEMonitor("tiny", "tinyvit", rule={"keep_prefix": "encoder."}, results=results, registry=reg)
-    with pytest.raises(MonitorError, match=r"backbone keys are missing .*the monitor's `rule`"):
+    assert "every=" not in str(e.value) and "epochs: {start: 1, stop: E, step: 1}" in str(e.value)
+    with pytest.raises(MonitorError, match=r"^the training model: .*backbone keys are missing") as e:
         wrong.step(model, 1)
+    assert "The model's tensors sit under: backbone." in str(e.value) and "?:" not in str(e.value)
+    assert "keep_prefix: 'backbone.' would fit" in str(e.value) and "the monitor's `rule`" in str(e.value)
     with pytest.raises(MonitorError, match="runs no metrics protocol"):
         DSEMonitor("tiny", "tinyvit", protocol="knn", results=results, registry=reg)
     assert not (results / "tiny").exists()  # nothing written for a refusal

@@ -459,6 +459,11 @@ def test_submit_never_replaces_a_live_record(tiny, capsys):
 
 
 def test_a_cell_that_failed_for_want_of_a_gpu_is_failed_for_that_reason(tmp_path, capsys, monkeypatch):
+    """(The submit on this machine is refused first: tests/test_distributed.py. Here the cell ran where no GPU
+    was, as on a Slurm node of the wrong partition, while its checkpoint is there.)"""
+    from harness.jobs import execute
+    from harness.plan import build_plan
+    from harness.registry import load_registry
     from tests.test_slurm import make_registry
 
     bench = make_registry(tmp_path, "{steps: 1, sleep_s: 0.0}", methods="[dino]", epochs="[10]")
@@ -468,11 +473,10 @@ def test_a_cell_that_failed_for_want_of_a_gpu_is_failed_for_that_reason(tmp_path
     ck = tmp_path / "ck" / "dino"
     ck.mkdir(parents=True)
     (ck / "checkpoint0010.pth").write_bytes(b"x")  # the checkpoint is there: it is not the cause
-    sdd = ["--registry", str(bench)]
     monkeypatch.setenv("SDD_CKPT_ROOT", str(tmp_path / "ck"))
-    main([*sdd, "submit", "--suite", "probe", "--cluster", "inline", "--results", str(results)])
-    capsys.readouterr()
-    assert main([*sdd, "status", "--suite", "probe", "--results", str(results)]) == 0
+    reg = load_registry(bench)
+    execute(build_plan(reg, "probe")[0], results, registry=reg)
+    assert main(["--registry", str(bench), "status", "--suite", "probe", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "stale" not in out and "checkpoint was not there" not in out
     assert "1 failed cell(s)" in out and "DeviceError" in out

@@ -2,7 +2,7 @@
 # `make gpu-check`: the GPU check (tools/gpu_check.py) on a CUDA machine. Uses .venv when it has a
 # CUDA-capable torch, or for `--smoke` (the script checked on a CPU: `make test` runs it); otherwise the
 # machine's python3 (which must hold torch, timm, pandas, scipy) plus the wheels in .whl/ (made by
-# tools/gpu-wheels.sh, carried along). Output under $OUT (or .).
+# tools/gpu-wheels.sh, carried along). Output under $OUT (or results/gpu-check/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=python3
@@ -15,4 +15,4 @@ elif compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/sdd-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
-exec "$PY" tools/gpu_check.py --out "${OUT:-.}" "$@"
+exec "$PY" tools/gpu_check.py --out "${OUT:-results/gpu-check}" "$@"

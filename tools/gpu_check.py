@@ -16,7 +16,8 @@ run uses), and one table of what it measured.
   share of an epoch (goal: under 1%).
 
 `--smoke` runs every stage tiny on the CPU (checks the script itself, no figures worth keeping).
-Output: the table on stdout and `gpu_check.json` / `gpu_check.md` under `--out` (default $OUT or .).
+Output: the table on stdout and `gpu_check.json` / `gpu_check.md` under `--out` (default $OUT, else
+results/gpu-check/ -- never the repository's root).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from harness.atomic import write_json, write_text  # noqa: E402
 
 
 class GpuSampler:
@@ -568,7 +571,11 @@ def markdown(rows: list[dict], env: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_check.json / .md")
+    ap.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or str(ROOT / "results" / "gpu-check"),
+        help="folder for gpu_check.json / .md (default: $OUT, else results/gpu-check/)",
+    )
     ap.add_argument("--smoke", action="store_true", help="every stage tiny on the CPU (tests the script)")
     ap.add_argument("--only", nargs="*", help="protocols to run (default: all), e.g. metrics_check linear_check")
     ap.add_argument("--keep", help="keep the generated world in this folder")
@@ -604,12 +611,12 @@ def main(argv=None) -> int:
             except Exception as e:  # one broken stage does not hide the others' figures
                 traceback.print_exc()
                 rows.append({"stage": "(stage crashed)", "status": "failed", "error": f"{type(e).__name__}: {e}"})
-            (out / "gpu_check.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str))
+            write_json(out / "gpu_check.json", {"env": env, "rows": rows})
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     md = markdown(rows, env)
-    (out / "gpu_check.md").write_text(md)
+    write_text(out / "gpu_check.md", md)
     print(md)
     print(f"gpu-check: {time.perf_counter() - t0:.0f} s; {out / 'gpu_check.md'}")
     return 0 if all(r.get("status", "ok") == "ok" for r in rows) else 1

@@ -423,11 +423,29 @@ def _tensor_keys(obj, prefix: str = "", limit: int = 100000) -> list[str]:
     return out
 
 
+def fitting_prefix(required: set[str], raw_keys) -> str | None:
+    """The prefix under which every required key sits in `raw_keys` (e.g. 'backbone.' or
+    'module.momentum_encoder.'), or None: what `keep_prefix` should say."""
+    raw = set(raw_keys or ())
+    candidates = sorted({k[: i + 1] for k in raw for i, ch in enumerate(k) if ch == "."}, key=len)
+    for prefix in [""] + candidates:
+        if all(prefix + k in raw for k in required):
+            return prefix or None
+    return None
+
+
 def load_state_into(
-    backbone: Backbone, sd: dict[str, torch.Tensor], *, path: Path | str = "?", raw_keys=None
+    backbone: Backbone,
+    sd: dict[str, torch.Tensor],
+    *,
+    path: Path | str = "the checkpoint",
+    raw_keys=None,
+    holder: str = "The file",
+    fix: str = "Fix checkpoint.state_dict in the method file (key / keep_prefix / strip_prefixes)",
 ) -> list[str]:
     """Load `sd` into the backbone; every required key must be present with the right shape. `raw_keys`
-    (the file's keys before the state-dict rule) let an error show what the file actually holds."""
+    (the keys before the state-dict rule) let an error show what the file (`holder`) actually holds and the
+    `keep_prefix` that would fit; `fix` says where the rule is set."""
     required = backbone.required_keys()
     missing = sorted(required - sd.keys())
     if missing:
@@ -438,14 +456,14 @@ def load_state_into(
             f"{shown}. The rule produced keys such as: {have}."
         )
         if raw_keys:
-            msg += f" The file's tensors sit under: {key_prefixes(raw_keys)}."
+            msg += f" {holder}'s tensors sit under: {key_prefixes(raw_keys)}."
+            prefix = fitting_prefix(required, raw_keys)
+            if prefix:
+                msg += f" Every backbone key is there under '{prefix}': keep_prefix: '{prefix}' would fit."
         others = fitting_archs(set(sd), backbone.arch) if len(missing) > len(required) // 2 and sd else []
         if others:
             msg += f" The keys the rule produced fit architecture {', '.join(others)}: is `arch` right?"
-        raise CheckpointError(
-            msg + " Fix checkpoint.state_dict in the method file (key / keep_prefix / "
-            "strip_prefixes); partial loads are never accepted."
-        )
+        raise CheckpointError(f"{msg} {fix}; partial loads are never accepted.")
     own = backbone.net.state_dict()
     bad = [
         f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
