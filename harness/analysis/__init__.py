@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.analysis.render import write_table
-from harness.analysis.tables import MIOU_TABLES, all_tables
+from harness.analysis.tables import IMPORTED_METRICS, MIOU_TABLES, all_tables
 from harness.atomic import FileSet, write_text
 from harness.collect import META_COLUMNS
 from harness.errors import HarnessError
@@ -77,7 +78,9 @@ def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     except CollectError as e:
         raise TablesError(f"{e}; the previous tables were left in place") from None
     try:
-        table = pd.read_csv(csv, low_memory=False)
+        # consolidated at once: read_csv gives one block per column, and a column added to such a frame
+        # (any table's helper column) makes pandas print a PerformanceWarning once it is wide (per-class IoU)
+        table = pd.read_csv(csv, low_memory=False).copy()
     except (ValueError, pd.errors.ParserError) as e:  # EmptyDataError is a ValueError
         raise TablesError(f"{csv} cannot be read as a table ({e}); run `sdd collect --suite {suite_dir.name}`")
     check_columns(table, csv)
@@ -173,21 +176,87 @@ def probe_protocols(table: pd.DataFrame, csv: Path, requested: str | None = None
 
 
 def prefer_source(table: pd.DataFrame, prefer: str = "computed") -> tuple[pd.DataFrame, list[str]]:
-    """One row per cell: where a computed and an imported record both exist, `prefer` decides (named)."""
+    """One row per cell. Where a computed and an imported record of a cell are both ok, they are merged
+    metric by metric: each metric takes the `prefer` source's value where it has one, else the other's (an
+    imported DSE beside a computed RankMe keeps both). The merged row keeps the computed record's metadata
+    (what ran) and names in `imported_metrics` the metrics whose value came from the import (the tables
+    mark those). Where one of the two failed, the `prefer` one is the cell's row as a whole. Each choice is
+    named."""
     if "source" not in table.columns or table.empty:
         return table, []
     src = table["source"].fillna("computed").replace({"live": "computed"})  # the monitor's: computed in training
-    both = table[table.duplicated(KEY, keep=False) & src.isin(["computed", "imported"])]
-    if both.empty:
+    pair = table.duplicated(KEY, keep=False) & src.isin(["computed", "imported"])
+    if not pair.any():
         return table, []
-    order = table.assign(_p=(src != prefer).astype(int)).sort_values(KEY + ["_p"], kind="stable")
-    kept = order.drop_duplicates(KEY, keep="first").drop(columns="_p").sort_index()
-    cells = both.drop_duplicates(KEY)
-    other = "imported" if prefer == "computed" else "computed"
-    return kept, [
-        f"{len(cells)} cell(s) have both a computed and an imported record; the {prefer} one is used "
-        f"(--prefer {other} for the other): {_names(cells)}"
-    ]
+    rows = table[pair]
+    ok = rows["status"].eq("ok") if "status" in rows.columns else pd.Series(True, index=rows.index)
+    sound = ok.groupby([rows[k] for k in KEY], dropna=False).transform("all").astype(bool)
+    ordered = rows.iloc[np.argsort((src[pair] != prefer).to_numpy(), kind="stable")]  # preferred first per cell
+    fine = sound[ordered.index].to_numpy()
+    merged, context = _merge_metrics(ordered[fine], src[ordered.index][fine], prefer)
+    whole = ordered[~fine].drop_duplicates(KEY, keep="first")
+    if len(whole):
+        context.append(
+            f"{len(whole)} cell(s) have both a computed and an imported record and one of them failed: the "
+            f"{prefer} one is used as a whole (--prefer {_other(prefer)} for the other): {_names(whole)}"
+        )
+    return pd.concat([p for p in (table[~pair], merged, whole) if len(p)]).sort_index(), context
+
+
+def _other(prefer: str) -> str:
+    return "imported" if prefer == "computed" else "computed"
+
+
+def _merge_metrics(ordered: pd.DataFrame, src: pd.Series, prefer: str) -> tuple[pd.DataFrame, list[str]]:
+    """One row per cell of `ordered` (a cell's records, the preferred source first): each metric the first
+    value its records have, on the metadata of the cell's computed record; and a line per way they merged."""
+    if ordered.empty:
+        return ordered, []
+    metrics = [c for c in ordered.columns if c not in META_COLUMNS and c not in KEY and c != IMPORTED_METRICS]
+    group = ordered.groupby([ordered[k] for k in KEY], dropna=False, sort=False).ngroup().to_numpy()
+    values, imported = ordered[metrics], (src == "imported").to_numpy()
+    chosen = values.groupby(group).first()  # per metric, the first value in the preferred order
+    have = values.notna().to_numpy()
+    origin = pd.DataFrame(np.where(have, src.to_numpy()[:, None], None), columns=metrics).groupby(group).first()
+    taken = origin.eq("imported")
+    unused = pd.DataFrame(have & imported[:, None], columns=metrics).groupby(group).any() & ~taken
+    base = (  # each cell's computed record (first in order if several): its metadata says what ran
+        pd.DataFrame({"g": group, "imp": imported, "at": range(len(ordered))})
+        .sort_values(["g", "imp", "at"], kind="stable")
+        .drop_duplicates("g")
+    )
+    keep = ordered.iloc[base["at"].to_numpy()]
+    out = pd.concat([keep.drop(columns=metrics), chosen.loc[base["g"]].set_axis(keep.index)], axis=1)
+    out = out[list(ordered.columns)]
+    out[IMPORTED_METRICS] = ["; ".join(c for c in metrics if taken.at[g, c]) or None for g in base["g"]]
+    if "import_files" in ordered.columns:
+        names = ordered["import_files"].where(imported).groupby(group).agg(_joined)
+        out["import_files"] = [names.get(g) or None for g in base["g"]]
+    signature: dict[tuple, list[int]] = {}
+    with_import = pd.Series(imported).groupby(group).any()
+    for i, g in enumerate(base["g"]):
+        if not with_import[g]:  # a live and a computed record: nothing to say about imports
+            continue
+        key = (tuple(c for c in metrics if taken.at[g, c]), tuple(c for c in metrics if unused.at[g, c]))
+        signature.setdefault(key, []).append(i)
+    lines = []
+    for (took, left), at in signature.items():
+        what = [f"from the import: {_few(took)}" if took else "nothing from the import"]
+        what += [f"the import's {_few(left)} not used"] if left else []
+        lines.append(
+            f"{len(at)} cell(s) have both a computed and an imported record, merged metric by metric: where both "
+            f"have a value, the {prefer} one is used (--prefer {_other(prefer)} for the other); {'; '.join(what)}: "
+            f"{_names(out.iloc[at])}"
+        )
+    return out, lines
+
+
+def _joined(files: pd.Series) -> str:
+    return "; ".join(sorted({f for v in files.dropna() for f in str(v).split("; ")}))
+
+
+def _few(names: tuple[str, ...], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit})" if len(names) > limit else "")
 
 
 def build_tables(

@@ -23,6 +23,13 @@ def _plt():
     return plt
 
 
+def _integer_x(ax) -> None:
+    """Ticks on whole numbers only (epochs, ranks): a 3-epoch run otherwise gets 1.25, 1.5, ..."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _minmax(v: pd.Series) -> pd.Series:
     lo, hi = v.min(), v.max()
     return (v - lo) / (hi - lo) if hi > lo else v * 0 + 0.5
@@ -68,6 +75,7 @@ def trajectories(table: pd.DataFrame, out: Path, protocol: str | None = None) ->
                 h["epoch"], _minmax(h["miou"]), "--o", markersize=2, label=f"mIoU {DATASET_LABEL.get(dataset, dataset)}"
             )
         ax.set(title=method, xlabel="epoch", ylabel="min-max normalised")
+        _integer_x(ax)
         ax.legend(fontsize=7, loc="best")
         paths += _save(fig, out, f"trajectory_{method}")
         plt.close(fig)
@@ -84,6 +92,7 @@ def dse_components(table: pd.DataFrame, out: Path) -> list[Path]:
         for c in comps:
             ax.plot(g["epoch"], g[c], label=c.replace("dse_", ""))
         ax.set(title=f"{method}: DSE components", xlabel="epoch")
+        _integer_x(ax)
         ax.legend(fontsize=7)
         paths += _save(fig, out, f"dse_components_{method}")
         plt.close(fig)
@@ -103,6 +112,7 @@ def spectra(spec: pd.DataFrame, out: Path) -> list[Path]:
             h = g[g["epoch"] == e].sort_values("index")
             ax.plot(h["index"], h["log_sv"], label=f"epoch {e}")
         ax.set(title=f"{method}: embedding spectrum", xlabel="singular value rank", ylabel="log σ")
+        _integer_x(ax)
         ax.legend(fontsize=7)
         paths += _save(fig, out, f"spectrum_{method}")
         plt.close(fig)
@@ -125,6 +135,7 @@ def spectra_against(spec: pd.DataFrame, methods: list[str], out: Path, name: str
         h = g[g["epoch"] == last].sort_values("index")
         ax.plot(h["index"], h["log_sv"], label=f"{method} (epoch {last})")
     ax.set(title="embedding spectrum, last checkpoint", xlabel="singular value rank", ylabel="log σ")
+    _integer_x(ax)
     ax.legend(fontsize=7)
     paths = _save(fig, out, name)
     plt.close(fig)

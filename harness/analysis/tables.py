@@ -14,7 +14,9 @@ Conventions (also written into REPORT.md):
   τ is in the metric's goodness orientation, as its kind declares it (W2: lower is better, so −W2;
   α-ReQ: closer to 1 is better, so −|α − 1|), and raw in the long table.
 - A number that came from an import is marked ⁱ (a τ or a mean when any of its inputs did); the notes
-  name those cells and their files.
+  name those cells and their files. A cell with a computed and an imported record is one row merged metric
+  by metric (`harness.analysis.prefer_source`), so the mark is per metric (`imported_metrics`).
+- Label-free table: every label-free metric per method × epoch, with the DSE selection's rank (`dse_top3`).
 - DSE with λ and the model selection: `harness.selection` (the same code the guided planner uses).
 """
 
@@ -68,10 +70,29 @@ def _kind(table: pd.DataFrame) -> pd.Series:
     return table["protocol"]
 
 
-def _imported(df: pd.DataFrame) -> pd.Series:
-    return (
+IMPORTED_METRICS = "imported_metrics"  # a merged cell's metrics that came from its import ("; "-joined)
+DERIVED = {"dse_lambda": ("dse_separability", "dse_dim")}  # computed by the tables from these
+
+
+def _imported(df: pd.DataFrame, column: str | None = None) -> pd.Series:
+    """Rows whose number came from an import: an imported record (`column` None: the record as a whole),
+    or, for `column`, also a cell whose computed and imported records were merged metric by metric and
+    that took this metric (or one it is computed from) from the import."""
+    whole = (
         df["source"].fillna("computed").eq("imported") if "source" in df.columns else pd.Series(False, index=df.index)
     )
+    if column is None or IMPORTED_METRICS not in df.columns:
+        return whole
+    names = {column, *DERIVED.get(column, ())}
+    part = df[IMPORTED_METRICS].map(lambda v: isinstance(v, str) and bool(names & set(v.split("; "))))
+    return whole | part.astype(bool)
+
+
+def _any_imported(df: pd.DataFrame) -> pd.Series:
+    """Rows with any number from an import (a whole imported record, or a merged cell)."""
+    if IMPORTED_METRICS not in df.columns:
+        return _imported(df)
+    return _imported(df) | df[IMPORTED_METRICS].map(lambda v: isinstance(v, str) and bool(v)).astype(bool)
 
 
 def _cell(method, dataset, epoch, protocol=None) -> str:
@@ -118,7 +139,7 @@ def miou_frame(table: pd.DataFrame, protocol: str | None = None, column: str = "
     s = _ok(table[table["protocol"] == protocol])
     if column not in s.columns:
         return pd.DataFrame(columns=["method", "dataset", "epoch", "miou", "imported"])
-    s = s[["method", "dataset", "epoch", column]].assign(imported=_imported(s)).rename(columns={column: "miou"})
+    s = s[["method", "dataset", "epoch", column]].assign(imported=_imported(s, column)).rename(columns={column: "miou"})
     s = s[np.isfinite(pd.to_numeric(s["miou"], errors="coerce").astype(float))]
     return s.sort_values(["method", "dataset", "epoch"])
 
@@ -173,7 +194,7 @@ def _imported_note(table: pd.DataFrame, cells: set[tuple], what: str) -> list[st
     if not cells:
         return []
     files = set()
-    rows = table[_imported(table)] if "source" in table.columns else table.iloc[0:0]
+    rows = table[_any_imported(table)] if "source" in table.columns else table.iloc[0:0]
     for r in rows.itertuples(index=False):
         d = r._asdict()
         if (d["protocol"], d["dataset"], d["method"], int(d["epoch"])) in cells and isinstance(
@@ -205,6 +226,11 @@ def sdd_table(table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFr
             notes.append(
                 f"{method} / {dataset}: the last checkpoint (ep {last_epoch}) has no mIoU: last and diff "
                 f"are left empty (never the last evaluated one instead)"
+                + (
+                    f"; one checkpoint only has an mIoU (ep {int(best['epoch'])}): best is that one"
+                    if len(g) == 1
+                    else ""
+                )
             )
         i = len(rows)
         rows.append(
@@ -228,7 +254,7 @@ def sdd_table(table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFr
             imported_cells.add((protocol, dataset, method, last_epoch))
         if best["imported"]:
             marks.add((i, "diff"))
-        if len(g) == 1:
+        if len(g) == 1 and len(hit):  # (without the last, the note above says why there is no diff)
             notes.append(f"{method} / {dataset}: one checkpoint only, so best = last")
     if any(r["grid"] == "guided" for r in rows):
         notes.append(
@@ -367,11 +393,10 @@ def _tau_rows(mf: pd.DataFrame, mi: pd.DataFrame, protocol: str, datasets: list[
         if mf.empty or md.name not in mf.columns:
             notes.append(f"{md.label}: no '{md.name}' values in the records; row left empty")
             continue
+        series = mf[["method", "epoch", md.name, "protocol", "dataset"]].assign(_imp=_imported(mf, md.name))
         for dataset in datasets:
-            joined = (
-                mf[["method", "epoch", md.name, "_imp", "protocol", "dataset"]]
-                .rename(columns={"protocol": "_mp", "dataset": "_md"})
-                .merge(mi[mi["dataset"] == dataset], on=["method", "epoch"])
+            joined = series.rename(columns={"protocol": "_mp", "dataset": "_md"}).merge(
+                mi[mi["dataset"] == dataset], on=["method", "epoch"]
             )
             joined = joined[np.isfinite(pd.to_numeric(joined[md.name], errors="coerce").astype(float))]
             for method, g in joined.groupby("method", sort=True):
@@ -415,8 +440,6 @@ def kendall_tables(
     mf, mi = metric_frame(table), miou_frame(table, protocol)
     datasets = datasets_of(table, protocol)
     notes = _metric_notes(mf, mi)
-    if not mf.empty:
-        mf = mf.assign(_imp=_imported(mf))
     built = _tau_rows(mf, mi, protocol, datasets, grid_kind(table, protocol), notes)
     long = pd.DataFrame(built.rows, columns=LONG_COLUMNS)
     guided = long[long["grid"] == "guided"]
@@ -556,11 +579,31 @@ def selections(table: pd.DataFrame) -> dict[str, list[int]]:
     return out
 
 
+def _unselected_notes(table: pd.DataFrame, sel: dict[str, list[int]], methods: list[str]) -> list[str]:
+    """Why a method with mIoU has no DSE selection (so no row): no label-free records, or none with both
+    DSE components (λ needs separability and dimensionality; the raw DSE alone gives none)."""
+    mf = metric_frame(table)
+    have = set(mf["method"]) if not mf.empty else set()
+    notes = []
+    for method in methods:
+        if method in sel:
+            continue
+        why = (
+            "its label-free records have no DSE separability and dimensionality (λ needs both; "
+            "the raw DSE alone gives no selection)"
+            if method in have
+            else "it has no label-free (metrics) records"
+        )
+        notes.append(f"{method}: no DSE selection, so no row: {why}")
+    return notes
+
+
 def selection_table(table: pd.DataFrame, protocol: str | None = None, paper: pd.DataFrame | None = None) -> Table:
     protocol = protocol or probe_protocol_of(table)
     sel, mi = selections(table), miou_frame(table, protocol)
     last_of = last_epochs(table, protocol)
     rows, notes, marks, imported_cells = [], [], set(), set()
+    notes += _unselected_notes(table, sel, sorted(set(mi["method"])))
     for method, epochs in sorted(sel.items()):
         for dataset, g in mi[mi["method"] == method].groupby("dataset", sort=True):
             g = g.sort_values("epoch")
@@ -631,6 +674,82 @@ def selection_table(table: pd.DataFrame, protocol: str | None = None, paper: pd.
 
 
 # --------------------------------------------------------------------------------------------
+def label_free_columns(mf: pd.DataFrame) -> list[tuple[str, str]]:
+    """(metric, label) of the label-free metrics with a value in `mf`: DSE with λ first, then each
+    label-free kind's metrics in the order it declares them."""
+    spec = [("dse_lambda", "DSE")] + [
+        (m.name, m.label) for k in kinds_with(LABEL_FREE) for m in PROTOCOL_KINDS[k].metrics if not m.per_class
+    ]
+    seen: set[str] = set()
+    out = []
+    for name, label in spec:
+        if name in seen or name not in mf.columns or not pd.to_numeric(mf[name], errors="coerce").notna().any():
+            continue
+        seen.add(name)
+        out.append((name, label))
+    return out
+
+
+def label_free_table(table: pd.DataFrame) -> Table:
+    """Every label-free metric per method × epoch, with the DSE selection marked (its rank among the
+    top-3): the table of a run without probes, e.g. one a monitor scores while it trains."""
+    mf, sel = metric_frame(table), selections(table)
+    cols = label_free_columns(mf)
+    where = [] if mf.empty or len(mf[["protocol", "dataset"]].drop_duplicates()) <= 1 else ["protocol", "dataset"]
+    rows: list[dict] = []
+    marks: set[tuple[int, str]] = set()
+    imported_cells: set[tuple] = set()
+    if not mf.empty:
+        mf = mf.sort_values(["method", *where, "epoch"], kind="stable")
+        flags = {name: _imported(mf, name).to_numpy() for name, _ in cols}
+        for j, r in enumerate(mf.to_dict("records")):
+            epoch = int(r["epoch"])
+            ranked = sel.get(r["method"], [])
+            row = {"method": r["method"], **{w: r[w] for w in where}, "epoch": epoch}
+            row.update({label: _number(r[name]) for name, label in cols})
+            row["dse_top3"] = str(ranked.index(epoch) + 1) if epoch in ranked else None
+            for name, label in cols:
+                if flags[name][j] and math.isfinite(row[label]):
+                    marks.add((len(rows), label))
+                    imported_cells.add((r["protocol"], r["dataset"], r["method"], epoch))
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=["method", *where, "epoch"] + [label for _, label in cols] + ["dse_top3"])
+    return Table(
+        "label_free",
+        "Label-free metrics per epoch (dse_top3: the DSE selection's rank)",
+        frame,
+        _label_free_notes(table, mf, sel) + _imported_note(table, imported_cells, "values"),
+        marks=marks,
+    )
+
+
+def _number(v) -> float:
+    x = pd.to_numeric(v, errors="coerce")
+    return float(x) if x is not None and np.isfinite(x) else math.nan
+
+
+def _label_free_notes(table: pd.DataFrame, mf: pd.DataFrame, sel: dict[str, list[int]]) -> list[str]:
+    if mf.empty:
+        return ["no label-free (metrics) records in results.csv"]
+    notes = [
+        "DSE = separability + λ·dim, λ = Std(separability)/Std(dim) over each method's checkpoints; "
+        "dse_top3: the (up to) 3 highest local maxima of DSE within ±2 checkpoints, ranked (harness.selection: "
+        "the model-selection table's and the DSE-guided grid's rule)"
+    ]
+    notes += [
+        f"{m}: no DSE selection: its records have no DSE separability and dimensionality (λ needs both)"
+        for m in sorted(set(mf["method"]) - set(sel))
+    ]
+    rows = table[_is_metrics(table)]
+    failed = rows[rows["status"] != "ok"] if "status" in rows.columns else rows.iloc[0:0]
+    if len(failed):
+        notes.append(f"{len(failed)} failed label-free cell(s) left out (REPORT.md names them)")
+    live = int(mf["source"].eq("live").sum()) if "source" in mf.columns else 0
+    if live:
+        notes.append(f"{live} of these records were written by a training run's monitor (source: live)")
+    return notes
+
+
 def device_hours(table: pd.DataFrame, seconds: str = "wall_s") -> pd.DataFrame:
     """gpu_h and cpu_h of each row from what ran: GPU·h = seconds × GPUs used on CUDA, CPU·h = seconds ×
     processes on the CPU. A row that states no device (no `gpus` / `device`) gets neither."""
@@ -753,7 +872,7 @@ def final_and_selected_table(table: pd.DataFrame, role: str, name: str, title: s
                 hit = g[g["epoch"] == epoch]
                 row[label] = float(hit[col].iloc[0]) if len(hit) else math.nan
                 row[f"epoch_{'/'.join(where) if where else k}"] = int(epoch) if epoch is not None and len(hit) else None
-                if len(hit) and bool(_imported(hit).iloc[0]):
+                if len(hit) and bool(_imported(hit, col).iloc[0]):
                     marks.add((len(rows), label))
                     imported_cells.add((hit["protocol"].iloc[0], hit["dataset"].iloc[0], method, int(epoch)))
             rows.append(row)
@@ -876,6 +995,7 @@ def all_tables(
         mean,
         long,
         selection_table(table, protocol, papers.get("model_selection")),
+        label_free_table(table),
         efficiency_table(table, protocol),
         dense_table(table),
         classification_table(table),
