@@ -983,6 +983,19 @@ def one_protocol_of(
     return fit[0]
 
 
+def _check_options(fmt: str, take: str | None, scale: float | None) -> None:
+    """--take and --scale where they mean something, with a value they can have."""
+    if take is not None and fmt not in ("mmseg", "detectron2"):
+        raise ImportError_(f"--take applies to mmseg and detectron2 logs, not to a {fmt} file")
+    if scale is not None and scale not in SCALES:
+        raise ImportError_(
+            f"--scale {scale:g}: expected 100 (the file's percentages are fractions: 0.39 -> 39) or 1 (they are "
+            f"percentages, even those <= 1)"
+        )
+    if scale is not None and fmt in ("dse-official", "spreadsheet"):
+        raise ImportError_(f"--scale applies to percentages (mIoU, top-1, AP, ...); a {fmt} file gives DSE values")
+
+
 def plan_import(
     reg: Registry,
     suite: str,
@@ -1013,15 +1026,7 @@ def plan_import(
     notes: list[str] = []
     if method is not None:
         reg.method(method)
-    if take is not None and fmt not in ("mmseg", "detectron2"):
-        raise ImportError_(f"--take applies to mmseg and detectron2 logs, not to a {fmt} file")
-    if scale is not None and scale not in SCALES:
-        raise ImportError_(
-            f"--scale {scale:g}: expected 100 (the file's percentages are fractions: 0.39 -> 39) or 1 (they are "
-            f"percentages, even those <= 1)"
-        )
-    if scale is not None and fmt in ("dse-official", "spreadsheet"):
-        raise ImportError_(f"--scale applies to percentages (mIoU, top-1, AP, ...); a {fmt} file gives DSE values")
+    _check_options(fmt, take, scale)
     if fmt in ("dse-official", "spreadsheet"):
         metrics_protocol = one_protocol_of(protos, (METRICS_KIND,), suite, protocol, "DSE scores", every)
         ds = next(d for e in s.grid if e.protocol == metrics_protocol for d in e.datasets)
@@ -1033,7 +1038,8 @@ def plan_import(
         if fmt == "dse-official":
             items = read_dse_official(path, method, lay, metrics_protocol, ds)
         else:
-            items, notes = read_spreadsheet(path, method, lay, metrics_protocol, ds)
+            items, more = read_spreadsheet(path, method, lay, metrics_protocol, ds)
+            notes += more
     elif fmt == "csv":
         metrics_protos = [p for p, k in protos.items() if k == METRICS_KIND]
         metrics_dataset = next((d for e in s.grid if e.protocol in metrics_protos[:1] for d in e.datasets), "imagenet")

@@ -41,7 +41,7 @@ _FILES: list[FileSet] = []  # the set the figures of this `all_figures` call go 
 def _save(fig, out: Path, name: str) -> list[Path]:
     """PNG + PDF of `fig`, into the current `all_figures` set (or replaced at once, both together)."""
     if not _FILES:
-        with FileSet(out) as own:
+        with FileSet(out.parent) as own:  # its journal where the suite's next writer looks
             _FILES.append(own)
             try:
                 return _save(fig, out, name)
@@ -176,7 +176,7 @@ def all_figures(
     """Every figure under `out`, through `files` (replaced with the rest of a tables run), or at once and
     together when no set is given."""
     if files is None:
-        with FileSet(out) as own:
+        with FileSet(out.parent) as own:  # its journal where the suite's next writer looks
             return all_figures(table, spec, mean_tau, out, protocol, own)
     _FILES.append(files)
     try:

@@ -103,7 +103,7 @@ def write_table(table, out_dir: Path, files: FileSet | None = None) -> list[Path
     """The table's Markdown, LaTeX and CSV under `out_dir`, through `files` (replaced with the rest of a
     tables run), or at once and together when no set is given."""
     if files is None:
-        with FileSet(out_dir) as own:
+        with FileSet(out_dir.parent) as own:  # its journal where the suite's next writer looks
             return write_table(table, out_dir, own)
     paths = [out_dir / f"{table.name}.md", out_dir / f"{table.name}.tex", out_dir / f"{table.name}.csv"]
     marks = getattr(table, "marks", set())
