@@ -86,3 +86,33 @@ def mini_world(tmp_path_factory):
         mp.setenv("SDD_CACHE", str(root.parent / ".cache"))
         prepare(quiet=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def micro_run(mini_world, tmp_path_factory):
+    """The `micro` suite run once for the session on the local executor over the session's mini world
+    (about 35 s): (results root, exit code, stdout, stderr). Tests copy the results before they change them
+    (`copy_results`)."""
+    import contextlib
+    import io
+
+    from harness.cli import main
+
+    own = tmp_path_factory.mktemp("micro_run")
+    results = own / "results"
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDD_MINI_ROOT", str(mini_world))
+        mp.setenv("SDD_SUBMITIT", str(own / "submitit"))
+        mp.setenv("SDD_CACHE", str(own / "cache"))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(["submit", "--suite", "micro", "--cluster", "local", "--results", str(results)])
+    return results, rc, out.getvalue(), err.getvalue()
+
+
+def copy_results(results: Path, to: Path) -> Path:
+    """A copy of a results root (records, ledger, logs) to change freely."""
+    import shutil
+
+    shutil.copytree(results, to, symlinks=True)
+    return to

@@ -167,7 +167,7 @@ def test_the_generated_registry_plans_each_run_on_its_last_checkpoint(tmp_path, 
 
 
 @pytest.mark.slow
-def test_the_interventions_run_end_to_end_on_the_micro_suite(mini_world, tmp_path, monkeypatch, capsys):
+def test_the_interventions_run_end_to_end_on_the_micro_suite(mini_world, micro_run, tmp_path, monkeypatch, capsys):
     """The real pipeline, smaller: mini DINO resumed from its DSE-selected checkpoint of the micro suite to the
     suite's last epoch, with and without -beta*DSE, two seeds; every run's last checkpoint probed and scored;
     the report's table, spreads and sentences; the DirectCLR spectrum; a second run trains and runs nothing."""
@@ -178,12 +178,10 @@ def test_the_interventions_run_end_to_end_on_the_micro_suite(mini_world, tmp_pat
     monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(interventions, "PLAN", {"mini_dino": ("none", "dse_x100")})
     monkeypatch.setattr(interventions, "SEEDS", (0, 1))
-    results = tmp_path / "results"
-    assert main(["submit", "--suite", "micro", "--cluster", "local", "--results", str(results)]) == 0
-    from harness.launch import wait
-    from harness.registry import load_registry
+    from tests.conftest import copy_results
 
-    wait(load_registry(), "micro", results)
+    assert micro_run[1] == 0  # the micro suite, run once for the session on the local executor
+    results = copy_results(micro_run[0], tmp_path / "results")
     assert main(["collect", "--suite", "micro", "--results", str(results)]) == 0
     (start, last) = interventions.start_epochs(results, "micro")["mini_dino"]
     assert last == 4 and 1 <= start < last
