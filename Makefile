@@ -3,6 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SDD    := $(VENV)/bin/sdd
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: help install install-detectron2 lint test test-fast bench gpu-check demo reproduce-sdd validate plan tables slurm-up slurm-down clean
 
@@ -20,11 +21,11 @@ lint: install  ## ruff (lint + format check, line length 120) and mypy on the lo
 	$(VENV)/bin/ruff format --check harness tests tools
 	$(VENV)/bin/mypy
 
-test: install  ## run the whole test suite (CPU)
-	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)
+test: install  ## run the whole test suite (CPU; TEST_WORKERS pytest-xdist workers, the Slurm tests on one of them)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=10 $(PYTEST_ARGS)
 
 test-fast: install  ## the test suite without the slow (full-size architecture) tests
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 bench: install  ## benchmarks under tests/perf/ (print their figures; not timed tests)
 	$(PY) tests/perf/bench_checks.py

@@ -68,9 +68,24 @@ def ckpt_root(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True, scope="session")
 def _two_threads():
+    """Torch's threads: the machine's cores (at most 2) shared by the pytest-xdist workers, so that two
+    workers on two cores do not fight over four threads."""
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // workers))
+
+
+ONE_WORKER = "the-slurm-cluster-and-the-mini-world"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two workers): the tests of the one Slurm cluster, and those of the
+    session's mini world (45 s to make, once per worker that needs it), run on one worker, one after another;
+    the rest runs beside them on the other (`--dist loadgroup`)."""
+    for item in items:
+        if item.get_closest_marker("slurm") or {"mini_world", "micro_run"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group(ONE_WORKER))
 
 
 @pytest.fixture(scope="session")
