@@ -71,9 +71,13 @@ def test_batched_slide_inference_predicts_as_mmsegs_loop(data, tmp_path, monkeyp
     import copy
 
     import torch
+
+    from harness.mmcv_shim import import_mmseg
+
+    import_mmseg()  # the mmcv stand-in before mmseg's models (a test worker may import them here first)
     from mmseg.models.segmentors import EncoderDecoder
 
-    import harness.jobs.mm_modules  # noqa: F401  (the mmcv shim first, then mmseg)
+    import harness.jobs.mm_modules  # noqa: F401  (registers the harness's mmseg modules)
     from harness.device import resolve
     from harness.jobs import JobContext
     from harness.jobs.mm_adapter import on_device, runner_from_config

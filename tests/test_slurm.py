@@ -356,8 +356,16 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm_cluster, env):
     entry = ledger.read_ledger(results, "probe")["cells"]["probe/imagenet/dino/ep0010"]
     work = probe_state(bench, results)
     wait_for(lambda: work.is_file() and json.loads(work.read_text())["step"] >= 3, what="some progress")
-    for sig in ("SIGTERM", "USR2"):
-        subprocess.run(["scancel", entry["job_id"], "--signal", sig], check=True)
+    logs = [Path(entry["log_err"]), Path(entry["log_out"])]
+
+    def said(text):
+        return lambda: any(p.is_file() and text in p.read_text() for p in logs)
+
+    # one signal after the other has been handled, as Slurm spaces them (sent back to back, on a loaded
+    # machine the second could reach the step before the first was handled, and the step was cancelled)
+    subprocess.run(["scancel", entry["job_id"], "--signal", "SIGTERM"], check=True)
+    wait_for(said("Bypassing signal SIGTERM"), timeout=60, what="the job to bypass SIGTERM")
+    subprocess.run(["scancel", entry["job_id"], "--signal", "USR2"], check=True)
     wait_for(all_done(bench, results), timeout=240, what="the preempted job")
     rec = json.loads((results / "probe/runs/probe/imagenet/dino/ep0010.json").read_text())
     assert rec["runs"] == 2 and rec["resumed_from_step"] >= 3
