@@ -403,39 +403,29 @@ def submit(
     Deciding which cells to run and claiming them in the ledger happen under the suite's lock, so two
     submits started together never run a cell twice: the second sees the first one's cells queued.
     Inline cells are claimed (as running in this process) and run after the lock is released."""
+    import contextlib
+
     from harness.suitedir import suite_lock
 
     results = Path(results)
-    if dry_run:
-        return _submit(
-            reg,
-            suite,
-            cluster,
-            results,
-            protocols,
-            methods,
-            True,
-            retry_failed,
-            max_attempts,
-            progress,
-            guided,
-            replace_live,
-        )
-    with suite_lock(results, suite, f"sdd submit --suite {suite}"):
-        summary = _submit(
-            reg,
-            suite,
-            cluster,
-            results,
-            protocols,
-            methods,
-            False,
-            retry_failed,
-            max_attempts,
-            progress,
-            guided,
-            replace_live,
-        )
+    args = (
+        reg,
+        suite,
+        cluster,
+        results,
+        protocols,
+        methods,
+        dry_run,
+        retry_failed,
+        max_attempts,
+        progress,
+        guided,
+        replace_live,
+    )
+    # a dry run writes nothing: it takes no lock
+    held = contextlib.nullcontext() if dry_run else suite_lock(results, suite, f"sdd submit --suite {suite}")
+    with held:
+        summary = _submit(*args)
     if cluster.executor == "inline" and summary.get("_groups"):
         try:
             summary["arrays"] = submit_inline(summary["_groups"], cluster, suite, results, progress)
