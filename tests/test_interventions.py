@@ -245,3 +245,16 @@ def test_a_resume_from_the_wrong_epoch_or_objective_is_refused_by_name(data, tmp
     with pytest.raises(ResumeError, match=r"not a dino checkpoint of this pre-trainer .*--objective must be"):
         _train(data, tmp_path / "y", "dino", "--epochs", "2", "--resume", str(ck), "--resume-epoch", "1")
     assert not any((tmp_path / "x").glob("checkpoint*")) and not any((tmp_path / "y").glob("checkpoint*"))
+    import torch
+
+    saved = torch.load(ck, weights_only=True)
+    for stored, ok in ((torch.tensor([1, 1]), True), ("1", True), (1.5, False)):  # a per-rank copy, a string
+        other = tmp_path / f"ck_{stored!r}.pth.tar"[:200]
+        torch.save({**saved, "epoch": stored}, other)
+        out = tmp_path / f"z{len(list(tmp_path.iterdir()))}"
+        if ok:  # read as the harness reads a checkpoint's epoch: the resume goes on
+            _train(data, out, "mocov3", "--epochs", "2", "--resume", str(other), "--resume-epoch", "1")
+            assert (out / "checkpoint_0002.pth.tar").is_file()
+        else:
+            with pytest.raises(ResumeError, match=r"'epoch' field is no epoch"):
+                _train(data, out, "mocov3", "--epochs", "2", "--resume", str(other), "--resume-epoch", "1")

@@ -390,15 +390,18 @@ def settings_hash(args) -> str:
 
 def _resume(args, model, opt) -> None:
     """Restore `model` and `opt` from --resume, which must hold --resume-epoch and this objective's keys."""
-    from harness.models.checkpoints import safe_load
+    from harness.models.checkpoints import epoch_value, safe_load
 
     offset = OBJECTIVES[args.objective].epoch_offset
     ck = safe_load(args.resume)
     stored = ck.get("epoch") if isinstance(ck, dict) else None
-    if stored is None or int(stored) + offset != args.resume_epoch:
+    try:  # read whatever its type (np.int64, "9", tensor([8, 8])), as the harness reads checkpoints
+        held = None if stored is None else epoch_value(stored) + offset
+    except ValueError as e:
+        raise ResumeError(f"{args.resume}: its 'epoch' field is no epoch ({e})") from None
+    if held != args.resume_epoch:
         raise ResumeError(
-            f"{args.resume} holds epoch {stored if stored is None else int(stored) + offset}, not "
-            f"--resume-epoch {args.resume_epoch}: pass the checkpoint's own epoch"
+            f"{args.resume} holds epoch {held}, not --resume-epoch {args.resume_epoch}: pass the checkpoint's own epoch"
         )
     try:
         model.restore(ck, args.resume)
