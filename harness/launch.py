@@ -408,24 +408,23 @@ def submit(
     from harness.suitedir import suite_lock
 
     results = Path(results)
-    args = (
-        reg,
-        suite,
-        cluster,
-        results,
-        protocols,
-        methods,
-        dry_run,
-        retry_failed,
-        max_attempts,
-        progress,
-        guided,
-        replace_live,
-    )
     # a dry run writes nothing: it takes no lock
     held = contextlib.nullcontext() if dry_run else suite_lock(results, suite, f"sdd submit --suite {suite}")
     with held:
-        summary = _submit(*args)
+        summary = _submit(
+            reg,
+            suite,
+            cluster,
+            results,
+            protocols=protocols,
+            methods=methods,
+            dry_run=dry_run,
+            retry_failed=retry_failed,
+            max_attempts=max_attempts,
+            progress=progress,
+            guided=guided,
+            replace_live=replace_live,
+        )
     if cluster.executor == "inline" and summary.get("_groups"):
         try:
             summary["arrays"] = submit_inline(summary["_groups"], cluster, suite, results, progress)
@@ -436,19 +435,10 @@ def submit(
 
 
 def _submit(
-    reg,
-    suite,
-    cluster,
-    results,
-    protocols,
-    methods,
-    dry_run,
-    retry_failed,
-    max_attempts,
-    progress,
-    guided,
-    replace_live,
-) -> dict:
+    reg: Registry, suite: str, cluster: ClusterProfile, results: Path, *, protocols, methods, dry_run: bool,
+    retry_failed: bool, max_attempts: int, progress: bool, guided: bool, replace_live: bool
+) -> dict:  # fmt: skip
+    """`submit`'s decisions and claims (under its lock), with `submit`'s keyword options."""
     cells = build_plan(reg, suite, protocols=protocols, methods=methods)
     waiting = {}
     if guided:

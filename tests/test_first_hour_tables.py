@@ -2,7 +2,6 @@
 per-epoch table of a run without probes, no PerformanceWarning from a wide results.csv with imports,
 whole-number epoch ticks, and SDD notes that do not contradict each other."""
 
-import shutil
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from harness.cli import main
 from harness.plan import build_plan
 from harness.registry import load_registry
 from harness.selection import dse_normalised, select_checkpoints
+from tests import worlds
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = [10, 20, 30, 40, 50]
@@ -30,11 +30,7 @@ grid:
 
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
-    monkeypatch.setenv("SDD_RESULTS", str(tmp_path / "results"))
-    b = tmp_path / "bench"
-    shutil.copytree(ROOT / "benchmarks", b)
-    (b / "suites" / "hour.yaml").write_text(SUITE)
-    return b
+    return worlds.registry_with_suite(tmp_path, monkeypatch, "hour", SUITE)
 
 
 def sdd(bench, *args):

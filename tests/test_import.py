@@ -3,7 +3,6 @@ with computed records, and the tables checked against values computed by hand.""
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ import pytest
 from harness.cli import main
 from harness.plan import build_plan
 from harness.registry import load_registry
+from tests import worlds
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = "_3local_clusters_24global_clusters_1th_layer_datapercent_0.001_normalized_bs_1024"
@@ -25,16 +25,15 @@ MOCO_DSE, MOCO_MIOU = [5.0, 4.0, 3.0, 2.0, 1.0], [0.10, 0.20, 0.30, 0.40, 0.50] 
 
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
-    monkeypatch.setenv("SDD_RESULTS", str(tmp_path / "results"))
-    b = tmp_path / "bench"
-    shutil.copytree(ROOT / "benchmarks", b)
-    (b / "suites" / "imp.yaml").write_text(
+    return worlds.registry_with_suite(
+        tmp_path,
+        monkeypatch,
+        "imp",
         "name: imp\ntitle: imported\nmethods: [dino, mocov3]\ngrid:\n"
         "  - {protocol: metrics, datasets: [imagenet], epochs: [10, 20, 30, 40, 50]}\n"
         "  - {protocol: linear, datasets: [voc12_aug], epochs: [10, 20, 30, 40, 50]}\n"
-        "  - {protocol: maskrcnn, datasets: [coco_instances], epochs: [50]}\n"
+        "  - {protocol: maskrcnn, datasets: [coco_instances], epochs: [50]}\n",
     )
-    return b
 
 
 def sdd(bench, *args):

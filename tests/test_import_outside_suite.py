@@ -3,7 +3,6 @@ not run goes under that protocol of the registry, marked as outside the suite an
 a protocol chosen by kind is said; `--allow-outside-grid` also admits an epoch the method file does not list."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ import pytest
 from harness.cli import main
 from harness.plan import build_plan
 from harness.registry import load_registry
+from tests import worlds
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = [10, 20, 30, 40, 50]
@@ -21,15 +21,14 @@ MINI_MIOU = [20.0, 22.0, 24.0, 26.0, 28.0]  # the suite's own linear_mini: best 
 
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
-    monkeypatch.setenv("SDD_RESULTS", str(tmp_path / "results"))
-    b = tmp_path / "bench"
-    shutil.copytree(ROOT / "benchmarks", b)
-    (b / "suites" / "own.yaml").write_text(
+    return worlds.registry_with_suite(
+        tmp_path,
+        monkeypatch,
+        "own",
         "name: own\ntitle: own\nmethods: [dino]\ngrid:\n"
         "  - {protocol: metrics, datasets: [imagenet], epochs: [10, 20, 30, 40, 50]}\n"
-        "  - {protocol: linear_mini, datasets: [voc12_aug], epochs: [10, 20, 30, 40, 50]}\n"
+        "  - {protocol: linear_mini, datasets: [voc12_aug], epochs: [10, 20, 30, 40, 50]}\n",
     )
-    return b
 
 
 def sdd(bench, *args):

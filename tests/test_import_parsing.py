@@ -4,7 +4,6 @@ the line or cell, never a traceback. Nothing is written when an import is refuse
 
 import json
 import re
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import pytest
 
 from harness.importer import ImportError_, plan_import
 from harness.registry import load_registry
-from tests.test_import import ROOT, mmseg_0x, mmseg_1x
+from tests import worlds
+from tests.test_import import mmseg_0x, mmseg_1x
 
 FRACTIONS = [0.39, 0.40, 0.42, 0.37, 0.35]  # the issue's mIoU: 39 ... 35 %, a drop of 4 points
 EPOCHS = [10, 20, 30, 40, 50]
@@ -22,17 +22,16 @@ EPOCHS = [10, 20, 30, 40, 50]
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
     """A suite with every kind of percentage: mIoU (linear), AP (maskrcnn) and top-1 (knn)."""
-    monkeypatch.setenv("SDD_RESULTS", str(tmp_path / "results"))
-    b = tmp_path / "bench"
-    shutil.copytree(ROOT / "benchmarks", b)
-    (b / "suites" / "imp.yaml").write_text(
+    return worlds.registry_with_suite(
+        tmp_path,
+        monkeypatch,
+        "imp",
         "name: imp\ntitle: imported\nmethods: [dino, mocov3]\ngrid:\n"
         "  - {protocol: metrics, datasets: [imagenet], epochs: [10, 20, 30, 40, 50]}\n"
         "  - {protocol: linear, datasets: [voc12_aug], epochs: [10, 20, 30, 40, 50]}\n"
         "  - {protocol: maskrcnn, datasets: [coco_instances], epochs: [50]}\n"
-        "  - {protocol: knn, datasets: [imagenet], epochs: [10, 20, 30, 40, 50]}\n"
+        "  - {protocol: knn, datasets: [imagenet], epochs: [10, 20, 30, 40, 50]}\n",
     )
-    return b
 
 
 def sdd_import(bench, path, *args):

@@ -9,7 +9,6 @@ tests/test_checkpoint_metadata.py.)"""
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -153,13 +152,13 @@ def test_a_multi_file_write_that_dies_half_way_is_finished_by_the_next_writer(tm
 def imp(tmp_path, monkeypatch):
     """A registry whose suite `imp` holds 2 methods x 24 epochs of metrics, and two files of numbers for
     all 48 cells: DSE in one, W2 in the other."""
-    monkeypatch.setenv("SDD_RESULTS", str(tmp_path / "results"))
-    bench = tmp_path / "bench"
-    shutil.copytree(ROOT / "benchmarks", bench)
     epochs = list(range(10, 250, 10))
-    (bench / "suites" / "imp.yaml").write_text(
+    bench = worlds.registry_with_suite(
+        tmp_path,
+        monkeypatch,
+        "imp",
         f"name: imp\ntitle: imported\nmethods: [dino, mocov3]\ngrid:\n"
-        f"  - {{protocol: metrics, datasets: [imagenet], epochs: {epochs}}}\n"
+        f"  - {{protocol: metrics, datasets: [imagenet], epochs: {epochs}}}\n",
     )
     rows = [(m, e) for m in ("dino", "mocov3") for e in epochs]
     dse, w2 = tmp_path / "dse.csv", tmp_path / "w2.csv"

@@ -28,11 +28,7 @@ grid:
 
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
-    monkeypatch.setenv("SDD_RESULTS", str(tmp_path / "results"))
-    b = tmp_path / "bench"
-    shutil.copytree(ROOT / "benchmarks", b)
-    (b / "suites" / "trust.yaml").write_text(SUITE)
-    return b
+    return worlds.registry_with_suite(tmp_path, monkeypatch, "trust", SUITE)
 
 
 def sdd(bench, *args):

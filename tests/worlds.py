@@ -139,3 +139,13 @@ def synthetic_suite(
                 records.write_record(records.record_path(results, suite, "linear", d, name, e * 10), rec)
                 n += 1
     return n
+
+
+def registry_with_suite(tmp: Path, monkeypatch, name: str, text: str) -> Path:
+    """A copy of the real registry at `tmp/bench` with one more suite, `suites/<name>.yaml` holding `text`;
+    SDD_RESULTS points at `tmp/results` for the test."""
+    monkeypatch.setenv("SDD_RESULTS", str(tmp / "results"))
+    bench = tmp / "bench"
+    shutil.copytree(ROOT / "benchmarks", bench)
+    (bench / "suites" / f"{name}.yaml").write_text(text)
+    return bench
