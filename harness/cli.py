@@ -58,6 +58,8 @@ def cmd_ls(reg: Registry, args) -> int:
         args.what = None
         return 0
     what = args.what
+    if what == "archs":
+        return _ls_archs(reg)
     if what == "methods":
         rows = [
             {
@@ -107,9 +109,72 @@ def cmd_ls(reg: Registry, args) -> int:
     return 0
 
 
+def _ls_archs(reg: Registry) -> int:
+    """The aliases with what they are (read from the built models), and the rule for every other name."""
+    from harness.archnames import timm_names
+    from harness.models.archs import ALIASES, arch_facts
+
+    users: dict[str, list[str]] = {}
+    for m in reg.methods.values():
+        users.setdefault(m.arch, []).append(m.name)
+    rows = []
+    for name in [*ALIASES, *sorted(set(users) - set(ALIASES))]:
+        f = arch_facts(name)
+        rows.append(
+            {
+                "arch": name,
+                "what": f.description,
+                "facts (read from the built model)": f.summary(),
+                "params": f"{f.params / 1e6:.1f}M",
+                "methods": ", ".join(sorted(users.get(name, []))) or "-",
+            }
+        )
+    print(table(rows, ["arch", "what", "facts (read from the built model)", "params", "methods"]))
+    print(
+        f"\nAny of timm's {len(timm_names())} model names works as `arch:` too (`timm.list_models()`; e.g. "
+        "vit_small_patch14_reg4_dinov2, vit_small_patch16_dinov3_qkvb, vit_base_patch16_224, convnext_tiny), with "
+        "`arch_kwargs:` passed to timm.create_model. Weights always come from the method's checkpoint file "
+        "(never downloaded); release layouts load with `convert: timm` (timm's own converter). README: "
+        "'Adding your own method'."
+    )
+    return 0
+
+
+def _validate_one(reg: Registry, method: str, epoch: int | None) -> int:
+    """Load one checkpoint file of a method and say what matched, what was left out, and the architecture."""
+    from harness.models.checkpoints import CheckpointError, load_backbone
+
+    spec = reg.method(method)
+    epoch = spec.epochs()[-1] if epoch is None else epoch
+    try:
+        loaded = load_backbone(spec, epoch, registry=reg)
+    except CheckpointError as e:
+        print(f"sdd validate: method '{method}', epoch {epoch}: {e}", file=sys.stderr)
+        return 1
+    f = loaded.backbone.info
+    rule = spec.checkpoint.state_dict
+    print(f"{loaded.path}: loads as method '{method}', epoch {epoch}")
+    print(f"  architecture: {spec.arch}{f' {spec.arch_kwargs}' if spec.arch_kwargs else ''} -- {f.summary()}")
+    print(
+        f"  matched: all {loaded.loaded_keys} backbone tensors ({f.params / 1e6:.1f}M parameters), every value finite"
+        + (f"; converted by `convert: {rule.convert}`" if rule.convert else "")
+    )
+    stored = "not stored in the file" if loaded.stored_epoch is None else f"the file says {loaded.stored_epoch}"
+    print(f"  epoch: {stored}")
+    left = loaded.unexpected_keys
+    shown = ", ".join(left[:10]) + (f" ... ({len(left)} in all)" if len(left) > 10 else "")
+    print(f"  left out (in the file after the rule, not part of the backbone): {shown or 'nothing'}")
+    return 0
+
+
 def cmd_validate(reg: Registry, args) -> int:
     counts = ", ".join(f"{len(getattr(reg, k))} {k}" for k in KINDS)
     print(f"registry {reg.root}: OK ({counts})")
+    if args.method:
+        return _validate_one(reg, args.method, args.epoch)
+    if args.epoch is not None:
+        print("sdd validate: --epoch needs --method NAME", file=sys.stderr)
+        return 2
     if args.suite:  # (implies --paths) the suite's own checkpoints and data, every file, the first and last loaded
         problems = preflight(reg, args.suite, load=True)
         if problems:
@@ -865,7 +930,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--registry", help="registry directory (default: benchmarks/ or $SDD_BENCHMARKS)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("ls", help="list registry entries (every kind, or one)")
-    p.add_argument("what", nargs="?", choices=list(KINDS))
+    p.add_argument("what", nargs="?", choices=[*KINDS, "archs"], help="archs: the architecture names `arch:` takes")
     p = sub.add_parser("validate", help="validate every registry file")
     p.add_argument("--paths", action="store_true", help="also check checkpoint directories and dataset roots")
     p.add_argument(
@@ -874,6 +939,11 @@ def _parser() -> argparse.ArgumentParser:
         "and last checkpoint of each method",
     )
     p.add_argument("--strict", action="store_true", help="with --paths: exit 1 when a path is missing")
+    p.add_argument(
+        "--method",
+        help="load one checkpoint of this method and print what matched, what was left out, the architecture",
+    )
+    p.add_argument("--epoch", type=int, help="with --method: the epoch (default: its last)")
     p = sub.add_parser("plan", parents=[results], help="dry run: the cells of a suite, their state and GPU·h")
     _selection_flags(p)
     p.add_argument("--cells", action="store_true", help="list every cell with its state, config hash and reason")

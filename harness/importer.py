@@ -894,10 +894,10 @@ class ImportPlan:
 
 def last_layer(reg: Registry, method: str) -> int:
     """The official model selection's layer: ViT block L-1 (11 for ViT-S/B), stage index 3 for ResNet/Swin."""
-    from harness.models.archs import ARCHS
+    from harness.models.archs import facts_of_method
 
-    info = ARCHS[reg.method(method).arch]
-    return max(info.level_indices) if info.family == "vit" else 3
+    info = facts_of_method(reg.method(method))
+    return info.depth - 1 if info.family == "vit" else 3
 
 
 def suite_protocols(reg: Registry, suite: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ in the kind's own job module. Data only: no torch, no job imports.
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass
 
 from harness import params as P
@@ -81,6 +82,17 @@ class ProtocolKind:
     plan_time: tuple[tuple[str, str], ...] = ()
     # parameters that name further dataset splits the job reads (e.g. a low-shot subset)
     split_params: tuple[str, ...] = ()
+    # What a ViT does with an input whose sides are not a multiple of its patch (harness.models.archs
+    # REMAINDER_RULES); never the silent crop of the patch embedding. "center": DINOv2's CenterPadding
+    # (facebookresearch/dinov2, dinov2/eval/segmentation/models/backbones/vision_transformer.py, and its depth
+    # evaluation): pad evenly to the next multiple. Image-level crops (224) are multiples of 14 and 16 already.
+    patch_remainder: str = "center"
+    # Parameters added after records existed, with the value that computes what the kind computed before they
+    # existed: at that value, and for the architectures records could be made of then (the aliases), they are
+    # left out of the cell's config hash, so those records stay current (harness.plan.resolved_config). The
+    # value "depth" stands for the method's ViT depth (blocks written for it are taken as they are). Any other
+    # value, or architecture, is hashed like every parameter.
+    added_params: tuple[tuple[str, Any], ...] = ()
 
     def splits_for(self, params) -> tuple[str, ...]:
         """The dataset splits a protocol of this kind reads: the kind's own and those its parameters name."""
@@ -167,6 +179,8 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         splits=("train", "val"),
         role=DENSE,
         version=2,
+        # the blocks were the architecture's before a protocol stated them (BEiT's four, scaled to the depth)
+        added_params=(("vit_levels", [3, 5, 7, 11]), ("vit_levels_depth", 12)),
         metrics=tuple(Metric(**{**m.__dict__, "label": f"UperNet {m.label}"}) for m in SEGMENTATION_METRICS),
     ),
     "semfpn": ProtocolKind(
@@ -174,6 +188,7 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         params=P.SemFPNParams,
         splits=("train", "val"),
         role=DENSE,
+        added_params=(("vit_levels_depth", "depth"),),
         metrics=tuple(
             Metric(
                 **{
@@ -191,6 +206,9 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         splits=("train", "val"),
         role=DENSE,
         plan_time=(("backend", "maskrcnn_backend"),),
+        # detectron2's ImageList pads at the bottom and the right; the grid stays aligned with the image's origin
+        patch_remainder="bottom_right",
+        added_params=(("vit_levels_depth", "depth"),),
         # version 2: per-epoch sampling without replacement, the multi-level pyramid, the test size set apart
         version=2,
         metrics=tuple(
@@ -213,6 +231,9 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         splits=(),
         split_params=("split",),
         role=DENSE,
+        # the job resizes each frame to a multiple of the patch (DINO's read_frame: a multiple of 64, which
+        # patches 8 and 16 divide; for other patches, of the patch itself), so nothing is left to pad
+        patch_remainder="refuse",
         metrics=(
             Metric(
                 name="JF_mean", label="J&F", low=0.0, high=1.0, aliases=("j&f", "jf_mean", "j&f-mean"), dense_table=True
@@ -268,6 +289,7 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         params=P.ProbeParams,
         splits=(),
         role=LAUNCH_TEST,
+        patch_remainder="refuse",
         metrics=(Metric(name="steps", label="steps", low=0.0),),
     ),
 }

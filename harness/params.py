@@ -236,7 +236,21 @@ class AuxiliaryHead(P):
     loss_weight: NonNeg = 0.4
 
 
-class UperNetParams(SegmentationParams):
+class ViTBlocks(P):
+    """The ViT blocks a multi-level protocol takes, written for a ViT of `vit_levels_depth` blocks and scaled to
+    the method's depth by one rule (harness.models.archs.scale_blocks: BEiT's [3, 5, 7, 11] is [7, 11, 15, 23]
+    on ViT-L, the evenly spaced [2, 5, 8, 11] is [5, 11, 17, 23])."""
+
+    vit_levels: tuple[NonNegInt, ...] = Field(default=(3, 5, 7, 11), description="0-based ViT blocks")
+    vit_levels_depth: PosInt = Field(default=12, description="the depth `vit_levels` are written for")
+
+    def blocks_for(self, depth: int) -> tuple[int, ...]:
+        from harness.models.archs import scale_blocks
+
+        return scale_blocks(self.vit_levels, depth, self.vit_levels_depth)
+
+
+class UperNetParams(SegmentationParams, ViTBlocks):
     optimizer: UperNetOptimizer = Field(default_factory=UperNetOptimizer)
     decode_head: DecodeHead = Field(default_factory=DecodeHead)
     auxiliary_head: AuxiliaryHead = Field(default_factory=AuxiliaryHead)
@@ -254,7 +268,7 @@ class FPNDecodeHead(P):
     feature_strides: tuple[PosInt, ...] = (4, 8, 16, 32)
 
 
-class SemFPNParams(SegmentationParams):
+class SemFPNParams(SegmentationParams, ViTBlocks):
     """Semantic FPN (UDI's / SelfPatch's ADE20K protocol): a fine-tuned backbone's four levels (ViT: the
     blocks `vit_levels`, all at stride 16, not rescaled) under mmseg's FPN neck and FPNHead."""
 
@@ -280,7 +294,7 @@ class DetOptimizer(P):
     layer_decay_rate: float = Field(default=0.7, gt=0, le=1, description="ViTDet's 0.7 for ViT-S/B; 1 turns it off")
 
 
-class MaskRCNNParams(P):
+class MaskRCNNParams(ViTBlocks):
     num_workers: int | None = Field(
         default=None, ge=0, description="data-loading workers; default: the cell's CPUs but one"
     )
@@ -295,7 +309,6 @@ class MaskRCNNParams(P):
         "(UDI/SelfPatch: ConvT-BN-GELU-ConvT, ConvT, identity, max-pool) under an FPN; 'simple' = ViTDet's "
         "simple feature pyramid on the last block",
     )
-    vit_levels: tuple[NonNegInt, ...] = Field(default=(3, 5, 7, 11), description="0-based ViT blocks (multilevel)")
     vit_scale_factors: tuple[Positive, ...] = (4.0, 2.0, 1.0, 0.5)
     out_channels: PosInt = 256
     anchor_sizes: tuple[PosInt, ...] = (32, 64, 128, 256, 512)

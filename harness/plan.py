@@ -82,6 +82,9 @@ def resolved_config(
     proto = p.model_dump(include={"name", "kind", "params"}, mode="json")  # params resolved: defaults filled in
     kind = PROTOCOL_KINDS[p.kind]
     proto["version"] = kind.version  # a code change of the kind's job makes exactly its cells stale
+    for param, value in kind.added_params:  # added later at the value that computes what records hold: unhashed
+        if _as_before(proto["params"].get(param, object()), value, m):
+            proto["params"] = {k: v for k, v in proto["params"].items() if k != param}
     for param, resolver in kind.plan_time:  # `auto` resolved where the plan is made: one value per table, hashed
         if proto["params"].get(param) == "auto":
             proto["params"] = {**proto["params"], param: PLAN_TIME_RESOLVERS[resolver]()}
@@ -96,6 +99,19 @@ def resolved_config(
         },
         "epoch": epoch,
     }
+
+
+def _as_before(given, before, method) -> bool:
+    """Whether a parameter added to a kind (`kinds.ProtocolKind.added_params`) at value `given` computes what the
+    kind computed before it existed, for `method`: only the aliases could be evaluated then, and "depth" is the
+    alias's ViT depth (a CNN takes no blocks, so any value)."""
+    from harness.archnames import ALIAS_DEPTHS
+
+    if method.arch not in ALIAS_DEPTHS or "depth" in method.arch_kwargs:
+        return False
+    if before == "depth":
+        return ALIAS_DEPTHS[method.arch] in (given, 0)
+    return given == before
 
 
 def detectron2_backend() -> str:

@@ -25,25 +25,15 @@ from pydantic import (
 )
 
 from harness import kinds
+from harness.archnames import ALIAS_NAMES, unknown_arch
 from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BENCHMARKS = ROOT / "benchmarks"
 
-# Architectures the model factory (harness.models.archs) builds. Kept here as names only, so the
-# registry can validate `arch:` without importing torch; a test checks both lists agree.
-ARCHS = (
-    "vit_small_patch16",
-    "vit_small_patch16_h12",
-    "vit_small_patch16_2cls",
-    "vit_base_patch16",
-    "vit_base_patch16_nocls",
-    "resnet50",
-    "resnet18_cifar",
-    "swin_tiny_patch4_window7",
-    "vit_tiny_test",
-    "resnet_tiny_test",
-)
+# Architectures: the seed methods' aliases or any timm model name (harness.archnames checks them without
+# importing torch or timm; harness.models.archs builds them).
+ARCHS = ALIAS_NAMES
 FAMILIES = (
     "self-distillation",
     "contrastive",
@@ -55,7 +45,7 @@ FAMILIES = (
     "test",
 )
 DATASET_KINDS = tuple(kinds.DATASET_KINDS)
-STATE_DICT_CONVERTERS = ("timm_swin", "split_cls_tokens")
+STATE_DICT_CONVERTERS = ("timm", "timm_swin", "split_cls_tokens")
 
 
 class RegistryError(HarnessError):
@@ -99,7 +89,8 @@ class StateDictRule(Spec):
     rename_prefixes: dict[str, str] = Field(default_factory=dict, description="key prefix renames, applied last")
     convert: Literal[STATE_DICT_CONVERTERS] | None = Field(  # type: ignore[valid-type]
         default=None,
-        description="a converter to the model's layout: timm_swin (original Swin -> timm), "
+        description="a converter to the model's layout: timm (the checkpoint_filter_fn of the timm module that "
+        "defines the architecture: DINOv2/DINOv3 release files, EVA, OpenCLIP...), timm_swin (original Swin -> timm), "
         "split_cls_tokens (UDI's [1,2,d] cls_token -> timm cls + register token)",
     )
 
@@ -109,7 +100,10 @@ class StateDictRule(Spec):
 
 class CheckpointSpec(Spec):
     dir: str = Field(description="directory; ${VAR} and ${VAR:-default} are expanded when used")
-    file: str = Field(description="file-name template with {epoch} (format spec allowed: {epoch:04d})")
+    file: str = Field(
+        description="file-name template with {epoch} (format spec allowed: {epoch:04d}); a released file's own name "
+        "(no {epoch}) when `epochs` has one entry"
+    )
     epochs: EpochRange | tuple[int, ...]
     file_offset: int = Field(default=0, description="number in the file name = completed epochs + file_offset")
     epoch_key: str | None = Field(default="epoch", description="dotted key of the epoch stored in the file")
@@ -120,6 +114,8 @@ class CheckpointSpec(Spec):
     @field_validator("file")
     @classmethod
     def _has_epoch(cls, v: str) -> str:
+        if "{" not in v and "}" not in v:  # a released file, one epoch (checked with `epochs` below)
+            return v
         if not re.search(r"\{epoch(:[^}]*)?\}", v):
             raise ValueError("must contain the placeholder {epoch}, e.g. 'checkpoint{epoch:04d}.pth'")
         try:
@@ -152,27 +148,67 @@ class CheckpointSpec(Spec):
             raise ValueError("epochs must be strictly increasing without duplicates")
         return v
 
+    @model_validator(mode="after")
+    def _one_file_one_epoch(self):
+        if not self.per_epoch and len(self.epoch_list()) != 1:
+            raise ValueError(
+                f"file '{self.file}' has no {{epoch}} placeholder, so it names one file (a released checkpoint), but "
+                f"epochs lists {len(self.epoch_list())}: give one epoch (e.g. epochs: [100], the release's training "
+                f"length) or a template with {{epoch}}"
+            )
+        return self
+
+    @property
+    def per_epoch(self) -> bool:
+        """False for a released file: one name, one epoch."""
+        return "{" in self.file
+
     def epoch_list(self) -> tuple[int, ...]:
         return self.epochs.expand() if isinstance(self.epochs, EpochRange) else tuple(self.epochs)
 
     def file_name(self, epoch: int) -> str:
-        return self.file.format(epoch=epoch + self.file_offset)
+        return self.file.format(epoch=epoch + self.file_offset) if self.per_epoch else self.file
+
+
+class PublishedNumber(Spec):
+    """A number the method's own paper or release publishes for one of the harness's protocols, shown beside
+    ours in the `published` table. `value` is on the harness's scale for the metric (J&F as a fraction)."""
+
+    protocol: str
+    metric: str
+    value: float
+    dataset: str | None = Field(default=None, description="default: the protocol's only dataset")
+    source: str = Field(
+        min_length=8, description="where the number is written: repo @ commit, path, line (or paper table)"
+    )
+    note: str = Field(default="", description="how the published setting differs from the protocol's")
 
 
 class MethodSpec(Spec):
     name: str
     title: str
     family: Literal[FAMILIES]  # type: ignore[valid-type]
-    arch: Literal[ARCHS]  # type: ignore[valid-type]
-    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    arch: str = Field(description="an alias (`sdd ls archs`) or any timm model name")
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments of timm.create_model")
     checkpoint: CheckpointSpec
     tokens: str = Field(
         default="last block + final norm, class tokens dropped",
         description="what the dense features are (documentation)",
     )
-    paper: dict[str, Any] = Field(default_factory=dict, description="published numbers, references")
+    paper: dict[str, Any] = Field(default_factory=dict, description="references; the SDD paper's numbers")
+    published: tuple[PublishedNumber, ...] = Field(
+        default=(), description="the method's own published numbers for harness protocols (the `published` table)"
+    )
     notes: str = ""
     source: str = Field(default="", exclude=True)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        problem = unknown_arch(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     def __hash__(self):
         return hash(self.model_dump_json())
@@ -456,6 +492,8 @@ def _format_validation(
             expected = e.get("ctx", {}).get("expected", "")
             choices = re.findall(r"'([^']*)'", expected)
             msg = f"got {e['input']!r}; expected one of: {', '.join(choices)}.{did_you_mean(e['input'], choices)}"
+        elif e["type"] == "value_error" and str(e["msg"]).startswith("Value error, unknown architecture"):
+            msg = str(e["msg"])[len("Value error, ") :]  # the message names the value and the closest names
         else:
             msg = f"{e['msg']} (got {e['input']!r})" if not isinstance(e["input"], dict) else e["msg"]
         out.append(f"{where}: {key}: {msg}")
@@ -769,6 +807,29 @@ def _check_suite(reg: Registry, s: SuiteSpec, broken: dict[str, set] | None = No
     return errs
 
 
+def _check_published(reg: Registry, m: MethodSpec) -> list[str]:
+    """Each published number names a protocol, a metric of its kind and one of its datasets."""
+    lines = _line_map(Path(m.source).read_text()) if m.source and m.published else {}
+    problems = []
+    for i, n in enumerate(m.published):
+        at = f"{m.source}:{lines.get(('published', i))}: published.{i}"
+        p = reg.protocols.get(n.protocol)
+        if p is None:
+            problems.append(f"{at}.protocol: unknown protocol '{n.protocol}'.{did_you_mean(n.protocol, reg.protocols)}")
+            continue
+        names = [x.name for x in kinds.PROTOCOL_KINDS[p.kind].metrics]
+        if n.metric not in names:
+            problems.append(
+                f"{at}.metric: '{n.metric}' is not a metric of {p.kind} protocols (expected one of: "
+                f"{', '.join(names)}).{did_you_mean(n.metric, names)}"
+            )
+        if n.dataset is not None and n.dataset not in p.datasets:
+            problems.append(f"{at}.dataset: protocol '{p.name}' runs on {list(p.datasets)}, not '{n.dataset}'")
+        elif n.dataset is None and len(p.datasets) != 1:
+            problems.append(f"{at}.dataset: protocol '{p.name}' runs on {list(p.datasets)}: name the dataset")
+    return problems
+
+
 def _check_protocol(reg: Registry, p: ProtocolSpec) -> list[str]:
     lines = _line_map(Path(p.source).read_text()) if p.source else {}
     problems = [
@@ -840,6 +901,8 @@ def _load_registry(root: Path) -> Registry:
     reg = Registry(root=root, **tables)
     for p in reg.protocols.values():
         errors += _check_protocol(reg, p)
+    for m in reg.methods.values():
+        errors += _check_published(reg, m)
     for s in reg.suites.values():
         errors += _check_suite(reg, s, broken)
     if errors:

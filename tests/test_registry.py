@@ -51,9 +51,17 @@ def test_specs_are_frozen(registry):
 
 
 def test_registry_arch_names_match_the_model_factory():
-    from harness.models.archs import ARCHS as FACTORY
+    from harness.models.archs import ALIASES
 
-    assert set(ARCHS) == set(FACTORY)
+    assert set(ARCHS) == set(ALIASES)
+
+
+def test_timm_names_read_from_source_are_timm_list_models():
+    import timm
+
+    from harness.archnames import timm_names
+
+    assert timm_names() == set(timm.list_models())
 
 
 def test_unknown_key_names_file_line_and_suggests(bench):
@@ -75,8 +83,8 @@ def test_wrong_type(bench):
 def test_unknown_architecture_suggests(bench):
     edit(bench / "methods" / "mae.yaml", "arch: vit_small_patch16", "arch: vit_smal_patch16")
     msg = errors_of(bench)
-    assert "methods/mae.yaml:6: arch: got 'vit_smal_patch16'; expected one of:" in msg
-    assert "Did you mean 'vit_small_patch16'?" in msg
+    assert "methods/mae.yaml:6: arch: unknown architecture 'vit_smal_patch16': neither one of the aliases" in msg
+    assert "Did you mean 'vit_small_patch16'" in msg and "sdd ls archs" in msg
 
 
 @pytest.mark.parametrize(

@@ -86,13 +86,13 @@ def _check_arch_fits(reg: Registry, cell, kind: str) -> None:
     """A dense protocol places features by their stride: an architecture without the usual strides (a
     CIFAR ResNet's 3x3 stem) would give a number from misplaced features, so the cell fails instead."""
     from harness.kinds import DENSE, PROBE
-    from harness.models.archs import ARCHS
+    from harness.models.archs import facts_of_method
 
-    arch = reg.method(cell.method).arch
-    if PROTOCOL_KINDS[kind].role in (DENSE, PROBE) and not ARCHS[arch].dense:
+    facts = facts_of_method(reg.method(cell.method))
+    if PROTOCOL_KINDS[kind].role in (DENSE, PROBE) and not facts.dense:
         raise ValueError(
-            f"method '{cell.method}' is a {arch} ({ARCHS[arch].description}): the {kind} protocol needs stage "
-            f"maps at strides 4-32 and cannot evaluate it; use the image-level protocols (linear_cls, knn)"
+            f"method '{cell.method}' is a {facts.name} ({facts.description}; {facts.summary()}): the {kind} protocol "
+            f"needs stage maps at strides 4-32 and cannot evaluate it; use the image-level protocols (linear_cls, knn)"
         )
 
 

@@ -41,7 +41,9 @@ def feature_pyramid(backbone, params):
             if simple:
                 return {"last_feat": self.body.levels(x)[-1]}
             if vit:
-                maps = [op(m) for op, m in zip(self.rescale, self.body.levels(x, tuple(params.vit_levels)))]
+                maps = [
+                    op(m) for op, m in zip(self.rescale, self.body.levels(x, params.blocks_for(backbone.info.depth)))
+                ]
             else:
                 maps = self.body.levels(x)
             return dict(zip(names, maps))

@@ -36,6 +36,16 @@ from harness.jobs.common import JobResult, require_finite
 DINO_DAVIS_STD = (0.228, 0.224, 0.225)
 
 
+def frame_sizes(p, stride: int) -> tuple[int, int]:
+    """(short side, multiple of the long side) a frame is resized to: the protocol's (DINO's 480 and 64) where
+    the feature stride divides them, as for patches 8 and 16; else the short side rounded down to a multiple of
+    the stride and the long side a multiple of the stride (a patch-14 ViT: 476 and 14), so that no pixel is
+    dropped by the patch embedding and no padding shifts the grid."""
+    short = p.short_side if p.short_side % stride == 0 else p.short_side // stride * stride
+    mult = p.size_multiple if p.size_multiple % stride == 0 else stride
+    return short, mult
+
+
 def read_frame(path: Path, short_side: int, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     img = open_rgb(path)
     w, h = img.size
@@ -86,7 +96,7 @@ def segment_sequence(
 ) -> None:
     """Propagate the first frame's labels through the sequence on `device` (float32: the affinities'
     exponentials and top-k are sensitive to rounding); predictions written as indexed PNGs."""
-    short, mult = p.short_side, p.size_multiple
+    short, mult = frame_sizes(p, stride)
     x0, (oh, ow) = read_frame(frames[0], short, mult)
     f0 = _features(backbone, x0.to(device), layer, frames[0])
     h, w = x0.shape[2] // stride, x0.shape[3] // stride
@@ -132,7 +142,7 @@ def run(cell, ctx) -> dict:
     root = check_layout(ds, splits=(split,))
     sequences = davis_sequences(ds, root, split)  # frames paired with annotations by name, checked
     t0 = time.perf_counter()
-    loaded = load_backbone(cell.method, cell.epoch, registry=reg)
+    loaded = load_backbone(cell.method, cell.epoch, registry=reg, kind=cell.config["protocol"]["kind"])
     bb = loaded.backbone.to(ctx.placement.device)
     if bb.info.family == "vit":
         layer, stride, feature = None, bb.stride, "last block + final norm (patch tokens)"
@@ -157,6 +167,7 @@ def run(cell, ctx) -> dict:
         info={
             "checkpoint": loaded.summary(),
             "feature": feature,
+            "frame_size": dict(zip(("short_side", "size_multiple"), frame_sizes(p, stride))),
             "sequences": len(sequences),
             "predictions": str(out),
             "precision": "float32",

@@ -85,9 +85,9 @@ def resolve_schedule(p, n_train: int) -> dict:
 
 def drop_path(p, reg, method: str) -> dict | None:
     """Stochastic depth for a fine-tuned ViT or Swin (the recipe's drop_path); None for a CNN."""
-    from harness.models.archs import ARCHS
+    from harness.models.archs import facts_of_method
 
-    family = ARCHS[reg.method(method).arch].family
+    family = facts_of_method(reg.method(method)).family
     return {"drop_path_rate": p.drop_path} if family in ("vit", "swin") and p.drop_path else None
 
 

@@ -113,7 +113,7 @@ def run(cell, ctx) -> dict:
     ds = reg.dataset(cell.dataset, cell.suite)
     root = check_layout(ds, splits=("train", "val"))
     t0 = time.perf_counter()
-    bb = load_backbone(cell.method, cell.epoch, registry=reg)
+    bb = load_backbone(cell.method, cell.epoch, registry=reg, kind=cell.config["protocol"]["kind"])
     placement = ctx.placement
     dev, cuda = placement.device, placement.accelerator == "cuda"
     bb.backbone.to(dev)

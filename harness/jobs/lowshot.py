@@ -121,7 +121,7 @@ def run(cell, ctx) -> JobResult:
     dev, cuda = placement.device, placement.accelerator == "cuda"
     precision = p.precision or ("bfloat16" if cuda else "float32")
     autocast = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
-    bb = load_backbone(cell.method, cell.epoch, registry=reg)
+    bb = load_backbone(cell.method, cell.epoch, registry=reg, kind=cell.config["protocol"]["kind"])
     backbone = bb.backbone.to(dev).eval()
     workers = data_workers(placement, p.num_workers)
     xtr, ytr = embed(backbone, train_samples, p, dev, workers, autocast)

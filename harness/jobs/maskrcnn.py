@@ -58,7 +58,7 @@ class PyramidBackbone(nn.Module):
 
         self.body, self.out_channels, self.family = backbone, p.out_channels, backbone.info.family
         self.kind = p.pyramid if self.family == "vit" else "stages"
-        self.levels = tuple(p.vit_levels)
+        self.levels = p.blocks_for(backbone.info.depth) if self.family == "vit" else ()
         d, scales = getattr(backbone, "dim", 0), tuple(p.vit_scale_factors)
         if self.kind == "simple":
             self.sfp = nn.ModuleList(simple_stage(d, s, p.out_channels) for s in scales)
@@ -397,7 +397,9 @@ def run(cell, ctx) -> dict:
 
         return run_detectron2(cell, reg, p, root, work, ctx)
     t0 = time.perf_counter()
-    loaded = load_backbone(cell.method, cell.epoch, registry=reg, arch_overrides=drop_path(p, reg, cell.method))
+    loaded = load_backbone(
+        cell.method, cell.epoch, registry=reg, arch_overrides=drop_path(p, reg, cell.method), kind="maskrcnn"
+    )
     tr, va = ds_spec.splits["train"], ds_spec.splits["val"]
     train_ds = CocoInstances(root / tr.img_dir, root / tr.ann_file, train=True, crop=crop_policy(p))
     val_ds = CocoInstances(root / va.img_dir, root / va.ann_file, train=False)
@@ -452,13 +454,14 @@ def recipe_view(cell, reg, ctx, backend: str = "torchvision") -> dict:
     from harness.models.archs import build_backbone
 
     p = ctx.params
-    backbone = build_backbone(reg.method(cell.method).arch, **(drop_path(p, reg, cell.method) or {}))
+    spec = reg.method(cell.method)
+    backbone = build_backbone(spec.arch, **{**spec.arch_kwargs, **(drop_path(p, reg, cell.method) or {})})
     model = build_torchvision_model(backbone, 80, p)
     schedule = resolve_schedule(p, COCO_TRAIN_IMAGES)
     heads = model.roi_heads
     multilevel = model.backbone.kind == "multilevel"
     view = {
-        "backbone.levels": list(p.vit_levels) if multilevel else "last",
+        "backbone.levels": list(model.backbone.levels) if multilevel else "last",
         "backbone.drop_path": p.drop_path,
         "backbone.attention": "global in every block",  # the checkpoint's own ViT, never re-architected
         "pyramid.type": model.backbone.kind,

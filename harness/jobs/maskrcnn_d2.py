@@ -135,7 +135,9 @@ def run_detectron2(cell, reg, p, root: Path, work: Path, ctx) -> dict:
     from harness.models.checkpoints import load_backbone
 
     t0 = time.perf_counter()
-    loaded = load_backbone(cell.method, cell.epoch, registry=reg, arch_overrides=drop_path(p, reg, cell.method))
+    loaded = load_backbone(
+        cell.method, cell.epoch, registry=reg, arch_overrides=drop_path(p, reg, cell.method), kind="maskrcnn"
+    )
     ds = reg.dataset(cell.dataset, cell.suite)
     names = _datasets(cell, ds, root)
     coco = json.loads((root / ds.splits["train"].ann_file).read_text())

@@ -79,7 +79,7 @@ EMBEDDINGS_USED_BY = {
 
 def run(cell, ctx) -> JobResult:
     t0 = time.perf_counter()
-    loaded = load_backbone(cell.method, cell.epoch, registry=ctx.registry)
+    loaded = load_backbone(cell.method, cell.epoch, registry=ctx.registry, kind=cell.config["protocol"]["kind"])
     params = ctx.params
     key = feature_cache_key(cell, loaded.path) if params.cache else None  # extract_dense adds the precision
     return score(

@@ -57,6 +57,7 @@ class SDDBackbone(BaseModule):
         autocast: str | None = None,
         eval_autocast: str | None = None,
         levels: tuple[int, ...] | None = None,
+        protocol_kind: str | None = None,
         init_cfg=None,
     ):
         super().__init__(init_cfg)
@@ -64,7 +65,7 @@ class SDDBackbone(BaseModule):
         from harness.registry import load_registry
 
         reg = load_registry(registry_root or None)
-        loaded = load_backbone(method, epoch, registry=reg, arch_overrides=arch_overrides)
+        loaded = load_backbone(method, epoch, registry=reg, arch_overrides=arch_overrides, kind=protocol_kind)
         self.loaded = loaded.summary()
         self.backbone = loaded.backbone
         self.mode, self.frozen = mode, frozen

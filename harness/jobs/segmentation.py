@@ -111,9 +111,9 @@ def build_config(cell, reg, work_dir: Path, ctx, root: Path | None = None) -> di
     kind = cell.config["protocol"]["kind"]
     ds = reg.dataset(cell.dataset, cell.suite)
     root = root or check_layout(ds)
-    from harness.models.archs import ARCHS
+    from harness.models.archs import facts_of_method
 
-    info = ARCHS[reg.method(cell.method).arch]
+    info = facts_of_method(reg.method(cell.method))
     p, cuda = ctx.params, ctx.placement.accelerator == "cuda"
     photometric = photometric_where(p, cuda)
     train_pipe, test_pipe, crop = _pipelines(ds, p, photometric)
@@ -154,7 +154,9 @@ def build_config(cell, reg, work_dir: Path, ctx, root: Path | None = None) -> di
 def _model(cell, reg, kind: str, info, ds, p, crop, photometric: str) -> tuple[dict, dict]:
     """(the segmentor, its backbone part): SDDBackbone, and the heads of the protocol kind."""
     norm = dict(type="SyncBN" if p.sync_bn else "BN", requires_grad=True)
-    backbone = dict(type="SDDBackbone", method=cell.method, epoch=cell.epoch, registry_root=str(reg.root))
+    backbone = dict(
+        type="SDDBackbone", method=cell.method, epoch=cell.epoch, registry_root=str(reg.root), protocol_kind=kind
+    )
     parts = HEADS[kind](info, p, ds.num_classes, norm, backbone)
     if p.test.precision != "float32":  # evaluation: the backbone under autocast, the heads in float32
         backbone["eval_autocast"] = p.test.precision
@@ -208,6 +210,8 @@ def _upernet_heads(info, p, num_classes: int, norm: dict, backbone: dict) -> dic
     """iBOT's UperNet: a fine-tuned backbone's four levels (ViT: Feature2Pyramid), UPerHead + FCN auxiliary."""
     over = {"drop_path_rate": p.drop_path} if info.family in ("vit", "swin") else None
     backbone.update(mode="levels", frozen=False, arch_overrides=over)
+    if info.family == "vit":
+        backbone["levels"] = list(p.blocks_for(info.depth))
     chans = list(info.level_channels)
     dh, ah = p.decode_head, p.auxiliary_head
     parts = dict(
@@ -248,7 +252,7 @@ def _semfpn_heads(info, p, num_classes: int, norm: dict, backbone: dict) -> dict
     over = {"drop_path_rate": p.drop_path} if info.family in ("vit", "swin") else None
     backbone.update(mode="levels", frozen=False, arch_overrides=over)
     if info.family == "vit":
-        backbone["levels"] = list(p.vit_levels)
+        backbone["levels"] = list(p.blocks_for(info.depth))
     chans = [info.dim] * len(p.vit_levels) if info.family == "vit" else list(info.level_channels)
     width, dh = p.neck.out_channels, p.decode_head
     return dict(
@@ -527,13 +531,11 @@ def recipe_view(cell, reg, ctx) -> dict:
     """The recipe the job will run, read back from the mmseg config it builds (no data, no training): the
     values a recipe test compares with a transcription of the source (tests/golden/recipes/)."""
     from harness.jobs.optim import NO_DECAY_TOKENS
-    from harness.models.archs import ARCHS
 
     cfg = build_config(cell, reg, Path("/nonexistent/work"), ctx, root=Path("/data"))
     run, model, optim = cfg["sdd_run"], cfg["model"], cfg["optim_wrapper"]
     k, backbone = run["batch"]["accumulation"], model["backbone"]
-    info = ARCHS[reg.method(cell.method).arch]
-    levels = backbone.get("levels") or (list(info.level_indices) if backbone["mode"] == "levels" else "last")
+    levels = backbone.get("levels") or "last"
     decode = {key: v for key, v in model["decode_head"].items() if key in HEAD_FIELDS}
     pw = optim.get("paramwise_cfg") or {}
     train = {t["type"]: t for t in cfg["train_dataloader"]["dataset"]["pipeline"]}

@@ -1,48 +1,78 @@
-"""Architecture factory: the backbones of the SDD study, built on timm and torchvision.
+"""Architectures: any timm model by name, plus the ten names the seed methods use as aliases.
+
+Everything the harness needs about an architecture is read from the built model (`ArchFacts`), never from
+a table: the embedding dim, the patch size (the stride of a ViT's dense map), the prefix tokens (class +
+registers / storage tokens), the depth, whether positions are absolute embeddings or RoPE; for CNNs the
+channels and strides of their last four stages (timm's `feature_info`, torchvision's ResNet stages).
+The facts are taken from a model built on the meta device (no memory, no weights), once per architecture.
 
 Every backbone is wrapped in `Backbone`, which gives the harness one interface whatever the family:
-- `dense(x, layer=None)` -> [B, N, d] tokens of one layer (last by default, with the method's final
-  norm for transformers, class/register tokens dropped); ResNets give post-ReLU stage outputs.
-- `levels(x)` -> list of [B, C, H, W] maps for the downstream heads (ViT blocks 4/6/8/12 at stride 16,
-  ResNet C2-C5, Swin stages 1-4).
-- `net` is the wrapped upstream-compatible module: its state-dict keys are the keys the methods'
-  checkpoints use once their prefixes are stripped, so loading never needs a hand-written key map
-  (Swin goes through timm's own converter).
+- `dense(x, layer=None)` -> [B, N, d] tokens of one layer (last by default, with the final norm for
+  transformers, the prefix tokens dropped by count); CNNs give their stage outputs.
+- `levels(x, indices)` -> list of [B, C, H, W] maps for the downstream heads (ViT: the blocks a protocol
+  names, see `scale_blocks`; CNN: the last four stages).
+- `net` is the upstream-compatible module: its state-dict keys are the keys the methods' checkpoints use
+  once their prefixes are stripped; release layouts go through timm's own converters (checkpoints.py).
+
+Inputs whose sides are not a multiple of a ViT's patch are never cropped silently by the patch embedding
+(timm's and DINOv3's drop the remainder pixels): the backbone pads them by the rule its protocol states
+(`Backbone.remainder`, set by each job from `kinds.PATCH_REMAINDER`), or refuses them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+import json
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from harness.errors import HarnessError
+
+
+class ArchError(HarnessError, ValueError):
+    """An architecture name that names nothing, or arguments its builder refuses."""
 
 
 @dataclass(frozen=True)
-class ArchInfo:
-    family: str  # vit | resnet | swin
+class Alias:
+    """One of the seed methods' architecture names: how it is built and what it is."""
+
     build: Callable[..., nn.Module]
-    dim: int  # channels of the last-layer dense features
-    stride: int  # stride of the last-layer dense map
-    level_indices: tuple[int, ...] = ()  # ViT blocks (0-based) feeding the heads
-    level_channels: tuple[int, ...] = ()
-    description: str = ""
-    defaults: dict = field(default_factory=dict)
-    # False for an encoder whose stage maps are not at the usual strides (a CIFAR stem): the dense
-    # protocols (segmentation, detection, DAVIS), which place features by stride, refuse it
-    dense: bool = True
+    description: str
 
 
-def _timm_vit(variant: str, **kw):
-    import timm
-
+def _timm(variant: str, **kw) -> Callable[..., nn.Module]:
     def build(**over):
-        args = dict(pretrained=False, num_classes=0, dynamic_img_size=True, **kw)
-        args.update(over)
-        return timm.create_model(variant, **args)
+        return create_timm(variant, **{**kw, **over})
 
     return build
+
+
+def create_timm(name: str, **kwargs) -> nn.Module:
+    """timm's model `name`, never with pretrained weights, without a classifier; ViTs with a dynamic image
+    size (positions resampled to the input's grid by timm's `resample_abs_pos_embed`, RoPE computed for it)."""
+    import timm
+
+    args = dict(pretrained=False, num_classes=0)
+    args.update(kwargs)
+    if args.get("pretrained"):
+        raise ArchError(f"arch_kwargs for {name}: pretrained=True would download weights; give the file instead")
+    try:
+        return timm.create_model(name, **{"dynamic_img_size": True, **args})
+    except TypeError as e:
+        if "dynamic_img_size" not in str(e) or "dynamic_img_size" in kwargs:
+            raise ArchError(
+                f"timm refused the arguments of '{name}' ({e}); fix arch_kwargs in the method file"
+            ) from None
+    try:  # a CNN (or any model without a dynamic image size)
+        return timm.create_model(name, **args)
+    except TypeError as e:
+        raise ArchError(f"timm refused the arguments of '{name}' ({e}); fix arch_kwargs in the method file") from None
 
 
 def _tiny_vit(**over):
@@ -76,95 +106,209 @@ def _tiny_resnet(**over):
     return ResNet(BasicBlock, [1, 1, 1, 1], **over)
 
 
-def _swin_tiny(**over):
-    import timm
-
-    args = dict(pretrained=False, num_classes=0)
-    args.update(over)
-    return timm.create_model("swin_tiny_patch4_window7_224", **args)
-
-
-ARCHS: dict[str, ArchInfo] = {
-    "vit_small_patch16": ArchInfo(
-        "vit",
-        _timm_vit("vit_small_patch16_224"),
-        384,
-        16,
-        (3, 5, 7, 11),
-        (384,) * 4,
-        "ViT-S/16, 6 heads (DINO, iBOT, Mugs, MAE)",
+# The seed methods' names. Each is a timm model (with arguments) or a torchvision ResNet, so that the
+# 16 seed methods' checkpoints load with the rules their method files give; any other timm name works too.
+ALIASES: dict[str, Alias] = {
+    "vit_small_patch16": Alias(_timm("vit_small_patch16_224"), "ViT-S/16, 6 heads (DINO, iBOT, Mugs, MAE)"),
+    "vit_small_patch16_h12": Alias(
+        _timm("vit_small_patch16_224", num_heads=12), "ViT-S/16 with 12 heads (MoCo v3's vit_small)"
     ),
-    "vit_small_patch16_h12": ArchInfo(
-        "vit",
-        _timm_vit("vit_small_patch16_224", num_heads=12),
-        384,
-        16,
-        (3, 5, 7, 11),
-        (384,) * 4,
-        "ViT-S/16 with 12 heads (MoCo v3's vit_small)",
-    ),
-    "vit_small_patch16_2cls": ArchInfo(
-        "vit",
-        _timm_vit("vit_small_patch16_224", reg_tokens=1),
-        384,
-        16,
-        (3, 5, 7, 11),
-        (384,) * 4,
+    "vit_small_patch16_2cls": Alias(
+        _timm("vit_small_patch16_224", reg_tokens=1),
         "ViT-S/16 with a second class token (UDI), held as timm's register token",
     ),
-    "vit_base_patch16": ArchInfo(
-        "vit", _timm_vit("vit_base_patch16_224"), 768, 16, (3, 5, 7, 11), (768,) * 4, "ViT-B/16"
-    ),
-    "vit_base_patch16_nocls": ArchInfo(
-        "vit",
-        _timm_vit("vit_base_patch16_224", class_token=False, global_pool="avg", fc_norm=False),
-        768,
-        16,
-        (3, 5, 7, 11),
-        (768,) * 4,
+    "vit_base_patch16": Alias(_timm("vit_base_patch16_224"), "ViT-B/16"),
+    "vit_base_patch16_nocls": Alias(
+        _timm("vit_base_patch16_224", class_token=False, global_pool="avg", fc_norm=False),
         "ViT-B/16 without class token (I-JEPA)",
     ),
-    "resnet50": ArchInfo("resnet", _resnet50, 2048, 32, (), (256, 512, 1024, 2048), "ResNet-50 (torchvision)"),
-    "resnet18_cifar": ArchInfo(
-        "resnet",
-        _resnet18_cifar,
-        512,
-        8,
-        (),
-        (64, 128, 256, 512),
-        "ResNet-18 for CIFAR (3x3 stem, no max-pool; the W2 paper's encoders)",
-        dense=False,
-    ),
-    "swin_tiny_patch4_window7": ArchInfo(
-        "swin", _swin_tiny, 768, 32, (), (96, 192, 384, 768), "Swin-T, window 7 (EsViT)"
-    ),
-    "vit_tiny_test": ArchInfo(
-        "vit",
-        _tiny_vit,
-        48,
-        16,
-        (0, 1, 2, 3),
-        (48,) * 4,
-        "tiny ViT for tests and the mini world (d=48, depth 4, patch 16)",
-    ),
-    "resnet_tiny_test": ArchInfo(
-        "resnet",
-        _tiny_resnet,
-        512,
-        32,
-        (),
-        (64, 128, 256, 512),
-        "tiny ResNet (BasicBlock x1 per stage) for tests and the mini world",
-    ),
+    "resnet50": Alias(_resnet50, "ResNet-50 (torchvision layout)"),
+    "resnet18_cifar": Alias(_resnet18_cifar, "ResNet-18 for CIFAR (3x3 stem, no max-pool; the W2 paper's encoders)"),
+    "swin_tiny_patch4_window7": Alias(_timm("swin_tiny_patch4_window7_224"), "Swin-T, window 7 (EsViT)"),
+    "vit_tiny_test": Alias(_tiny_vit, "tiny ViT for tests and the mini world (d=48, depth 4, patch 16)"),
+    "resnet_tiny_test": Alias(_tiny_resnet, "tiny ResNet (BasicBlock x1 per stage) for tests and the mini world"),
 }
 
 
-class Backbone(nn.Module):
-    """One interface over ViT / ResNet / Swin; `net` holds the upstream-compatible module."""
+def scale_blocks(blocks: tuple[int, ...] | list[int], depth: int, written_for: int = 12) -> tuple[int, ...]:
+    """The 0-based ViT blocks a protocol takes, written for a `written_for`-block ViT, on a ViT of `depth`
+    blocks: block b becomes round((b + 1) * depth / written_for) - 1, so each keeps its relative depth.
+    This is how the sources choose them across sizes: BEiT's/iBOT's [3, 5, 7, 11] for 12 blocks is
+    [7, 11, 15, 23] for ViT-L (BEiT's UperNet ViT-L config), the evenly spaced [2, 5, 8, 11] is [5, 11, 17, 23]
+    (ViTDet/DINOv2's four for 24 blocks), and both are [0, 1, 2, 3] on the 4-block test ViT."""
+    out = tuple(max(0, math.floor((b + 1) * depth / written_for + 0.5) - 1) for b in blocks)
+    bad = [b for b in blocks if not 0 <= b < written_for]
+    if bad:
+        raise ArchError(f"blocks {list(blocks)} are written for {written_for} blocks: {bad} are out of range")
+    if len(set(out)) != len(out):
+        raise ArchError(
+            f"blocks {list(blocks)} (written for {written_for} blocks) collapse to {list(out)} on a {depth}-block "
+            f"ViT: two levels would be one block; the protocol needs a ViT of at least {len(blocks)} blocks"
+        )
+    return out
 
-    def __init__(self, arch: str, net: nn.Module, info: ArchInfo):
+
+DEFAULT_LEVELS = (3, 5, 7, 11)  # BEiT's/iBOT's four blocks of a 12-block ViT (UperNet's out_indices)
+
+
+@dataclass(frozen=True)
+class ArchFacts:
+    """What the harness needs to know about an architecture, read from the built model."""
+
+    name: str  # as the method file says (an alias or a timm name)
+    family: str  # vit | resnet (torchvision) | swin | cnn (any other timm model with feature_info)
+    model: str  # the class that implements it
+    dim: int  # channels of the last-layer dense features
+    stride: int  # stride of the last-layer dense map (a ViT's patch size)
+    level_channels: tuple[int, ...]
+    level_strides: tuple[int, ...]
+    depth: int = 0  # ViT blocks
+    patch: int = 0  # ViT patch size
+    prefix_tokens: int = 0  # class token + registers / storage tokens, dropped from the dense map by count
+    class_token: bool = False
+    reg_tokens: int = 0
+    positions: str = ""  # ViT: "absolute (grid HxW, resampled to the input)" | "RoPE" | "none"
+    description: str = ""
+    params: int = 0
+
+    @property
+    def level_indices(self) -> tuple[int, ...]:
+        """The default four ViT blocks (`DEFAULT_LEVELS` scaled to the depth); CNNs: none."""
+        return scale_blocks(DEFAULT_LEVELS, self.depth) if self.family == "vit" else ()
+
+    @property
+    def dense(self) -> bool:
+        """Whether the dense protocols can place its features: stage maps at strides 4, 8, 16, 32 (a CNN),
+        or a ViT. A CIFAR stem (strides 1-8) cannot be evaluated by them."""
+        return self.family == "vit" or tuple(self.level_strides) == (4, 8, 16, 32)
+
+    def summary(self) -> str:
+        if self.family == "vit":
+            prefix = f"{self.prefix_tokens} prefix token(s)" + (
+                f" (class{' + ' if self.class_token and self.reg_tokens else ''}"
+                f"{f'{self.reg_tokens} register/storage' if self.reg_tokens else ''})"
+                if self.prefix_tokens
+                else " (no class token)"
+            )
+            return f"ViT, dim {self.dim}, depth {self.depth}, patch {self.patch}, {prefix}, positions: {self.positions}"
+        return f"{self.family}, stages {list(self.level_channels)} channels at strides {list(self.level_strides)}" + (
+            "" if self.dense else " (not the strides the dense protocols need)"
+        )
+
+
+def build_net(arch: str, **kwargs) -> nn.Module:
+    """The upstream-compatible module of `arch` (an alias or a timm name), freshly initialised."""
+    from harness.archnames import unknown_arch
+
+    if arch in ALIASES:
+        return ALIASES[arch].build(**kwargs)
+    problem = unknown_arch(arch)
+    if problem:
+        raise ArchError(problem)
+    return create_timm(arch, **kwargs)
+
+
+def _family(net: nn.Module) -> str:
+    import torchvision
+
+    if isinstance(net, torchvision.models.ResNet):
+        return "resnet"
+    if all(hasattr(net, a) for a in ("blocks", "patch_embed", "num_prefix_tokens", "forward_intermediates")):
+        return "vit"
+    if type(net).__name__ == "SwinTransformer":
+        return "swin"
+    if hasattr(net, "feature_info") and hasattr(net, "forward_intermediates"):
+        return "cnn"
+    raise ArchError(
+        f"{type(net).__module__}.{type(net).__name__} is neither a ViT (blocks, patch_embed, prefix tokens) nor a "
+        f"CNN with timm's feature_info and forward_intermediates: the harness cannot take its features"
+    )
+
+
+def _kwargs_key(kwargs: dict) -> str:
+    return json.dumps(kwargs, sort_keys=True, default=str)
+
+
+def arch_facts(arch: str, **kwargs) -> ArchFacts:
+    """The facts of `arch` built with `kwargs` (cached; built on the meta device, no weights)."""
+    return _facts(arch, _kwargs_key(kwargs))
+
+
+@functools.lru_cache(maxsize=64)
+def _facts(arch: str, kwargs_json: str) -> ArchFacts:
+    with torch.device("meta"):
+        net = build_net(arch, **json.loads(kwargs_json))
+        return facts_of(arch, net)
+
+
+def facts_of(arch: str, net: nn.Module) -> ArchFacts:
+    family = _family(net)
+    desc = ALIASES[arch].description if arch in ALIASES else f"timm's {arch}"
+    # the backbone's parameters (a torchvision ResNet's classifier is never part of it, see Backbone)
+    params = sum(p.numel() for n, p in net.named_parameters() if not (family == "resnet" and n.startswith("fc.")))
+    model = f"{type(net).__module__}.{type(net).__name__}"
+    if family == "vit":
+        patch = net.patch_embed.patch_size
+        patch = patch if isinstance(patch, int) else patch[0]
+        if isinstance(net.patch_embed.patch_size, tuple) and len(set(net.patch_embed.patch_size)) != 1:
+            raise ArchError(f"{arch}: a non-square patch {net.patch_embed.patch_size} is not supported")
+        cls = getattr(net, "cls_token", None) is not None
+        prefix = int(net.num_prefix_tokens)
+        if getattr(net, "pos_embed", None) is not None:
+            grid = "x".join(map(str, net.patch_embed.grid_size))
+            positions = f"absolute ({grid} grid, resampled to the input's)"
+        elif getattr(net, "rope", None) is not None:
+            positions = "RoPE"
+        else:
+            positions = "none"
+        if getattr(net, "rope", None) is not None and getattr(net, "pos_embed", None) is not None:
+            positions = f"absolute + RoPE ({grid} grid)"
+        dim = int(net.embed_dim)
+        return ArchFacts(
+            arch, family, model, dim, patch, (dim,) * 4, (patch,) * 4, len(net.blocks), patch, prefix, cls,
+            prefix - int(cls), positions, desc, params,
+        )  # fmt: skip
+    chans, strides = _stage_facts(net, family)
+    return ArchFacts(arch, family, model, chans[-1], strides[-1], chans, strides, description=desc, params=params)
+
+
+def _stage_facts(net: nn.Module, family: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Channels and strides of the four stages `Backbone.levels` returns, from a forward pass of a
+    512-pixel meta tensor (a stem's padding makes sizes uneven; strides are rounded to powers of two)."""
+    side = 512
+    x = torch.zeros(1, 3, side, side, device=next(net.parameters()).device)
+    maps = _run_stages(net, family, x)
+    chans = tuple(int(m.shape[1]) for m in maps)
+    strides = tuple(2 ** round(math.log2(side / m.shape[-1])) for m in maps)
+    return chans, strides
+
+
+def _run_stages(net: nn.Module, family: str, x: torch.Tensor) -> list[torch.Tensor]:
+    if family == "resnet":
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        outs = []
+        for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+            x = stage(x)
+            outs.append(x)
+        return outs
+    # timm CNNs and Swin: the last four stages (no final norm), NCHW
+    return list(net.forward_intermediates(x, indices=4, norm=False, output_fmt="NCHW", intermediates_only=True))
+
+
+# How a ViT treats an input whose sides are not a multiple of its patch (a protocol states one, see kinds.py):
+# "center": pad evenly on both sides to the next multiple (DINOv2's CenterPadding in its segmentation and depth
+# evaluations); "bottom_right": pad at the bottom and the right (detectron2's ImageList padding, so the grid
+# stays aligned with the image's origin); "refuse": an error.
+REMAINDER_RULES = ("center", "bottom_right", "refuse")
+
+
+class Backbone(nn.Module):
+    """One interface over ViTs and CNNs; `net` holds the upstream-compatible module."""
+
+    def __init__(self, arch: str, net: nn.Module, info: ArchFacts):
         super().__init__()
         self.arch, self.info, self.net = arch, info, net
+        self.remainder = "refuse"
         if info.family == "resnet":
             net.fc = nn.Identity()  # the classifier is never part of an SSL backbone
 
@@ -184,26 +328,51 @@ class Backbone(nn.Module):
         """State-dict keys a checkpoint must provide. BN batch counters are bookkeeping, not weights."""
         return {k for k in self.net.state_dict() if not k.endswith("num_batches_tracked")}
 
+    # ---- inputs ---------------------------------------------------------------------------
+    def fit(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` with sides a multiple of the patch, by the backbone's `remainder` rule (ViTs only)."""
+        if self.info.family != "vit":
+            return x
+        p, (h, w) = self.info.patch, x.shape[-2:]
+        dh, dw = -h % p, -w % p
+        if not (dh or dw):
+            return x
+        if self.remainder == "center":
+            return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+        if self.remainder == "bottom_right":
+            return F.pad(x, (0, dw, 0, dh))
+        raise ArchError(
+            f"an input of {h}x{w} pixels is not a multiple of the {self.arch}'s patch {p}: its patch embedding would "
+            f"drop the last {h % p} rows and {w % p} columns without a word. The protocol must resize to a multiple "
+            f"or state a padding rule (harness/kinds.py PATCH_REMAINDER)"
+        )
+
+    def grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """(h, w) of the dense map of input `x` (after `fit`)."""
+        h, w = x.shape[-2:]
+        s = self.stride
+        return (math.ceil(h / s), math.ceil(w / s)) if self.info.family == "vit" else (h // s, w // s)
+
     # ---- dense features -------------------------------------------------------------------
     def dense(self, x: torch.Tensor, layer: int | None = None, norm: bool = True) -> torch.Tensor:
-        """[B, N, d] tokens of `layer` (None = last; for ViT a block index, for ResNet/Swin a stage 1..4)."""
+        """[B, N, d] tokens of `layer` (None = last; for ViT a block index, for CNNs a stage 1..4)."""
         fam = self.info.family
         if fam == "vit":
+            x = self.fit(x)
             last = len(self.net.blocks) - 1
             if layer is None or layer in (-1, last):
-                tokens = self.net.forward_features(x)
                 if not norm:  # forward_features applies the final norm; recompute without it
                     return self.net.forward_intermediates(
                         x, indices=[last], norm=False, output_fmt="NLC", intermediates_only=True
                     )[0]
-                return tokens[:, self.net.num_prefix_tokens :]
+                return self.net.forward_features(x)[:, self.info.prefix_tokens :]
             return self.net.forward_intermediates(
                 x, indices=[layer], norm=norm, output_fmt="NLC", intermediates_only=True
             )[0]
         return self._stage_map(x, layer, norm).flatten(2).transpose(1, 2)
 
     def _stage_map(self, x: torch.Tensor, layer: int | None, norm: bool = True) -> torch.Tensor:
-        """[B, C, h, w] output of a ResNet / Swin stage (1..4, default the last; Swin's last with its norm)."""
+        """[B, C, h, w] output of a CNN / Swin stage (1..4, default the last; Swin's last with its norm)."""
         m = self._stages(x)[(layer or 4) - 1]
         if self.info.family == "swin" and (layer in (None, 4)) and norm:
             m = self.net.norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -212,7 +381,7 @@ class Backbone(nn.Module):
     @property
     def embedding_kind(self) -> str:
         """What `dense_and_embedding` returns as the image-level embedding (the paper's, DINO k-NN's)."""
-        if self.info.family == "vit" and getattr(self.net, "cls_token", None) is not None:
+        if self.info.family == "vit" and self.info.class_token:
             return "class token (after the final norm)"
         return "global average pool of the last layer"
 
@@ -220,9 +389,9 @@ class Backbone(nn.Module):
         """([B, N, d] last-layer dense tokens, [B, d] image-level embedding) from one forward pass: the
         class token for ViTs that have one, else the mean of the dense tokens (GAP for CNNs and Swin)."""
         if self.info.family == "vit":
-            tokens = self.net.forward_features(x)
-            dense = tokens[:, self.net.num_prefix_tokens :]
-            if getattr(self.net, "cls_token", None) is not None:
+            tokens = self.net.forward_features(self.fit(x))
+            dense = tokens[:, self.info.prefix_tokens :]
+            if self.info.class_token:
                 return dense, tokens[:, 0]
             return dense, dense.mean(dim=1)
         dense = self.dense(x)
@@ -232,11 +401,11 @@ class Backbone(nn.Module):
         """DINO's linear-evaluation features: for ViTs with a class token, the class tokens of the last `n`
         blocks after the final norm, concatenated (and with `avgpool`, the mean of the last block's
         normed patch tokens); for the others, the image-level embedding (`embed`: global average pool)."""
-        if self.info.family != "vit" or getattr(self.net, "cls_token", None) is None:
+        if self.info.family != "vit" or not self.info.class_token:
             return self.embed(x)
         last = len(self.net.blocks)
         outs = self.net.forward_intermediates(  # [(patch tokens, prefix tokens)] of the last n blocks, normed
-            x,
+            self.fit(x),
             indices=list(range(last - n, last)),
             norm=True,
             return_prefix_tokens=True,
@@ -253,21 +422,22 @@ class Backbone(nn.Module):
         return self.dense_and_embedding(x)[1]
 
     def dense_map(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        """[B, d, h, w] form of `dense` (h, w = input size / stride)."""
+        """[B, d, h, w] form of `dense` (h, w = the input's grid, `grid`)."""
         if self.info.family != "vit":  # the stage's own map (a CIFAR stem's padding makes it 5x5 at 32 px)
             return self._stage_map(x, layer)
         t = self.dense(x, layer)
-        h, w = x.shape[-2] // self.stride, x.shape[-1] // self.stride
+        h, w = self.grid(x)
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
 
     # ---- multi-level features -------------------------------------------------------------
     def levels(self, x: torch.Tensor, indices: tuple[int, ...] | None = None) -> list[torch.Tensor]:
         """Four [B, C, H, W] maps for the downstream heads (ViT: the blocks `indices`, default the
-        architecture's `level_indices`, at stride 16 each, without the final norm; the neck rescales)."""
+        architecture's `level_indices`, at the patch's stride each, without the final norm; the neck
+        rescales). CNNs: the last four stages."""
         if self.info.family == "vit":
             return list(
                 self.net.forward_intermediates(
-                    x,
+                    self.fit(x),
                     indices=list(indices or self.info.level_indices),
                     norm=False,
                     output_fmt="NCHW",
@@ -277,30 +447,18 @@ class Backbone(nn.Module):
         return self._stages(x)
 
     def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.info.family == "resnet":
-            n = self.net
-            x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-            outs = []
-            for stage in (n.layer1, n.layer2, n.layer3, n.layer4):
-                x = stage(x)
-                outs.append(x)
-            return outs
-        # swin: timm returns the stage outputs (no final norm) in NCHW
-        return list(
-            self.net.forward_intermediates(x, indices=4, norm=False, output_fmt="NCHW", intermediates_only=True)
-        )
+        return _run_stages(self.net, self.info.family, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense(x)
 
 
 def build_backbone(arch: str, **kwargs) -> Backbone:
-    """A freshly initialised backbone of a registry architecture (never downloads weights)."""
-    if arch not in ARCHS:
-        import difflib
+    """A freshly initialised backbone of `arch`, an alias or any timm model name (never downloads weights)."""
+    net = build_net(arch, **kwargs)
+    return Backbone(arch, net, arch_facts(arch, **kwargs))
 
-        close = difflib.get_close_matches(arch, ARCHS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown architecture '{arch}'; expected one of: {', '.join(ARCHS)}.{hint}")
-    info = ARCHS[arch]
-    return Backbone(arch, info.build(**kwargs), info)
+
+def facts_of_method(spec) -> ArchFacts:
+    """The architecture facts of a registry method (its `arch` with its `arch_kwargs`)."""
+    return arch_facts(spec.arch, **spec.arch_kwargs)

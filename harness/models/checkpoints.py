@@ -49,10 +49,21 @@ def _safe_globals() -> list:
 
 
 def safe_load(path: str | Path) -> Any:
-    """torch.load with weights_only=True and errors that name the path and the cause."""
+    """torch.load with weights_only=True (a `.safetensors` file through safetensors, safe by construction) and
+    errors that name the path and the cause."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"checkpoint {path} is not a readable safetensors file ({size_of(path)}): {_first_line(e)}"
+            ) from None
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -186,6 +197,8 @@ def _prefix_before(key: str, target: str) -> str:
 def _convert(sd: dict, converter: str | None, backbone: Backbone) -> dict:
     if converter is None:
         return sd
+    if converter == "timm":
+        return timm_convert(sd, backbone)
     if converter == "timm_swin":  # original Swin layout (downsample at stage end) -> timm's
         from timm.models.swin_transformer import checkpoint_filter_fn
 
@@ -206,6 +219,42 @@ def _convert(sd: dict, converter: str | None, backbone: Backbone) -> dict:
             sd["cls_token"], sd["reg_token"] = tok[:, :1], tok[:, 1:]
         return sd
     raise CheckpointError(f"unknown state-dict converter {converter!r}")
+
+
+def timm_convert(sd: dict, backbone: Backbone) -> dict:
+    """The file's state dict in the model's layout through the `checkpoint_filter_fn` of the timm module that
+    defines the architecture (DINOv2's `register_tokens` -> `reg_token` and its position table, DINOv3's
+    `storage_tokens`, `ls1.gamma` and split q/v biases, its RoPE `periods` and NaN-filled `bias_mask` buffers
+    dropped), never a hand-written rename table. What timm would drop silently is checked first: a q/k/v bias
+    the model has no parameter for must be zero, else the file needs the `_qkvb` variant of the model."""
+    import contextlib
+    import io
+    import sys
+
+    module = sys.modules.get(type(backbone.net).__module__)
+    fn = getattr(module, "checkpoint_filter_fn", None)
+    if fn is None:
+        raise CheckpointError(
+            f"`convert: timm`: timm's module {type(backbone.net).__module__} has no checkpoint_filter_fn for "
+            f"{backbone.arch}; remove `convert` if the file is already in the model's layout"
+        )
+    own = backbone.net.state_dict()
+    dropped = [
+        k
+        for k in sd
+        if k.endswith("attn.qkv.bias")
+        and k not in own  # the model takes the fused bias as it is
+        and k.replace("qkv.bias", "q_bias") not in own
+        and bool(sd[k].ne(0).any())
+    ]
+    if dropped:
+        raise CheckpointError(
+            f"the file has non-zero attention biases ({dropped[0]}, {len(dropped)} in all) that {backbone.arch} has no "
+            f"parameter for: timm's converter would drop them and the features would be wrong. Use the variant "
+            f"with q/v biases (for DINOv3: the `_qkvb` model name, e.g. {backbone.arch}_qkvb)"
+        )
+    with contextlib.redirect_stdout(io.StringIO()):  # timm prints each bias it skips on purpose
+        return dict(fn(dict(sd), backbone.net))
 
 
 def stored_epoch(obj: Any, spec: MethodSpec, *, path: Path | str = "?") -> int | None:
@@ -331,6 +380,10 @@ def _missing_hint(spec: MethodSpec, path: Path, epoch: int) -> str:
         return f"; the directory {path.parent} does not exist"
     tmpl = spec.checkpoint.file
     slot = re.search(r"\{epoch(:[^}]*)?\}", tmpl)
+    if slot is None:  # a released file: name the files that look like checkpoints
+        near = sorted(f for f in os.listdir(path.parent) if f.endswith((".pth", ".pt", ".safetensors", ".ckpt")))
+        shown = ", ".join(near[:6]) + (" ..." if len(near) > 6 else "")
+        return f"; {path.parent} holds {shown}" if near else f"; {path.parent} holds no checkpoint file"
     regex = re.compile("^" + re.escape(tmpl[: slot.start()]) + r"(\d+)" + re.escape(tmpl[slot.end() :]) + "$")
     found = sorted(((int(m.group(1)), m.group(1)) for f in os.listdir(path.parent) if (m := regex.match(f))))
     if not found:
@@ -364,10 +417,10 @@ def key_prefixes(keys, depth: int = 2, top: int = 6) -> str:
 
 def fitting_archs(keys: set[str], current: str) -> list[str]:
     """Registry architectures whose every backbone key is among `keys` (built on the meta device)."""
-    from harness.models.archs import ARCHS
+    from harness.models.archs import ALIASES
 
     out = []
-    for name in ARCHS:
+    for name in ALIASES:
         if name == current:
             continue
         try:
@@ -434,6 +487,58 @@ def fitting_prefix(required: set[str], raw_keys) -> str | None:
     return None
 
 
+_VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge", 1408: "giant", 1536: "giant"}
+
+
+def tensor_facts(sd: dict[str, torch.Tensor]) -> str:
+    """What the file's tensors say about the architecture it was trained with (a ViT's embedding dim, depth,
+    patch size and extra tokens; a CNN's last channels), with the timm names that fit."""
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"(?:.*\.)?blocks\.(\d+)\.", k))}
+    proj = next((v for k, v in sd.items() if k.endswith("patch_embed.proj.weight") and v.ndim == 4), None)
+    if proj is None or not blocks:
+        last = [tuple(v.shape) for k, v in sd.items() if k.endswith(".weight") and v.ndim == 4][-1:]
+        return f"the file's tensors are not a ViT's (last convolution {last[0] if last else '?'})."
+    dim, patch, depth = int(proj.shape[0]), int(proj.shape[-1]), max(blocks) + 1
+    extra = next(
+        (v for k, v in sd.items() if k.split(".")[-1] in ("reg_token", "register_tokens", "storage_tokens")), None
+    )
+    regs = int(extra.shape[1]) if extra is not None and extra.ndim == 3 else 0
+    rope = not any(k.endswith("pos_embed") for k in sd)
+    said = f"the file's tensors say: ViT, dim {dim}, depth {depth}, patch {patch}" + (
+        f", {regs} extra tokens" if regs else ""
+    )
+    said += ", no position table (RoPE)" if rope else ""
+    from harness.archnames import timm_names
+
+    size = _VIT_SIZES.get(dim)
+    names = sorted(n for n in timm_names() if size and n.startswith(f"vit_{size}_patch{patch}_"))
+    if rope:
+        names = [n for n in names if "dinov3" in n or "rope" in n]
+    elif regs:
+        names = [n for n in names if f"reg{regs}" in n]
+    else:
+        names = [n for n in names if "reg" not in n and "dinov3" not in n and "rope" not in n]
+    fit = f" (timm names of that shape: {', '.join(names[:4])}; check the depth: {depth})" if names else ""
+    return said + fit + "."
+
+
+def layout_hint(keys: set[str]) -> str:
+    """A sentence naming a known foreign layout among `keys` and how to load it ('' when none is recognised)."""
+    if any("embeddings.patch_embeddings" in k or k.startswith(("encoder.layer.", "dinov2.", "vit.")) for k in keys):
+        return (
+            " These are Hugging Face `transformers` keys (embeddings.patch_embeddings, encoder.layer.N): neither timm "
+            "nor the harness has a converter from them. Load the model in transformers and save the original "
+            "release file, or use the release's own file (e.g. DINOv2's dinov2_vits14_pretrain.pth, which loads "
+            "with `convert: timm`)."
+        )
+    if any(k.split(".")[-1] in ("register_tokens", "storage_tokens", "mask_token") or "rope_embed" in k for k in keys):
+        return (
+            " The file is in a DINOv2/DINOv3 release layout (register_tokens / storage_tokens / mask_token): "
+            "set `convert: timm` under checkpoint.state_dict so that timm's own converter maps it."
+        )
+    return ""
+
+
 def load_state_into(
     backbone: Backbone,
     sd: dict[str, torch.Tensor],
@@ -460,6 +565,7 @@ def load_state_into(
             prefix = fitting_prefix(required, raw_keys)
             if prefix:
                 msg += f" Every backbone key is there under '{prefix}': keep_prefix: '{prefix}' would fit."
+        msg += layout_hint(set(sd) | set(raw_keys or ()))
         others = fitting_archs(set(sd), backbone.arch) if len(missing) > len(required) // 2 and sd else []
         if others:
             msg += f" The keys the rule produced fit architecture {', '.join(others)}: is `arch` right?"
@@ -473,7 +579,8 @@ def load_state_into(
     if bad:
         raise CheckpointError(
             f"{path}: shape mismatch for {len(bad)} backbone keys (checkpoint vs architecture): "
-            f"{'; '.join(bad[:5])}. Is `arch` right in the method file?"
+            f"{'; '.join(bad[:5])}. {backbone.arch} is {backbone.info.summary()}; {tensor_facts(sd)} "
+            f"Set `arch` (and `arch_kwargs`) in the method file to the architecture the file was trained with."
         )
     # strict=False only because BN batch counters may be absent; every weight was checked above
     backbone.net.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
@@ -481,10 +588,16 @@ def load_state_into(
 
 
 def load_backbone(
-    method: str | MethodSpec, epoch: int, *, registry: Registry | None = None, arch_overrides: dict | None = None
+    method: str | MethodSpec,
+    epoch: int,
+    *,
+    registry: Registry | None = None,
+    arch_overrides: dict | None = None,
+    kind: str | None = None,
 ) -> LoadedBackbone:
     """Build the method's architecture and load the checkpoint of `epoch` into it (CPU, eval mode).
-    `arch_overrides` adds constructor arguments (e.g. drop_path_rate for fine-tuning)."""
+    `arch_overrides` adds constructor arguments (e.g. drop_path_rate for fine-tuning); `kind` (the protocol
+    kind that will use it) sets what a ViT does with inputs that are not a multiple of its patch."""
     spec = method if isinstance(method, MethodSpec) else (registry or load_registry()).method(method)
     if epoch not in spec.epochs():
         raise CheckpointError(
@@ -538,4 +651,8 @@ def load_backbone(
             else f"{len(problems)} problems:\n" + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(problems))
         )
     backbone.eval()
+    if kind is not None:
+        from harness.kinds import PROTOCOL_KINDS
+
+        backbone.remainder = PROTOCOL_KINDS[kind].patch_remainder
     return LoadedBackbone(backbone, spec.name, epoch, path, got, len(backbone.required_keys()), unexpected)
