@@ -11,8 +11,8 @@ in the kind's own job module. Data only: no torch, no job imports.
 from __future__ import annotations
 
 import math
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from harness import params as P
 
