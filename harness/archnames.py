@@ -8,8 +8,16 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.util
+import math
 import re
 from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+class ArchError(HarnessError, ValueError):
+    """An architecture name that names nothing, arguments its builder refuses, or blocks a ViT cannot give."""
+
 
 # harness.models.archs.ALIASES builds these (a test checks that both lists agree)
 ALIAS_NAMES = (
@@ -73,3 +81,24 @@ def unknown_arch(name: str) -> str | None:
         f"unknown architecture '{name}': neither one of the aliases ({', '.join(ALIAS_NAMES)}) nor a model timm "
         f"registers (`sdd ls archs` lists them; any `timm.list_models()` name works).{hint}"
     )
+
+
+def scale_blocks(blocks: tuple[int, ...] | list[int], depth: int, written_for: int = 12) -> tuple[int, ...]:
+    """The 0-based ViT blocks a protocol takes, written for a `written_for`-block ViT, on a ViT of `depth`
+    blocks: block b becomes round((b + 1) * depth / written_for) - 1, so each keeps its relative depth.
+    This is how the sources choose them across sizes: BEiT's/iBOT's [3, 5, 7, 11] for 12 blocks is
+    [7, 11, 15, 23] for ViT-L (BEiT's UperNet ViT-L config), the evenly spaced [2, 5, 8, 11] is [5, 11, 17, 23]
+    (ViTDet/DINOv2's four for 24 blocks), and both are [0, 1, 2, 3] on the 4-block test ViT."""
+    out = tuple(max(0, math.floor((b + 1) * depth / written_for + 0.5) - 1) for b in blocks)
+    bad = [b for b in blocks if not 0 <= b < written_for]
+    if bad:
+        raise ArchError(f"blocks {list(blocks)} are written for {written_for} blocks: {bad} are out of range")
+    if len(set(out)) != len(out):
+        raise ArchError(
+            f"blocks {list(blocks)} (written for {written_for} blocks) collapse to {list(out)} on a {depth}-block "
+            f"ViT: two levels would be one block; the protocol needs a ViT of at least {len(blocks)} blocks"
+        )
+    return out
+
+
+DEFAULT_LEVELS = (3, 5, 7, 11)  # BEiT's/iBOT's four blocks of a 12-block ViT (UperNet's out_indices)

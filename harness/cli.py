@@ -921,16 +921,7 @@ def _demo_parser(sub, results) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    results = argparse.ArgumentParser(add_help=False)  # every command that reads or writes results
-    results.add_argument(
-        "--results", default=str(results_root()), help="results root (default: $SDD_RESULTS, else results/)"
-    )
-    ap = argparse.ArgumentParser(prog="sdd", description="SDD benchmark-reproduction harness")
-    ap.add_argument("--registry", help="registry directory (default: benchmarks/ or $SDD_BENCHMARKS)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("ls", help="list registry entries (every kind, or one)")
-    p.add_argument("what", nargs="?", choices=[*KINDS, "archs"], help="archs: the architecture names `arch:` takes")
+def _validate_parser(sub) -> None:
     p = sub.add_parser("validate", help="validate every registry file")
     p.add_argument("--paths", action="store_true", help="also check checkpoint directories and dataset roots")
     p.add_argument(
@@ -944,6 +935,19 @@ def _parser() -> argparse.ArgumentParser:
         help="load one checkpoint of this method and print what matched, what was left out, the architecture",
     )
     p.add_argument("--epoch", type=int, help="with --method: the epoch (default: its last)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    results = argparse.ArgumentParser(add_help=False)  # every command that reads or writes results
+    results.add_argument(
+        "--results", default=str(results_root()), help="results root (default: $SDD_RESULTS, else results/)"
+    )
+    ap = argparse.ArgumentParser(prog="sdd", description="SDD benchmark-reproduction harness")
+    ap.add_argument("--registry", help="registry directory (default: benchmarks/ or $SDD_BENCHMARKS)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("ls", help="list registry entries (every kind, or one)")
+    p.add_argument("what", nargs="?", choices=[*KINDS, "archs"], help="archs: the architecture names `arch:` takes")
+    _validate_parser(sub)
     p = sub.add_parser("plan", parents=[results], help="dry run: the cells of a suite, their state and GPU·h")
     _selection_flags(p)
     p.add_argument("--cells", action="store_true", help="list every cell with its state, config hash and reason")

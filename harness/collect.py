@@ -218,6 +218,37 @@ def check_collected(suite_dir: Path, name: str = "results.csv") -> None:
         )
 
 
+PUBLISHED = "published.csv"  # the suite's methods' own published numbers (method files' `published`)
+PUBLISHED_COLUMNS = ["method", "protocol", "dataset", "metric", "value", "source", "note"]
+
+
+def published_frame(reg, suite: str):
+    """One row per number the suite's methods publish for one of the suite's protocols (registry -> results,
+    so the tables need no registry): what the `published` table sets beside ours."""
+    import pandas as pd
+
+    spec = reg.suites.get(suite)
+    if spec is None:
+        return pd.DataFrame(columns=PUBLISHED_COLUMNS)
+    protocols = {e.protocol for e in spec.grid}
+    methods = {m: reg.methods[m] for m in spec.methods if m in reg.methods}
+    rows = [
+        {
+            "method": m.name,
+            "protocol": n.protocol,
+            "dataset": n.dataset or reg.protocol(n.protocol).datasets[0],
+            "metric": n.metric,
+            "value": n.value,
+            "source": n.source,
+            "note": n.note,
+        }
+        for m in methods.values()
+        for n in m.published
+        if n.protocol in protocols
+    ]
+    return pd.DataFrame(rows, columns=PUBLISHED_COLUMNS)
+
+
 def _write_collected(reg, suite: str, results: Path, skip_corrupt: bool) -> CollectSummary:
     try:
         got = collect(results, suite, methods=reg.methods)
@@ -250,11 +281,14 @@ def _write_collected(reg, suite: str, results: Path, skip_corrupt: bool) -> Coll
         table["last_epoch"] = [last.get(k[:3]) for k in keys]
     out = results / suite
     csv_text = table.to_csv(index=False, float_format="%.10g", lineterminator="\n")
+    published = published_frame(reg, suite)
+    published_text = published.to_csv(index=False, float_format="%.10g", lineterminator="\n")
     spectra_text = got.spectra.to_csv(index=False, float_format="%.8g", lineterminator="\n")
     parquet = True
     with FileSet(out) as files:  # the tables, the spectra and the manifest that vouches for them: together
         files.text(out / "results.csv", csv_text)
         files.text(out / "spectra.csv", spectra_text)
+        files.text(out / PUBLISHED, published_text)
         try:
             from pandas.io.parquet import get_engine
 
@@ -272,6 +306,7 @@ def _write_collected(reg, suite: str, results: Path, skip_corrupt: bool) -> Coll
                 "files": {
                     "results.csv": _digest(csv_text, len(table)),
                     "spectra.csv": _digest(spectra_text, len(got.spectra)),
+                    PUBLISHED: _digest(published_text, len(published)),
                 },
             },
         )

@@ -245,7 +245,7 @@ class ViTBlocks(P):
     vit_levels_depth: PosInt = Field(default=12, description="the depth `vit_levels` are written for")
 
     def blocks_for(self, depth: int) -> tuple[int, ...]:
-        from harness.models.archs import scale_blocks
+        from harness.archnames import scale_blocks
 
         return scale_blocks(self.vit_levels, depth, self.vit_levels_depth)
 

@@ -419,6 +419,57 @@ def directclr(sd, d, epoch, *, released=True):
     return _save(obj, d / f"directclr-resnet50-ep{epoch}.pth")
 
 
+def _dinov2_hub(sd, d, name):
+    """The hub file of a DINOv2 backbone whose timm-layout weights are `sd`: mask_token added; with registers,
+    timm's reg_token saved as register_tokens and a position for the class token put back in front of the
+    patch positions (zero here, so timm's cls_token + pos_embed[:, 0] gives back exactly `sd`'s class token)."""
+    out = dict(sd)
+    out["mask_token"] = torch.zeros(1, sd["cls_token"].shape[-1])
+    if "reg_token" in out:
+        out["register_tokens"] = out.pop("reg_token")
+        out["pos_embed"] = torch.cat([torch.zeros_like(sd["cls_token"]), sd["pos_embed"]], dim=1)
+    return _save(out, d / name)
+
+
+def dinov2_vits14(sd, d, epoch):
+    return _dinov2_hub(sd, d, "dinov2_vits14_pretrain.pth")
+
+
+def dinov2_vits14_reg4(sd, d, epoch):
+    return _dinov2_hub(sd, d, "dinov2_vits14_reg4_pretrain.pth")
+
+
+def _dinov3_hub(sd, d, name):
+    """The hub file of a DINOv3 backbone whose timm-layout (`_qkvb`) weights are `sd`: storage_tokens, ls1/ls2
+    gamma, one qkv bias with the key's third (masked to 0 upstream) random, the NaN bias_mask buffers, the
+    RoPE periods and the mask token, as dinov3's model saves them."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("attn.q_bias"):
+            k_part = rand(*v.shape)  # never used: LinearKMaskedBias multiplies it by 0
+            out[k.replace("q_bias", "qkv.bias")] = torch.cat([v, k_part, sd[k.replace("q_bias", "v_bias")]])
+            out[k.replace("q_bias", "qkv.bias_mask")] = torch.full((3 * v.shape[0],), float("nan"))
+        elif k.endswith("attn.v_bias"):
+            continue
+        else:
+            out[
+                k.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma").replace("reg_token", "storage_tokens")
+            ] = v
+    dim = sd["cls_token"].shape[-1]
+    heads = 6 if dim == 384 else 12
+    out["rope_embed.periods"] = 100.0 ** (2 * torch.arange(dim // heads // 4) / (dim // heads // 2))
+    out["mask_token"] = torch.zeros(1, dim)
+    return _save(out, d / name)
+
+
+def dinov3_vits16(sd, d, epoch):
+    return _dinov3_hub(sd, d, "dinov3_vits16_pretrain_lvd1689m-08c60483.pth")
+
+
+def dinov3_vitb16(sd, d, epoch):
+    return _dinov3_hub(sd, d, "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth")
+
+
 def _save(obj, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, path)
@@ -449,5 +500,77 @@ WRITERS = {
         w2_mocov2,
         w2_barlowtwins,
         directclr,
+        dinov2_vits14,
+        dinov2_vits14_reg4,
+        dinov3_vits16,
+        dinov3_vitb16,
     )
 }
+
+
+# ---- release files: the flat state dicts the DINOv2 / DINOv3 hub code loads (strict=True) -----------------
+def _release_blocks(d: int, depth: int, *, bias_mask: bool) -> dict:
+    """blocks.N.* of dinov2/dinov3's Block (layers/block.py: norm1, attn, ls1, norm2, mlp, ls2; attention
+    qkv as one Linear(d, 3d), its bias masked by a `bias_mask` buffer in DINOv3's LinearKMaskedBias)."""
+    out = {}
+    for i in range(depth):
+        b = f"blocks.{i}."
+        out.update(
+            {
+                b + "norm1.weight": 1 + 0.1 * rand(d),
+                b + "norm1.bias": 0.1 * rand(d),
+                b + "attn.qkv.weight": 0.05 * rand(3 * d, d),
+                b + "attn.qkv.bias": 0.1 * rand(3 * d),
+                b + "attn.proj.weight": 0.05 * rand(d, d),
+                b + "attn.proj.bias": 0.1 * rand(d),
+                b + "ls1.gamma": 0.1 + 0.05 * rand(d),
+                b + "norm2.weight": 1 + 0.1 * rand(d),
+                b + "norm2.bias": 0.1 * rand(d),
+                b + "mlp.fc1.weight": 0.05 * rand(4 * d, d),
+                b + "mlp.fc1.bias": 0.1 * rand(4 * d),
+                b + "mlp.fc2.weight": 0.05 * rand(d, 4 * d),
+                b + "mlp.fc2.bias": 0.1 * rand(d),
+                b + "ls2.gamma": 0.1 + 0.05 * rand(d),
+            }
+        )
+        if bias_mask:  # NaN until init_weights fills it; a released file may carry either (never to reach a model)
+            out[b + "attn.qkv.bias_mask"] = torch.full((3 * d,), float("nan"))
+    return out
+
+
+def dinov2_release(d: int = 384, depth: int = 12, patch: int = 14, grid: int = 37, registers: int = 0) -> dict:
+    """dinov2_vits14[_reg4]_pretrain.pth as DinoVisionTransformer saves it (dinov2/models/vision_transformer.py
+    l.110-115, l.166-169): cls_token [1, 1, d], pos_embed [1, 1 + grid^2, d] (img 518 / patch 14 = 37),
+    mask_token [1, d], register_tokens [1, R, d] with registers, patch_embed.proj, blocks, norm."""
+    sd = {
+        "cls_token": 0.1 * rand(1, 1, d),
+        "pos_embed": 0.1 * rand(1, 1 + grid * grid, d),
+        "mask_token": torch.zeros(1, d),
+        "patch_embed.proj.weight": 0.05 * rand(d, 3, patch, patch),
+        "patch_embed.proj.bias": 0.1 * rand(d),
+        **_release_blocks(d, depth, bias_mask=False),
+        "norm.weight": 1 + 0.1 * rand(d),
+        "norm.bias": 0.1 * rand(d),
+    }
+    if registers:
+        sd["register_tokens"] = 0.1 * rand(1, registers, d)
+    return sd
+
+
+def dinov3_release(d: int = 384, depth: int = 12, patch: int = 16, storage: int = 4, heads: int = 6) -> dict:
+    """dinov3_vits16_pretrain_lvd1689m-*.pth as dinov3's DinoVisionTransformer saves it
+    (dinov3/models/vision_transformer.py l.112-180): cls_token, storage_tokens [1, 4, d], mask_token [1, d],
+    patch_embed.proj, rope_embed.periods [head_dim / 4] (layers/rope_position_encoding.py l.50-54; no
+    pos_embed), blocks with attn.qkv.bias_mask (NaN-filled, layers/attention.py l.36), norm."""
+    head_dim = d // heads
+    return {
+        "cls_token": 0.1 * rand(1, 1, d),
+        "storage_tokens": 0.1 * rand(1, storage, d),
+        "mask_token": torch.zeros(1, d),
+        "patch_embed.proj.weight": 0.05 * rand(d, 3, patch, patch),
+        "patch_embed.proj.bias": 0.1 * rand(d),
+        "rope_embed.periods": 100.0 ** (2 * torch.arange(head_dim // 4) / (head_dim // 2)),
+        **_release_blocks(d, depth, bias_mask=True),
+        "norm.weight": 1 + 0.1 * rand(d),
+        "norm.bias": 0.1 * rand(d),
+    }

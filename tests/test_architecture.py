@@ -17,6 +17,7 @@ FLOORS = {
     "harness.device": 0,
     "harness.fingerprint": 0,
     "harness.kinds": 0,
+    "harness.archnames": 0,
     "harness.selection": 0,
     "harness.metrics": 0,
     "harness.mmcv_shim": 0,

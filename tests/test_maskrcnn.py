@@ -76,7 +76,7 @@ def test_pyramid_shapes(arch, pyramid):
     from harness.models.archs import build_backbone
     from harness.params import MaskRCNNParams
 
-    p = MaskRCNNParams(out_channels=32, pyramid=pyramid, vit_levels=(0, 1, 2, 3))
+    p = MaskRCNNParams(out_channels=32, pyramid=pyramid, vit_levels=(0, 1, 2, 3), vit_levels_depth=4)
     pb = PyramidBackbone(build_backbone(arch), p)
     out = pb(torch.randn(1, 3, 64, 64))
     assert list(out) == ["0", "1", "2", "3", "pool"]

@@ -64,6 +64,23 @@ def check_columns(table: pd.DataFrame, csv: Path, protocols: list[str] = ()) -> 
             )
 
 
+def load_published(suite_dir: Path) -> pd.DataFrame | None:
+    """The methods' published numbers `sdd collect` copied from the registry (None for a table made without
+    it), checked against the collect manifest like results.csv."""
+    from harness.collect import PUBLISHED, CollectError, check_collected
+
+    path = suite_dir / PUBLISHED
+    if not path.is_file():
+        return None
+    try:
+        check_collected(suite_dir, PUBLISHED)
+        return pd.read_csv(path)
+    except CollectError as e:
+        raise TablesError(f"{e}; the previous tables were left in place") from None
+    except (ValueError, pd.errors.ParserError) as e:
+        raise TablesError(f"{path} cannot be read as a table ({e}); run `sdd collect --suite {suite_dir.name}`")
+
+
 def load_collected(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """results.csv and spectra.csv, each checked against what `sdd collect` recorded it wrote (a file cut
     short or changed since is refused: TablesError, naming it); a hand-made table has no such record."""
@@ -288,9 +305,10 @@ def build_tables(
     context += more
     table = table.copy()  # one consolidated frame: the tables add columns to slices of it
     papers = load_papers(paper_dir)
+    published = load_published(suite_dir)
     tables = []
     for p in protocols or [None]:
-        for t in all_tables(table, papers, p):
+        for t in all_tables(table, papers, p, published):
             reads_miou = t.name in MIOU_TABLES
             if not reads_miou and any(t.name == seen.name for seen in tables):  # the others: once
                 continue

@@ -902,6 +902,54 @@ def _columns_by_protocol(ok: pd.DataFrame, kind: pd.Series, spec) -> list[tuple[
     return out
 
 
+def published_table(table: pd.DataFrame, published: pd.DataFrame | None) -> Table:
+    """Each number a method's own paper or release publishes for one of the suite's protocols (its method file's
+    `published`, copied by `sdd collect`), beside ours: the final checkpoint's record of that protocol,
+    dataset and metric."""
+    cols = ["method", "protocol", "dataset", "metric", "ours", "published", "delta", "source"]
+    notes: list[str] = []
+    if published is None or published.empty:
+        notes.append("no method of this suite lists published numbers for its protocols (method files: `published`)")
+        return Table("published", "Ours beside the methods' own published numbers", pd.DataFrame(columns=cols), notes)
+    ok = _ok(table)
+    rows, marks = [], set()
+    for _, n in published.iterrows():
+        g = ok[(ok["method"] == n["method"]) & (ok["protocol"] == n["protocol"]) & (ok["dataset"] == n["dataset"])]
+        epoch = last_epochs(table, n["protocol"]).get((n["method"], n["dataset"]))
+        hit = g[g["epoch"] == epoch] if epoch is not None else g.iloc[0:0]
+        ours = (
+            float(pd.to_numeric(hit[n["metric"]], errors="coerce").iloc[0])
+            if len(hit) and n["metric"] in hit.columns
+            else math.nan
+        )
+        if len(hit) and n["metric"] in hit.columns and bool(_imported(hit, n["metric"]).iloc[0]):
+            marks.add((len(rows), "ours"))
+        rows.append(
+            {
+                "method": n["method"],
+                "protocol": n["protocol"],
+                "dataset": n["dataset"],
+                "metric": n["metric"],
+                "ours": ours,
+                "published": float(n["value"]),
+                "delta": ours - float(n["value"]),
+                "source": n["source"],
+            }
+        )
+        if isinstance(n.get("note"), str) and n["note"]:
+            notes.append(f"{n['method']}, {n['protocol']} {n['metric']}: {n['note']}")
+    missing = sum(math.isnan(r["ours"]) for r in rows)
+    if missing:
+        notes.insert(0, f"{missing} of {len(rows)} published numbers have no record of ours yet (ours: empty)")
+    return Table(
+        "published",
+        "Ours beside the methods' own published numbers (final checkpoint; delta = ours - published)",
+        pd.DataFrame(rows, columns=cols),
+        notes,
+        marks=marks,
+    )
+
+
 def tracking_sentence(mean: pd.DataFrame, long: pd.DataFrame | None = None) -> str:
     """One plain sentence on which metrics track mIoU, read from the averaged τ's 95% intervals, and only
     when there is enough data for an interval to mean something (methods with a defined τ, and the
@@ -985,7 +1033,10 @@ def image_level_tau_table(table: pd.DataFrame) -> Table:
 
 
 def all_tables(
-    table: pd.DataFrame, papers: dict[str, pd.DataFrame] | None = None, protocol: str | None = None
+    table: pd.DataFrame,
+    papers: dict[str, pd.DataFrame] | None = None,
+    protocol: str | None = None,
+    published: pd.DataFrame | None = None,
 ) -> list[Table]:
     protocol = protocol or probe_protocol_of(table)
     papers = papers or {}
@@ -1001,6 +1052,8 @@ def all_tables(
         classification_table(table),
         image_level_tau_table(table),
     ]
+    if published is not None and len(published):  # only suites whose methods publish numbers for its protocols
+        out.append(published_table(table, published))
     if side is not None:
         out.insert(3, side)
     return out

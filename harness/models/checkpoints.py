@@ -194,11 +194,11 @@ def _prefix_before(key: str, target: str) -> str:
     return head[: head.rfind(".") + 1] if "." in head else ""
 
 
-def _convert(sd: dict, converter: str | None, backbone: Backbone) -> dict:
+def _convert(sd: dict, converter: str | None, backbone: Backbone, path: Path | str = "the checkpoint") -> dict:
     if converter is None:
         return sd
     if converter == "timm":
-        return timm_convert(sd, backbone)
+        return timm_convert(sd, backbone, path)
     if converter == "timm_swin":  # original Swin layout (downsample at stage end) -> timm's
         from timm.models.swin_transformer import checkpoint_filter_fn
 
@@ -221,7 +221,7 @@ def _convert(sd: dict, converter: str | None, backbone: Backbone) -> dict:
     raise CheckpointError(f"unknown state-dict converter {converter!r}")
 
 
-def timm_convert(sd: dict, backbone: Backbone) -> dict:
+def timm_convert(sd: dict, backbone: Backbone, path: Path | str = "the checkpoint") -> dict:
     """The file's state dict in the model's layout through the `checkpoint_filter_fn` of the timm module that
     defines the architecture (DINOv2's `register_tokens` -> `reg_token` and its position table, DINOv3's
     `storage_tokens`, `ls1.gamma` and split q/v biases, its RoPE `periods` and NaN-filled `bias_mask` buffers
@@ -239,18 +239,18 @@ def timm_convert(sd: dict, backbone: Backbone) -> dict:
             f"{backbone.arch}; remove `convert` if the file is already in the model's layout"
         )
     own = backbone.net.state_dict()
-    dropped = [
+    dropped = [  # DINOv3 masks the key's third to 0 (LinearKMaskedBias): only the query and value parts count
         k
         for k in sd
         if k.endswith("attn.qkv.bias")
         and k not in own  # the model takes the fused bias as it is
         and k.replace("qkv.bias", "q_bias") not in own
-        and bool(sd[k].ne(0).any())
+        and any(bool(part.ne(0).any()) for part in sd[k].chunk(3)[::2])
     ]
     if dropped:
         raise CheckpointError(
-            f"the file has non-zero attention biases ({dropped[0]}, {len(dropped)} in all) that {backbone.arch} has no "
-            f"parameter for: timm's converter would drop them and the features would be wrong. Use the variant "
+            f"{path}: the file has non-zero attention biases ({dropped[0]}, {len(dropped)} in all) that "
+            f"{backbone.arch} has no parameter for: timm's converter would drop them and the features would be wrong. Use the variant "
             f"with q/v biases (for DINOv3: the `_qkvb` model name, e.g. {backbone.arch}_qkvb)"
         )
     with contextlib.redirect_stdout(io.StringIO()):  # timm prints each bias it skips on purpose
@@ -451,6 +451,9 @@ class LoadedBackbone:
             "stored_epoch": self.stored_epoch,
             "loaded_keys": self.loaded_keys,
             "unexpected_keys": self.unexpected_keys,
+            "architecture": f"{self.backbone.arch}: {self.backbone.info.summary()}",
+            # what a ViT did with inputs not a multiple of its patch (the protocol kind's rule)
+            "patch_remainder": self.backbone.remainder if self.backbone.info.family == "vit" else None,
         }
 
 
@@ -622,7 +625,10 @@ def load_backbone(
     unexpected: list[str] = []
     try:
         sd = _convert(
-            extract_state_dict(obj, spec.checkpoint.state_dict, path=path), spec.checkpoint.state_dict.convert, backbone
+            extract_state_dict(obj, spec.checkpoint.state_dict, path=path),
+            spec.checkpoint.state_dict.convert,
+            backbone,
+            path,
         )
         unexpected = load_state_into(
             backbone, sd, path=path, raw_keys=_tensor_keys(_rule_source(obj, spec.checkpoint.state_dict))
