@@ -250,8 +250,8 @@ def timm_convert(sd: dict, backbone: Backbone, path: Path | str = "the checkpoin
     if dropped:
         raise CheckpointError(
             f"{path}: the file has non-zero attention biases ({dropped[0]}, {len(dropped)} in all) that "
-            f"{backbone.arch} has no parameter for: timm's converter would drop them and the features would be wrong. Use the variant "
-            f"with q/v biases (for DINOv3: the `_qkvb` model name, e.g. {backbone.arch}_qkvb)"
+            f"{backbone.arch} has no parameter for: timm's converter would drop them and the features would be "
+            f"wrong. Use the variant with q/v biases (for DINOv3: the `_qkvb` model name, e.g. {backbone.arch}_qkvb)"
         )
     with contextlib.redirect_stdout(io.StringIO()):  # timm prints each bias it skips on purpose
         return dict(fn(dict(sd), backbone.net))
