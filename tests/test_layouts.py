@@ -119,19 +119,16 @@ def test_dense_maps_have_the_patch_tokens_of_each_layout(layouts_run):
     _, records, _ = layouts_run
     for name, tokens in TOKENS.items():
         r = records[("metrics_mini", name)]
-        assert r["info"]["features"]["shape"][1] == tokens, name
-        ck = r["info"]["checkpoint"]
+        assert r["features"]["shape"][1] == tokens, name
+        ck = r["checkpoint"]
         assert ck["patch_remainder"] == ("center" if name != "lay_cnx" else None) and ck["loaded_keys"] > 0
     assert (
         "5 prefix token(s) (class + 4 register/storage), positions: RoPE"
-        in records[("metrics_mini", "lay_rope")]["info"]["checkpoint"]["architecture"]
+        in records[("metrics_mini", "lay_rope")]["checkpoint"]["architecture"]
     )
-    assert (
-        "0 prefix token(s) (no class token)"
-        in records[("metrics_mini", "lay_nocls")]["info"]["checkpoint"]["architecture"]
-    )
-    assert records[("maskrcnn_mini", "lay_reg14")]["info"]["checkpoint"]["patch_remainder"] == "bottom_right"
-    assert records[("davis_mini", "lay_reg14")]["info"]["frame_size"] == {"short_side": 126, "size_multiple": 14}
+    assert "0 prefix token(s) (no class token)" in records[("metrics_mini", "lay_nocls")]["checkpoint"]["architecture"]
+    assert records[("maskrcnn_mini", "lay_reg14")]["checkpoint"]["patch_remainder"] == "bottom_right"
+    assert records[("davis_mini", "lay_reg14")]["frame_size"] == {"short_side": 126, "size_multiple": 14}
 
 
 def test_published_numbers_stand_beside_ours(layouts_run):
@@ -141,6 +138,8 @@ def test_published_numbers_stand_beside_ours(layouts_run):
     table = pd.read_csv(suite / "tables" / "published.csv")
     row = table[(table["method"] == "lay_s14") & (table["protocol"] == "knn_mini")].iloc[0]
     ours = records[("knn_mini", "lay_s14")]["metrics"]["top1"]
-    assert row["published"] == 50.0 and abs(row["ours"] - ours) < 1e-9 and abs(row["delta"] - (ours - 50.0)) < 1e-9
+    assert (
+        row["published"] == 50.0 and abs(row["ours"] - ours) < 1e-3 and abs(row["delta"] - (ours - 50.0)) < 1e-3
+    )  # 4 decimals
     assert row["source"] == "a test's own number"
     assert "published" in (suite / "REPORT.md").read_text()
