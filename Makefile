@@ -36,6 +36,7 @@ bench: install  ## benchmarks under tests/perf/ (print their figures; not timed 
 	$(PY) tests/perf/bench_pipeline.py
 	$(PY) tests/perf/bench_monitor.py
 	$(PY) tests/perf/bench_writes.py
+	$(PY) tests/perf/bench_archs.py
 
 gpu-check:  ## on a CUDA machine: every job at real size on its GPU, one table (docs/gpu.md; ARGS=--smoke on a CPU)
 	@bash tools/gpu-check.sh $(ARGS)

@@ -207,6 +207,9 @@ class DSEMonitor:
                 )
             except CheckpointError as e:
                 raise MonitorError(str(e)) from None
+        from harness.kinds import METRICS_KIND, PROTOCOL_KINDS
+
+        bb.remainder = PROTOCOL_KINDS[METRICS_KIND].patch_remainder  # scored as the metrics job scores a file
         return bb.eval().requires_grad_(False)
 
     def _cell(self, epoch: int):

@@ -48,7 +48,7 @@ def _method_file(name: str, ckpt) -> str:
     return yaml.safe_dump(spec)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once: its tests may be interleaved with other modules' on the worker
 def layouts_run(mini_world, tmp_path_factory):
     from harness.cli import main
     from harness.models.archs import build_backbone
