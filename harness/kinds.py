@@ -130,7 +130,8 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         role=LABEL_FREE,
         metrics=(
             # `dse_lambda` (DSE with the paper's λ) is computed by the tables from separability and dim
-            Metric(name="dse", label="DSE (λ=1)", tau=True, aliases=("dse metric (original)", "dse metric")),
+            # the NeurIPS camera-ready of the SDD paper calls the estimator DQE (arXiv 2510.17299 v1: DSE)
+            Metric(name="dse", label="DSE (λ=1)", tau=True, aliases=("dse metric (original)", "dse metric", "dqe")),
             Metric(name="dse_separability", label="Separability only", tau=True),
             Metric(
                 name="dse_dim",

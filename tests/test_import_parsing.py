@@ -316,3 +316,11 @@ def test_an_empty_or_damaged_log_is_a_message(bench, tmp_path, capsys):
     (d / "scalars.json").write_text('{"aAcc": 80.0, "mIoU": "n/a", "step": 10}\n{"mIoU": 40.0, "step": 20}\n')
     err = refused(bench, tmp_path, capsys, run, *args, "--take", "best")
     assert "iteration 10, mIoU: 'n/a' is not a number" in err
+
+
+def test_the_camera_ready_name_dqe_is_read_as_dse(bench, tmp_path):
+    """The NeurIPS camera-ready of the SDD paper calls DSE "DQE": a sheet written with that name imports."""
+    f = tmp_path / "dqe.csv"
+    f.write_text("method,epoch,DQE\n" + "".join(f"dino,{e},{1 + e / 100}\n" for e in EPOCHS))
+    p = plan(bench, tmp_path, f)
+    assert sorted(it.metrics["dse"] for it in p.items) == [1.1, 1.2, 1.3, 1.4, 1.5]
