@@ -188,4 +188,7 @@ def recipe_view(cell, reg, ctx) -> dict:
         "normalize.std": list(DINO_DAVIS_STD),
         "bound_th": p.bound_th,
         "frames_scored": "every frame but the first and the last",
+        "context": f"the first frame and the {p.n_last_frames} previous ones",
+        "features": "the last block's patch tokens after the final norm",  # ViTs; a CNN's stage: resnet_layer
+        "upsample": "bilinear by the feature stride, then min-max normalised per channel",
     }

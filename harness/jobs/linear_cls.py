@@ -264,6 +264,9 @@ def recipe_view(cell, reg, ctx) -> dict:
         "eval.resize.interpolation": "bicubic" if p.resize else None,
         "eval.crop": p.crop,
         "result": "the best validated epoch",  # top1_best; the record also holds the last epoch's (top1)
+        "val_freq": p.val_every,
+        # the frozen backbone runs in eval mode (Dropout, BatchNorm statistics) while the head trains
+        "backbone.mode": "eval",
         "precision": p.precision or "frozen backbone in bfloat16 on GPUs, head float32",
     }
     return {k: v for k, v in view.items() if v is not None}

@@ -192,6 +192,12 @@ def recipe_view(cell, reg, ctx) -> dict:
         "dse.kmeans_iters": p.dse.kmeans_iters,
         "dse.kmeans_tol": p.dse.kmeans_tol,
         "features.layer": "last",
+        "features.norm": "after the final norm",  # Backbone.dense: forward_features, the final norm applied
+        "dse.kmeans_init": (
+            "k-means++ weighted by distance (not squared), one run"
+            if p.dse.mode == "parity"
+            else "k-means++ on bfloat16 tokens (fast mode)"
+        ),
         "resize": tf[0].size,
         "resize.interpolation": tf[0].interpolation.value,
         "crop": tf[1].size[0],

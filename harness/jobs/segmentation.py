@@ -539,6 +539,8 @@ def recipe_view(cell, reg, ctx) -> dict:
     decode = {key: v for key, v in model["decode_head"].items() if key in HEAD_FIELDS}
     pw = optim.get("paramwise_cfg") or {}
     train = {t["type"]: t for t in cfg["train_dataloader"]["dataset"]["pipeline"]}
+    test = {t["type"]: t for t in cfg["val_dataloader"]["dataset"]["pipeline"]}
+    aux = model.get("auxiliary_head") or {}
     scheds = cfg["param_scheduler"]
     view = {
         "optimizer.type": optim["optimizer"]["type"],
@@ -560,8 +562,12 @@ def recipe_view(cell, reg, ctx) -> dict:
         "neck.type": (model.get("neck") or {}).get("type"),
         "neck.out_channels": (model.get("neck") or {}).get("out_channels"),
         "neck.rescales": (model.get("neck") or {}).get("rescales"),
+        "neck.num_outs": (model.get("neck") or {}).get("num_outs"),
         **{f"decode_head.{key}": v for key, v in decode.items()},
-        "auxiliary_head.loss_weight": ((model.get("auxiliary_head") or {}).get("loss_decode") or {}).get("loss_weight"),
+        "auxiliary_head.loss_weight": (aux.get("loss_decode") or {}).get("loss_weight"),
+        "auxiliary_head.in_index": aux.get("in_index"),
+        "auxiliary_head.channels": aux.get("channels"),
+        "auxiliary_head.num_convs": aux.get("num_convs"),
         "data.crop_size": list(train["SDDRandomCrop"]["crop_size"]),
         "data.train_scale": list(train["RandomResize"]["scale"]),
         "data.ratio_range": list(train["RandomResize"]["ratio_range"]),
@@ -569,6 +575,10 @@ def recipe_view(cell, reg, ctx) -> dict:
         "data.flip": train["RandomFlip"]["prob"],
         "data.photometric": run["photometric"] != "off",
         "test.mode": model["test_cfg"]["mode"],
+        # the single-scale test: resized keep-ratio to the dataset's scale, no flip (a TestTimeAug is separate)
+        "test.resize": list(test["Resize"]["scale"]) if "Resize" in test else None,
+        "test.keep_ratio": test["Resize"]["keep_ratio"] if "Resize" in test else None,
+        "test.flip": "RandomFlip" in test,
         "test.crop_size": list(model["test_cfg"].get("crop_size") or []) or None,
         "test.stride": list(model["test_cfg"].get("stride") or []) or None,
         **_multi_scale_view(run.get("multi_scale")),
