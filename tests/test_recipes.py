@@ -79,6 +79,13 @@ def test_transcriptions_cite_a_line_for_every_value():
         assert data["method"] in REG.methods, f"{path}: unknown method {data['method']}"
         for field, entry in data["values"].items():
             assert "value" in entry and entry.get("line") not in (None, ""), f"{path}: {field} cites no line"
+            # the verbatim text of the cited line(s), checkable by tools/check_goldens.py; or a paper's sentence
+            quote = entry.get("quote")
+            assert (
+                quote and all(isinstance(q, str) and q.strip() for q in ([quote] if isinstance(quote, str) else quote))
+            ) or (isinstance(entry.get("paper"), str) and entry["paper"].strip()), (
+                f"{path.name}: {field} quotes nothing (quote: the cited line's text, or paper: section and sentence)"
+            )
 
 
 # (protocol, parameter path in its file, a wrong value, the field and source line the failure must name)

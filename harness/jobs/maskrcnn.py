@@ -445,6 +445,14 @@ def run(cell, ctx) -> dict:
 COCO_TRAIN_IMAGES = 118_287  # COCO 2017 train: what an epoch-based schedule resolves to at paper scale
 
 
+def _norm_kind(module) -> str:
+    """The normalisation inside a head or pyramid, as detectron2 names it: "LN", "BN", or "none"."""
+    names = {type(m).__name__ for m in module.modules()}
+    if any("LayerNorm" in n for n in names):
+        return "LN"
+    return "BN" if any("BatchNorm" in n for n in names) else "none"
+
+
 def recipe_view(cell, reg, ctx, backend: str = "torchvision") -> dict:
     """The recipe this job runs, read back from the torchvision model and training plan it builds (a ViT
     with random weights of the method's architecture; no data, no training) -- what tests/golden/recipes
@@ -465,18 +473,24 @@ def recipe_view(cell, reg, ctx, backend: str = "torchvision") -> dict:
         "backbone.drop_path": p.drop_path,
         "backbone.attention": "global in every block",  # the checkpoint's own ViT, never re-architected
         "pyramid.type": model.backbone.kind,
+        "pyramid.norm": _norm_kind(model.backbone.sfp) if model.backbone.kind == "simple" else None,
+        # the ViT's prefix tokens (class, registers) attend with the patches; its blocks are read without the final norm
+        "backbone.class_tokens": backbone.info.prefix_tokens if backbone.info.family == "vit" else None,
+        "backbone.final_norm": False,
         "pyramid.rescales": list(p.vit_scale_factors),
         "neck.out_channels": model.backbone.out_channels,
         "neck.num_outs": len(p.anchor_sizes),
         "rpn.anchor_sizes": [s[0] for s in model.rpn.anchor_generator.sizes],
         "rpn.aspect_ratios": list(model.rpn.anchor_generator.aspect_ratios[0]),
         "rpn.post_nms_train": p.rpn_post_nms_train,
+        "rpn.head_convs": sum(1 for m in model.rpn.head.conv.modules() if isinstance(m, nn.Conv2d)),
         "roi.box_output_size": list(heads.box_roi_pool.output_size),
         "roi.mask_output_size": list(heads.mask_roi_pool.output_size),
         "roi.sampling_ratio": heads.box_roi_pool.sampling_ratio,
         "roi.box_head": "2fc" if type(heads.box_head).__name__ == "TwoMLPHead" else type(heads.box_head).__name__,
         "roi.box_fc": heads.box_head.fc6.out_features,
         "roi.mask_convs": sum(1 for m in heads.mask_head.modules() if isinstance(m, nn.Conv2d)),
+        "roi.mask_norm": _norm_kind(heads.mask_head),
         "roi.box_batch": heads.fg_bg_sampler.batch_size_per_image,
         "roi.box_positive_fraction": heads.fg_bg_sampler.positive_fraction,
         "test.score_thresh": heads.score_thresh,
@@ -489,6 +503,7 @@ def recipe_view(cell, reg, ctx, backend: str = "torchvision") -> dict:
         "data.crop_resize_sizes": list(p.crop_resize_sizes),
         "data.crop_range": list(p.crop_range),
         "data.size_divisor": model.transform.size_divisible,
+        "data.square_pad": 0,  # torchvision pads a batch to its largest image (a multiple of size_divisor)
         "optimizer.type": "AdamW",
         "optimizer.lr": p.optimizer.lr,
         "optimizer.weight_decay": p.optimizer.weight_decay,
@@ -497,6 +512,7 @@ def recipe_view(cell, reg, ctx, backend: str = "torchvision") -> dict:
         "optimizer.no_decay": "1-D parameters, " + ", ".join(NO_DECAY_TOKENS),
         "schedule.epochs": schedule["epochs"],
         "schedule.step_epochs": list(p.step_epochs),
+        "schedule.steps": list(schedule["steps"]),
         "schedule.iters": schedule["iters"],
         "schedule.warmup_iters": schedule["warmup_iters"],
         "schedule.warmup_factor": p.warmup_factor,

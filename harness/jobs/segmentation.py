@@ -536,6 +536,9 @@ def recipe_view(cell, reg, ctx) -> dict:
     run, model, optim = cfg["sdd_run"], cfg["model"], cfg["optim_wrapper"]
     k, backbone = run["batch"]["accumulation"], model["backbone"]
     levels = backbone.get("levels") or "last"
+    from harness.models.archs import facts_of_method
+
+    facts = facts_of_method(reg.method(cell.method))
     decode = {key: v for key, v in model["decode_head"].items() if key in HEAD_FIELDS}
     pw = optim.get("paramwise_cfg") or {}
     train = {t["type"]: t for t in cfg["train_dataloader"]["dataset"]["pipeline"]}
@@ -559,6 +562,11 @@ def recipe_view(cell, reg, ctx) -> dict:
         "backbone.frozen": backbone["frozen"],
         "backbone.levels": levels,
         "backbone.drop_path": (backbone.get("arch_overrides") or {}).get("drop_path_rate", 0.0),
+        # multi-level ViT features: blocks read without the final norm, the prefix tokens attending with the patches
+        "backbone.out_norm": "none" if backbone["mode"] == "levels" and facts.family == "vit" else None,
+        "backbone.class_tokens": facts.prefix_tokens
+        if backbone["mode"] == "levels" and facts.family == "vit"
+        else None,
         "neck.type": (model.get("neck") or {}).get("type"),
         "neck.out_channels": (model.get("neck") or {}).get("out_channels"),
         "neck.rescales": (model.get("neck") or {}).get("rescales"),
