@@ -184,7 +184,9 @@ def recipe_view(cell, reg, ctx) -> dict:
     tf = eval_transform(p.resize, p.crop).transforms
     return {
         "images": p.num_images,
-        "images.selection": f"{p.num_images} train images drawn once with seed {p.image_list_seed} over the sorted file list",
+        "images.selection": (
+            f"{p.num_images} train images drawn once with seed {p.image_list_seed} over the sorted file list"
+        ),
         "dse.batch": p.batch_size,
         "dse.local_clusters": p.dse.local_clusters,
         "dse.global_clusters": p.dse.global_clusters,
