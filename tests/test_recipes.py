@@ -100,6 +100,8 @@ MUTATIONS = [
     ("davis", ("topk",), 7, "topk", "eval_video_segmentation.py:263"),
     ("metrics", ("dse", "global_clusters"), 20, "dse.global_clusters", "README.md:41"),
     ("linear_cls", ("optimizer", "lr"), 0.01, "optimizer.lr", "eval_linear.py:266"),
+    ("linear", ("optimizer", "weight_decay"), 1.0e-3, "optimizer.weight_decay", "vitb_ade20k_linear_config.py:73"),
+    ("linear", ("schedule", "warmup_iters"), 1000, "schedule.warmup_iters", "vitb_ade20k_linear_config.py:85"),
     ("linear_cifar100", ("optimizer", "weight_decay"), 0.0, "optimizer.weight_decay", "model.py:292"),
     ("lowshot_10pct", ("lambdas",), [0.1, 1.0], "lambdas", "eval_logistic_regression.py:214"),
 ]
@@ -143,7 +145,7 @@ def test_a_code_change_that_drifts_from_the_source_fails(monkeypatch):
 
     monkeypatch.setitem(segmentation.HEADS, "linear", drifted)
     (problem,) = check(REG, "linear")
-    assert problem == "decode_head.type: harness 'FCNHead' vs source 'BNHead' (linear_head.py:15)"
+    assert problem == "decode_head.type: harness 'FCNHead' vs source 'BNHead' (vitb_ade20k_linear_config.py:102)"
 
 
 def test_a_deviation_listed_for_a_field_excuses_exactly_that_field(tmp_path):
