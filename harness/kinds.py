@@ -189,6 +189,10 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         params=P.SemFPNParams,
         splits=("train", "val"),
         role=DENSE,
+        # its whole-image test feeds ADE20K's resized images (long sides not a multiple of 16) to the ViT; UDI's
+        # ViT pads them at the bottom and the right (eval_semantic_segmentation/backbone/vitdeit.py l.210,
+        # PatchEmbed padding='corner', mmcv's AdaptivePadding)
+        patch_remainder="bottom_right",
         added_params=(("vit_levels_depth", "depth"),),
         metrics=tuple(
             Metric(

@@ -168,4 +168,6 @@ def recipe_view(cell, reg, ctx) -> dict:
         "normalize.mean": list(tf[3].mean),
         "normalize.std": list(tf[3].std),
         "result": "every lambda on val (top1_at); the best as top1",
+        # the network the method file's state-dict rule reads (the SDD study's: the teacher)
+        "checkpoint_key": str(reg.method(cell.method).checkpoint.state_dict.key or "the whole file"),
     }
