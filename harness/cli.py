@@ -111,22 +111,24 @@ def cmd_ls(reg: Registry, args) -> int:
 
 def _ls_archs(reg: Registry) -> int:
     """The aliases with what they are (read from the built models), and the rule for every other name."""
+    import json
+
     from harness.archnames import timm_names
     from harness.models.archs import ALIASES, arch_facts
 
-    users: dict[str, list[str]] = {}
+    users: dict[tuple[str, str], list[str]] = {}  # (arch, its arch_kwargs) -> the methods built so
     for m in reg.methods.values():
-        users.setdefault(m.arch, []).append(m.name)
+        users.setdefault((m.arch, json.dumps(m.arch_kwargs, sort_keys=True)), []).append(m.name)
     rows = []
-    for name in [*ALIASES, *sorted(set(users) - set(ALIASES))]:
-        f = arch_facts(name)
+    for name, kw in [*((a, "{}") for a in ALIASES), *sorted(set(users) - {(a, "{}") for a in ALIASES})]:
+        f = arch_facts(name, **json.loads(kw))
         rows.append(
             {
-                "arch": name,
+                "arch": name + ("" if kw == "{}" else f" {kw}"),
                 "what": f.description,
                 "facts (read from the built model)": f.summary(),
                 "params": f"{f.params / 1e6:.1f}M",
-                "methods": ", ".join(sorted(users.get(name, []))) or "-",
+                "methods": ", ".join(sorted(users.get((name, kw), []))) or "-",
             }
         )
     print(table(rows, ["arch", "what", "facts (read from the built model)", "params", "methods"]))
@@ -142,13 +144,14 @@ def _ls_archs(reg: Registry) -> int:
 
 def _validate_one(reg: Registry, method: str, epoch: int | None) -> int:
     """Load one checkpoint file of a method and say what matched, what was left out, and the architecture."""
+    from harness.models.archs import ArchError
     from harness.models.checkpoints import CheckpointError, load_backbone
 
     spec = reg.method(method)
     epoch = spec.epochs()[-1] if epoch is None else epoch
     try:
         loaded = load_backbone(spec, epoch, registry=reg)
-    except CheckpointError as e:
+    except (CheckpointError, ArchError) as e:
         print(f"sdd validate: method '{method}', epoch {epoch}: {e}", file=sys.stderr)
         return 1
     f = loaded.backbone.info
@@ -686,12 +689,13 @@ def preflight(reg: Registry, suite: str, load: bool = False) -> list[str]:
                 f"(first: {first}{broken_link(first) or _missing_hint(spec, first, missing[0])})"
             )
         if load:
+            from harness.models.archs import ArchError
             from harness.models.checkpoints import CheckpointError, load_backbone
 
             for e in sorted({epochs[0], epochs[-1]} - set(missing)):
                 try:
                     load_backbone(method, e, registry=reg)
-                except CheckpointError as err:
+                except (CheckpointError, ArchError) as err:
                     problems.append(f"method '{method}', epoch {e}: {err}")
     from harness.fingerprint import identical_checkpoints
 

@@ -230,6 +230,12 @@ def published_frame(reg, suite: str):
     spec = reg.suites.get(suite)
     if spec is None:
         return pd.DataFrame(columns=PUBLISHED_COLUMNS)
+    in_grid = {  # (method, protocol, dataset) the suite's grid evaluates
+        (m, e.protocol, d)
+        for e in spec.grid
+        for m in (spec.methods if e.methods == "all" else e.methods)
+        for d in e.datasets
+    }
     protocols = {e.protocol for e in spec.grid}
     methods = {m: reg.methods[m] for m in spec.methods if m in reg.methods}
     rows = [
@@ -245,6 +251,7 @@ def published_frame(reg, suite: str):
         for m in methods.values()
         for n in m.published
         if n.protocol in protocols
+        and (m.name, n.protocol, n.dataset or reg.protocol(n.protocol).datasets[0]) in in_grid
     ]
     return pd.DataFrame(rows, columns=PUBLISHED_COLUMNS)
 

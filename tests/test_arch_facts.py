@@ -142,3 +142,16 @@ def test_alias_depths_are_the_built_models():
     assert set(ALIAS_DEPTHS) == set(ALIAS_NAMES)
     for arch, depth in ALIAS_DEPTHS.items():
         assert arch_facts(arch).depth == depth, arch
+
+
+def test_architectures_the_harness_cannot_read_are_refused_by_name():
+    with pytest.raises(ArchError, match="HybridEmbed, not a plain PatchEmbed"):
+        arch_facts("vit_base_r50_s16_224")
+    with pytest.raises(ArchError, match="hiera_tiny_224: the harness cannot read its features"):
+        arch_facts("hiera_tiny_224")
+    with pytest.raises(ArchError, match=r"arch_kwargs \{'num_heads': 5\} \(AssertionError: dim should be divisible"):
+        arch_facts("vit_tiny_patch16_224", num_heads=5)
+    with pytest.raises(ArchError, match="'vit_tiny_test' cannot be built with arch_kwargs"):
+        arch_facts("vit_tiny_test", class_token=False)
+    beit = arch_facts("beit_base_patch16_224")  # timm's fc_norm: the tokens get no final norm, and it says so
+    assert not beit.token_norm and "no final norm on the tokens" in beit.summary()

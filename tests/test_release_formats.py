@@ -205,3 +205,23 @@ def test_validate_one_file_prints_what_matched_and_what_was_left_out(tmp_path, m
         text=True,
     )
     assert out.returncode == 1 and "checkpoint not found" in out.stderr
+
+
+def test_the_converter_never_fits_a_file_to_another_architecture(tmp_path, monkeypatch):
+    """timm's converters resample a patch embedding and a position table to any model: a patch-14 file in a
+    patch-16 ViT, a file with registers in a ViT without, or another img_size, are refused, never resampled."""
+    s14 = formats.dinov2_release()
+    to16 = lambda t: t.replace("arch: vit_small_patch14_dinov2", "arch: vit_small_patch16_224")  # noqa: E731
+    reg, _ = _registry(tmp_path, monkeypatch, "dinov2_vits14", s14, edit=to16)
+    with pytest.raises(CheckpointError, match=r"patch embedding is \(14, 14\) and vit_small_patch16_224's patch is 16"):
+        load_backbone("dinov2_vits14", 1, registry=reg)
+    reg4_into_plain = formats.dinov2_release(registers=4)
+    reg, _ = _registry(tmp_path / "r", monkeypatch, "dinov2_vits14", reg4_into_plain)
+    with pytest.raises(CheckpointError, match="cannot map this file|have no place in"):
+        load_backbone("dinov2_vits14", 1, registry=reg)
+    small = lambda t: t.replace(
+        "arch: vit_small_patch14_dinov2", "arch: vit_small_patch14_dinov2\narch_kwargs: {img_size: 224}"
+    )  # noqa: E731
+    reg, _ = _registry(tmp_path / "i", monkeypatch, "dinov2_vits14", s14, edit=small)
+    with pytest.raises(CheckpointError, match=r"position table is a 37x37 grid .* built for 16x16.*img_size: 518"):
+        load_backbone("dinov2_vits14", 1, registry=reg)

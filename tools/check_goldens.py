@@ -68,13 +68,13 @@ def resolve(repo: Path, commit: str, followed: str, name: str, cache: dict) -> s
 
 
 def locations(line, followed: str) -> list[tuple[str, int, int]]:
-    """(file, first, last) of each location a `line` field names."""
+    """(file, first, last) of each location a `line` field names; a part that names no line raises ValueError."""
     out = []
     for part in str(line).split(";"):
         part = part.strip()
         m = re.fullmatch(r"(?:(.+?):)?(\d+)(?:-(\d+))?", part)
         if not m:
-            continue
+            raise ValueError(f"{part!r} is not N, N-M or file:N")
         first = int(m.group(2))
         out.append((m.group(1) or followed, first, int(m.group(3) or first)))
     return out
@@ -88,16 +88,16 @@ def check_golden(path: Path, upstream: Path, cache: dict) -> list[str]:
         return [f"{path.name}: no clone of {follows['repo']} under {upstream}"]
     problems = []
     for field, entry in data["values"].items():
-        if entry.get("paper"):
-            continue
         quotes = entry.get("quote")
-        if not quotes:
-            problems.append(f"{path.name}: {field}: no quote (and no paper citation)")
+        if not quotes:  # a value from a paper cites its section and sentence instead
+            if not entry.get("paper"):
+                problems.append(f"{path.name}: {field}: no quote (and no paper citation)")
             continue
         quotes = [quotes] if isinstance(quotes, str) else list(quotes)
-        places = locations(entry.get("line"), follows["path"])
-        if not places:
-            problems.append(f"{path.name}: {field}: line {entry.get('line')!r} names no line")
+        try:
+            places = locations(entry.get("line"), follows["path"])
+        except ValueError as e:
+            problems.append(f"{path.name}: {field}: line {entry.get('line')!r}: {e}")
             continue
         for quote in quotes:
             seen = []

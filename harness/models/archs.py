@@ -58,17 +58,20 @@ def create_timm(name: str, **kwargs) -> nn.Module:
     args.update(kwargs)
     if args.get("pretrained"):
         raise ArchError(f"arch_kwargs for {name}: pretrained=True would download weights; give the file instead")
+    refused = (TypeError, AssertionError, ValueError, RuntimeError, KeyError)
     try:
         return timm.create_model(name, **{"dynamic_img_size": True, **args})
-    except TypeError as e:
-        if "dynamic_img_size" not in str(e) or "dynamic_img_size" in kwargs:
+    except refused as e:
+        if not isinstance(e, TypeError) or "dynamic_img_size" not in str(e) or "dynamic_img_size" in kwargs:
             raise ArchError(
-                f"timm refused the arguments of '{name}' ({e}); fix arch_kwargs in the method file"
+                f"timm cannot build '{name}' with arch_kwargs {kwargs} ({type(e).__name__}: {e}); fix arch_kwargs"
             ) from None
     try:  # a CNN (or any model without a dynamic image size)
         return timm.create_model(name, **args)
-    except TypeError as e:
-        raise ArchError(f"timm refused the arguments of '{name}' ({e}); fix arch_kwargs in the method file") from None
+    except refused as e:
+        raise ArchError(
+            f"timm cannot build '{name}' with arch_kwargs {kwargs} ({type(e).__name__}: {e}); fix arch_kwargs"
+        ) from None
 
 
 def _tiny_vit(**over):
@@ -143,6 +146,7 @@ class ArchFacts:
     class_token: bool = False
     reg_tokens: int = 0
     positions: str = ""  # ViT: "absolute (grid HxW, resampled to the input)" | "RoPE" | "none"
+    token_norm: bool = True  # ViT: a final norm on the tokens (False: timm's fc_norm on the pooled vector only)
     description: str = ""
     params: int = 0
 
@@ -165,7 +169,11 @@ class ArchFacts:
                 if self.prefix_tokens
                 else " (no class token)"
             )
-            return f"ViT, dim {self.dim}, depth {self.depth}, patch {self.patch}, {prefix}, positions: {self.positions}"
+            norm = (
+                "" if self.token_norm else ", no final norm on the tokens (its fc_norm acts on the pooled vector only)"
+            )
+            shape = f"ViT, dim {self.dim}, depth {self.depth}, patch {self.patch}"
+            return f"{shape}, {prefix}, positions: {self.positions}{norm}"
         return f"{self.family}, stages {list(self.level_channels)} channels at strides {list(self.level_strides)}" + (
             "" if self.dense else " (not the strides the dense protocols need)"
         )
@@ -176,7 +184,12 @@ def build_net(arch: str, **kwargs) -> nn.Module:
     from harness.archnames import unknown_arch
 
     if arch in ALIASES:
-        return ALIASES[arch].build(**kwargs)
+        try:
+            return ALIASES[arch].build(**kwargs)
+        except (TypeError, AssertionError, ValueError, RuntimeError, KeyError) as e:
+            raise ArchError(
+                f"'{arch}' cannot be built with arch_kwargs {kwargs} ({type(e).__name__}: {e}); fix arch_kwargs"
+            ) from None
     problem = unknown_arch(arch)
     if problem:
         raise ArchError(problem)
@@ -213,7 +226,15 @@ def arch_facts(arch: str, **kwargs) -> ArchFacts:
 def _facts(arch: str, kwargs_json: str) -> ArchFacts:
     with torch.device("meta"):
         net = build_net(arch, **json.loads(kwargs_json))
-        return facts_of(arch, net)
+        try:
+            return facts_of(arch, net)
+        except ArchError:
+            raise
+        except Exception as e:  # a fixed-size model, or one whose features the harness cannot take
+            raise ArchError(
+                f"{arch}: the harness cannot read its features ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                f"the dense protocols need a ViT with a patch embedding or a CNN whose stages take any input size"
+            ) from None
 
 
 def facts_of(arch: str, net: nn.Module) -> ArchFacts:
@@ -223,6 +244,11 @@ def facts_of(arch: str, net: nn.Module) -> ArchFacts:
     params = sum(p.numel() for n, p in net.named_parameters() if not (family == "resnet" and n.startswith("fc.")))
     model = f"{type(net).__module__}.{type(net).__name__}"
     if family == "vit":
+        if type(net.patch_embed).__name__ != "PatchEmbed":  # a hybrid (CNN stem) ViT: its stride is not the patch
+            raise ArchError(
+                f"{arch}: its patch embedding is a {type(net.patch_embed).__name__}, not a plain PatchEmbed; the "
+                f"harness reads a ViT's stride from its patch and cannot place this one's tokens"
+            )
         patch = net.patch_embed.patch_size
         patch = patch if isinstance(patch, int) else patch[0]
         if isinstance(net.patch_embed.patch_size, tuple) and len(set(net.patch_embed.patch_size)) != 1:
@@ -239,9 +265,10 @@ def facts_of(arch: str, net: nn.Module) -> ArchFacts:
         if getattr(net, "rope", None) is not None and getattr(net, "pos_embed", None) is not None:
             positions = f"absolute + RoPE ({grid} grid)"
         dim = int(net.embed_dim)
+        token_norm = not isinstance(getattr(net, "norm", None), nn.Identity)
         return ArchFacts(
             arch, family, model, dim, patch, (dim,) * 4, (patch,) * 4, len(net.blocks), patch, prefix, cls,
-            prefix - int(cls), positions, desc, params,
+            prefix - int(cls), positions, token_norm, desc, params,
         )  # fmt: skip
     chans, strides = _stage_facts(net, family)
     return ArchFacts(arch, family, model, chans[-1], strides[-1], chans, strides, description=desc, params=params)
@@ -357,7 +384,7 @@ class Backbone(nn.Module):
     def embedding_kind(self) -> str:
         """What `dense_and_embedding` returns as the image-level embedding (the paper's, DINO k-NN's)."""
         if self.info.family == "vit" and self.info.class_token:
-            return "class token (after the final norm)"
+            return "class token (after the final norm)" if self.info.token_norm else "class token (no final norm)"
         return "global average pool of the last layer"
 
     def dense_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -253,8 +253,54 @@ def timm_convert(sd: dict, backbone: Backbone, path: Path | str = "the checkpoin
             f"{backbone.arch} has no parameter for: timm's converter would drop them and the features would be "
             f"wrong. Use the variant with q/v biases (for DINOv3: the `_qkvb` model name, e.g. {backbone.arch}_qkvb)"
         )
-    with contextlib.redirect_stdout(io.StringIO()):  # timm prints each bias it skips on purpose
-        return dict(fn(dict(sd), backbone.net))
+    _same_geometry(sd, backbone, path)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # timm prints each bias it skips on purpose
+            out = dict(fn(dict(sd), backbone.net))
+    except Exception as e:  # the converter met a layout it does not map: the file is not this architecture's
+        raise CheckpointError(
+            f"{path}: timm's converter for {backbone.arch} cannot map this file ({_first_line(e)}); {tensor_facts(sd)} "
+            f"Set `arch` (and `arch_kwargs`) to the architecture the file was trained with"
+        ) from None
+    extra = sorted(k for k in out if k not in own and not k.startswith(_PRETRAINING_ONLY))
+    if extra:  # weights of the file that the model has no place for: another architecture (layer scale, ...)
+        shown = ", ".join(extra[:5]) + (f" ... ({len(extra)} in all)" if len(extra) > 5 else "")
+        raise CheckpointError(
+            f"{path}: after timm's converter, {len(extra)} backbone tensors of the file have no place in "
+            f"{backbone.arch}: {shown}. {tensor_facts(sd)} Set `arch` to the architecture the file was trained with"
+        )
+    return out
+
+
+# what a released file may hold beside its backbone: heads and pre-training parts, never loaded
+_PRETRAINING_ONLY = ("head.", "fc_norm.", "mask_token", "projector", "projectors.", "local_cls_norm", "lm_head.")
+
+
+def _same_geometry(sd: dict, backbone: Backbone, path) -> None:
+    """The file's patch size and position grid are the model's: timm's converters resample both to fit any model,
+    which would load a patch-14 file into a patch-16 ViT, or resample the positions twice (at load, then to the
+    input), without a word."""
+    import math
+
+    info = backbone.info
+    proj = sd.get("patch_embed.proj.weight")
+    if proj is not None and proj.ndim == 4 and info.patch and tuple(proj.shape[-2:]) != (info.patch, info.patch):
+        raise CheckpointError(
+            f"{path}: the file's patch embedding is {tuple(proj.shape[-2:])} and {backbone.arch}'s patch is "
+            f"{info.patch}: {tensor_facts(sd)} Set `arch` to the architecture the file was trained with"
+        )
+    pos = sd.get("pos_embed")
+    grid = getattr(getattr(backbone.net, "patch_embed", None), "grid_size", None)
+    if pos is None or pos.ndim != 3 or grid is None or getattr(backbone.net, "pos_embed", None) is None:
+        return
+    n = pos.shape[1]
+    side = next((math.isqrt(n - k) for k in range(0, 9) if math.isqrt(n - k) ** 2 == n - k), None)
+    if side is not None and (side, side) != tuple(grid):
+        raise CheckpointError(
+            f"{path}: the file's position table is a {side}x{side} grid and {backbone.arch} is built for "
+            f"{grid[0]}x{grid[1]}: the converter would resample it at load and the ViT again to each input. Set "
+            f"`arch_kwargs: {{img_size: {side * info.patch}}}` (the release's size) or leave img_size at timm's default"
+        )
 
 
 def stored_epoch(obj: Any, spec: MethodSpec, *, path: Path | str = "?") -> int | None:
