@@ -93,6 +93,8 @@ class ProtocolKind:
     # value "depth" stands for the method's ViT depth (blocks written for it are taken as they are). Any other
     # value, or architecture, is hashed like every parameter.
     added_params: tuple[tuple[str, Any], ...] = ()
+    # the ViT patch the kind's feature pyramid is built for (None: any patch): its strides are fixed
+    vit_patch: int | None = None
 
     def splits_for(self, params) -> tuple[str, ...]:
         """The dataset splits a protocol of this kind reads: the kind's own and those its parameters name."""
@@ -214,6 +216,8 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         # detectron2's ImageList pads at the bottom and the right; the grid stays aligned with the image's origin
         patch_remainder="bottom_right",
         added_params=(("vit_levels_depth", "depth"),),
+        # the pyramids rescale the ViT's map x4, x2, x1, x0.5 into strides 4-32, which anchors and RoI pooling assume
+        vit_patch=16,
         # version 2: per-epoch sampling without replacement, the multi-level pyramid, the test size set apart
         version=2,
         metrics=tuple(

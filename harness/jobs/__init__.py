@@ -94,14 +94,15 @@ def _check_arch_fits(reg: Registry, cell, kind: str) -> None:
             f"method '{cell.method}' is a {facts.name} ({facts.description}; {facts.summary()}): the {kind} protocol "
             f"needs stage maps at strides 4-32 and cannot evaluate it; use the image-level protocols (linear_cls, knn)"
         )
-    if kind == "maskrcnn" and facts.family == "vit" and facts.patch != 16:
-        # the pyramids rescale a ViT's map x4, x2, x1, x0.5 into strides 4-32; at another patch they are at other
-        # strides, and the anchors and RoI pooling (which take them as 4-32) would read misplaced features
+    patch = PROTOCOL_KINDS[kind].vit_patch
+    if patch and facts.family == "vit" and facts.patch != patch:
+        # the pyramid rescales the ViT's map into fixed strides; at another patch they are at other strides, and
+        # the anchors and RoI pooling (which take them as fixed) would read misplaced features
         raise ValueError(
-            f"method '{cell.method}' is a ViT with patch {facts.patch} ({facts.name}): the Mask R-CNN protocols build "
-            f"their pyramid for patch 16 (strides 4, 8, 16, 32 from the x4, x2, x1, x0.5 rescales), so its anchors and "
-            f"RoI pooling would read misplaced features. Evaluate it with the segmentation, DAVIS and image-level "
-            f"protocols"
+            f"method '{cell.method}' is a ViT with patch {facts.patch} ({facts.name}): the {kind} protocols build "
+            f"their pyramid for patch {patch} (strides 4, 8, 16, 32 from the x4, x2, x1, x0.5 rescales), so its "
+            f"anchors and RoI pooling would read misplaced features. Evaluate it with the segmentation, DAVIS and "
+            f"image-level protocols"
         )
 
 

@@ -260,14 +260,15 @@ def timm_convert(sd: dict, backbone: Backbone, path: Path | str = "the checkpoin
     except Exception as e:  # the converter met a layout it does not map: the file is not this architecture's
         raise CheckpointError(
             f"{path}: timm's converter for {backbone.arch} cannot map this file ({_first_line(e)}); {tensor_facts(sd)} "
-            f"Set `arch` (and `arch_kwargs`) to the architecture the file was trained with"
+            f"Set `arch` (and `arch_kwargs`) to the architecture the file was trained with.{layout_hint(set(sd))}"
         ) from None
     extra = sorted(k for k in out if k not in own and not k.startswith(_PRETRAINING_ONLY))
     if extra:  # weights of the file that the model has no place for: another architecture (layer scale, ...)
         shown = ", ".join(extra[:5]) + (f" ... ({len(extra)} in all)" if len(extra) > 5 else "")
         raise CheckpointError(
             f"{path}: after timm's converter, {len(extra)} backbone tensors of the file have no place in "
-            f"{backbone.arch}: {shown}. {tensor_facts(sd)} Set `arch` to the architecture the file was trained with"
+            f"{backbone.arch}: {shown}. {tensor_facts(sd)} Set `arch` to the architecture the file was trained with."
+            + layout_hint(set(sd))
         )
     return out
 
