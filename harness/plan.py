@@ -82,9 +82,11 @@ def resolved_config(
     proto = p.model_dump(include={"name", "kind", "params"}, mode="json")  # params resolved: defaults filled in
     kind = PROTOCOL_KINDS[p.kind]
     proto["version"] = kind.version  # a code change of the kind's job makes exactly its cells stale
-    for param, value in kind.added_params:  # added later at the value that computes what records hold: unhashed
-        if _as_before(proto["params"].get(param, object()), value, m):
-            proto["params"] = {k: v for k, v in proto["params"].items() if k != param}
+    # parameters added later, at the value that computes what earlier records hold: the job reads them, the
+    # config hash leaves them out (`config_hash`), so those records stay current
+    same = [p for p, value in kind.added_params if _as_before(proto["params"].get(p, object()), value, m)]
+    if same:
+        proto["unhashed"] = same
     for param, resolver in kind.plan_time:  # `auto` resolved where the plan is made: one value per table, hashed
         if proto["params"].get(param) == "auto":
             proto["params"] = {**proto["params"], param: PLAN_TIME_RESOLVERS[resolver]()}
@@ -126,6 +128,13 @@ PLAN_TIME_RESOLVERS = {"maskrcnn_backend": detectron2_backend}
 
 
 def config_hash(config: dict) -> str:
+    """The cell's identity: its resolved config, less the protocol parameters it marks `unhashed` (added to a
+    kind after records existed, at the value that computes what they hold: `kinds.ProtocolKind.added_params`)."""
+    proto = config.get("protocol") or {}
+    if proto.get("unhashed"):
+        params = {k: v for k, v in proto["params"].items() if k not in proto["unhashed"]}
+        proto = {k: v for k, v in proto.items() if k != "unhashed"} | {"params": params}
+        config = {**config, "protocol": proto}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 

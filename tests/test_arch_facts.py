@@ -155,3 +155,26 @@ def test_architectures_the_harness_cannot_read_are_refused_by_name():
         arch_facts("vit_tiny_test", class_token=False)
     beit = arch_facts("beit_base_patch16_224")  # timm's fc_norm: the tokens get no final norm, and it says so
     assert not beit.token_norm and "no final norm on the tokens" in beit.summary()
+
+
+def test_a_parameter_added_later_is_read_by_the_job_and_left_out_of_the_hash():
+    """`vit_levels_depth` at the value that computes what earlier records hold: the cell's config keeps it (the
+    job reads it: 4 for the mini protocols' blocks), only its hash leaves it out, so earlier records stay
+    current; on a non-alias architecture it is hashed."""
+    import hashlib
+    import json
+
+    from harness.plan import build_plan, config_hash, resolved_config
+    from harness.registry import load_registry
+
+    reg = load_registry()
+    cell = next(c for c in build_plan(reg, "mini") if c.protocol == "semfpn_mini")
+    params = cell.config["protocol"]["params"]
+    assert params["vit_levels_depth"] == 4 and cell.config["protocol"]["unhashed"] == ["vit_levels_depth"]
+    before = json.loads(json.dumps(cell.config))  # the config as records made before the parameter held it
+    del before["protocol"]["unhashed"], before["protocol"]["params"]["vit_levels_depth"]
+    assert cell.config_hash == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    other = resolved_config(reg, "semfpn_mini", "ade20k", "dinov2_vits14", 1)  # not an alias: hashed
+    assert "unhashed" not in other["protocol"] and config_hash(other) != config_hash(
+        {**other, "protocol": {**other["protocol"], "params": {**other["protocol"]["params"], "vit_levels_depth": 12}}}
+    )
