@@ -49,6 +49,10 @@ def _timm(variant: str, **kw) -> Callable[..., nn.Module]:
     return build
 
 
+# what a model's constructor raises for arguments it refuses (timm asserts many of its own)
+BUILD_ERRORS = (TypeError, AssertionError, ValueError, RuntimeError, KeyError)
+
+
 def create_timm(name: str, **kwargs) -> nn.Module:
     """timm's model `name`, never with pretrained weights, without a classifier; ViTs with a dynamic image
     size (positions resampled to the input's grid by timm's `resample_abs_pos_embed`, RoPE computed for it)."""
@@ -58,17 +62,16 @@ def create_timm(name: str, **kwargs) -> nn.Module:
     args.update(kwargs)
     if args.get("pretrained"):
         raise ArchError(f"arch_kwargs for {name}: pretrained=True would download weights; give the file instead")
-    refused = (TypeError, AssertionError, ValueError, RuntimeError, KeyError)
     try:
         return timm.create_model(name, **{"dynamic_img_size": True, **args})
-    except refused as e:
+    except BUILD_ERRORS as e:
         if not isinstance(e, TypeError) or "dynamic_img_size" not in str(e) or "dynamic_img_size" in kwargs:
             raise ArchError(
                 f"timm cannot build '{name}' with arch_kwargs {kwargs} ({type(e).__name__}: {e}); fix arch_kwargs"
             ) from None
     try:  # a CNN (or any model without a dynamic image size)
         return timm.create_model(name, **args)
-    except refused as e:
+    except BUILD_ERRORS as e:
         raise ArchError(
             f"timm cannot build '{name}' with arch_kwargs {kwargs} ({type(e).__name__}: {e}); fix arch_kwargs"
         ) from None
@@ -186,7 +189,7 @@ def build_net(arch: str, **kwargs) -> nn.Module:
     if arch in ALIASES:
         try:
             return ALIASES[arch].build(**kwargs)
-        except (TypeError, AssertionError, ValueError, RuntimeError, KeyError) as e:
+        except BUILD_ERRORS as e:
             raise ArchError(
                 f"'{arch}' cannot be built with arch_kwargs {kwargs} ({type(e).__name__}: {e}); fix arch_kwargs"
             ) from None
