@@ -115,6 +115,8 @@ def check_layout(ds: DatasetSpec, splits=("train", "val")) -> Path:
         for f in (s.split_file, s.ann_file):
             if f and not (root / f).is_file():
                 missing.append(f"{root / f}")
+    reads = dict.fromkeys(f for split in splits if split in ds.splits for f in udi_annotation_files(ds, split))
+    missing += [f"{root / f} (an annotation file UDI's reader reads)" for f in reads if not (root / f).is_file()]
     if missing:
         raise DatasetError(
             f"dataset '{ds.name}' ({ds.kind}) under {root} is not in the expected layout; missing:\n  "
@@ -487,6 +489,7 @@ def _split_files(ds: DatasetSpec, root: Path, split: str) -> list[Path]:
         out += [p for p in (root / s.ann_dir).rglob(f"*{ds.seg_map_suffix}") if p.is_file()]
     out += [root / f for f in (s.split_file, s.ann_file) if f and (root / f).is_file()]
     out += [root / s.img_dir / f for f in s.files if (root / s.img_dir / f).is_file()]
+    out += [root / f for f in udi_annotation_files(ds, split) if (root / f).is_file()]  # the .mat / .json it reads
     return sorted(set(out))
 
 
@@ -553,6 +556,287 @@ def read_cifar(ds: DatasetSpec, split: str):
     if not images:
         raise DatasetError(f"{root / s.img_dir}: no image batch among {list(s.files)}")
     return np.concatenate(images), np.concatenate(labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fine-grained datasets of UDI's transfer learning, read from their released files by the rules of UDI's
+# readers (ISL-CV/udi @ 133c2cbbef2373650fd441f06ad2808df4fe683b, eval/eval_transfer_learning/dataset.py, lines
+# 24-115: INatDataset, CarsDataset, FlwrsDataset): the same images in the same order with the same labels, but
+# for one bug of CarsDataset, fixed here (`_cars_samples`). UDI's `train=True` is the split `train`, its
+# `train=False` the split `val` (Flowers' and Cars' test sets, iNaturalist's validation sets). The number of
+# classes is the width of UDI's head, which build_dataset(is_train=True) takes from the train split: the same
+# for both splits. Where UDI's code would go on silently (a missing image, a file that shifts Flowers' sorted
+# listing, an image path of another shape) the harness stops, naming the file and what to do.
+
+INAT_YEARS = {"inat2018": 2018, "inat2019": 2019}
+# cars_annos.mat's struct fields in the released order: UDI reads them by position (elem[0] the image path,
+# elem[4] bbox_y2, elem[5] the class, elem[-1] test), the harness by name; a file with other fields is refused
+CARS_FIELDS = ("relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test")
+_FIRST = 5  # the first few names shown of a longer list
+
+# what reads the other kinds (classification_samples names it when called with one of them)
+_OTHER_READERS = {
+    "cifar10": "read_cifar (the pickled batches)",
+    "cifar100": "read_cifar (the pickled batches)",
+    "imagenet": "torchvision's ImageFolder on the split's img_dir (as the linear and low-shot jobs do)",
+    "coco_instances": "verify_coco and the split's ann_file (COCO json, read by the Mask R-CNN job)",
+    "davis2017": "davis_sequences",
+}
+
+
+def udi_annotation_files(ds: DatasetSpec, split: str) -> tuple[str, ...]:
+    """The annotation files (relative to the root) that UDI's reader of the dataset's kind reads for a split:
+    required by check_layout and part of the split's fingerprint. None for the other kinds."""
+    if ds.kind == "flowers102":
+        return ("imagelabels.mat", "setid.mat")
+    if ds.kind == "stanford_cars":
+        return ("cars_annos.mat",)
+    if ds.kind in INAT_YEARS:
+        year = INAT_YEARS[ds.kind]
+        own = f"{'train' if split == 'train' else 'val'}{year}.json"
+        # the classes are indexed over the train annotations, for the val split too
+        return tuple(dict.fromkeys((own, f"train{year}.json", "categories.json")))
+    return ()
+
+
+def classification_samples(ds: DatasetSpec, split: str) -> tuple[list[tuple[Path, int]], int]:
+    """(samples [(image path, class index)], number of classes) of split `train` or `val` of Flowers-102,
+    Stanford Cars or iNaturalist 2018 / 2019 in its released layout, read by UDI's rules (above). Raises
+    DatasetError, naming the file and what to do, for: a missing or unreadable annotation file, an image listed but
+    missing, a number of classes other than the dataset's `num_classes`, a label outside the classes, a split
+    size other than the split's `images` (when the dataset file states it)."""
+    readers = {
+        "flowers102": _flowers_samples,
+        "stanford_cars": _cars_samples,
+        "inat2018": _inat_samples,
+        "inat2019": _inat_samples,
+    }
+    if ds.kind not in readers:
+        raise DatasetError(
+            f"dataset '{ds.name}' is of kind {ds.kind}, which classification_samples does not read (it reads UDI's "
+            f"transfer datasets: {', '.join(readers)}); read it with "
+            f"{_OTHER_READERS.get(ds.kind, 'segmentation_pairs / verify_segmentation (image, label map pairs)')}"
+        )
+    if split not in ("train", "val"):
+        raise DatasetError(
+            f"dataset '{ds.name}': no split '{split}' in UDI's reader of {ds.kind}, which reads 'train' "
+            "(train=True) and 'val' (train=False)"
+        )
+    root = root_of(ds)
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset '{ds.name}': root {root} does not exist (from {ds.source}: root = {ds.root}; "
+            f"{_variables_text(ds.root)}; set them or edit the file)"
+        )
+    absent = [root / f for f in udi_annotation_files(ds, split) if not (root / f).is_file()]
+    if absent:
+        raise DatasetError(
+            f"dataset '{ds.name}' ({ds.kind}): annotation file(s) missing: {', '.join(map(str, absent))}; put the "
+            f"released files there (where they come from: the notes of {ds.source or 'its dataset file'})"
+        )
+    samples, n, listed_in = readers[ds.kind](ds, root, split)
+    _check_classification(ds, split, samples, n, listed_in)
+    return samples, n
+
+
+def _check_classification(ds: DatasetSpec, split: str, samples: list, n: int, listed_in: Path) -> None:
+    where = f"dataset '{ds.name}' split '{split}'"
+    if ds.num_classes is not None and n != ds.num_classes:
+        raise DatasetError(
+            f"{where}: {listed_in} gives {n} classes by UDI's rule, but {ds.source or 'the dataset file'} says "
+            f"num_classes: {ds.num_classes}; is {listed_in.name} the released file? If it is, correct num_classes"
+        )
+    outside = [(p, y) for p, y in samples if not 0 <= y < n]
+    if outside:
+        raise DatasetError(
+            f"{where}: {len(outside)} image(s) have labels outside the {n} classes 0..{n - 1} of the train split "
+            f"(first: {', '.join(f'{p.name} -> {y}' for p, y in outside[:_FIRST])}); {listed_in} is not as released"
+        )
+    expected = ds.splits[split].images if split in ds.splits else None
+    if expected is not None and len(samples) != expected:
+        raise DatasetError(
+            f"{where}: {listed_in} lists {len(samples)} images, but the released split has {expected} (images: "
+            f"{expected} in {ds.source or 'the dataset file'}); put the released {listed_in.name} there"
+        )
+    _raise_absent(ds, split, [p for p, _ in samples], listed_in)
+
+
+def _raise_absent(ds: DatasetSpec, split: str, paths: list[Path], listed_in: Path) -> None:
+    """An image listed but not on disk: the count and the first few, named. Each folder is listed once (iNat's
+    437,513 train images sit in 8,142 folders)."""
+    listed: dict[Path, set[str] | None] = {}
+    absent = []
+    for p in paths:
+        if p.parent not in listed:
+            try:
+                listed[p.parent] = set(os.listdir(p.parent))
+            except OSError:
+                listed[p.parent] = None
+        names = listed[p.parent]
+        if names is None or p.name not in names:
+            absent.append(p)
+    if absent:
+        raise DatasetError(
+            f"dataset '{ds.name}' split '{split}': {len(absent)} of the {len(paths)} images listed in {listed_in} are "
+            f"missing: {', '.join(map(str, absent[:_FIRST]))}{' ...' if len(absent) > _FIRST else ''}; extract the "
+            f"released image archive under {root_of(ds)} (see the notes of {ds.source or 'the dataset file'})"
+        )
+
+
+def _loadmat(path: Path) -> dict:
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(path)
+    except Exception as e:  # noqa: BLE001 - any failure to parse is a bad file
+        raise DatasetError(
+            f"{path}: cannot be read as a MATLAB file ({type(e).__name__}: {e}); download it again"
+        ) from None
+
+
+def _mat_row(mat: dict, key: str, path: Path):
+    """`mat[key][0]` as UDI takes it, after checking that the variable is there as one row [1, N] of whole numbers
+    (stored as integers in the release; as doubles, MATLAB's default, they are read the same)."""
+    import numpy as np
+
+    if key not in mat:
+        names = sorted(k for k in mat if not k.startswith("__"))
+        raise DatasetError(f"{path}: no variable '{key}' (it holds {names}); is this the released file?")
+    a = np.asarray(mat[key])
+    if a.ndim != 2 or a.shape[0] != 1:
+        raise DatasetError(
+            f"{path}: '{key}' is {list(a.shape)}; the released file holds one row [1, N] (UDI reads [0])"
+        )
+    whole = a.dtype.kind in "iu" or (a.dtype.kind == "f" and bool(np.all(np.isfinite(a) & (a == np.round(a)))))
+    if not whole:
+        raise DatasetError(f"{path}: '{key}' holds {a.dtype} values that are not whole numbers; the release's are")
+    return a[0]
+
+
+def _flowers_samples(ds: DatasetSpec, root: Path, split: str) -> tuple[list[tuple[Path, int]], int, Path]:
+    """UDI's FlwrsDataset: the sorted listing of jpg/, imagelabels.mat's labels - 1 (the label is not re-indexed),
+    train = setid's trnid + valid (2,040 images), val = tstid (6,149), in the file's order; the classes: those
+    of the train images (102)."""
+    labels_file, setid_file = root / "imagelabels.mat", root / "setid.mat"
+    labels = (_mat_row(_loadmat(labels_file), "labels", labels_file).astype("int64") - 1).tolist()
+    ids = _loadmat(setid_file)
+    rows = {k: _mat_row(ids, k, setid_file).astype("int64").tolist() for k in ("trnid", "valid", "tstid")}
+    train_ids = rows["trnid"] + rows["valid"]
+    split_ids = train_ids if split == "train" else rows["tstid"]
+    bad = sorted({i for i in train_ids + split_ids if not 1 <= i <= len(labels)})
+    if bad:
+        raise DatasetError(
+            f"{setid_file}: image ids {bad[:_FIRST]} are outside 1..{len(labels)} (the images {labels_file.name} "
+            "labels); the .mat files are not of the same release"
+        )
+    # the n-th label is image_{n:05d}.jpg's (the release's naming); UDI takes the n-th file of the sorted listing
+    jpg = root / "jpg"
+    wanted = [jpg / f"image_{i:05d}.jpg" for i in split_ids]
+    _raise_absent(ds, split, wanted, setid_file)
+    listing = sorted(os.listdir(jpg))
+    shifted = [p.name for i, p in zip(split_ids, wanted) if i > len(listing) or listing[i - 1] != p.name]
+    if shifted:
+        released = {f"image_{i:05d}.jpg" for i in range(1, len(labels) + 1)}
+        extra, gone = sorted(set(listing) - released), sorted(released - set(listing))
+        raise DatasetError(
+            f"{jpg}/ is not the released folder ({len(extra)} file(s) the release does not have: "
+            f"{', '.join(extra[:_FIRST]) or '-'}; {len(gone)} of its images missing: "
+            f"{', '.join(gone[:_FIRST]) or '-'}): "
+            f"UDI pairs the n-th file of its sorted listing with the n-th label of {labels_file.name}, so "
+            f"{len(shifted)} image(s) of split '{split}' would take another image's label (first: {shifted[0]}); "
+            "restore jpg/ as released"
+        )
+    n = len({labels[i - 1] for i in train_ids})
+    return [(p, labels[i - 1]) for i, p in zip(split_ids, wanted)], n, labels_file
+
+
+def _cars_samples(ds: DatasetSpec, root: Path, split: str) -> tuple[list[tuple[Path, int]], int, Path]:
+    """UDI's CarsDataset: cars_annos.mat's annotations, train = test == 0 (8,144 images), val = test == 1 (8,041),
+    in the file's order, the image at root / relative_im_path.
+
+    A deviation from UDI, which has a bug here: CarsDataset counts its classes over elem[4], which is bbox_y2 (the
+    box's bottom edge), not elem[5] (the class), and takes the 1-based class elem[5] as the label. Its head is
+    therefore as wide as the number of distinct bbox_y2 values of the train images (not 196), and its labels run
+    1..196: logit 0 and those above 196 are never a target, but take part in the softmax and in the label
+    smoothing (and mixup) spread over all of them. The harness labels class - 1 (0..195) and counts the distinct
+    classes of the train annotations (196)."""
+    path = root / "cars_annos.mat"
+    ann = _loadmat(path).get("annotations")
+    if ann is None or ann.dtype.names != CARS_FIELDS or ann.ndim != 2 or ann.shape[0] != 1:
+        got = "none" if ann is None else f"{ann.dtype.names} {list(ann.shape)}"
+        raise DatasetError(
+            f"{path}: 'annotations' must be the released struct row [1, N] of fields {CARS_FIELDS} (UDI reads them "
+            f"by position); got {got}. Download cars_annos.mat again"
+        )
+    try:
+        rows = [(str(r[0].item()), int(r[5].item()), int(r[6].item())) for r in ann[0].tolist()]
+    except (ValueError, TypeError, AttributeError) as e:
+        raise DatasetError(f"{path}: an annotation is not (one path, one class, one test flag): {e}") from None
+    flags = sorted({t for _, _, t in rows} - {0, 1})
+    if flags:
+        raise DatasetError(f"{path}: 'test' flags {flags[:_FIRST]}; the released file flags 0 (train) or 1 (test)")
+    n = len({c for _, c, t in rows if t == 0})
+    wanted = 0 if split == "train" else 1
+    return [(root / rel, c - 1) for rel, c, t in rows if t == wanted], n, path
+
+
+def _inat_samples(ds: DatasetSpec, root: Path, split: str) -> tuple[list[tuple[Path, int]], int, Path]:
+    """UDI's INatDataset with category='name': the classes are indexed by first appearance of the category's name
+    (categories.json, indexed by category id) over the annotations of train{year}.json; each image of the split's
+    json is the file root / file_name, of the category id file_name.split('/')[2] (train_val{year}/<super
+    category>/<category id>/<name>.jpg)."""
+    year = INAT_YEARS[ds.kind]
+    own = root / f"{split}{year}.json"
+    data = _load_json(own, "images")
+    cats_file = root / "categories.json"
+    cats = _load_json(cats_file, None)
+    if not isinstance(cats, list) or not all(isinstance(c, dict) and "name" in c for c in cats):
+        raise DatasetError(f"{cats_file}: must be the released list of categories (each with a 'name'), by id")
+
+    def name(cid, where: str) -> str:  # UDI: data_catg[int(category id)], a position in the list
+        i = int(cid) if (isinstance(cid, int) and not isinstance(cid, bool)) or str(cid).isdigit() else -1
+        if not 0 <= i < len(cats):
+            raise DatasetError(f"{where}: category id {cid!r} is not one of categories.json's 0..{len(cats) - 1}")
+        return cats[i]["name"]
+
+    train_file = root / f"train{year}.json"
+    train_data = data if split == "train" else _load_json(train_file, "annotations")
+    targeter: dict[str, int] = {}
+    for a in train_data.get("annotations") or []:
+        targeter.setdefault(name(a.get("category_id"), str(train_file)), len(targeter))
+    samples, odd, unseen = [], [], []
+    for im in data["images"]:
+        cut = str(im.get("file_name", "")).split("/")
+        if len(cut) != 4 or not cut[2].isdigit():
+            odd.append("/".join(cut))
+            continue
+        label = targeter.get(name(int(cut[2]), f"{own}: {im['file_name']}"))
+        if label is None:
+            unseen.append(im["file_name"])
+        samples.append((root.joinpath(*cut), -1 if label is None else label))
+    if odd:
+        raise DatasetError(
+            f"{own}: {len(odd)} file_name(s) not of the form <folder>/<super category>/<category id>/<image> "
+            f"(first: {odd[:_FIRST]}); UDI reads the category from the third part"
+        )
+    if unseen:
+        raise DatasetError(
+            f"{own}: {len(unseen)} image(s) of categories no annotation of {train_file.name} has (first: "
+            f"{unseen[:_FIRST]}): UDI's classes are those of the train annotations; are the files of one release?"
+        )
+    return samples, len(targeter), own
+
+
+def _load_json(path: Path, key: str | None):
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot be read as json ({e}); download it again") from None
+    if key is not None and (not isinstance(data, dict) or not isinstance(data.get(key), list)):
+        raise DatasetError(f"{path}: no list '{key}' (the released file holds images, annotations, categories ...)")
+    return data
 
 
 def split_fingerprint(ds: DatasetSpec, split: str) -> dict:

@@ -332,4 +332,10 @@ DATASET_KINDS: dict[str, DatasetKind] = {
     "coco_instances": DatasetKind(nested=False),
     "cifar10": DatasetKind(nested=False),  # pickled batches (the split's `files`), read by datasets.read_cifar
     "cifar100": DatasetKind(nested=False),
+    # the fine-grained datasets of UDI's transfer learning, read as its eval_transfer_learning/dataset.py reads
+    # them (harness.datasets.classification_samples): .mat / .json annotations beside the image folders
+    "flowers102": DatasetKind(nested=False),
+    "stanford_cars": DatasetKind(nested=False),
+    "inat2018": DatasetKind(nested=True),
+    "inat2019": DatasetKind(nested=True),
 }

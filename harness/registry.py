@@ -231,6 +231,11 @@ class SplitSpec(Spec):
         default=(),
         description="for datasets stored as a few files (CIFAR's pickled batches): their names under img_dir",
     )
+    # a check, not an input: left out of the cell's config (as `notes` is), so that giving it changes no config
+    # hash and a dataset file without it dumps as it did before the field existed
+    images: int | None = Field(
+        default=None, ge=1, exclude=True, description="the released split's number of images; checked when given"
+    )
 
 
 class SegmentationLayout(Spec):
