@@ -249,6 +249,7 @@ def cmd_plan(reg: Registry, args) -> int:
         return 0
     print(f"suite {suite.name}: {suite.title}")
     _print_plan_summary(reg, cells, states, results)
+    _note_recipe_priced(cells)
     _note_no_gpu(reg, cells)
     _print_stale(cells, states, why, args.suite)
     _print_corrupt(cells, results)
@@ -282,6 +283,22 @@ PLAN_COLUMNS = [
     ("gpu_h_left", "GPU·h left"),
     ("priced_from", "priced from"),
 ]
+
+
+def _note_recipe_priced(cells) -> None:
+    """Say which cells were priced from their recipes (the fine-tuning protocols: days of GPUs each) and what share
+    of the grid's GPU·h they are."""
+    priced = [c for c in cells if c.priced_from == "recipe"]
+    if not priced:
+        return
+    total, theirs = sum(c.gpu_hours for c in cells), sum(c.gpu_hours for c in priced)
+    top = max(priced, key=lambda c: c.gpu_hours)
+    print(
+        f"\nnote: {len(priced)} cell(s) are priced from their recipes (epochs x images x the protocol file's "
+        f"train_s_per_image, an assumed per-image cost): {theirs:,.1f} GPU·h, {100 * theirs / total:.0f}% of this "
+        f"grid's {total:,.1f}. These end-to-end fine-tuning cells are the grid's most expensive (the largest: "
+        f"{top.protocol} on {top.dataset}, {top.gpu_hours:,.1f} GPU·h per cell); `--protocol` plans the others alone."
+    )
 
 
 def _note_no_gpu(reg: Registry, cells) -> None:

@@ -95,6 +95,9 @@ class ProtocolKind:
     added_params: tuple[tuple[str, Any], ...] = ()
     # the ViT patch the kind's feature pyramid is built for (None: any patch): its strides are fixed
     vit_patch: int | None = None
+    # fields of the method file the kind's jobs read besides its architecture and checkpoint rule: part of its
+    # cells' config (and hash) only, so that declaring one changes no other kind's cells
+    method_fields: tuple[str, ...] = ()
 
     def splits_for(self, params) -> tuple[str, ...]:
         """The dataset splits a protocol of this kind reads: the kind's own and those its parameters name."""
@@ -291,6 +294,23 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
             # UDI prints every lambda; the table reads the best, as the papers report
             Metric(name="top1", label="low-shot top-1 (best lambda)", low=0.0, high=100.0, dense_table=True),
             Metric(name="top1_at", label="low-shot top-1 by lambda", low=0.0, high=100.0, per_class=True),
+        ),
+    ),
+    # the whole backbone trained with a new head (UDI's ImageNet fine-tuning, transfer learning, low-shot
+    # fine-tuning): the grid's most expensive cells (harness.plan prices them from their epochs and images)
+    "finetune": ProtocolKind(
+        job="harness.jobs.finetune",
+        params=P.FinetuneParams,
+        splits=("val",),
+        split_params=("train_split",),
+        role=CLASSIFICATION,
+        method_fields=("projection_head",),  # `head: projection` starts from the method's own projection layer
+        metrics=(
+            Metric(name="top1", label="fine-tuned top-1 (last epoch)", low=0.0, high=100.0),
+            Metric(name="top5", label="fine-tuned top-5 (last epoch)", low=0.0, high=100.0),
+            # what UDI's scripts print as the result (max_accuracy): the best validated epoch
+            Metric(name="top1_best", label="fine-tuned top-1", low=0.0, high=100.0, dense_table=True),
+            Metric(name="best_epoch", label="epoch of the best top-1", low=0.0),
         ),
     ),
     "probe": ProtocolKind(

@@ -456,6 +456,82 @@ class LowShotParams(Loading):
     batch_size: PosInt = 128
 
 
+class FinetuneOptimizer(P):
+    lr: Positive = Field(description="base learning rate (scaled by lr_scaling)")
+    lr_scaling: Literal["batch/512", "none"] = Field(
+        default="none",
+        description="DeiT's linear scaling rule (UDI's transfer and low-shot scripts): lr x global batch / 512",
+    )
+    weight_decay: NonNeg = 0.05
+    betas: tuple[OpenFraction, OpenFraction] = (0.9, 0.999)
+    eps: Positive = 1e-8
+    layer_decay_rate: Rate = Field(
+        default=1.0, description="ViT layer-wise lr decay (BEiT's rule, harness.jobs.optim); 1: none"
+    )
+    clip_grad: Positive | None = Field(default=None, description="gradient-norm clipping; none: no clipping")
+
+
+class FinetuneSchedule(P):
+    kind: Literal["cosine_per_step", "cosine_per_epoch"] = Field(
+        description="BEiT's cosine_scheduler, a value per step (UDI's ImageNet fine-tuning); timm's CosineLRScheduler "
+        "stepped once per epoch with the epoch just trained, as DeiT's loop does (UDI's transfer and low-shot)"
+    )
+    warmup_epochs: NonNegInt = 5
+    warmup_lr: NonNeg = Field(default=1e-6, description="the learning rate the warm-up starts from")
+    min_lr: NonNeg = Field(default=1e-5, description="the end of the cosine (above lr, the cosine rises to it)")
+
+
+class FinetuneAugment(P):
+    """timm's create_transform (RandAugment, colour jitter, random erasing) and Mixup / CutMix with label
+    smoothing, as UDI's (DeiT's, BEiT's) fine-tuning scripts build them."""
+
+    input_size: PosInt = 224
+    color_jitter: NonNeg = 0.4
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    interpolation: Literal["bicubic", "bilinear", "random"] = "bicubic"
+    reprob: Fraction = 0.25
+    remode: Literal["pixel", "rand", "const"] = "pixel"
+    recount: PosInt = 1
+    mixup: NonNeg = 0.8
+    cutmix: NonNeg = 1.0
+    mixup_prob: Fraction = 1.0
+    switch_prob: Fraction = 0.5
+    mixup_mode: Literal["batch", "pair", "elem"] = "batch"
+    smoothing: Fraction = 0.1
+    repeated_aug: PosInt = Field(
+        default=1,
+        description="DeiT's RASampler (timm's RepeatAugSampler): each image this many times per epoch, "
+        "the epoch's samples rounded down to a multiple of 256; 1: a plain shuffle",
+    )
+    normalize: Literal["imagenet", "inception"] = Field(
+        default="imagenet", description="timm's IMAGENET_DEFAULT mean/std, or IMAGENET_INCEPTION (0.5, 0.5, 0.5)"
+    )
+
+
+class FinetuneParams(Loading):
+    """End-to-end fine-tuning of the whole backbone with a new classification head (UDI's ImageNet
+    fine-tuning, transfer learning and low-shot fine-tuning: one training loop, three recipes)."""
+
+    train_split: str = Field(default="train", description="the dataset split trained on (train_1pct: a low-shot list)")
+    epochs: PosInt
+    batch_size: PosInt = Field(description="global batch")
+    drop_path: OpenFraction = 0.1
+    head: Literal["new", "projection"] = Field(
+        default="new",
+        description="a new linear layer on the class token; projection: the first layer of the method's own "
+        "projection head (its file's projection_head, from the checkpoint) + GELU + a new linear layer (UDI's "
+        "--finetune_head_layer 1)",
+    )
+    head_init_scale: Positive = Field(default=1.0, description="the new head's initial weights and bias x this")
+    optimizer: FinetuneOptimizer
+    schedule: FinetuneSchedule
+    augment: FinetuneAugment = Field(default_factory=FinetuneAugment)
+    eval_resize: PosInt = Field(default=256, description="evaluation: short side resized to this, then centre crop")
+    eval_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    val_every: PosInt = Field(default=1, description="epochs between evaluations (the last is always evaluated)")
+    seed: int = 0
+
+
 class ProbeParams(P):
     steps: int = Field(default=3, ge=0)
     sleep_s: NonNeg = 0.1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ class Cell:
     config: dict = field(compare=False, hash=False, repr=False)
     registry_root: str = field(default="", compare=False, hash=False, repr=False)
     checkpoint_file: str = field(default="", compare=False, hash=False, repr=False)  # "" when not resolvable here
+    # "recipe" when gpu_hours comes from the recipe (epochs x images x the protocol's per-image cost)
+    priced_from: str = field(default="protocol file", compare=False, hash=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -98,6 +101,7 @@ def resolved_config(
             "arch": m.arch,
             "arch_kwargs": m.arch_kwargs,
             "checkpoint": m.checkpoint.model_dump(exclude={"epochs"}, mode="json"),
+            **{f: getattr(m, f) for f in kind.method_fields},
         },
         "epoch": epoch,
     }
@@ -152,6 +156,22 @@ def _entry_epochs(entry: SuiteEntry, method_epochs: tuple[int, ...], where: str)
     return tuple(entry.epochs)
 
 
+def recipe_price(protocol, dataset) -> float | None:
+    """GPU·h of a cell priced from its recipe (the fine-tuning protocols, the grid's most expensive cells):
+    epochs x the train split's images, plus every evaluation's val images at a third of a training image's cost,
+    x the protocol's `train_s_per_image`; None where the protocol states no per-image cost or the dataset file
+    no split sizes (then the protocol's gpu_hours)."""
+    s_per_image = protocol.resources.train_s_per_image
+    p = protocol.params  # the resolved parameters (defaults filled in)
+    epochs, train_split = p.get("epochs"), p.get("train_split", "train")
+    sizes = {name: getattr(split, "images", None) for name, split in dataset.splits.items()}
+    if not s_per_image or not epochs or not sizes.get(train_split):
+        return None
+    evaluations = math.ceil(epochs / p.get("val_every", 1))
+    images = epochs * sizes[train_split] + evaluations * (sizes.get("val") or 0) / 3
+    return round(images * s_per_image / 3600, 3)
+
+
 def build_plan(
     reg: Registry, suite: str, *, protocols: list[str] | None = None, methods: list[str] | None = None
 ) -> list[Cell]:
@@ -173,6 +193,7 @@ def build_plan(
             continue
         p = reg.protocol(entry.protocol)
         names = s.methods if entry.methods == "all" else entry.methods
+        prices = {d: recipe_price(p, reg.dataset(d, suite)) for d in entry.datasets}
         for dataset in entry.datasets:
             for method in names:
                 if methods and method not in methods:
@@ -192,10 +213,11 @@ def build_plan(
                             method,
                             epoch,
                             config_hash(cfg),
-                            p.resources.gpu_hours,
+                            prices[dataset] or p.resources.gpu_hours,
                             cfg,
                             str(reg.root),
                             ckpt,
+                            priced_from="recipe" if prices[dataset] else "protocol file",
                         )
                     )
     return cells
@@ -276,7 +298,7 @@ def summarize(
         r[states[c.id]] += 1
         m = measured.get((c.protocol, c.config["method"]["arch"]))
         price = m[0] if m else c.gpu_hours
-        r["sources"].add("measured" if m else "protocol file")
+        r["sources"].add("measured" if m else c.priced_from)
         r["runs"] = max(r["runs"], m[1] if m else 0)
         r["gpu_h_all"] += price
         if states[c.id] not in ("done", "imported", "live"):
@@ -287,11 +309,7 @@ def summarize(
         runs = r.pop("runs")
         r["gpu_h_cell"] = r["gpu_h_all"] / r["cells"] if r["cells"] else 0.0
         r["priced_from"] = (
-            f"measured (median of up to {runs} runs)"
-            if sources == {"measured"}
-            else "protocol file"
-            if sources == {"protocol file"}
-            else "measured + protocol file"
+            f"measured (median of up to {runs} runs)" if sources == {"measured"} else " + ".join(sorted(sources))
         )
         out.append({"protocol": p, **{k: (len(v) if isinstance(v, set) else v) for k, v in r.items()}})
     return out

@@ -199,6 +199,12 @@ class MethodSpec(Spec):
     published: tuple[PublishedNumber, ...] = Field(
         default=(), description="the method's own published numbers for harness protocols (the `published` table)"
     )
+    projection_head: str | None = Field(
+        default=None,
+        description="the first linear layer of the method's projection head in its checkpoint, under the "
+        "state-dict key (DINO's, iBOT's DINOHead: head.mlp.0): what low-shot fine-tuning starts from (UDI's "
+        "--finetune_head_layer 1); hashed only into the cells of the kinds that read it",
+    )
     notes: str = ""
     source: str = Field(default="", exclude=True)
 
@@ -282,6 +288,13 @@ class Resources(Spec):
     mem_gb: int = Field(default=32, ge=1, description="memory per cell")
     time_min: int = Field(default=60, ge=1)
     gpu_hours: float = Field(ge=0, description="estimated GPU·h per cell (for `sdd plan`)")
+    train_s_per_image: float | None = Field(
+        default=None,
+        gt=0,
+        description="GPU seconds to train on one image (forward and backward, an assumption the file states): "
+        "`sdd plan` then prices a cell from its recipe, epochs x (train images + val images / 3) x this, where "
+        "the dataset file states its splits' sizes; else gpu_hours",
+    )
 
     @model_validator(mode="after")
     def _one_process_per_gpu(self):
@@ -723,8 +736,9 @@ class Registry:
         """A dataset as a suite reads it: under the suite's `data_root` when it declares one."""
         spec = self.get("datasets", name)
         data_root = self.suites[suite].data_root if suite in self.suites else None
-        if data_root:
-            spec = spec.model_copy(update={"root": rebase_data_root(spec.root, data_root)})
+        if data_root:  # another copy of the data (the mini world's): the released splits' sizes do not apply
+            splits = {k: v.model_copy(update={"images": None}) for k, v in spec.splits.items()}
+            spec = spec.model_copy(update={"root": rebase_data_root(spec.root, data_root), "splits": splits})
         return spec
 
     def protocol(self, name: str) -> ProtocolSpec:

@@ -63,7 +63,8 @@ def resolve(repo: Path, commit: str, followed: str, name: str, cache: dict) -> s
         cache["tree"] = {}
     if (repo, commit) not in cache["tree"]:
         cache["tree"][(repo, commit)] = _git(repo, "ls-tree", "-r", "--name-only", commit).splitlines()
-    hits = [p for p in cache["tree"][(repo, commit)] if p == name or p.endswith("/" + name)]
+    tree = cache["tree"][(repo, commit)]
+    hits = [p for p in tree if p == name] or [p for p in tree if p.endswith("/" + name)]  # the root's file first
     return hits[0] if len(hits) == 1 else None
 
 

@@ -839,7 +839,8 @@ def classification_table(table: pd.DataFrame) -> Table:
         table,
         CLASSIFICATION,
         "classification",
-        "Classifiers on frozen features (linear, low-shot): final and DSE-selected checkpoint",
+        "Image-level classifiers, on frozen features (linear, low-shot) and fine-tuned end to end (ImageNet, "
+        "transfer, low-shot fine-tuning): final and DSE-selected checkpoint",
     )
 
 

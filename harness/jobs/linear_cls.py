@@ -50,7 +50,7 @@ def transforms(p):
     return train, T.Compose(evaluation + [T.ToTensor(), T.Normalize(mean, std)])
 
 
-class _Arrays(torch.utils.data.Dataset):
+class ArrayImages(torch.utils.data.Dataset):
     """Images held as a uint8 array [N, H, W, 3] (CIFAR), served as PIL images to the transform."""
 
     def __init__(self, images, labels, transform):
@@ -73,7 +73,7 @@ def datasets(ds, p) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset,
     if ds.kind in ("cifar10", "cifar100"):
         (xtr, ytr), (xva, yva) = read_cifar(ds, "train"), read_cifar(ds, "val")
         classes = ds.num_classes or int(max(ytr.max(), yva.max())) + 1
-        return _Arrays(xtr, ytr, train_tf), _Arrays(xva, yva, eval_tf), classes
+        return ArrayImages(xtr, ytr, train_tf), ArrayImages(xva, yva, eval_tf), classes
     root = check_layout(ds, splits=("train", "val"))
     train = ImageFolder(str(root / ds.splits["train"].img_dir), transform=train_tf, loader=open_rgb)
     val = ImageFolder(str(root / ds.splits["val"].img_dir), transform=eval_tf, loader=open_rgb)

@@ -54,7 +54,7 @@ def labelled_subset(ds, split: str):
     return root, [by_name[Path(w).name] for w in wanted], folder.classes
 
 
-class _Files(torch.utils.data.Dataset):
+class FileImages(torch.utils.data.Dataset):
     def __init__(self, samples, transform):
         self.samples, self.transform = samples, transform
 
@@ -72,7 +72,10 @@ def embed(backbone, samples, p, device: str, workers: int, autocast) -> tuple[to
 
     cuda = torch.device(device).type == "cuda"
     loader = torch.utils.data.DataLoader(
-        _Files(samples, eval_transform(p.resize, p.crop)), batch_size=p.batch_size, num_workers=workers, pin_memory=cuda
+        FileImages(samples, eval_transform(p.resize, p.crop)),
+        batch_size=p.batch_size,
+        num_workers=workers,
+        pin_memory=cuda,
     )
     feats = []
     with maybe_autocast(device, autocast):

@@ -709,3 +709,43 @@ def load_backbone(
 
         backbone.remainder = PROTOCOL_KINDS[kind].patch_remainder
     return LoadedBackbone(backbone, spec.name, epoch, path, got, len(backbone.required_keys()), unexpected)
+
+
+def projection_layer(method: str | MethodSpec, epoch: int, *, registry: Registry | None = None) -> dict:
+    """The weight and bias of the first linear layer of the method's own projection head (its file's
+    `projection_head`, e.g. DINO's `head.mlp.0`, under the part of the file its state-dict rule reads: the teacher),
+    for protocols that fine-tune from it (UDI's low-shot fine-tuning, `--finetune_head_layer 1`). A method file
+    that declares none, or a file without it, is an error saying what the file holds there."""
+    spec = method if isinstance(method, MethodSpec) else (registry or load_registry()).method(method)
+    key = spec.projection_head
+    if not key:
+        raise CheckpointError(
+            f"method '{spec.name}' declares no projection head ({spec.source}: projection_head); this protocol "
+            "fine-tunes from the first layer of the method's projection head (UDI's --finetune_head_layer 1): add "
+            "e.g. `projection_head: head.mlp.0` (DINO's and iBOT's DINOHead) to the method file, or use a protocol "
+            "with head: new"
+        )
+    path = checkpoint_path(spec, epoch)
+    flat = _flat_tensors(_rule_source(safe_load(path), spec.checkpoint.state_dict))
+    out = {name: flat.get(f"{key}.{name}") for name in ("weight", "bias")}
+    if out["weight"] is None or out["weight"].ndim != 2:
+        near = sorted(k for k in flat if k.startswith(key.split(".")[0] + "."))[:8]
+        raise CheckpointError(
+            f"{path}: no projection layer '{key}.weight' (a 2-D tensor) under the method's state-dict key, as "
+            f"{spec.source} declares (projection_head); "
+            + (f"the file holds {', '.join(near)} there" if near else f"its tensors sit under: {key_prefixes(flat)}")
+            + ". Fix projection_head in the method file, or use a protocol with head: new"
+        )
+    return out
+
+
+def _flat_tensors(obj, prefix: str = "") -> dict:
+    """{dotted key: tensor} of a (nested) state dict."""
+    out: dict = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, torch.Tensor):
+                out[f"{prefix}{k}"] = v
+            elif isinstance(v, dict):
+                out.update(_flat_tensors(v, f"{prefix}{k}."))
+    return out
