@@ -296,8 +296,8 @@ def _note_recipe_priced(cells) -> None:
     print(
         f"\nnote: {len(priced)} cell(s) are priced from their recipes (epochs x images x the protocol file's "
         f"train_s_per_image, an assumed per-image cost): {theirs:,.1f} GPU·h, {100 * theirs / total:.0f}% of this "
-        f"grid's {total:,.1f}. These end-to-end fine-tuning cells are the grid's most expensive (the largest: "
-        f"{top.protocol} on {top.dataset}, {top.gpu_hours:,.1f} GPU·h per cell); `--protocol` plans the others alone."
+        f"grid's {total:,.1f}: end-to-end fine-tuning, days of GPU time per cell (the largest: {top.protocol} on "
+        f"{top.dataset}, {top.gpu_hours:,.1f} GPU·h); `--protocol` plans the others alone."
     )
 
 

@@ -59,6 +59,8 @@ def world(tmp_path, monkeypatch):
         "img_suffix: .JPEG\nsplits:\n  train: {img_dir: train}\n  val: {img_dir: val}\n"
         "  train_few: {img_dir: train, split_file: subsets/few.txt}\n"
     )
+    cifar = bench / "datasets" / "cifar10.yaml"  # the generated CIFAR is not of the released size
+    cifar.write_text(cifar.read_text().replace(", images: 50000", "").replace(", images: 10000", ""))
     for name, body in PROTOCOLS.items():
         (bench / "protocols" / f"{name}.yaml").write_text(f"name: {name}\ntitle: {name}\n{body}\n{CPU}")
     (bench / "suites" / "ft.yaml").write_text(
@@ -212,3 +214,32 @@ def test_randaugment_posterize_at_full_magnitude_gives_a_black_image():
     assert np.asarray(op(img)).max() == 0
     half = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5, hparams={"magnitude_std": 0})
     assert np.asarray(half(img)).max() == 192  # 2 bits kept: 200 -> 192
+
+
+def test_a_split_not_of_its_released_size_fails_the_cell_naming_it(world, tmp_path):
+    """A partial copy of ImageNet would give a fine-tuned accuracy that is not the protocol's: the dataset file's
+    released size is checked."""
+    reg, _ = world
+    bench = tmp_path / "benchmarks"
+    f = bench / "datasets" / "imagenet.yaml"
+    f.write_text(f.read_text().replace("train: {img_dir: train}", "train: {img_dir: train, images: 1281167}"))
+    bad = execute(cell(load_registry(bench), "ft_tiny"), tmp_path / "results")
+    assert bad["status"] == "failed"
+    assert "split 'train': 24 images" in bad["error"] and "the released split has 1281167" in bad["error"]
+
+
+def test_the_plan_prices_fine_tuning_from_its_recipe():
+    from pathlib import Path
+
+    from harness.plan import recipe_price
+
+    reg = load_registry(Path(__file__).resolve().parents[1] / "benchmarks")
+    flowers = reg.protocol("transfer_flowers")
+    want = (1000 * 2040 + 1000 * 6149 / 3) * flowers.resources.train_s_per_image / 3600
+    assert recipe_price(flowers, reg.dataset("flowers102")) == pytest.approx(want, abs=1e-3)
+    lowshot = reg.protocol("lowshot_ft_1pct")  # its labelled list, and val after every one of its 1000 epochs
+    want = (1000 * 12811 + 1000 * 50000 / 3) * lowshot.resources.train_s_per_image / 3600
+    assert recipe_price(lowshot, reg.dataset("imagenet")) == pytest.approx(want, abs=1e-3)
+    # the mini world's copy of the data states no released sizes: its cells keep the protocol file's price
+    assert recipe_price(lowshot, reg.dataset("imagenet", "mini")) is None
+    assert recipe_price(reg.protocol("linear_cls"), reg.dataset("imagenet")) is None  # no per-image cost stated

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from harness.atomic import save_tensors
-from harness.datasets import DatasetError, check_layout, open_rgb, read_cifar
+from harness.datasets import DatasetError, check_layout, open_rgb, read_cifar, root_of
 from harness.device import DeviceError, data_workers
 from harness.jobs.common import JobResult, require_finite
 
@@ -99,9 +99,29 @@ def transforms(p):
     return train, evaluation
 
 
+def released_size(ds, split: str, n: int) -> None:
+    """A split whose dataset file states its released size (`images`) must have it: a partial copy of ImageNet or
+    CIFAR would give a fine-tuned accuracy that is not the protocol's, without any other sign."""
+    expected = ds.splits[split].images
+    if expected is not None and n != expected:
+        raise DatasetError(
+            f"dataset '{ds.name}' split '{split}': {n} images under {root_of(ds)}, but the released split has "
+            f"{expected} (images: {expected} in {ds.source or 'the dataset file'}); a partial copy gives another "
+            "number: complete it, or point a suite's data_root at it for a run that is not the protocol's"
+        )
+
+
 def datasets(ds, p):
     """(train, val, number of classes) of the cell's dataset: an ImageNet folder (or a labelled subset of its
-    train split), CIFAR's batches, or a fine-grained dataset's released layout."""
+    train split), CIFAR's batches, or a fine-grained dataset's released layout; each split of its released size
+    where the dataset file states it."""
+    train, val, classes = _read_splits(ds, p)
+    released_size(ds, p.train_split, len(train))
+    released_size(ds, "val", len(val))
+    return train, val, classes
+
+
+def _read_splits(ds, p):
     from harness.jobs.linear_cls import ArrayImages
     from harness.jobs.lowshot import FileImages, labelled_subset
 
