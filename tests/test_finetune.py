@@ -243,3 +243,27 @@ def test_the_plan_prices_fine_tuning_from_its_recipe():
     # the mini world's copy of the data states no released sizes: its cells keep the protocol file's price
     assert recipe_price(lowshot, reg.dataset("imagenet", "mini")) is None
     assert recipe_price(reg.protocol("linear_cls"), reg.dataset("imagenet")) is None  # no per-image cost stated
+
+
+def test_two_process_fine_tuning_keeps_the_global_batch_and_its_sampler(world, tmp_path):
+    """Transfer learning as a 2-process gloo job on the local executor (real torch.distributed): DDP, the repeated-
+    augmentation sampler split over the ranks, the recipe's global batch of 16 as 8 per process; rank 0 alone
+    writes the record, and its learning rates are those of the one-process run."""
+    import json
+
+    from tests.test_slurm import sdd
+
+    bench = tmp_path / "benchmarks"
+    f = bench / "protocols" / "transfer_tiny.yaml"
+    f.write_text(f.read_text().replace("resources: {gpus: 0, cpus: 1,", "resources: {gpus: 0, processes: 2, cpus: 2,"))
+    results = tmp_path / "local"
+    args = ("submit", "--suite", "ft", "--cluster", "local", "--results", str(results), "--protocol", "transfer_tiny")
+    assert sdd(bench, *args, "--method", "tinyvit") == 0
+    (rec_file,) = (results / "ft" / "runs" / "transfer_tiny" / "cifar10" / "tinyvit").iterdir()
+    rec = json.loads(rec_file.read_text())
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["placement"]["world_size"] == 2 and rec["placement"]["backend"] == "gloo"
+    assert rec["batch"]["per_device"] == 8 and rec["batch"]["global"] == 16 and rec["batch"]["accumulation"] == 1
+    assert rec["sampler"] == "RepeatAugSampler" and rec["schedule"]["steps_per_epoch"] == 2  # 40 images / 16
+    single = execute(cell(load_registry(bench), "transfer_tiny"), tmp_path / "one")
+    assert [h["lr"] for h in rec["history"]] == pytest.approx([h["lr"] for h in single["history"]])
