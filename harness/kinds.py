@@ -309,7 +309,14 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
             Metric(name="top1", label="fine-tuned top-1 (last epoch)", low=0.0, high=100.0),
             Metric(name="top5", label="fine-tuned top-5 (last epoch)", low=0.0, high=100.0),
             # what UDI's scripts print as the result (max_accuracy): the best validated epoch
-            Metric(name="top1_best", label="fine-tuned top-1", low=0.0, high=100.0, dense_table=True),
+            Metric(
+                name="top1_best",
+                label="fine-tuned top-1",
+                low=0.0,
+                high=100.0,
+                dense_table=True,
+                aliases=("max_accuracy", "max accuracy"),  # the name the sources' logs give it
+            ),
             Metric(name="best_epoch", label="epoch of the best top-1", low=0.0),
         ),
     ),
