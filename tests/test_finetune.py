@@ -195,8 +195,10 @@ def test_a_cell_stopped_mid_run_resumes_from_its_last_epoch(world, tmp_path, mon
     resumed = execute(cell(reg, "transfer_tiny"), tmp_path / "results")
     assert resumed["status"] == "ok", resumed.get("traceback")
     assert resumed["resumed_from_epoch"] == 1 and [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    # the same learning rates as the run that was never stopped (the schedule resumes where it was)
+    # the same learning rates as the run that was never stopped (the schedule resumes where it was), and the same
+    # numbers: the model, optimiser and sampler state are restored and every epoch's random streams are seeded
     assert [h["lr"] for h in resumed["history"]] == pytest.approx([h["lr"] for h in straight["history"]])
+    assert resumed["metrics"] == straight["metrics"]
     assert math.isfinite(resumed["metrics"]["top1_best"])
 
 
@@ -267,3 +269,13 @@ def test_two_process_fine_tuning_keeps_the_global_batch_and_its_sampler(world, t
     assert rec["sampler"] == "RepeatAugSampler" and rec["schedule"]["steps_per_epoch"] == 2  # 40 images / 16
     single = execute(cell(load_registry(bench), "transfer_tiny"), tmp_path / "one")
     assert [h["lr"] for h in rec["history"]] == pytest.approx([h["lr"] for h in single["history"]])
+
+
+def test_a_non_finite_loss_fails_the_cell_at_its_step(world, tmp_path, monkeypatch):
+    from harness.jobs import finetune
+
+    reg, _ = world
+    monkeypatch.setattr(finetune, "_criterion", lambda p: lambda logits, y: logits.sum() * float("nan"))
+    bad = execute(cell(reg, "ft_tiny"), tmp_path / "results")
+    assert bad["status"] == "failed"
+    assert "the fine-tuning loss is not finite at epoch 1, step 1" in bad["error"]

@@ -32,7 +32,7 @@ from torch import nn
 from harness.atomic import save_tensors
 from harness.datasets import DatasetError, check_layout, open_rgb, read_cifar, root_of
 from harness.device import DeviceError, data_workers
-from harness.jobs.common import JobResult, require_finite
+from harness.jobs.common import JobResult
 
 STATE_FILE = "finetune_state.pth"
 
@@ -242,21 +242,34 @@ def train_sampler(train_set, p, placement):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, autocast) -> tuple[float, float]:
-    """(top-1, top-5) accuracy in percent over the loader."""
+def evaluate(model, loader, device, autocast, distributed: bool = False) -> tuple[float, float]:
+    """(top-1, top-5) accuracy in percent over the loader; with `distributed`, each process's loader holds its
+    own share of the split (`val_shard`) and the counts are summed over the processes, so every GPU of the cell
+    evaluates and every process gets the whole split's accuracy."""
     from harness.features import maybe_autocast
 
     model.eval()
-    correct1 = correct5 = n = 0
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # correct top-1, correct top-5, images
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with maybe_autocast(device, autocast):
             logits = model(x).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += int((top[:, 0] == y).sum())
-        correct5 += int((top == y[:, None]).any(dim=1).sum())
-        n += len(y)
-    return 100.0 * correct1 / n, 100.0 * correct5 / n
+        counts += torch.stack(
+            [(top[:, 0] == y).sum(), (top == y[:, None]).any(dim=1).sum(), torch.tensor(len(y), device=y.device)]
+        ).to(counts)
+    if distributed:
+        torch.distributed.all_reduce(counts)
+    c1, c5, n = counts.tolist()
+    return 100.0 * c1 / n, 100.0 * c5 / n
+
+
+def val_shard(val_set, placement):
+    """This process's share of the evaluation split: every world_size-th image from its rank, none twice (the
+    sources evaluate the whole split on every GPU; a DistributedSampler would pad with repeats)."""
+    if not placement.distributed:
+        return val_set
+    return torch.utils.data.Subset(val_set, range(placement.rank, len(val_set), placement.world_size))
 
 
 def _load_state(path: Path, model, opt, scaler) -> dict:
@@ -370,7 +383,9 @@ def _prepare(cell, ctx) -> Training:
         plan=plan,
         sampler=sampler,
         loader=loader,
-        val_loader=torch.utils.data.DataLoader(val_set, batch_size=max(1, int(1.5 * plan.per_device)), **common),
+        val_loader=torch.utils.data.DataLoader(
+            val_shard(val_set, placement), batch_size=max(1, int(1.5 * plan.per_device)), **common
+        ),
         steps_per_epoch=steps_per_epoch,
         lr=lr,
         opt=opt,
@@ -400,21 +415,37 @@ def _fit(t: Training, ctx, state_path: Path) -> tuple[dict, float, float]:
     top1 = top5 = math.nan
     for epoch in range(state["epoch"], p.epochs):
         t.sampler.set_epoch(epoch)
+        _seed(p.seed, placement.rank, epoch)
         loss = _train_epoch(net, t, p, ctx, epoch, mixup_fn, criterion)
         if t.sched is not None:
             t.sched.step(epoch)  # DeiT's loop: after epoch e, the lr of t = e (so epoch e + 1 trains at lr(e))
         entry = {"epoch": epoch + 1, "loss": loss, "lr": max(g["lr"] for g in t.opt.param_groups)}
-        if placement.is_main and ((epoch + 1) % p.val_every == 0 or epoch + 1 == p.epochs):
-            top1, top5 = evaluate(t.model, t.val_loader, placement.device, t.autocast)
+        if (epoch + 1) % p.val_every == 0 or epoch + 1 == p.epochs:  # every process its share of the split
+            top1, top5 = evaluate(t.model, t.val_loader, placement.device, t.autocast, placement.distributed)
             entry.update(top1=top1, top5=top5)
             if top1 > state["best"]:
                 state["best"], state["best_epoch"] = top1, epoch + 1
-            print(f"epoch {epoch + 1}/{p.epochs}: loss {loss:.4f}, top-1 {top1:.2f} (best {state['best']:.2f})")
+            if placement.is_main:
+                print(f"epoch {epoch + 1}/{p.epochs}: loss {loss:.4f}, top-1 {top1:.2f} (best {state['best']:.2f})")
         state["history"].append(entry)
         state["epoch"] = epoch + 1
         if placement.is_main:
             _save(state_path, t.model, t.opt, t.scaler, state)
     return state, top1, top5
+
+
+def _seed(seed: int, rank: int, epoch: int) -> None:
+    """Each process's random streams (drop path, Mixup's lambda and boxes, the data workers' augmentation seeds)
+    its own, as UDI's fine-tuning seeds seed + rank, and a function of the epoch, so that a resumed epoch draws what
+    it would have drawn (the model's initial head is seeded before, the same on every process)."""
+    import random
+
+    import numpy as np
+
+    s = (seed * 1_000_003 + rank) * 100_003 + epoch
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
 
 
 def run(cell, ctx) -> JobResult:
@@ -426,12 +457,12 @@ def run(cell, ctx) -> JobResult:
     t1 = time.perf_counter()
     state, top1, top5 = _fit(t, ctx, state_path)
     t2 = time.perf_counter()
-    if not placement.is_main:  # rank 0 scores and writes the record
-        return JobResult(metrics={}, info={"rank": placement.rank})
-    if math.isnan(top1):  # resumed after the last epoch: evaluate the saved model
-        top1, top5 = evaluate(t.model, t.val_loader, placement.device, t.autocast)
+    if math.isnan(top1):  # resumed after the last epoch: evaluate the saved model (every process its share)
+        top1, top5 = evaluate(t.model, t.val_loader, placement.device, t.autocast, placement.distributed)
         if top1 > state["best"]:
             state["best"], state["best_epoch"] = top1, p.epochs
+    if not placement.is_main:  # rank 0 writes the record
+        return JobResult(metrics={}, info={"rank": placement.rank})
     trained = p.epochs - resumed_from
     return JobResult(
         metrics={"top1": top1, "top5": top5, "top1_best": state["best"], "best_epoch": state["best_epoch"]},
@@ -482,6 +513,7 @@ def _train_epoch(net, t: Training, p, ctx, epoch: int, mixup_fn, criterion) -> f
             for g in opt.param_groups:
                 g["lr"] = value * g.get("lr_scale", 1.0)
         opt.zero_grad(set_to_none=True)
+        finite = torch.ones((), device=dev)
         for micro in range(accumulation):
             x, y = next(batches)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
@@ -490,10 +522,19 @@ def _train_epoch(net, t: Training, p, ctx, epoch: int, mixup_fn, criterion) -> f
             sync = micro + 1 == accumulation or not placement.distributed
             with contextlib.nullcontext() if sync else net.no_sync(), maybe_autocast(dev, autocast):
                 loss = criterion(net(x), y)
-            require_finite(loss.detach(), f"the fine-tuning loss (epoch {epoch + 1}, step {step + 1})")
+            # every process runs its backward (DDP's all-reduce waits for all of them) and the processes decide
+            # together below: one process raising alone would leave the others waiting in the all-reduce
+            finite = finite * torch.isfinite(loss.detach()).all()
             scaled = loss.float() / accumulation
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
             total += float(loss.detach())
+        if placement.distributed:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not bool(finite):
+            raise FloatingPointError(
+                f"the fine-tuning loss is not finite at epoch {epoch + 1}, step {step + 1} (on at least one of the "
+                f"{placement.world_size} process(es)); the cell stops here, as UDI's scripts do"
+            )
         if p.optimizer.clip_grad is not None:
             if scaler is not None:
                 scaler.unscale_(opt)
