@@ -235,8 +235,8 @@ def test_collect_reports_missing_cells_of_a_registry_suite(tmp_path, capsys):
     planned = build_plan(load_registry(), "udi")
     assert main(["collect", "--suite", "udi", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"missing {len(planned)} of the plan's cells" in out and len(planned) == 21  # 7 protocols x 3 methods
-    assert "davis 3, linear_cls 3, lowshot_10pct 3, lowshot_1pct 3, maskrcnn 3, semfpn 3, upernet_udi 3" in out
+    assert f"missing {len(planned)} of the plan's cells" in out and len(planned) == 48  # 16 protocols x 3 methods
+    assert "davis 3, finetune_imagenet 3, linear_cls 3, lowshot_10pct 3, lowshot_1pct 3, lowshot_ft_10pct 3" in out
 
 
 def test_a_paper_average_that_is_not_its_columns_mean_is_named():
