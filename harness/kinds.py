@@ -365,4 +365,7 @@ DATASET_KINDS: dict[str, DatasetKind] = {
     "stanford_cars": DatasetKind(nested=False),
     "inat2018": DatasetKind(nested=True),
     "inat2019": DatasetKind(nested=True),
+    # NYU Depth v2 as the depth toolboxes' BTS split: <scene>/rgb_XXXXX.jpg + sync_depth_XXXXX.png (16-bit mm),
+    # listed by nyu_train.txt / nyu_test.txt ("rgb depth focal"); read by harness.datasets.depth_pairs
+    "nyu_depth_v2": DatasetKind(nested=True),
 }
