@@ -452,6 +452,188 @@ def verify_coco(ds: DatasetSpec, root: Path, split: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# NYU Depth v2 as the depth toolboxes read it: BTS's split of it (cleinc/bts @ 5e3406b,
+# train_test_inputs/nyudepthv2_{train,test}_files_with_gt.txt), which DINOv3 (facebookresearch/dinov3 @ 6876159,
+# DATASETS.md and dinov3/data/datasets/nyu.py) and the Monocular-Depth-Estimation-Toolbox (zhyever/Monocular-Depth-
+# Estimation-Toolbox @ d8aff50, splits/nyu_{train,test}.txt: the same lines, and depth/datasets/nyu.py) read as
+# nyu_train.txt and nyu_test.txt. A line is "<rgb> <depth> <focal>", the paths relative to the split's folder:
+#   train (24,231 lines, 284 scene folders of BTS's sync.zip, every path with a leading "/"):
+#     /kitchen_0028b/rgb_00045.jpg /kitchen_0028b/sync_depth_00045.png 518.8579
+#   test (654 lines, the official test images of the labelled set in 16 scene-type folders, written by BTS's
+#   utils/extract_official_train_test_set_from_mat.py under official_splits/test/; the number is the image's 0-based
+#   index in nyu_depth_v2_labeled.mat, i.e. splits.mat's testNdxs - 1):
+#     bathroom/rgb_00045.jpg bathroom/sync_depth_00045.png 518.8579
+# Every focal of both files is 518.8579. BTS reads the lines with split() and joins "./" + path to its data_path
+# (pytorch/bts_dataloader.py); DINOv3 strips the "/" and both it and the toolbox sort the lines. A depth map is a
+# 16-bit greyscale PNG of millimetres, 0 where there is no depth (the extraction script writes rawDepths * 1000 as
+# uint16 with cv2.imwrite); BTS divides by 1000 (bts_dataloader.py, utils/eval_with_pngs.py), the toolbox by its
+# depth_scale=1000 (configs/_base_/datasets/nyu.py), DINOv3 by normalization_constant=1000.0 (eval/depth/config.py).
+
+DEPTH_KINDS = ("nyu_depth_v2",)
+DEPTH_SCALE = 1000.0  # PNG value per metre (millimetres)
+# What PIL opens a 16-bit greyscale PNG (colour type 0, bit depth 16) as: "I;16" (the locked Pillow 13), "I" (older
+# Pillow, whose PNG reader widened it to 32 bits). Within a PNG nothing else is one 16-bit channel: Pillow opens
+# 16-bit colour as 8-bit "RGB", 16-bit grey with alpha as "RGBA" (PngImagePlugin's _MODES).
+DEPTH_PNG_MODES = ("I;16", "I")
+_DEPTH_LINE = (
+    "<rgb path> <depth path> <focal>, e.g. /kitchen_0028b/rgb_00045.jpg /kitchen_0028b/sync_depth_00045.png 518.8579"
+)
+
+
+def read_depth_png(path: Path):
+    """A depth map of NYU's kind as a float32 array [H, W] of metres: the 16-bit PNG's millimetres / 1000; 0 stays 0
+    (no depth: leave it out of losses and metrics). Any other PNG (8-bit, colour) raises DatasetError naming it."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            why = _depth_mode_problem(im)
+            if why:
+                raise DatasetError(f"depth map {path}: {why}")
+            mm = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"depth map {path} cannot be decoded ({e}); replace it with the released file") from None
+    return (mm.astype(np.float32) / np.float32(DEPTH_SCALE)).astype(np.float32)
+
+
+def _depth_mode_problem(im) -> str | None:
+    if im.format == "PNG" and im.mode in DEPTH_PNG_MODES:
+        return None
+    if im.format != "PNG":
+        return f"a {im.format} file; NYU's depth maps are 16-bit greyscale PNGs of millimetres"
+    hint = {
+        "L": "8 bits hold at most 255 mm: a visualisation or a converted copy",
+        "P": "a palette image: a colour-mapped visualisation",
+        "RGB": "colour: a colour-mapped visualisation, or a 16-bit colour PNG",
+        "RGBA": "colour with alpha",
+        "LA": "grey with alpha",
+    }.get(im.mode, "not one 16-bit channel")
+    return (
+        f"PNG of mode {im.mode} ({hint}); NYU's depth maps are 16-bit single-channel PNGs of millimetres (PIL mode "
+        f"{' or '.join(DEPTH_PNG_MODES)}). Put the released sync_depth_*.png there"
+    )
+
+
+def _read_depth_list(listing: Path, folder: Path) -> list[tuple[Path, Path, float]]:
+    """The (rgb, depth, focal) of every line of a BTS list file, in the order of the rgb paths as written (DINOv3
+    sorts the lines, the toolbox the joined image paths: the same order); blank lines are skipped."""
+    import math
+
+    rows, bad = [], []
+    for i, line in enumerate(listing.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            focal = float(fields[2]) if len(fields) == 3 else math.nan
+        except ValueError:
+            focal = math.nan
+        well_formed = len(fields) == 3 and fields[1].endswith(".png") and fields[0] != fields[1]
+        if not (well_formed and math.isfinite(focal) and focal > 0):
+            bad.append(f"line {i}: {line.strip()[:120]!r}")
+            continue
+        rows.append((fields[0].strip("/"), fields[1].strip("/"), focal))
+    if bad:
+        raise DatasetError(
+            f"{listing}: {len(bad)} malformed line(s) ({'; '.join(bad[:_FIRST])}"
+            f"{' ...' if len(bad) > _FIRST else ''}); each line is {_DEPTH_LINE} (a .png depth map, a positive "
+            "focal). Put BTS's released list file there"
+        )
+    if not rows:
+        raise DatasetError(f"{listing}: lists no images; put BTS's released list file there")
+    _no_duplicates([r for r, _, _ in rows], listing, "rgb image")
+    return [(folder / r, folder / d, f) for r, d, f in sorted(rows)]
+
+
+def _depth_problems(rgb: Path, depth: Path) -> list[str]:
+    """The rgb image readable and whole, its depth map a whole 16-bit single-channel PNG of the same size (its
+    header read; the pixels decoded only when the file does not end with PNG's end marker)."""
+    from PIL import Image
+
+    size, why = _image_size(rgb)
+    out = [why] if why else []
+    dsize, dwhy = _image_size(depth)
+    if dwhy:
+        return out + [dwhy]
+    try:
+        with Image.open(depth) as im:
+            mode_why = _depth_mode_problem(im)
+    except (OSError, SyntaxError, ValueError) as e:
+        return out + [f"{depth}: unreadable depth map ({e})"]
+    if mode_why:
+        return out + [f"{depth}: {mode_why}"]
+    if size is not None and dsize is not None and dsize != size:
+        out.append(f"{depth}: depth map is {dsize[0]}x{dsize[1]} but its image {rgb.name} is {size[0]}x{size[1]}")
+    return out
+
+
+def _depth_check_code() -> str:
+    """The version of the checks whose verdicts `depth_pairs` caches."""
+    code = source_digest(_read_depth_list, _depth_problems, _depth_mode_problem, _image_size, _mode_problem)
+    return f"{code}:{','.join(DEPTH_PNG_MODES)}:{','.join(sorted(DECODABLE_MODES))}"
+
+
+def depth_pairs(ds: DatasetSpec, split: str) -> list[tuple[Path, Path, float]]:
+    """(rgb image, depth map, focal) of every line of a split's list file (its `split_file`, BTS's format above),
+    the paths under the split's `img_dir`, sorted by the rgb path as the list writes it. Raises DatasetError, naming
+    the file and what to do, for: a missing list file, a malformed line (its number), an rgb image listed twice, a
+    number of lines other than the split's `images` (when the dataset file states it), listed files missing (the
+    count and the first five), an unreadable or truncated image, a depth map that is not a 16-bit single-channel PNG
+    or not of its image's size. The per-file verdict is cached like `verify_segmentation`'s (keyed by the spec, the
+    checks' code and every file's stat), and checked on threads: NYU's 24,231 + 654 pairs are read once."""
+    import hashlib
+
+    from harness.atomic import write_json
+    from harness.records import cache_root
+
+    if ds.kind not in DEPTH_KINDS:
+        raise DatasetError(f"dataset '{ds.name}' is of kind {ds.kind}; depth_pairs reads {', '.join(DEPTH_KINDS)}")
+    if split not in ds.splits:
+        raise DatasetError(f"dataset '{ds.name}': no split '{split}' in {ds.source or 'its dataset file'}")
+    s = ds.splits[split]
+    root = root_of(ds)
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset '{ds.name}': root {root} does not exist (from {ds.source}: root = {ds.root}; "
+            f"{_variables_text(ds.root)}; set them or edit the file)"
+        )
+    if not s.split_file:
+        raise DatasetError(
+            f"dataset '{ds.name}' split '{split}': no split_file in {ds.source or 'its dataset file'}; name the list "
+            "file (BTS's nyudepthv2_*_files_with_gt.txt, as nyu_train.txt / nyu_test.txt)"
+        )
+    listing = root / s.split_file
+    if not listing.is_file():
+        raise DatasetError(
+            f"dataset '{ds.name}' split '{split}': list file {listing} missing; put BTS's released list there "
+            f"(where it comes from: the notes of {ds.source or 'the dataset file'})"
+        )
+    pairs = _read_depth_list(listing, root / s.img_dir)
+    if s.images is not None and len(pairs) != s.images:
+        raise DatasetError(
+            f"dataset '{ds.name}' split '{split}': {listing} lists {len(pairs)} images, but the released split has "
+            f"{s.images} (images: {s.images} in {ds.source or 'the dataset file'}); put the released list there"
+        )
+    absent = _absent([f for r, d, _ in pairs for f in (r, d)])
+    if absent:
+        raise DatasetError(
+            f"dataset '{ds.name}' split '{split}': {len(absent)} of the {2 * len(pairs)} files listed in {listing} "
+            f"are missing under {root / s.img_dir} (the split's img_dir): {', '.join(map(str, absent[:_FIRST]))}"
+            f"{' ...' if len(absent) > _FIRST else ''}; extract the released data there, or correct img_dir (see the "
+            f"notes of {ds.source or 'the dataset file'})"
+        )
+    h = hashlib.sha256(f"{ds.model_dump_json()}{split}{_depth_check_code()}".encode())
+    h.update(stat_stamp([listing] + [f for r, d, _ in pairs for f in (r, d)]).encode())
+    stamp = cache_root() / "datasets" / f"{ds.name}_{split}_depth_{h.hexdigest()[:16]}.json"
+    if not stamp.is_file():
+        problems = _run_checks([(r, d) for r, d, _ in pairs], _depth_problems)
+        _raise_problems(ds, split, problems, 2 * len(pairs))
+        write_json(stamp, {"dataset": ds.name, "split": split, "pairs": len(pairs), "ok": True})
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------
 # What a cell read: a split's files by relative path and size (`digest`), and with their modification times
 # (`times`). A record keeps this fingerprint; when the split's files change (fixed, added, removed) its cells
 # become stale, with the reason. `digest` does not depend on where the data sits (a copied dataset keeps it);
@@ -581,6 +763,7 @@ _OTHER_READERS = {
     "imagenet": "torchvision's ImageFolder on the split's img_dir (as the linear and low-shot jobs do)",
     "coco_instances": "verify_coco and the split's ann_file (COCO json, read by the Mask R-CNN job)",
     "davis2017": "davis_sequences",
+    "nyu_depth_v2": "depth_pairs (rgb image, depth map, focal)",
 }
 
 
@@ -664,6 +847,17 @@ def _check_classification(ds: DatasetSpec, split: str, samples: list, n: int, li
 def _raise_absent(ds: DatasetSpec, split: str, paths: list[Path], listed_in: Path) -> None:
     """An image listed but not on disk: the count and the first few, named. Each folder is listed once (iNat's
     437,513 train images sit in 8,142 folders)."""
+    absent = _absent(paths)
+    if absent:
+        raise DatasetError(
+            f"dataset '{ds.name}' split '{split}': {len(absent)} of the {len(paths)} images listed in {listed_in} are "
+            f"missing: {', '.join(map(str, absent[:_FIRST]))}{' ...' if len(absent) > _FIRST else ''}; extract the "
+            f"released image archive under {root_of(ds)} (see the notes of {ds.source or 'the dataset file'})"
+        )
+
+
+def _absent(paths: list[Path]) -> list[Path]:
+    """The paths that are not on disk, each folder listed once."""
     listed: dict[Path, set[str] | None] = {}
     absent = []
     for p in paths:
@@ -675,12 +869,7 @@ def _raise_absent(ds: DatasetSpec, split: str, paths: list[Path], listed_in: Pat
         names = listed[p.parent]
         if names is None or p.name not in names:
             absent.append(p)
-    if absent:
-        raise DatasetError(
-            f"dataset '{ds.name}' split '{split}': {len(absent)} of the {len(paths)} images listed in {listed_in} are "
-            f"missing: {', '.join(map(str, absent[:_FIRST]))}{' ...' if len(absent) > _FIRST else ''}; extract the "
-            f"released image archive under {root_of(ds)} (see the notes of {ds.source or 'the dataset file'})"
-        )
+    return absent
 
 
 def _loadmat(path: Path) -> dict:

@@ -261,7 +261,9 @@ class DatasetSpec(Spec):
     title: str
     kind: Literal[DATASET_KINDS]  # type: ignore[valid-type]
     root: str = Field(description="${VAR} and ${VAR:-default} are expanded when used")
-    task: Literal["classification", "semantic_segmentation", "instance_segmentation", "video_segmentation"]
+    task: Literal[
+        "classification", "semantic_segmentation", "instance_segmentation", "video_segmentation", "depth_estimation"
+    ]
     num_classes: int | None = Field(default=None, ge=1)
     ignore_index: int = 255
     reduce_zero_label: bool = False

@@ -17,6 +17,9 @@ Layouts (as mmseg / pycocotools / DAVIS / torchvision read them):
 - cifar10 / 100:   <root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta},
                    <root>/cifar-100-python/{train,test,meta} (the released Python pickles)
 - imagenet subsets: <root>/subsets/{1percent,10percent}.txt (SimCLRv2's format: one file name per line)
+- nyu_depth_v2:    <root>/sync/<scene>/{rgb_XXXXX.jpg,sync_depth_XXXXX.png} (train),
+                   <root>/official_splits/test/<type>/... (val), nyu_train.txt / nyu_test.txt (BTS's lists);
+                   depth maps 16-bit PNGs of millimetres, 0 = no depth
 """
 
 from __future__ import annotations
@@ -290,6 +293,90 @@ def cifar(root: Path, hundred: bool, train: int, val: int, seed: int = 6) -> Pat
             dump({b"data": whole[b"data"][part], key: whole[key][part]}, f"data_batch_{i + 1}")
         dump(batch(val), "test_batch")
         dump({b"label_names": names}, "batches.meta")
+    return root
+
+
+# NYU Depth v2 in BTS's layout (harness.datasets, the comment above depth_pairs; benchmarks/datasets/nyu_depth_v2.yaml)
+NYU_FOCAL = 518.8579  # every line's focal in BTS's lists, in pixels of the 640-wide image
+NYU_TRAIN_SCENES = ("kitchen_0001a", "bedroom_0002b", "living_room_0003", "bathroom_0004a")
+NYU_TEST_TYPES = ("bathroom", "bedroom", "kitchen")
+DEPTH_DROPOUT = 0.02  # the share of pixels without depth (0), as the Kinect's holes leave them
+
+
+def _depth_texture(p: Painter, c: int, depth: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Class c's colour and stripes, seen at `depth` metres: the stripes finer the farther (a receding surface's
+    texture gradient), the colour darker (a light at the camera). Two cues a model's features can read depth from."""
+    a = p.angles[c]
+    stripes = np.sin((xx * np.cos(a) + yy * np.sin(a)) * depth / 4.0) * 35
+    shade = 1.3 / (1.0 + 0.3 * depth)
+    return (p.colours[c] + stripes[..., None]) * shade[..., None]
+
+
+def depth_scene(p: Painter, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RGB uint8 [h, w, 3], depth float [h, w] in metres, region map int32 [h, w]) of a room: a back wall (region 1),
+    a plane at 3-5 m tilted sideways, above a floor (2), a plane whose depth falls from the wall's at its foot to about
+    1 m at the bottom row, and two boxes (two of the regions 3-5) standing on the floor, each a plane at the floor's
+    depth where it stands, tilted a little. Painted far to near, so nearer boxes hide farther ones. Each region is
+    painted with its class's colour and stripes as `_depth_texture` sees them at its depth. No holes here (see
+    `nyu_depth`)."""
+    rng = p.rng
+    yy, xx = np.mgrid[:h, :w].astype(float)
+    horizon = int(rng.uniform(0.4, 0.6) * h)
+    wall = rng.uniform(3.0, 5.0) + rng.uniform(-0.8, 0.8) * (xx / w - 0.5)
+    near = rng.uniform(0.8, 1.2)
+    below = np.clip((yy - horizon) / max(h - 1 - horizon, 1), 0, 1)
+    floor = wall + (near - wall[horizon, w // 2]) * below  # a plane through the wall's foot
+    depth = np.where(yy < horizon, wall, floor)
+    label = np.where(yy < horizon, 1, 2).astype(np.int32)
+    boxes = []
+    for c in rng.choice([3, 4, 5], 2, replace=False):  # two boxes of two classes: one region, one plane
+        bottom = int(rng.integers(horizon + 2, h))
+        bh, bw = int(rng.integers(h // 5, h // 2)), int(rng.integers(w // 6, w // 3))
+        x0 = int(rng.integers(0, w - bw))
+        boxes.append((float(floor[bottom - 1, x0 + bw // 2]), bottom, bh, x0, bw, int(c)))
+    for d, bottom, bh, x0, bw, c in sorted(boxes, reverse=True):  # far to near
+        m = (yy >= max(bottom - bh, 0)) & (yy < bottom) & (xx >= x0) & (xx < x0 + bw)
+        depth = np.where(m, d + rng.uniform(-0.3, 0.3) * (xx - x0 - bw / 2) / w, depth)
+        label[m] = c
+    img = np.zeros((h, w, 3))
+    for c in np.unique(label):
+        m = label == c
+        img[m] = _depth_texture(p, int(c), depth, yy, xx)[m]
+    img += rng.normal(0, 5, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), depth, label
+
+
+def nyu_depth(root: Path, train: int = 24, val: int = 8, size=(64, 48), seed: int = 0) -> Path:
+    """NYU Depth v2 in BTS's layout (as benchmarks/datasets/nyu_depth_v2.yaml reads it): `train` pairs in
+    sync/<scene>/ over four scenes, `val` in official_splits/test/<scene type>/ numbered across the split (the
+    official test images' numbers are their indices in the labelled set), and the lists nyu_train.txt (lines with a
+    leading "/", in no sorted order, as BTS's) and nyu_test.txt (no leading "/", no newline after the last line, as
+    BTS's). Each pair: rgb_XXXXX.jpg and sync_depth_XXXXX.png, the scene's depth (`depth_scene`) in millimetres as
+    16-bit greyscale, with DEPTH_DROPOUT of the pixels 0 (no depth). `size` is (width, height), NYU's 640x480 / 10;
+    the focal is NYU's scaled to that width."""
+    w, h = size
+    p = Painter(5, seed)
+    focal = f"{NYU_FOCAL * w / 640:.4f}"
+    holes = np.random.default_rng(seed + 2)
+    lines: dict[str, list[str]] = {"train": [], "val": []}
+    for split, n in (("train", train), ("val", val)):
+        for i in range(n):
+            if split == "train":
+                folder, rel = root / "sync", f"/{NYU_TRAIN_SCENES[i % len(NYU_TRAIN_SCENES)]}"
+                number = i // len(NYU_TRAIN_SCENES)
+            else:
+                folder, rel, number = root / "official_splits" / "test", NYU_TEST_TYPES[i % len(NYU_TEST_TYPES)], i
+            img, depth, _ = depth_scene(p, h, w)
+            mm = np.round(depth * 1000).astype(np.uint16)
+            mm[holes.random(mm.shape) < DEPTH_DROPOUT] = 0
+            rgb, dep = f"{rel}/rgb_{number:05d}.jpg", f"{rel}/sync_depth_{number:05d}.png"
+            _save(img, folder / rgb.strip("/"), quality=95)
+            _save(mm, folder / dep.strip("/"))  # uint16: PIL writes a 16-bit greyscale PNG
+            lines[split].append(f"{rgb} {dep} {focal}")
+    order = np.random.default_rng(seed + 3).permutation(len(lines["train"]))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nyu_train.txt").write_text("".join(f"{lines['train'][k]}\n" for k in order))
+    (root / "nyu_test.txt").write_text("\n".join(lines["val"]))
     return root
 
 
