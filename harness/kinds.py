@@ -22,6 +22,7 @@ PROBE = "probe"  # a frozen linear probe's mIoU: the SDD, τ and selection table
 DENSE = "dense"  # UDI-style dense protocols: the dense table
 IMAGE = "image"  # image-level accuracy (k-NN): the image-level τ table
 CLASSIFICATION = "classification"  # trained classifiers on frozen features (linear, low-shot): their table
+DEPTH = "depth"  # a frozen probe's depth estimation (RMSE, δ1, ...): the τ table against depth
 LAUNCH_TEST = "launch-test"  # reads no data, produces no paper number
 
 
@@ -39,6 +40,7 @@ class Metric:
     tau: bool = False  # a row of the Kendall-τ tables (label-free kinds)
     dense_table: bool = False  # a column of its role's final/selected table (dense or classification kinds)
     optional: bool = False  # written only when the protocol asks (e.g. the multi-scale test): no empty column
+    tau_target: bool = False  # a target its role's τ table ranks the label-free metrics against (depth: RMSE, δ1)
 
     @property
     def target(self) -> float | None:
@@ -318,6 +320,26 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
                 aliases=("max_accuracy", "max accuracy"),  # the name the sources' logs give it
             ),
             Metric(name="best_epoch", label="epoch of the best top-1", low=0.0),
+        ),
+    ),
+    # a frozen backbone with a linear depth head (DINOv3's NYU linear depth evaluation); the metrics as the depth
+    # toolboxes define them, each with its direction, so the τ table against depth orients them like any other
+    "depth_linear": ProtocolKind(
+        job="harness.jobs.depth",
+        params=P.DepthParams,
+        splits=("train", "val"),
+        role=DEPTH,
+        metrics=(
+            Metric(name="rmse", label="RMSE (m)", direction="lower", low=0.0, tau_target=True, dense_table=True),
+            Metric(name="abs_rel", label="AbsRel", direction="lower", low=0.0, aliases=("absrel", "abs rel")),
+            Metric(name="sq_rel", label="SqRel", direction="lower", low=0.0, optional=True),
+            Metric(name="log10", label="log10", direction="lower", low=0.0),
+            Metric(name="rmse_log", label="RMSE log", direction="lower", low=0.0),
+            Metric(
+                name="delta1", label="δ1", low=0.0, high=1.0, tau_target=True, dense_table=True, aliases=("a1", "d1")
+            ),
+            Metric(name="delta2", label="δ2", low=0.0, high=1.0, aliases=("a2", "d2")),
+            Metric(name="delta3", label="δ3", low=0.0, high=1.0, aliases=("a3", "d3")),
         ),
     ),
     "probe": ProtocolKind(

@@ -532,6 +532,56 @@ class FinetuneParams(Loading):
     seed: int = 0
 
 
+class DepthOptimizer(P):
+    lr: Positive = Field(default=3e-4, description="the one-cycle schedule's max_lr")
+    betas: tuple[OpenFraction, OpenFraction] = Field(
+        default=(0.9, 0.99), description="beta1 is the schedule's momentum (0 in the warm-up, then 0.85 -> 0.95)"
+    )
+    weight_decay: NonNeg = 1e-4
+    clip_grad: Positive | None = 35.0
+
+
+class DepthSchedule(P):
+    """DINOv3's WarmupOneCycleLR (dinov3/eval/depth/schedulers.py), stepped every iteration."""
+
+    warmup_iters: NonNegInt = 12800
+    div_factor: Positive = 25.0
+    final_div_factor: Positive = 1000.0
+    momentum: tuple[OpenFraction, OpenFraction] = Field(default=(0.85, 0.95), description="beta1 after the warm-up")
+
+
+class DepthParams(Loading):
+    """A frozen backbone's last-layer patch tokens (after its final norm) into BatchNorm + a 1x1 convolution to
+    `bins` channels, read as depth over bins spread linearly between min_depth and max_depth (DINOv3's linear depth
+    head), trained with the scale-invariant log loss; scored per image on the evaluation mask, then averaged."""
+
+    iters: PosInt = 38400
+    batch_size: PosInt = Field(default=16, description="global batch")
+    optimizer: DepthOptimizer = Field(default_factory=DepthOptimizer)
+    schedule: DepthSchedule = Field(default_factory=DepthSchedule)
+    bins: PosInt = 256
+    min_depth: Positive = 0.001
+    max_depth: Positive = 10.0
+    loss_warmup_iters: NonNegInt = Field(default=100, description="SigLoss without its variance term at first")
+    variance_focus: Fraction = Field(default=0.85, description="SigLoss: sqrt(var(g) + (1 - this) * mean(g)^2)")
+    fixed_crop: tuple[NonNegInt, NonNegInt, PosInt, PosInt] | None = Field(
+        default=(43, 45, 608, 472),
+        description="training: the (x1, y1, x2, y2) box kept of a 640x480 image first (NYU's valid area), scaled to "
+        "the image's size; none: the whole image",
+    )
+    train_crop: Pair = Field(default=(416, 544), description="training: a random (height, width) crop")
+    rotation: NonNeg = Field(default=2.5, description="training: a random rotation up to this many degrees, p = 0.5")
+    flip: Fraction = 0.5
+    color_prob: Fraction = Field(default=0.5, description="training: gamma, brightness and colour jitter together")
+    brightness: tuple[Positive, Positive] = (0.75, 1.25)
+    eval_mask: Literal["eigen", "full"] = Field(
+        default="eigen", description="the evaluated pixels: the Eigen crop (rows 45:471, cols 41:601 of 480x640)"
+    )
+    eval_flip: bool = Field(default=True, description="test-time flip, averaged at the patch grid")
+    checkpoint_interval: PosInt = Field(default=1600, description="iterations between saved states (resume)")
+    seed: int = 321
+
+
 class ProbeParams(P):
     steps: int = Field(default=3, ge=0)
     sleep_s: NonNeg = 0.1

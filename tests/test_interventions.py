@@ -97,6 +97,7 @@ def _student(path, objective):
     [
         ("dino", "checkpoint{:04d}.pth", ["--dse-beta", "0.1"]),
         ("mocov3", "checkpoint_{:04d}.pth.tar", ["--w2-lambda", "1.0"]),
+        ("dino", "checkpoint{:04d}.pth", ["--gram-weight", "2.0"]),
     ],
 )
 def test_a_resumed_run_continues_from_its_checkpoint_and_the_regulariser_reaches_the_weights(
@@ -127,7 +128,10 @@ def test_a_resume_with_nothing_to_train_or_a_regulariser_without_its_input_is_re
         _train(data, tmp_path / "x", "dino", "--epochs", "2", "--resume", "ck.pth", "--resume-epoch", "2")
     with pytest.raises(ResumeError, match="objective 'dino' has no projector outputs"):
         _train(data, tmp_path / "y", "dino", "--epochs", "1", "--w2-lambda", "1.0")
+    with pytest.raises(ResumeError, match="Gram anchoring needs --resume"):
+        _train(data, tmp_path / "z", "dino", "--epochs", "1", "--gram-weight", "2.0")
     assert not (tmp_path / "x").exists() and not any((tmp_path / "y").glob("checkpoint*"))
+    assert not any((tmp_path / "z").glob("checkpoint*"))
 
 
 def test_the_verdict_rule():
@@ -176,7 +180,7 @@ def test_the_interventions_run_end_to_end_on_the_micro_suite(mini_world, micro_r
     monkeypatch.setenv("SDD_MINI_ROOT", str(mini_world))
     monkeypatch.setenv("SDD_SUBMITIT", str(tmp_path / "submitit"))
     monkeypatch.setenv("SDD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(interventions, "PLAN", {"mini_dino": ("none", "dse_x100")})
+    monkeypatch.setattr(interventions, "PLAN", {"mini_dino": ("none", "dse_x100", "gram")})
     monkeypatch.setattr(interventions, "SEEDS", (0, 1))
     from tests.conftest import copy_results
 
@@ -188,8 +192,10 @@ def test_the_interventions_run_end_to_end_on_the_micro_suite(mini_world, micro_r
     assert interventions.run(results, cluster="local", quiet=True, suite="micro") == 0
     text = (results / "interventions" / "INTERVENTIONS.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| mini_dino |")]
-    assert len(rows) == 2 + 2  # the start and the original last, then the two conditions
+    assert len(rows) == 2 + 3  # the start and the original last, then the three conditions
     assert all(" ± " in r and "| 2 |" in r for r in rows[2:])  # two seeds, their spread
+    assert rows[2].endswith("(×1.00) |") and "(×" in rows[4]  # each step's measured cost, against the plain runs'
+    assert "+ w·Gram anchoring, w = 2.0" in rows[4] and "- + w·Gram anchoring, w = 2.0" in text  # row, sentence
     assert f"DSE-selected checkpoint (epoch {start})" in rows[0]
     assert "mini_dino on voc12_aug not judged (no probe of the DSE-selected checkpoint)" in text  # micro: ADE only
     assert "mini_dino on ade20k " in text and "nan at the DSE" not in text
@@ -205,13 +211,14 @@ def test_the_interventions_run_end_to_end_on_the_micro_suite(mini_world, micro_r
 def test_the_plan_covers_any_method_whose_objective_the_harness_has_and_refuses_the_others(capsys):
     from harness.cli import main
 
+    gram = ("gram", "gram_small")
     assert interventions.PLAN == {
-        "mini_dino": ("none", "dse", "dse_x100"),
-        "mini_mocov3": ("none", "dse", "dse_x100", "w2"),
+        "mini_dino": ("none", "dse", "dse_x100", *gram),
+        "mini_mocov3": ("none", "dse", "dse_x100", "w2", *gram),
     }  # the default: the methods the mini world degrades; W2 where the objective has its embeddings
     assert interventions.plan_for(["mini_mae", "mini_directclr"]) == {
-        "mini_mae": ("none", "dse", "dse_x100"),
-        "mini_directclr": ("none", "dse", "dse_x100", "w2"),
+        "mini_mae": ("none", "dse", "dse_x100", *gram),
+        "mini_directclr": ("none", "dse", "dse_x100", "w2", *gram),
     }
     with pytest.raises(interventions.InterventionError, match="dino: the harness has no training objective"):
         interventions.plan_for(["dino"])  # a real method: the README's hook + loss path instead

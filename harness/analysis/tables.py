@@ -32,7 +32,18 @@ from scipy.stats import kendalltau
 
 from harness.analysis.render import MARK as IMPORTED_MARK
 from harness.analysis.uncertainty import bootstrap_mean_tau, interval_text, permutation_p
-from harness.kinds import CLASSIFICATION, DENSE, IMAGE, LABEL_FREE, PROBE, PROTOCOL_KINDS, TAU_ROWS, Metric, kinds_with
+from harness.kinds import (
+    CLASSIFICATION,
+    DENSE,
+    DEPTH,
+    IMAGE,
+    LABEL_FREE,
+    PROBE,
+    PROTOCOL_KINDS,
+    TAU_ROWS,
+    Metric,
+    kinds_with,
+)
 from harness.selection import dse_normalised, select_checkpoints
 
 DATASET_ORDER = ["coco_stuff164k", "voc12_aug", "ade20k", "cityscapes"]
@@ -1033,6 +1044,96 @@ def image_level_tau_table(table: pd.DataFrame) -> Table:
     )
 
 
+def depth_targets() -> list[Metric]:
+    """The depth metrics the τ table ranks the label-free metrics against, as the depth kinds declare them."""
+    return [m for k in kinds_with(DEPTH) for m in PROTOCOL_KINDS[k].metrics if m.tau_target]
+
+
+def depth_tau_table(table: pd.DataFrame, miou_mean: pd.DataFrame | None = None) -> Table:
+    """Kendall τ of every label-free metric against each depth target (RMSE, δ1) over every checkpoint, per method,
+    then the mean over methods, in goodness orientation on both sides (a lower RMSE is better), with the same 95%
+    intervals as the mIoU τ table; beside it, each metric's average τ against mIoU when that table has it."""
+    mf = metric_frame(table)
+    depth = _ok(table[_kind(table).isin(kinds_with(DEPTH))])
+    targets = depth_targets()
+    cols = ["metric", "orientation"]
+    for t in targets:
+        cols += [f"τ vs {t.label}", f"n_{t.name}", f"{t.label} 95% CI"]
+    cols += ["τ vs mIoU (Avg.)"]
+    notes: list[str] = []
+    if mf.empty or depth.empty:
+        notes.append("needs metrics and depth records on the same checkpoints")
+        return Table("depth_tau", "Kendall τ against depth (NYU-style linear depth)", pd.DataFrame(columns=cols), notes)
+    rows = []
+    for md in TAU_METRICS:
+        row: dict = {"metric": md.label, "orientation": md.direction}
+        for t in targets:
+            series = []
+            if md.name in mf.columns and t.name in depth.columns:
+                d = depth[["method", "epoch", t.name]].dropna()
+                joined = mf[["method", "epoch", md.name]].merge(d, on=["method", "epoch"])
+                joined = joined[np.isfinite(pd.to_numeric(joined[md.name], errors="coerce").astype(float))]
+                for method, g in joined.groupby("method", sort=True):
+                    x = _goodness(md, g[md.name]).to_numpy(float)
+                    y = _goodness(t, g[t.name]).to_numpy(float)
+                    tau, why = _tau(x, y)
+                    if math.isnan(tau):
+                        notes.append(f"{md.label} vs {t.label} / {method}: τ undefined ({why})")
+                    else:
+                        series.append((x, y, tau))
+            taus = [tau for _, _, tau in series]
+            row[f"τ vs {t.label}"] = float(np.mean(taus)) if taus else math.nan
+            row[f"n_{t.name}"] = len(taus)
+            row[f"{t.label} 95% CI"] = interval_text(*bootstrap_mean_tau([[(x, y) for x, y, _ in series]]))
+        hit = miou_mean[miou_mean["metric"] == md.label] if miou_mean is not None and len(miou_mean) else None
+        row["τ vs mIoU (Avg.)"] = float(hit["Avg."].iloc[0]) if hit is not None and len(hit) else math.nan
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=cols)
+    n = depth.groupby("method")["epoch"].nunique()
+    notes.append("depth checkpoints per method: " + ", ".join(f"{m} {c}" for m, c in n.items()))
+    notes.append(
+        "goodness orientation on both sides: a lower RMSE ranks higher; 95% CI: percentile interval of the mean τ "
+        "when methods and each method's checkpoints are resampled (1,000 draws, seed 0)"
+    )
+    notes.append(depth_sentence(frame, targets))
+    return Table("depth_tau", "Kendall τ against depth (goodness orientation; mean over methods)", frame, notes)
+
+
+def depth_sentence(frame: pd.DataFrame, targets: list[Metric]) -> str:
+    """One sentence: does DSE track depth less well than mIoU, and which metric tracks depth best (or the intervals
+    do not separate them)."""
+    if frame.empty or not targets:
+        return "no depth τ to compare"
+    t = targets[0]
+    col, ci = f"τ vs {t.label}", f"{t.label} 95% CI"
+    dse = frame[frame["metric"] == TAU_METRICS[0].label]
+    parts = []
+    if len(dse) and np.isfinite(dse[col].iloc[0]):
+        on_depth, on_miou = float(dse[col].iloc[0]), float(dse["τ vs mIoU (Avg.)"].iloc[0])
+        if np.isfinite(on_miou):
+            word = "less well" if on_depth < on_miou else "at least as well"
+            parts.append(f"DSE tracks depth ({t.label}) {word} than mIoU here (τ {on_depth:+.2f} vs {on_miou:+.2f})")
+        else:
+            parts.append(f"DSE's τ against {t.label} is {on_depth:+.2f} (no mIoU τ to compare here)")
+    ranked = frame[np.isfinite(frame[col])].sort_values(col, ascending=False)
+    if len(ranked):
+        best = ranked.iloc[0]
+        low = _interval_bound(best[ci], 0)
+        highs = [_interval_bound(v, 1) for v in ranked[ci].iloc[1:]]
+        separated = low is not None and len(highs) > 0 and all(h is not None and h < low for h in highs)
+        tail = "its interval above every other's" if separated else "but the intervals do not separate the metrics"
+        parts.append(f"{best['metric']} tracks {t.label} best (τ {best[col]:+.2f}; {tail})")
+    return "; ".join(parts) + "." if parts else "no depth τ defined"
+
+
+def _interval_bound(text, which: int) -> float | None:
+    """The lower (0) or upper (1) end of an interval as `interval_text` writes it; None for "—"."""
+    try:
+        return float(str(text).strip("[]").split(",")[which])
+    except (ValueError, IndexError):
+        return None
+
+
 def all_tables(
     table: pd.DataFrame,
     papers: dict[str, pd.DataFrame] | None = None,
@@ -1053,6 +1154,8 @@ def all_tables(
         classification_table(table),
         image_level_tau_table(table),
     ]
+    if _kind(table).isin(kinds_with(DEPTH)).any():  # only grids with a depth protocol
+        out.append(depth_tau_table(table, mean.frame))
     if published is not None and len(published):  # only suites whose methods publish numbers for its protocols
         out.append(published_table(table, published))
     if side is not None:

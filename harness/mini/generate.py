@@ -382,8 +382,8 @@ def nyu_depth(root: Path, train: int = 24, val: int = 8, size=(64, 48), seed: in
 
 # The mini world's version: `sdd demo` regenerates data (and retrains) made by another version
 WORLD = (
-    "mini world 3: 16 classes in same-colour pairs, stripes at 0 and 90 degrees; CIFAR batches and "
-    "ImageNet 1%/10% lists (docs/demo.md)"
+    "mini world 4: 16 classes in same-colour pairs, stripes at 0 and 90 degrees; CIFAR batches and "
+    "ImageNet 1%/10% lists; NYU depth scenes (docs/demo.md)"
 )
 
 GENERATORS = {
@@ -394,6 +394,7 @@ GENERATORS = {
     "cityscapes": cityscapes,
     "coco_instances": coco_instances,
     "davis2017": davis2017,
+    "nyu_depth_v2": nyu_depth,
 }
 
 
@@ -412,4 +413,6 @@ def generate_all(root: Path, seed: int = 0) -> dict[str, Path]:
         "cifar10": cifar(root / "cifar10", hundred=False, train=20, val=10, seed=seed + 6),
         "cifar100": cifar(root / "cifar100", hundred=True, train=3, val=2, seed=seed + 7),
         "imagenet_subsets": imagenet_subsets(root / "imagenet-1k", {"1percent": 1, "10percent": 4}),
+        # scenes of planes at their own depths, 128x96 (an 8x6 patch grid for the tiny ViTs): the depth probe's world
+        "nyu_depth_v2": nyu_depth(root / "nyu_depth_v2", train=48, val=16, size=(128, 96), seed=seed + 8),
     }

@@ -42,7 +42,12 @@ CONDITIONS = {
     "dse": (["--dse-beta", "0.001"], "− β·DSE, β = 0.001 (the paper's)"),
     "dse_x100": (["--dse-beta", "0.1"], "− β·DSE, β = 0.1 (×100)"),
     "w2": (["--w2-lambda", "1.0"], "+ λ·W2, λ = 1.0 (WassersteinSSL's MoCo v2)"),
+    # DINOv3's Gram anchoring, the teacher the DSE-selected checkpoint the run resumes from (fixed, as DINOv3's
+    # high-resolution stage keeps it): its end weight 2.0 (dinov3_vit7b16_gram_anchor.yaml l.64-69) and a tenth
+    "gram": (["--gram-weight", "2.0"], "+ w·Gram anchoring, w = 2.0 (DINOv3's), teacher = the DSE-selected checkpoint"),
+    "gram_small": (["--gram-weight", "0.2"], "+ w·Gram anchoring, w = 0.2 (×0.1)"),
 }
+REGULARISERS = ("dse", "dse_x100", "w2", "gram", "gram_small")  # the conditions judged against "none"
 EXTRA_METHODS = {"mini_directclr": "directclr"}  # trained only here, not in the mini suite
 OBJECTIVE_OF = {**METHODS, **EXTRA_METHODS}  # the registry methods whose training objective the harness has
 W2_OBJECTIVES = ("mocov3", "directclr")  # the objectives with the embeddings W2 regularises
@@ -58,7 +63,10 @@ def plan_for(methods) -> dict[str, tuple[str, ...]]:
             f"regulariser (it has: {', '.join(OBJECTIVE_OF)}); for a method of your own, add DSELoss / W2Loss "
             f"to its training step (README, During training)"
         )
-    return {m: ("none", "dse", "dse_x100") + (("w2",) if OBJECTIVE_OF[m] in W2_OBJECTIVES else ()) for m in methods}
+    return {
+        m: ("none", "dse", "dse_x100") + (("w2",) if OBJECTIVE_OF[m] in W2_OBJECTIVES else ()) + ("gram", "gram_small")
+        for m in methods
+    }
 
 
 PLAN = plan_for(DEGRADING)  # the default: the methods the mini world degrades
@@ -220,7 +228,7 @@ def run(
     for r in failed[:10]:
         print(f"[interventions] {r['state']}: {r['cell']}: {r['reason']}  (log: {r['log']})")
     write_collected(ireg, SUITE, results, skip_corrupt=True)
-    text = report(results, starts, suite, plan)
+    text = report(results, starts, suite, plan, costs=step_costs(runs))
     out = results / SUITE / "INTERVENTIONS.md"
     write_text(out, text)
     print(text)
@@ -229,6 +237,20 @@ def run(
 
 
 # ---- the report -------------------------------------------------------------------------------------------------
+
+
+def step_costs(runs: dict) -> dict[tuple[str, str], list[float]]:
+    """(method, condition) -> each seed's seconds per training step, as its run measured them (TRAINED.json; a
+    run cached from before the field existed has none)."""
+    import json
+
+    costs: dict[tuple[str, str], list[float]] = {}
+    for method, condition, _seed, out in runs.values():
+        marker = Path(out) / "TRAINED.json"
+        value = json.loads(marker.read_text()).get("seconds_per_step") if marker.is_file() else None
+        if value:
+            costs.setdefault((method, condition), []).append(float(value))
+    return costs
 
 
 def outcomes(results: Path):
@@ -318,8 +340,15 @@ def degraded(start: float, none: list[float]) -> bool:
     return bool(np.isfinite(start) and a.mean() < start - a.std(ddof=1))
 
 
-def report(results: Path, starts: dict[str, tuple[int, int]], suite: str = "mini", plan: dict | None = None) -> str:
+def report(
+    results: Path,
+    starts: dict[str, tuple[int, int]],
+    suite: str = "mini",
+    plan: dict | None = None,
+    costs: dict[tuple[str, str], list[float]] | None = None,
+) -> str:
     plan = PLAN if plan is None else plan
+    costs = costs or {}
     df = outcomes(results)
     ref = _reference(results, starts, suite)
     cols = [*DEGRADING_ON, "dense_rankme", "dse"]
@@ -330,8 +359,10 @@ def report(results: Path, starts: dict[str, tuple[int, int]], suite: str = "mini
         f"maximum) to its last probed epoch; last-checkpoint linear-probe mIoU ({PROBE}) and dense effective rank "
         f"(dense RankMe, {METRICS}) as mean ± sd [min, max] over seeds {list(SEEDS)}.",
         "",
-        "| method | run | seeds | " + " | ".join(f"{c} mIoU" if c in DEGRADING_ON else c for c in cols) + " |",
-        "|---|---|---|" + "---|" * len(cols),
+        "| method | run | seeds | "
+        + " | ".join(f"{c} mIoU" if c in DEGRADING_ON else c for c in cols)
+        + " | ms per step (× none) |",
+        "|---|---|---|" + "---|" * len(cols) + "---|",
     ]
     for method in plan:
         for label in ("start", "original last"):
@@ -340,23 +371,32 @@ def report(results: Path, starts: dict[str, tuple[int, int]], suite: str = "mini
             lines.append(
                 f"| {method} | {what} (epoch {epoch}) | the original run | "
                 + " | ".join(f"{vals[c]:.2f}" for c in cols)
-                + " |"
+                + " | — |"
             )
         for condition in plan[method]:
             g = df[(df["method"] == method) & (df["condition"] == condition)] if len(df) else df
             lines.append(
                 f"| {method} | {CONDITIONS[condition][1]} | {len(g)} | "
                 + " | ".join(_cell(g[c]) if len(g) else "—" for c in cols)
-                + " |"
+                + f" | {_cost(costs, method, condition)} |"
             )
     lines += ["", *sentences(df, ref, plan), f"- {collapse(results)[0]}"]
     return "\n".join(lines) + "\n"
 
 
+def _cost(costs: dict, method: str, condition: str) -> str:
+    """The mean training step's milliseconds over the seeds, and its ratio to the plain resumed runs'."""
+    mine, base = costs.get((method, condition)), costs.get((method, "none"))
+    if not mine:
+        return "—"
+    ms = 1000 * sum(mine) / len(mine)
+    return f"{ms:.1f}" + (f" (×{sum(mine) / len(mine) / (sum(base) / len(base)):.2f})" if base else "")
+
+
 def sentences(df, ref, plan: dict) -> list[str]:
     """One sentence per regulariser: whether it halted the degradation (the rule of `verdict`), and where."""
     out = []
-    for condition in ("dse", "dse_x100", "w2"):
+    for condition in REGULARISERS:
         parts, verdicts = [], []
         for method, conds in plan.items():
             if condition not in conds or not len(df):

@@ -14,8 +14,10 @@ entries use the same adapter rules as the real DINO, MoCo v3 and MAE.
 - directclr (dimensional collapse): no projector, InfoNCE on a fixed sub-vector of the representation;
         `checkpoint-ep{epoch:04d}.pth` with main.py's resumable `model` (module.backbone.*), `optimizer`, `epoch`.
 `--dse-beta` adds the DSE regulariser (loss - beta * DSE of the student's dense tokens), `--w2-lambda` the
-W2 uniformity loss (loss + lambda * W2 of the projector outputs); `--resume CKPT --resume-epoch E` continues
-a run from one of its checkpoints (weights, teacher / momentum encoder, optimizer) up to `--epochs`, the
+W2 uniformity loss (loss + lambda * W2 of the projector outputs), `--gram-weight` DINOv3's Gram anchoring
+(loss + w * Gram loss of the student's patch tokens against a frozen copy of the --resume checkpoint);
+`--resume CKPT --resume-epoch E` continues a run from one of its checkpoints (weights, teacher / momentum
+encoder, optimizer) up to `--epochs`, the
 interventions' starting point (harness/mini/interventions.py).
 The learning rate warms up over the first epoch and then stays constant (`--schedule constant`, the
 mini world's default): late checkpoints keep moving, as in the long schedules the paper studies, where
@@ -369,7 +371,7 @@ OBJECTIVES = {"dino": DINO, "mocov3": MoCoV3, "mae": MAE, "directclr": DirectCLR
 
 # options added after the mini world's first checkpoints: at their defaults they stay out of the hash, so
 # the cached runs (and every record computed from them) stay current
-_LATER_DEFAULTS = {"w2_lambda": 0.0, "resume": "", "resume_epoch": 0}
+_LATER_DEFAULTS = {"w2_lambda": 0.0, "resume": "", "resume_epoch": 0, "gram_weight": 0.0}
 
 
 def settings_hash(args) -> str:
@@ -429,6 +431,23 @@ def _regularisers(args):
     return dse, w2
 
 
+def _gram_teacher(args, model):
+    """DINOv3's Gram anchoring (harness.metrics.gram_loss): the teacher is a frozen copy of the model as the run
+    resumed it (the checkpoint --resume names: in the interventions, the DSE-selected one), never updated, as
+    DINOv3's high-resolution stage keeps its Gram teacher fixed (rep_update: false)."""
+    if args.gram_weight <= 0:
+        return None, None
+    if not args.resume:
+        raise ResumeError("--gram-weight: Gram anchoring needs --resume (its teacher is the checkpoint resumed from)")
+    from harness.metrics.gram_loss import GramLoss
+
+    teacher = copy.deepcopy(model)
+    for module in vars(teacher).values():
+        if isinstance(module, nn.Module):
+            module.requires_grad_(False).eval()
+    return teacher, GramLoss()
+
+
 def train(args) -> Path:
     from torchvision.datasets import ImageFolder
     from tqdm.auto import tqdm
@@ -456,6 +475,7 @@ def train(args) -> Path:
     if args.resume:
         _resume(args, model, opt)
     dse, w2 = _regularisers(args)
+    gram_teacher, gram = _gram_teacher(args, model)
     t0 = time.time()
     steps = args.epochs * len(loader)
     bar = tqdm(
@@ -479,6 +499,10 @@ def train(args) -> Path:
                 loss = loss - args.dse_beta * dse(model.tokens(v1))
             if w2 is not None:  # WassersteinSSL: + lambda * W2 of both views' normalised projector outputs
                 loss = loss + args.w2_lambda * w2(model.projections)
+            if gram is not None:  # DINOv3: + w * MSE of the patch tokens' cosine Gram matrices, student vs teacher
+                with torch.no_grad():
+                    anchor = gram_teacher.tokens(v1)
+                loss = loss + args.gram_weight * gram(model.tokens(v1), anchor)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -488,7 +512,18 @@ def train(args) -> Path:
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         save_tensors(model.checkpoint(epoch, opt, args), out / obj_cls.file.format(epoch=epoch))
     bar.close()
-    write_json(marker, {"settings": h, "epochs": args.epochs, "seconds": round(time.time() - t0, 1)})
+    trained = step - (first - 1) * len(loader)
+    seconds = time.time() - t0
+    write_json(
+        marker,
+        {
+            "settings": h,
+            "epochs": args.epochs,
+            "seconds": round(seconds, 1),
+            "steps": trained,  # this run's optimizer steps (a resumed run: those after its checkpoint)
+            "seconds_per_step": round(seconds / trained, 5) if trained else None,
+        },
+    )
     return out
 
 
@@ -506,6 +541,12 @@ def parser():
     ap.add_argument("--dse-beta", type=float, default=0.0, help="train with loss - beta * DSE")
     ap.add_argument(
         "--w2-lambda", type=float, default=0.0, help="train with loss + lambda * W2 of the projector outputs"
+    )
+    ap.add_argument(
+        "--gram-weight",
+        type=float,
+        default=0.0,
+        help="train with loss + w * Gram anchoring of the patch tokens to the --resume checkpoint (DINOv3)",
     )
     ap.add_argument("--resume", default="", help="a checkpoint of this objective (its own format) to continue from")
     ap.add_argument("--resume-epoch", type=int, default=0, help="the epoch of --resume; training continues after it")
