@@ -157,19 +157,29 @@ def _entry_epochs(entry: SuiteEntry, method_epochs: tuple[int, ...], where: str)
 
 
 def recipe_price(protocol, dataset) -> float | None:
-    """GPU·h of a cell priced from its recipe (the fine-tuning protocols, the grid's most expensive cells):
-    epochs x the train split's images, plus every evaluation's val images at a third of a training image's cost,
-    x the protocol's `train_s_per_image`; None where the protocol states no per-image cost or the dataset file
-    no split sizes (then the protocol's gpu_hours)."""
+    """GPU·h of a cell priced from its recipe: the images it trains on (epochs x the train split's images, or
+    iterations x the global batch) plus its evaluations' images at a third of a training image's cost (a forward
+    pass; flipped images twice), x the protocol's `train_s_per_image`; None where the protocol states no per-image
+    cost or the dataset file no split sizes it needs (then the protocol's gpu_hours)."""
     s_per_image = protocol.resources.train_s_per_image
     p = protocol.params  # the resolved parameters (defaults filled in)
-    epochs, train_split = p.get("epochs"), p.get("train_split", "train")
     sizes = {name: getattr(split, "images", None) for name, split in dataset.splits.items()}
-    if not s_per_image or not epochs or not sizes.get(train_split):
+    if not s_per_image:
         return None
-    evaluations = math.ceil(epochs / p.get("val_every", 1))
-    images = epochs * sizes[train_split] + evaluations * (sizes.get("val") or 0) / 3
-    return round(images * s_per_image / 3600, 3)
+    if p.get("epochs"):  # fine-tuning: every epoch over the train split, validated every val_every epochs
+        train_split = p.get("train_split", "train")
+        if not sizes.get(train_split):
+            return None
+        trained = p["epochs"] * sizes[train_split]
+        evaluated = math.ceil(p["epochs"] / p.get("val_every", 1)) * (sizes.get("val") or 0)
+    elif p.get("iters") and p.get("batch_size"):  # an iteration budget: one evaluation at the end
+        if not sizes.get("val"):
+            return None
+        trained = p["iters"] * p["batch_size"]
+        evaluated = sizes["val"] * (2 if p.get("eval_flip") else 1)
+    else:
+        return None
+    return round((trained + evaluated / 3) * s_per_image / 3600, 3)
 
 
 def build_plan(

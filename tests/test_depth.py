@@ -210,3 +210,15 @@ def test_the_tau_table_against_depth_orients_rmse_and_delta1():
     )
     assert f.loc["RankMe", "τ vs RMSE (m)"] == pytest.approx(-1.0) and f.loc["RankMe", "n_rmse"] == 2
     assert any(n.startswith("DSE's τ against RMSE (m) is +1.00") or "tracks RMSE (m) best" in n for n in t.notes)
+
+
+def test_the_plan_prices_a_depth_cell_from_its_iterations_and_batch():
+    from pathlib import Path
+
+    from harness.plan import recipe_price
+
+    reg = load_registry(Path(__file__).resolve().parents[1] / "benchmarks")
+    proto = reg.protocol("depth_linear")
+    want = (38400 * 16 + 654 * 2 / 3) * proto.resources.train_s_per_image / 3600  # the test images flipped: twice
+    assert recipe_price(proto, reg.dataset("nyu_depth_v2")) == pytest.approx(want, abs=1e-3)
+    assert recipe_price(proto, reg.dataset("nyu_depth_v2", "mini_depth")) is None  # the mini copy states no sizes
