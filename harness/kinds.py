@@ -332,7 +332,6 @@ PROTOCOL_KINDS: dict[str, ProtocolKind] = {
         metrics=(
             Metric(name="rmse", label="RMSE (m)", direction="lower", low=0.0, tau_target=True, dense_table=True),
             Metric(name="abs_rel", label="AbsRel", direction="lower", low=0.0, aliases=("absrel", "abs rel")),
-            Metric(name="sq_rel", label="SqRel", direction="lower", low=0.0, optional=True),
             Metric(name="log10", label="log10", direction="lower", low=0.0),
             Metric(name="rmse_log", label="RMSE log", direction="lower", low=0.0),
             Metric(
