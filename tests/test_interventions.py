@@ -162,7 +162,7 @@ def test_the_generated_registry_plans_each_run_on_its_last_checkpoint(tmp_path, 
     ireg = load_registry(interventions.write_registry(tmp_path / "mini", reg, runs, starts))
     cells = build_plan(ireg, interventions.SUITE)
     run_cells = [c for c in cells if "__" in c.method]
-    assert {c.method for c in run_cells} == set(runs) and len(runs) == 3 * (3 + 4)
+    assert {c.method for c in run_cells} == set(runs) and len(runs) == 3 * (5 + 6)  # 3 seeds x the conditions
     assert {c.epoch for c in run_cells} == {16} and {c.protocol for c in cells} == {"metrics_mini", "linear_mini"}
     spec = ireg.method("mini_mocov3__w2__s2")
     assert list(spec.epochs()) == list(range(5, 17)) and str(spec.checkpoint.dir).endswith("mini_mocov3__w2__s2")
