@@ -398,11 +398,12 @@ def _prepare(cell, ctx) -> Training:
     )
 
 
-def _fit(t: Training, ctx, state_path: Path) -> tuple[dict, float, float]:
+def _fit(t: Training, ctx, state_path: Path) -> tuple[dict, float, float, int]:
     """Train from the saved state (if any) to the last epoch, validating and saving after every epoch; (state,
-    last validated top-1, top-5) — NaN when nothing was left to train."""
+    last validated top-1, top-5 — NaN when nothing was left to train —, the epoch it resumed from)."""
     p, placement = ctx.params, ctx.placement
     state = _load_state(state_path, t.model, t.opt, t.scaler)
+    resumed_from = int(state["epoch"])
     if t.sched is not None and state["epoch"]:
         t.sched.step(state["epoch"] - 1)  # the lr DeiT's loop set after the last finished epoch
     net = t.model
@@ -431,7 +432,7 @@ def _fit(t: Training, ctx, state_path: Path) -> tuple[dict, float, float]:
         state["epoch"] = epoch + 1
         if placement.is_main:
             _save(state_path, t.model, t.opt, t.scaler, state)
-    return state, top1, top5
+    return state, top1, top5, resumed_from
 
 
 def _seed(seed: int, rank: int, epoch: int) -> None:
@@ -452,10 +453,8 @@ def run(cell, ctx) -> JobResult:
     p, placement = ctx.params, ctx.placement
     t0 = time.perf_counter()
     t = _prepare(cell, ctx)
-    state_path = Path(ctx.work_dir) / STATE_FILE
-    resumed_from = _saved_epoch(state_path)
     t1 = time.perf_counter()
-    state, top1, top5 = _fit(t, ctx, state_path)
+    state, top1, top5, resumed_from = _fit(t, ctx, Path(ctx.work_dir) / STATE_FILE)
     t2 = time.perf_counter()
     if math.isnan(top1):  # resumed after the last epoch: evaluate the saved model (every process its share)
         top1, top5 = evaluate(t.model, t.val_loader, placement.device, t.autocast, placement.distributed)
@@ -489,12 +488,6 @@ def run(cell, ctx) -> JobResult:
             "data_loading": {"workers": t.workers, "pin_memory": placement.accelerator == "cuda"},
         },
     )
-
-
-def _saved_epoch(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
 
 
 def _train_epoch(net, t: Training, p, ctx, epoch: int, mixup_fn, criterion) -> float:
@@ -588,7 +581,7 @@ def recipe_view(cell, reg, ctx) -> dict:
     p = ctx.params
     a, o, s = p.augment, p.optimizer, p.schedule
     plan = ctx.batch(p.batch_size)
-    train, evaluation = transforms(p)
+    _, evaluation = transforms(p)
     mean, std = normalization(p)
     view = {
         "epochs": p.epochs,
@@ -644,5 +637,4 @@ def recipe_view(cell, reg, ctx) -> dict:
     }
     if p.head == "projection":
         view["head.hidden"] = "from the checkpoint"
-    assert train is not None
     return {k: v for k, v in view.items() if v is not None or k == "optimizer.clip_grad"}
