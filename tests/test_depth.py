@@ -219,6 +219,28 @@ def test_the_tau_table_against_depth_orients_rmse_and_delta1():
     assert any(n.startswith("DSE's τ against RMSE (m) is +1.00") or "tracks RMSE (m) best" in n for n in t.notes)
 
 
+def test_the_depth_sentence_says_less_well_better_or_as_well_and_whether_intervals_separate():
+    from harness.analysis.tables import TAU_METRICS, depth_sentence, depth_targets
+
+    dse, other = TAU_METRICS[0].label, TAU_METRICS[1].label
+
+    def frame(on_depth, on_miou, dse_ci, other_ci):
+        return pd.DataFrame(
+            {
+                "metric": [dse, other],
+                "τ vs RMSE (m)": [on_depth, 0.1],
+                "RMSE (m) 95% CI": [dse_ci, other_ci],
+                "τ vs mIoU (Avg.)": [on_miou, 0.0],
+            }
+        )
+
+    said = depth_sentence(frame(0.6, 0.2, "[+0.30, +0.90]", "[-0.40, +0.20]"), depth_targets())
+    assert "better than mIoU here (τ +0.60 vs +0.20)" in said and "its interval above every other's" in said
+    said = depth_sentence(frame(0.2, 0.6, "[-0.30, +0.90]", "[-0.40, +0.20]"), depth_targets())
+    assert "less well than mIoU" in said and "do not separate" in said
+    assert "as well as mIoU" in depth_sentence(frame(0.4, 0.4, "[-0.3, +0.9]", "[-0.4, +0.2]"), depth_targets())
+
+
 def test_the_plan_prices_a_depth_cell_from_its_iterations_and_batch():
     from pathlib import Path
 

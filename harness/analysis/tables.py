@@ -1111,8 +1111,8 @@ def depth_sentence(frame: pd.DataFrame, targets: list[Metric]) -> str:
     if len(dse) and np.isfinite(dse[col].iloc[0]):
         on_depth, on_miou = float(dse[col].iloc[0]), float(dse["τ vs mIoU (Avg.)"].iloc[0])
         if np.isfinite(on_miou):
-            word = "less well" if on_depth < on_miou else "at least as well"
-            parts.append(f"DSE tracks depth ({t.label}) {word} than mIoU here (τ {on_depth:+.2f} vs {on_miou:+.2f})")
+            word = "less well than" if on_depth < on_miou else "better than" if on_depth > on_miou else "as well as"
+            parts.append(f"DSE tracks depth ({t.label}) {word} mIoU here (τ {on_depth:+.2f} vs {on_miou:+.2f})")
         else:
             parts.append(f"DSE's τ against {t.label} is {on_depth:+.2f} (no mIoU τ to compare here)")
     ranked = frame[np.isfinite(frame[col])].sort_values(col, ascending=False)
