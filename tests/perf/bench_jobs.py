@@ -66,7 +66,7 @@ CASES = [
     ("davis_tiny", "davis2017"),
     ("knn_tiny", "imagenet"),
     ("finetune_mini", "imagenet"),  # issue 35: end-to-end fine-tuning, 10 epochs on the generated ImageNet
-    ("depth_linear_mini", "nyu_depth_v2"),  # issue 33: 300 iterations of the linear depth head
+    ("depth_linear_mini", "nyu_depth_v2"),  # issue 33: 600 iterations of the linear depth head
 ]
 
 
